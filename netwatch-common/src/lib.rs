@@ -1,0 +1,409 @@
+//! The wire formats shared by netwatch's eBPF programs and its userspace.
+//!
+//! Every type here is a map key or value: `#[repr(C)]`, explicit-width integers, padding
+//! spelled out as `_pad` fields (uninitialised padding in a hash-map key breaks lookups), and
+//! a compile-time size assert so both sides can never disagree on a layout.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Name of the egress classifier in the eBPF object (also the tc filter name in clsact mode).
+pub const EGRESS_PROGRAM: &str = "netwatch_egress";
+/// Name of the ingress classifier in the eBPF object.
+pub const INGRESS_PROGRAM: &str = "netwatch_ingress";
+
+/// Map of requests that left and have not been answered yet: [`RequestKey`] → [`PendingRequest`].
+pub const PENDING_MAP: &str = "PENDING";
+/// Map of per-target counters kept by the kernel: [`TargetKey`] → [`TargetCounters`].
+pub const TARGETS_MAP: &str = "TARGETS";
+/// Per-CPU array of [`KernelCounter`] values: what the programs saw but could not use.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+/// Capacity of [`PENDING_MAP`]. A plain preallocated hash: when it is full a new request is
+/// not tracked and [`KernelCounter::PendingFull`] (and the target's `untracked`) count it, so
+/// nothing is silently lost and nothing untracked can ever be called unanswered.
+pub const PENDING_CAPACITY: u32 = 65_536;
+/// Capacity of [`TARGETS_MAP`] (allocated on demand). A request whose target does not fit is
+/// counted in [`KernelCounter::TargetsFull`].
+pub const TARGETS_CAPACITY: u32 = 16_384;
+
+/// Name of the read-only global holding `--timeout` in nanoseconds, set at load time.
+pub const TIMEOUT_GLOBAL: &str = "TIMEOUT_NS";
+
+/// IANA protocol numbers, as used in [`RequestKey::proto`] and [`TargetKey::proto`].
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// [`TargetKey::direction`]: requests this host sent.
+pub const DIRECTION_EGRESS: u8 = 0;
+
+/// The well-known DNS port; UDP queries to it are tracked per transaction id.
+pub const DNS_PORT: u16 = 53;
+
+/// Bytes of a DNS query's question section (name and type) kept with the pending request.
+pub const DNS_QUESTION_CAPTURE: usize = 80;
+
+/// One request in flight: which flow, and which exchange within it.
+///
+/// Addresses are 16 bytes; IPv4 ones are stored IPv4-mapped (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    pub remote: [u8; 16],
+    pub local: [u8; 16],
+    /// Remote port (TCP, UDP); 0 for ICMP.
+    pub remote_port: u16,
+    /// Local port (TCP, UDP) or echo identifier (ICMP).
+    pub local_port: u16,
+    /// DNS transaction id (UDP) or echo sequence number (ICMP); 0 for TCP.
+    pub tag: u16,
+    /// One of [`proto`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<RequestKey>() == 40);
+
+impl RequestKey {
+    /// The target this request counts towards.
+    #[must_use]
+    pub const fn target(&self) -> TargetKey {
+        TargetKey {
+            remote: self.remote,
+            remote_port: self.remote_port,
+            proto: self.proto,
+            direction: DIRECTION_EGRESS,
+        }
+    }
+}
+
+/// [`PendingRequest::flags`]: an answer or rejection arrived after the deadline.
+pub const PENDING_FLAG_LATE: u32 = 1;
+
+/// What the kernel remembers about a request until it is answered, rejected or expired.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingRequest {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the request first left.
+    pub first_sent_ns: u64,
+    /// When it last left (retransmits move this; the deadline stays with `first_sent_ns`).
+    pub last_sent_ns: u64,
+    /// TCP: the SYN's sequence number, to check the ACK of a SYN-ACK or RST and the
+    /// sequence quoted in an ICMP error. 0 otherwise.
+    pub tcp_seq: u32,
+    /// [`PENDING_FLAG_LATE`].
+    pub flags: u32,
+    /// Interface the request left on.
+    pub ifindex: u32,
+    /// How many bytes of `question` were captured (DNS only).
+    pub question_len: u16,
+    pub _pad: u16,
+    /// The DNS question section as sent on the wire (labels, then QTYPE), truncated to
+    /// [`DNS_QUESTION_CAPTURE`] bytes. Untrusted bytes: escape before display.
+    pub question: [u8; DNS_QUESTION_CAPTURE],
+}
+const _: () = assert!(size_of::<PendingRequest>() == 112);
+
+/// A remote endpoint requests go to: (direction, proto, remote address, remote port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetKey {
+    pub remote: [u8; 16],
+    /// 0 for ICMP.
+    pub remote_port: u16,
+    /// One of [`proto`].
+    pub proto: u8,
+    /// [`DIRECTION_EGRESS`].
+    pub direction: u8,
+}
+const _: () = assert!(size_of::<TargetKey>() == 20);
+
+/// Number of [`Reason`] slots in [`TargetCounters::rejected_by_reason`].
+pub const REASON_SLOTS: usize = 32;
+/// Number of latency buckets in [`TargetCounters::latency`]; see [`latency_bucket`].
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// Cumulative counters the kernel keeps for one target. Userspace turns their deltas into
+/// outcomes; the kernel only ever increments them (atomically), so readers never see them go
+/// backwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TargetCounters {
+    /// Distinct requests (a retransmit is not a new request).
+    pub requests: u64,
+    pub retransmits: u64,
+    /// Requests answered within the timeout.
+    pub answered: u64,
+    /// Requests rejected (TCP RST, ICMP unreachable) within the timeout.
+    pub rejected: u64,
+    /// Answers or rejections that came after the timeout (the request already counted as
+    /// unanswered).
+    pub late: u64,
+    /// Requests that could not be tracked because the pending table was full.
+    pub untracked: u64,
+    /// When a request (or retransmit) to this target last left.
+    pub last_request_ns: u64,
+    /// When an answer or rejection last came back.
+    pub last_answer_ns: u64,
+    /// `rejected`, split by [`Reason`] code.
+    pub rejected_by_reason: [u64; REASON_SLOTS],
+    /// Answer latency histogram; see [`latency_bucket`].
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (8 + REASON_SLOTS + LATENCY_BUCKETS));
+
+/// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
+/// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
+#[inline(always)]
+#[must_use]
+pub const fn latency_bucket(ns: u64) -> usize {
+    // floor(log2(ns)) - 10, clamped: shifts instead of division keep it cheap in the kernel.
+    let mut bucket = 0;
+    let mut v = ns >> 11;
+    // verifier: constant bound.
+    while v != 0 && bucket < LATENCY_BUCKETS - 1 {
+        v >>= 1;
+        bucket += 1;
+    }
+    bucket
+}
+
+/// Upper bound (exclusive) of latency bucket `bucket` in nanoseconds; `u64::MAX` for the last.
+#[must_use]
+pub const fn latency_bucket_upper_ns(bucket: usize) -> u64 {
+    if bucket >= LATENCY_BUCKETS - 1 { u64::MAX } else { 1u64 << (bucket + 11) }
+}
+
+/// Why a request was rejected, as a code in `0..REASON_SLOTS`. Names follow iptables'
+/// `--reject-with`.
+pub struct Reason;
+
+impl Reason {
+    pub const TCP_RESET: u8 = 1;
+    /// ICMP destination unreachable, code 0; code `c` ≤ 15 is `ICMP_UNREACH_BASE + c`.
+    pub const ICMP_UNREACH_BASE: u8 = 2;
+    pub const ICMP_UNREACH_OTHER: u8 = 18;
+    /// ICMPv6 destination unreachable, code 0; code `c` ≤ 7 is `ICMP6_UNREACH_BASE + c`.
+    pub const ICMP6_UNREACH_BASE: u8 = 19;
+    pub const ICMP6_UNREACH_OTHER: u8 = 27;
+
+    /// Names indexed by code; unused slots are empty.
+    pub const NAMES: [&'static str; REASON_SLOTS] = [
+        "",
+        "tcp-reset",
+        "icmp-net-unreachable",
+        "icmp-host-unreachable",
+        "icmp-proto-unreachable",
+        "icmp-port-unreachable",
+        "icmp-frag-needed",
+        "icmp-source-route-failed",
+        "icmp-net-unknown",
+        "icmp-host-unknown",
+        "icmp-host-isolated",
+        "icmp-net-prohibited",
+        "icmp-host-prohibited",
+        "icmp-net-tos-unreachable",
+        "icmp-host-tos-unreachable",
+        "icmp-admin-prohibited",
+        "icmp-host-precedence-violation",
+        "icmp-precedence-cutoff",
+        "icmp-unreachable-other",
+        "icmp6-no-route",
+        "icmp6-adm-prohibited",
+        "icmp6-beyond-scope",
+        "icmp6-addr-unreachable",
+        "icmp6-port-unreachable",
+        "icmp6-policy-fail",
+        "icmp6-reject-route",
+        "icmp6-source-route-error",
+        "icmp6-unreachable-other",
+        "",
+        "",
+        "",
+        "",
+    ];
+
+    /// Reason for an ICMP (v4) destination-unreachable with `code`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn icmp_unreachable(code: u8) -> u8 {
+        if code <= 15 { Self::ICMP_UNREACH_BASE + code } else { Self::ICMP_UNREACH_OTHER }
+    }
+
+    /// Reason for an ICMPv6 destination-unreachable with `code`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn icmp6_unreachable(code: u8) -> u8 {
+        if code <= 7 { Self::ICMP6_UNREACH_BASE + code } else { Self::ICMP6_UNREACH_OTHER }
+    }
+
+    /// The name of `code`, or `None` for a code no program produces.
+    #[must_use]
+    pub fn name(code: usize) -> Option<&'static str> {
+        match Self::NAMES.get(code) {
+            Some(name) if !name.is_empty() => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Indexes into [`COUNTERS_MAP`]: things the programs saw but could not use. None of these
+/// is on the common path; each one is shown in the report, the JSON and the metrics.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelCounter {
+    /// A new request was not tracked: the pending table was full.
+    PendingFull = 0,
+    /// A new request was not tracked: the target table was full.
+    TargetsFull = 1,
+    /// A packet of a tracked kind was too short or malformed to use.
+    Malformed = 2,
+    /// An answer (DNS response, SYN-ACK, echo reply) matched no pending request.
+    UnmatchedAnswer = 3,
+    /// A rejection (RST, ICMP unreachable) matched no pending request.
+    UnmatchedRejection = 4,
+    /// A SYN-ACK, RST or quoted TCP header matched a flow but not its sequence numbers.
+    InvalidAnswer = 5,
+    /// A non-first IP fragment: it carries no transport header to inspect.
+    Fragment = 6,
+    /// An IPv6 packet with more extension headers than the programs walk.
+    ExtensionHeaderLimit = 7,
+    /// An ICMP error quoting too little of the original packet to identify the request.
+    ShortQuote = 8,
+}
+
+impl KernelCounter {
+    pub const COUNT: usize = 9;
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::PendingFull,
+        Self::TargetsFull,
+        Self::Malformed,
+        Self::UnmatchedAnswer,
+        Self::UnmatchedRejection,
+        Self::InvalidAnswer,
+        Self::Fragment,
+        Self::ExtensionHeaderLimit,
+        Self::ShortQuote,
+    ];
+
+    /// Stable snake_case name used in JSON and metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PendingFull => "pending_table_full",
+            Self::TargetsFull => "target_table_full",
+            Self::Malformed => "malformed",
+            Self::UnmatchedAnswer => "unmatched_answer",
+            Self::UnmatchedRejection => "unmatched_rejection",
+            Self::InvalidAnswer => "invalid_answer",
+            Self::Fragment => "fragment",
+            Self::ExtensionHeaderLimit => "ipv6_extension_limit",
+            Self::ShortQuote => "short_icmp_quote",
+        }
+    }
+
+    /// Whether this counter means requests were lost to tracking (an eviction in the
+    /// operator's sense) rather than a packet that was simply not ours.
+    #[must_use]
+    pub const fn is_loss(self) -> bool {
+        matches!(self, Self::PendingFull | Self::TargetsFull)
+    }
+}
+
+/// An IPv4 address as stored in keys: IPv4-mapped IPv6.
+#[inline(always)]
+#[must_use]
+pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data: repr(C), integer fields only, padding is explicit.
+    unsafe impl aya::Pod for super::RequestKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingRequest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TargetKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TargetCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_log2_from_2us() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(2_047), 0);
+        assert_eq!(latency_bucket(2_048), 1);
+        assert_eq!(latency_bucket(4_095), 1);
+        assert_eq!(latency_bucket(4_096), 2);
+        assert_eq!(latency_bucket(1_000_000), 8); // 1 ms: [524 µs, 1.05 ms)
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        for ns in [0, 1, 2_048, 99_999, 1 << 20, 3_000_000_000] {
+            let b = latency_bucket(ns);
+            assert!(ns < latency_bucket_upper_ns(b), "{ns} above its bucket {b}");
+            if b > 0 {
+                assert!(ns >= latency_bucket_upper_ns(b - 1), "{ns} below its bucket {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn reason_codes_match_reject_with_names() {
+        assert_eq!(Reason::name(Reason::TCP_RESET.into()), Some("tcp-reset"));
+        let cases = [
+            (0, "icmp-net-unreachable"),
+            (1, "icmp-host-unreachable"),
+            (2, "icmp-proto-unreachable"),
+            (3, "icmp-port-unreachable"),
+            (9, "icmp-net-prohibited"),
+            (10, "icmp-host-prohibited"),
+            (13, "icmp-admin-prohibited"),
+            (200, "icmp-unreachable-other"),
+        ];
+        for (code, name) in cases {
+            assert_eq!(Reason::name(Reason::icmp_unreachable(code).into()), Some(name));
+        }
+        let cases6 = [
+            (0, "icmp6-no-route"),
+            (1, "icmp6-adm-prohibited"),
+            (3, "icmp6-addr-unreachable"),
+            (4, "icmp6-port-unreachable"),
+            (99, "icmp6-unreachable-other"),
+        ];
+        for (code, name) in cases6 {
+            assert_eq!(Reason::name(Reason::icmp6_unreachable(code).into()), Some(name));
+        }
+        assert_eq!(Reason::name(0), None);
+        assert_eq!(Reason::name(REASON_SLOTS), None);
+    }
+
+    #[test]
+    fn counters_are_listed_in_index_order() {
+        for (index, counter) in KernelCounter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index);
+        }
+    }
+
+    #[test]
+    fn request_target_drops_local_side() {
+        let key = RequestKey {
+            remote: ipv4_mapped([198, 51, 100, 2]),
+            local: ipv4_mapped([203, 0, 113, 2]),
+            remote_port: 53,
+            local_port: 40_000,
+            tag: 7,
+            proto: proto::UDP,
+            _pad: 0,
+        };
+        let target = key.target();
+        assert_eq!(target.remote, key.remote);
+        assert_eq!((target.remote_port, target.proto, target.direction), (53, 17, 0));
+    }
+}

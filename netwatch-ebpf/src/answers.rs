@@ -1,0 +1,293 @@
+//! Ingress: match answers and rejections to the pending requests they answer.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use netwatch_common::{
+    DNS_PORT, KernelCounter, PENDING_FLAG_LATE, Reason, RequestKey, latency_bucket, proto,
+};
+
+use crate::{
+    maps::{PENDING, TARGETS, add, count, timeout_ns},
+    packet::{self, ICMP_HEADER_LEN, Ip, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, read, tcp_flags},
+};
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// What came back for a request.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Answer,
+    /// A rejection with its [`Reason`] code.
+    Reject(u8),
+}
+
+/// What the pending request must look like for a packet to be its answer, beyond the key.
+#[derive(Clone, Copy)]
+enum Check {
+    /// The key (with the DNS id or echo sequence in it) is proof enough.
+    Key,
+    /// A SYN-ACK or RST must acknowledge our SYN: ack = ISN + 1.
+    AcksSyn(u32),
+    /// A TCP header quoted in an ICMP error must carry our SYN's sequence number.
+    QuotesSyn(u32),
+}
+
+#[inline(always)]
+pub fn on_ingress(ctx: &TcContext) {
+    let Some(ip) = packet::parse(ctx) else { return };
+    match ip.proto {
+        proto::TCP => {
+            let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else { return };
+            // The common path (data, ACKs) ends here.
+            if flags & (tcp_flags::SYN | tcp_flags::RST) != 0 {
+                tcp_answer(ctx, &ip, flags);
+            }
+        }
+        proto::UDP => {
+            let Some(port) = read::<[u8; 2]>(ctx, ip.l4) else { return };
+            if u16::from_be_bytes(port) == DNS_PORT {
+                dns_response(ctx, &ip);
+            }
+        }
+        proto::ICMP if !ip.v6 => icmp(ctx, &ip, false),
+        proto::ICMPV6 if ip.v6 => icmp(ctx, &ip, true),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn tcp_answer(ctx: &TcContext, ip: &Ip, flags: u8) {
+    let outcome = if flags & tcp_flags::RST != 0 {
+        // RFC 9293 §3.10.7.3: in SYN-SENT a reset is acceptable only if it ACKs our SYN.
+        if flags & tcp_flags::ACK == 0 {
+            return;
+        }
+        Outcome::Reject(Reason::TCP_RESET)
+    } else if flags & tcp_flags::ACK != 0 {
+        Outcome::Answer
+    } else {
+        // A SYN coming in: someone connecting to us, not an answer.
+        return;
+    };
+    // Ports, sequence number, acknowledgement number.
+    let (Some(header), Some((remote, local))) =
+        (read::<[u8; 12]>(ctx, ip.l4), packet::addresses(ctx, ip))
+    else {
+        count(KernelCounter::Malformed);
+        return;
+    };
+    let key = RequestKey {
+        remote,
+        local,
+        remote_port: u16::from_be_bytes([header[0], header[1]]),
+        local_port: u16::from_be_bytes([header[2], header[3]]),
+        tag: 0,
+        proto: proto::TCP,
+        _pad: 0,
+    };
+    let ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    resolve(&key, outcome, Check::AcksSyn(ack));
+}
+
+#[inline(always)]
+fn dns_response(ctx: &TcContext, ip: &Ip) {
+    // UDP ports, then the DNS id and flags.
+    let (Some(udp), Some(dns), Some((remote, local))) = (
+        read::<[u8; 4]>(ctx, ip.l4),
+        read::<[u8; 3]>(ctx, ip.l4 + UDP_HEADER_LEN),
+        packet::addresses(ctx, ip),
+    ) else {
+        count(KernelCounter::Malformed);
+        return;
+    };
+    if dns[2] & 0x80 == 0 {
+        // QR clear: a query coming in (this host serves DNS), not an answer.
+        return;
+    }
+    let key = RequestKey {
+        remote,
+        local,
+        remote_port: DNS_PORT,
+        local_port: u16::from_be_bytes([udp[2], udp[3]]),
+        tag: u16::from_be_bytes([dns[0], dns[1]]),
+        proto: proto::UDP,
+        _pad: 0,
+    };
+    resolve(&key, Outcome::Answer, Check::Key);
+}
+
+#[inline(always)]
+fn icmp(ctx: &TcContext, ip: &Ip, v6: bool) {
+    // Type, code, checksum, then identifier and sequence (echo) or unused (errors).
+    let Some(header) = read::<[u8; 8]>(ctx, ip.l4) else { return };
+    let [kind, code, ..] = header;
+    let (echo_reply, unreachable, proto) = if v6 {
+        (ICMPV6_ECHO_REPLY, ICMPV6_DEST_UNREACHABLE, proto::ICMPV6)
+    } else {
+        (ICMP_ECHO_REPLY, ICMP_DEST_UNREACHABLE, proto::ICMP)
+    };
+    if kind == echo_reply {
+        let Some((remote, local)) = packet::addresses(ctx, ip) else {
+            count(KernelCounter::Malformed);
+            return;
+        };
+        let key = RequestKey {
+            remote,
+            local,
+            remote_port: 0,
+            local_port: u16::from_be_bytes([header[4], header[5]]),
+            tag: u16::from_be_bytes([header[6], header[7]]),
+            proto,
+            _pad: 0,
+        };
+        resolve(&key, Outcome::Answer, Check::Key);
+    } else if kind == unreachable {
+        let reason =
+            if v6 { Reason::icmp6_unreachable(code) } else { Reason::icmp_unreachable(code) };
+        let quoted_at = ip.l4 + ICMP_HEADER_LEN;
+        let quoted = if v6 { packet::ipv6(ctx, quoted_at) } else { packet::ipv4(ctx, quoted_at) };
+        let Some(quoted) = quoted else {
+            count(KernelCounter::ShortQuote);
+            return;
+        };
+        rejected(ctx, &quoted, reason);
+    }
+}
+
+/// An ICMP error quoting `quoted`, the header of a packet we sent: find that request.
+#[inline(always)]
+fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8) {
+    // In the quote, the source is us and the destination the remote.
+    let Some((local, remote)) = packet::addresses(ctx, quoted) else {
+        count(KernelCounter::ShortQuote);
+        return;
+    };
+    let outcome = Outcome::Reject(reason);
+    match quoted.proto {
+        proto::TCP => {
+            // Ports and sequence number: the 8 bytes every ICMP error must quote.
+            let Some(tcp) = read::<[u8; 8]>(ctx, quoted.l4) else {
+                count(KernelCounter::ShortQuote);
+                return;
+            };
+            let key = RequestKey {
+                remote,
+                local,
+                remote_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+                local_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+                tag: 0,
+                proto: proto::TCP,
+                _pad: 0,
+            };
+            let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            resolve(&key, outcome, Check::QuotesSyn(seq));
+        }
+        proto::UDP => {
+            let Some(udp) = read::<[u8; 4]>(ctx, quoted.l4) else {
+                count(KernelCounter::ShortQuote);
+                return;
+            };
+            if u16::from_be_bytes([udp[2], udp[3]]) != DNS_PORT {
+                return;
+            }
+            // The DNS id sits just past the 8 bytes RFC 792 guarantees; Linux and RFC 1812
+            // routers quote more, a router quoting less leaves the request unidentifiable.
+            let Some(id) = read::<[u8; 2]>(ctx, quoted.l4 + UDP_HEADER_LEN) else {
+                count(KernelCounter::ShortQuote);
+                return;
+            };
+            let key = RequestKey {
+                remote,
+                local,
+                remote_port: DNS_PORT,
+                local_port: u16::from_be_bytes([udp[0], udp[1]]),
+                tag: u16::from_be_bytes(id),
+                proto: proto::UDP,
+                _pad: 0,
+            };
+            resolve(&key, outcome, Check::Key);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let Some(echo) = read::<[u8; 8]>(ctx, quoted.l4) else {
+                count(KernelCounter::ShortQuote);
+                return;
+            };
+            let expected = if quoted.v6 { ICMPV6_ECHO_REQUEST } else { ICMP_ECHO_REQUEST };
+            if echo[0] != expected || (quoted.proto == proto::ICMPV6) != quoted.v6 {
+                return;
+            }
+            let key = RequestKey {
+                remote,
+                local,
+                remote_port: 0,
+                local_port: u16::from_be_bytes([echo[4], echo[5]]),
+                tag: u16::from_be_bytes([echo[6], echo[7]]),
+                proto: quoted.proto,
+                _pad: 0,
+            };
+            resolve(&key, outcome, Check::Key);
+        }
+        _ => {}
+    }
+}
+
+/// Settles the pending request `key` with `outcome`, exactly once.
+///
+/// Within the timeout, whoever deletes the entry owns the outcome (a duplicate answer on
+/// another CPU loses the delete and counts nothing). After the timeout the request already
+/// is, or is about to be, counted unanswered by userspace; the entry is only flagged late
+/// and stays as a tombstone so retransmits are still recognised.
+#[inline(always)]
+fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
+    let Some(pending) = PENDING.get_ptr_mut(key) else {
+        count(match outcome {
+            Outcome::Answer => KernelCounter::UnmatchedAnswer,
+            Outcome::Reject(_) => KernelCounter::UnmatchedRejection,
+        });
+        return;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let pending = unsafe { &mut *pending };
+    let valid = match check {
+        Check::Key => true,
+        Check::AcksSyn(ack) => ack == pending.tcp_seq.wrapping_add(1),
+        Check::QuotesSyn(seq) => seq == pending.tcp_seq,
+    };
+    if !valid {
+        count(KernelCounter::InvalidAnswer);
+        return;
+    }
+    let Some(counters) = TARGETS.get_ptr_mut(&key.target()) else { return };
+    // SAFETY: as above.
+    let counters = unsafe { &mut *counters };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let elapsed = now.wrapping_sub(pending.first_sent_ns);
+    counters.last_answer_ns = now;
+    if elapsed > timeout_ns() {
+        if pending.flags & PENDING_FLAG_LATE == 0 {
+            pending.flags |= PENDING_FLAG_LATE;
+            add(&mut counters.late, 1);
+        }
+        return;
+    }
+    if PENDING.remove(key).is_err() {
+        return;
+    }
+    match outcome {
+        Outcome::Answer => {
+            add(&mut counters.answered, 1);
+            if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
+                add(bucket, 1);
+            }
+        }
+        Outcome::Reject(reason) => {
+            add(&mut counters.rejected, 1);
+            add(&mut counters.rejected_by_reason[usize::from(reason) & 31], 1);
+        }
+    }
+}

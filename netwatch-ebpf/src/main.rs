@@ -1,0 +1,49 @@
+//! netwatch's tc classifiers.
+//!
+//! `netwatch_egress` tags the requests this host sends (DNS queries, TCP SYNs, ICMP echo
+//! requests) in [`maps::PENDING`]; `netwatch_ingress` matches what comes back (answers and
+//! rejections) and counts the outcome per target in [`maps::TARGETS`]. Requests nobody
+//! answers stay pending: userspace finds them once `--timeout` has passed.
+//!
+//! Both programs only observe. They always return `TC_ACT_UNSPEC` so the packet continues
+//! exactly as if they were not there: with tcx that is `TCX_NEXT` (run the next program),
+//! with a clsact filter it means "no verdict, go on classifying".
+#![no_std]
+#![no_main]
+// Atomic adds (see maps::add); the crate is built with RUSTC_BOOTSTRAP=1 anyway for build-std.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core::intrinsics::atomic_xadd, see maps::add")]
+
+mod answers;
+mod maps;
+mod packet;
+mod requests;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// `TC_ACT_UNSPEC` / `TCX_NEXT`: observe only, never decide the packet's fate.
+const PASS_THROUGH: i32 = -1;
+
+#[classifier]
+pub fn netwatch_egress(ctx: TcContext) -> i32 {
+    requests::on_egress(&ctx);
+    PASS_THROUGH
+}
+
+#[classifier]
+pub fn netwatch_ingress(ctx: TcContext) -> i32 {
+    answers::on_ingress(&ctx);
+    PASS_THROUGH
+}
+
+// A panic path that survives optimisation fails verification at load time instead of
+// becoming undefined behaviour; the loop is never entered by a verified program.
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

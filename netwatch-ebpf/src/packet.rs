@@ -1,0 +1,179 @@
+//! Bounds-checked header reading: Ethernet (with up to two VLAN tags), IPv4 (with options)
+//! and IPv6 (with a bounded chain of extension headers), down to the transport header.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+use netwatch_common::{KernelCounter, ipv4_mapped};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, vlan::VlanHdr};
+
+use crate::maps::count;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+/// VLAN tags walked in the frame (QinQ is two); more is not parsed.
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up (counted).
+const MAX_EXTENSION_HEADERS: usize = 6;
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+
+/// Reads a `T` at `offset` bytes into the packet: straight from the linear data when it is
+/// there (the common case, and the cheap one), through `bpf_skb_load_bytes` when the headers
+/// sit in a paged fragment. `None` when the packet is shorter.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // verifier: compare packet pointers (not lengths) so it learns the accessed range.
+    let ptr = start + offset;
+    if ptr + size_of::<T>() <= end {
+        // SAFETY: [ptr, ptr + size_of::<T>()) is inside the packet's linear data; `T` is
+        // plain bytes (network-types headers, integers, byte arrays), any bit pattern is valid.
+        Some(unsafe { core::ptr::read_unaligned(ptr as *const T) })
+    } else {
+        ctx.load::<T>(offset).ok()
+    }
+}
+
+/// Where the IP and transport headers of a packet are.
+#[derive(Clone, Copy)]
+pub struct Ip {
+    pub v6: bool,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Transport protocol (IANA number), after any IPv6 extension headers.
+    pub proto: u8,
+    /// Offset of the transport header.
+    pub l4: usize,
+}
+
+/// Finds the IP and transport headers of an Ethernet frame. `None` for anything that is not
+/// IP, a non-first fragment, or headers cut short.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Option<Ip> {
+    let ether_type = u16::from_be(read::<u16>(ctx, 12)?);
+    if ether_type == ETH_P_IPV4 {
+        return ipv4(ctx, EthHdr::LEN);
+    }
+    if ether_type == ETH_P_IPV6 {
+        return ipv6(ctx, EthHdr::LEN);
+    }
+    vlan(ctx, ether_type)
+}
+
+#[inline(always)]
+fn vlan(ctx: &TcContext, outer_type: u16) -> Option<Ip> {
+    let mut ether_type = outer_type;
+    let mut offset = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            return None;
+        }
+        let tag = read::<VlanHdr>(ctx, offset)?;
+        ether_type = u16::from_be(tag.ether_type);
+        offset += VlanHdr::LEN;
+        if ether_type == ETH_P_IPV4 {
+            return ipv4(ctx, offset);
+        }
+        if ether_type == ETH_P_IPV6 {
+            return ipv6(ctx, offset);
+        }
+    }
+    None
+}
+
+/// The IPv4 header at `offset`, options skipped.
+#[inline(always)]
+pub fn ipv4(ctx: &TcContext, offset: usize) -> Option<Ip> {
+    // Three small reads instead of the whole header keep the common path short.
+    let version_ihl = read::<u8>(ctx, offset)?;
+    let fragment = u16::from_be_bytes(read::<[u8; 2]>(ctx, offset + 6)?);
+    let proto = read::<u8>(ctx, offset + 9)?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+        return None;
+    }
+    if fragment & 0x1fff != 0 {
+        // A non-first fragment: what follows the IP header is payload, not a transport header.
+        count(KernelCounter::Fragment);
+        return None;
+    }
+    Some(Ip { v6: false, l3: offset, proto, l4: offset + header_len })
+}
+
+/// The IPv6 header at `offset`, extension headers walked up to [`MAX_EXTENSION_HEADERS`].
+#[inline(always)]
+pub fn ipv6(ctx: &TcContext, offset: usize) -> Option<Ip> {
+    let mut next = read::<u8>(ctx, offset + 6)?;
+    let mut l4 = offset + Ipv6Hdr::LEN;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let [following, len] = read::<[u8; 2]>(ctx, l4)?;
+                next = following;
+                l4 += (usize::from(len) + 1) * 8;
+            }
+            IPV6_AUTH => {
+                let [following, len] = read::<[u8; 2]>(ctx, l4)?;
+                next = following;
+                l4 += (usize::from(len) + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let [following, _, offset_hi, offset_lo] = read::<[u8; 4]>(ctx, l4)?;
+                if u16::from_be_bytes([offset_hi, offset_lo]) & 0xfff8 != 0 {
+                    count(KernelCounter::Fragment);
+                    return None;
+                }
+                next = following;
+                l4 += 8;
+            }
+            _ => return Some(Ip { v6: true, l3: offset, proto: next, l4 }),
+        }
+    }
+    if matches!(
+        next,
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT
+    ) {
+        count(KernelCounter::ExtensionHeaderLimit);
+        return None;
+    }
+    Some(Ip { v6: true, l3: offset, proto: next, l4 })
+}
+
+/// Source and destination addresses, IPv4 ones mapped into IPv6.
+#[inline(always)]
+pub fn addresses(ctx: &TcContext, ip: &Ip) -> Option<([u8; 16], [u8; 16])> {
+    if ip.v6 {
+        let src = read::<[u8; 16]>(ctx, ip.l3 + 8)?;
+        let dst = read::<[u8; 16]>(ctx, ip.l3 + 24)?;
+        Some((src, dst))
+    } else {
+        let src = read::<[u8; 4]>(ctx, ip.l3 + 12)?;
+        let dst = read::<[u8; 4]>(ctx, ip.l3 + 16)?;
+        Some((ipv4_mapped(src), ipv4_mapped(dst)))
+    }
+}
+
+/// TCP flag bits (byte 13 of the header).
+pub mod tcp_flags {
+    pub const RST: u8 = 0x04;
+    pub const SYN: u8 = 0x02;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Offset of the flags byte in the TCP header.
+pub const TCP_FLAGS_OFFSET: usize = 13;
+/// Length of a DNS message header.
+pub const DNS_HEADER_LEN: usize = 12;
+/// Length of a UDP header.
+pub const UDP_HEADER_LEN: usize = 8;
+/// Bytes of an ICMP/ICMPv6 header before the quoted packet of an error.
+pub const ICMP_HEADER_LEN: usize = 8;

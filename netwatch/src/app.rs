@@ -1,0 +1,216 @@
+//! The run loop: poll the kernel tables, feed the tracker, hand changes to the output, until
+//! a signal or `--duration` ends it. Then a last poll, the exit records, and detach.
+
+use std::{
+    io::{self, IsTerminal as _, Write},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::Args,
+    interfaces, privileges,
+    probe::{KernelTables, Probe, ProbeError},
+    report::{RunInfo, WatchedInterface, json::JsonWriter, table},
+    snapshot::TargetView,
+    sweep::{SweepPolicy, Sweeper},
+    tracker::Tracker,
+};
+
+/// How often the kernel tables are read. Unanswered requests are found at most this long
+/// after their timeout.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the live table is redrawn.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+/// One poll: counters first (so every expired request's target is known), then the pending
+/// sweep, then the kernel's loss counters; returns the verdict changes.
+pub fn poll(
+    kernel: &mut dyn KernelTables,
+    tracker: &mut Tracker,
+    sweeper: &mut Sweeper,
+    now_ns: u64,
+) -> Result<Vec<TargetView>, ProbeError> {
+    kernel.read_targets(&mut |key, counters| tracker.observe_counters(now_ns, key, counters))?;
+    let swept = sweeper.sweep(now_ns, kernel.read_pending()?);
+    for (key, request) in &swept.unanswered {
+        tracker.observe_unanswered(now_ns, key, request);
+    }
+    for key in &swept.remove {
+        kernel.remove_pending(key)?;
+    }
+    tracker.observe_kernel(kernel.read_counters()?, swept.in_flight, swept.tombstones);
+    Ok(tracker.judge(now_ns))
+}
+
+/// Where the results go.
+enum Output {
+    Json(JsonWriter<io::Stdout>),
+    /// Redrawn in place on a terminal.
+    LiveTable { last_draw: Option<Instant> },
+    /// Printed again when it changed, for pipes and logs.
+    PlainTable { last_print: Option<Instant>, last_body: String },
+}
+
+impl Output {
+    fn new(json: bool) -> Self {
+        if json {
+            Self::Json(JsonWriter::new(io::stdout()))
+        } else if io::stdout().is_terminal() {
+            Self::LiveTable { last_draw: None }
+        } else {
+            Self::PlainTable { last_print: None, last_body: String::new() }
+        }
+    }
+
+    fn on_poll(
+        &mut self,
+        changes: &[TargetView],
+        tracker: &Tracker,
+        now_ns: u64,
+        run: &RunInfo,
+    ) -> io::Result<()> {
+        match self {
+            Self::Json(writer) => {
+                if changes.is_empty() {
+                    return Ok(());
+                }
+                let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+                writer.verdicts(changes, &time)
+            }
+            Self::LiveTable { last_draw } => {
+                if last_draw.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+                    return Ok(());
+                }
+                *last_draw = Some(Instant::now());
+                let snapshot = tracker.snapshot(now_ns);
+                let mut out = io::stdout().lock();
+                // Home the cursor and clear the screen, then draw.
+                write!(out, "\x1b[H\x1b[2J{}\n\n{}", table::status_line(&snapshot, run), table::render(&snapshot))?;
+                out.flush()
+            }
+            Self::PlainTable { last_print, last_body } => {
+                if last_print.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+                    return Ok(());
+                }
+                let snapshot = tracker.snapshot(now_ns);
+                let body = table::render(&snapshot);
+                if snapshot.targets.is_empty() || body == *last_body {
+                    return Ok(());
+                }
+                *last_print = Some(Instant::now());
+                let mut out = io::stdout().lock();
+                write!(out, "{}\n{body}\n", table::status_line(&snapshot, run))?;
+                *last_body = body;
+                out.flush()
+            }
+        }
+    }
+
+    fn finish(&mut self, tracker: &Tracker, now_ns: u64, run: &RunInfo) -> io::Result<()> {
+        let snapshot = tracker.snapshot(now_ns);
+        match self {
+            Self::Json(writer) => writer.finish(&snapshot, run),
+            Self::LiveTable { .. } | Self::PlainTable { .. } => {
+                let mut out = io::stdout().lock();
+                write!(out, "{}\n{}", table::status_line(&snapshot, run), table::render(&snapshot))?;
+                out.flush()
+            }
+        }
+    }
+}
+
+/// Runs netwatch until a signal or the end of `--duration`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Signals first: a Ctrl-C during attach must still detach cleanly.
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+
+    privileges::require()?;
+    let interfaces = interfaces::resolve(&args.iface)?;
+    let mut probe = Probe::load(args.timeout)?;
+    let mut watched = Vec::new();
+    for iface in &interfaces {
+        let via = probe.attach(iface, args.attach)?;
+        watched.push(WatchedInterface { name: iface.name.clone(), attach: via.as_str() });
+    }
+    let names: Vec<String> = watched.iter().map(|w| format!("{} ({})", w.name, w.attach)).collect();
+    eprintln!("netwatch: watching {}; Ctrl-C to stop", names.join(", "));
+
+    let started = Instant::now();
+    let mut run = RunInfo {
+        interfaces: watched,
+        uptime: Duration::ZERO,
+        timeout: args.timeout,
+        window: args.window,
+    };
+    let timeout_ns = u64::try_from(args.timeout.as_nanos()).unwrap_or(u64::MAX);
+    let mut sweeper =
+        Sweeper::new(SweepPolicy { timeout_ns, capacity: probe.pending_capacity() });
+    let mut tracker = Tracker::new(args.window);
+    let mut output = Output::new(args.json);
+    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let stop_at = args.duration.map(|d| tokio::time::Instant::from_std(started + d));
+    let until_stop = async {
+        match stop_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_stop);
+
+    let mut stdout_open = true;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now_ns = monotonic_ns();
+                let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
+                run.uptime = started.elapsed();
+                if let Err(err) = output.on_poll(&changes, &tracker, now_ns, &run) {
+                    stdout_open = closed_stdout(err)?;
+                    break;
+                }
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            () = &mut until_stop => break,
+        }
+    }
+
+    // A last look, so the exit records count everything seen until now.
+    let now_ns = monotonic_ns();
+    let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
+    run.uptime = started.elapsed();
+    if stdout_open {
+        let written = output
+            .on_poll(&changes, &tracker, now_ns, &run)
+            .and_then(|()| output.finish(&tracker, now_ns, &run));
+        if let Err(err) = written {
+            closed_stdout(err)?;
+        }
+    }
+    probe.detach_all();
+    Ok(())
+}
+
+/// A reader that went away (`netwatch --json | head`) ends the run normally; any other
+/// write error is an error.
+fn closed_stdout(err: io::Error) -> anyhow::Result<bool> {
+    if err.kind() == io::ErrorKind::BrokenPipe {
+        Ok(false)
+    } else {
+        Err(err).context("writing to stdout")
+    }
+}

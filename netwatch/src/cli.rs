@@ -1,0 +1,239 @@
+//! The command line. Every bad value is rejected here, before anything touches the kernel,
+//! with one line saying what is wrong.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+const ABOUT: &str = "Finds upstream firewall drops passively: which requests this host sends \
+                     (DNS queries, TCP SYNs, pings) never get an answer, per remote port.";
+
+const LONG_ABOUT: &str = "\
+Finds upstream firewall drops passively, without sending a single probe.
+
+eBPF programs on tc egress and ingress tag the requests this host already sends (DNS queries \
+on UDP/53, TCP SYNs, ICMP echo requests) and match what comes back: answers, TCP resets, ICMP \
+unreachables. Each target (proto, remote address, remote port) gets a verdict:
+
+  ok          every recent request was answered
+  blackholed  requests go unanswered and nothing comes back (silently dropped)
+  rejected    requests are refused (the reason names the TCP reset or ICMP type)
+  degraded    some answered, some not
+  pending     requests seen, none resolved yet
+
+Needs root, or CAP_BPF and CAP_NET_ADMIN. Stop it with Ctrl-C (or SIGTERM); nothing stays \
+attached after it exits.";
+
+const AFTER_HELP: &str = "\
+DUR is a number with a unit: 500ms, 2s, 1m, 1h30m.
+
+Exit status: 0 when it stopped normally (whatever it found), 1 on errors, 2 on bad usage.";
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "netwatch", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Interface to watch; repeat for several. Default: the interface(s) holding the
+    /// default route(s).
+    #[arg(short, long = "iface", value_name = "IFACE", value_parser = parse_iface)]
+    pub iface: Vec<String>,
+
+    /// A request with no answer and no rejection within this time is unanswered.
+    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_timeout, allow_hyphen_values = true)]
+    pub timeout: Duration,
+
+    /// Verdicts are judged on the outcomes of this much time before a target's latest one.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_window, allow_hyphen_values = true)]
+    pub window: Duration,
+
+    /// Stop after this long (default: run until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "DUR", value_parser = parse_run_duration, allow_hyphen_values = true)]
+    pub duration: Option<Duration>,
+
+    /// Write NDJSON records to stdout instead of the live table: a `verdict` record each
+    /// time a target's verdict changes, a `target` record per target at exit.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How to attach to tc: tcx links (kernel 6.6+), clsact filters, or tcx with a clsact
+    /// fallback.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+}
+
+/// How the programs are attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    /// tcx where the kernel has it, a clsact qdisc filter otherwise.
+    Auto,
+    /// tcx links only (Linux 6.6+): detached by the kernel when netwatch exits, however.
+    Tcx,
+    /// clsact qdisc filters (any kernel with tc BPF); the qdisc is created if missing and
+    /// removed again at exit if netwatch created it.
+    Clsact,
+}
+
+impl AttachMode {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tcx => "tcx",
+            Self::Clsact => "clsact",
+        }
+    }
+}
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+const MAX_IFACE_LEN: usize = 15;
+
+fn parse_iface(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err("interface name is empty".into());
+    }
+    if value.len() > MAX_IFACE_LEN {
+        return Err(format!("interface names have at most {MAX_IFACE_LEN} bytes"));
+    }
+    if value.contains(['/', ' ', '\0']) || value == "." || value == ".." {
+        return Err("not a valid interface name".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_bounded(value: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value)
+        .map_err(|err| format!("{err} (expected a number with a unit, like 500ms, 2s or 1m)"))?;
+    if duration.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    if duration < min {
+        return Err(format!("must be at least {}", humantime::format_duration(min)));
+    }
+    if duration > max {
+        return Err(format!("must be at most {}", humantime::format_duration(max)));
+    }
+    Ok(duration)
+}
+
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    parse_bounded(value, Duration::from_millis(10), Duration::from_secs(3600))
+}
+
+fn parse_window(value: &str) -> Result<Duration, String> {
+    parse_bounded(value, Duration::from_millis(100), Duration::from_secs(7 * 86_400))
+}
+
+fn parse_run_duration(value: &str) -> Result<Duration, String> {
+    parse_bounded(value, Duration::from_millis(1), Duration::from_secs(366 * 86_400))
+}
+
+/// Parse outcome of the command line.
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Box<Args>),
+    /// `--help` or `--version`: print this to stdout and exit 0.
+    Info(String),
+    /// Bad usage: one line for stderr, exit 2.
+    Usage(String),
+}
+
+/// Parses `argv`, turning clap's multi-line usage errors into a single line.
+pub fn parse<I, T>(argv: I) -> Parsed
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Args::try_parse_from(argv) {
+        Ok(args) => Parsed::Run(Box::new(args)),
+        Err(err) => {
+            use clap::error::ErrorKind;
+            match err.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    Parsed::Info(err.render().to_string())
+                }
+                _ => Parsed::Usage(one_line_usage_error(&err.render().to_string())),
+            }
+        }
+    }
+}
+
+/// `error: invalid value ...\n\nUsage: ...` → `invalid value ... (see --help)`.
+fn one_line_usage_error(rendered: &str) -> String {
+    let first = rendered.lines().find(|line| !line.trim().is_empty()).unwrap_or("bad usage");
+    let message = first.strip_prefix("error: ").unwrap_or(first).trim();
+    format!("{message} (see --help)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(args: &[&str]) -> Args {
+        match parse(std::iter::once("netwatch").chain(args.iter().copied())) {
+            Parsed::Run(args) => *args,
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    fn usage(args: &[&str]) -> String {
+        match parse(std::iter::once("netwatch").chain(args.iter().copied())) {
+            Parsed::Usage(line) => line,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let args = parse_ok(&[]);
+        assert!(args.iface.is_empty());
+        assert_eq!(args.timeout, Duration::from_secs(3));
+        assert_eq!(args.window, Duration::from_secs(60));
+        assert_eq!(args.duration, None);
+        assert!(!args.json);
+        assert_eq!(args.attach, AttachMode::Auto);
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let args =
+            parse_ok(&["--timeout", "500ms", "--window", "2s", "--duration", "1m", "--json"]);
+        assert_eq!(args.timeout, Duration::from_millis(500));
+        assert_eq!(args.window, Duration::from_secs(2));
+        assert_eq!(args.duration, Some(Duration::from_secs(60)));
+        assert!(args.json);
+    }
+
+    #[test]
+    fn iface_repeats() {
+        let args = parse_ok(&["--iface", "eth0", "-i", "eth1"]);
+        assert_eq!(args.iface, vec!["eth0", "eth1"]);
+    }
+
+    #[test]
+    fn bad_values_give_one_line() {
+        for (args, expected) in [
+            (vec!["--timeout", "0s"], "greater than zero"),
+            (vec!["--timeout", "5"], "unit"),
+            (vec!["--timeout", "-1s"], "--timeout"),
+            (vec!["--window", "banana"], "--window"),
+            (vec!["--duration", "99999999999999999999y"], "--duration"),
+            (vec!["--timeout", "2h"], "at most 1h"),
+            (vec!["--iface", ""], "empty"),
+            (vec!["--iface", "a-very-long-interface-name"], "at most 15"),
+            (vec!["--frobnicate"], "--frobnicate"),
+            (vec!["--attach", "xdp"], "xdp"),
+        ] {
+            let line = usage(&args);
+            assert!(!line.contains('\n'), "{args:?}: {line:?}");
+            assert!(line.contains(expected), "{args:?}: {line:?} lacks {expected:?}");
+            assert!(line.ends_with("(see --help)"));
+        }
+    }
+
+    #[test]
+    fn help_and_version_are_info() {
+        assert!(matches!(parse(["netwatch", "--help"]), Parsed::Info(text) if text.contains("--timeout")));
+        assert!(matches!(parse(["netwatch", "--version"]), Parsed::Info(_)));
+    }
+}

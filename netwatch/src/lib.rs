@@ -1,0 +1,19 @@
+//! netwatch: finds upstream firewall drops passively.
+//!
+//! The kernel side (`netwatch-ebpf`) tags requests and matches answers; this crate loads it
+//! ([`probe`]), finds unanswered requests ([`sweep`]), turns counters into outcomes and
+//! verdicts ([`tracker`], [`verdict`]) and renders them ([`report`]). [`app`] ties it
+//! together; `main.rs` only parses the command line and maps errors to exit codes.
+
+pub mod app;
+pub mod cli;
+pub mod dns;
+pub mod interfaces;
+pub mod privileges;
+pub mod probe;
+pub mod report;
+pub mod snapshot;
+pub mod sweep;
+pub mod target;
+pub mod tracker;
+pub mod verdict;

@@ -1,0 +1,61 @@
+//! The `netwatch` binary: parse, run, and turn every failure into one line and an exit code.
+
+use std::process::ExitCode;
+
+use netwatch::cli::{self, Parsed};
+
+fn main() -> ExitCode {
+    // A bug must not print a backtrace over the operator's terminal: one line, then the
+    // unwinding drops the probe, which detaches everything.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!(
+            "netwatch: internal error{}: {} (please report this)",
+            location.unwrap_or_default(),
+            one_line(&panic_message(info))
+        );
+    }));
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+
+    let args = match cli::parse(std::env::args_os()) {
+        Parsed::Run(args) => args,
+        Parsed::Info(text) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Parsed::Usage(line) => {
+            eprintln!("netwatch: error: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("netwatch: error: could not start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(netwatch::app::run(*args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("netwatch: error: {}", one_line(&format!("{err:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
+    if let Some(text) = info.payload().downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = info.payload().downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}

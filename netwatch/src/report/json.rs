@@ -1,0 +1,150 @@
+//! NDJSON output: one record per line, flushed as it is written so pipes see it at once.
+//!
+//! Record types: `verdict` (a target's verdict changed), `target` (per target, at exit),
+//! `summary` (at exit). Readers skip types they don't know.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::RunInfo;
+use crate::snapshot::{KernelStats, Snapshot, TargetView};
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Record<'a> {
+    Verdict(Stamped<'a, TargetView>),
+    Target(&'a TargetView),
+    Summary(Summary<'a>),
+}
+
+/// A record with the wall-clock time it was made.
+#[derive(Serialize)]
+struct Stamped<'a, T> {
+    time: String,
+    #[serde(flatten)]
+    inner: &'a T,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    #[serde(flatten)]
+    run: &'a RunInfo,
+    targets: usize,
+    in_flight: usize,
+    tombstones: usize,
+    /// Requests that could not be tracked (table full).
+    lost_requests: u64,
+    kernel: &'a KernelStats,
+}
+
+/// Writes NDJSON records to `out`.
+pub struct JsonWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+
+    /// A `verdict` record for each change, stamped with `time` (RFC 3339).
+    pub fn verdicts(&mut self, changes: &[TargetView], time: &str) -> io::Result<()> {
+        for change in changes {
+            let record = Record::Verdict(Stamped { time: time.to_owned(), inner: change });
+            self.line(&record)?;
+        }
+        self.out.flush()
+    }
+
+    /// The exit records: one `target` per target, then the `summary`.
+    pub fn finish(&mut self, snapshot: &Snapshot, run: &RunInfo) -> io::Result<()> {
+        for target in &snapshot.targets {
+            self.line(&Record::Target(target))?;
+        }
+        self.line(&Record::Summary(Summary {
+            run,
+            targets: snapshot.targets.len(),
+            in_flight: snapshot.in_flight,
+            tombstones: snapshot.tombstones,
+            lost_requests: snapshot.kernel.lost_requests,
+            kernel: &snapshot.kernel,
+        }))?;
+        self.out.flush()
+    }
+
+    fn line(&mut self, record: &Record<'_>) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{snapshot::tests::view, target::Proto, verdict::Verdict};
+
+    fn lines(bytes: &[u8]) -> Vec<Value> {
+        std::str::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn verdict_records_carry_the_contract_fields() {
+        let mut target = view(Proto::Udp, "198.51.100.53", Some(53), Verdict::Blackholed);
+        target.requests = 14;
+        target.unanswered = 14;
+        target.retransmits = 2;
+        target.names = Some(vec!["chat.example.com".into()]);
+        let mut out = Vec::new();
+        JsonWriter::new(&mut out).verdicts(&[target], "2026-11-24T22:00:00.000Z").unwrap();
+        let records = lines(&out);
+        assert_eq!(records.len(), 1);
+        let r = &records[0];
+        assert_eq!(r["type"], "verdict");
+        assert_eq!(r["direction"], "egress");
+        assert_eq!(r["proto"], "udp");
+        assert_eq!(r["remote"], "198.51.100.53");
+        assert_eq!(r["port"], 53);
+        assert_eq!(r["requests"], 14);
+        assert_eq!(r["answered"], 0);
+        assert_eq!(r["rejected"], 0);
+        assert_eq!(r["unanswered"], 14);
+        assert_eq!(r["retransmits"], 2);
+        assert_eq!(r["verdict"], "blackholed");
+        assert_eq!(r["reason"], Value::Null);
+        assert_eq!(r["names"][0], "chat.example.com");
+        assert_eq!(r["time"], "2026-11-24T22:00:00.000Z");
+    }
+
+    #[test]
+    fn icmp_has_a_null_port_and_ipv6_is_canonical() {
+        let mut target = view(Proto::Icmpv6, "2001:0db8:0:0::1", None, Verdict::Rejected);
+        target.reason = Some("icmp6-adm-prohibited");
+        let snapshot = Snapshot { targets: vec![target], ..Snapshot::default() };
+        let run = RunInfo {
+            interfaces: vec![],
+            uptime: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+            window: Duration::from_secs(60),
+        };
+        let mut out = Vec::new();
+        JsonWriter::new(&mut out).finish(&snapshot, &run).unwrap();
+        let records = lines(&out);
+        assert_eq!(records[0]["type"], "target");
+        assert_eq!(records[0]["port"], Value::Null);
+        assert_eq!(records[0]["remote"], "2001:db8::1");
+        assert_eq!(records[0]["reason"], "icmp6-adm-prohibited");
+        assert!(records[0].get("names").is_none(), "names only for DNS targets");
+        assert_eq!(records[1]["type"], "summary");
+        assert_eq!(records[1]["targets"], 1);
+        assert_eq!(records[1]["timeout"], 3.0);
+    }
+}

@@ -1,0 +1,60 @@
+//! Renderers: each turns a [`crate::snapshot::Snapshot`] into text. No I/O beyond the
+//! writer they are handed.
+
+pub mod json;
+pub mod table;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The run's context shown beside the data: what is watched, for how long, with which
+/// settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunInfo {
+    /// (interface, attach mode).
+    pub interfaces: Vec<WatchedInterface>,
+    #[serde(serialize_with = "as_secs")]
+    pub uptime: Duration,
+    #[serde(serialize_with = "as_secs")]
+    pub timeout: Duration,
+    #[serde(serialize_with = "as_secs")]
+    pub window: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WatchedInterface {
+    pub name: String,
+    pub attach: &'static str,
+}
+
+fn as_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+/// A short human duration: `850ms`, `3s`, `1m23s`, `2h05m`.
+#[must_use]
+pub fn short_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs == 0 {
+        return format!("{}ms", duration.subsec_millis());
+    }
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_durations() {
+        assert_eq!(short_duration(Duration::from_millis(850)), "850ms");
+        assert_eq!(short_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(short_duration(Duration::from_secs(83)), "1m23s");
+        assert_eq!(short_duration(Duration::from_secs(7500)), "2h05m");
+    }
+}

@@ -1,0 +1,135 @@
+//! The plain table: every target worst first, then the rollup per (proto, port).
+
+use std::fmt::Write as _;
+
+use super::{RunInfo, short_duration};
+use crate::{
+    snapshot::{Rollup, Snapshot, TargetView},
+    verdict::Verdict,
+};
+
+/// The status line: what is watched, since when, with which settings, and what was lost.
+#[must_use]
+pub fn status_line(snapshot: &Snapshot, run: &RunInfo) -> String {
+    let interfaces: Vec<String> =
+        run.interfaces.iter().map(|i| format!("{} ({})", i.name, i.attach)).collect();
+    format!(
+        "netwatch  {}  up {}  timeout {}  window {}  {:.1} req/s  in flight {}  lost {}",
+        interfaces.join(", "),
+        short_duration(run.uptime),
+        short_duration(run.timeout),
+        short_duration(run.window),
+        snapshot.requests_per_s,
+        snapshot.in_flight,
+        snapshot.kernel.lost_requests,
+    )
+}
+
+/// The whole report as text, without the status line.
+#[must_use]
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    if snapshot.targets.is_empty() {
+        out.push_str(
+            "No requests seen yet: DNS queries, TCP connection attempts and pings leaving the \
+             watched interfaces show up here.\n",
+        );
+        return out;
+    }
+    let remote_width =
+        snapshot.targets.iter().map(|t| t.remote.to_string().len()).max().unwrap_or(6).max(6);
+    let _ = writeln!(
+        out,
+        "{:<10}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  REASON",
+        "VERDICT", "PROTO", "REMOTE", "PORT", "REQ", "ANS", "REJ", "UNANS", "RETX",
+    );
+    for target in &snapshot.targets {
+        let _ = writeln!(out, "{}", target_row(target, remote_width).trim_end());
+    }
+    out.push_str("\nPER PORT\n");
+    for rollup in &snapshot.rollups {
+        let _ = writeln!(out, "{}", rollup_row(rollup).trim_end());
+    }
+    out
+}
+
+fn target_row(t: &TargetView, remote_width: usize) -> String {
+    let port = t.port.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let mut detail = t.reason.unwrap_or_default().to_owned();
+    if let Some(names) = t.names.as_ref().filter(|n| !n.is_empty()) {
+        if !detail.is_empty() {
+            detail.push_str("  ");
+        }
+        let _ = write!(detail, "unanswered: {}", names.join(", "));
+    }
+    if t.untracked > 0 {
+        let _ = write!(detail, "  ({} untracked: table full)", t.untracked);
+    }
+    format!(
+        "{:<10}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {}",
+        t.verdict.as_str(),
+        t.proto.as_str(),
+        t.remote.to_string(),
+        port,
+        t.requests,
+        t.answered,
+        t.rejected,
+        t.unanswered,
+        t.retransmits,
+        detail,
+    )
+}
+
+fn rollup_row(r: &Rollup) -> String {
+    let remotes = if r.remotes == 1 { "1 remote ".to_owned() } else { format!("{} remotes", r.remotes) };
+    let reason = if r.verdict == Verdict::Ok { "" } else { r.reason.unwrap_or_default() };
+    format!(
+        "{:<10} {:>7} answered  {:<11} {:<10} {}",
+        r.service().to_string(),
+        format!("{}/{}", r.answered, r.requests),
+        remotes,
+        r.verdict.as_str(),
+        reason,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{snapshot::tests::view, target::Proto};
+
+    #[test]
+    fn renders_targets_and_rollups() {
+        let mut dns1 = view(Proto::Udp, "198.51.100.53", Some(53), Verdict::Blackholed);
+        dns1.requests = 10;
+        dns1.unanswered = 10;
+        dns1.names = Some(vec!["chat.example.com".into()]);
+        let mut dns2 = view(Proto::Udp, "198.51.100.54", Some(53), Verdict::Blackholed);
+        dns2.requests = 4;
+        dns2.unanswered = 4;
+        let mut rejected = view(Proto::Tcp, "198.51.100.10", Some(8443), Verdict::Rejected);
+        rejected.rejected = 1;
+        rejected.reason = Some("icmp-host-prohibited");
+        let mut ok = view(Proto::Tcp, "198.51.100.10", Some(443), Verdict::Ok);
+        ok.answered = 1;
+        let targets = vec![dns1, dns2, rejected, ok];
+        let snapshot =
+            Snapshot { rollups: Rollup::of(&targets), targets, ..Snapshot::default() };
+        let text = render(&snapshot);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("VERDICT"));
+        assert!(lines[1].starts_with("blackholed  udp     198.51.100.53"), "{}", lines[1]);
+        assert!(lines[1].ends_with("unanswered: chat.example.com"), "{}", lines[1]);
+        assert!(lines[3].contains("8443") && lines[3].ends_with("icmp-host-prohibited"));
+        let rollup = text.lines().find(|l| l.starts_with("UDP/53")).unwrap();
+        assert!(rollup.contains("0/14 answered"), "{rollup}");
+        assert!(rollup.contains("2 remotes"), "{rollup}");
+        assert!(rollup.contains("blackholed"), "{rollup}");
+        assert!(text.lines().any(|l| l.starts_with("TCP/443") && l.contains("1/1 answered")));
+    }
+
+    #[test]
+    fn empty_snapshot_says_what_will_appear() {
+        assert!(render(&Snapshot::default()).starts_with("No requests seen yet"));
+    }
+}

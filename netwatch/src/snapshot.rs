@@ -1,0 +1,244 @@
+//! What the renderers (table, JSON, metrics, TUI) see: one plain-data snapshot of the
+//! tracker. Renderers do no I/O of their own beyond writing what they are given.
+
+use std::{cmp::Ordering, collections::BTreeMap, net::IpAddr};
+
+use netwatch_common::{KernelCounter, LATENCY_BUCKETS, REASON_SLOTS};
+use serde::Serialize;
+
+use crate::{
+    target::{Direction, Proto, Service},
+    verdict::Verdict,
+};
+
+/// One target with its counters and verdict: the fields of the JSON `target` and `verdict`
+/// records.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TargetView {
+    pub direction: Direction,
+    pub proto: Proto,
+    pub remote: IpAddr,
+    pub port: Option<u16>,
+    pub requests: u64,
+    pub answered: u64,
+    pub rejected: u64,
+    pub unanswered: u64,
+    pub retransmits: u64,
+    pub verdict: Verdict,
+    pub reason: Option<&'static str>,
+    /// Requests still within their timeout.
+    pub in_flight: u64,
+    /// Requests that could not be tracked (pending table full): never judged.
+    pub untracked: u64,
+    /// Answers or rejections that came after the timeout.
+    pub late: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Seconds since a request to this target last left.
+    pub last_seen_ago_s: Option<f64>,
+    /// DNS targets: names whose queries went unanswered (a bounded sample, escaped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+    #[serde(skip)]
+    pub latency_buckets: [u64; LATENCY_BUCKETS],
+    #[serde(skip)]
+    pub rejected_by_reason: [u64; REASON_SLOTS],
+}
+
+impl TargetView {
+    #[must_use]
+    pub fn service(&self) -> Service {
+        Service { proto: self.proto, port: self.port }
+    }
+
+    /// Worst verdict first; then most failures, most requests, and address order.
+    #[must_use]
+    pub fn worst_first(a: &Self, b: &Self) -> Ordering {
+        a.verdict
+            .cmp(&b.verdict)
+            .then_with(|| (b.unanswered + b.rejected).cmp(&(a.unanswered + a.rejected)))
+            .then_with(|| b.requests.cmp(&a.requests))
+            .then_with(|| (a.proto, a.port, a.remote).cmp(&(b.proto, b.port, b.remote)))
+    }
+}
+
+/// One (proto, port) across all its remotes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rollup {
+    pub proto: Proto,
+    pub port: Option<u16>,
+    pub remotes: usize,
+    pub requests: u64,
+    pub answered: u64,
+    pub rejected: u64,
+    pub unanswered: u64,
+    pub retransmits: u64,
+    pub verdict: Verdict,
+    pub reason: Option<&'static str>,
+}
+
+impl Rollup {
+    /// Groups targets by service. The rollup verdict: the common verdict of its remotes
+    /// (pending ones aside), `degraded` when they disagree.
+    #[must_use]
+    pub fn of(targets: &[TargetView]) -> Vec<Self> {
+        let mut groups: BTreeMap<Service, Vec<&TargetView>> = BTreeMap::new();
+        for target in targets {
+            groups.entry(target.service()).or_default().push(target);
+        }
+        let mut rollups: Vec<Self> = groups
+            .into_iter()
+            .map(|(service, members)| {
+                let judged: Vec<&&TargetView> =
+                    members.iter().filter(|t| t.verdict != Verdict::Pending).collect();
+                let verdict = match judged.first() {
+                    None => Verdict::Pending,
+                    Some(first) if judged.iter().all(|t| t.verdict == first.verdict) => {
+                        first.verdict
+                    }
+                    Some(_) => Verdict::Degraded,
+                };
+                let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
+                for reason in members.iter().filter_map(|t| t.reason) {
+                    *reasons.entry(reason).or_default() += 1;
+                }
+                let reason =
+                    reasons.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0))).map(|r| r.0);
+                Self {
+                    proto: service.proto,
+                    port: service.port,
+                    remotes: members.len(),
+                    requests: members.iter().map(|t| t.requests).sum(),
+                    answered: members.iter().map(|t| t.answered).sum(),
+                    rejected: members.iter().map(|t| t.rejected).sum(),
+                    unanswered: members.iter().map(|t| t.unanswered).sum(),
+                    retransmits: members.iter().map(|t| t.retransmits).sum(),
+                    verdict,
+                    reason,
+                }
+            })
+            .collect();
+        rollups.sort_by(|a, b| {
+            a.verdict
+                .cmp(&b.verdict)
+                .then_with(|| (a.proto, a.port).cmp(&(b.proto, b.port)))
+        });
+        rollups
+    }
+
+    #[must_use]
+    pub fn service(&self) -> Service {
+        Service { proto: self.proto, port: self.port }
+    }
+}
+
+/// The kernel programs' counters of what they could not use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelStats {
+    /// By [`KernelCounter::name`].
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Requests that could not be tracked (table full): the evictions.
+    pub lost_requests: u64,
+}
+
+impl KernelStats {
+    #[must_use]
+    pub fn from_counters(values: &[u64; KernelCounter::COUNT]) -> Self {
+        let mut stats = Self::default();
+        for counter in KernelCounter::ALL {
+            let value = values[counter as usize];
+            stats.counters.insert(counter.name(), value);
+            if counter.is_loss() {
+                stats.lost_requests += value;
+            }
+        }
+        stats
+    }
+}
+
+/// Everything a renderer needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Worst first.
+    pub targets: Vec<TargetView>,
+    pub rollups: Vec<Rollup>,
+    pub kernel: KernelStats,
+    /// Pending requests still within their timeout.
+    pub in_flight: usize,
+    /// Unanswered requests kept to recognise retransmits.
+    pub tombstones: usize,
+    pub requests_per_s: f64,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn view(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> TargetView {
+        TargetView {
+            direction: Direction::Egress,
+            proto,
+            remote: remote.parse().unwrap(),
+            port,
+            requests: 1,
+            answered: 0,
+            rejected: 0,
+            unanswered: 0,
+            retransmits: 0,
+            verdict,
+            reason: None,
+            in_flight: 0,
+            untracked: 0,
+            late: 0,
+            latency_p50_ms: None,
+            latency_p99_ms: None,
+            last_seen_ago_s: None,
+            names: None,
+            latency_buckets: [0; LATENCY_BUCKETS],
+            rejected_by_reason: [0; REASON_SLOTS],
+        }
+    }
+
+    #[test]
+    fn rollups_agree_or_degrade() {
+        let targets = vec![
+            view(Proto::Udp, "198.51.100.1", Some(53), Verdict::Blackholed),
+            view(Proto::Udp, "198.51.100.2", Some(53), Verdict::Blackholed),
+            view(Proto::Udp, "198.51.100.3", Some(53), Verdict::Pending),
+            view(Proto::Tcp, "198.51.100.1", Some(443), Verdict::Ok),
+            view(Proto::Tcp, "198.51.100.2", Some(443), Verdict::Blackholed),
+            view(Proto::Icmp, "198.51.100.2", None, Verdict::Pending),
+        ];
+        let rollups = Rollup::of(&targets);
+        let find = |proto, port| rollups.iter().find(|r| r.proto == proto && r.port == port).unwrap();
+        assert_eq!(find(Proto::Udp, Some(53)).verdict, Verdict::Blackholed);
+        assert_eq!(find(Proto::Udp, Some(53)).remotes, 3);
+        assert_eq!(find(Proto::Tcp, Some(443)).verdict, Verdict::Degraded);
+        assert_eq!(find(Proto::Icmp, None).verdict, Verdict::Pending);
+        assert_eq!(rollups[0].verdict, Verdict::Blackholed, "worst first");
+    }
+
+    #[test]
+    fn targets_sort_worst_first() {
+        let mut a = view(Proto::Tcp, "198.51.100.1", Some(443), Verdict::Ok);
+        a.requests = 100;
+        let mut b = view(Proto::Udp, "198.51.100.1", Some(53), Verdict::Blackholed);
+        b.unanswered = 1;
+        let mut c = view(Proto::Udp, "198.51.100.2", Some(53), Verdict::Blackholed);
+        c.unanswered = 5;
+        let mut list = vec![a.clone(), b.clone(), c.clone()];
+        list.sort_by(TargetView::worst_first);
+        assert_eq!(list, vec![c, b, a]);
+    }
+
+    #[test]
+    fn kernel_losses_sum_the_table_full_counters() {
+        let mut values = [0; KernelCounter::COUNT];
+        values[KernelCounter::PendingFull as usize] = 7;
+        values[KernelCounter::TargetsFull as usize] = 2;
+        values[KernelCounter::Malformed as usize] = 100;
+        let stats = KernelStats::from_counters(&values);
+        assert_eq!(stats.lost_requests, 9);
+        assert_eq!(stats.counters["malformed"], 100);
+    }
+}

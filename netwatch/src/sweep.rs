@@ -1,0 +1,243 @@
+//! Finding unanswered requests in the kernel's pending table.
+//!
+//! The kernel deletes a pending entry when its answer or rejection arrives in time, so
+//! whatever is still there after `timeout` went unanswered. Userspace counts such an entry
+//! once and leaves it in place as a tombstone for a while: a SYN retransmitted a minute later
+//! is the same request (the kernel sees the entry and counts a retransmit), not a new one.
+
+use std::collections::HashSet;
+
+use netwatch_common::{PENDING_FLAG_LATE, PendingRequest, RequestKey};
+
+/// How long after its deadline an entry is surely not about to be resolved by the kernel.
+///
+/// The kernel reads the clock and deletes the entry within one program run (microseconds,
+/// with preemption disabled); waiting this much longer than the deadline rules out counting a
+/// request unanswered that the kernel is at that instant counting answered.
+pub const EXPIRY_MARGIN_NS: u64 = 20_000_000;
+
+/// How long a counted entry stays after the request was last (re)sent. Linux retransmits a
+/// SYN up to 32 s after the previous one with default settings, and resolvers retry within
+/// seconds; a retransmit later than this counts as a new request.
+pub const TOMBSTONE_IDLE_NS: u64 = 70_000_000_000;
+
+/// Above this share of the table's capacity, tombstones are removed as soon as counted so
+/// that new requests keep finding room.
+const PRESSURE_PERCENT: usize = 75;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SweepPolicy {
+    pub timeout_ns: u64,
+    pub capacity: usize,
+}
+
+/// What a sweep decides for one pending entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Still within its deadline (plus margin): leave it to the kernel.
+    InFlight,
+    /// Just went unanswered: count it, keep it as a tombstone.
+    Unanswered,
+    /// Counted before; kept so retransmits are still recognised.
+    Tombstone,
+    /// Counted before and no longer useful: remove it from the table.
+    Remove,
+}
+
+/// The fate of `entry` at `now_ns`, given whether it was already counted unanswered.
+#[must_use]
+pub fn fate(
+    policy: &SweepPolicy,
+    now_ns: u64,
+    entry: &PendingRequest,
+    counted: bool,
+    under_pressure: bool,
+) -> Fate {
+    let deadline =
+        entry.first_sent_ns.saturating_add(policy.timeout_ns).saturating_add(EXPIRY_MARGIN_NS);
+    if now_ns < deadline {
+        return Fate::InFlight;
+    }
+    if !counted {
+        return Fate::Unanswered;
+    }
+    // A late answer ends the exchange: no retransmit will follow.
+    let answered_late = entry.flags & PENDING_FLAG_LATE != 0;
+    let idle = now_ns.saturating_sub(entry.last_sent_ns);
+    if under_pressure || answered_late || idle > TOMBSTONE_IDLE_NS { Fate::Remove } else { Fate::Tombstone }
+}
+
+/// What one sweep found.
+#[derive(Debug, Default)]
+pub struct SweepOutcome {
+    /// Requests that went unanswered since the last sweep.
+    pub unanswered: Vec<(RequestKey, PendingRequest)>,
+    /// Entries to delete from the kernel table.
+    pub remove: Vec<RequestKey>,
+    /// Requests still within their deadline.
+    pub in_flight: usize,
+    /// Counted entries kept for retransmit detection.
+    pub tombstones: usize,
+}
+
+/// Remembers which pending entries were already counted, across sweeps.
+#[derive(Debug)]
+pub struct Sweeper {
+    policy: SweepPolicy,
+    counted: HashSet<RequestKey>,
+    last_size: usize,
+}
+
+impl Sweeper {
+    #[must_use]
+    pub fn new(policy: SweepPolicy) -> Self {
+        Self { policy, counted: HashSet::new(), last_size: 0 }
+    }
+
+    /// Classifies every entry of the table as read at `now_ns`.
+    pub fn sweep(
+        &mut self,
+        now_ns: u64,
+        entries: impl IntoIterator<Item = (RequestKey, PendingRequest)>,
+    ) -> SweepOutcome {
+        let under_pressure = self.last_size * 100 >= self.policy.capacity * PRESSURE_PERCENT;
+        let mut outcome = SweepOutcome::default();
+        let mut still_counted = HashSet::with_capacity(self.counted.len());
+        let mut size = 0;
+        for (key, entry) in entries {
+            size += 1;
+            let counted = self.counted.contains(&key);
+            match fate(&self.policy, now_ns, &entry, counted, under_pressure) {
+                Fate::InFlight => outcome.in_flight += 1,
+                Fate::Unanswered => {
+                    still_counted.insert(key);
+                    outcome.unanswered.push((key, entry));
+                    outcome.tombstones += 1;
+                }
+                Fate::Tombstone => {
+                    still_counted.insert(key);
+                    outcome.tombstones += 1;
+                }
+                Fate::Remove => outcome.remove.push(key),
+            }
+        }
+        // Forget entries that left the table (removed by us, or a key reused after removal).
+        self.counted = still_counted;
+        self.last_size = size;
+        outcome
+    }
+
+    /// Entries counted and still in the table.
+    #[must_use]
+    pub fn tombstones(&self) -> usize {
+        self.counted.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netwatch_common::{DNS_QUESTION_CAPTURE, proto};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn policy() -> SweepPolicy {
+        SweepPolicy { timeout_ns: 3 * S, capacity: 100 }
+    }
+
+    fn entry(first: u64, last: u64) -> PendingRequest {
+        PendingRequest {
+            first_sent_ns: first,
+            last_sent_ns: last,
+            tcp_seq: 0,
+            flags: 0,
+            ifindex: 1,
+            question_len: 0,
+            _pad: 0,
+            question: [0; DNS_QUESTION_CAPTURE],
+        }
+    }
+
+    fn key(port: u16) -> RequestKey {
+        RequestKey {
+            remote: [0; 16],
+            local: [0; 16],
+            remote_port: 443,
+            local_port: port,
+            tag: 0,
+            proto: proto::TCP,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn requests_within_deadline_and_margin_are_in_flight() {
+        let p = policy();
+        assert_eq!(fate(&p, 3 * S, &entry(0, 0), false, false), Fate::InFlight);
+        assert_eq!(fate(&p, 3 * S + EXPIRY_MARGIN_NS - 1, &entry(0, 0), false, false), Fate::InFlight);
+        assert_eq!(fate(&p, 3 * S + EXPIRY_MARGIN_NS, &entry(0, 0), false, false), Fate::Unanswered);
+    }
+
+    #[test]
+    fn the_deadline_runs_from_the_first_send_not_the_retransmit() {
+        let p = policy();
+        assert_eq!(fate(&p, 4 * S, &entry(0, 3 * S), false, false), Fate::Unanswered);
+    }
+
+    #[test]
+    fn counted_entries_stay_as_tombstones_until_idle() {
+        let p = policy();
+        let e = entry(0, 10 * S);
+        assert_eq!(fate(&p, 20 * S, &e, true, false), Fate::Tombstone);
+        assert_eq!(fate(&p, 10 * S + TOMBSTONE_IDLE_NS + 1, &e, true, false), Fate::Remove);
+    }
+
+    #[test]
+    fn late_answers_and_pressure_remove_tombstones_at_once() {
+        let p = policy();
+        let mut late = entry(0, 0);
+        late.flags = PENDING_FLAG_LATE;
+        assert_eq!(fate(&p, 5 * S, &late, true, false), Fate::Remove);
+        assert_eq!(fate(&p, 5 * S, &entry(0, 0), true, true), Fate::Remove);
+        // Never removed before being counted: the unanswered outcome comes first.
+        assert_eq!(fate(&p, 5 * S, &late, false, true), Fate::Unanswered);
+    }
+
+    #[test]
+    fn each_request_is_counted_once_across_sweeps() {
+        let mut sweeper = Sweeper::new(policy());
+        let table = vec![(key(1), entry(0, 0)), (key(2), entry(2 * S, 2 * S))];
+        let first = sweeper.sweep(4 * S, table.clone());
+        assert_eq!(first.unanswered.len(), 1);
+        assert_eq!(first.in_flight, 1);
+        let second = sweeper.sweep(6 * S, table.clone());
+        assert_eq!(second.unanswered.len(), 1, "only key 2 is new");
+        assert_eq!(second.unanswered[0].0, key(2));
+        assert_eq!(second.tombstones, 2);
+        let third = sweeper.sweep(7 * S, table);
+        assert!(third.unanswered.is_empty());
+        assert_eq!(sweeper.tombstones(), 2);
+    }
+
+    #[test]
+    fn entries_gone_from_the_table_are_forgotten() {
+        let mut sweeper = Sweeper::new(policy());
+        sweeper.sweep(4 * S, vec![(key(1), entry(0, 0))]);
+        sweeper.sweep(5 * S, Vec::new());
+        assert_eq!(sweeper.tombstones(), 0);
+        // The same key coming back is a new request.
+        let again = sweeper.sweep(20 * S, vec![(key(1), entry(10 * S, 10 * S))]);
+        assert_eq!(again.unanswered.len(), 1);
+    }
+
+    #[test]
+    fn a_nearly_full_table_drops_tombstones_on_the_next_sweep() {
+        let mut sweeper = Sweeper::new(SweepPolicy { timeout_ns: 3 * S, capacity: 4 });
+        let table: Vec<_> = (1..=3).map(|port| (key(port), entry(0, 0))).collect();
+        assert_eq!(sweeper.sweep(4 * S, table.clone()).unanswered.len(), 3);
+        let next = sweeper.sweep(5 * S, table);
+        assert_eq!(next.remove.len(), 3);
+        assert!(next.unanswered.is_empty());
+    }
+}

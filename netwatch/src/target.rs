@@ -1,0 +1,220 @@
+//! Targets as the operator sees them: (direction, proto, remote address, remote port).
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use netwatch_common::{DIRECTION_EGRESS, TargetKey, proto};
+use serde::Serialize;
+
+/// Transport of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+impl Proto {
+    #[must_use]
+    pub const fn from_iana(number: u8) -> Option<Self> {
+        match number {
+            proto::TCP => Some(Self::Tcp),
+            proto::UDP => Some(Self::Udp),
+            proto::ICMP => Some(Self::Icmp),
+            proto::ICMPV6 => Some(Self::Icmpv6),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub const fn iana(self) -> u8 {
+        match self {
+            Self::Tcp => proto::TCP,
+            Self::Udp => proto::UDP,
+            Self::Icmp => proto::ICMP,
+            Self::Icmpv6 => proto::ICMPV6,
+        }
+    }
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Icmp => "icmp",
+            Self::Icmpv6 => "icmpv6",
+        }
+    }
+
+    /// ICMP has no ports: its targets are per remote only.
+    #[must_use]
+    pub const fn has_ports(self) -> bool {
+        matches!(self, Self::Tcp | Self::Udp)
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which way the requests of a target go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Requests this host sent.
+    Egress,
+}
+
+impl Direction {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// One remote endpoint that requests go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub direction: Direction,
+    pub proto: Proto,
+    pub remote: IpAddr,
+    /// `None` for ICMP.
+    pub port: Option<u16>,
+}
+
+impl Target {
+    /// Decodes a kernel key; `None` for a protocol or direction this version does not know.
+    #[must_use]
+    pub fn from_key(key: &TargetKey) -> Option<Self> {
+        let proto = Proto::from_iana(key.proto)?;
+        let direction = match key.direction {
+            DIRECTION_EGRESS => Direction::Egress,
+            _ => return None,
+        };
+        Some(Self {
+            direction,
+            proto,
+            remote: ip_from_key(key.remote),
+            port: proto.has_ports().then_some(key.remote_port),
+        })
+    }
+
+    /// The `PROTO/PORT` label of the rollup this target belongs to (`ICMP` for ICMP).
+    #[must_use]
+    pub fn service(&self) -> Service {
+        Service { proto: self.proto, port: self.port }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.port, self.remote) {
+            (Some(port), IpAddr::V6(addr)) => write!(f, "{}/[{addr}]:{port}", self.proto),
+            (Some(port), IpAddr::V4(addr)) => write!(f, "{}/{addr}:{port}", self.proto),
+            (None, addr) => write!(f, "{}/{addr}", self.proto),
+        }
+    }
+}
+
+/// (proto, port) across remotes: the rows of the rollup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Service {
+    pub proto: Proto,
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = self.proto.as_str().to_ascii_uppercase();
+        match self.port {
+            Some(port) => write!(f, "{proto}/{port}"),
+            None => f.write_str(&proto),
+        }
+    }
+}
+
+/// A key address (IPv4 stored mapped into IPv6) in its canonical form.
+#[must_use]
+pub fn ip_from_key(bytes: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The key form of an address: IPv4 mapped into IPv6.
+#[must_use]
+pub fn ip_to_key(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Convenience for tests and fakes.
+#[must_use]
+pub fn target_key(proto: Proto, remote: IpAddr, port: u16) -> TargetKey {
+    TargetKey {
+        remote: ip_to_key(remote),
+        remote_port: if proto.has_ports() { port } else { 0 },
+        proto: proto.iana(),
+        direction: DIRECTION_EGRESS,
+    }
+}
+
+/// `Ipv4Addr::UNSPECIFIED` as a key, for tests.
+#[must_use]
+pub const fn unspecified_v4() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_keys_round_trip_to_canonical_ipv4() {
+        let addr: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(ip_from_key(ip_to_key(addr)), addr);
+        let v6: IpAddr = "2001:db8::53".parse().unwrap();
+        assert_eq!(ip_from_key(ip_to_key(v6)), v6);
+        assert_eq!(ip_from_key(ip_to_key(v6)).to_string(), "2001:db8::53");
+    }
+
+    #[test]
+    fn icmp_targets_have_no_port() {
+        let key = target_key(Proto::Icmp, "203.0.113.1".parse().unwrap(), 99);
+        let target = Target::from_key(&key).unwrap();
+        assert_eq!(target.port, None);
+        assert_eq!(target.to_string(), "icmp/203.0.113.1");
+        assert_eq!(target.service().to_string(), "ICMP");
+    }
+
+    #[test]
+    fn unknown_protocols_are_skipped() {
+        let mut key = target_key(Proto::Tcp, unspecified_v4(), 1);
+        key.proto = 132;
+        assert!(Target::from_key(&key).is_none());
+    }
+
+    #[test]
+    fn display_brackets_ipv6_with_port() {
+        let target = Target {
+            direction: Direction::Egress,
+            proto: Proto::Udp,
+            remote: "2001:db8::53".parse().unwrap(),
+            port: Some(53),
+        };
+        assert_eq!(target.to_string(), "udp/[2001:db8::53]:53");
+        assert_eq!(target.service().to_string(), "UDP/53");
+    }
+}

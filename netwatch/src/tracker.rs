@@ -1,0 +1,272 @@
+//! The correlation core: kernel counters and unanswered requests in, outcomes and verdicts
+//! out. Plain data, no I/O: the run loop feeds it, renderers read its [`Snapshot`].
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
+
+use netwatch_common::{
+    KernelCounter, LATENCY_BUCKETS, PendingRequest, latency_bucket_upper_ns, REASON_SLOTS, Reason, RequestKey,
+    TargetCounters, TargetKey, proto,
+};
+
+use crate::{
+    dns,
+    snapshot::{KernelStats, Rollup, Snapshot, TargetView},
+    target::Target,
+    verdict::{History, Verdict},
+};
+
+/// Unanswered DNS names kept per target.
+pub const NAMES_PER_TARGET: usize = 8;
+
+/// Everything known about one target.
+#[derive(Clone, Debug)]
+pub struct TargetState {
+    pub target: Target,
+    /// The kernel's cumulative counters as last read.
+    kernel: TargetCounters,
+    /// Requests userspace found unanswered after the timeout.
+    unanswered: u64,
+    history: History,
+    verdict: Verdict,
+    reason: Option<u8>,
+    /// A bounded sample of names whose queries went unanswered (escaped).
+    names: Vec<String>,
+    /// Whether a verdict record went out for this target yet.
+    announced: bool,
+}
+
+impl TargetState {
+    fn new(target: Target, window: Duration) -> Self {
+        Self {
+            target,
+            kernel: zero_counters(),
+            unanswered: 0,
+            history: History::new(window),
+            verdict: Verdict::Pending,
+            reason: None,
+            names: Vec::new(),
+            announced: false,
+        }
+    }
+
+    fn view(&self, now_ns: u64) -> TargetView {
+        let k = &self.kernel;
+        let resolved = k.answered + k.rejected + self.unanswered + k.untracked;
+        TargetView {
+            direction: self.target.direction,
+            proto: self.target.proto,
+            remote: self.target.remote,
+            port: self.target.port,
+            requests: k.requests,
+            answered: k.answered,
+            rejected: k.rejected,
+            unanswered: self.unanswered,
+            retransmits: k.retransmits,
+            verdict: self.verdict,
+            reason: self.reason.and_then(|code| Reason::name(usize::from(code))),
+            in_flight: k.requests.saturating_sub(resolved),
+            untracked: k.untracked,
+            late: k.late,
+            latency_p50_ms: latency_percentile_ms(&k.latency, 0.50),
+            latency_p99_ms: latency_percentile_ms(&k.latency, 0.99),
+            last_seen_ago_s: (k.last_request_ns > 0)
+                .then(|| ns_to_secs(now_ns.saturating_sub(k.last_request_ns))),
+            names: is_dns(&self.target).then(|| self.names.clone()),
+            latency_buckets: k.latency,
+            rejected_by_reason: k.rejected_by_reason,
+        }
+    }
+}
+
+fn is_dns(target: &Target) -> bool {
+    target.proto.iana() == proto::UDP && target.port == Some(netwatch_common::DNS_PORT)
+}
+
+/// A target whose verdict changed, with its state at the change.
+pub type VerdictChange = TargetView;
+
+/// The tracker: one [`TargetState`] per target, plus what the kernel could not handle.
+#[derive(Debug)]
+pub struct Tracker {
+    window: Duration,
+    targets: HashMap<TargetKey, TargetState>,
+    kernel: [u64; KernelCounter::COUNT],
+    in_flight: usize,
+    tombstones: usize,
+    /// (monotonic ns, total requests) over the last few seconds, for requests/s.
+    rate_samples: VecDeque<(u64, u64)>,
+}
+
+impl Tracker {
+    #[must_use]
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            targets: HashMap::new(),
+            kernel: [0; KernelCounter::COUNT],
+            in_flight: 0,
+            tombstones: 0,
+            rate_samples: VecDeque::new(),
+        }
+    }
+
+    /// Takes in one target's cumulative kernel counters as read at `now_ns`; the increase
+    /// since the last read becomes outcomes resolved at `now_ns`.
+    pub fn observe_counters(&mut self, now_ns: u64, key: &TargetKey, counters: &TargetCounters) {
+        let Some(target) = Target::from_key(key) else { return };
+        let window = self.window;
+        let state = self.targets.entry(*key).or_insert_with(|| TargetState::new(target, window));
+        let old = &state.kernel;
+        let answered = counters.answered.saturating_sub(old.answered);
+        let mut rejected = Vec::new();
+        for (code, (new, old)) in
+            counters.rejected_by_reason.iter().zip(old.rejected_by_reason.iter()).enumerate()
+        {
+            if new > old {
+                rejected.push((u8::try_from(code).unwrap_or(0), new - old));
+            }
+        }
+        state.history.record(now_ns, answered, 0, &rejected);
+        state.kernel = *counters;
+    }
+
+    /// Takes in a request found unanswered at `now_ns`.
+    pub fn observe_unanswered(&mut self, now_ns: u64, key: &RequestKey, request: &PendingRequest) {
+        let target_key = key.target();
+        let Some(target) = Target::from_key(&target_key) else { return };
+        let window = self.window;
+        let state =
+            self.targets.entry(target_key).or_insert_with(|| TargetState::new(target, window));
+        state.unanswered += 1;
+        state.history.record(now_ns, 0, 1, &[]);
+        if is_dns(&state.target) && state.names.len() < NAMES_PER_TARGET {
+            let captured = usize::from(request.question_len).min(request.question.len());
+            if let Some(question) = dns::parse_question(&request.question[..captured])
+                && !state.names.contains(&question.name)
+            {
+                state.names.push(question.name);
+            }
+        }
+    }
+
+    /// Takes in the kernel's per-CPU counters (summed) and the pending table's make-up.
+    pub fn observe_kernel(
+        &mut self,
+        counters: [u64; KernelCounter::COUNT],
+        in_flight: usize,
+        tombstones: usize,
+    ) {
+        self.kernel = counters;
+        self.in_flight = in_flight;
+        self.tombstones = tombstones;
+    }
+
+    /// Re-judges every target; returns those whose verdict or reason changed, and new
+    /// targets (their first verdict, usually `pending`).
+    pub fn judge(&mut self, now_ns: u64) -> Vec<VerdictChange> {
+        let total: u64 = self.targets.values().map(|s| s.kernel.requests).sum();
+        self.rate_samples.push_back((now_ns, total));
+        while self.rate_samples.len() > 2
+            && self.rate_samples.front().is_some_and(|(t, _)| t + 5_000_000_000 < now_ns)
+        {
+            self.rate_samples.pop_front();
+        }
+        let mut changes = Vec::new();
+        for state in self.targets.values_mut() {
+            if state.kernel.requests == 0 && state.unanswered == 0 {
+                continue;
+            }
+            let (verdict, reason) = state.history.judge().unwrap_or((Verdict::Pending, None));
+            if !state.announced || verdict != state.verdict || reason != state.reason {
+                state.verdict = verdict;
+                state.reason = reason;
+                state.announced = true;
+                changes.push(state.view(now_ns));
+            }
+        }
+        changes.sort_by(TargetView::worst_first);
+        changes
+    }
+
+    /// The current state for renderers.
+    #[must_use]
+    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
+        let mut targets: Vec<TargetView> =
+            self.targets.values().filter(|s| s.announced).map(|s| s.view(now_ns)).collect();
+        targets.sort_by(TargetView::worst_first);
+        let rollups = Rollup::of(&targets);
+        let requests_per_s = match (self.rate_samples.front(), self.rate_samples.back()) {
+            (Some(&(t0, r0)), Some(&(t1, r1))) if t1 > t0 => {
+                #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+                let rate = r1.saturating_sub(r0) as f64 / ns_to_secs(t1 - t0);
+                rate
+            }
+            _ => 0.0,
+        };
+        Snapshot {
+            targets,
+            rollups,
+            kernel: KernelStats::from_counters(&self.kernel),
+            in_flight: self.in_flight,
+            tombstones: self.tombstones,
+            requests_per_s,
+        }
+    }
+}
+
+#[must_use]
+pub fn zero_counters() -> TargetCounters {
+    TargetCounters {
+        requests: 0,
+        retransmits: 0,
+        answered: 0,
+        rejected: 0,
+        late: 0,
+        untracked: 0,
+        last_request_ns: 0,
+        last_answer_ns: 0,
+        rejected_by_reason: [0; REASON_SLOTS],
+        latency: [0; LATENCY_BUCKETS],
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "durations for display")]
+fn ns_to_secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// The `quantile` of the latency histogram in milliseconds, interpolated within its log2
+/// bucket; `None` without answers.
+#[must_use]
+pub fn latency_percentile_ms(buckets: &[u64; LATENCY_BUCKETS], quantile: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a percentile for display")]
+    let rank = quantile * total as f64;
+    let mut below = 0u64;
+    for (bucket, &count) in buckets.iter().enumerate() {
+        #[expect(clippy::cast_precision_loss, reason = "a percentile for display")]
+        let reached = (below + count) as f64 >= rank;
+        if count > 0 && reached {
+            let lower = if bucket == 0 { 0 } else { latency_bucket_upper_ns(bucket - 1) };
+            // The last bucket is open-ended: assume it spans one more octave.
+            let upper = if bucket + 1 == LATENCY_BUCKETS {
+                lower.saturating_mul(2)
+            } else {
+                latency_bucket_upper_ns(bucket)
+            };
+            #[expect(clippy::cast_precision_loss, reason = "a percentile for display")]
+            let fraction = ((rank - below as f64) / count as f64).clamp(0.0, 1.0);
+            #[expect(clippy::cast_precision_loss, reason = "a percentile for display")]
+            let ns = lower as f64 + fraction * (upper - lower) as f64;
+            return Some(ns / 1e6);
+        }
+        below += count;
+    }
+    None
+}

@@ -1,0 +1,240 @@
+//! Verdicts: what the recent outcomes of a target say about the path to it.
+
+use std::{collections::VecDeque, fmt, time::Duration};
+
+use serde::Serialize;
+
+/// The judgement on one target, from worst to best.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Requests go unanswered and nothing ever comes back: silently dropped.
+    Blackholed,
+    /// Requests are actively refused (TCP RST, ICMP unreachable), never answered.
+    Rejected,
+    /// Some requests are answered, others go unanswered or are rejected.
+    Degraded,
+    /// Requests were seen but none has been resolved yet.
+    Pending,
+    /// Every recent request was answered.
+    Ok,
+}
+
+impl Verdict {
+    pub const ALL: [Self; 5] =
+        [Self::Blackholed, Self::Rejected, Self::Degraded, Self::Pending, Self::Ok];
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Blackholed => "blackholed",
+            Self::Rejected => "rejected",
+            Self::Degraded => "degraded",
+            Self::Pending => "pending",
+            Self::Ok => "ok",
+        }
+    }
+
+    /// Parses a verdict name as printed by [`Verdict::as_str`].
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|verdict| verdict.as_str() == name)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Outcomes that resolved in one time slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Slot {
+    start_ns: u64,
+    answered: u64,
+    unanswered: u64,
+    /// (reason code, count); a handful of reasons at most.
+    rejected: Vec<(u8, u64)>,
+}
+
+/// The resolved outcomes of one target over the last `window`, in slots.
+///
+/// The window ends at the target's most recent resolved outcome, not at "now": a target
+/// that goes quiet keeps the verdict its last requests earned, and a target that recovers
+/// turns back to ok once its failures fall out of the window.
+#[derive(Clone, Debug)]
+pub struct History {
+    window_ns: u64,
+    slot_ns: u64,
+    slots: VecDeque<Slot>,
+}
+
+impl History {
+    #[must_use]
+    pub fn new(window: Duration) -> Self {
+        let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX).max(1);
+        // About 60 slots a window, at most a second each: fine enough for the edge of the
+        // window, small enough to keep per-target memory bounded.
+        let slot_ns = (window_ns / 60).clamp(1_000_000, 1_000_000_000);
+        Self { window_ns, slot_ns, slots: VecDeque::new() }
+    }
+
+    /// Records outcomes resolved at `at_ns` (monotonic). Nothing is recorded for all zeros.
+    pub fn record(&mut self, at_ns: u64, answered: u64, unanswered: u64, rejected: &[(u8, u64)]) {
+        let rejected_total: u64 = rejected.iter().map(|(_, n)| n).sum();
+        if answered == 0 && unanswered == 0 && rejected_total == 0 {
+            return;
+        }
+        let start_ns = at_ns - at_ns % self.slot_ns;
+        let slot = match self.slots.back_mut() {
+            Some(last) if last.start_ns >= start_ns => last,
+            _ => {
+                self.slots.push_back(Slot { start_ns, ..Slot::default() });
+                self.slots.back_mut().expect("just pushed")
+            }
+        };
+        slot.answered += answered;
+        slot.unanswered += unanswered;
+        for &(reason, count) in rejected.iter().filter(|(_, count)| *count > 0) {
+            match slot.rejected.iter_mut().find(|(code, _)| *code == reason) {
+                Some((_, total)) => *total += count,
+                None => slot.rejected.push((reason, count)),
+            }
+        }
+        let newest = slot.start_ns;
+        while self.slots.front().is_some_and(|s| s.start_ns + self.window_ns < newest) {
+            self.slots.pop_front();
+        }
+    }
+
+    /// Whether any outcome was ever resolved (and so is in the window).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The verdict over the window and, when there were rejections, the most frequent
+    /// reason code. `None` when nothing has resolved yet.
+    #[must_use]
+    pub fn judge(&self) -> Option<(Verdict, Option<u8>)> {
+        let answered: u64 = self.slots.iter().map(|s| s.answered).sum();
+        let unanswered: u64 = self.slots.iter().map(|s| s.unanswered).sum();
+        let mut by_reason: Vec<(u8, u64)> = Vec::new();
+        for &(reason, count) in self.slots.iter().flat_map(|s| s.rejected.iter()) {
+            match by_reason.iter_mut().find(|(code, _)| *code == reason) {
+                Some((_, total)) => *total += count,
+                None => by_reason.push((reason, count)),
+            }
+        }
+        // Most frequent first; ties go to the lower code so the answer is stable.
+        let reason = by_reason
+            .iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|&(code, _)| code);
+        let verdict = match (answered > 0, unanswered > 0, reason.is_some()) {
+            (false, false, false) => return None,
+            (true, false, false) => Verdict::Ok,
+            (false, true, false) => Verdict::Blackholed,
+            (false, _, true) => Verdict::Rejected,
+            (true, _, _) => Verdict::Degraded,
+        };
+        Some((verdict, reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn history() -> History {
+        History::new(Duration::from_secs(60))
+    }
+
+    #[test]
+    fn nothing_resolved_has_no_verdict() {
+        let mut h = history();
+        assert_eq!(h.judge(), None);
+        h.record(5 * S, 0, 0, &[]);
+        assert_eq!(h.judge(), None);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn answers_only_is_ok() {
+        let mut h = history();
+        h.record(S, 3, 0, &[]);
+        assert_eq!(h.judge(), Some((Verdict::Ok, None)));
+    }
+
+    #[test]
+    fn unanswered_only_is_blackholed() {
+        let mut h = history();
+        h.record(S, 0, 14, &[]);
+        assert_eq!(h.judge(), Some((Verdict::Blackholed, None)));
+    }
+
+    #[test]
+    fn rejections_without_answers_is_rejected_with_the_most_frequent_reason() {
+        let mut h = history();
+        h.record(S, 0, 1, &[(12, 2), (1, 1)]);
+        h.record(2 * S, 0, 0, &[(1, 3)]);
+        assert_eq!(h.judge(), Some((Verdict::Rejected, Some(1))));
+    }
+
+    #[test]
+    fn reason_ties_go_to_the_lower_code() {
+        let mut h = history();
+        h.record(S, 0, 0, &[(12, 2), (5, 2)]);
+        assert_eq!(h.judge(), Some((Verdict::Rejected, Some(5))));
+    }
+
+    #[test]
+    fn answers_mixed_with_failures_is_degraded() {
+        let mut h = history();
+        h.record(S, 5, 1, &[]);
+        assert_eq!(h.judge(), Some((Verdict::Degraded, None)));
+        let mut h = history();
+        h.record(S, 5, 0, &[(1, 1)]);
+        assert_eq!(h.judge(), Some((Verdict::Degraded, Some(1))));
+    }
+
+    #[test]
+    fn a_target_that_recovers_turns_back_to_ok() {
+        let mut h = history();
+        h.record(10 * S, 0, 4, &[]);
+        assert_eq!(h.judge().unwrap().0, Verdict::Blackholed);
+        h.record(40 * S, 2, 0, &[]);
+        assert_eq!(h.judge().unwrap().0, Verdict::Degraded, "failures still in the window");
+        h.record(71 * S, 1, 0, &[]);
+        assert_eq!(h.judge().unwrap().0, Verdict::Ok, "failures fell out of the window");
+    }
+
+    #[test]
+    fn a_target_that_goes_quiet_keeps_its_verdict() {
+        let mut h = history();
+        h.record(10 * S, 0, 4, &[]);
+        // No new outcomes for a long time: the window is anchored at the last outcome.
+        assert_eq!(h.judge().unwrap().0, Verdict::Blackholed);
+    }
+
+    #[test]
+    fn short_windows_use_finer_slots() {
+        let mut h = History::new(Duration::from_millis(500));
+        h.record(S, 0, 1, &[]);
+        h.record(S + 200_000_000, 1, 0, &[]);
+        assert_eq!(h.judge().unwrap().0, Verdict::Degraded);
+        h.record(S + 800_000_000, 1, 0, &[]);
+        assert_eq!(h.judge().unwrap().0, Verdict::Ok);
+    }
+
+    #[test]
+    fn verdict_names_round_trip() {
+        for verdict in Verdict::ALL {
+            assert_eq!(Verdict::from_name(verdict.as_str()), Some(verdict));
+        }
+        assert_eq!(Verdict::from_name("fine"), None);
+    }
+}
