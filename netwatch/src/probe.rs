@@ -212,6 +212,12 @@ impl Probe {
         }
     }
 
+    /// A loaded classifier ([`EGRESS_PROGRAM`] or [`INGRESS_PROGRAM`]), for running it on
+    /// crafted packets with `BPF_PROG_TEST_RUN` in tests and benchmarks.
+    pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, ProbeError> {
+        classifier(&mut self.ebpf, name)
+    }
+
     /// The capacity of the pending table.
     #[must_use]
     pub fn pending_capacity(&self) -> usize {

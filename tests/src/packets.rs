@@ -1,0 +1,1 @@
+//! Crafted packets for `BPF_PROG_TEST_RUN`.
