@@ -82,6 +82,10 @@ impl RequestKey {
 
 /// [`PendingRequest::flags`]: an answer or rejection arrived after the deadline.
 pub const PENDING_FLAG_LATE: u32 = 1;
+/// [`PendingRequest::flags`]: the request was rejected in time and is settled; the entry
+/// stays as a tombstone because the stack may retransmit a rejected request (Linux does
+/// after an ICMPv6 error), and that retransmit is the same request.
+pub const PENDING_FLAG_REJECTED: u32 = 2;
 
 /// What the kernel remembers about a request until it is answered, rejected or expired.
 #[repr(C)]
@@ -94,7 +98,7 @@ pub struct PendingRequest {
     /// TCP: the SYN's sequence number, to check the ACK of a SYN-ACK or RST and the
     /// sequence quoted in an ICMP error. 0 otherwise.
     pub tcp_seq: u32,
-    /// [`PENDING_FLAG_LATE`].
+    /// [`PENDING_FLAG_LATE`], [`PENDING_FLAG_REJECTED`].
     pub flags: u32,
     /// Interface the request left on.
     pub ifindex: u32,

@@ -2,7 +2,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use netwatch_common::{
-    DNS_PORT, KernelCounter, PENDING_FLAG_LATE, Reason, RequestKey, latency_bucket, proto,
+    DNS_PORT, KernelCounter, PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, Reason, RequestKey,
+    latency_bucket, proto,
 };
 
 use crate::{
@@ -252,6 +253,10 @@ fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
     };
     // SAFETY: a map value pointer, valid for this program run.
     let pending = unsafe { &mut *pending };
+    if pending.flags & PENDING_FLAG_REJECTED != 0 {
+        // Already settled by an earlier rejection; this answers a retransmit of it.
+        return;
+    }
     let valid = match check {
         Check::Key => true,
         Check::AcksSyn(ack) => ack == pending.tcp_seq.wrapping_add(1),
@@ -275,19 +280,28 @@ fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
         }
         return;
     }
-    if PENDING.remove(key).is_err() {
-        return;
-    }
     match outcome {
         Outcome::Answer => {
+            if PENDING.remove(key).is_err() {
+                return;
+            }
             add(&mut counters.answered, 1);
             if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
                 add(bucket, 1);
             }
         }
         Outcome::Reject(reason) => {
+            // The rare path: copy before the delete frees the value, then put it back as a
+            // tombstone (see PENDING_FLAG_REJECTED). A retransmit in the nanoseconds between
+            // the two would count as a new request; retransmits come seconds apart.
+            let mut tombstone = *pending;
+            if PENDING.remove(key).is_err() {
+                return;
+            }
             add(&mut counters.rejected, 1);
             add(&mut counters.rejected_by_reason[usize::from(reason) & 31], 1);
+            tombstone.flags |= PENDING_FLAG_REJECTED;
+            let _ = PENDING.insert(key, &tombstone, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use netwatch_common::{PENDING_FLAG_LATE, PendingRequest, RequestKey};
+use netwatch_common::{PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, PendingRequest, RequestKey};
 
 /// How long after its deadline an entry is surely not about to be resolved by the kernel.
 ///
@@ -53,6 +53,11 @@ pub fn fate(
     counted: bool,
     under_pressure: bool,
 ) -> Fate {
+    let idle = now_ns.saturating_sub(entry.last_sent_ns);
+    if entry.flags & PENDING_FLAG_REJECTED != 0 {
+        // Settled by the kernel; kept only to recognise retransmits.
+        return if under_pressure || idle > TOMBSTONE_IDLE_NS { Fate::Remove } else { Fate::Tombstone };
+    }
     let deadline =
         entry.first_sent_ns.saturating_add(policy.timeout_ns).saturating_add(EXPIRY_MARGIN_NS);
     if now_ns < deadline {
@@ -63,7 +68,6 @@ pub fn fate(
     }
     // A late answer ends the exchange: no retransmit will follow.
     let answered_late = entry.flags & PENDING_FLAG_LATE != 0;
-    let idle = now_ns.saturating_sub(entry.last_sent_ns);
     if under_pressure || answered_late || idle > TOMBSTONE_IDLE_NS { Fate::Remove } else { Fate::Tombstone }
 }
 
@@ -115,7 +119,9 @@ impl Sweeper {
                     outcome.tombstones += 1;
                 }
                 Fate::Tombstone => {
-                    still_counted.insert(key);
+                    if counted {
+                        still_counted.insert(key);
+                    }
                     outcome.tombstones += 1;
                 }
                 Fate::Remove => outcome.remove.push(key),
@@ -202,6 +208,17 @@ mod tests {
         assert_eq!(fate(&p, 5 * S, &entry(0, 0), true, true), Fate::Remove);
         // Never removed before being counted: the unanswered outcome comes first.
         assert_eq!(fate(&p, 5 * S, &late, false, true), Fate::Unanswered);
+    }
+
+    #[test]
+    fn rejected_tombstones_are_never_unanswered() {
+        let p = policy();
+        let mut rejected = entry(0, 0);
+        rejected.flags = PENDING_FLAG_REJECTED;
+        assert_eq!(fate(&p, 1, &rejected, false, false), Fate::Tombstone);
+        assert_eq!(fate(&p, 10 * S, &rejected, false, false), Fate::Tombstone);
+        assert_eq!(fate(&p, TOMBSTONE_IDLE_NS + 1, &rejected, false, false), Fate::Remove);
+        assert_eq!(fate(&p, 10 * S, &rejected, false, true), Fate::Remove);
     }
 
     #[test]

@@ -1,1 +1,483 @@
-//! The namespace lab.
+//! The namespace lab: client — firewall — server, three network namespaces joined by veth
+//! pairs, with no link or route to the host's network. Names are unique per lab, and
+//! everything (processes first, then namespaces) is removed on drop, on failure too.
+//!
+//! ```text
+//!  client ns                 firewall ns                         server ns
+//!  c0 203.0.113.2/24  ──  f0 203.0.113.1   f1 198.51.100.1  ──  s0 198.51.100.10 (web)
+//!     2001:db8:1::2/64       2001:db8:1::1     2001:db8:2::1       198.51.100.53/.54 (DNS)
+//!                                                                   2001:db8:2::10, ::53
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const CLIENT_V4: &str = "203.0.113.2";
+pub const CLIENT_V6: &str = "2001:db8:1::2";
+pub const SERVER_V4: &str = "198.51.100.10";
+pub const SERVER_V6: &str = "2001:db8:2::10";
+pub const DNS_V4: &str = "198.51.100.53";
+pub const DNS2_V4: &str = "198.51.100.54";
+pub const DNS_V6: &str = "2001:db8:2::53";
+/// The client's interface, the one netwatch watches.
+pub const CLIENT_IFACE: &str = "c0";
+
+/// Ports the lab's TCP listener serves.
+pub const OPEN_PORTS: [u16; 4] = [80, 443, 8888, 3306];
+
+/// The inherited firewall: TCP 80/443 and the service ports pass; DNS (UDP and TCP 53) and
+/// ICMP echo are silently dropped; a few ports are rejected, each a different way; anything
+/// else is rejected as administratively prohibited.
+pub const INHERITED_FIREWALL: &str = r#"
+table inet lab {
+  chain dns {
+    udp dport 53 drop
+    tcp dport 53 drop
+  }
+  chain forward {
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname "f1" accept
+    jump dns
+    tcp dport { 80, 443, 8888, 3306 } accept
+    icmp type echo-request drop
+    icmpv6 type echo-request drop
+    tcp dport 9000 reject with tcp reset
+    meta nfproto ipv4 tcp dport 8443 reject with icmp type host-prohibited
+    meta nfproto ipv6 tcp dport 8443 reject with icmpv6 type admin-prohibited
+    tcp dport 5432 drop
+    reject with icmpx type admin-prohibited
+  }
+}
+"#;
+
+/// Lets DNS through the inherited firewall (replaces the `dns` chain).
+pub const OPEN_DNS: &str = "flush chain inet lab dns\nadd rule inet lab dns accept\n";
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Self {
+        let ns = Self { name };
+        run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
+        ns
+    }
+
+    /// `program args…` inside this namespace.
+    #[must_use]
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs a command here and returns its output, whatever its status.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|err| panic!("could not run {program} in {}: {err}", self.name))
+    }
+
+    /// Runs a command here and panics unless it succeeds.
+    pub fn ok(&self, program: &str, args: &[&str]) -> Output {
+        let out = self.run(program, args);
+        assert!(
+            out.status.success(),
+            "`{program} {}` in {} failed: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn run_ok(command: &mut Command) -> Output {
+    let out = command.output().unwrap_or_else(|err| panic!("could not run {command:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The three-namespace lab. Processes started through it are killed on drop, before the
+/// namespaces go.
+pub struct Lab {
+    children: Vec<Child>,
+    dir: PathBuf,
+    // Dropped after `children` are killed (see Drop): field order matters for nothing else.
+    pub client: Netns,
+    pub firewall: Netns,
+    pub server: Netns,
+}
+
+impl Lab {
+    /// Builds the topology and loads [`INHERITED_FIREWALL`].
+    #[must_use]
+    pub fn new() -> Self {
+        let id = format!("{}x{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(format!("netwatch-lab-{id}"));
+        std::fs::create_dir_all(&dir).expect("lab temp dir");
+        let lab = Self {
+            children: Vec::new(),
+            dir,
+            client: Netns::create(format!("nwlab-c{id}")),
+            firewall: Netns::create(format!("nwlab-f{id}")),
+            server: Netns::create(format!("nwlab-s{id}")),
+        };
+        let (c, f, s) = (&lab.client.name, &lab.firewall.name, &lab.server.name);
+        run_ok(Command::new("ip").args([
+            "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "f0", "netns", f,
+        ]));
+        run_ok(Command::new("ip").args([
+            "link", "add", "f1", "netns", f, "type", "veth", "peer", "name", "s0", "netns", s,
+        ]));
+        let addr = |ns: &Netns, dev: &str, cidr: &str| {
+            let mut args = vec!["addr", "add", cidr, "dev", dev];
+            if cidr.contains(':') {
+                args.push("nodad");
+            }
+            ns.ok("ip", &args);
+        };
+        addr(&lab.client, "c0", "203.0.113.2/24");
+        addr(&lab.client, "c0", "2001:db8:1::2/64");
+        addr(&lab.firewall, "f0", "203.0.113.1/24");
+        addr(&lab.firewall, "f0", "2001:db8:1::1/64");
+        addr(&lab.firewall, "f1", "198.51.100.1/24");
+        addr(&lab.firewall, "f1", "2001:db8:2::1/64");
+        for cidr in ["198.51.100.10/24", "198.51.100.53/24", "198.51.100.54/24", "2001:db8:2::10/64", "2001:db8:2::53/64"] {
+            addr(&lab.server, "s0", cidr);
+        }
+        for (ns, devs) in [(&lab.client, &["lo", "c0"][..]), (&lab.firewall, &["lo", "f0", "f1"][..]), (&lab.server, &["lo", "s0"][..])] {
+            for dev in devs {
+                ns.ok("ip", &["link", "set", dev, "up"]);
+            }
+        }
+        lab.client.ok("ip", &["route", "add", "default", "via", "203.0.113.1"]);
+        lab.client.ok("ip", &["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+        lab.server.ok("ip", &["route", "add", "default", "via", "198.51.100.1"]);
+        lab.server.ok("ip", &["-6", "route", "add", "default", "via", "2001:db8:2::1"]);
+        lab.firewall.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+        lab.nft(INHERITED_FIREWALL);
+        lab
+    }
+
+    /// Applies an nftables script in the firewall namespace.
+    pub fn nft(&self, script: &str) {
+        let mut child = self
+            .firewall
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write nft script");
+        let out = child.wait_with_output().expect("nft");
+        assert!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts a process in `ns`; it is killed when the lab is dropped.
+    pub fn spawn(&mut self, mut command: Command) -> &mut Child {
+        let child = command.spawn().unwrap_or_else(|err| panic!("could not start {command:?}: {err}"));
+        self.children.push(child);
+        self.children.last_mut().expect("just pushed")
+    }
+
+    /// Starts dnsmasq on the server's DNS addresses, answering for `*.example`, and waits
+    /// until it answers (asked from inside the server namespace, not through the firewall).
+    pub fn start_dns(&mut self) {
+        let pid_file = self.dir.join("dnsmasq.pid");
+        let mut command = self.server.command("dnsmasq");
+        command
+            .args(["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces"])
+            .args(["--user=root", "--group=root", "--log-facility=-", "--port=53"])
+            .arg(format!("--pid-file={}", pid_file.display()))
+            .args(["--listen-address=198.51.100.53", "--listen-address=198.51.100.54", "--listen-address=2001:db8:2::53"])
+            .args(["--address=/example/198.51.100.10", "--address=/example/2001:db8:2::10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.spawn(command);
+        wait_until(Duration::from_secs(10), "dnsmasq to answer", || {
+            let out = self.server.run("dig", &["+short", "+tries=1", "+timeout=1", "@198.51.100.53", "ready.example"]);
+            String::from_utf8_lossy(&out.stdout).contains("198.51.100.10")
+        });
+    }
+
+    /// Starts the lab's TCP listener (the `lab-listener` binary) on the server's
+    /// [`OPEN_PORTS`], and waits until it accepts.
+    pub fn start_listener(&mut self, listener_binary: &str) {
+        let mut command = self.server.command(listener_binary);
+        for port in OPEN_PORTS {
+            command.arg(port.to_string());
+        }
+        command.stdout(Stdio::null()).stderr(Stdio::inherit());
+        self.spawn(command);
+        wait_until(Duration::from_secs(10), "the listener to accept", || {
+            self.server.run("nc", &["-z", "-w", "1", "198.51.100.10", "80"]).status.success()
+        });
+    }
+
+    /// Starts netwatch in the client namespace with `args`, and waits until it watches.
+    pub fn start_netwatch(&self, args: &[&str]) -> NetwatchRun {
+        let mut command = self.client.command(&netwatch_binary().to_string_lossy());
+        command.args(args);
+        NetwatchRun::start(command)
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // The namespaces are deleted by their own Drop, after this.
+    }
+}
+
+/// Polls `done` every 100 ms until it holds, or panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The netwatch binary under test: `NETWATCH_BIN` (set by `cargo xtask test`), or the debug
+/// build in this workspace.
+#[must_use]
+pub fn netwatch_binary() -> PathBuf {
+    let path = std::env::var_os("NETWATCH_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netwatch"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "netwatch binary not found at {} (run `cargo build -p netwatch`, or `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// A running netwatch, its stdout parsed as NDJSON records as they come.
+pub struct NetwatchRun {
+    child: Child,
+    records: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+/// What a netwatch run left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub records: Vec<Value>,
+    pub stderr: String,
+}
+
+impl NetwatchRun {
+    /// Starts `command` (netwatch with `--json`) and waits for its "watching" line.
+    #[must_use]
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("could not start netwatch: {err}"));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout_pipe = child.stdout.take().expect("stdout");
+        let stderr_pipe = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&records);
+        let out_reader = thread::spawn(move || {
+            for line in BufReader::new(stdout_pipe).lines() {
+                let Ok(line) = line else { break };
+                let record: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| panic!("netwatch printed a non-JSON line {line:?}: {err}"));
+                sink.lock().expect("records").push(record);
+            }
+        });
+        let text = Arc::clone(&stderr);
+        let err_reader = thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut text = text.lock().expect("stderr");
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut run = Self { child, records, stderr, readers: vec![out_reader, err_reader] };
+        let start = Instant::now();
+        loop {
+            if run.stderr.lock().expect("stderr").contains("watching") {
+                break;
+            }
+            if let Ok(Some(status)) = run.child.try_wait() {
+                panic!("netwatch exited early ({status}): {}", run.stderr_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "netwatch did not start watching within 20 s: {}",
+                run.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        run
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    #[must_use]
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// Records so far.
+    #[must_use]
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().expect("records").clone()
+    }
+
+    /// Waits until a record matching `matches` arrives; panics with every record on timeout.
+    pub fn wait_for(&self, limit: Duration, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(found) = self.records().into_iter().find(|r| matches(r)) {
+                return found;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no {what} within {limit:?}; records: {:#?}; stderr: {}",
+                self.records(),
+                self.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` and waits (at most 15 s) for the exit.
+    #[must_use]
+    pub fn stop_with(mut self, signal: i32) -> Finished {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, signal) };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = self.child.kill();
+                panic!("netwatch did not exit within 15 s of signal {signal}: {}", self.stderr_text());
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Finished { status, records: self.records(), stderr: self.stderr_text() }
+    }
+
+    /// SIGTERM, then wait for the exit records.
+    #[must_use]
+    pub fn stop(self) -> Finished {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Waits for a `--duration` run to end by itself (at most `limit`).
+    #[must_use]
+    pub fn wait_exit(mut self, limit: Duration) -> Finished {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(start.elapsed() < limit, "netwatch still running after {limit:?}");
+            thread::sleep(Duration::from_millis(50));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Finished { status, records: self.records(), stderr: self.stderr_text() }
+    }
+}
+
+impl Drop for NetwatchRun {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// (proto, remote, port) as printed in the records, e.g. `("tcp", "198.51.100.10", Some(443))`.
+pub type TargetId = (String, String, Option<u64>);
+
+impl Finished {
+    /// The exit `target` records by target.
+    #[must_use]
+    pub fn targets(&self) -> BTreeMap<TargetId, Value> {
+        self.records
+            .iter()
+            .filter(|r| r["type"] == "target")
+            .map(|r| (target_id(r), r.clone()))
+            .collect()
+    }
+
+    /// The `verdict` records, in order.
+    #[must_use]
+    pub fn verdicts(&self) -> Vec<Value> {
+        self.records.iter().filter(|r| r["type"] == "verdict").cloned().collect()
+    }
+}
+
+/// The target a record is about.
+#[must_use]
+pub fn target_id(record: &Value) -> TargetId {
+    (
+        record["proto"].as_str().unwrap_or_default().to_owned(),
+        record["remote"].as_str().unwrap_or_default().to_owned(),
+        record["port"].as_u64(),
+    )
+}

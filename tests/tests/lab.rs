@@ -1,0 +1,307 @@
+//! The namespace lab: the real netwatch binary watching the client's interface while real
+//! clients (dig, curl, nc, ping) talk through a real nftables firewall to real servers
+//! (dnsmasq, a TCP listener). Asserts netwatch's `--json` output.
+
+use std::{process::Command, time::Duration};
+
+use netwatch_tests::{
+    lab::{
+        CLIENT_IFACE, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, OPEN_DNS, SERVER_V4, SERVER_V6,
+        TargetId, target_id,
+    },
+    prerequisites,
+};
+use serde_json::Value;
+
+const LAB_TOOLS: &[&str] = &["ip", "nft", "dnsmasq", "dig", "curl", "nc", "ping"];
+const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
+
+fn id(proto: &str, remote: &str, port: Option<u64>) -> TargetId {
+    (proto.to_owned(), remote.to_owned(), port)
+}
+
+/// Runs a client in the client namespace; its own success does not matter (blocked requests
+/// fail), only that it ran.
+fn client(lab: &Lab, program: &str, args: &[&str]) {
+    let out = lab.client.run(program, args);
+    assert!(
+        out.status.code().is_some(),
+        "{program} {args:?} was killed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_target(
+    finished: &Finished,
+    target: &TargetId,
+    verdict: &str,
+    reason: Option<&str>,
+    requests: u64,
+) -> Value {
+    let targets = finished.targets();
+    let record = targets
+        .get(target)
+        .unwrap_or_else(|| panic!("no target record for {target:?}; targets: {:#?}", targets.keys()));
+    assert_eq!(record["verdict"], verdict, "verdict of {target:?}: {record}");
+    assert_eq!(record["reason"].as_str(), reason, "reason of {target:?}: {record}");
+    assert_eq!(record["requests"], requests, "requests of {target:?}: {record}");
+    assert_eq!(record["direction"], "egress");
+    let counted = ["answered", "rejected", "unanswered"]
+        .iter()
+        .map(|field| record[*field].as_u64().expect("counter"))
+        .sum::<u64>();
+    assert_eq!(counted, requests, "every request of {target:?} resolved exactly once: {record}");
+    record.clone()
+}
+
+#[test]
+fn lab_verdicts_match_what_the_firewall_does() {
+    if !prerequisites("lab_verdicts_match_what_the_firewall_does", LAB_TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_dns();
+    lab.start_listener(LISTENER);
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
+
+    // DNS by name: UDP and TCP 53, IPv4 and IPv6, to two resolvers: all dropped.
+    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "chat.example"]);
+    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "api.example", "AAAA"]);
+    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS2_V4}"), "chat.example"]);
+    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V6}"), "chat.example"]);
+    client(&lab, "dig", &["+tcp", "+tries=1", "+timeout=3", &format!("@{DNS_V4}"), "chat.example"]);
+    // TCP by address: allowed ports work.
+    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}:443/")]);
+    client(&lab, "curl", &["-s", "-m", "3", &format!("http://[{SERVER_V6}]/")]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "3306"]);
+    // Rejected ports, each a different way.
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8443"]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V6, "8443"]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "7000"]);
+    // A silently dropped port; the SYN is retransmitted within nc's wait.
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "5432"]);
+    // ICMP echo is dropped both ways of addressing.
+    client(&lab, "ping", &["-c", "3", "-i", "0.2", "-W", "1", SERVER_V4]);
+    client(&lab, "ping", &["-6", "-c", "2", "-i", "0.2", "-W", "1", SERVER_V6]);
+    // Not a request netwatch tracks: UDP to a port other than 53.
+    client(&lab, "nc", &["-u", "-z", "-w", "1", SERVER_V4, "5000"]);
+
+    // The last requests resolve within timeout + one poll.
+    netwatch.wait_for(Duration::from_secs(10), "the ICMPv6 blackhole verdict", |r| {
+        r["type"] == "verdict" && r["proto"] == "icmpv6" && r["verdict"] == "blackholed"
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "netwatch exit: {:?}: {}", finished.status, finished.stderr);
+
+    let udp = |remote: &str| id("udp", remote, Some(53));
+    let tcp = |remote: &str, port| id("tcp", remote, Some(port));
+    let dns = assert_target(&finished, &udp(DNS_V4), "blackholed", None, 2);
+    assert_eq!(dns["unanswered"], 2);
+    let mut names: Vec<&str> =
+        dns["names"].as_array().expect("DNS names").iter().filter_map(Value::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["api.example", "chat.example"]);
+    assert_target(&finished, &udp(DNS2_V4), "blackholed", None, 1);
+    assert_target(&finished, &udp(DNS_V6), "blackholed", None, 1);
+    let tcp_dns = assert_target(&finished, &tcp(DNS_V4, 53), "blackholed", None, 1);
+    assert!(tcp_dns["retransmits"].as_u64() >= Some(1), "SYN retransmits are not requests: {tcp_dns}");
+    for port in [80, 443, 8888, 3306] {
+        let ok = assert_target(&finished, &tcp(SERVER_V4, port), "ok", None, 1);
+        assert_eq!(ok["answered"], 1);
+        assert!(ok["latency_p50_ms"].as_f64().is_some(), "answered targets have a latency: {ok}");
+    }
+    assert_target(&finished, &tcp(SERVER_V6, 80), "ok", None, 1);
+    assert_target(&finished, &tcp(SERVER_V4, 8443), "rejected", Some("icmp-host-prohibited"), 1);
+    assert_target(&finished, &tcp(SERVER_V6, 8443), "rejected", Some("icmp6-adm-prohibited"), 1);
+    assert_target(&finished, &tcp(SERVER_V4, 9000), "rejected", Some("tcp-reset"), 1);
+    assert_target(&finished, &tcp(SERVER_V4, 7000), "rejected", Some("icmp-admin-prohibited"), 1);
+    let dropped = assert_target(&finished, &tcp(SERVER_V4, 5432), "blackholed", None, 1);
+    assert!(dropped["retransmits"].as_u64() >= Some(1), "{dropped}");
+    assert_target(&finished, &id("icmp", SERVER_V4, None), "blackholed", None, 3);
+    assert_target(&finished, &id("icmpv6", SERVER_V6, None), "blackholed", None, 2);
+
+    // Nothing else: no false verdicts, no untracked UDP port.
+    let expected = 16;
+    assert_eq!(
+        finished.targets().len(),
+        expected,
+        "unexpected targets: {:#?}",
+        finished.targets().keys()
+    );
+    // Verdict records came out as things resolved, before the exit records.
+    let verdicts = finished.verdicts();
+    assert!(
+        verdicts.iter().any(|r| target_id(r) == udp(DNS_V4) && r["verdict"] == "blackholed"),
+        "no blackholed verdict record for DNS: {verdicts:#?}"
+    );
+    let summary = finished.records.iter().find(|r| r["type"] == "summary").expect("summary record");
+    assert_eq!(summary["lost_requests"], 0);
+}
+
+#[test]
+fn opening_the_firewall_turns_dns_back_to_ok_while_running() {
+    if !prerequisites("opening_the_firewall_turns_dns_back_to_ok_while_running", LAB_TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_dns();
+    let netwatch = lab.start_netwatch(&[
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--timeout",
+        "1s",
+        "--window",
+        "3s",
+    ]);
+    let is_dns = |r: &Value, verdict: &str| {
+        r["type"] == "verdict"
+            && r["proto"] == "udp"
+            && r["remote"] == DNS_V4
+            && r["verdict"] == verdict
+    };
+    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "chat.example"]);
+    netwatch.wait_for(Duration::from_secs(5), "DNS blackholed", |r| is_dns(r, "blackholed"));
+
+    lab.nft(OPEN_DNS);
+    // Let the failure age out of the 3 s window, then resolve a name.
+    std::thread::sleep(Duration::from_millis(3500));
+    let out = lab.client.run("dig", &["+short", "+tries=1", "+timeout=2", &format!("@{DNS_V4}"), "chat.example"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SERVER_V4, "DNS works once opened");
+    netwatch.wait_for(Duration::from_secs(5), "DNS back to ok", |r| is_dns(r, "ok"));
+
+    let finished = netwatch.stop();
+    let record = assert_target(&finished, &id("udp", DNS_V4, Some(53)), "ok", None, 2);
+    assert_eq!((record["answered"].as_u64(), record["unanswered"].as_u64()), (Some(1), Some(1)));
+}
+
+/// Links and programs named netwatch_* system-wide, as bpftool lists them.
+fn netwatch_bpf_objects() -> (usize, usize) {
+    let count = |what: &str| {
+        let out = Command::new("bpftool").args([what, "show", "--json"]).output().expect("bpftool");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let programs: Vec<u64> = Command::new("bpftool")
+            .args(["prog", "show", "--json"])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("netwatch_")))
+            .filter_map(|p| p["id"].as_u64())
+            .collect();
+        list.as_array().map_or(0, |items| {
+            items
+                .iter()
+                .filter(|item| match what {
+                    "link" => item["prog_id"].as_u64().is_some_and(|id| programs.contains(&id)),
+                    _ => item["name"].as_str().is_some_and(|n| n.starts_with("netwatch_")),
+                })
+                .count()
+        })
+    };
+    (count("link"), count("prog"))
+}
+
+#[test]
+fn nothing_stays_attached_after_any_exit() {
+    if !prerequisites("nothing_stays_attached_after_any_exit", &["ip", "nft", "bpftool"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let before = netwatch_bpf_objects();
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
+        let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json"]);
+        let during = netwatch_bpf_objects();
+        assert_eq!(during.0, before.0 + 2, "two tcx links while running (signal {signal})");
+        assert_eq!(during.1, before.1 + 2, "two programs while running (signal {signal})");
+        let finished = netwatch.stop_with(signal);
+        if signal != libc::SIGKILL {
+            assert!(finished.status.success(), "clean exit on signal {signal}: {}", finished.stderr);
+        }
+        // The kernel releases a tcx link when its last fd closes, also after SIGKILL.
+        netwatch_tests::lab::wait_until(Duration::from_secs(5), "links to go", || {
+            netwatch_bpf_objects() == before
+        });
+    }
+}
+
+#[test]
+fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
+    if !prerequisites("clsact_mode_removes_its_filters_and_the_qdisc_it_created", &["ip", "nft", "tc", "curl"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_listener(LISTENER);
+    let qdiscs = |lab: &Lab| {
+        String::from_utf8_lossy(&lab.client.ok("tc", &["qdisc", "show", "dev", CLIENT_IFACE]).stdout).into_owned()
+    };
+    assert!(!qdiscs(&lab).contains("clsact"));
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--attach", "clsact", "--timeout", "1s"]);
+    assert!(netwatch.stderr_text().contains("c0 (clsact)"), "{}", netwatch.stderr_text());
+    assert!(qdiscs(&lab).contains("clsact"));
+    let filters = lab.client.ok("tc", &["filter", "show", "dev", CLIENT_IFACE, "egress"]);
+    assert!(String::from_utf8_lossy(&filters.stdout).contains("netwatch_egress"));
+    // The clsact path works end to end like tcx.
+    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    netwatch.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
+        r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
+    });
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_target(&finished, &id("tcp", SERVER_V4, Some(80)), "ok", None, 1);
+    assert!(!qdiscs(&lab).contains("clsact"), "the qdisc netwatch created is gone");
+
+    // A clsact qdisc that was there before stays, with its other filters.
+    lab.client.ok("tc", &["qdisc", "add", "dev", CLIENT_IFACE, "clsact"]);
+    // A classic-BPF filter that matches nothing: this kernel has no other classifier.
+    lab.client.ok("tc", &["filter", "add", "dev", CLIENT_IFACE, "ingress", "bpf", "bytecode", "1,6 0 0 0,"]);
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--attach", "clsact"]);
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(qdiscs(&lab).contains("clsact"), "a pre-existing qdisc stays");
+    let left = lab.client.ok("tc", &["filter", "show", "dev", CLIENT_IFACE, "ingress"]);
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(left.contains("bytecode") && !left.contains("netwatch"), "only its own filters go: {left}");
+}
+
+#[test]
+fn bad_input_gives_one_line_and_a_nonzero_exit() {
+    if !prerequisites("bad_input_gives_one_line_and_a_nonzero_exit", &["ip", "nft", "setpriv"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let binary = netwatch_tests::lab::netwatch_binary();
+    let binary = binary.to_string_lossy();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--iface", "nw-missing0"], "no such interface: nw-missing0"),
+        (vec!["--iface", ""], "interface name is empty"),
+        (vec!["--timeout", "0s"], "greater than zero"),
+        (vec!["--duration", "soon"], "--duration"),
+        (vec!["--window", "10y"], "at most"),
+        (vec!["--bogus"], "--bogus"),
+    ];
+    for (args, expected) in cases {
+        let out = lab.client.run(&binary, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    }
+    // Without privileges: one line naming what is missing, nothing attached.
+    let out = lab.client.run(
+        "setpriv",
+        &["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", &binary, "--iface", CLIENT_IFACE],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("missing capabilities CAP_BPF, CAP_NET_ADMIN"), "{stderr}");
+}
