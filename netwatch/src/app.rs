@@ -214,3 +214,110 @@ fn closed_stdout(err: io::Error) -> anyhow::Result<bool> {
         Err(err).context("writing to stdout")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use netwatch_common::{
+        DNS_QUESTION_CAPTURE, KernelCounter, PendingRequest, RequestKey, TargetCounters, TargetKey,
+        proto,
+    };
+
+    use super::*;
+    use crate::{
+        target::{Proto, ip_to_key, target_key},
+        tracker::zero_counters,
+        verdict::Verdict,
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    /// The kernel's tables as plain maps.
+    #[derive(Default)]
+    struct FakeKernel {
+        targets: HashMap<TargetKey, TargetCounters>,
+        pending: HashMap<RequestKey, PendingRequest>,
+        counters: [u64; KernelCounter::COUNT],
+        removed: Vec<RequestKey>,
+    }
+
+    impl KernelTables for FakeKernel {
+        fn read_targets(
+            &mut self,
+            each: &mut dyn FnMut(&TargetKey, &TargetCounters),
+        ) -> Result<(), ProbeError> {
+            self.targets.iter().for_each(|(k, v)| each(k, v));
+            Ok(())
+        }
+        fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError> {
+            Ok(self.pending.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn remove_pending(&mut self, key: &RequestKey) -> Result<(), ProbeError> {
+            self.pending.remove(key);
+            self.removed.push(*key);
+            Ok(())
+        }
+        fn read_counters(&mut self) -> Result<[u64; KernelCounter::COUNT], ProbeError> {
+            Ok(self.counters)
+        }
+    }
+
+    fn syn(port: u16, sent_ns: u64) -> (RequestKey, PendingRequest) {
+        let key = RequestKey {
+            remote: ip_to_key("198.51.100.10".parse().unwrap()),
+            local: ip_to_key("203.0.113.2".parse().unwrap()),
+            remote_port: 5432,
+            local_port: port,
+            tag: 0,
+            proto: proto::TCP,
+            _pad: 0,
+        };
+        let pending = PendingRequest {
+            first_sent_ns: sent_ns,
+            last_sent_ns: sent_ns,
+            tcp_seq: 7,
+            flags: 0,
+            ifindex: 2,
+            question_len: 0,
+            _pad: 0,
+            question: [0; DNS_QUESTION_CAPTURE],
+        };
+        (key, pending)
+    }
+
+    #[test]
+    fn polls_turn_kernel_state_into_verdicts() {
+        let target = target_key(Proto::Tcp, "198.51.100.10".parse().unwrap(), 5432);
+        let mut kernel = FakeKernel::default();
+        kernel.targets.insert(target, TargetCounters { requests: 2, ..zero_counters() });
+        let (k1, p1) = syn(40_001, S);
+        let (k2, p2) = syn(40_002, 2 * S);
+        kernel.pending.insert(k1, p1);
+        kernel.pending.insert(k2, p2);
+        kernel.counters[KernelCounter::PendingFull as usize] = 3;
+        let mut tracker = Tracker::new(Duration::from_secs(60));
+        let mut sweeper = Sweeper::new(SweepPolicy { timeout_ns: 3 * S, capacity: 100 });
+
+        let first = poll(&mut kernel, &mut tracker, &mut sweeper, 3 * S).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].verdict, Verdict::Pending);
+        assert_eq!(first[0].in_flight, 2);
+
+        let second = poll(&mut kernel, &mut tracker, &mut sweeper, 4 * S + S / 10).unwrap();
+        assert_eq!(second[0].verdict, Verdict::Blackholed);
+        assert_eq!((second[0].unanswered, second[0].in_flight), (1, 1));
+
+        // The second request is answered: the kernel deletes it and counts it.
+        kernel.pending.remove(&k2);
+        kernel.targets.insert(target, TargetCounters { requests: 2, answered: 1, ..zero_counters() });
+        let third = poll(&mut kernel, &mut tracker, &mut sweeper, 5 * S + S / 10).unwrap();
+        assert_eq!(third[0].verdict, Verdict::Degraded);
+        assert_eq!((third[0].answered, third[0].unanswered, third[0].in_flight), (1, 1, 0));
+
+        let snapshot = tracker.snapshot(5 * S);
+        assert_eq!(snapshot.kernel.lost_requests, 3);
+        assert_eq!(snapshot.tombstones, 1, "the unanswered SYN stays for its retransmits");
+        assert!(kernel.removed.is_empty());
+    }
+}

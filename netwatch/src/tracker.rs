@@ -270,3 +270,143 @@ pub fn latency_percentile_ms(buckets: &[u64; LATENCY_BUCKETS], quantile: f64) ->
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use netwatch_common::{DNS_QUESTION_CAPTURE, Reason};
+
+    use super::*;
+    use crate::target::{Proto, ip_to_key, target_key};
+
+    const S: u64 = 1_000_000_000;
+
+    fn dns_key() -> TargetKey {
+        target_key(Proto::Udp, "198.51.100.53".parse().unwrap(), 53)
+    }
+
+    fn counters(requests: u64, answered: u64) -> TargetCounters {
+        TargetCounters { requests, answered, ..zero_counters() }
+    }
+
+    fn request(name: &str) -> (RequestKey, PendingRequest) {
+        let key = RequestKey {
+            remote: ip_to_key("198.51.100.53".parse().unwrap()),
+            local: ip_to_key("203.0.113.2".parse().unwrap()),
+            remote_port: 53,
+            local_port: 40_000,
+            tag: 1,
+            proto: proto::UDP,
+            _pad: 0,
+        };
+        let mut question = [0u8; DNS_QUESTION_CAPTURE];
+        let mut len = 0;
+        for label in name.split('.') {
+            question[len] = u8::try_from(label.len()).unwrap();
+            question[len + 1..len + 1 + label.len()].copy_from_slice(label.as_bytes());
+            len += 1 + label.len();
+        }
+        len += 1 + 2;
+        let pending = PendingRequest {
+            first_sent_ns: 0,
+            last_sent_ns: 0,
+            tcp_seq: 0,
+            flags: 0,
+            ifindex: 2,
+            question_len: u16::try_from(len).unwrap(),
+            _pad: 0,
+            question,
+        };
+        (key, pending)
+    }
+
+    #[test]
+    fn a_new_target_is_announced_pending_then_judged() {
+        let mut tracker = Tracker::new(Duration::from_secs(60));
+        tracker.observe_counters(S, &dns_key(), &counters(1, 0));
+        let changes = tracker.judge(S);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].verdict, Verdict::Pending);
+        assert!(tracker.judge(S).is_empty(), "no change, no record");
+
+        let (key, pending) = request("chat.example.com");
+        tracker.observe_unanswered(5 * S, &key, &pending);
+        let changes = tracker.judge(5 * S);
+        assert_eq!(changes.len(), 1);
+        let view = &changes[0];
+        assert_eq!((view.verdict, view.requests, view.unanswered), (Verdict::Blackholed, 1, 1));
+        assert_eq!(view.names.as_deref(), Some(&["chat.example.com".to_owned()][..]));
+    }
+
+    #[test]
+    fn counter_increases_become_outcomes() {
+        let mut tracker = Tracker::new(Duration::from_secs(60));
+        tracker.observe_counters(S, &dns_key(), &counters(3, 3));
+        assert_eq!(tracker.judge(S)[0].verdict, Verdict::Ok);
+        let mut rejected = counters(5, 3);
+        rejected.rejected = 2;
+        rejected.rejected_by_reason[usize::from(Reason::icmp_unreachable(3))] = 2;
+        tracker.observe_counters(2 * S, &dns_key(), &rejected);
+        let change = &tracker.judge(2 * S)[0];
+        assert_eq!(change.verdict, Verdict::Degraded);
+        assert_eq!(change.reason, Some("icmp-port-unreachable"));
+        // Reading the same cumulative counters again adds nothing.
+        tracker.observe_counters(3 * S, &dns_key(), &rejected);
+        assert!(tracker.judge(3 * S).is_empty());
+    }
+
+    #[test]
+    fn names_are_deduplicated_and_bounded() {
+        let mut tracker = Tracker::new(Duration::from_secs(60));
+        tracker.observe_counters(S, &dns_key(), &counters(20, 0));
+        for i in 0..20 {
+            let (key, pending) = request(&format!("host{}.example", i % 10));
+            tracker.observe_unanswered(2 * S, &key, &pending);
+        }
+        tracker.judge(2 * S);
+        let view = &tracker.snapshot(2 * S).targets[0];
+        let names = view.names.as_ref().unwrap();
+        assert_eq!(names.len(), NAMES_PER_TARGET);
+        assert_eq!(names[0], "host0.example");
+        assert_eq!(view.unanswered, 20);
+    }
+
+    #[test]
+    fn in_flight_is_what_is_not_resolved_yet() {
+        let mut tracker = Tracker::new(Duration::from_secs(60));
+        let mut c = counters(10, 4);
+        c.untracked = 1;
+        tracker.observe_counters(S, &dns_key(), &c);
+        let (key, pending) = request("a.example");
+        tracker.observe_unanswered(S, &key, &pending);
+        tracker.judge(S);
+        let view = &tracker.snapshot(S).targets[0];
+        assert_eq!(view.in_flight, 4);
+        assert_eq!(view.untracked, 1);
+    }
+
+    #[test]
+    fn latency_percentiles_interpolate_within_buckets() {
+        let mut buckets = [0u64; LATENCY_BUCKETS];
+        assert_eq!(latency_percentile_ms(&buckets, 0.5), None);
+        // 100 answers between 1.048 ms and 2.097 ms (bucket 10).
+        buckets[10] = 100;
+        let p50 = latency_percentile_ms(&buckets, 0.5).unwrap();
+        assert!((1.5..1.6).contains(&p50), "{p50}");
+        buckets[20] = 1;
+        let p99 = latency_percentile_ms(&buckets, 0.99).unwrap();
+        assert!(p99 < 2.1, "99 of 101 are fast: {p99}");
+        let p100 = latency_percentile_ms(&buckets, 1.0).unwrap();
+        assert!(p100 > 1000.0, "the slow one: {p100}");
+    }
+
+    #[test]
+    fn requests_per_second_over_recent_polls() {
+        let mut tracker = Tracker::new(Duration::from_secs(60));
+        tracker.observe_counters(S, &dns_key(), &counters(10, 10));
+        tracker.judge(S);
+        tracker.observe_counters(3 * S, &dns_key(), &counters(30, 30));
+        tracker.judge(3 * S);
+        let rate = tracker.snapshot(3 * S).requests_per_s;
+        assert!((rate - 10.0).abs() < 1e-9, "{rate}");
+    }
+}
