@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(latency_bucket(2_048), 1);
         assert_eq!(latency_bucket(4_095), 1);
         assert_eq!(latency_bucket(4_096), 2);
-        assert_eq!(latency_bucket(1_000_000), 8); // 1 ms: [524 µs, 1.05 ms)
+        assert_eq!(latency_bucket(1_000_000), 9); // 1 ms: [524 µs, 1.05 ms)
         assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
         for ns in [0, 1, 2_048, 99_999, 1 << 20, 3_000_000_000] {
             let b = latency_bucket(ns);
