@@ -131,8 +131,16 @@ impl Output {
     }
 }
 
+/// How a run that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Normal,
+    /// A target ended with a verdict named by `--fail-on` (exit status 3).
+    FailOnMatched,
+}
+
 /// Runs netwatch until a signal or the end of `--duration`.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> anyhow::Result<Ending> {
     // Signals first: a Ctrl-C during attach must still detach cleanly.
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
@@ -202,7 +210,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     probe.detach_all();
-    Ok(())
+    let matched = tracker
+        .snapshot(now_ns)
+        .targets
+        .iter()
+        .any(|target| args.fail_on.contains(&target.verdict));
+    Ok(if matched { Ending::FailOnMatched } else { Ending::Normal })
 }
 
 /// A reader that went away (`netwatch --json | head`) ends the run normally; any other

@@ -1,9 +1,14 @@
 //! The command line. Every bad value is rejected here, before anything touches the kernel,
 //! with one line saying what is wrong.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::verdict::Verdict;
 
 const ABOUT: &str = "Finds upstream firewall drops passively: which requests this host sends \
                      (DNS queries, TCP SYNs, pings) never get an answer, per remote port.";
@@ -27,11 +32,22 @@ attached after it exits.";
 const AFTER_HELP: &str = "\
 DUR is a number with a unit: 500ms, 2s, 1m, 1h30m.
 
-Exit status: 0 when it stopped normally (whatever it found), 1 on errors, 2 on bad usage.";
+Exit status: 0 when it stopped normally (whatever it found), 1 on errors, 2 on bad usage,
+3 when --fail-on matched a target's final verdict.";
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "netwatch", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+#[command(
+    name = "netwatch",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Tool>,
+
     /// Interface to watch; repeat for several. Default: the interface(s) holding the
     /// default route(s).
     #[arg(short, long = "iface", value_name = "IFACE", value_parser = parse_iface)]
@@ -49,15 +65,43 @@ pub struct Args {
     #[arg(long, value_name = "DUR", value_parser = parse_run_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
 
-    /// Write NDJSON records to stdout instead of the live table: a `verdict` record each
-    /// time a target's verdict changes, a `target` record per target at exit.
-    #[arg(long)]
+    /// Write NDJSON records to stdout instead of the live view: a `verdict` record each
+    /// time a target's verdict changes, `diagnosis` records, and a `target` record per
+    /// target at exit.
+    #[arg(long, conflicts_with = "plain")]
     pub json: bool,
+
+    /// Print the plain table (refreshed when it changes) instead of the full-screen view;
+    /// the default when stdout is not a terminal.
+    #[arg(long)]
+    pub plain: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics. A bare port (`9464`) binds to
+    /// 127.0.0.1; give an address (`0.0.0.0:9464`) to listen elsewhere.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub metrics: Option<SocketAddr>,
+
+    /// Exit with status 3 when any target ends with one of these verdicts
+    /// (comma-separated, e.g. `blackholed,rejected`): a health check for cron and CI.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_verdict)]
+    pub fail_on: Vec<Verdict>,
 
     /// How to attach to tc: tcx links (kernel 6.6+), clsact filters, or tcx with a clsact
     /// fallback.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+}
+
+/// Helpers generated from this command line's own definition.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Tool {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 /// How the programs are attached to an interface.
@@ -97,6 +141,24 @@ fn parse_iface(value: &str) -> Result<String, String> {
         return Err("not a valid interface name".into());
     }
     Ok(value.to_owned())
+}
+
+fn parse_verdict(value: &str) -> Result<Verdict, String> {
+    Verdict::from_name(value.trim()).ok_or_else(|| {
+        let names: Vec<&str> = Verdict::ALL.iter().map(|v| v.as_str()).collect();
+        format!("not a verdict (one of {})", names.join(", "))
+    })
+}
+
+/// `9464`, `:9464` → 127.0.0.1:9464 (loopback unless told otherwise); `HOST:PORT` as given.
+fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    let port_only = value.strip_prefix(':').unwrap_or(value);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    value.parse::<SocketAddr>().map_err(|_| {
+        "expected PORT or ADDRESS:PORT, like 9464, 127.0.0.1:9464 or [::1]:9464".to_owned()
+    })
 }
 
 fn parse_bounded(value: &str, min: Duration, max: Duration) -> Result<Duration, String> {
@@ -191,7 +253,34 @@ mod tests {
         assert_eq!(args.window, Duration::from_secs(60));
         assert_eq!(args.duration, None);
         assert!(!args.json);
+        assert!(!args.plain);
+        assert_eq!(args.metrics, None);
+        assert!(args.fail_on.is_empty());
         assert_eq!(args.attach, AttachMode::Auto);
+        assert!(args.command.is_none());
+    }
+
+    #[test]
+    fn metrics_bind_to_loopback_unless_told_otherwise() {
+        assert_eq!(parse_ok(&["--metrics", "9464"]).metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_ok(&["--metrics", ":9464"]).metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_ok(&["--metrics", "0.0.0.0:1"]).metrics, Some("0.0.0.0:1".parse().unwrap()));
+        assert_eq!(parse_ok(&["--metrics", "[::1]:9"]).metrics, Some("[::1]:9".parse().unwrap()));
+        assert!(usage(&["--metrics", "localhost"]).contains("PORT"));
+    }
+
+    #[test]
+    fn fail_on_takes_verdict_names() {
+        let args = parse_ok(&["--duration", "5s", "--fail-on", "blackholed,rejected"]);
+        assert_eq!(args.fail_on, vec![Verdict::Blackholed, Verdict::Rejected]);
+        assert!(usage(&["--fail-on", "broken"]).contains("not a verdict"));
+    }
+
+    #[test]
+    fn tools_are_subcommands() {
+        assert!(matches!(parse_ok(&["completions", "bash"]).command, Some(Tool::Completions { .. })));
+        assert!(matches!(parse_ok(&["man"]).command, Some(Tool::Man)));
+        assert!(usage(&["--json", "--plain"]).contains("cannot be used with"));
     }
 
     #[test]

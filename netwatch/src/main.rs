@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use netwatch::cli::{self, Parsed};
+use clap::CommandFactory as _;
+use netwatch::cli::{self, Args, Parsed, Tool};
 
 fn main() -> ExitCode {
     // A bug must not print a backtrace over the operator's terminal: one line, then the
@@ -30,6 +31,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(tool) = &args.command {
+        return generate(tool);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -38,9 +42,36 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(netwatch::app::run(*args)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(netwatch::app::Ending::Normal) => ExitCode::SUCCESS,
+        Ok(netwatch::app::Ending::FailOnMatched) => ExitCode::from(3),
         Err(err) => {
             eprintln!("netwatch: error: {}", one_line(&format!("{err:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completions and the man page, from the same clap definition the parser uses.
+fn generate(tool: &Tool) -> ExitCode {
+    use std::io::Write as _;
+    let mut text = Vec::new();
+    match tool {
+        Tool::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Args::command(), "netwatch", &mut text);
+        }
+        Tool::Man => {
+            if let Err(err) = clap_mangen::Man::new(Args::command()).render(&mut text) {
+                eprintln!("netwatch: error: rendering the man page: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match std::io::stdout().write_all(&text) {
+        // A reader that stops early (`| head`) is not an error.
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("netwatch: error: writing to stdout: {err}");
             ExitCode::FAILURE
         }
     }
