@@ -10,8 +10,9 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::Args,
-    interfaces, privileges,
+    cli::{Args, AttachMode},
+    interfaces::{self, Interface, LinkState},
+    privileges,
     probe::{KernelTables, Probe, ProbeError},
     report::{RunInfo, WatchedInterface, json::JsonWriter, table},
     snapshot::TargetView,
@@ -52,6 +53,50 @@ pub fn poll(
     }
     tracker.observe_kernel(kernel.read_counters()?, swept.in_flight, swept.tombstones);
     Ok(tracker.judge(now_ns))
+}
+
+/// Follows the watched interfaces: one that went away is forgotten (the kernel dropped its
+/// attachment with it) and attached again when it comes back; down and up are reported.
+/// Returns the interfaces whose state changed.
+fn reconcile(
+    probe: &mut Probe,
+    watched: &mut [WatchedInterface],
+    mode: AttachMode,
+) -> Vec<WatchedInterface> {
+    let mut changed = Vec::new();
+    for interface in watched.iter_mut() {
+        let now = interfaces::probe_link(&interface.name);
+        let attached_at = probe.attached_index(&interface.name);
+        let state = match now {
+            None => {
+                if attached_at.is_some() {
+                    probe.forget(&interface.name);
+                }
+                LinkState::Gone
+            }
+            Some((index, state)) if attached_at == Some(index) => state,
+            Some((index, state)) => {
+                // New, or re-created under a new index: attach (again).
+                probe.forget(&interface.name);
+                let link = Interface { name: interface.name.clone(), index };
+                match probe.attach(&link, mode) {
+                    Ok(via) => {
+                        interface.attach = via.as_str();
+                        state
+                    }
+                    Err(err) => {
+                        log::warn!("{err}; retrying");
+                        LinkState::Gone
+                    }
+                }
+            }
+        };
+        if state != interface.state {
+            interface.state = state;
+            changed.push(interface.clone());
+        }
+    }
+    changed
 }
 
 /// Where the results go.
@@ -118,6 +163,21 @@ impl Output {
         }
     }
 
+    fn interfaces_changed(&mut self, changed: &[WatchedInterface]) -> io::Result<()> {
+        for interface in changed {
+            match self {
+                Self::Json(writer) => {
+                    let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+                    writer.interface(interface, &time)?;
+                }
+                Self::LiveTable { .. } | Self::PlainTable { .. } => {
+                    eprintln!("netwatch: {}", interface_message(interface));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn finish(&mut self, tracker: &Tracker, now_ns: u64, run: &RunInfo) -> io::Result<()> {
         let snapshot = tracker.snapshot(now_ns);
         match self {
@@ -139,6 +199,17 @@ pub enum Ending {
     FailOnMatched,
 }
 
+fn interface_message(interface: &WatchedInterface) -> String {
+    match interface.state {
+        LinkState::Up => format!("{} is up, watched ({})", interface.name, interface.attach),
+        LinkState::Down => format!("{} is down; still attached, nothing to see until it is up", interface.name),
+        LinkState::Gone => format!(
+            "{} is gone; watching the others, and attaching again when it returns",
+            interface.name
+        ),
+    }
+}
+
 /// Runs netwatch until a signal or the end of `--duration`.
 pub async fn run(args: Args) -> anyhow::Result<Ending> {
     // Signals first: a Ctrl-C during attach must still detach cleanly.
@@ -151,9 +222,10 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let mut watched = Vec::new();
     for iface in &interfaces {
         let via = probe.attach(iface, args.attach)?;
-        watched.push(WatchedInterface { name: iface.name.clone(), attach: via.as_str() });
+        let state = interfaces::probe_link(&iface.name).map_or(LinkState::Gone, |(_, state)| state);
+        watched.push(WatchedInterface { name: iface.name.clone(), attach: via.as_str(), state });
     }
-    let names: Vec<String> = watched.iter().map(|w| format!("{} ({})", w.name, w.attach)).collect();
+    let names: Vec<String> = watched.iter().map(WatchedInterface::label).collect();
     eprintln!("netwatch: watching {}; Ctrl-C to stop", names.join(", "));
 
     let started = Instant::now();
@@ -183,10 +255,14 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                let moved = reconcile(&mut probe, &mut run.interfaces, args.attach);
                 let now_ns = monotonic_ns();
                 let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
                 run.uptime = started.elapsed();
-                if let Err(err) = output.on_poll(&changes, &tracker, now_ns, &run) {
+                let written = output
+                    .interfaces_changed(&moved)
+                    .and_then(|()| output.on_poll(&changes, &tracker, now_ns, &run));
+                if let Err(err) = written {
                     stdout_open = closed_stdout(err)?;
                     break;
                 }

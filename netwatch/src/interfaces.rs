@@ -26,6 +26,29 @@ pub enum InterfaceError {
     Read { path: String, source: io::Error },
 }
 
+/// Whether a watched interface is there and up, as of now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Up,
+    /// Administratively down: the programs stay attached and see nothing.
+    Down,
+    /// Deleted (or moved to another namespace): the kernel dropped the attachment.
+    Gone,
+}
+
+/// The interface named `name` as it is now: its index and whether it is up; `None` when it
+/// does not exist.
+#[must_use]
+pub fn probe_link(name: &str) -> Option<(u32, LinkState)> {
+    const IFF_UP: u32 = 0x1;
+    let dir = Path::new("/sys/class/net").join(name);
+    let index = fs::read_to_string(dir.join("ifindex")).ok()?.trim().parse::<u32>().ok()?;
+    let flags = fs::read_to_string(dir.join("flags")).ok()?;
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
+    Some((index, if flags & IFF_UP != 0 { LinkState::Up } else { LinkState::Down }))
+}
+
 /// ARPHRD_ETHER and ARPHRD_LOOPBACK: frames tc hands over start with an Ethernet header.
 const ETHERNET_LINK_TYPES: [u32; 2] = [1, 772];
 
@@ -154,6 +177,13 @@ wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
     fn missing_interfaces_are_named() {
         let err = resolve(&["nw-no-such0".to_owned()]).unwrap_err();
         assert!(err.to_string().contains("no such interface: nw-no-such0"), "{err}");
+    }
+
+    #[test]
+    fn loopback_is_up_and_missing_links_are_gone() {
+        let (index, state) = probe_link("lo").expect("lo exists");
+        assert_eq!((index, state), (1, LinkState::Up));
+        assert_eq!(probe_link("nw-no-such0"), None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ impl Attached {
 
 struct Attachment {
     iface: String,
+    ifindex: u32,
     via: Attached,
     links: Vec<(&'static str, SchedClassifierLinkId)>,
 }
@@ -184,7 +185,12 @@ impl Probe {
                 }
             }
         }
-        self.attachments.push(Attachment { iface: iface.name.clone(), via, links });
+        self.attachments.push(Attachment {
+            iface: iface.name.clone(),
+            ifindex: iface.index,
+            via,
+            links,
+        });
         Ok(via)
     }
 
@@ -200,6 +206,40 @@ impl Probe {
                 log::warn!("detaching {name} from {iface}: {err}");
             }
         }
+    }
+
+    /// Drops the attachment to `iface` (detaching what is still attached: an interface that
+    /// was deleted took its tcx links and filters with it, which is not an error).
+    pub fn forget(&mut self, iface: &str) {
+        let (gone, kept): (Vec<Attachment>, Vec<Attachment>) =
+            std::mem::take(&mut self.attachments).into_iter().partition(|a| a.iface == iface);
+        self.attachments = kept;
+        for attachment in gone {
+            let still_there = crate::interfaces::probe_link(iface)
+                .is_some_and(|(index, _)| index == attachment.ifindex);
+            if still_there {
+                self.detach_links(&attachment.iface, attachment.links);
+                if attachment.via == (Attached::Clsact { created_qdisc: true }) {
+                    delete_clsact_if_empty(&attachment.iface);
+                }
+            } else {
+                // The kernel already detached everything with the device; just release the
+                // link handles without netlink calls that would fail.
+                for (name, link) in attachment.links {
+                    if let Ok(program) = classifier(&mut self.ebpf, name)
+                        && let Ok(owned) = program.take_link(link)
+                    {
+                        drop(owned);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The interface index `iface` was attached at, if attached.
+    #[must_use]
+    pub fn attached_index(&self, iface: &str) -> Option<u32> {
+        self.attachments.iter().find(|a| a.iface == iface).map(|a| a.ifindex)
     }
 
     /// Detaches from every interface (and removes clsact qdiscs netwatch created).

@@ -305,3 +305,78 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("missing capabilities CAP_BPF, CAP_NET_ADMIN"), "{stderr}");
 }
+
+#[test]
+fn interfaces_that_go_away_are_reported_and_attached_again_when_back() {
+    if !prerequisites("interfaces_that_go_away_are_reported_and_attached_again_when_back", LAB_TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_listener(LISTENER);
+    let add_spare = |lab: &Lab| {
+        lab.client.ok("ip", &["link", "add", "spare0", "type", "veth", "peer", "name", "spare1"]);
+        lab.client.ok("ip", &["link", "set", "spare0", "up"]);
+    };
+    add_spare(&lab);
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--iface", "spare0", "--json", "--timeout", "1s"]);
+    let interface_record = |state: &'static str| {
+        move |r: &Value| r["type"] == "interface" && r["name"] == "spare0" && r["state"] == state
+    };
+    lab.client.ok("ip", &["link", "set", "spare0", "down"]);
+    netwatch.wait_for(Duration::from_secs(5), "spare0 down", interface_record("down"));
+    lab.client.ok("ip", &["link", "set", "spare0", "up"]);
+    netwatch.wait_for(Duration::from_secs(5), "spare0 up", interface_record("up"));
+    lab.client.ok("ip", &["link", "del", "spare0"]);
+    netwatch.wait_for(Duration::from_secs(5), "spare0 gone", interface_record("gone"));
+
+    // The other interface is still watched.
+    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    netwatch.wait_for(Duration::from_secs(5), "tcp/80 ok on c0", |r| {
+        r["type"] == "verdict" && r["port"] == 80 && r["verdict"] == "ok"
+    });
+
+    // Back under a new index: attached again.
+    let before = netwatch.records().len();
+    add_spare(&lab);
+    netwatch_tests::lab::wait_until(Duration::from_secs(5), "spare0 attached again", || {
+        netwatch.records()[before..].iter().any(|r| interface_record("up")(r) && r["attach"] == "tcx")
+    });
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.records.iter().find(|r| r["type"] == "summary").expect("summary");
+    let states: Vec<(&str, &str)> = summary["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap_or(""), i["state"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(states, [("c0", "up"), ("spare0", "up")]);
+}
+
+#[test]
+fn two_instances_watch_the_same_interface_side_by_side() {
+    if !prerequisites("two_instances_watch_the_same_interface_side_by_side", LAB_TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_listener(LISTENER);
+    let first = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
+    let second = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
+    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    for run in [&first, &second] {
+        run.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
+            r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
+        });
+    }
+    // Stopping one leaves the other attached and working.
+    let finished = first.stop();
+    assert_target(&finished, &id("tcp", SERVER_V4, Some(80)), "ok", None, 1);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
+    second.wait_for(Duration::from_secs(5), "tcp/8888 ok after the first left", |r| {
+        r["type"] == "verdict" && r["port"] == 8888 && r["verdict"] == "ok"
+    });
+    let finished = second.stop();
+    assert_target(&finished, &id("tcp", SERVER_V4, Some(80)), "ok", None, 1);
+    assert_target(&finished, &id("tcp", SERVER_V4, Some(9000)), "rejected", Some("tcp-reset"), 1);
+}

@@ -7,13 +7,14 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::RunInfo;
+use super::{RunInfo, WatchedInterface};
 use crate::snapshot::{KernelStats, Snapshot, TargetView};
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Record<'a> {
     Verdict(Stamped<'a, TargetView>),
+    Interface(Stamped<'a, WatchedInterface>),
     Target(&'a TargetView),
     Summary(Summary<'a>),
 }
@@ -54,6 +55,13 @@ impl<W: Write> JsonWriter<W> {
             let record = Record::Verdict(Stamped { time: time.to_owned(), inner: change });
             self.line(&record)?;
         }
+        self.out.flush()
+    }
+
+    /// An `interface` record: a watched interface went down, came up, went away or came
+    /// back (and was attached again).
+    pub fn interface(&mut self, interface: &WatchedInterface, time: &str) -> io::Result<()> {
+        self.line(&Record::Interface(Stamped { time: time.to_owned(), inner: interface }))?;
         self.out.flush()
     }
 

@@ -25,7 +25,22 @@ pub struct RunInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WatchedInterface {
     pub name: String,
+    /// How it is attached (`tcx`, `clsact`), or how it was before it went away.
     pub attach: &'static str,
+    pub state: crate::interfaces::LinkState,
+}
+
+impl WatchedInterface {
+    /// `eth0 (tcx)`, `eth0 (tcx, down)`, `eth0 (gone)`.
+    #[must_use]
+    pub fn label(&self) -> String {
+        use crate::interfaces::LinkState;
+        match self.state {
+            LinkState::Up => format!("{} ({})", self.name, self.attach),
+            LinkState::Down => format!("{} ({}, down)", self.name, self.attach),
+            LinkState::Gone => format!("{} (gone)", self.name),
+        }
+    }
 }
 
 fn as_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {

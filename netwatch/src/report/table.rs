@@ -11,8 +11,7 @@ use crate::{
 /// The status line: what is watched, since when, with which settings, and what was lost.
 #[must_use]
 pub fn status_line(snapshot: &Snapshot, run: &RunInfo) -> String {
-    let interfaces: Vec<String> =
-        run.interfaces.iter().map(|i| format!("{} ({})", i.name, i.attach)).collect();
+    let interfaces: Vec<String> = run.interfaces.iter().map(super::WatchedInterface::label).collect();
     format!(
         "netwatch  {}  up {}  timeout {}  window {}  {:.1} req/s  in flight {}  lost {}",
         interfaces.join(", "),
