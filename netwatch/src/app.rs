@@ -225,6 +225,9 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         let state = interfaces::probe_link(&iface.name).map_or(LinkState::Gone, |(_, state)| state);
         watched.push(WatchedInterface { name: iface.name.clone(), attach: via.as_str(), state });
     }
+    if let Err(err) = privileges::drop_after_attach() {
+        log::warn!("could not drop capabilities after attaching: {err}");
+    }
     let names: Vec<String> = watched.iter().map(WatchedInterface::label).collect();
     eprintln!("netwatch: watching {}; Ctrl-C to stop", names.join(", "));
 

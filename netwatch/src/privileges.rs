@@ -56,6 +56,20 @@ pub fn missing(effective: u64) -> Vec<Capability> {
     missing
 }
 
+/// Once the programs are loaded and attached, keeps only CAP_NET_ADMIN (to attach again
+/// to an interface that comes back, and to remove clsact filters at exit) and drops every
+/// other capability for good. Map reads and tcx detach need none.
+pub fn drop_after_attach() -> Result<(), caps::errors::CapsError> {
+    use caps::{CapSet, Capability as Cap, CapsHashSet};
+    let keep: CapsHashSet = [Cap::CAP_NET_ADMIN].into_iter().collect();
+    let permitted = caps::read(None, CapSet::Permitted)?;
+    let keep: CapsHashSet = keep.intersection(&permitted).copied().collect();
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Permitted, &keep)
+}
+
 /// Checks this process has what it needs.
 pub fn require() -> Result<(), PrivilegeError> {
     let status = fs::read_to_string("/proc/self/status").map_err(|_| PrivilegeError::Unreadable)?;

@@ -380,3 +380,69 @@ fn two_instances_watch_the_same_interface_side_by_side() {
     assert_target(&finished, &id("tcp", SERVER_V4, Some(80)), "ok", None, 1);
     assert_target(&finished, &id("tcp", SERVER_V4, Some(9000)), "rejected", Some("tcp-reset"), 1);
 }
+
+/// `setpriv` arguments running a command as nobody with exactly `caps` (e.g. "bpf,net_admin").
+fn as_nobody_with(caps: &str) -> Vec<String> {
+    let list: Vec<String> = caps.split(',').map(|c| format!("+{c}")).collect();
+    let list = list.join(",");
+    vec![
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps=-all,{list}"),
+        format!("--ambient-caps=-all,{list}"),
+        format!("--bounding-set=-all,{list}"),
+    ]
+}
+
+#[test]
+fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
+    if !prerequisites("runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin", &["ip", "nft", "setpriv", "nc"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_listener(LISTENER);
+    let binary = netwatch_tests::lab::netwatch_binary();
+    let mut command = lab.client.command("setpriv");
+    command
+        .args(as_nobody_with("bpf,net_admin,perfmon"))
+        .arg(&binary)
+        .args(["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
+    let netwatch = netwatch_tests::lab::NetwatchRun::start(command);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", netwatch.pid())).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+            .expect("cap line")
+    };
+    let net_admin = 1u64 << 12;
+    assert_eq!(field("CapEff:"), net_admin, "only CAP_NET_ADMIN stays effective: {status}");
+    assert_eq!(field("CapPrm:"), net_admin, "only CAP_NET_ADMIN stays permitted: {status}");
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    netwatch.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
+        r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
+    });
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_target(&finished, &id("tcp", SERVER_V4, Some(8888)), "ok", None, 1);
+
+    // Each of the three is needed: without one, one line naming it.
+    for (caps, missing) in [
+        ("net_admin,perfmon", "CAP_BPF"),
+        ("bpf,perfmon", "CAP_NET_ADMIN"),
+        ("bpf,net_admin", "CAP_PERFMON"),
+    ] {
+        let mut args = as_nobody_with(caps);
+        args.push(binary.to_string_lossy().into_owned());
+        args.extend(["--iface".into(), CLIENT_IFACE.into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = lab.client.run("setpriv", &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{caps}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{caps}: {stderr}");
+        assert!(stderr.contains(&format!("missing capability {missing}")), "{caps}: {stderr}");
+    }
+}
