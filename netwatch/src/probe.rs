@@ -22,6 +22,11 @@ use crate::{cli::AttachMode, interfaces::Interface};
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf"));
 
+/// The benchmarks' reference programs (`bench_floor`, `bench_track`, `bench_match`), built
+/// beside the real ones so both come from the same compiler. Only the bench harness loads it.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-bench"));
+
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error(
