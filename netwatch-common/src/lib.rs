@@ -14,8 +14,15 @@ pub const INGRESS_PROGRAM: &str = "netwatch_ingress";
 
 /// Map of requests that left and have not been answered yet: [`RequestKey`] → [`PendingRequest`].
 pub const PENDING_MAP: &str = "PENDING";
-/// Map of per-target counters kept by the kernel: [`TargetKey`] → [`TargetCounters`].
+/// Map from a target to its slot in [`TARGETS_MAP`]: [`TargetKey`] → `u32`.
+pub const TARGET_SLOTS_MAP: &str = "TARGET_SLOTS";
+/// Array of per-target counters kept by the kernel, indexed by slot: [`TargetCounters`].
+/// Memory-mappable: userspace reads every target's counters without a syscall.
 pub const TARGETS_MAP: &str = "TARGETS";
+/// Map from a slot of [`TARGETS_MAP`] to its owner: `u32` → [`TargetKey`].
+pub const SLOT_OWNERS_MAP: &str = "SLOT_OWNERS";
+/// One-element array: where the next slot claim starts (`u32`, a hint).
+pub const NEXT_SLOT_MAP: &str = "NEXT_SLOT";
 /// Per-CPU array of [`KernelCounter`] values: what the programs saw but could not use.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
@@ -23,8 +30,9 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// not tracked and [`KernelCounter::PendingFull`] (and the target's `untracked`) count it, so
 /// nothing is silently lost and nothing untracked can ever be called unanswered.
 pub const PENDING_CAPACITY: u32 = 65_536;
-/// Capacity of [`TARGETS_MAP`] (allocated on demand). A request whose target does not fit is
-/// counted in [`KernelCounter::TargetsFull`].
+/// Capacity of [`TARGETS_MAP`] and [`TARGET_SLOTS_MAP`]: 16,384 targets, 8 MiB of counters.
+/// A request whose target does not fit is counted in [`KernelCounter::TargetsFull`]. Slots are
+/// never reused: a target keeps its counters for the life of the programs.
 pub const TARGETS_CAPACITY: u32 = 16_384;
 
 /// Name of the read-only global holding `--timeout` in nanoseconds, set at load time.
@@ -45,7 +53,7 @@ pub const DIRECTION_EGRESS: u8 = 0;
 pub const DNS_PORT: u16 = 53;
 
 /// Bytes of a DNS query's question section (name and type) kept with the pending request.
-pub const DNS_QUESTION_CAPTURE: usize = 80;
+pub const DNS_QUESTION_CAPTURE: usize = 76;
 
 /// One request in flight: which flow, and which exchange within it.
 ///
@@ -102,6 +110,9 @@ pub struct PendingRequest {
     pub flags: u32,
     /// Interface the request left on.
     pub ifindex: u32,
+    /// The target's slot in [`TARGETS_MAP`]: the answer path reaches the counters through an
+    /// array index instead of a second hash lookup.
+    pub target_slot: u32,
     /// How many bytes of `question` were captured (DNS only).
     pub question_len: u16,
     pub _pad: u16,

@@ -266,7 +266,7 @@ fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
         count(KernelCounter::InvalidAnswer);
         return;
     }
-    let Some(counters) = TARGETS.get_ptr_mut(&key.target()) else { return };
+    let Some(counters) = TARGETS.get_ptr_mut(pending.target_slot) else { return };
     // SAFETY: as above.
     let counters = unsafe { &mut *counters };
     // SAFETY: bpf_ktime_get_ns has no preconditions.

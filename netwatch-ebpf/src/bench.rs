@@ -51,6 +51,7 @@ pub fn bench_track(ctx: TcContext) -> i32 {
             tcp_seq: 0,
             flags: 0,
             ifindex: 0,
+            target_slot: 0,
             question_len: 0,
             _pad: 0,
             question: [0; DNS_QUESTION_CAPTURE],

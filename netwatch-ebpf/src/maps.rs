@@ -3,7 +3,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
@@ -18,20 +18,30 @@ use netwatch_common::{
 pub static PENDING: HashMap<RequestKey, PendingRequest> =
     HashMap::with_max_entries(PENDING_CAPACITY, 0);
 
-/// Per-target cumulative counters, allocated as targets appear.
+/// Target → slot in [`TARGETS`].
 #[map]
-pub static TARGETS: HashMap<TargetKey, TargetCounters> =
-    HashMap::with_max_entries(TARGETS_CAPACITY, BPF_F_NO_PREALLOC);
+static TARGET_SLOTS: HashMap<TargetKey, u32> = HashMap::with_max_entries(TARGETS_CAPACITY, 0);
+
+/// Per-target cumulative counters by slot. An array: the answer path finds them from the
+/// slot kept in the pending entry without hashing, and userspace maps them into memory.
+#[map]
+pub static TARGETS: Array<TargetCounters> =
+    Array::with_max_entries(TARGETS_CAPACITY, BPF_F_MMAPABLE);
+
+/// Slot → target: who owns each slot of [`TARGETS`]. Claiming a slot is inserting here
+/// with `BPF_NOEXIST`, which exactly one CPU can win: slot allocation without atomics.
+#[map]
+static SLOT_OWNERS: HashMap<u32, TargetKey> = HashMap::with_max_entries(TARGETS_CAPACITY, 0);
+
+/// Where the next slot claim starts: a hint (updated without atomics), the claims in
+/// [`SLOT_OWNERS`] are what counts.
+#[map]
+static NEXT_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// [`KernelCounter`] values, per CPU so counting needs no atomics.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(KernelCounter::COUNT as u32, 0);
-
-/// One all-zero [`TargetCounters`], the source of new `TARGETS` entries: the value is too
-/// large for the 512-byte BPF stack. Read-only for the programs, never written by userspace.
-#[map]
-static ZERO_COUNTERS: Array<TargetCounters> = Array::with_max_entries(1, BPF_F_RDONLY_PROG);
 
 /// `--timeout` in nanoseconds; userspace sets it at load time.
 #[unsafe(no_mangle)]
@@ -63,27 +73,55 @@ pub fn add(counter: &mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
-/// The counters of `target`, created zeroed on first use; `None` when the table is full.
+/// The slot and counters of `target`, given a fresh (zeroed) slot on first use; `None`
+/// when the table is full.
 #[inline(always)]
-pub fn target_counters(target: &TargetKey) -> Option<&'static mut TargetCounters> {
-    if let Some(counters) = TARGETS.get_ptr_mut(target) {
-        // SAFETY: a map value pointer stays valid for the program run; fields are only
-        // updated through `add` or single aligned stores.
-        return Some(unsafe { &mut *counters });
+pub fn target_counters(target: &TargetKey) -> Option<(u32, &'static mut TargetCounters)> {
+    let slot = match TARGET_SLOTS.get_ptr(target) {
+        // SAFETY: a map value pointer, valid for this program run.
+        Some(slot) => unsafe { *slot },
+        None => new_slot(target)?,
+    };
+    // SAFETY: an array value pointer stays valid for the program run; fields are only
+    // updated through `add` or single aligned stores.
+    TARGETS.get_ptr_mut(slot).map(|counters| (slot, unsafe { &mut *counters }))
+}
+
+/// Slot claims tried before giving up (only contention on the same slots makes one fail).
+const SLOT_CLAIM_TRIES: u32 = 8;
+
+#[inline(always)]
+fn new_slot(target: &TargetKey) -> Option<u32> {
+    let hint = NEXT_SLOT.get_ptr_mut(0)?;
+    // SAFETY: a live array value; a stale read only costs a failed claim.
+    let mut slot = unsafe { *hint };
+    for _ in 0..SLOT_CLAIM_TRIES {
+        if slot >= TARGETS_CAPACITY {
+            break;
+        }
+        if SLOT_OWNERS.insert(slot, target, u64::from(BPF_NOEXIST)).is_err() {
+            slot += 1;
+            continue;
+        }
+        // SAFETY: as above; racing stores only move the hint, never a claim.
+        unsafe { *hint = slot + 1 };
+        return match TARGET_SLOTS.insert(target, slot, u64::from(BPF_NOEXIST)) {
+            Ok(()) => Some(slot),
+            Err(err) => {
+                // Another CPU created the same target meanwhile (EEXIST): give the slot back
+                // and use its one.
+                let _ = SLOT_OWNERS.remove(slot);
+                if err != -EEXIST {
+                    count(KernelCounter::TargetsFull);
+                    return None;
+                }
+                // SAFETY: a map value pointer, valid for this program run.
+                TARGET_SLOTS.get_ptr(target).map(|existing| unsafe { *existing })
+            }
+        };
     }
-    let zero = ZERO_COUNTERS.get_ptr(0)?;
-    // SAFETY: `zero` points at the read-only all-zero template value.
-    let zero = unsafe { &*zero };
-    // Another CPU may create the same target at the same moment: EEXIST is fine, then the
-    // lookup below finds its entry.
-    if let Err(err) = TARGETS.insert(target, zero, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
-        && err != -EEXIST
-    {
-        count(KernelCounter::TargetsFull);
-        return None;
-    }
-    // SAFETY: as above.
-    TARGETS.get_ptr_mut(target).map(|counters| unsafe { &mut *counters })
+    count(KernelCounter::TargetsFull);
+    None
 }
 
 pub const EEXIST: i32 = 17;

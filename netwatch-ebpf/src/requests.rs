@@ -117,7 +117,7 @@ fn echo_request(ctx: &TcContext, ip: &Ip, echo_request: u8, proto: u8) {
 fn track(ctx: &TcContext, key: &RequestKey, tcp_seq: u32, question_at: Option<usize>) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(counters) = target_counters(&key.target()) else { return };
+    let Some((target_slot, counters)) = target_counters(&key.target()) else { return };
     let mut pending = PendingRequest {
         first_sent_ns: now,
         last_sent_ns: now,
@@ -125,6 +125,7 @@ fn track(ctx: &TcContext, key: &RequestKey, tcp_seq: u32, question_at: Option<us
         flags: 0,
         // SAFETY: `skb` is the context pointer the kernel passed in.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        target_slot,
         question_len: 0,
         _pad: 0,
         question: [0; DNS_QUESTION_CAPTURE],

@@ -371,6 +371,7 @@ mod tests {
             tcp_seq: 7,
             flags: 0,
             ifindex: 2,
+            target_slot: 0,
             question_len: 0,
             _pad: 0,
             question: [0; DNS_QUESTION_CAPTURE],

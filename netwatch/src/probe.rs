@@ -5,15 +5,16 @@ use std::{process::Command, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
 };
 use netwatch_common::{
-    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, PENDING_CAPACITY, PENDING_MAP,
-    PendingRequest, RequestKey, TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
+    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, NEXT_SLOT_MAP, PENDING_CAPACITY,
+    PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
+    TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
 };
 use thiserror::Error;
 
@@ -38,6 +39,11 @@ pub enum ProbeError {
     Attach { iface: String, reason: String },
     #[error("could not read the kernel map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error(
+        "could not map the kernel's target counters into memory ({0}); netwatch needs Linux 5.5 \
+         or later"
+    )]
+    Mmap(std::io::Error),
 }
 
 /// How one interface ended up attached.
@@ -65,11 +71,74 @@ struct Attachment {
     links: Vec<(&'static str, SchedClassifierLinkId)>,
 }
 
+/// The kernel's per-target counter array, mapped read-only into this process: every
+/// target's counters are read without a syscall.
+struct CounterArray {
+    base: std::ptr::NonNull<TargetCounters>,
+    len: usize,
+    // Keeps the map alive as long as the mapping.
+    _map: MapData,
+}
+
+impl CounterArray {
+    fn map(map: MapData) -> Result<Self, ProbeError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let len = TARGETS_CAPACITY as usize * size_of::<TargetCounters>();
+        // SAFETY: maps a BPF_F_MMAPABLE array read-only and shared; the kernel keeps the
+        // memory valid until munmap.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(ProbeError::Mmap(std::io::Error::last_os_error()));
+        }
+        let base = std::ptr::NonNull::new(ptr.cast())
+            .ok_or_else(|| ProbeError::Mmap(std::io::Error::other("mmap returned null")))?;
+        Ok(Self { base, len, _map: map })
+    }
+
+    /// The counters at `slot` as they are now. The kernel updates each field atomically;
+    /// two fields read a few nanoseconds apart may disagree by an event, which the next
+    /// read settles.
+    fn read(&self, slot: u32) -> Option<TargetCounters> {
+        let slot = usize::try_from(slot).ok().filter(|s| *s < TARGETS_CAPACITY as usize)?;
+        // SAFETY: in bounds of the mapping, aligned; volatile because the kernel writes it.
+        Some(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(slot)) })
+    }
+}
+
+impl Drop for CounterArray {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the region mapped in `map`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Slots of the counter array whose owner is not known yet, given up after this many reads
+/// (a slot claimed and given back in a race stays empty for good).
+const SLOT_RETRIES: u8 = 40;
+
 /// The loaded programs and their maps.
 pub struct Probe {
     ebpf: Ebpf,
     pending: HashMap<MapData, RequestKey, PendingRequest>,
-    targets: HashMap<MapData, TargetKey, TargetCounters>,
+    target_slots: HashMap<MapData, TargetKey, u32>,
+    slot_owners: HashMap<MapData, u32, TargetKey>,
+    next_slot: Array<MapData, u32>,
+    targets: CounterArray,
+    /// Slot → target, for the slots learnt so far.
+    known_slots: Vec<(u32, TargetKey)>,
+    /// Slots below the kernel's hint not learnt yet, with the reads left before giving up.
+    unresolved_slots: Vec<(u32, u8)>,
+    /// Slots below this were queued for learning.
+    scanned_slots: u32,
     counters: PerCpuArray<MapData, u64>,
     attachments: Vec<Attachment>,
 }
@@ -118,11 +187,31 @@ impl Probe {
         }
         let pending = HashMap::try_from(take_map(&mut ebpf, PENDING_MAP)?)
             .map_err(|source| ProbeError::Map { map: PENDING_MAP, source })?;
-        let targets = HashMap::try_from(take_map(&mut ebpf, TARGETS_MAP)?)
-            .map_err(|source| ProbeError::Map { map: TARGETS_MAP, source })?;
+        let target_slots = HashMap::try_from(take_map(&mut ebpf, TARGET_SLOTS_MAP)?)
+            .map_err(|source| ProbeError::Map { map: TARGET_SLOTS_MAP, source })?;
+        let slot_owners = HashMap::try_from(take_map(&mut ebpf, SLOT_OWNERS_MAP)?)
+            .map_err(|source| ProbeError::Map { map: SLOT_OWNERS_MAP, source })?;
+        let next_slot = Array::try_from(take_map(&mut ebpf, NEXT_SLOT_MAP)?)
+            .map_err(|source| ProbeError::Map { map: NEXT_SLOT_MAP, source })?;
+        let targets = match take_map(&mut ebpf, TARGETS_MAP)? {
+            aya::maps::Map::Array(data) => CounterArray::map(data)?,
+            _ => return Err(ProbeError::Load(format!("{TARGETS_MAP} is not an array"))),
+        };
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
             .map_err(|source| ProbeError::Map { map: COUNTERS_MAP, source })?;
-        Ok(Self { ebpf, pending, targets, counters, attachments: Vec::new() })
+        Ok(Self {
+            ebpf,
+            pending,
+            target_slots,
+            slot_owners,
+            next_slot,
+            targets,
+            known_slots: Vec::new(),
+            unresolved_slots: Vec::new(),
+            scanned_slots: 0,
+            counters,
+            attachments: Vec::new(),
+        })
     }
 
     /// Attaches both programs to `iface`.
@@ -270,6 +359,42 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// Learns the owners of slots claimed since the last read: one lookup per new target,
+    /// nothing when no target appeared.
+    fn learn_new_slots(&mut self) -> Result<(), ProbeError> {
+        let hint = self
+            .next_slot
+            .get(&0, 0)
+            .map_err(|source| ProbeError::Map { map: NEXT_SLOT_MAP, source })?
+            .min(TARGETS_CAPACITY);
+        while self.scanned_slots < hint {
+            self.unresolved_slots.push((self.scanned_slots, SLOT_RETRIES));
+            self.scanned_slots += 1;
+        }
+        let mut still = Vec::new();
+        for (slot, retries) in std::mem::take(&mut self.unresolved_slots) {
+            let owner = match self.slot_owners.get(&slot, 0) {
+                Ok(owner) => Some(owner),
+                Err(MapError::KeyNotFound) => None,
+                Err(source) => return Err(ProbeError::Map { map: SLOT_OWNERS_MAP, source }),
+            };
+            // A claim counts once the target points back at it (the kernel inserts the
+            // target right after claiming, and gives the slot back if it lost a race).
+            let confirmed = owner.filter(|owner| {
+                self.target_slots.get(owner, 0).is_ok_and(|confirmed| confirmed == slot)
+            });
+            match confirmed {
+                Some(owner) => self.known_slots.push((slot, owner)),
+                None if retries > 1 => still.push((slot, retries - 1)),
+                None => {}
+            }
+        }
+        self.unresolved_slots = still;
+        Ok(())
+    }
+}
+
 impl Drop for Probe {
     fn drop(&mut self) {
         self.detach_all();
@@ -281,10 +406,11 @@ impl KernelTables for Probe {
         &mut self,
         each: &mut dyn FnMut(&TargetKey, &TargetCounters),
     ) -> Result<(), ProbeError> {
-        for entry in self.targets.iter() {
-            let (key, counters) =
-                entry.map_err(|source| ProbeError::Map { map: TARGETS_MAP, source })?;
-            each(&key, &counters);
+        self.learn_new_slots()?;
+        for (slot, key) in &self.known_slots {
+            if let Some(counters) = self.targets.read(*slot) {
+                each(key, &counters);
+            }
         }
         Ok(())
     }

@@ -159,6 +159,7 @@ mod tests {
             tcp_seq: 0,
             flags: 0,
             ifindex: 1,
+            target_slot: 0,
             question_len: 0,
             _pad: 0,
             question: [0; DNS_QUESTION_CAPTURE],

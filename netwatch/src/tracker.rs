@@ -312,6 +312,7 @@ mod tests {
             tcp_seq: 0,
             flags: 0,
             ifindex: 2,
+            target_slot: 0,
             question_len: u16::try_from(len).unwrap(),
             _pad: 0,
             question,
