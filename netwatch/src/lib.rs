@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod diagnosis;
 pub mod dns;
 pub mod interfaces;
 pub mod privileges;
