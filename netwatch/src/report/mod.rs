@@ -2,6 +2,7 @@
 //! writer they are handed.
 
 pub mod json;
+pub mod metrics;
 pub mod table;
 
 use std::time::Duration;
