@@ -112,6 +112,11 @@ pub fn ipv4(ctx: &TcContext, offset: usize) -> Option<Ip> {
 /// The IPv6 header at `offset`, extension headers walked up to [`MAX_EXTENSION_HEADERS`].
 #[inline(always)]
 pub fn ipv6(ctx: &TcContext, offset: usize) -> Option<Ip> {
+    // The stack drops anything but version 6; so must we, or a bogus frame could settle a
+    // real request.
+    if read::<u8>(ctx, offset)? >> 4 != 6 {
+        return None;
+    }
     let mut next = read::<u8>(ctx, offset + 6)?;
     let mut l4 = offset + Ipv6Hdr::LEN;
     for _ in 0..MAX_EXTENSION_HEADERS {
