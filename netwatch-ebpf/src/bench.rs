@@ -26,7 +26,7 @@ static REFERENCE: HashMap<RequestKey, PendingRequest> =
 #[inline(always)]
 fn key(ctx: &TcContext) -> Option<RequestKey> {
     let start = ctx.data() + ETH_HEADER_LEN;
-    if start + core::mem::size_of::<RequestKey>() > ctx.data_end() {
+    if start + size_of::<RequestKey>() > ctx.data_end() {
         return None;
     }
     // SAFETY: bounds-checked above; RequestKey is integers only, any bytes are a valid value.

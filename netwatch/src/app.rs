@@ -2,8 +2,10 @@
 //! a signal or `--duration` ends it. Then a last poll, the exit records, and detach.
 
 use std::{
-    io::{self, IsTerminal as _, Write},
-    time::{Duration, Instant, SystemTime},
+    io,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -14,8 +16,11 @@ use crate::{
     interfaces::{self, Interface, LinkState},
     privileges,
     probe::{KernelTables, Probe, ProbeError},
-    report::{RunInfo, WatchedInterface, json::JsonWriter, table},
-    snapshot::TargetView,
+    diagnosis,
+    output::{Mode, Output, View},
+    report::{RunInfo, WatchedInterface, tui::Action},
+    serve,
+    snapshot::{Snapshot, TargetView},
     sweep::{SweepPolicy, Sweeper},
     tracker::Tracker,
 };
@@ -23,8 +28,6 @@ use crate::{
 /// How often the kernel tables are read. Unanswered requests are found at most this long
 /// after their timeout.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// How often the live table is redrawn.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
 #[must_use]
@@ -99,98 +102,6 @@ fn reconcile(
     changed
 }
 
-/// Where the results go.
-enum Output {
-    Json(JsonWriter<io::Stdout>),
-    /// Redrawn in place on a terminal.
-    LiveTable { last_draw: Option<Instant> },
-    /// Printed again when it changed, for pipes and logs.
-    PlainTable { last_print: Option<Instant>, last_body: String },
-}
-
-impl Output {
-    fn new(json: bool) -> Self {
-        if json {
-            Self::Json(JsonWriter::new(io::stdout()))
-        } else if io::stdout().is_terminal() {
-            Self::LiveTable { last_draw: None }
-        } else {
-            Self::PlainTable { last_print: None, last_body: String::new() }
-        }
-    }
-
-    fn on_poll(
-        &mut self,
-        changes: &[TargetView],
-        tracker: &Tracker,
-        now_ns: u64,
-        run: &RunInfo,
-    ) -> io::Result<()> {
-        match self {
-            Self::Json(writer) => {
-                if changes.is_empty() {
-                    return Ok(());
-                }
-                let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-                writer.verdicts(changes, &time)
-            }
-            Self::LiveTable { last_draw } => {
-                if last_draw.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
-                    return Ok(());
-                }
-                *last_draw = Some(Instant::now());
-                let snapshot = tracker.snapshot(now_ns);
-                let mut out = io::stdout().lock();
-                // Home the cursor and clear the screen, then draw.
-                write!(out, "\x1b[H\x1b[2J{}\n\n{}", table::status_line(&snapshot, run), table::render(&snapshot))?;
-                out.flush()
-            }
-            Self::PlainTable { last_print, last_body } => {
-                if last_print.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
-                    return Ok(());
-                }
-                let snapshot = tracker.snapshot(now_ns);
-                let body = table::render(&snapshot);
-                if snapshot.targets.is_empty() || body == *last_body {
-                    return Ok(());
-                }
-                *last_print = Some(Instant::now());
-                let mut out = io::stdout().lock();
-                write!(out, "{}\n{body}\n", table::status_line(&snapshot, run))?;
-                *last_body = body;
-                out.flush()
-            }
-        }
-    }
-
-    fn interfaces_changed(&mut self, changed: &[WatchedInterface]) -> io::Result<()> {
-        for interface in changed {
-            match self {
-                Self::Json(writer) => {
-                    let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-                    writer.interface(interface, &time)?;
-                }
-                Self::LiveTable { .. } | Self::PlainTable { .. } => {
-                    eprintln!("netwatch: {}", interface_message(interface));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, tracker: &Tracker, now_ns: u64, run: &RunInfo) -> io::Result<()> {
-        let snapshot = tracker.snapshot(now_ns);
-        match self {
-            Self::Json(writer) => writer.finish(&snapshot, run),
-            Self::LiveTable { .. } | Self::PlainTable { .. } => {
-                let mut out = io::stdout().lock();
-                write!(out, "{}\n{}", table::status_line(&snapshot, run), table::render(&snapshot))?;
-                out.flush()
-            }
-        }
-    }
-}
-
 /// How a run that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -199,18 +110,24 @@ pub enum Ending {
     FailOnMatched,
 }
 
-fn interface_message(interface: &WatchedInterface) -> String {
-    match interface.state {
-        LinkState::Up => format!("{} is up, watched ({})", interface.name, interface.attach),
-        LinkState::Down => format!("{} is down; still attached, nothing to see until it is up", interface.name),
-        LinkState::Gone => format!(
-            "{} is gone; watching the others, and attaching again when it returns",
-            interface.name
-        ),
-    }
+
+/// The host's own addresses on the watched interfaces, global ones first: the source of
+/// the firewall requests the diagnosis writes.
+fn host_addresses(watched: &[WatchedInterface]) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| watched.iter().any(|w| w.name == a.name))
+        .map(|a| a.ip())
+        .collect();
+    addresses.sort_by_key(|ip| match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local() || v6.is_loopback(),
+    });
+    addresses
 }
 
-/// Runs netwatch until a signal or the end of `--duration`.
+/// Runs netwatch until a signal, `q`, or the end of `--duration`.
 pub async fn run(args: Args) -> anyhow::Result<Ending> {
     // Signals first: a Ctrl-C during attach must still detach cleanly.
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
@@ -225,12 +142,6 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         let state = interfaces::probe_link(&iface.name).map_or(LinkState::Gone, |(_, state)| state);
         watched.push(WatchedInterface { name: iface.name.clone(), attach: via.as_str(), state });
     }
-    if let Err(err) = privileges::drop_after_attach() {
-        log::warn!("could not drop capabilities after attaching: {err}");
-    }
-    let names: Vec<String> = watched.iter().map(WatchedInterface::label).collect();
-    eprintln!("netwatch: watching {}; Ctrl-C to stop", names.join(", "));
-
     let started = Instant::now();
     let mut run = RunInfo {
         interfaces: watched,
@@ -238,11 +149,32 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         timeout: args.timeout,
         window: args.window,
     };
+    // Listening sockets are bound before privileges go.
+    let published: Option<serve::Shared> = match args.metrics {
+        Some(addr) => {
+            let shared = Arc::new(Mutex::new(serve::Published {
+                snapshot: Snapshot::default(),
+                run: run.clone(),
+            }));
+            let bound = serve::start(addr, Arc::clone(&shared)).await?;
+            eprintln!("netwatch: metrics at http://{bound}/metrics");
+            Some(shared)
+        }
+        None => None,
+    };
+    if let Err(err) = privileges::drop_after_attach() {
+        log::warn!("could not drop capabilities after attaching: {err}");
+    }
+    let names: Vec<String> = run.interfaces.iter().map(WatchedInterface::label).collect();
+    eprintln!("netwatch: watching {}; Ctrl-C to stop", names.join(", "));
+
     let timeout_ns = u64::try_from(args.timeout.as_nanos()).unwrap_or(u64::MAX);
     let mut sweeper =
         Sweeper::new(SweepPolicy { timeout_ns, capacity: probe.pending_capacity() });
     let mut tracker = Tracker::new(args.window);
-    let mut output = Output::new(args.json);
+    let mut sources = host_addresses(&run.interfaces);
+    let mut output = Output::new(Mode::choose(args.json, args.plain))
+        .context("setting up the terminal")?;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let stop_at = args.duration.map(|d| tokio::time::Instant::from_std(started + d));
@@ -254,22 +186,35 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     };
     tokio::pin!(until_stop);
 
+    let mut polls: u64 = 0;
     let mut stdout_open = true;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let moved = reconcile(&mut probe, &mut run.interfaces, args.attach);
+                polls += 1;
+                if !moved.is_empty() || polls % 20 == 0 {
+                    sources = host_addresses(&run.interfaces);
+                }
                 let now_ns = monotonic_ns();
                 let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
                 run.uptime = started.elapsed();
-                let written = output
-                    .interfaces_changed(&moved)
-                    .and_then(|()| output.on_poll(&changes, &tracker, now_ns, &run));
+                let snapshot = tracker.snapshot(now_ns);
+                let findings = diagnosis::diagnose(&snapshot, &sources);
+                let written = output.interfaces_changed(&moved).and_then(|()| {
+                    output.on_poll(&View { changes: &changes, snapshot: &snapshot, findings: &findings, run: &run })
+                });
+                publish(published.as_ref(), snapshot, &run);
                 if let Err(err) = written {
                     stdout_open = closed_stdout(err)?;
                     break;
                 }
             }
+            action = output.next_action() => match action {
+                Action::Quit => break,
+                Action::Redraw => output.redraw().context("drawing the terminal")?,
+                Action::Nothing => {}
+            },
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             () = &mut until_stop => break,
@@ -280,21 +225,28 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let now_ns = monotonic_ns();
     let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
     run.uptime = started.elapsed();
+    let snapshot = tracker.snapshot(now_ns);
+    let findings = diagnosis::diagnose(&snapshot, &sources);
+    let view = View { changes: &changes, snapshot: &snapshot, findings: &findings, run: &run };
     if stdout_open {
-        let written = output
-            .on_poll(&changes, &tracker, now_ns, &run)
-            .and_then(|()| output.finish(&tracker, now_ns, &run));
+        let written = output.on_poll(&view).and_then(|()| output.finish(&view));
         if let Err(err) = written {
             closed_stdout(err)?;
         }
+    } else {
+        drop(output);
     }
     probe.detach_all();
-    let matched = tracker
-        .snapshot(now_ns)
-        .targets
-        .iter()
-        .any(|target| args.fail_on.contains(&target.verdict));
+    let matched = snapshot.targets.iter().any(|target| args.fail_on.contains(&target.verdict));
     Ok(if matched { Ending::FailOnMatched } else { Ending::Normal })
+}
+
+fn publish(shared: Option<&serve::Shared>, snapshot: Snapshot, run: &RunInfo) {
+    if let Some(shared) = shared {
+        let mut published = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        published.snapshot = snapshot;
+        published.run = run.clone();
+    }
 }
 
 /// A reader that went away (`netwatch --json | head`) ends the run normally; any other

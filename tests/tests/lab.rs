@@ -446,3 +446,151 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
         assert!(stderr.contains(&format!("missing capability {missing}")), "{caps}: {stderr}");
     }
 }
+
+/// Runs `tmux` with this lab's private socket.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = Command::new("tmux").args(["-L", socket]).args(args).output().expect("tmux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
+    if !prerequisites("the_live_view_in_a_real_terminal_shows_what_an_operator_needs", &["ip", "nft", "tmux", "dig", "nc", "dnsmasq", "curl"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_dns();
+    lab.start_listener(LISTENER);
+    let socket = format!("netwatch-test-{}", std::process::id());
+    let binary = netwatch_tests::lab::netwatch_binary();
+    let command = format!(
+        "ip netns exec {} {} --iface {CLIENT_IFACE} --timeout 1s; echo EXITED-$?; sleep 60",
+        lab.client.name,
+        binary.display()
+    );
+    tmux(&socket, &["new-session", "-d", "-s", "nw", "-x", "180", "-y", "50", &command]);
+    struct KillTmux(String);
+    impl Drop for KillTmux {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).status();
+        }
+    }
+    let _cleanup = KillTmux(socket.clone());
+    let screen = || tmux(&socket, &["capture-pane", "-p", "-t", "nw"]);
+    netwatch_tests::lab::wait_until(Duration::from_secs(20), "the live view", || screen().contains("Targets"));
+
+    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "chat.example"]);
+    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8443"]);
+    netwatch_tests::lab::wait_until(Duration::from_secs(10), "the DNS verdict on screen", || {
+        screen().lines().any(|l| l.contains("blackholed") && l.contains(DNS_V4))
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = screen();
+    let row = |needle: &str| text.lines().find(|l| l.contains(needle) && l.contains("egress")).unwrap_or_default().to_owned();
+    assert!(row(DNS_V4).contains("chat.example"), "unanswered name shown: {text}");
+    assert!(row(" 8443 ").contains("rejected") && row(" 8443 ").contains("icmp-host-prohibited"), "{text}");
+    assert!(text.lines().any(|l| l.contains(" 80 ") && l.contains("ok")), "{text}");
+    assert!(text.contains("c0 (tcx)") && text.contains("evictions 0"), "status line: {text}");
+    assert!(text.contains("UDP/53") && text.contains("0/1 answered"), "rollup: {text}");
+    assert!(text.contains("[dns-blocked]") && text.contains("IP works, names don't"), "diagnosis: {text}");
+    assert!(text.contains("Ask the firewall team for"), "request: {text}");
+    assert!(text.lines().any(|l| l.contains("203.0.113.2") && l.contains(DNS_V4) && l.contains("tcp") && l.contains("allow")), "{text}");
+
+    // Keys: help, filter, then quit; the terminal comes back with the plain report.
+    tmux(&socket, &["send-keys", "-t", "nw", "?"]);
+    netwatch_tests::lab::wait_until(Duration::from_secs(5), "help", || screen().contains("silently dropped upstream"));
+    tmux(&socket, &["send-keys", "-t", "nw", "Escape"]);
+    tmux(&socket, &["send-keys", "-t", "nw", "/", "8", "4", "4", "3", "Enter"]);
+    netwatch_tests::lab::wait_until(Duration::from_secs(5), "filter", || {
+        let s = screen();
+        s.contains("filter: 8443") && !s.lines().any(|l| l.contains(DNS_V4) && l.contains("egress"))
+    });
+    tmux(&socket, &["send-keys", "-t", "nw", "q"]);
+    netwatch_tests::lab::wait_until(Duration::from_secs(10), "exit", || screen().contains("EXITED-0"));
+    let after = screen();
+    assert!(after.contains("ASK THE FIREWALL TEAM FOR"), "the final report stays: {after}");
+    assert!(!after.contains("q quit"), "alternate screen left: {after}");
+}
+
+#[test]
+fn metrics_diagnosis_and_fail_on_during_a_lab_run() {
+    if !prerequisites("metrics_diagnosis_and_fail_on_during_a_lab_run", &["ip", "nft", "dig", "dnsmasq", "curl", "promtool"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_dns();
+    lab.start_listener(LISTENER);
+    let netwatch = lab.start_netwatch(&[
+        "--iface", CLIENT_IFACE, "--json", "--timeout", "1s", "--metrics", "9464",
+        "--duration", "8s", "--fail-on", "blackholed,rejected",
+    ]);
+    assert!(netwatch.stderr_text().contains("metrics at http://127.0.0.1:9464/metrics"), "{}", netwatch.stderr_text());
+    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "chat.example"]);
+    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS2_V4}"), "chat.example"]);
+    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    netwatch.wait_for(Duration::from_secs(5), "tcp/80 ok", |r| {
+        r["type"] == "verdict" && r["port"] == 80 && r["verdict"] == "ok"
+    });
+    netwatch.wait_for(Duration::from_secs(5), "the second resolver blackholed", |r| {
+        r["type"] == "verdict" && r["remote"] == DNS2_V4 && r["verdict"] == "blackholed"
+    });
+    netwatch.wait_for(Duration::from_secs(5), "the dns-blocked diagnosis", |r| {
+        r["type"] == "diagnosis" && r["finding"] == "dns-blocked"
+    });
+    // The endpoint serves the state of the last poll.
+    std::thread::sleep(Duration::from_millis(600));
+    // Scrape while it runs, from inside the client namespace (loopback there).
+    let scrape = lab.client.ok("curl", &["-s", "-m", "3", "http://127.0.0.1:9464/metrics"]);
+    let text = String::from_utf8_lossy(&scrape.stdout).into_owned();
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(&text);
+    assert!(check.status.success(), "promtool: {}", String::from_utf8_lossy(&check.stderr));
+    check.stdout.clear();
+    let series = |line_start: &str| text.lines().find(|l| l.starts_with(line_start)).map(str::to_owned);
+    let dns = format!("{{direction=\"egress\",proto=\"udp\",remote=\"{DNS_V4}\",port=\"53\"");
+    assert_eq!(series(&format!("netwatch_requests_total{dns}}}")).as_deref(), Some(&*format!("netwatch_requests_total{dns}}} 1")));
+    assert!(series(&format!("netwatch_unanswered_total{dns}}}")).is_some_and(|l| l.ends_with(" 1")), "{text}");
+    assert!(series(&format!("netwatch_target_verdict{dns},verdict=\"blackholed\"}}")).is_some_and(|l| l.ends_with(" 1")), "{text}");
+    let web = format!("{{direction=\"egress\",proto=\"tcp\",remote=\"{SERVER_V4}\",port=\"80\"");
+    assert!(series(&format!("netwatch_answer_latency_seconds_count{web}}}")).is_some_and(|l| l.ends_with(" 1")), "{text}");
+    assert!(text.contains("netwatch_build_info{"), "{text}");
+    assert!(text.contains("netwatch_evictions_total 0"), "{text}");
+
+    let finished = netwatch.wait_exit(Duration::from_secs(15));
+    assert_eq!(finished.status.code(), Some(3), "--fail-on matched: {}", finished.stderr);
+    let diagnosis = finished
+        .records
+        .iter()
+        .rev()
+        .find(|r| r["type"] == "diagnosis" && r["finding"] == "dns-blocked")
+        .expect("a dns-blocked record at exit");
+    assert!(diagnosis["summary"].as_str().is_some_and(|s| s.contains("IP works")), "{diagnosis}");
+    assert_eq!(diagnosis["evidence"].as_array().map(Vec::len), Some(2), "{diagnosis}");
+    let request = diagnosis["request"].as_array().expect("request");
+    for proto in ["udp", "tcp"] {
+        let rule = request.iter().find(|r| r["proto"] == proto).unwrap_or_else(|| panic!("{proto}/53 requested: {diagnosis}"));
+        assert_eq!(rule["port"], 53);
+        assert_eq!(rule["source"], "203.0.113.2");
+        assert_eq!(rule["destinations"], serde_json::json!([DNS_V4, DNS2_V4]));
+        assert_eq!((rule["direction"].as_str(), rule["action"].as_str()), (Some("outbound"), Some("allow")));
+    }
+    // Without a match, the same run ends 0.
+    let quiet = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--duration", "1s", "--fail-on", "blackholed"]);
+    assert_eq!(quiet.wait_exit(Duration::from_secs(10)).status.code(), Some(0));
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
+        use std::io::Write as _;
+        let mut child = self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+}

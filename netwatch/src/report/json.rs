@@ -8,12 +8,16 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{RunInfo, WatchedInterface};
-use crate::snapshot::{KernelStats, Snapshot, TargetView};
+use crate::{
+    diagnosis::Finding,
+    snapshot::{KernelStats, Snapshot, TargetView},
+};
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Record<'a> {
     Verdict(Stamped<'a, TargetView>),
+    Diagnosis(&'a Finding),
     Interface(Stamped<'a, WatchedInterface>),
     Target(&'a TargetView),
     Summary(Summary<'a>),
@@ -65,10 +69,27 @@ impl<W: Write> JsonWriter<W> {
         self.out.flush()
     }
 
-    /// The exit records: one `target` per target, then the `summary`.
-    pub fn finish(&mut self, snapshot: &Snapshot, run: &RunInfo) -> io::Result<()> {
+    /// `diagnosis` records, one per finding.
+    pub fn diagnoses(&mut self, findings: &[&Finding]) -> io::Result<()> {
+        for finding in findings {
+            self.line(&Record::Diagnosis(finding))?;
+        }
+        self.out.flush()
+    }
+
+    /// The exit records: one `target` per target, one `diagnosis` per current finding,
+    /// then the `summary`.
+    pub fn finish(
+        &mut self,
+        snapshot: &Snapshot,
+        findings: &[Finding],
+        run: &RunInfo,
+    ) -> io::Result<()> {
         for target in &snapshot.targets {
             self.line(&Record::Target(target))?;
+        }
+        for finding in findings {
+            self.line(&Record::Diagnosis(finding))?;
         }
         self.line(&Record::Summary(Summary {
             run,
@@ -144,7 +165,7 @@ mod tests {
             window: Duration::from_secs(60),
         };
         let mut out = Vec::new();
-        JsonWriter::new(&mut out).finish(&snapshot, &run).unwrap();
+        JsonWriter::new(&mut out).finish(&snapshot, &[], &run).unwrap();
         let records = lines(&out);
         assert_eq!(records[0]["type"], "target");
         assert_eq!(records[0]["port"], Value::Null);

@@ -4,6 +4,7 @@
 pub mod json;
 pub mod metrics;
 pub mod table;
+pub mod tui;
 
 use std::time::Duration;
 

@@ -1,0 +1,528 @@
+//! The full-screen live view: targets (worst first), the per-port rollup, the diagnosis and
+//! the firewall request, and a status line. Drawing is a pure function of [`UiState`] and
+//! [`Screen`], so tests render it into ratatui's `TestBackend`.
+
+use std::{cmp::Ordering, fmt::Write as _};
+
+use ratatui::{
+    Frame,
+    crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap},
+};
+
+use super::{RunInfo, short_duration};
+use crate::{
+    diagnosis::{Finding, render_requests},
+    snapshot::{Rollup, Snapshot, TargetView},
+    verdict::Verdict,
+};
+
+/// What the view shows, as of the last poll.
+pub struct Screen<'a> {
+    pub snapshot: &'a Snapshot,
+    pub run: &'a RunInfo,
+    pub findings: &'a [Finding],
+}
+
+/// Orders the targets table can be sorted in (`s` cycles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    #[default]
+    WorstFirst,
+    Remote,
+    Port,
+    MostRequests,
+    MostRecent,
+}
+
+impl SortOrder {
+    const fn next(self) -> Self {
+        match self {
+            Self::WorstFirst => Self::Remote,
+            Self::Remote => Self::Port,
+            Self::Port => Self::MostRequests,
+            Self::MostRequests => Self::MostRecent,
+            Self::MostRecent => Self::WorstFirst,
+        }
+    }
+
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::WorstFirst => "worst first",
+            Self::Remote => "remote",
+            Self::Port => "port",
+            Self::MostRequests => "most requests",
+            Self::MostRecent => "most recent",
+        }
+    }
+
+    fn compare(self, a: &TargetView, b: &TargetView) -> Ordering {
+        match self {
+            Self::WorstFirst => TargetView::worst_first(a, b),
+            Self::Remote => (a.remote, a.proto, a.port).cmp(&(b.remote, b.proto, b.port)),
+            Self::Port => (a.port, a.proto, a.remote).cmp(&(b.port, b.proto, b.remote)),
+            Self::MostRequests => b.requests.cmp(&a.requests).then_with(|| TargetView::worst_first(a, b)),
+            Self::MostRecent => a
+                .last_seen_ago_s
+                .unwrap_or(f64::MAX)
+                .total_cmp(&b.last_seen_ago_s.unwrap_or(f64::MAX))
+                .then_with(|| TargetView::worst_first(a, b)),
+        }
+    }
+}
+
+/// The view's own state: everything the keys change.
+#[derive(Debug, Default)]
+pub struct UiState {
+    pub scroll: usize,
+    pub sort: SortOrder,
+    pub filter: String,
+    pub editing_filter: bool,
+    pub paused: bool,
+    pub help: bool,
+}
+
+/// What a key press asks of the run loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    Redraw,
+    Quit,
+}
+
+/// Applies one key press.
+pub fn handle_key(state: &mut UiState, key: KeyEvent) -> Action {
+    if key.kind == KeyEventKind::Release {
+        return Action::Nothing;
+    }
+    // Raw mode turns Ctrl-C into a key: it still quits.
+    if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+        return Action::Quit;
+    }
+    if state.editing_filter {
+        match key.code {
+            KeyCode::Enter => state.editing_filter = false,
+            KeyCode::Esc => {
+                state.editing_filter = false;
+                state.filter.clear();
+            }
+            KeyCode::Backspace => {
+                state.filter.pop();
+            }
+            KeyCode::Char(c) if !c.is_control() && state.filter.len() < 64 => state.filter.push(c),
+            _ => return Action::Nothing,
+        }
+        state.scroll = 0;
+        return Action::Redraw;
+    }
+    if state.help {
+        state.help = false;
+        return if key.code == KeyCode::Char('q') { Action::Quit } else { Action::Redraw };
+    }
+    match key.code {
+        KeyCode::Char('q') => return Action::Quit,
+        KeyCode::Down | KeyCode::Char('j') => state.scroll = state.scroll.saturating_add(1),
+        KeyCode::Up | KeyCode::Char('k') => state.scroll = state.scroll.saturating_sub(1),
+        KeyCode::PageDown => state.scroll = state.scroll.saturating_add(10),
+        KeyCode::PageUp => state.scroll = state.scroll.saturating_sub(10),
+        KeyCode::Home | KeyCode::Char('g') => state.scroll = 0,
+        KeyCode::Char('s') => {
+            state.sort = state.sort.next();
+            state.scroll = 0;
+        }
+        KeyCode::Char('/') => state.editing_filter = true,
+        KeyCode::Esc => state.filter.clear(),
+        KeyCode::Char('p' | ' ') => state.paused = !state.paused,
+        KeyCode::Char('?' | 'h') => state.help = true,
+        _ => return Action::Nothing,
+    }
+    Action::Redraw
+}
+
+fn verdict_style(verdict: Verdict) -> Style {
+    let color = match verdict {
+        Verdict::Blackholed => Color::Red,
+        Verdict::Rejected => Color::Magenta,
+        Verdict::Degraded => Color::Yellow,
+        Verdict::Pending => Color::Blue,
+        Verdict::Ok => Color::Green,
+    };
+    let style = Style::default().fg(color);
+    if verdict == Verdict::Ok { style } else { style.add_modifier(Modifier::BOLD) }
+}
+
+fn matches_filter(target: &TargetView, filter: &str) -> bool {
+    if filter.is_empty() {
+        return true;
+    }
+    let mut text = format!(
+        "{} {} {} {} {}",
+        target.proto,
+        target.remote,
+        target.port.map_or_else(String::new, |p| p.to_string()),
+        target.verdict,
+        target.reason.unwrap_or_default()
+    );
+    for name in target.names.iter().flatten() {
+        let _ = write!(text, " {name}");
+    }
+    text.to_lowercase().contains(&filter.to_lowercase())
+}
+
+fn ms(value: Option<f64>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(ms) if ms < 1.0 => format!("{:.0}µs", ms * 1000.0),
+        Some(ms) if ms < 1000.0 => format!("{ms:.1}ms"),
+        Some(ms) => format!("{:.1}s", ms / 1000.0),
+    }
+}
+
+fn ago(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".to_owned(),
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "display")]
+        Some(s) => format!("{} ago", short_duration(std::time::Duration::from_millis((s * 1000.0) as u64))),
+    }
+}
+
+/// The status line shown at the top.
+#[must_use]
+pub fn status_text(screen: &Screen<'_>, state: &UiState) -> String {
+    let interfaces: Vec<String> =
+        screen.run.interfaces.iter().map(super::WatchedInterface::label).collect();
+    let kernel = &screen.snapshot.kernel;
+    let other_losses: u64 = kernel
+        .counters
+        .iter()
+        .filter(|(name, _)| ["malformed", "short_icmp_quote", "ipv6_extension_limit"].contains(name))
+        .map(|(_, v)| v)
+        .sum();
+    let mut text = format!(
+        " netwatch │ {} │ up {} │ {:.1} req/s │ in flight {} │ evictions {} │ unparsed {} │ timeout {} window {}",
+        interfaces.join(", "),
+        short_duration(screen.run.uptime),
+        screen.snapshot.requests_per_s,
+        screen.snapshot.in_flight,
+        kernel.lost_requests,
+        other_losses,
+        short_duration(screen.run.timeout),
+        short_duration(screen.run.window),
+    );
+    if state.paused {
+        text.push_str(" │ PAUSED");
+    }
+    text
+}
+
+/// Draws the whole view.
+pub fn draw(frame: &mut Frame<'_>, state: &UiState, screen: &Screen<'_>) {
+    let area = frame.area();
+    // Room for the rollup and for the diagnosis (about two lines a finding, then the request
+    // table), within half the screen.
+    let request_rows = render_requests(screen.findings).lines().count();
+    let diagnosis_lines = screen.findings.len() * 2 + if request_rows > 0 { request_rows + 2 } else { 1 };
+    let bottom_height = u16::try_from(screen.snapshot.rollups.len().max(diagnosis_lines))
+        .unwrap_or(u16::MAX)
+        .saturating_add(2)
+        .clamp(5, (area.height / 2).max(5));
+    let [status, targets, bottom, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(5),
+        Constraint::Length(bottom_height),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    frame.render_widget(
+        Paragraph::new(status_text(screen, state))
+            .style(Style::default().add_modifier(Modifier::REVERSED)),
+        status,
+    );
+    draw_targets(frame, targets, state, screen.snapshot);
+    let [rollup, diagnosis] =
+        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(bottom);
+    draw_rollups(frame, rollup, &screen.snapshot.rollups);
+    draw_diagnosis(frame, diagnosis, screen.findings);
+    let hint = if state.editing_filter {
+        format!(" filter: {}▏  (Enter keep, Esc clear)", state.filter)
+    } else {
+        " q quit  ↑↓/jk scroll  s sort  / filter  p pause  ? help".to_owned()
+    };
+    frame.render_widget(Paragraph::new(hint), keys);
+    if state.help {
+        draw_help(frame, area);
+    }
+}
+
+fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &Snapshot) {
+    let mut targets: Vec<&TargetView> =
+        snapshot.targets.iter().filter(|t| matches_filter(t, &state.filter)).collect();
+    targets.sort_by(|a, b| state.sort.compare(a, b));
+    let mut title = format!(" Targets ({}) · sort: {} ", targets.len(), state.sort.label());
+    if !state.filter.is_empty() {
+        let _ = write!(title, "· filter: {} ", state.filter);
+    }
+    let block = Block::default().borders(Borders::ALL).title(title);
+    if snapshot.targets.is_empty() {
+        frame.render_widget(
+            Paragraph::new(
+                "No requests seen yet. DNS queries, TCP connection attempts and pings leaving the \
+                 watched interfaces appear here as they happen.",
+            )
+            .wrap(Wrap { trim: true })
+            .block(block),
+            area,
+        );
+        return;
+    }
+    let visible = usize::from(area.height.saturating_sub(3));
+    let scroll = state.scroll.min(targets.len().saturating_sub(visible.max(1)));
+    let header = Row::new([
+        "VERDICT", "DIR", "PROTO", "REMOTE", "PORT", "REQ", "ANS", "REJ", "UNANS", "p50", "p99",
+        "LAST SEEN", "REASON / UNANSWERED NAMES",
+    ])
+    .style(Style::default().add_modifier(Modifier::BOLD));
+    let rows = targets.iter().skip(scroll).map(|t| {
+        let mut detail = t.reason.unwrap_or_default().to_owned();
+        if let Some(names) = t.names.as_ref().filter(|n| !n.is_empty()) {
+            if !detail.is_empty() {
+                detail.push_str("  ");
+            }
+            detail.push_str(&names.join(", "));
+        }
+        if t.untracked > 0 {
+            let _ = write!(detail, " ({} untracked)", t.untracked);
+        }
+        Row::new([
+            Cell::from(t.verdict.as_str()).style(verdict_style(t.verdict)),
+            Cell::from(t.direction.as_str()),
+            Cell::from(t.proto.as_str()),
+            Cell::from(t.remote.to_string()),
+            Cell::from(t.port.map_or_else(|| "-".to_owned(), |p| p.to_string())),
+            Cell::from(t.requests.to_string()),
+            Cell::from(t.answered.to_string()),
+            Cell::from(t.rejected.to_string()),
+            Cell::from(t.unanswered.to_string()),
+            Cell::from(ms(t.latency_p50_ms)),
+            Cell::from(ms(t.latency_p99_ms)),
+            Cell::from(ago(t.last_seen_ago_s)),
+            Cell::from(detail),
+        ])
+    });
+    let widths = [
+        Constraint::Length(10),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(
+            u16::try_from(targets.iter().map(|t| t.remote.to_string().len()).max().unwrap_or(6))
+                .unwrap_or(39)
+                .max(6),
+        ),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(10),
+        Constraint::Min(10),
+    ];
+    frame.render_widget(Table::new(rows, widths).header(header).block(block), area);
+}
+
+fn draw_rollups(frame: &mut Frame<'_>, area: Rect, rollups: &[Rollup]) {
+    let rows = rollups.iter().map(|r| {
+        let remotes = if r.remotes == 1 { "1 remote".to_owned() } else { format!("{} remotes", r.remotes) };
+        Row::new([
+            Cell::from(r.service().to_string()),
+            Cell::from(format!("{}/{} answered", r.answered, r.requests)),
+            Cell::from(remotes),
+            Cell::from(r.verdict.as_str()).style(verdict_style(r.verdict)),
+            Cell::from(if r.verdict == Verdict::Ok { "" } else { r.reason.unwrap_or_default() }),
+        ])
+    });
+    let widths = [
+        Constraint::Length(9),
+        Constraint::Length(16),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Min(5),
+    ];
+    frame.render_widget(
+        Table::new(rows, widths).block(Block::default().borders(Borders::ALL).title(" Per port ")),
+        area,
+    );
+}
+
+fn draw_diagnosis(frame: &mut Frame<'_>, area: Rect, findings: &[Finding]) {
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    if findings.is_empty() {
+        lines.push(Line::from("Nothing wrong seen yet."));
+    }
+    for finding in findings {
+        let style = Style::default().add_modifier(Modifier::BOLD);
+        lines.push(Line::from(vec![Span::styled(format!("• [{}] ", finding.finding), style), Span::raw(finding.summary.clone())]));
+    }
+    let requests = render_requests(findings);
+    if !requests.trim().is_empty() {
+        lines.push(Line::from(""));
+        lines.push(Line::from(Span::styled(
+            "Ask the firewall team for:",
+            Style::default().add_modifier(Modifier::BOLD),
+        )));
+        lines.extend(requests.lines().map(|line| Line::from(line.to_owned())));
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::default().borders(Borders::ALL).title(" Diagnosis ")),
+        area,
+    );
+}
+
+const HELP: &str = "\
+netwatch watches the requests this host sends (DNS queries, TCP SYNs, pings) and what comes back.
+
+  ok          every recent request was answered
+  blackholed  unanswered, nothing came back: silently dropped upstream
+  rejected    refused by a TCP reset or an ICMP unreachable (see REASON)
+  degraded    some answered, some not
+  pending     seen, not resolved yet
+
+Keys: q quit · ↑/↓ or j/k scroll · PgUp/PgDn · s cycle sort · / filter (Esc clears)
+      p pause the display (counting goes on) · ? this help
+
+Press any key to close.";
+
+fn draw_help(frame: &mut Frame<'_>, area: Rect) {
+    let width = area.width.saturating_sub(4).min(90);
+    let height = area.height.saturating_sub(2).min(16);
+    let popup = Rect {
+        x: area.x + (area.width.saturating_sub(width)) / 2,
+        y: area.y + (area.height.saturating_sub(height)) / 2,
+        width,
+        height,
+    };
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(HELP).wrap(Wrap { trim: false }).block(Block::default().borders(Borders::ALL).title(" Help ")),
+        popup,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ratatui::{Terminal, backend::TestBackend, crossterm::event::KeyEvent};
+
+    use super::*;
+    use crate::{
+        report::WatchedInterface,
+        snapshot::tests::view,
+        target::Proto,
+    };
+
+    fn screen_text(state: &UiState, snapshot: &Snapshot, findings: &[Finding]) -> String {
+        let run = RunInfo {
+            interfaces: vec![WatchedInterface {
+                name: "eth0".into(),
+                attach: "tcx",
+                state: crate::interfaces::LinkState::Up,
+            }],
+            uptime: Duration::from_secs(83),
+            timeout: Duration::from_secs(3),
+            window: Duration::from_secs(60),
+        };
+        let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
+        terminal
+            .draw(|frame| draw(frame, state, &Screen { snapshot, run: &run, findings }))
+            .unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        let mut text = String::new();
+        for y in 0..buffer.area.height {
+            for x in 0..buffer.area.width {
+                text.push_str(buffer[(x, y)].symbol());
+            }
+            text.push('\n');
+        }
+        text
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut dns = view(Proto::Udp, "198.51.100.53", Some(53), Verdict::Blackholed);
+        dns.requests = 14;
+        dns.unanswered = 14;
+        dns.names = Some(vec!["chat.example.com".into()]);
+        let mut rejected = view(Proto::Tcp, "198.51.100.10", Some(8443), Verdict::Rejected);
+        rejected.rejected = 3;
+        rejected.requests = 3;
+        rejected.reason = Some("icmp-host-prohibited");
+        let mut ok = view(Proto::Tcp, "198.51.100.10", Some(443), Verdict::Ok);
+        ok.requests = 20;
+        ok.answered = 20;
+        ok.latency_p50_ms = Some(1.5);
+        let targets = vec![dns, rejected, ok];
+        Snapshot { rollups: Rollup::of(&targets), targets, ..Snapshot::default() }
+    }
+
+    #[test]
+    fn shows_targets_rollups_and_status() {
+        let text = screen_text(&UiState::default(), &snapshot(), &[]);
+        assert!(text.contains("eth0 (tcx)"), "{text}");
+        assert!(text.contains("up 1m23s"), "{text}");
+        let dns_row = text.lines().find(|l| l.contains("198.51.100.53")).expect("dns row");
+        assert!(dns_row.contains("blackholed") && dns_row.contains("chat.example.com"), "{dns_row}");
+        assert!(text.lines().any(|l| l.contains("8443") && l.contains("icmp-host-prohibited")));
+        assert!(text.contains("UDP/53") && text.contains("0/14 answered"), "{text}");
+        assert!(text.contains("1.5ms"), "{text}");
+        assert!(text.contains("Nothing wrong seen yet"), "{text}");
+        assert!(text.contains("q quit"), "{text}");
+        // Worst first: the blackholed row comes before the ok one.
+        let position = |needle: &str| text.find(needle).unwrap();
+        assert!(position("198.51.100.53") < position(" 443 "));
+    }
+
+    #[test]
+    fn keys_scroll_sort_filter_pause_and_quit() {
+        let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+        let mut state = UiState::default();
+        assert_eq!(handle_key(&mut state, key(KeyCode::Char('j'))), Action::Redraw);
+        assert_eq!(state.scroll, 1);
+        handle_key(&mut state, key(KeyCode::Up));
+        handle_key(&mut state, key(KeyCode::Up));
+        assert_eq!(state.scroll, 0);
+        handle_key(&mut state, key(KeyCode::Char('s')));
+        assert_eq!(state.sort, SortOrder::Remote);
+        handle_key(&mut state, key(KeyCode::Char('p')));
+        assert!(state.paused);
+        handle_key(&mut state, key(KeyCode::Char('/')));
+        for c in "8443".chars() {
+            handle_key(&mut state, key(KeyCode::Char(c)));
+        }
+        handle_key(&mut state, key(KeyCode::Enter));
+        assert_eq!(state.filter, "8443");
+        let text = screen_text(&state, &snapshot(), &[]);
+        assert!(text.contains("8443") && !text.contains("198.51.100.53"), "{text}");
+        assert!(text.contains("PAUSED"));
+        handle_key(&mut state, key(KeyCode::Char('?')));
+        assert!(screen_text(&state, &snapshot(), &[]).contains("silently dropped upstream"));
+        assert_eq!(handle_key(&mut state, key(KeyCode::Char('x'))), Action::Redraw, "closes help");
+        assert_eq!(handle_key(&mut state, key(KeyCode::Char('q'))), Action::Quit);
+        assert_eq!(
+            handle_key(&mut state, KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Action::Quit
+        );
+    }
+
+    #[test]
+    fn empty_view_says_what_will_appear() {
+        let text = screen_text(&UiState::default(), &Snapshot::default(), &[]);
+        assert!(text.contains("No requests seen yet"), "{text}");
+    }
+}
