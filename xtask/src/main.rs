@@ -32,8 +32,20 @@ enum Task {
     },
     /// Run every test: unit tests, the eBPF programs on crafted packets, the namespace lab.
     Test {
-        /// Only the tests whose name contains this (passed to the test harness).
+        /// Only the tests whose name contains this (passed to the test harness); skips the
+        /// benchmark smoke run.
         filter: Option<String>,
+    },
+    /// Run the benchmark suite as root: writes target/bench/report.json and report.md, prints
+    /// the table, and (full runs only) rewrites BENCHMARKS.md from the report.
+    Bench {
+        /// Fewer repetitions and shorter runs (within two minutes); BENCHMARKS.md is left alone.
+        #[arg(long)]
+        quick: bool,
+        /// Only these sections (comma-separated: programs, rates, storm, latency); BENCHMARKS.md
+        /// is left alone.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -76,6 +88,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
 fn test(filter: Option<&str>) -> anyhow::Result<()> {
     setup::ensure_build_toolchain()?;
     setup::ensure_packages(setup::LAB_PACKAGES)?;
+    setup::ensure_packages(setup::BENCH_PACKAGES)?;
 
     say("unit tests (no kernel needed)");
     cmd::run(cargo().args([
@@ -106,7 +119,94 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         }
         cmd::run(&mut command)?;
     }
+    if filter.is_none() {
+        bench_smoke(&netwatch)?;
+    }
     Ok(())
+}
+
+/// Every benchmark section once, with tiny parameters: proves the suite still runs. The
+/// figures mean nothing and are not checked; only a section that cannot run fails.
+fn bench_smoke(netwatch: &Path) -> anyhow::Result<()> {
+    say("benchmark smoke run (checks the suite runs; figures not checked)");
+    cmd::run(cargo().args(["build", "--package", "netwatch-bench", "--package", "netwatch-tests", "--bins"]))?;
+    let target = workspace_root().join("target");
+    let mut command = as_root(&target.join("debug/netwatch-bench"));
+    command
+        .arg("--smoke")
+        .arg("--netwatch")
+        .arg(netwatch)
+        .arg("--traffic-gen")
+        .arg(target.join("debug/traffic-gen"))
+        .arg("--out")
+        .arg(target.join("bench/smoke"))
+        .stdout(std::process::Stdio::null())
+        .current_dir(workspace_root());
+    cmd::run(&mut command)
+}
+
+fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
+    setup::ensure_build_toolchain()?;
+    setup::ensure_packages(setup::LAB_PACKAGES)?;
+    setup::ensure_packages(setup::BENCH_PACKAGES)?;
+    say("kernel.bpf_stats_enabled=0: the programs are timed without the kernel's own statistics");
+    let mut sysctl = if is_root() { Command::new("sysctl") } else { sudo("sysctl") };
+    cmd::run(sysctl.args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
+
+    say("building netwatch, the bench and the traffic generator (release)");
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "netwatch",
+        "--package",
+        "netwatch-bench",
+        "--package",
+        "netwatch-tests",
+        "--bins",
+    ]))?;
+    let root = workspace_root();
+    let release = root.join("target/release");
+    let commit = cmd::output(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(&root))
+        .map_or_else(|_| "unknown".to_owned(), |c| c.trim().to_owned());
+    let rustc = cmd::output(Command::new("rustc").arg("-V").current_dir(&root))
+        .map_or_else(|_| "unknown".to_owned(), |v| v.trim().to_owned());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    say(&format!("load average now: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")));
+
+    let mut command = as_root(&release.join("netwatch-bench"));
+    command
+        .arg("--netwatch")
+        .arg(release.join("netwatch"))
+        .arg("--traffic-gen")
+        .arg(release.join("traffic-gen"))
+        .arg("--out")
+        .arg(root.join("target/bench"))
+        .args(["--commit", &commit, "--rustc", &rustc])
+        .current_dir(&root);
+    if quick {
+        command.arg("--quick");
+    }
+    if let Some(only) = only {
+        command.args(["--only", only]);
+    }
+    let full = !quick && only.is_none();
+    if full {
+        command.arg("--write-benchmarks-md").arg(root.join("BENCHMARKS.md"));
+    }
+    cmd::run(&mut command)?;
+    if full {
+        say("BENCHMARKS.md rewritten from target/bench/report.json");
+    } else {
+        say("target/bench/report.json and report.md written; BENCHMARKS.md is only rewritten by a full run");
+    }
+    Ok(())
+}
+
+fn sudo(program: &str) -> Command {
+    let mut command = Command::new("sudo");
+    command.arg(program);
+    command
 }
 
 /// Builds the integration tests and returns their executables.
@@ -138,6 +238,7 @@ fn main() -> ExitCode {
             Err(err).context("could not start netwatch")
         }),
         Task::Test { filter } => test(filter.as_deref()),
+        Task::Bench { quick, only } => bench(quick, only.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

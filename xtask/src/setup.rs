@@ -34,6 +34,12 @@ pub const LAB_PACKAGES: &[Package] = &[
     Package { name: "bpftool", provides: "/usr/sbin/bpftool", why: "checking nothing stays attached" },
 ];
 
+/// What the benchmarks drive besides the lab's tools.
+pub const BENCH_PACKAGES: &[Package] = &[
+    Package { name: "tcpdump", provides: "/usr/bin/tcpdump", why: "the capture netwatch is compared with" },
+    Package { name: "util-linux", provides: "/usr/bin/taskset", why: "pinning the traffic generator" },
+];
+
 /// LLVM major of the pinned rustc (`rustc -vV`).
 pub fn rustc_llvm_major() -> anyhow::Result<u32> {
     let out = cmd::output(Command::new("rustc").arg("-vV"))?;

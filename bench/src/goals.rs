@@ -1,0 +1,287 @@
+//! The issue's goals, judged on a report's keys. A goal whose figure was not measured is
+//! neither met nor missed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{programs::VERIFIER_LIMIT, report::Report};
+
+/// The verifier budget each program must stay under: 10 % of the kernel's limit.
+pub const VERIFIER_BUDGET: u32 = VERIFIER_LIMIT / 10;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GoalResult {
+    /// The report key it judges (or a name for a goal that combines keys).
+    pub key: String,
+    /// The goal, as written in the issue.
+    pub goal: String,
+    /// The figure it was judged on, formatted.
+    pub measured: String,
+    /// `None`: not measured.
+    pub met: Option<bool>,
+}
+
+fn at_most(key: &str, value: Option<f64>, limit: f64, shown: impl Fn(f64) -> String) -> GoalResult {
+    GoalResult {
+        key: key.to_owned(),
+        goal: format!("≤ {}", shown(limit)),
+        measured: value.map_or_else(|| "not measured".to_owned(), &shown),
+        met: value.map(|v| v <= limit),
+    }
+}
+
+fn at_least(
+    key: &str,
+    value: Option<f64>,
+    limit: f64,
+    shown: impl Fn(f64) -> String,
+) -> GoalResult {
+    GoalResult {
+        key: key.to_owned(),
+        goal: format!("≥ {}", shown(limit)),
+        measured: value.map_or_else(|| "not measured".to_owned(), &shown),
+        met: value.map(|v| v >= limit),
+    }
+}
+
+fn is_true(key: &str, value: Option<bool>) -> GoalResult {
+    GoalResult {
+        key: key.to_owned(),
+        goal: "true".to_owned(),
+        measured: value.map_or_else(|| "not measured".to_owned(), |v| v.to_string()),
+        met: value,
+    }
+}
+
+/// Formats with `decimals` decimals.
+pub fn fixed(decimals: usize) -> impl Fn(f64) -> String {
+    move |v| format!("{v:.decimals$}")
+}
+
+/// An integer with thousands separators (`1,234,567`).
+#[must_use]
+pub fn thousands(v: f64) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "rounded, and far below i64's range"
+    )]
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// One goal per program: under 10 % of the verifier's limit.
+fn verifier_goals(report: &Report) -> Vec<GoalResult> {
+    let mut goals = Vec::new();
+    match &report.verifier_insns {
+        Some(counts) => {
+            for (program, count) in counts {
+                goals.push(GoalResult {
+                    key: format!("verifier_insns.{program}"),
+                    goal: format!(
+                        "< {} (10 % of {})",
+                        thousands(VERIFIER_BUDGET.into()),
+                        thousands(VERIFIER_LIMIT.into())
+                    ),
+                    measured: format!(
+                        "{} ({:.2} %)",
+                        thousands((*count).into()),
+                        f64::from(*count) / f64::from(VERIFIER_LIMIT) * 100.0
+                    ),
+                    met: Some(*count < VERIFIER_BUDGET),
+                });
+            }
+        }
+        None => goals.push(GoalResult {
+            key: "verifier_insns".to_owned(),
+            goal: format!("< {} each", thousands(VERIFIER_BUDGET.into())),
+            measured: "not measured".to_owned(),
+            met: None,
+        }),
+    }
+    goals
+}
+
+/// Every goal of the issue, judged on `report`.
+#[must_use]
+pub fn evaluate(report: &Report) -> Vec<GoalResult> {
+    let mut goals = vec![
+        at_most(
+            "untracked_ns_over_floor",
+            report.untracked_ns_over_floor,
+            5.0,
+            fixed(1),
+        ),
+        at_most(
+            "tracked_request_ratio",
+            report.tracked_request_ratio,
+            1.25,
+            fixed(3),
+        ),
+        at_most(
+            "answer_match_ratio",
+            report.answer_match_ratio,
+            1.25,
+            fixed(3),
+        ),
+        at_least("udp_pps_ratio", report.udp_pps_ratio, 0.97, fixed(4)),
+    ];
+    // netwatch's loss at most a fifth of tcpdump's.
+    let losses = report
+        .udp_pps_ratio
+        .zip(report.tcpdump_pps_ratio)
+        .map(|(n, t)| (1.0 - n, 1.0 - t));
+    goals.push(GoalResult {
+        key: "udp_loss_vs_tcpdump".to_owned(),
+        goal: "1 − udp_pps_ratio ≤ (1 − tcpdump_pps_ratio) / 5".to_owned(),
+        measured: losses.map_or_else(
+            || "not measured".to_owned(),
+            |(n, t)| {
+                format!(
+                    "{:.2} % vs {:.2} % / 5 = {:.2} %",
+                    n * 100.0,
+                    t * 100.0,
+                    t * 20.0
+                )
+            },
+        ),
+        met: losses.map(|(n, t)| n <= t / 5.0),
+    });
+    goals.push(at_least(
+        "dns_flood_pps_ratio",
+        report.dns_flood_pps_ratio,
+        0.85,
+        fixed(4),
+    ));
+    goals.push(is_true(
+        "dns_flood_count_exact",
+        report.dns_flood_count_exact,
+    ));
+    goals.push(at_least(
+        "storm_requests_per_s",
+        report.storm_requests_per_s,
+        100_000.0,
+        thousands,
+    ));
+    goals.push(is_true("storm_count_exact", report.storm_count_exact));
+    goals.push(at_most(
+        "storm_user_cpu_pct",
+        report.storm_user_cpu_pct,
+        10.0,
+        fixed(1),
+    ));
+    goals.push(at_most(
+        "storm_rss_mib",
+        report.storm_rss_mib,
+        64.0,
+        fixed(1),
+    ));
+    let mut latency = at_most(
+        "detection_latency_ms_p99",
+        report.detection_latency_ms_p99,
+        report.latency.as_ref().map_or(1_000.0, |l| l.timeout_ms) + 1_000.0,
+        fixed(0),
+    );
+    if let Some(l) = &report.latency
+        && l.detected < l.targets
+    {
+        // Undetected targets are infinitely late.
+        latency.measured = format!(
+            "{} ({} of {} targets never reported)",
+            latency.measured,
+            l.targets - l.detected,
+            l.targets
+        );
+        latency.met = Some(false);
+    }
+    goals.push(latency);
+    goals.extend(verifier_goals(report));
+    goals
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn find<'a>(goals: &'a [GoalResult], key: &str) -> &'a GoalResult {
+        goals
+            .iter()
+            .find(|g| g.key == key)
+            .unwrap_or_else(|| panic!("no goal {key}"))
+    }
+
+    #[test]
+    fn judges_bounds_and_leaves_the_unmeasured_open() {
+        let report = Report {
+            untracked_ns_over_floor: Some(4.0),
+            tracked_request_ratio: Some(1.3),
+            udp_pps_ratio: Some(0.99),
+            tcpdump_pps_ratio: Some(0.90),
+            storm_count_exact: Some(true),
+            storm_requests_per_s: Some(99_999.0),
+            verifier_insns: Some(BTreeMap::from([
+                ("netwatch_egress".to_owned(), 2_000),
+                ("netwatch_ingress".to_owned(), 100_000),
+            ])),
+            ..Report::default()
+        };
+        let goals = evaluate(&report);
+        assert_eq!(find(&goals, "untracked_ns_over_floor").met, Some(true));
+        assert_eq!(find(&goals, "tracked_request_ratio").met, Some(false));
+        assert_eq!(find(&goals, "answer_match_ratio").met, None);
+        assert_eq!(find(&goals, "answer_match_ratio").measured, "not measured");
+        assert_eq!(find(&goals, "udp_pps_ratio").met, Some(true));
+        // 1 % lost against tcpdump's 10 %: within a fifth (2 %).
+        assert_eq!(find(&goals, "udp_loss_vs_tcpdump").met, Some(true));
+        assert_eq!(find(&goals, "storm_requests_per_s").met, Some(false));
+        assert_eq!(find(&goals, "storm_requests_per_s").measured, "99,999");
+        assert_eq!(find(&goals, "storm_count_exact").met, Some(true));
+        assert_eq!(
+            find(&goals, "verifier_insns.netwatch_egress").met,
+            Some(true)
+        );
+        assert_eq!(
+            find(&goals, "verifier_insns.netwatch_ingress").met,
+            Some(false),
+            "the budget is exclusive"
+        );
+        assert_eq!(find(&goals, "detection_latency_ms_p99").goal, "≤ 2000");
+    }
+
+    #[test]
+    fn netwatch_must_lose_at_most_a_fifth_of_what_tcpdump_loses() {
+        let judged = |netwatch: f64, tcpdump: f64| {
+            let report = Report {
+                udp_pps_ratio: Some(netwatch),
+                tcpdump_pps_ratio: Some(tcpdump),
+                ..Report::default()
+            };
+            find(&evaluate(&report), "udp_loss_vs_tcpdump").met
+        };
+        assert_eq!(judged(0.985, 0.90), Some(true));
+        assert_eq!(judged(0.97, 0.90), Some(false));
+        // tcpdump lost nothing: netwatch may not lose anything either.
+        assert_eq!(judged(0.999, 1.0), Some(false));
+        assert_eq!(judged(1.001, 1.0), Some(true));
+    }
+
+    #[test]
+    fn formats_thousands() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1_000.0), "1,000");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(thousands(-12_345.0), "-12,345");
+    }
+}

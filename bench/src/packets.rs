@@ -1,0 +1,485 @@
+//! The crafted frames the program benchmarks run on: each request kind with the answer or
+//! rejection that settles it, numbered so that request `i` and answer `i` belong together and
+//! different `i` are different requests (for netwatch's key and for the reference programs'
+//! key, the 40 bytes after the Ethernet header).
+//!
+//! Addresses are the lab's: the client 203.0.113.2 / `2001:db8:1::2`, its router 203.0.113.1 /
+//! `2001:db8:1::1`, a web server 198.51.100.10 / `2001:db8:2::10` and a DNS server
+//! 198.51.100.53 / `2001:db8:2::53`.
+
+use etherparse::PacketBuilder;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+const CLIENT_V4: [u8; 4] = [203, 0, 113, 2];
+const ROUTER_V4: [u8; 4] = [203, 0, 113, 1];
+const SERVER_V4: [u8; 4] = [198, 51, 100, 10];
+const DNS_V4: [u8; 4] = [198, 51, 100, 53];
+const CLIENT_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const ROUTER_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const SERVER_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+const DNS_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x53,
+];
+
+const WEB_PORT: u16 = 443;
+const DNS_PORT: u16 = 53;
+const ECHO_ID: u16 = 0x4e57;
+/// `ping`'s default payload.
+const ECHO_PAYLOAD: [u8; 56] = [0x5a; 56];
+/// Client ports start here; `i` is added.
+const FIRST_PORT: u16 = 10_000;
+/// How many distinct requests of one kind the numbering gives.
+pub const MAX_KEYS: usize = 55_000;
+
+/// What a frame is, for the tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Syn,
+    DnsQuery,
+    Echo,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    SynAck,
+    DnsResponse,
+    EchoReply,
+    /// ICMP port unreachable (`ICMPv6`: port unreachable) quoting the DNS query.
+    PortUnreachable,
+    /// ICMP host prohibited (`ICMPv6`: administratively prohibited) quoting the SYN.
+    Prohibited,
+}
+
+/// A request kind with the answer that settles it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub request: Request,
+    pub answer: Answer,
+    pub v6: bool,
+}
+
+impl Exchange {
+    /// Every exchange the benchmarks run, IPv4 then IPv6. The first of each request kind
+    /// and family is the one its request cost is reported from.
+    pub const ALL: [Self; 10] = [
+        Self {
+            request: Request::Syn,
+            answer: Answer::SynAck,
+            v6: false,
+        },
+        Self {
+            request: Request::DnsQuery,
+            answer: Answer::DnsResponse,
+            v6: false,
+        },
+        Self {
+            request: Request::Echo,
+            answer: Answer::EchoReply,
+            v6: false,
+        },
+        Self {
+            request: Request::DnsQuery,
+            answer: Answer::PortUnreachable,
+            v6: false,
+        },
+        Self {
+            request: Request::Syn,
+            answer: Answer::Prohibited,
+            v6: false,
+        },
+        Self {
+            request: Request::Syn,
+            answer: Answer::SynAck,
+            v6: true,
+        },
+        Self {
+            request: Request::DnsQuery,
+            answer: Answer::DnsResponse,
+            v6: true,
+        },
+        Self {
+            request: Request::Echo,
+            answer: Answer::EchoReply,
+            v6: true,
+        },
+        Self {
+            request: Request::DnsQuery,
+            answer: Answer::PortUnreachable,
+            v6: true,
+        },
+        Self {
+            request: Request::Syn,
+            answer: Answer::Prohibited,
+            v6: true,
+        },
+    ];
+
+    /// Whether this exchange is the one its request kind's cost is reported from.
+    #[must_use]
+    pub fn reports_request(self) -> bool {
+        Self::ALL
+            .iter()
+            .find(|e| e.request == self.request && e.v6 == self.v6)
+            == Some(&self)
+    }
+
+    /// `syn` / `syn6`, …
+    #[must_use]
+    pub fn request_name(self) -> String {
+        let base = match self.request {
+            Request::Syn => "syn",
+            Request::DnsQuery => "dns_query",
+            Request::Echo => "echo_request",
+        };
+        if self.v6 {
+            format!("{base}_v6")
+        } else {
+            base.to_owned()
+        }
+    }
+
+    #[must_use]
+    pub fn answer_name(self) -> String {
+        let base = match self.answer {
+            Answer::SynAck => "syn_ack",
+            Answer::DnsResponse => "dns_response",
+            Answer::EchoReply => "echo_reply",
+            Answer::PortUnreachable => "port_unreachable_quoting_dns",
+            Answer::Prohibited => "prohibited_quoting_syn",
+        };
+        if self.v6 {
+            format!("{base}_v6")
+        } else {
+            base.to_owned()
+        }
+    }
+
+    /// Request number `i` (0 ≤ i < [`MAX_KEYS`]).
+    #[must_use]
+    pub fn request(self, i: usize) -> Vec<u8> {
+        let n = Numbered::new(i);
+        let frame = match self.request {
+            Request::Syn => syn(self.v6, &n),
+            Request::DnsQuery => dns_query(self.v6, &n),
+            Request::Echo => echo(self.v6, &n, true),
+        };
+        with_flow_label(frame, self.v6, n.index)
+    }
+
+    /// The answer to request number `i`.
+    #[must_use]
+    pub fn answer(self, i: usize) -> Vec<u8> {
+        let n = Numbered::new(i);
+        match self.answer {
+            Answer::SynAck => syn_ack(self.v6, &n),
+            Answer::DnsResponse => dns_response(self.v6, &n),
+            Answer::EchoReply => echo(self.v6, &n, false),
+            Answer::PortUnreachable | Answer::Prohibited => {
+                icmp_error(self.v6, self.answer, &self.request(i))
+            }
+        }
+    }
+}
+
+/// The per-request numbers of request `i`.
+struct Numbered {
+    index: u32,
+    port: u16,
+    seq: u32,
+    id: u16,
+}
+
+impl Numbered {
+    fn new(i: usize) -> Self {
+        assert!(i < MAX_KEYS, "request numbers stop at {MAX_KEYS}");
+        let index = u32::try_from(i).expect("below MAX_KEYS");
+        let offset = u16::try_from(i).expect("below MAX_KEYS");
+        Self {
+            index,
+            port: FIRST_PORT + offset,
+            seq: index.wrapping_mul(2_654_435_761),
+            id: offset.wrapping_mul(40_503),
+        }
+    }
+}
+
+fn v4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    outgoing: bool,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let (from, to) = if outgoing {
+        (CLIENT_MAC, ROUTER_MAC)
+    } else {
+        (ROUTER_MAC, CLIENT_MAC)
+    };
+    PacketBuilder::ethernet2(from, to).ipv4(src, dst, 64)
+}
+
+fn v6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    outgoing: bool,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let (from, to) = if outgoing {
+        (CLIENT_MAC, ROUTER_MAC)
+    } else {
+        (ROUTER_MAC, CLIENT_MAC)
+    };
+    PacketBuilder::ethernet2(from, to).ipv6(src, dst, 64)
+}
+
+fn ip(
+    v6_family: bool,
+    remote4: [u8; 4],
+    remote6: [u8; 16],
+    outgoing: bool,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    match (v6_family, outgoing) {
+        (false, true) => v4(CLIENT_V4, remote4, true),
+        (false, false) => v4(remote4, CLIENT_V4, false),
+        (true, true) => v6(CLIENT_V6, remote6, true),
+        (true, false) => v6(remote6, CLIENT_V6, false),
+    }
+}
+
+fn syn(v6_family: bool, n: &Numbered) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ip(v6_family, SERVER_V4, SERVER_V6, true)
+        .tcp(n.port, WEB_PORT, n.seq, 64_240)
+        .syn()
+        .write(&mut frame, &[])
+        .expect("SYN");
+    frame
+}
+
+fn syn_ack(v6_family: bool, n: &Numbered) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ip(v6_family, SERVER_V4, SERVER_V6, false)
+        .tcp(WEB_PORT, n.port, n.seq ^ 0x5555_5555, 65_160)
+        .syn()
+        .ack(n.seq.wrapping_add(1))
+        .write(&mut frame, &[])
+        .expect("SYN-ACK");
+    frame
+}
+
+/// `a.example` type A, class IN.
+const QUESTION: [u8; 15] = [
+    1, b'a', 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 0, 0, 1, 0, 1,
+];
+
+fn dns_query(v6_family: bool, n: &Numbered) -> Vec<u8> {
+    let [hi, lo] = n.id.to_be_bytes();
+    let mut payload = vec![hi, lo, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    payload.extend_from_slice(&QUESTION);
+    let mut frame = Vec::new();
+    ip(v6_family, DNS_V4, DNS_V6, true)
+        .udp(n.port, DNS_PORT)
+        .write(&mut frame, &payload)
+        .expect("DNS query");
+    frame
+}
+
+fn dns_response(v6_family: bool, n: &Numbered) -> Vec<u8> {
+    let [hi, lo] = n.id.to_be_bytes();
+    let mut payload = vec![hi, lo, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+    payload.extend_from_slice(&QUESTION);
+    // Answer: a pointer to the name, A, IN, TTL 60, 198.51.100.10.
+    payload.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 51, 100, 10]);
+    let mut frame = Vec::new();
+    ip(v6_family, DNS_V4, DNS_V6, false)
+        .udp(DNS_PORT, n.port)
+        .write(&mut frame, &payload)
+        .expect("DNS response");
+    frame
+}
+
+fn echo(v6_family: bool, n: &Numbered, request: bool) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let seq = n.id;
+    let step = ip(v6_family, SERVER_V4, SERVER_V6, request);
+    let step = match (v6_family, request) {
+        (false, true) => step.icmpv4_echo_request(ECHO_ID, seq),
+        (false, false) => step.icmpv4_echo_reply(ECHO_ID, seq),
+        (true, true) => return write_v6_echo(step.icmpv6_echo_request(ECHO_ID, seq)),
+        (true, false) => return write_v6_echo(step.icmpv6_echo_reply(ECHO_ID, seq)),
+    };
+    step.write(&mut frame, &ECHO_PAYLOAD).expect("echo");
+    frame
+}
+
+fn write_v6_echo(step: etherparse::PacketBuilderStep<etherparse::Icmpv6Header>) -> Vec<u8> {
+    let mut frame = Vec::new();
+    step.write(&mut frame, &ECHO_PAYLOAD).expect("ICMPv6 echo");
+    frame
+}
+
+/// An ICMP error from the router quoting `request` (whole: Linux quotes up to 576 bytes).
+fn icmp_error(v6_family: bool, answer: Answer, request: &[u8]) -> Vec<u8> {
+    let quoted = &request[14..];
+    let mut frame = Vec::new();
+    if v6_family {
+        // Destination unreachable: 4 port unreachable, 1 administratively prohibited.
+        let code = if answer == Answer::PortUnreachable {
+            4
+        } else {
+            1
+        };
+        v6(ROUTER_V6, CLIENT_V6, false)
+            .icmpv6_raw(1, code, [0; 4])
+            .write(&mut frame, quoted)
+    } else {
+        // Destination unreachable: 3 port unreachable, 10 host prohibited.
+        let code = if answer == Answer::PortUnreachable {
+            3
+        } else {
+            10
+        };
+        v4(ROUTER_V4, CLIENT_V4, false)
+            .icmpv4_raw(3, code, [0; 4])
+            .write(&mut frame, quoted)
+    }
+    .expect("ICMP error");
+    frame
+}
+
+/// Sets the IPv6 flow label (as Linux does per flow) so that the reference programs' key,
+/// which for IPv6 is the IP header alone, is distinct per request too.
+fn with_flow_label(mut frame: Vec<u8>, v6_family: bool, index: u32) -> Vec<u8> {
+    if v6_family {
+        let label = index & 0x000f_ffff;
+        let [_, hi, mid, lo] = label.to_be_bytes();
+        frame[15] = (frame[15] & 0xf0) | hi;
+        frame[16] = mid;
+        frame[17] = lo;
+    }
+    frame
+}
+
+/// A full-size TCP data segment leaving the client (ACK set, 1448 bytes of payload): the
+/// packet every watched interface carries most, which netwatch must not track.
+#[must_use]
+pub fn bulk_tcp_data(outgoing: bool) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let (sport, dport) = if outgoing {
+        (40_000, WEB_PORT)
+    } else {
+        (WEB_PORT, 40_000)
+    };
+    ip(false, SERVER_V4, SERVER_V6, outgoing)
+        .tcp(sport, dport, 1_000_000, 64_240)
+        .ack(2_000_000)
+        .write(&mut frame, &[0x42; 1448])
+        .expect("TCP data");
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    use super::*;
+
+    fn sliced(frame: &[u8]) -> SlicedPacket<'_> {
+        SlicedPacket::from_ethernet(frame).expect("a well-formed frame")
+    }
+
+    #[test]
+    fn every_frame_is_well_formed_and_long_enough_for_the_reference_key() {
+        for exchange in Exchange::ALL {
+            for i in [0, 1, 777, MAX_KEYS - 1] {
+                for frame in [exchange.request(i), exchange.answer(i)] {
+                    let packet = sliced(&frame);
+                    assert!(packet.net.is_some(), "{exchange:?}");
+                    assert!(
+                        frame.len() >= 14 + 40,
+                        "{exchange:?} is {} bytes",
+                        frame.len()
+                    );
+                    let is_v6 = matches!(packet.net, Some(NetSlice::Ipv6(_)));
+                    assert_eq!(is_v6, exchange.v6);
+                }
+            }
+        }
+        assert_eq!(bulk_tcp_data(true).len(), 14 + 20 + 20 + 1448);
+    }
+
+    #[test]
+    fn requests_are_distinct_for_netwatch_and_for_the_reference() {
+        for exchange in Exchange::ALL {
+            let reference_keys: HashSet<Vec<u8>> = (0..2_000)
+                .map(|i| exchange.request(i)[14..54].to_vec())
+                .collect();
+            assert_eq!(reference_keys.len(), 2_000, "{exchange:?}");
+        }
+    }
+
+    #[test]
+    fn answers_answer_their_own_request() {
+        let syn = Exchange::ALL[0];
+        let (request, answer) = (syn.request(5), syn.answer(5));
+        let (Some(TransportSlice::Tcp(req)), Some(TransportSlice::Tcp(ans))) =
+            (sliced(&request).transport, sliced(&answer).transport)
+        else {
+            panic!("TCP expected");
+        };
+        assert!(req.syn() && !req.ack());
+        assert!(ans.syn() && ans.ack());
+        assert_eq!(
+            ans.acknowledgment_number(),
+            req.sequence_number().wrapping_add(1)
+        );
+        assert_eq!(
+            (ans.source_port(), ans.destination_port()),
+            (req.destination_port(), req.source_port())
+        );
+
+        let dns = Exchange::ALL[1];
+        let (query, response) = (dns.request(9), dns.answer(9));
+        let (Some(TransportSlice::Udp(q)), Some(TransportSlice::Udp(r))) =
+            (sliced(&query).transport, sliced(&response).transport)
+        else {
+            panic!("UDP expected");
+        };
+        assert_eq!(q.destination_port(), 53);
+        assert_eq!(r.destination_port(), q.source_port());
+        assert_eq!(q.payload()[..2], r.payload()[..2], "same DNS id");
+        assert_eq!(r.payload()[2] & 0x80, 0x80, "QR set on the response");
+
+        // An ICMP error quotes the request's IP packet whole.
+        let unreachable = Exchange::ALL[3];
+        let error = unreachable.answer(9);
+        assert_eq!(&error[14 + 20 + 8..], &query[14..]);
+        assert_eq!(error[14 + 20], 3);
+        let prohibited6 = Exchange::ALL[9];
+        let error = prohibited6.answer(3);
+        assert_eq!(&error[14 + 40 + 8..], &prohibited6.request(3)[14..]);
+    }
+
+    #[test]
+    fn each_request_kind_reports_from_one_exchange() {
+        let names: Vec<String> = Exchange::ALL
+            .iter()
+            .filter(|e| e.reports_request())
+            .map(|e| e.request_name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "syn",
+                "dns_query",
+                "echo_request",
+                "syn_v6",
+                "dns_query_v6",
+                "echo_request_v6"
+            ]
+        );
+    }
+}

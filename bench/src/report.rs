@@ -1,0 +1,180 @@
+//! `report.json`: the contract's keys at the top (medians), their ranges, the goals, every
+//! section's details, and the machine it ran on.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    goals::{self, GoalResult},
+    latency::LatencyResults,
+    programs::ProgramResults,
+    rates::{Condition, RateResults},
+    stats::Figure,
+    storm::StormResults,
+};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub floor_ns: Option<f64>,
+    pub untracked_ns_over_floor: Option<f64>,
+    pub tracked_request_ratio: Option<f64>,
+    pub answer_match_ratio: Option<f64>,
+    pub udp_pps_ratio: Option<f64>,
+    pub tcpdump_pps_ratio: Option<f64>,
+    pub dns_flood_pps_ratio: Option<f64>,
+    pub dns_flood_count_exact: Option<bool>,
+    pub storm_requests_per_s: Option<f64>,
+    pub storm_count_exact: Option<bool>,
+    pub storm_user_cpu_pct: Option<f64>,
+    pub storm_rss_mib: Option<f64>,
+    pub detection_latency_ms_p99: Option<f64>,
+    /// Per program: instructions the verifier processed.
+    pub verifier_insns: Option<BTreeMap<String, u32>>,
+    /// The largest of `verifier_insns`, as one number.
+    pub verifier_insns_max: Option<u32>,
+    /// Median, min and max of each key above measured more than once.
+    pub ranges: BTreeMap<String, Figure>,
+    pub goals: Vec<GoalResult>,
+    pub programs: Option<ProgramResults>,
+    pub rates: Option<RateResults>,
+    pub storm: Option<StormResults>,
+    pub latency: Option<LatencyResults>,
+    pub meta: Meta,
+    /// Sections that failed, one line each.
+    pub errors: Vec<String>,
+}
+
+/// Where, when and how the report was made.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Meta {
+    /// `full`, `quick` or `smoke`.
+    pub mode: String,
+    pub date: String,
+    pub commit: String,
+    /// Files of the measured crates with uncommitted changes when it ran.
+    pub dirty: Vec<String>,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    pub memory_mib: u64,
+    pub rustc: String,
+    pub load_before: [f64; 3],
+    pub load_after: [f64; 3],
+    /// `kernel.bpf_stats_enabled` as found (it is set to 0 for the run).
+    pub bpf_stats_enabled_found: Option<String>,
+    pub duration_s: f64,
+    /// The parameters of each section.
+    pub plan: BTreeMap<String, String>,
+}
+
+impl Report {
+    /// Fills the contract's keys and their ranges from the sections, then the goals.
+    pub fn finish(&mut self) {
+        let mut ranges = BTreeMap::new();
+        let mut put = |key: &str, figure: Option<Figure>| -> Option<f64> {
+            let figure = figure?;
+            ranges.insert(key.to_owned(), figure);
+            Some(figure.median)
+        };
+        if let Some(p) = &self.programs {
+            self.floor_ns = put("floor_ns", Some(p.floor_ns));
+            self.untracked_ns_over_floor =
+                put("untracked_ns_over_floor", Some(p.untracked_ns_over_floor));
+            self.tracked_request_ratio = put(
+                "tracked_request_ratio",
+                p.worst_fresh("request").map(|k| k.ratio),
+            );
+            self.answer_match_ratio = put(
+                "answer_match_ratio",
+                p.worst_fresh("answer").map(|k| k.ratio),
+            );
+            self.verifier_insns = Some(p.verifier_insns.clone());
+            self.verifier_insns_max = p.verifier_insns.values().copied().max();
+        }
+        if let Some(r) = &self.rates {
+            self.udp_pps_ratio = put("udp_pps_ratio", r.udp.ratio(Condition::Netwatch));
+            self.tcpdump_pps_ratio = put("tcpdump_pps_ratio", r.udp.ratio(Condition::Tcpdump));
+            self.dns_flood_pps_ratio = put(
+                "dns_flood_pps_ratio",
+                r.dns_flood.ratio(Condition::Netwatch),
+            );
+            self.dns_flood_count_exact = r.dns_flood.count_exact();
+        }
+        if let Some(s) = &self.storm {
+            self.storm_requests_per_s = Some(s.requests_per_s);
+            self.storm_count_exact = Some(s.count_exact);
+            self.storm_user_cpu_pct = Some(s.cpu_pct());
+            // The kernel's high-water mark: never below any sample.
+            self.storm_rss_mib = Some(s.rss_hwm_mib.max(s.rss_peak_mib));
+        }
+        if let Some(l) = &self.latency {
+            self.detection_latency_ms_p99 = Some(l.p99_ms);
+        }
+        self.ranges = ranges;
+        self.goals = goals::evaluate(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rates::{ConditionRates, CountedRound, RateRun};
+
+    #[test]
+    fn keys_come_from_the_sections_and_serialize_as_numbers() {
+        let run = |none: f64, with: f64, condition| RateRun {
+            conditions: vec![
+                ConditionRates {
+                    condition: Condition::None,
+                    pps: vec![none; 4],
+                    rx_pps: vec![none; 4],
+                    ratios: vec![],
+                },
+                ConditionRates {
+                    condition,
+                    pps: vec![with; 4],
+                    rx_pps: vec![with; 4],
+                    ratios: vec![with / none; 4],
+                },
+            ],
+            counted: vec![CountedRound {
+                sent: 10,
+                requests: 10,
+                untracked: 0,
+            }],
+        };
+        let mut udp = run(100.0, 98.0, Condition::Netwatch);
+        udp.conditions.push(ConditionRates {
+            condition: Condition::Tcpdump,
+            pps: vec![80.0; 4],
+            rx_pps: vec![],
+            ratios: vec![0.8; 4],
+        });
+        let mut report = Report {
+            rates: Some(RateResults {
+                seconds_per_round: 1.0,
+                rounds: 4,
+                generator_cpu: None,
+                monitor_cpu: None,
+                udp,
+                tcpdump_stats: vec![],
+                dns_flood: run(100.0, 90.0, Condition::Netwatch),
+                dns_tracked: run(100.0, 95.0, Condition::Netwatch),
+                dns_tracked_max: 60_000,
+            }),
+            ..Report::default()
+        };
+        report.finish();
+        let json = serde_json::to_value(&report).unwrap();
+        assert!((json["udp_pps_ratio"].as_f64().unwrap() - 0.98).abs() < 1e-9);
+        assert!((json["tcpdump_pps_ratio"].as_f64().unwrap() - 0.8).abs() < 1e-9);
+        assert!((json["dns_flood_pps_ratio"].as_f64().unwrap() - 0.9).abs() < 1e-9);
+        assert_eq!(json["dns_flood_count_exact"], true);
+        assert!(json["floor_ns"].is_null(), "not measured: null");
+        assert_eq!(json["ranges"]["udp_pps_ratio"]["n"], 4);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back.udp_pps_ratio, report.udp_pps_ratio);
+        assert!(!back.goals.is_empty());
+    }
+}
