@@ -384,6 +384,20 @@ pub fn benchmarks_md(report: &Report) -> String {
     for error in &report.errors {
         let _ = writeln!(out, "\n**Section failed:** {error}");
     }
+    let borderline = crate::goals::borderline(report);
+    if !borderline.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n**Borderline:** {} — the rounds of each fell on both sides of its goal (see Min and Max), \
+             so whether the median meets it is within this shared machine's run-to-run noise: another run \
+             may well land on the other side.",
+            borderline
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     missed_goals(&mut out, report);
     details(&mut out, report);
     out.push_str(METHODOLOGY);
