@@ -39,18 +39,34 @@ fn assert_target(
     requests: u64,
 ) -> Value {
     let targets = finished.targets();
-    let record = targets
-        .get(target)
-        .unwrap_or_else(|| panic!("no target record for {target:?}; targets: {:#?}", targets.keys()));
-    assert_eq!(record["verdict"], verdict, "verdict of {target:?}: {record}");
-    assert_eq!(record["reason"].as_str(), reason, "reason of {target:?}: {record}");
-    assert_eq!(record["requests"], requests, "requests of {target:?}: {record}");
+    let record = targets.get(target).unwrap_or_else(|| {
+        panic!(
+            "no target record for {target:?}; targets: {:#?}",
+            targets.keys()
+        )
+    });
+    assert_eq!(
+        record["verdict"], verdict,
+        "verdict of {target:?}: {record}"
+    );
+    assert_eq!(
+        record["reason"].as_str(),
+        reason,
+        "reason of {target:?}: {record}"
+    );
+    assert_eq!(
+        record["requests"], requests,
+        "requests of {target:?}: {record}"
+    );
     assert_eq!(record["direction"], "egress");
     let counted = ["answered", "rejected", "unanswered"]
         .iter()
         .map(|field| record[*field].as_u64().expect("counter"))
         .sum::<u64>();
-    assert_eq!(counted, requests, "every request of {target:?} resolved exactly once: {record}");
+    assert_eq!(
+        counted, requests,
+        "every request of {target:?} resolved exactly once: {record}"
+    );
     record.clone()
 }
 
@@ -65,15 +81,74 @@ fn lab_verdicts_match_what_the_firewall_does() {
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
 
     // DNS by name: UDP and TCP 53, IPv4 and IPv6, to two resolvers: all dropped.
-    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "chat.example"]);
-    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "api.example", "AAAA"]);
-    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS2_V4}"), "chat.example"]);
-    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V6}"), "chat.example"]);
-    client(&lab, "dig", &["+tcp", "+tries=1", "+timeout=3", &format!("@{DNS_V4}"), "chat.example"]);
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS_V4}"),
+            "chat.example",
+        ],
+    );
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS_V4}"),
+            "api.example",
+            "AAAA",
+        ],
+    );
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS2_V4}"),
+            "chat.example",
+        ],
+    );
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS_V6}"),
+            "chat.example",
+        ],
+    );
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tcp",
+            "+tries=1",
+            "+timeout=3",
+            &format!("@{DNS_V4}"),
+            "chat.example",
+        ],
+    );
     // TCP by address: allowed ports work.
-    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
-    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}:443/")]);
-    client(&lab, "curl", &["-s", "-m", "3", &format!("http://[{SERVER_V6}]/")]);
+    client(
+        &lab,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
+    );
+    client(
+        &lab,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}:443/")],
+    );
+    client(
+        &lab,
+        "curl",
+        &["-s", "-m", "3", &format!("http://[{SERVER_V6}]/")],
+    );
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "3306"]);
     // Rejected ports, each a different way.
@@ -84,45 +159,106 @@ fn lab_verdicts_match_what_the_firewall_does() {
     // A silently dropped port; the SYN is retransmitted within nc's wait.
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "5432"]);
     // ICMP echo is dropped both ways of addressing.
-    client(&lab, "ping", &["-c", "3", "-i", "0.2", "-W", "1", SERVER_V4]);
-    client(&lab, "ping", &["-6", "-c", "2", "-i", "0.2", "-W", "1", SERVER_V6]);
+    client(
+        &lab,
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "1", SERVER_V4],
+    );
+    client(
+        &lab,
+        "ping",
+        &["-6", "-c", "2", "-i", "0.2", "-W", "1", SERVER_V6],
+    );
     // Not a request netwatch tracks: UDP to a port other than 53.
     client(&lab, "nc", &["-u", "-z", "-w", "1", SERVER_V4, "5000"]);
 
     // The last requests resolve within timeout + one poll.
-    netwatch.wait_for(Duration::from_secs(10), "the ICMPv6 blackhole verdict", |r| {
-        r["type"] == "verdict" && r["proto"] == "icmpv6" && r["verdict"] == "blackholed"
-    });
+    netwatch.wait_for(
+        Duration::from_secs(10),
+        "the ICMPv6 blackhole verdict",
+        |r| r["type"] == "verdict" && r["proto"] == "icmpv6" && r["verdict"] == "blackholed",
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let finished = netwatch.stop();
-    assert!(finished.status.success(), "netwatch exit: {:?}: {}", finished.status, finished.stderr);
+    assert!(
+        finished.status.success(),
+        "netwatch exit: {:?}: {}",
+        finished.status,
+        finished.stderr
+    );
 
     let udp = |remote: &str| id("udp", remote, Some(53));
     let tcp = |remote: &str, port| id("tcp", remote, Some(port));
     let dns = assert_target(&finished, &udp(DNS_V4), "blackholed", None, 2);
     assert_eq!(dns["unanswered"], 2);
-    let mut names: Vec<&str> =
-        dns["names"].as_array().expect("DNS names").iter().filter_map(Value::as_str).collect();
+    let mut names: Vec<&str> = dns["names"]
+        .as_array()
+        .expect("DNS names")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     names.sort_unstable();
     assert_eq!(names, ["api.example", "chat.example"]);
     assert_target(&finished, &udp(DNS2_V4), "blackholed", None, 1);
     assert_target(&finished, &udp(DNS_V6), "blackholed", None, 1);
     let tcp_dns = assert_target(&finished, &tcp(DNS_V4, 53), "blackholed", None, 1);
-    assert!(tcp_dns["retransmits"].as_u64() >= Some(1), "SYN retransmits are not requests: {tcp_dns}");
+    assert!(
+        tcp_dns["retransmits"].as_u64() >= Some(1),
+        "SYN retransmits are not requests: {tcp_dns}"
+    );
     for port in [80, 443, 8888, 3306] {
         let ok = assert_target(&finished, &tcp(SERVER_V4, port), "ok", None, 1);
         assert_eq!(ok["answered"], 1);
-        assert!(ok["latency_p50_ms"].as_f64().is_some(), "answered targets have a latency: {ok}");
+        assert!(
+            ok["latency_p50_ms"].as_f64().is_some(),
+            "answered targets have a latency: {ok}"
+        );
     }
     assert_target(&finished, &tcp(SERVER_V6, 80), "ok", None, 1);
-    assert_target(&finished, &tcp(SERVER_V4, 8443), "rejected", Some("icmp-host-prohibited"), 1);
-    assert_target(&finished, &tcp(SERVER_V6, 8443), "rejected", Some("icmp6-adm-prohibited"), 1);
-    assert_target(&finished, &tcp(SERVER_V4, 9000), "rejected", Some("tcp-reset"), 1);
-    assert_target(&finished, &tcp(SERVER_V4, 7000), "rejected", Some("icmp-admin-prohibited"), 1);
+    assert_target(
+        &finished,
+        &tcp(SERVER_V4, 8443),
+        "rejected",
+        Some("icmp-host-prohibited"),
+        1,
+    );
+    assert_target(
+        &finished,
+        &tcp(SERVER_V6, 8443),
+        "rejected",
+        Some("icmp6-adm-prohibited"),
+        1,
+    );
+    assert_target(
+        &finished,
+        &tcp(SERVER_V4, 9000),
+        "rejected",
+        Some("tcp-reset"),
+        1,
+    );
+    assert_target(
+        &finished,
+        &tcp(SERVER_V4, 7000),
+        "rejected",
+        Some("icmp-admin-prohibited"),
+        1,
+    );
     let dropped = assert_target(&finished, &tcp(SERVER_V4, 5432), "blackholed", None, 1);
     assert!(dropped["retransmits"].as_u64() >= Some(1), "{dropped}");
-    assert_target(&finished, &id("icmp", SERVER_V4, None), "blackholed", None, 3);
-    assert_target(&finished, &id("icmpv6", SERVER_V6, None), "blackholed", None, 2);
+    assert_target(
+        &finished,
+        &id("icmp", SERVER_V4, None),
+        "blackholed",
+        None,
+        3,
+    );
+    assert_target(
+        &finished,
+        &id("icmpv6", SERVER_V6, None),
+        "blackholed",
+        None,
+        2,
+    );
 
     // Nothing else: no false verdicts, no untracked UDP port.
     let expected = 16;
@@ -135,16 +271,25 @@ fn lab_verdicts_match_what_the_firewall_does() {
     // Verdict records came out as things resolved, before the exit records.
     let verdicts = finished.verdicts();
     assert!(
-        verdicts.iter().any(|r| target_id(r) == udp(DNS_V4) && r["verdict"] == "blackholed"),
+        verdicts
+            .iter()
+            .any(|r| target_id(r) == udp(DNS_V4) && r["verdict"] == "blackholed"),
         "no blackholed verdict record for DNS: {verdicts:#?}"
     );
-    let summary = finished.records.iter().find(|r| r["type"] == "summary").expect("summary record");
+    let summary = finished
+        .records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .expect("summary record");
     assert_eq!(summary["lost_requests"], 0);
 }
 
 #[test]
 fn opening_the_firewall_turns_dns_back_to_ok_while_running() {
-    if !prerequisites("opening_the_firewall_turns_dns_back_to_ok_while_running", LAB_TOOLS) {
+    if !prerequisites(
+        "opening_the_firewall_turns_dns_back_to_ok_while_running",
+        LAB_TOOLS,
+    ) {
         return;
     }
     let mut lab = Lab::new();
@@ -164,25 +309,57 @@ fn opening_the_firewall_turns_dns_back_to_ok_while_running() {
             && r["remote"] == DNS_V4
             && r["verdict"] == verdict
     };
-    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "chat.example"]);
-    netwatch.wait_for(Duration::from_secs(5), "DNS blackholed", |r| is_dns(r, "blackholed"));
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS_V4}"),
+            "chat.example",
+        ],
+    );
+    netwatch.wait_for(Duration::from_secs(5), "DNS blackholed", |r| {
+        is_dns(r, "blackholed")
+    });
 
     lab.nft(OPEN_DNS);
     // Let the failure age out of the 3 s window, then resolve a name.
     std::thread::sleep(Duration::from_millis(3500));
-    let out = lab.client.run("dig", &["+short", "+tries=1", "+timeout=2", &format!("@{DNS_V4}"), "chat.example"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SERVER_V4, "DNS works once opened");
-    netwatch.wait_for(Duration::from_secs(5), "DNS back to ok", |r| is_dns(r, "ok"));
+    let out = lab.client.run(
+        "dig",
+        &[
+            "+short",
+            "+tries=1",
+            "+timeout=2",
+            &format!("@{DNS_V4}"),
+            "chat.example",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        SERVER_V4,
+        "DNS works once opened"
+    );
+    netwatch.wait_for(Duration::from_secs(5), "DNS back to ok", |r| {
+        is_dns(r, "ok")
+    });
 
     let finished = netwatch.stop();
     let record = assert_target(&finished, &id("udp", DNS_V4, Some(53)), "ok", None, 2);
-    assert_eq!((record["answered"].as_u64(), record["unanswered"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (record["answered"].as_u64(), record["unanswered"].as_u64()),
+        (Some(1), Some(1))
+    );
 }
 
 /// Links and programs named netwatch_* system-wide, as bpftool lists them.
 fn netwatch_bpf_objects() -> (usize, usize) {
     let count = |what: &str| {
-        let out = Command::new("bpftool").args([what, "show", "--json"]).output().expect("bpftool");
+        let out = Command::new("bpftool")
+            .args([what, "show", "--json"])
+            .output()
+            .expect("bpftool");
         let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         let programs: Vec<u64> = Command::new("bpftool")
             .args(["prog", "show", "--json"])
@@ -192,15 +369,23 @@ fn netwatch_bpf_objects() -> (usize, usize) {
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default()
             .iter()
-            .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("netwatch_")))
+            .filter(|p| {
+                p["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("netwatch_"))
+            })
             .filter_map(|p| p["id"].as_u64())
             .collect();
         list.as_array().map_or(0, |items| {
             items
                 .iter()
                 .filter(|item| match what {
-                    "link" => item["prog_id"].as_u64().is_some_and(|id| programs.contains(&id)),
-                    _ => item["name"].as_str().is_some_and(|n| n.starts_with("netwatch_")),
+                    "link" => item["prog_id"]
+                        .as_u64()
+                        .is_some_and(|id| programs.contains(&id)),
+                    _ => item["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("netwatch_")),
                 })
                 .count()
         })
@@ -210,7 +395,10 @@ fn netwatch_bpf_objects() -> (usize, usize) {
 
 #[test]
 fn nothing_stays_attached_after_any_exit() {
-    if !prerequisites("nothing_stays_attached_after_any_exit", &["ip", "nft", "bpftool"]) {
+    if !prerequisites(
+        "nothing_stays_attached_after_any_exit",
+        &["ip", "nft", "bpftool"],
+    ) {
         return;
     }
     let lab = Lab::new();
@@ -218,11 +406,23 @@ fn nothing_stays_attached_after_any_exit() {
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
         let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json"]);
         let during = netwatch_bpf_objects();
-        assert_eq!(during.0, before.0 + 2, "two tcx links while running (signal {signal})");
-        assert_eq!(during.1, before.1 + 2, "two programs while running (signal {signal})");
+        assert_eq!(
+            during.0,
+            before.0 + 2,
+            "two tcx links while running (signal {signal})"
+        );
+        assert_eq!(
+            during.1,
+            before.1 + 2,
+            "two programs while running (signal {signal})"
+        );
         let finished = netwatch.stop_with(signal);
         if signal != libc::SIGKILL {
-            assert!(finished.status.success(), "clean exit on signal {signal}: {}", finished.stderr);
+            assert!(
+                finished.status.success(),
+                "clean exit on signal {signal}: {}",
+                finished.stderr
+            );
         }
         // The kernel releases a tcx link when its last fd closes, also after SIGKILL.
         netwatch_tests::lab::wait_until(Duration::from_secs(5), "links to go", || {
@@ -233,22 +433,48 @@ fn nothing_stays_attached_after_any_exit() {
 
 #[test]
 fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
-    if !prerequisites("clsact_mode_removes_its_filters_and_the_qdisc_it_created", &["ip", "nft", "tc", "curl"]) {
+    if !prerequisites(
+        "clsact_mode_removes_its_filters_and_the_qdisc_it_created",
+        &["ip", "nft", "tc", "curl"],
+    ) {
         return;
     }
     let mut lab = Lab::new();
     lab.start_listener(LISTENER);
     let qdiscs = |lab: &Lab| {
-        String::from_utf8_lossy(&lab.client.ok("tc", &["qdisc", "show", "dev", CLIENT_IFACE]).stdout).into_owned()
+        String::from_utf8_lossy(
+            &lab.client
+                .ok("tc", &["qdisc", "show", "dev", CLIENT_IFACE])
+                .stdout,
+        )
+        .into_owned()
     };
     assert!(!qdiscs(&lab).contains("clsact"));
-    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--attach", "clsact", "--timeout", "1s"]);
-    assert!(netwatch.stderr_text().contains("c0 (clsact)"), "{}", netwatch.stderr_text());
+    let netwatch = lab.start_netwatch(&[
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--attach",
+        "clsact",
+        "--timeout",
+        "1s",
+    ]);
+    assert!(
+        netwatch.stderr_text().contains("c0 (clsact)"),
+        "{}",
+        netwatch.stderr_text()
+    );
     assert!(qdiscs(&lab).contains("clsact"));
-    let filters = lab.client.ok("tc", &["filter", "show", "dev", CLIENT_IFACE, "egress"]);
+    let filters = lab
+        .client
+        .ok("tc", &["filter", "show", "dev", CLIENT_IFACE, "egress"]);
     assert!(String::from_utf8_lossy(&filters.stdout).contains("netwatch_egress"));
     // The clsact path works end to end like tcx.
-    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    client(
+        &lab,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
+    );
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
     netwatch.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
         r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
@@ -256,81 +482,239 @@ fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
     let finished = netwatch.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
     assert_target(&finished, &id("tcp", SERVER_V4, Some(80)), "ok", None, 1);
-    assert!(!qdiscs(&lab).contains("clsact"), "the qdisc netwatch created is gone");
+    assert!(
+        !qdiscs(&lab).contains("clsact"),
+        "the qdisc netwatch created is gone"
+    );
 
     // A clsact qdisc that was there before stays, with its other filters.
-    lab.client.ok("tc", &["qdisc", "add", "dev", CLIENT_IFACE, "clsact"]);
+    lab.client
+        .ok("tc", &["qdisc", "add", "dev", CLIENT_IFACE, "clsact"]);
     // A classic-BPF filter that matches nothing: this kernel has no other classifier.
-    lab.client.ok("tc", &["filter", "add", "dev", CLIENT_IFACE, "ingress", "bpf", "bytecode", "1,6 0 0 0,"]);
+    lab.client.ok(
+        "tc",
+        &[
+            "filter",
+            "add",
+            "dev",
+            CLIENT_IFACE,
+            "ingress",
+            "bpf",
+            "bytecode",
+            "1,6 0 0 0,",
+        ],
+    );
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--attach", "clsact"]);
     let finished = netwatch.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
-    assert!(qdiscs(&lab).contains("clsact"), "a pre-existing qdisc stays");
-    let left = lab.client.ok("tc", &["filter", "show", "dev", CLIENT_IFACE, "ingress"]);
+    assert!(
+        qdiscs(&lab).contains("clsact"),
+        "a pre-existing qdisc stays"
+    );
+    let left = lab
+        .client
+        .ok("tc", &["filter", "show", "dev", CLIENT_IFACE, "ingress"]);
     let left = String::from_utf8_lossy(&left.stdout);
-    assert!(left.contains("bytecode") && !left.contains("netwatch"), "only its own filters go: {left}");
+    assert!(
+        left.contains("bytecode") && !left.contains("netwatch"),
+        "only its own filters go: {left}"
+    );
 }
 
 #[test]
 fn bad_input_gives_one_line_and_a_nonzero_exit() {
-    if !prerequisites("bad_input_gives_one_line_and_a_nonzero_exit", &["ip", "nft", "setpriv"]) {
+    if !prerequisites(
+        "bad_input_gives_one_line_and_a_nonzero_exit",
+        &["ip", "nft", "setpriv", "nc", "bpftool"],
+    ) {
         return;
     }
-    let lab = Lab::new();
+    let mut lab = Lab::new();
     let binary = netwatch_tests::lab::netwatch_binary();
     let binary = binary.to_string_lossy();
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--iface", "nw-missing0"], "no such interface: nw-missing0"),
-        (vec!["--iface", ""], "interface name is empty"),
-        (vec!["--timeout", "0s"], "greater than zero"),
-        (vec!["--duration", "soon"], "--duration"),
-        (vec!["--window", "10y"], "at most"),
-        (vec!["--bogus"], "--bogus"),
+    // An interface that exists, but in another namespace (the firewall's).
+    lab.firewall.ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            "nw-elsewhere0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "nw-elsewhere1",
+        ],
+    );
+    // A port already taken for --metrics.
+    // -k: the probe below must not be the connection that ends the listener.
+    let mut taken = lab.client.command("nc");
+    taken.args(["-lk", "127.0.0.1", "9555"]);
+    lab.spawn(taken);
+    netwatch_tests::lab::wait_until(Duration::from_secs(5), "the port to be taken", || {
+        lab.client
+            .run("nc", &["-z", "127.0.0.1", "9555"])
+            .status
+            .success()
+    });
+    let cases: Vec<(Vec<&str>, &str, i32)> = vec![
+        (
+            vec!["--iface", "nw-missing0"],
+            "no such interface: nw-missing0",
+            1,
+        ),
+        (
+            vec!["--iface", "nw-elsewhere0"],
+            "no such interface: nw-elsewhere0",
+            1,
+        ),
+        (vec!["--iface", ""], "interface name is empty", 2),
+        (
+            vec!["--iface", "a-name-far-too-long"],
+            "at most 15 bytes",
+            2,
+        ),
+        (vec!["--iface", "bad/name"], "not a valid interface name", 2),
+        (vec!["--timeout", "0s"], "greater than zero", 2),
+        (vec!["--timeout", "-1s"], "--timeout", 2),
+        (vec!["--timeout", "5"], "with a unit", 2),
+        (vec!["--timeout", "99999999999999999999h"], "--timeout", 2),
+        (vec!["--timeout", "2h"], "at most 1h", 2),
+        (vec!["--window", "10y"], "at most", 2),
+        (vec!["--window", "0ms"], "greater than zero", 2),
+        (vec!["--duration", "soon"], "--duration", 2),
+        (vec!["--duration", "0s"], "greater than zero", 2),
+        (vec!["--attach", "xdp"], "invalid value 'xdp'", 2),
+        (vec!["--metrics", "localhost"], "expected PORT", 2),
+        (vec!["--metrics", "99999"], "expected PORT", 2),
+        (vec!["--fail-on", "broken"], "not a verdict", 2),
+        (vec!["--json", "--plain"], "cannot be used with", 2),
+        (vec!["--bogus"], "--bogus", 2),
+        (vec!["completions", "tcsh"], "tcsh", 2),
+        (
+            vec![
+                "--iface",
+                CLIENT_IFACE,
+                "--metrics",
+                "127.0.0.1:9555",
+                "--duration",
+                "5s",
+            ],
+            "could not listen on 127.0.0.1:9555",
+            1,
+        ),
     ];
-    for (args, expected) in cases {
+    for (args, expected, code) in cases {
         let out = lab.client.run(&binary, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} must fail");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {stderr}"
+        );
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
     }
+    // Output that cannot be written: one line, non-zero, and nothing left attached.
+    let before = netwatch_bpf_objects();
+    let out = lab
+        .client
+        .command(&binary)
+        .args(["--iface", CLIENT_IFACE, "--json", "--duration", "2s"])
+        .stdout(std::fs::File::create("/dev/full").expect("/dev/full"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("writing to stdout") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(netwatch_bpf_objects(), before, "nothing left attached");
     // Without privileges: one line naming what is missing, nothing attached.
     let out = lab.client.run(
         "setpriv",
-        &["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", &binary, "--iface", CLIENT_IFACE],
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            &binary,
+            "--iface",
+            CLIENT_IFACE,
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("missing capabilities CAP_BPF, CAP_NET_ADMIN"), "{stderr}");
+    assert!(
+        stderr.contains("missing capabilities CAP_BPF, CAP_NET_ADMIN"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn interfaces_that_go_away_are_reported_and_attached_again_when_back() {
-    if !prerequisites("interfaces_that_go_away_are_reported_and_attached_again_when_back", LAB_TOOLS) {
+    if !prerequisites(
+        "interfaces_that_go_away_are_reported_and_attached_again_when_back",
+        LAB_TOOLS,
+    ) {
         return;
     }
     let mut lab = Lab::new();
     lab.start_listener(LISTENER);
     let add_spare = |lab: &Lab| {
-        lab.client.ok("ip", &["link", "add", "spare0", "type", "veth", "peer", "name", "spare1"]);
+        lab.client.ok(
+            "ip",
+            &[
+                "link", "add", "spare0", "type", "veth", "peer", "name", "spare1",
+            ],
+        );
         lab.client.ok("ip", &["link", "set", "spare0", "up"]);
     };
     add_spare(&lab);
-    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--iface", "spare0", "--json", "--timeout", "1s"]);
+    let netwatch = lab.start_netwatch(&[
+        "--iface",
+        CLIENT_IFACE,
+        "--iface",
+        "spare0",
+        "--json",
+        "--timeout",
+        "1s",
+    ]);
     let interface_record = |state: &'static str| {
         move |r: &Value| r["type"] == "interface" && r["name"] == "spare0" && r["state"] == state
     };
     lab.client.ok("ip", &["link", "set", "spare0", "down"]);
-    netwatch.wait_for(Duration::from_secs(5), "spare0 down", interface_record("down"));
+    netwatch.wait_for(
+        Duration::from_secs(5),
+        "spare0 down",
+        interface_record("down"),
+    );
     lab.client.ok("ip", &["link", "set", "spare0", "up"]);
     netwatch.wait_for(Duration::from_secs(5), "spare0 up", interface_record("up"));
     lab.client.ok("ip", &["link", "del", "spare0"]);
-    netwatch.wait_for(Duration::from_secs(5), "spare0 gone", interface_record("gone"));
+    netwatch.wait_for(
+        Duration::from_secs(5),
+        "spare0 gone",
+        interface_record("gone"),
+    );
 
     // The other interface is still watched.
-    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    client(
+        &lab,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
+    );
     netwatch.wait_for(Duration::from_secs(5), "tcp/80 ok on c0", |r| {
         r["type"] == "verdict" && r["port"] == 80 && r["verdict"] == "ok"
     });
@@ -339,30 +723,48 @@ fn interfaces_that_go_away_are_reported_and_attached_again_when_back() {
     let before = netwatch.records().len();
     add_spare(&lab);
     netwatch_tests::lab::wait_until(Duration::from_secs(5), "spare0 attached again", || {
-        netwatch.records()[before..].iter().any(|r| interface_record("up")(r) && r["attach"] == "tcx")
+        netwatch.records()[before..]
+            .iter()
+            .any(|r| interface_record("up")(r) && r["attach"] == "tcx")
     });
     let finished = netwatch.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
-    let summary = finished.records.iter().find(|r| r["type"] == "summary").expect("summary");
+    let summary = finished
+        .records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .expect("summary");
     let states: Vec<(&str, &str)> = summary["interfaces"]
         .as_array()
         .expect("interfaces")
         .iter()
-        .map(|i| (i["name"].as_str().unwrap_or(""), i["state"].as_str().unwrap_or("")))
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap_or(""),
+                i["state"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     assert_eq!(states, [("c0", "up"), ("spare0", "up")]);
 }
 
 #[test]
 fn two_instances_watch_the_same_interface_side_by_side() {
-    if !prerequisites("two_instances_watch_the_same_interface_side_by_side", LAB_TOOLS) {
+    if !prerequisites(
+        "two_instances_watch_the_same_interface_side_by_side",
+        LAB_TOOLS,
+    ) {
         return;
     }
     let mut lab = Lab::new();
     lab.start_listener(LISTENER);
     let first = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
     let second = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
-    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    client(
+        &lab,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
+    );
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
     for run in [&first, &second] {
         run.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
@@ -373,12 +775,20 @@ fn two_instances_watch_the_same_interface_side_by_side() {
     let finished = first.stop();
     assert_target(&finished, &id("tcp", SERVER_V4, Some(80)), "ok", None, 1);
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
-    second.wait_for(Duration::from_secs(5), "tcp/8888 ok after the first left", |r| {
-        r["type"] == "verdict" && r["port"] == 8888 && r["verdict"] == "ok"
-    });
+    second.wait_for(
+        Duration::from_secs(5),
+        "tcp/8888 ok after the first left",
+        |r| r["type"] == "verdict" && r["port"] == 8888 && r["verdict"] == "ok",
+    );
     let finished = second.stop();
     assert_target(&finished, &id("tcp", SERVER_V4, Some(80)), "ok", None, 1);
-    assert_target(&finished, &id("tcp", SERVER_V4, Some(9000)), "rejected", Some("tcp-reset"), 1);
+    assert_target(
+        &finished,
+        &id("tcp", SERVER_V4, Some(9000)),
+        "rejected",
+        Some("tcp-reset"),
+        1,
+    );
 }
 
 /// `setpriv` arguments running a command as nobody with exactly `caps` (e.g. "bpf,net_admin").
@@ -397,7 +807,10 @@ fn as_nobody_with(caps: &str) -> Vec<String> {
 
 #[test]
 fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
-    if !prerequisites("runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin", &["ip", "nft", "setpriv", "nc"]) {
+    if !prerequisites(
+        "runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin",
+        &["ip", "nft", "setpriv", "nc"],
+    ) {
         return;
     }
     let mut lab = Lab::new();
@@ -409,7 +822,8 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
         .arg(&binary)
         .args(["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
     let netwatch = netwatch_tests::lab::NetwatchRun::start(command);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", netwatch.pid())).expect("status");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", netwatch.pid())).expect("status");
     let field = |name: &str| {
         status
             .lines()
@@ -418,8 +832,16 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
             .expect("cap line")
     };
     let net_admin = 1u64 << 12;
-    assert_eq!(field("CapEff:"), net_admin, "only CAP_NET_ADMIN stays effective: {status}");
-    assert_eq!(field("CapPrm:"), net_admin, "only CAP_NET_ADMIN stays permitted: {status}");
+    assert_eq!(
+        field("CapEff:"),
+        net_admin,
+        "only CAP_NET_ADMIN stays effective: {status}"
+    );
+    assert_eq!(
+        field("CapPrm:"),
+        net_admin,
+        "only CAP_NET_ADMIN stays permitted: {status}"
+    );
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
     netwatch.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
@@ -443,19 +865,29 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{caps}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{caps}: {stderr}");
-        assert!(stderr.contains(&format!("missing capability {missing}")), "{caps}: {stderr}");
+        assert!(
+            stderr.contains(&format!("missing capability {missing}")),
+            "{caps}: {stderr}"
+        );
     }
 }
 
 /// Runs `tmux` with this lab's private socket.
 fn tmux(socket: &str, args: &[&str]) -> String {
-    let out = Command::new("tmux").args(["-L", socket]).args(args).output().expect("tmux");
+    let out = Command::new("tmux")
+        .args(["-L", socket])
+        .args(args)
+        .output()
+        .expect("tmux");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
 fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
-    if !prerequisites("the_live_view_in_a_real_terminal_shows_what_an_operator_needs", &["ip", "nft", "tmux", "dig", "nc", "dnsmasq", "curl"]) {
+    if !prerequisites(
+        "the_live_view_in_a_real_terminal_shows_what_an_operator_needs",
+        &["ip", "nft", "tmux", "dig", "nc", "dnsmasq", "curl"],
+    ) {
         return;
     }
     let mut lab = Lab::new();
@@ -468,118 +900,294 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
         lab.client.name,
         binary.display()
     );
-    tmux(&socket, &["new-session", "-d", "-s", "nw", "-x", "180", "-y", "50", &command]);
+    tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "nw",
+            "-x",
+            "180",
+            "-y",
+            "50",
+            &command,
+        ],
+    );
     struct KillTmux(String);
     impl Drop for KillTmux {
         fn drop(&mut self) {
-            let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).status();
+            let _ = Command::new("tmux")
+                .args(["-L", &self.0, "kill-server"])
+                .status();
         }
     }
     let _cleanup = KillTmux(socket.clone());
     let screen = || tmux(&socket, &["capture-pane", "-p", "-t", "nw"]);
-    netwatch_tests::lab::wait_until(Duration::from_secs(20), "the live view", || screen().contains("Targets"));
+    netwatch_tests::lab::wait_until(Duration::from_secs(20), "the live view", || {
+        screen().contains("Targets")
+    });
 
-    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "chat.example"]);
-    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS_V4}"),
+            "chat.example",
+        ],
+    );
+    client(
+        &lab,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
+    );
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8443"]);
     netwatch_tests::lab::wait_until(Duration::from_secs(10), "the DNS verdict on screen", || {
-        screen().lines().any(|l| l.contains("blackholed") && l.contains(DNS_V4))
+        screen()
+            .lines()
+            .any(|l| l.contains("blackholed") && l.contains(DNS_V4))
     });
     std::thread::sleep(Duration::from_millis(1200));
     let text = screen();
-    let row = |needle: &str| text.lines().find(|l| l.contains(needle) && l.contains("egress")).unwrap_or_default().to_owned();
-    assert!(row(DNS_V4).contains("chat.example"), "unanswered name shown: {text}");
-    assert!(row(" 8443 ").contains("rejected") && row(" 8443 ").contains("icmp-host-prohibited"), "{text}");
-    assert!(text.lines().any(|l| l.contains(" 80 ") && l.contains("ok")), "{text}");
-    assert!(text.contains("c0 (tcx)") && text.contains("evictions 0"), "status line: {text}");
-    assert!(text.contains("UDP/53") && text.contains("0/1 answered"), "rollup: {text}");
-    assert!(text.contains("[dns-blocked]") && text.contains("IP works, names don't"), "diagnosis: {text}");
-    assert!(text.contains("Ask the firewall team for"), "request: {text}");
-    assert!(text.lines().any(|l| l.contains("203.0.113.2") && l.contains(DNS_V4) && l.contains("tcp") && l.contains("allow")), "{text}");
+    let row = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle) && l.contains("egress"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        row(DNS_V4).contains("chat.example"),
+        "unanswered name shown: {text}"
+    );
+    assert!(
+        row(" 8443 ").contains("rejected") && row(" 8443 ").contains("icmp-host-prohibited"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains(" 80 ") && l.contains("ok")),
+        "{text}"
+    );
+    assert!(
+        text.contains("c0 (tcx)") && text.contains("evictions 0"),
+        "status line: {text}"
+    );
+    assert!(
+        text.contains("UDP/53") && text.contains("0/1 answered"),
+        "rollup: {text}"
+    );
+    assert!(
+        text.contains("[dns-blocked]") && text.contains("IP works, names don't"),
+        "diagnosis: {text}"
+    );
+    assert!(
+        text.contains("Ask the firewall team for"),
+        "request: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains("203.0.113.2")
+            && l.contains(DNS_V4)
+            && l.contains("tcp")
+            && l.contains("allow")),
+        "{text}"
+    );
 
     // Keys: help, filter, then quit; the terminal comes back with the plain report.
     tmux(&socket, &["send-keys", "-t", "nw", "?"]);
-    netwatch_tests::lab::wait_until(Duration::from_secs(5), "help", || screen().contains("silently dropped upstream"));
+    netwatch_tests::lab::wait_until(Duration::from_secs(5), "help", || {
+        screen().contains("silently dropped upstream")
+    });
     tmux(&socket, &["send-keys", "-t", "nw", "Escape"]);
-    tmux(&socket, &["send-keys", "-t", "nw", "/", "8", "4", "4", "3", "Enter"]);
+    tmux(
+        &socket,
+        &["send-keys", "-t", "nw", "/", "8", "4", "4", "3", "Enter"],
+    );
     netwatch_tests::lab::wait_until(Duration::from_secs(5), "filter", || {
         let s = screen();
-        s.contains("filter: 8443") && !s.lines().any(|l| l.contains(DNS_V4) && l.contains("egress"))
+        s.contains("filter: 8443")
+            && !s
+                .lines()
+                .any(|l| l.contains(DNS_V4) && l.contains("egress"))
     });
     tmux(&socket, &["send-keys", "-t", "nw", "q"]);
-    netwatch_tests::lab::wait_until(Duration::from_secs(10), "exit", || screen().contains("EXITED-0"));
+    netwatch_tests::lab::wait_until(Duration::from_secs(10), "exit", || {
+        screen().contains("EXITED-0")
+    });
     let after = screen();
-    assert!(after.contains("ASK THE FIREWALL TEAM FOR"), "the final report stays: {after}");
+    assert!(
+        after.contains("ASK THE FIREWALL TEAM FOR"),
+        "the final report stays: {after}"
+    );
     assert!(!after.contains("q quit"), "alternate screen left: {after}");
 }
 
 #[test]
 fn metrics_diagnosis_and_fail_on_during_a_lab_run() {
-    if !prerequisites("metrics_diagnosis_and_fail_on_during_a_lab_run", &["ip", "nft", "dig", "dnsmasq", "curl", "promtool"]) {
+    if !prerequisites(
+        "metrics_diagnosis_and_fail_on_during_a_lab_run",
+        &["ip", "nft", "dig", "dnsmasq", "curl", "promtool"],
+    ) {
         return;
     }
     let mut lab = Lab::new();
     lab.start_dns();
     lab.start_listener(LISTENER);
     let netwatch = lab.start_netwatch(&[
-        "--iface", CLIENT_IFACE, "--json", "--timeout", "1s", "--metrics", "9464",
-        "--duration", "8s", "--fail-on", "blackholed,rejected",
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--timeout",
+        "1s",
+        "--metrics",
+        "9464",
+        "--duration",
+        "8s",
+        "--fail-on",
+        "blackholed,rejected",
     ]);
-    assert!(netwatch.stderr_text().contains("metrics at http://127.0.0.1:9464/metrics"), "{}", netwatch.stderr_text());
-    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS_V4}"), "chat.example"]);
-    client(&lab, "dig", &["+tries=1", "+timeout=1", &format!("@{DNS2_V4}"), "chat.example"]);
-    client(&lab, "curl", &["-s", "-m", "3", &format!("http://{SERVER_V4}/")]);
+    assert!(
+        netwatch
+            .stderr_text()
+            .contains("metrics at http://127.0.0.1:9464/metrics"),
+        "{}",
+        netwatch.stderr_text()
+    );
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS_V4}"),
+            "chat.example",
+        ],
+    );
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS2_V4}"),
+            "chat.example",
+        ],
+    );
+    client(
+        &lab,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
+    );
     netwatch.wait_for(Duration::from_secs(5), "tcp/80 ok", |r| {
         r["type"] == "verdict" && r["port"] == 80 && r["verdict"] == "ok"
     });
-    netwatch.wait_for(Duration::from_secs(5), "the second resolver blackholed", |r| {
-        r["type"] == "verdict" && r["remote"] == DNS2_V4 && r["verdict"] == "blackholed"
-    });
+    netwatch.wait_for(
+        Duration::from_secs(5),
+        "the second resolver blackholed",
+        |r| r["type"] == "verdict" && r["remote"] == DNS2_V4 && r["verdict"] == "blackholed",
+    );
     netwatch.wait_for(Duration::from_secs(5), "the dns-blocked diagnosis", |r| {
         r["type"] == "diagnosis" && r["finding"] == "dns-blocked"
     });
     // The endpoint serves the state of the last poll.
     std::thread::sleep(Duration::from_millis(600));
     // Scrape while it runs, from inside the client namespace (loopback there).
-    let scrape = lab.client.ok("curl", &["-s", "-m", "3", "http://127.0.0.1:9464/metrics"]);
+    let scrape = lab
+        .client
+        .ok("curl", &["-s", "-m", "3", "http://127.0.0.1:9464/metrics"]);
     let text = String::from_utf8_lossy(&scrape.stdout).into_owned();
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .output_with_stdin(&text);
-    assert!(check.status.success(), "promtool: {}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     check.stdout.clear();
-    let series = |line_start: &str| text.lines().find(|l| l.starts_with(line_start)).map(str::to_owned);
+    let series = |line_start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .map(str::to_owned)
+    };
     let dns = format!("{{direction=\"egress\",proto=\"udp\",remote=\"{DNS_V4}\",port=\"53\"");
-    assert_eq!(series(&format!("netwatch_requests_total{dns}}}")).as_deref(), Some(&*format!("netwatch_requests_total{dns}}} 1")));
-    assert!(series(&format!("netwatch_unanswered_total{dns}}}")).is_some_and(|l| l.ends_with(" 1")), "{text}");
-    assert!(series(&format!("netwatch_target_verdict{dns},verdict=\"blackholed\"}}")).is_some_and(|l| l.ends_with(" 1")), "{text}");
+    assert_eq!(
+        series(&format!("netwatch_requests_total{dns}}}")).as_deref(),
+        Some(&*format!("netwatch_requests_total{dns}}} 1"))
+    );
+    assert!(
+        series(&format!("netwatch_unanswered_total{dns}}}")).is_some_and(|l| l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(
+        series(&format!(
+            "netwatch_target_verdict{dns},verdict=\"blackholed\"}}"
+        ))
+        .is_some_and(|l| l.ends_with(" 1")),
+        "{text}"
+    );
     let web = format!("{{direction=\"egress\",proto=\"tcp\",remote=\"{SERVER_V4}\",port=\"80\"");
-    assert!(series(&format!("netwatch_answer_latency_seconds_count{web}}}")).is_some_and(|l| l.ends_with(" 1")), "{text}");
+    assert!(
+        series(&format!("netwatch_answer_latency_seconds_count{web}}}"))
+            .is_some_and(|l| l.ends_with(" 1")),
+        "{text}"
+    );
     assert!(text.contains("netwatch_build_info{"), "{text}");
     assert!(text.contains("netwatch_evictions_total 0"), "{text}");
 
     let finished = netwatch.wait_exit(Duration::from_secs(15));
-    assert_eq!(finished.status.code(), Some(3), "--fail-on matched: {}", finished.stderr);
+    assert_eq!(
+        finished.status.code(),
+        Some(3),
+        "--fail-on matched: {}",
+        finished.stderr
+    );
     let diagnosis = finished
         .records
         .iter()
         .rev()
         .find(|r| r["type"] == "diagnosis" && r["finding"] == "dns-blocked")
         .expect("a dns-blocked record at exit");
-    assert!(diagnosis["summary"].as_str().is_some_and(|s| s.contains("IP works")), "{diagnosis}");
-    assert_eq!(diagnosis["evidence"].as_array().map(Vec::len), Some(2), "{diagnosis}");
+    assert!(
+        diagnosis["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("IP works")),
+        "{diagnosis}"
+    );
+    assert_eq!(
+        diagnosis["evidence"].as_array().map(Vec::len),
+        Some(2),
+        "{diagnosis}"
+    );
     let request = diagnosis["request"].as_array().expect("request");
     for proto in ["udp", "tcp"] {
-        let rule = request.iter().find(|r| r["proto"] == proto).unwrap_or_else(|| panic!("{proto}/53 requested: {diagnosis}"));
+        let rule = request
+            .iter()
+            .find(|r| r["proto"] == proto)
+            .unwrap_or_else(|| panic!("{proto}/53 requested: {diagnosis}"));
         assert_eq!(rule["port"], 53);
         assert_eq!(rule["source"], "203.0.113.2");
         assert_eq!(rule["destinations"], serde_json::json!([DNS_V4, DNS2_V4]));
-        assert_eq!((rule["direction"].as_str(), rule["action"].as_str()), (Some("outbound"), Some("allow")));
+        assert_eq!(
+            (rule["direction"].as_str(), rule["action"].as_str()),
+            (Some("outbound"), Some("allow"))
+        );
     }
     // Without a match, the same run ends 0.
-    let quiet = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--duration", "1s", "--fail-on", "blackholed"]);
-    assert_eq!(quiet.wait_exit(Duration::from_secs(10)).status.code(), Some(0));
+    let quiet = lab.start_netwatch(&[
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--duration",
+        "1s",
+        "--fail-on",
+        "blackholed",
+    ]);
+    assert_eq!(
+        quiet.wait_exit(Duration::from_secs(10)).status.code(),
+        Some(0)
+    );
 }
 
 trait OutputWithStdin {
@@ -589,8 +1197,17 @@ trait OutputWithStdin {
 impl OutputWithStdin for Command {
     fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
         use std::io::Write as _;
-        let mut child = self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
         child.wait_with_output().expect("wait")
     }
 }
