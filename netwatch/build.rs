@@ -11,17 +11,24 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
-    let workspace = Path::new(&manifest_dir).parent().ok_or_else(|| anyhow!("no workspace"))?;
+    let workspace = Path::new(&manifest_dir)
+        .parent()
+        .ok_or_else(|| anyhow!("no workspace"))?;
     let toolchain_file = workspace.join("rust-toolchain.toml");
     println!("cargo:rerun-if-changed={}", toolchain_file.display());
-    let channel = pinned_channel(&fs::read_to_string(&toolchain_file).context("rust-toolchain.toml")?)?;
+    let channel =
+        pinned_channel(&fs::read_to_string(&toolchain_file).context("rust-toolchain.toml")?)?;
     let ebpf_dir = workspace.join("netwatch-ebpf");
     let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
 
     // SAFETY: build scripts are single-threaded; this only shapes the inner cargo's env.
     unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     aya_build::build_ebpf(
-        [Package { name: "netwatch-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [Package {
+            name: "netwatch-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
         Toolchain::Custom(&channel),
     )
 }

@@ -189,7 +189,11 @@ pub const fn latency_bucket(ns: u64) -> usize {
 /// Upper bound (exclusive) of latency bucket `bucket` in nanoseconds; `u64::MAX` for the last.
 #[must_use]
 pub const fn latency_bucket_upper_ns(bucket: usize) -> u64 {
-    if bucket >= LATENCY_BUCKETS - 1 { u64::MAX } else { 1u64 << (bucket + 11) }
+    if bucket >= LATENCY_BUCKETS - 1 {
+        u64::MAX
+    } else {
+        1u64 << (bucket + 11)
+    }
 }
 
 /// Why a request was rejected, as a code in `0..REASON_SLOTS`. Names follow iptables'
@@ -245,14 +249,22 @@ impl Reason {
     #[inline(always)]
     #[must_use]
     pub const fn icmp_unreachable(code: u8) -> u8 {
-        if code <= 15 { Self::ICMP_UNREACH_BASE + code } else { Self::ICMP_UNREACH_OTHER }
+        if code <= 15 {
+            Self::ICMP_UNREACH_BASE + code
+        } else {
+            Self::ICMP_UNREACH_OTHER
+        }
     }
 
     /// Reason for an ICMPv6 destination-unreachable with `code`.
     #[inline(always)]
     #[must_use]
     pub const fn icmp6_unreachable(code: u8) -> u8 {
-        if code <= 7 { Self::ICMP6_UNREACH_BASE + code } else { Self::ICMP6_UNREACH_OTHER }
+        if code <= 7 {
+            Self::ICMP6_UNREACH_BASE + code
+        } else {
+            Self::ICMP6_UNREACH_OTHER
+        }
     }
 
     /// The name of `code`, or `None` for a code no program produces.
@@ -332,7 +344,9 @@ impl KernelCounter {
 #[inline(always)]
 #[must_use]
 pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
 }
 
 #[cfg(feature = "user")]
@@ -364,7 +378,10 @@ mod tests {
             let b = latency_bucket(ns);
             assert!(ns < latency_bucket_upper_ns(b), "{ns} above its bucket {b}");
             if b > 0 {
-                assert!(ns >= latency_bucket_upper_ns(b - 1), "{ns} below its bucket {b}");
+                assert!(
+                    ns >= latency_bucket_upper_ns(b - 1),
+                    "{ns} below its bucket {b}"
+                );
             }
         }
     }
@@ -383,7 +400,10 @@ mod tests {
             (200, "icmp-unreachable-other"),
         ];
         for (code, name) in cases {
-            assert_eq!(Reason::name(Reason::icmp_unreachable(code).into()), Some(name));
+            assert_eq!(
+                Reason::name(Reason::icmp_unreachable(code).into()),
+                Some(name)
+            );
         }
         let cases6 = [
             (0, "icmp6-no-route"),
@@ -393,7 +413,10 @@ mod tests {
             (99, "icmp6-unreachable-other"),
         ];
         for (code, name) in cases6 {
-            assert_eq!(Reason::name(Reason::icmp6_unreachable(code).into()), Some(name));
+            assert_eq!(
+                Reason::name(Reason::icmp6_unreachable(code).into()),
+                Some(name)
+            );
         }
         assert_eq!(Reason::name(0), None);
         assert_eq!(Reason::name(REASON_SLOTS), None);
@@ -419,6 +442,9 @@ mod tests {
         };
         let target = key.target();
         assert_eq!(target.remote, key.remote);
-        assert_eq!((target.remote_port, target.proto, target.direction), (53, 17, 0));
+        assert_eq!(
+            (target.remote_port, target.proto, target.direction),
+            (53, 17, 0)
+        );
     }
 }

@@ -42,14 +42,18 @@ pub fn on_ingress(ctx: &TcContext) {
     let Some(ip) = packet::parse(ctx) else { return };
     match ip.proto {
         proto::TCP => {
-            let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else { return };
+            let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else {
+                return;
+            };
             // The common path (data, ACKs) ends here.
             if flags & (tcp_flags::SYN | tcp_flags::RST) != 0 {
                 tcp_answer(ctx, &ip, flags);
             }
         }
         proto::UDP => {
-            let Some(port) = read::<[u8; 2]>(ctx, ip.l4) else { return };
+            let Some(port) = read::<[u8; 2]>(ctx, ip.l4) else {
+                return;
+            };
             if u16::from_be_bytes(port) == DNS_PORT {
                 dns_response(ctx, &ip);
             }
@@ -124,7 +128,9 @@ fn dns_response(ctx: &TcContext, ip: &Ip) {
 #[inline(always)]
 fn icmp(ctx: &TcContext, ip: &Ip, v6: bool) {
     // Type, code, checksum, then identifier and sequence (echo) or unused (errors).
-    let Some(header) = read::<[u8; 8]>(ctx, ip.l4) else { return };
+    let Some(header) = read::<[u8; 8]>(ctx, ip.l4) else {
+        return;
+    };
     let [kind, code, ..] = header;
     let (echo_reply, unreachable, proto) = if v6 {
         (ICMPV6_ECHO_REPLY, ICMPV6_DEST_UNREACHABLE, proto::ICMPV6)
@@ -147,10 +153,17 @@ fn icmp(ctx: &TcContext, ip: &Ip, v6: bool) {
         };
         resolve(&key, Outcome::Answer, Check::Key);
     } else if kind == unreachable {
-        let reason =
-            if v6 { Reason::icmp6_unreachable(code) } else { Reason::icmp_unreachable(code) };
+        let reason = if v6 {
+            Reason::icmp6_unreachable(code)
+        } else {
+            Reason::icmp_unreachable(code)
+        };
         let quoted_at = ip.l4 + ICMP_HEADER_LEN;
-        let quoted = if v6 { packet::ipv6(ctx, quoted_at) } else { packet::ipv4(ctx, quoted_at) };
+        let quoted = if v6 {
+            packet::ipv6(ctx, quoted_at)
+        } else {
+            packet::ipv4(ctx, quoted_at)
+        };
         let Some(quoted) = quoted else {
             count(KernelCounter::ShortQuote);
             return;
@@ -217,7 +230,11 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8) {
                 count(KernelCounter::ShortQuote);
                 return;
             };
-            let expected = if quoted.v6 { ICMPV6_ECHO_REQUEST } else { ICMP_ECHO_REQUEST };
+            let expected = if quoted.v6 {
+                ICMPV6_ECHO_REQUEST
+            } else {
+                ICMP_ECHO_REQUEST
+            };
             if echo[0] != expected || (quoted.proto == proto::ICMPV6) != quoted.v6 {
                 return;
             }
@@ -266,7 +283,9 @@ fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
         count(KernelCounter::InvalidAnswer);
         return;
     }
-    let Some(counters) = TARGETS.get_ptr_mut(pending.target_slot) else { return };
+    let Some(counters) = TARGETS.get_ptr_mut(pending.target_slot) else {
+        return;
+    };
     // SAFETY: as above.
     let counters = unsafe { &mut *counters };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -299,7 +318,10 @@ fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
                 return;
             }
             add(&mut counters.rejected, 1);
-            add(&mut counters.rejected_by_reason[usize::from(reason) & 31], 1);
+            add(
+                &mut counters.rejected_by_reason[usize::from(reason) & 31],
+                1,
+            );
             tombstone.flags |= PENDING_FLAG_REJECTED;
             let _ = PENDING.insert(key, &tombstone, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
         }

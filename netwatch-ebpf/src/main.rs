@@ -12,7 +12,10 @@
 #![no_main]
 // Atomic adds (see maps::add); the crate is built with RUSTC_BOOTSTRAP=1 anyway for build-std.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "core::intrinsics::atomic_xadd, see maps::add")]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd, see maps::add"
+)]
 
 mod answers;
 mod maps;

@@ -84,7 +84,9 @@ pub fn target_counters(target: &TargetKey) -> Option<(u32, &'static mut TargetCo
     };
     // SAFETY: an array value pointer stays valid for the program run; fields are only
     // updated through `add` or single aligned stores.
-    TARGETS.get_ptr_mut(slot).map(|counters| (slot, unsafe { &mut *counters }))
+    TARGETS
+        .get_ptr_mut(slot)
+        .map(|counters| (slot, unsafe { &mut *counters }))
 }
 
 /// Slot claims tried before giving up (only contention on the same slots makes one fail).
@@ -99,7 +101,10 @@ fn new_slot(target: &TargetKey) -> Option<u32> {
         if slot >= TARGETS_CAPACITY {
             break;
         }
-        if SLOT_OWNERS.insert(slot, target, u64::from(BPF_NOEXIST)).is_err() {
+        if SLOT_OWNERS
+            .insert(slot, target, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
             slot += 1;
             continue;
         }
@@ -116,7 +121,9 @@ fn new_slot(target: &TargetKey) -> Option<u32> {
                     return None;
                 }
                 // SAFETY: a map value pointer, valid for this program run.
-                TARGET_SLOTS.get_ptr(target).map(|existing| unsafe { *existing })
+                TARGET_SLOTS
+                    .get_ptr(target)
+                    .map(|existing| unsafe { *existing })
             }
         };
     }

@@ -106,7 +106,12 @@ pub fn ipv4(ctx: &TcContext, offset: usize) -> Option<Ip> {
         count(KernelCounter::Fragment);
         return None;
     }
-    Some(Ip { v6: false, l3: offset, proto, l4: offset + header_len })
+    Some(Ip {
+        v6: false,
+        l3: offset,
+        proto,
+        l4: offset + header_len,
+    })
 }
 
 /// The IPv6 header at `offset`, extension headers walked up to [`MAX_EXTENSION_HEADERS`].
@@ -140,7 +145,14 @@ pub fn ipv6(ctx: &TcContext, offset: usize) -> Option<Ip> {
                 next = following;
                 l4 += 8;
             }
-            _ => return Some(Ip { v6: true, l3: offset, proto: next, l4 }),
+            _ => {
+                return Some(Ip {
+                    v6: true,
+                    l3: offset,
+                    proto: next,
+                    l4,
+                });
+            }
         }
     }
     if matches!(
@@ -150,7 +162,12 @@ pub fn ipv6(ctx: &TcContext, offset: usize) -> Option<Ip> {
         count(KernelCounter::ExtensionHeaderLimit);
         return None;
     }
-    Some(Ip { v6: true, l3: offset, proto: next, l4 })
+    Some(Ip {
+        v6: true,
+        l3: offset,
+        proto: next,
+        l4,
+    })
 }
 
 /// Source and destination addresses, IPv4 ones mapped into IPv6.

@@ -22,14 +22,18 @@ pub fn on_egress(ctx: &TcContext) {
     let Some(ip) = packet::parse(ctx) else { return };
     match ip.proto {
         proto::TCP => {
-            let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else { return };
+            let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else {
+                return;
+            };
             // The common path (data, ACKs) ends here.
             if flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN {
                 tcp_syn(ctx, &ip);
             }
         }
         proto::UDP => {
-            let Some(port) = read::<[u8; 2]>(ctx, ip.l4 + 2) else { return };
+            let Some(port) = read::<[u8; 2]>(ctx, ip.l4 + 2) else {
+                return;
+            };
             if u16::from_be_bytes(port) == DNS_PORT {
                 dns_query(ctx, &ip);
             }
@@ -92,7 +96,9 @@ fn dns_query(ctx: &TcContext, ip: &Ip) {
 #[inline(always)]
 fn echo_request(ctx: &TcContext, ip: &Ip, echo_request: u8, proto: u8) {
     // Type, code, checksum, identifier, sequence.
-    let Some(icmp) = read::<[u8; 8]>(ctx, ip.l4) else { return };
+    let Some(icmp) = read::<[u8; 8]>(ctx, ip.l4) else {
+        return;
+    };
     if icmp[0] != echo_request || icmp[1] != 0 {
         return;
     }
@@ -117,7 +123,9 @@ fn echo_request(ctx: &TcContext, ip: &Ip, echo_request: u8, proto: u8) {
 fn track(ctx: &TcContext, key: &RequestKey, tcp_seq: u32, question_at: Option<usize>) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((target_slot, counters)) = target_counters(&key.target()) else { return };
+    let Some((target_slot, counters)) = target_counters(&key.target()) else {
+        return;
+    };
     let mut pending = PendingRequest {
         first_sent_ns: now,
         last_sent_ns: now,
@@ -177,6 +185,9 @@ fn capture(ctx: &TcContext, offset: usize, out: &mut [u8; DNS_QUESTION_CAPTURE])
             wanted as u32,
         )
     };
-    #[expect(clippy::cast_possible_truncation, reason = "at most DNS_QUESTION_CAPTURE")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "at most DNS_QUESTION_CAPTURE"
+    )]
     if copied == 0 { wanted as u16 } else { 0 }
 }

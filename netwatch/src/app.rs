@@ -13,11 +13,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Args, AttachMode},
+    diagnosis,
     interfaces::{self, Interface, LinkState},
+    output::{Mode, Output, View},
     privileges,
     probe::{KernelTables, Probe, ProbeError},
-    diagnosis,
-    output::{Mode, Output, View},
     report::{RunInfo, WatchedInterface, tui::Action},
     serve,
     snapshot::{Snapshot, TargetView},
@@ -32,7 +32,10 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
 #[must_use]
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `now` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
@@ -81,7 +84,10 @@ fn reconcile(
             Some((index, state)) => {
                 // New, or re-created under a new index: attach (again).
                 probe.forget(&interface.name);
-                let link = Interface { name: interface.name.clone(), index };
+                let link = Interface {
+                    name: interface.name.clone(),
+                    index,
+                };
                 match probe.attach(&link, mode) {
                     Ok(via) => {
                         interface.attach = via.as_str();
@@ -109,7 +115,6 @@ pub enum Ending {
     /// A target ended with a verdict named by `--fail-on` (exit status 3).
     FailOnMatched,
 }
-
 
 /// The host's own addresses on the watched interfaces, global ones first: the source of
 /// the firewall requests the diagnosis writes.
@@ -140,7 +145,11 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     for iface in &interfaces {
         let via = probe.attach(iface, args.attach)?;
         let state = interfaces::probe_link(&iface.name).map_or(LinkState::Gone, |(_, state)| state);
-        watched.push(WatchedInterface { name: iface.name.clone(), attach: via.as_str(), state });
+        watched.push(WatchedInterface {
+            name: iface.name.clone(),
+            attach: via.as_str(),
+            state,
+        });
     }
     let started = Instant::now();
     let mut run = RunInfo {
@@ -169,15 +178,19 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     eprintln!("netwatch: watching {}; Ctrl-C to stop", names.join(", "));
 
     let timeout_ns = u64::try_from(args.timeout.as_nanos()).unwrap_or(u64::MAX);
-    let mut sweeper =
-        Sweeper::new(SweepPolicy { timeout_ns, capacity: probe.pending_capacity() });
+    let mut sweeper = Sweeper::new(SweepPolicy {
+        timeout_ns,
+        capacity: probe.pending_capacity(),
+    });
     let mut tracker = Tracker::new(args.window);
     let mut sources = host_addresses(&run.interfaces);
-    let mut output = Output::new(Mode::choose(args.json, args.plain))
-        .context("setting up the terminal")?;
+    let mut output =
+        Output::new(Mode::choose(args.json, args.plain)).context("setting up the terminal")?;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let stop_at = args.duration.map(|d| tokio::time::Instant::from_std(started + d));
+    let stop_at = args
+        .duration
+        .map(|d| tokio::time::Instant::from_std(started + d));
     let until_stop = async {
         match stop_at {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -227,7 +240,12 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     run.uptime = started.elapsed();
     let snapshot = tracker.snapshot(now_ns);
     let findings = diagnosis::diagnose(&snapshot, &sources);
-    let view = View { changes: &changes, snapshot: &snapshot, findings: &findings, run: &run };
+    let view = View {
+        changes: &changes,
+        snapshot: &snapshot,
+        findings: &findings,
+        run: &run,
+    };
     if stdout_open {
         let written = output.on_poll(&view).and_then(|()| output.finish(&view));
         if let Err(err) = written {
@@ -237,13 +255,22 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         drop(output);
     }
     probe.detach_all();
-    let matched = snapshot.targets.iter().any(|target| args.fail_on.contains(&target.verdict));
-    Ok(if matched { Ending::FailOnMatched } else { Ending::Normal })
+    let matched = snapshot
+        .targets
+        .iter()
+        .any(|target| args.fail_on.contains(&target.verdict));
+    Ok(if matched {
+        Ending::FailOnMatched
+    } else {
+        Ending::Normal
+    })
 }
 
 fn publish(shared: Option<&serve::Shared>, snapshot: Snapshot, run: &RunInfo) {
     if let Some(shared) = shared {
-        let mut published = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut published = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         published.snapshot = snapshot;
         published.run = run.clone();
     }
@@ -335,14 +362,23 @@ mod tests {
     fn polls_turn_kernel_state_into_verdicts() {
         let target = target_key(Proto::Tcp, "198.51.100.10".parse().unwrap(), 5432);
         let mut kernel = FakeKernel::default();
-        kernel.targets.insert(target, TargetCounters { requests: 2, ..zero_counters() });
+        kernel.targets.insert(
+            target,
+            TargetCounters {
+                requests: 2,
+                ..zero_counters()
+            },
+        );
         let (k1, p1) = syn(40_001, S);
         let (k2, p2) = syn(40_002, 2 * S);
         kernel.pending.insert(k1, p1);
         kernel.pending.insert(k2, p2);
         kernel.counters[KernelCounter::PendingFull as usize] = 3;
         let mut tracker = Tracker::new(Duration::from_secs(60));
-        let mut sweeper = Sweeper::new(SweepPolicy { timeout_ns: 3 * S, capacity: 100 });
+        let mut sweeper = Sweeper::new(SweepPolicy {
+            timeout_ns: 3 * S,
+            capacity: 100,
+        });
 
         let first = poll(&mut kernel, &mut tracker, &mut sweeper, 3 * S).unwrap();
         assert_eq!(first.len(), 1);
@@ -355,14 +391,27 @@ mod tests {
 
         // The second request is answered: the kernel deletes it and counts it.
         kernel.pending.remove(&k2);
-        kernel.targets.insert(target, TargetCounters { requests: 2, answered: 1, ..zero_counters() });
+        kernel.targets.insert(
+            target,
+            TargetCounters {
+                requests: 2,
+                answered: 1,
+                ..zero_counters()
+            },
+        );
         let third = poll(&mut kernel, &mut tracker, &mut sweeper, 5 * S + S / 10).unwrap();
         assert_eq!(third[0].verdict, Verdict::Degraded);
-        assert_eq!((third[0].answered, third[0].unanswered, third[0].in_flight), (1, 1, 0));
+        assert_eq!(
+            (third[0].answered, third[0].unanswered, third[0].in_flight),
+            (1, 1, 0)
+        );
 
         let snapshot = tracker.snapshot(5 * S);
         assert_eq!(snapshot.kernel.lost_requests, 3);
-        assert_eq!(snapshot.tombstones, 1, "the unanswered SYN stays for its retransmits");
+        assert_eq!(
+            snapshot.tombstones, 1,
+            "the unanswered SYN stays for its retransmits"
+        );
         assert!(kernel.removed.is_empty());
     }
 }

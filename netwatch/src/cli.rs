@@ -135,7 +135,9 @@ fn parse_iface(value: &str) -> Result<String, String> {
         return Err("interface name is empty".into());
     }
     if value.len() > MAX_IFACE_LEN {
-        return Err(format!("interface names have at most {MAX_IFACE_LEN} bytes"));
+        return Err(format!(
+            "interface names have at most {MAX_IFACE_LEN} bytes"
+        ));
     }
     if value.contains(['/', ' ', '\0']) || value == "." || value == ".." {
         return Err("not a valid interface name".into());
@@ -168,10 +170,16 @@ fn parse_bounded(value: &str, min: Duration, max: Duration) -> Result<Duration, 
         return Err("must be greater than zero".into());
     }
     if duration < min {
-        return Err(format!("must be at least {}", humantime::format_duration(min)));
+        return Err(format!(
+            "must be at least {}",
+            humantime::format_duration(min)
+        ));
     }
     if duration > max {
-        return Err(format!("must be at most {}", humantime::format_duration(max)));
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(max)
+        ));
     }
     Ok(duration)
 }
@@ -181,11 +189,19 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
 }
 
 fn parse_window(value: &str) -> Result<Duration, String> {
-    parse_bounded(value, Duration::from_millis(100), Duration::from_secs(7 * 86_400))
+    parse_bounded(
+        value,
+        Duration::from_millis(100),
+        Duration::from_secs(7 * 86_400),
+    )
 }
 
 fn parse_run_duration(value: &str) -> Result<Duration, String> {
-    parse_bounded(value, Duration::from_millis(1), Duration::from_secs(366 * 86_400))
+    parse_bounded(
+        value,
+        Duration::from_millis(1),
+        Duration::from_secs(366 * 86_400),
+    )
 }
 
 /// Parse outcome of the command line.
@@ -222,7 +238,10 @@ where
 
 /// `error: invalid value ...\n\nUsage: ...` → `invalid value ... (see --help)`.
 fn one_line_usage_error(rendered: &str) -> String {
-    let first = rendered.lines().find(|line| !line.trim().is_empty()).unwrap_or("bad usage");
+    let first = rendered
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("bad usage");
     let message = first.strip_prefix("error: ").unwrap_or(first).trim();
     format!("{message} (see --help)")
 }
@@ -262,10 +281,22 @@ mod tests {
 
     #[test]
     fn metrics_bind_to_loopback_unless_told_otherwise() {
-        assert_eq!(parse_ok(&["--metrics", "9464"]).metrics, Some("127.0.0.1:9464".parse().unwrap()));
-        assert_eq!(parse_ok(&["--metrics", ":9464"]).metrics, Some("127.0.0.1:9464".parse().unwrap()));
-        assert_eq!(parse_ok(&["--metrics", "0.0.0.0:1"]).metrics, Some("0.0.0.0:1".parse().unwrap()));
-        assert_eq!(parse_ok(&["--metrics", "[::1]:9"]).metrics, Some("[::1]:9".parse().unwrap()));
+        assert_eq!(
+            parse_ok(&["--metrics", "9464"]).metrics,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            parse_ok(&["--metrics", ":9464"]).metrics,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            parse_ok(&["--metrics", "0.0.0.0:1"]).metrics,
+            Some("0.0.0.0:1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_ok(&["--metrics", "[::1]:9"]).metrics,
+            Some("[::1]:9".parse().unwrap())
+        );
         assert!(usage(&["--metrics", "localhost"]).contains("PORT"));
     }
 
@@ -278,15 +309,25 @@ mod tests {
 
     #[test]
     fn tools_are_subcommands() {
-        assert!(matches!(parse_ok(&["completions", "bash"]).command, Some(Tool::Completions { .. })));
+        assert!(matches!(
+            parse_ok(&["completions", "bash"]).command,
+            Some(Tool::Completions { .. })
+        ));
         assert!(matches!(parse_ok(&["man"]).command, Some(Tool::Man)));
         assert!(usage(&["--json", "--plain"]).contains("cannot be used with"));
     }
 
     #[test]
     fn durations_take_units() {
-        let args =
-            parse_ok(&["--timeout", "500ms", "--window", "2s", "--duration", "1m", "--json"]);
+        let args = parse_ok(&[
+            "--timeout",
+            "500ms",
+            "--window",
+            "2s",
+            "--duration",
+            "1m",
+            "--json",
+        ]);
         assert_eq!(args.timeout, Duration::from_millis(500));
         assert_eq!(args.window, Duration::from_secs(2));
         assert_eq!(args.duration, Some(Duration::from_secs(60)));
@@ -315,14 +356,19 @@ mod tests {
         ] {
             let line = usage(&args);
             assert!(!line.contains('\n'), "{args:?}: {line:?}");
-            assert!(line.contains(expected), "{args:?}: {line:?} lacks {expected:?}");
+            assert!(
+                line.contains(expected),
+                "{args:?}: {line:?} lacks {expected:?}"
+            );
             assert!(line.ends_with("(see --help)"));
         }
     }
 
     #[test]
     fn help_and_version_are_info() {
-        assert!(matches!(parse(["netwatch", "--help"]), Parsed::Info(text) if text.contains("--timeout")));
+        assert!(
+            matches!(parse(["netwatch", "--help"]), Parsed::Info(text) if text.contains("--timeout"))
+        );
         assert!(matches!(parse(["netwatch", "--version"]), Parsed::Info(_)));
     }
 }

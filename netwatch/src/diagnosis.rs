@@ -107,10 +107,16 @@ impl Finding {
     /// The ID and the evidence's target identities and verdicts, sorted; no counters.
     #[must_use]
     pub fn key(&self) -> FindingKey {
-        let mut targets: Vec<_> =
-            self.evidence.iter().map(|t| (t.proto, t.remote, t.port, t.verdict)).collect();
+        let mut targets: Vec<_> = self
+            .evidence
+            .iter()
+            .map(|t| (t.proto, t.remote, t.port, t.verdict))
+            .collect();
         targets.sort_unstable();
-        FindingKey { finding: self.finding, targets }
+        FindingKey {
+            finding: self.finding,
+            targets,
+        }
     }
 
     fn new(
@@ -122,7 +128,12 @@ impl Finding {
         let mut evidence: Vec<TargetView> = evidence.iter().map(|&t| t.clone()).collect();
         evidence.sort_by_key(identity);
         evidence.dedup_by(|a, b| identity(a) == identity(b));
-        Self { finding, summary: one_line(summary), evidence, request }
+        Self {
+            finding,
+            summary: one_line(summary),
+            evidence,
+            request,
+        }
     }
 }
 
@@ -131,8 +142,11 @@ impl Finding {
 /// `source` of the requests to that family.
 #[must_use]
 pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr]) -> Vec<Finding> {
-    let mut judged: Vec<&TargetView> =
-        snapshot.targets.iter().filter(|t| t.verdict != Verdict::Pending).collect();
+    let mut judged: Vec<&TargetView> = snapshot
+        .targets
+        .iter()
+        .filter(|t| t.verdict != Verdict::Pending)
+        .collect();
     judged.sort_by_key(|t| identity(t));
     let mut findings = Vec::new();
     dns_findings(&judged, sources, &mut findings);
@@ -152,7 +166,13 @@ pub fn render_requests(findings: &[Finding]) -> String {
     type RuleKey = (IpAddr, Proto, Option<u16>, &'static str, &'static str);
     let mut rules: Vec<(RuleKey, BTreeSet<IpAddr>)> = Vec::new();
     for request in findings.iter().flat_map(|f| &f.request) {
-        let key = (request.source, request.proto, request.port, request.direction, request.action);
+        let key = (
+            request.source,
+            request.proto,
+            request.port,
+            request.direction,
+            request.action,
+        );
         match rules.iter_mut().find(|(k, _)| *k == key) {
             Some((_, destinations)) => destinations.extend(request.destinations.iter().copied()),
             None => rules.push((key, request.destinations.iter().copied().collect())),
@@ -161,8 +181,17 @@ pub fn render_requests(findings: &[Finding]) -> String {
     if rules.is_empty() {
         return String::new();
     }
-    let mut rows =
-        vec![["SOURCE", "DESTINATIONS", "PROTO", "PORT", "DIRECTION", "ACTION"].map(str::to_owned)];
+    let mut rows = vec![
+        [
+            "SOURCE",
+            "DESTINATIONS",
+            "PROTO",
+            "PORT",
+            "DIRECTION",
+            "ACTION",
+        ]
+        .map(str::to_owned),
+    ];
     for ((source, proto, port, direction, action), destinations) in rules {
         let destinations: Vec<String> = destinations.iter().map(IpAddr::to_string).collect();
         rows.push([
@@ -200,21 +229,36 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
     for &target in &dns {
         resolvers.entry(target.remote).or_default().push(target);
     }
-    let (working, blocked): (Vec<IpAddr>, Vec<IpAddr>) =
-        resolvers.keys().partition(|r| resolvers[*r].iter().any(|t| answers(t)));
+    let (working, blocked): (Vec<IpAddr>, Vec<IpAddr>) = resolvers
+        .keys()
+        .partition(|r| resolvers[*r].iter().any(|t| answers(t)));
 
     if !blocked.is_empty() {
         let dns_protos = [Proto::Udp, Proto::Tcp];
-        let request = requests(sources, blocked.iter().copied(), &dns_protos, Some(DNS_PORT));
-        let failing: Vec<&TargetView> =
-            blocked.iter().flat_map(|r| resolvers[r].iter().copied()).collect();
+        let request = requests(
+            sources,
+            blocked.iter().copied(),
+            &dns_protos,
+            Some(DNS_PORT),
+        );
+        let failing: Vec<&TargetView> = blocked
+            .iter()
+            .flat_map(|r| resolvers[r].iter().copied())
+            .collect();
         if working.is_empty() {
             let summary = dns_blocked_summary(judged, &failing);
             findings.push(Finding::new(DNS_BLOCKED, summary, &dns, request));
         } else {
-            let (verb, noun) =
-                if working.len() == 1 { ("answers", "resolver") } else { ("answer", "resolvers") };
-            let blocked_noun = if blocked.len() == 1 { "resolver" } else { "resolvers" };
+            let (verb, noun) = if working.len() == 1 {
+                ("answers", "resolver")
+            } else {
+                ("answer", "resolvers")
+            };
+            let blocked_noun = if blocked.len() == 1 {
+                "resolver"
+            } else {
+                "resolvers"
+            };
             let summary = format!(
                 "Some DNS resolvers are blocked upstream: {noun} {} {verb}, but {}{}; lookups \
                  stall or fail whenever the blocked {blocked_noun} {} tried.",
@@ -223,7 +267,12 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
                 names_phrase(&failing),
                 if blocked.len() == 1 { "is" } else { "are" },
             );
-            findings.push(Finding::new(RESOLVER_PARTIALLY_BLOCKED, summary, &dns, request));
+            findings.push(Finding::new(
+                RESOLVER_PARTIALLY_BLOCKED,
+                summary,
+                &dns,
+                request,
+            ));
         }
     }
 
@@ -238,8 +287,10 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
             continue;
         }
         let remotes = remotes(&failing);
-        let evidence: Vec<&TargetView> =
-            remotes.iter().flat_map(|r| resolvers[r].iter().copied()).collect();
+        let evidence: Vec<&TargetView> = remotes
+            .iter()
+            .flat_map(|r| resolvers[r].iter().copied())
+            .collect();
         let (other, consequence) = match proto {
             Proto::Udp => (
                 "tcp/53",
@@ -256,13 +307,21 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
             blocked_how(&failing),
         );
         let request = requests(sources, remotes, &[proto], Some(DNS_PORT));
-        findings.push(Finding::new(DNS_TRANSPORT_BLOCKED, summary, &evidence, request));
+        findings.push(Finding::new(
+            DNS_TRANSPORT_BLOCKED,
+            summary,
+            &evidence,
+            request,
+        ));
     }
 }
 
 fn dns_blocked_summary(judged: &[&TargetView], failing: &[&TargetView]) -> String {
-    let working: BTreeSet<String> =
-        judged.iter().filter(|t| !is_dns(t) && answers(t)).map(|t| service(t)).collect();
+    let working: BTreeSet<String> = judged
+        .iter()
+        .filter(|t| !is_dns(t) && answers(t))
+        .map(|t| service(t))
+        .collect();
     let other = if !working.is_empty() {
         let working: Vec<String> = working.into_iter().collect();
         let working = list(&working);
@@ -281,8 +340,12 @@ fn dns_blocked_summary(judged: &[&TargetView], failing: &[&TargetView]) -> Strin
 
 /// "(lookups of a.example, b.example fail)" from the DNS targets' name samples, or "".
 fn names_phrase(targets: &[&TargetView]) -> String {
-    let names: BTreeSet<&str> =
-        targets.iter().filter_map(|t| t.names.as_ref()).flatten().map(String::as_str).collect();
+    let names: BTreeSet<&str> = targets
+        .iter()
+        .filter_map(|t| t.names.as_ref())
+        .flatten()
+        .map(String::as_str)
+        .collect();
     if names.is_empty() {
         return String::new();
     }
@@ -383,8 +446,11 @@ fn reject_meaning(proto: Proto, reason: Option<&str>) -> &'static str {
 // --- ICMP --------------------------------------------------------------------------------
 
 fn icmp_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<Finding>) {
-    let failing: Vec<&TargetView> =
-        judged.iter().copied().filter(|t| !t.proto.has_ports() && fails(t)).collect();
+    let failing: Vec<&TargetView> = judged
+        .iter()
+        .copied()
+        .filter(|t| !t.proto.has_ports() && fails(t))
+        .collect();
     // Remotes whose ping fails but that answer something else.
     let mut up: Vec<&TargetView> = Vec::new();
     let mut up_proof: Vec<&TargetView> = Vec::new();
@@ -406,8 +472,11 @@ fn icmp_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
         let remotes = remotes(&up);
         let services: BTreeSet<String> = up_proof.iter().map(|t| service(t)).collect();
         let services: Vec<String> = services.into_iter().collect();
-        let (verb, hosts) =
-            if remotes.len() == 1 { ("answers", "host is") } else { ("answer", "hosts are") };
+        let (verb, hosts) = if remotes.len() == 1 {
+            ("answers", "host is")
+        } else {
+            ("answer", "hosts are")
+        };
         let summary = format!(
             "ping fails but {} {verb} on {}: ICMP echo is filtered, the {hosts} not down ({}).",
             list(&remotes),
@@ -416,7 +485,12 @@ fn icmp_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
         );
         let mut evidence = up.clone();
         evidence.extend(up_proof);
-        findings.push(Finding::new(ICMP_FILTERED, summary, &evidence, icmp_requests(sources, &up)));
+        findings.push(Finding::new(
+            ICMP_FILTERED,
+            summary,
+            &evidence,
+            icmp_requests(sources, &up),
+        ));
     }
     if !unknown.is_empty() {
         let remotes = remotes(&unknown);
@@ -435,13 +509,22 @@ fn icmp_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
 /// "4 echo requests unanswered, 2 rejected with icmp-admin-prohibited".
 fn echo_counts(targets: &[&TargetView]) -> String {
     let mut parts = Vec::new();
-    let dropped: Vec<&TargetView> =
-        targets.iter().copied().filter(|t| t.verdict == Verdict::Blackholed).collect();
-    let refused: Vec<&TargetView> =
-        targets.iter().copied().filter(|t| t.verdict == Verdict::Rejected).collect();
+    let dropped: Vec<&TargetView> = targets
+        .iter()
+        .copied()
+        .filter(|t| t.verdict == Verdict::Blackholed)
+        .collect();
+    let refused: Vec<&TargetView> = targets
+        .iter()
+        .copied()
+        .filter(|t| t.verdict == Verdict::Rejected)
+        .collect();
     if !dropped.is_empty() {
         let n = dropped.iter().map(|t| t.unanswered).sum();
-        parts.push(format!("{} unanswered", count(n, "echo request", "echo requests")));
+        parts.push(format!(
+            "{} unanswered",
+            count(n, "echo request", "echo requests")
+        ));
     }
     if !refused.is_empty() {
         let n = refused.iter().map(|t| t.rejected).sum();
@@ -461,8 +544,11 @@ fn echo_counts(targets: &[&TargetView]) -> String {
 fn icmp_requests(sources: &[IpAddr], targets: &[&TargetView]) -> Vec<FirewallRequest> {
     let mut out = Vec::new();
     for proto in [Proto::Icmp, Proto::Icmpv6] {
-        let remotes: Vec<IpAddr> =
-            targets.iter().filter(|t| t.proto == proto).map(|t| t.remote).collect();
+        let remotes: Vec<IpAddr> = targets
+            .iter()
+            .filter(|t| t.proto == proto)
+            .map(|t| t.remote)
+            .collect();
         out.extend(requests(sources, remotes, &[proto], None));
     }
     out
@@ -471,10 +557,16 @@ fn icmp_requests(sources: &[IpAddr], targets: &[&TargetView]) -> Vec<FirewallReq
 // --- IPv6, partial loss ------------------------------------------------------------------
 
 fn ipv6_finding(judged: &[&TargetView], findings: &mut Vec<Finding>) {
-    let v6_failing: Vec<&TargetView> =
-        judged.iter().copied().filter(|t| t.remote.is_ipv6() && fails(t)).collect();
+    let v6_failing: Vec<&TargetView> = judged
+        .iter()
+        .copied()
+        .filter(|t| t.remote.is_ipv6() && fails(t))
+        .collect();
     let v6_answers = judged.iter().any(|t| t.remote.is_ipv6() && answers(t));
-    let v4_ok = judged.iter().filter(|t| t.remote.is_ipv4() && t.verdict == Verdict::Ok).count();
+    let v4_ok = judged
+        .iter()
+        .filter(|t| t.remote.is_ipv4() && t.verdict == Verdict::Ok)
+        .count();
     if v6_failing.is_empty() || v6_answers || v4_ok == 0 {
         return;
     }
@@ -484,7 +576,11 @@ fn ipv6_finding(judged: &[&TargetView], findings: &mut Vec<Finding>) {
          {} ok; programs that try IPv6 first stall or fall back slowly.",
         count(v6_failing.len() as u64, "IPv6 target", "IPv6 targets"),
         list(&labels),
-        if v6_failing.len() == 1 { "fails" } else { "fail" },
+        if v6_failing.len() == 1 {
+            "fails"
+        } else {
+            "fail"
+        },
         count(v4_ok as u64, "IPv4 target", "IPv4 targets"),
         if v4_ok == 1 { "is" } else { "are" },
     );
@@ -572,7 +668,9 @@ fn reasons(targets: &[&TargetView]) -> Option<String> {
 fn blocked_how(targets: &[&TargetView]) -> String {
     let dropped = targets.iter().any(|t| t.verdict == Verdict::Blackholed);
     let refused = targets.iter().any(|t| t.verdict == Verdict::Rejected);
-    let reasons = reasons(targets).map(|r| format!(" ({r})")).unwrap_or_default();
+    let reasons = reasons(targets)
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
     match (dropped, refused) {
         (true, false) => "silently dropped".to_owned(),
         (false, _) => format!("rejected{reasons}"),
@@ -584,10 +682,16 @@ fn blocked_how(targets: &[&TargetView]) -> String {
 /// (icmp-admin-prohibited)".
 fn failure_phrase(targets: &[&TargetView], one: &str, many: &str) -> String {
     let mut parts = Vec::new();
-    let dropped: Vec<&TargetView> =
-        targets.iter().copied().filter(|t| t.verdict == Verdict::Blackholed).collect();
-    let refused: Vec<&TargetView> =
-        targets.iter().copied().filter(|t| t.verdict == Verdict::Rejected).collect();
+    let dropped: Vec<&TargetView> = targets
+        .iter()
+        .copied()
+        .filter(|t| t.verdict == Verdict::Blackholed)
+        .collect();
+    let refused: Vec<&TargetView> = targets
+        .iter()
+        .copied()
+        .filter(|t| t.verdict == Verdict::Rejected)
+        .collect();
     if !dropped.is_empty() {
         let n = dropped.iter().map(|t| t.unanswered).sum();
         parts.push(format!(
@@ -598,7 +702,9 @@ fn failure_phrase(targets: &[&TargetView], one: &str, many: &str) -> String {
     }
     if !refused.is_empty() {
         let n: u64 = refused.iter().map(|t| t.rejected).sum();
-        let reasons = reasons(&refused).map(|r| format!(" ({r})")).unwrap_or_default();
+        let reasons = reasons(&refused)
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
         parts.push(format!(
             "{} to {} {} rejected{reasons}",
             count(n, one, many),
@@ -621,7 +727,9 @@ fn requests(
     let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = remotes.into_iter().partition(IpAddr::is_ipv4);
     let mut out = Vec::new();
     for family in [v4, v6] {
-        let Some(&first) = family.first() else { continue };
+        let Some(&first) = family.first() else {
+            continue;
+        };
         let source = source_for(sources, first);
         for &proto in protos {
             out.push(FirewallRequest {
@@ -639,12 +747,14 @@ fn requests(
 
 /// The first of `sources` of `destination`'s family, else that family's unspecified address.
 fn source_for(sources: &[IpAddr], destination: IpAddr) -> IpAddr {
-    sources.iter().copied().find(|s| s.is_ipv4() == destination.is_ipv4()).unwrap_or(
-        match destination {
+    sources
+        .iter()
+        .copied()
+        .find(|s| s.is_ipv4() == destination.is_ipv4())
+        .unwrap_or(match destination {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        },
-    )
+        })
 }
 
 /// "3 queries", "1 query".
@@ -677,7 +787,9 @@ fn one_line(text: String) -> String {
     if text.chars().all(printable) {
         return text;
     }
-    text.chars().map(|c| if printable(c) { c } else { '?' }).collect()
+    text.chars()
+        .map(|c| if printable(c) { c } else { '?' })
+        .collect()
 }
 
 #[cfg(test)]
@@ -733,7 +845,10 @@ mod tests {
     }
 
     fn snap(targets: Vec<TargetView>) -> Snapshot {
-        Snapshot { targets, ..Snapshot::default() }
+        Snapshot {
+            targets,
+            ..Snapshot::default()
+        }
     }
 
     fn run(targets: Vec<TargetView>) -> Vec<Finding> {
@@ -781,22 +896,37 @@ mod tests {
             ("nothing seen", vec![], vec![]),
             (
                 "everything answers",
-                vec![ok(Udp, R1, 53, 9), ok(Tcp, HOST, 443, 3), ok(Icmp, HOST, 0, 2)],
+                vec![
+                    ok(Udp, R1, 53, 9),
+                    ok(Tcp, HOST, 443, 3),
+                    ok(Icmp, HOST, 0, 2),
+                ],
                 vec![],
             ),
             (
                 "only pending targets",
-                vec![pending(Udp, R1, 53), pending(Tcp, HOST, 5432), pending(Icmp, HOST, 0)],
+                vec![
+                    pending(Udp, R1, 53),
+                    pending(Tcp, HOST, 5432),
+                    pending(Icmp, HOST, 0),
+                ],
                 vec![],
             ),
             (
                 "DNS dropped to every resolver, IP works",
-                vec![dropped(Udp, R1, 53, 10), dropped(Udp, R2, 53, 4), ok(Tcp, HOST, 443, 20)],
+                vec![
+                    dropped(Udp, R1, 53, 10),
+                    dropped(Udp, R2, 53, 4),
+                    ok(Tcp, HOST, 443, 20),
+                ],
                 vec![DNS_BLOCKED],
             ),
             (
                 "DNS rejected",
-                vec![refused(Udp, R1, 53, 5, "icmp-admin-prohibited"), ok(Tcp, HOST, 443, 1)],
+                vec![
+                    refused(Udp, R1, 53, 5, "icmp-admin-prohibited"),
+                    ok(Tcp, HOST, 443, 1),
+                ],
                 vec![DNS_BLOCKED],
             ),
             (
@@ -846,7 +976,11 @@ mod tests {
             ),
             (
                 "ping and tcp to one host, ping to another: two icmp findings",
-                vec![dropped(Icmp, HOST, 0, 4), ok(Tcp, HOST, 443, 3), dropped(Icmp, R1, 0, 1)],
+                vec![
+                    dropped(Icmp, HOST, 0, 4),
+                    ok(Tcp, HOST, 443, 3),
+                    dropped(Icmp, R1, 0, 1),
+                ],
                 vec![ICMP_FILTERED, ICMP_FILTERED],
             ),
             (
@@ -882,7 +1016,11 @@ mod tests {
                 vec![dropped(Tcp, HOST6, 443, 3), pending(Tcp, HOST, 443)],
                 vec![PORT_BLACKHOLED],
             ),
-            ("a degraded target", vec![degraded(Tcp, HOST, 443, 20, 3)], vec![PARTIAL_LOSS]),
+            (
+                "a degraded target",
+                vec![degraded(Tcp, HOST, 443, 20, 3)],
+                vec![PARTIAL_LOSS],
+            ),
             (
                 "all at once, most important first",
                 vec![
@@ -929,7 +1067,11 @@ mod tests {
             }
             let mut reversed = targets;
             reversed.reverse();
-            assert_eq!(run(reversed), findings, "{name}: input order does not matter");
+            assert_eq!(
+                run(reversed),
+                findings,
+                "{name}: input order does not matter"
+            );
         }
     }
 
@@ -944,7 +1086,13 @@ mod tests {
         ]);
         assert!(!findings.is_empty());
         for finding in &findings {
-            assert!(finding.evidence.iter().all(|t| t.verdict != Verdict::Pending), "{finding:?}");
+            assert!(
+                finding
+                    .evidence
+                    .iter()
+                    .all(|t| t.verdict != Verdict::Pending),
+                "{finding:?}"
+            );
         }
         let dns = the(&findings, DNS_BLOCKED);
         assert_eq!(
@@ -958,8 +1106,12 @@ mod tests {
     fn dns_blocked_says_ip_works_names_dont() {
         let mut r1 = dropped(Udp, R1, 53, 10);
         r1.names = Some(vec!["chat.example.com".into()]);
-        let findings =
-            run(vec![r1, dropped(Udp, R2, 53, 4), ok(Tcp, HOST, 443, 20), ok(Tcp, HOST, 22, 1)]);
+        let findings = run(vec![
+            r1,
+            dropped(Udp, R2, 53, 4),
+            ok(Tcp, HOST, 443, 20),
+            ok(Tcp, HOST, 22, 1),
+        ]);
         let dns = the(&findings, DNS_BLOCKED);
         assert_eq!(
             dns.summary,
@@ -990,7 +1142,10 @@ mod tests {
     fn dns_blocked_when_nothing_else_works_says_the_uplink_may_be_down() {
         let findings = run(vec![dropped(Udp, R1, 53, 2), dropped(Tcp, HOST, 443, 5)]);
         let summary = the(&findings, DNS_BLOCKED).summary;
-        assert!(summary.contains("no other traffic is answered either"), "{summary}");
+        assert!(
+            summary.contains("no other traffic is answered either"),
+            "{summary}"
+        );
         assert!(!summary.contains("names don't"), "{summary}");
         let only_dns = run(vec![dropped(Udp, R1, 53, 2)]);
         assert_eq!(
@@ -1025,10 +1180,16 @@ mod tests {
         let snapshot = snap(vec![dropped(Udp, R1, 53, 1), dropped(Udp, R6, 53, 1)]);
         let v4_only = diagnose(&snapshot, &[ip(SOURCE_V4)]);
         let sources: Vec<IpAddr> = v4_only[0].request.iter().map(|r| r.source).collect();
-        assert_eq!(sources, vec![ip(SOURCE_V4), ip(SOURCE_V4), ip("::"), ip("::")]);
+        assert_eq!(
+            sources,
+            vec![ip(SOURCE_V4), ip(SOURCE_V4), ip("::"), ip("::")]
+        );
         let v6_first = diagnose(&snapshot, &[ip(SOURCE_V6), ip("2001:db8:1::8")]);
         let sources: Vec<IpAddr> = v6_first[0].request.iter().map(|r| r.source).collect();
-        assert_eq!(sources, vec![ip("0.0.0.0"), ip("0.0.0.0"), ip(SOURCE_V6), ip(SOURCE_V6)]);
+        assert_eq!(
+            sources,
+            vec![ip("0.0.0.0"), ip("0.0.0.0"), ip(SOURCE_V6), ip(SOURCE_V6)]
+        );
         for request in v6_first[0].request.iter().chain(&v4_only[0].request) {
             assert_eq!(request.source.is_ipv4(), request.destinations[0].is_ipv4());
         }
@@ -1036,8 +1197,11 @@ mod tests {
 
     #[test]
     fn dns_blocked_does_not_fire_when_one_resolver_works() {
-        let findings =
-            run(vec![dropped(Udp, R1, 53, 3), ok(Udp, R2, 53, 7), ok(Tcp, HOST, 443, 1)]);
+        let findings = run(vec![
+            dropped(Udp, R1, 53, 3),
+            ok(Udp, R2, 53, 7),
+            ok(Tcp, HOST, 443, 1),
+        ]);
         assert!(!ids(&findings).contains(&DNS_BLOCKED));
         let partial = the(&findings, RESOLVER_PARTIALLY_BLOCKED);
         assert_eq!(
@@ -1055,13 +1219,20 @@ mod tests {
             "only the blocked resolver is requested"
         );
         assert!(
-            partial.evidence.iter().any(|t| t.remote == ip(R1) && t.verdict == Verdict::Blackholed)
+            partial
+                .evidence
+                .iter()
+                .any(|t| t.remote == ip(R1) && t.verdict == Verdict::Blackholed)
         );
     }
 
     #[test]
     fn dns_over_tcp_dropped_while_udp_answers() {
-        let findings = run(vec![ok(Udp, R1, 53, 7), dropped(Tcp, R1, 53, 2), ok(Udp, R2, 53, 1)]);
+        let findings = run(vec![
+            ok(Udp, R1, 53, 7),
+            dropped(Tcp, R1, 53, 2),
+            ok(Udp, R2, 53, 1),
+        ]);
         assert_eq!(ids(&findings), vec![DNS_TRANSPORT_BLOCKED]);
         let finding = &findings[0];
         assert_eq!(
@@ -1069,14 +1240,27 @@ mod tests {
             "DNS over tcp/53 to 198.51.100.53 is silently dropped while udp/53 answers: answers \
              too large for UDP (truncated: DNSSEC, long record sets) will fail."
         );
-        assert_eq!(finding.request, vec![request(SOURCE_V4, &[R1], Tcp, Some(53))]);
-        assert_eq!(finding.evidence.len(), 2, "the dropped tcp/53 and the working udp/53");
-        let udp = run(vec![refused(Udp, R1, 53, 2, "icmp-port-unreachable"), ok(Tcp, R1, 53, 1)]);
+        assert_eq!(
+            finding.request,
+            vec![request(SOURCE_V4, &[R1], Tcp, Some(53))]
+        );
+        assert_eq!(
+            finding.evidence.len(),
+            2,
+            "the dropped tcp/53 and the working udp/53"
+        );
+        let udp = run(vec![
+            refused(Udp, R1, 53, 2, "icmp-port-unreachable"),
+            ok(Tcp, R1, 53, 1),
+        ]);
         assert!(udp[0].summary.starts_with(
             "DNS over udp/53 to 198.51.100.53 is rejected (icmp-port-unreachable) while tcp/53 \
              answers"
         ));
-        assert_eq!(udp[0].request, vec![request(SOURCE_V4, &[R1], Udp, Some(53))]);
+        assert_eq!(
+            udp[0].request,
+            vec![request(SOURCE_V4, &[R1], Udp, Some(53))]
+        );
     }
 
     #[test]
@@ -1089,8 +1273,10 @@ mod tests {
             ok(Tcp, HOST, 443, 1),
             dropped(Tcp, R1, 53, 1), // DNS: not a port finding
         ]);
-        let ports: Vec<&Finding> =
-            findings.iter().filter(|f| f.finding == PORT_BLACKHOLED).collect();
+        let ports: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.finding == PORT_BLACKHOLED)
+            .collect();
         assert_eq!(ports.len(), 2);
         assert_eq!(
             ports[0].summary,
@@ -1133,37 +1319,83 @@ mod tests {
         );
         assert_eq!(
             findings[0].request,
-            vec![request(SOURCE_V4, &[HOST, "198.51.100.12"], Tcp, Some(8443))]
+            vec![request(
+                SOURCE_V4,
+                &[HOST, "198.51.100.12"],
+                Tcp,
+                Some(8443)
+            )]
         );
         assert!(findings[1].summary.contains("icmp6-adm-prohibited"));
         assert!(findings[1].summary.ends_with("a firewall rule rejects it."));
-        assert_eq!(findings[1].request, vec![request(SOURCE_V6, &[HOST6], Tcp, Some(8443))]);
+        assert_eq!(
+            findings[1].request,
+            vec![request(SOURCE_V6, &[HOST6], Tcp, Some(8443))]
+        );
         assert_eq!(
             findings[2].summary,
             "tcp/9000 to 198.51.100.10 is refused with tcp-reset (1 connection attempt rejected): \
              a firewall or the host itself refuses it (nothing listens there, or a rule resets \
              it); if it is the host, a firewall change will not help."
         );
-        assert_eq!(findings[2].request, vec![request(SOURCE_V4, &[HOST], Tcp, Some(9000))]);
+        assert_eq!(
+            findings[2].request,
+            vec![request(SOURCE_V4, &[HOST], Tcp, Some(9000))]
+        );
     }
 
     #[test]
     fn reject_meanings() {
         let cases = [
-            (Tcp, Some("icmp-admin-prohibited"), "a firewall rule rejects it"),
-            (Tcp, Some("icmp-net-prohibited"), "a firewall rule rejects it"),
+            (
+                Tcp,
+                Some("icmp-admin-prohibited"),
+                "a firewall rule rejects it",
+            ),
+            (
+                Tcp,
+                Some("icmp-net-prohibited"),
+                "a firewall rule rejects it",
+            ),
             (Tcp, Some("icmp6-policy-fail"), "a firewall rule rejects it"),
-            (Tcp, Some("icmp-port-unreachable"), "default of iptables' REJECT"),
-            (Udp, Some("icmp-port-unreachable"), "nothing listens on that port"),
-            (Udp, Some("icmp6-port-unreachable"), "a firewall change will not help"),
-            (Tcp, Some("icmp-host-unreachable"), "a router cannot reach it"),
+            (
+                Tcp,
+                Some("icmp-port-unreachable"),
+                "default of iptables' REJECT",
+            ),
+            (
+                Udp,
+                Some("icmp-port-unreachable"),
+                "nothing listens on that port",
+            ),
+            (
+                Udp,
+                Some("icmp6-port-unreachable"),
+                "a firewall change will not help",
+            ),
+            (
+                Tcp,
+                Some("icmp-host-unreachable"),
+                "a router cannot reach it",
+            ),
             (Tcp, Some("icmp6-no-route"), "a router cannot reach it"),
-            (Tcp, Some("icmp-proto-unreachable"), "does not handle that protocol"),
-            (Tcp, Some("icmp-unreachable-other"), "something on the path refuses it"),
+            (
+                Tcp,
+                Some("icmp-proto-unreachable"),
+                "does not handle that protocol",
+            ),
+            (
+                Tcp,
+                Some("icmp-unreachable-other"),
+                "something on the path refuses it",
+            ),
             (Tcp, None, "something on the path refuses it"),
         ];
         for (proto, reason, expected) in cases {
-            assert!(reject_meaning(proto, reason).contains(expected), "{reason:?}");
+            assert!(
+                reject_meaning(proto, reason).contains(expected),
+                "{reason:?}"
+            );
         }
     }
 
@@ -1178,7 +1410,11 @@ mod tests {
         );
         assert_eq!(icmp.request, vec![request(SOURCE_V4, &[HOST], Icmp, None)]);
         let evidence: Vec<Proto> = icmp.evidence.iter().map(|t| t.proto).collect();
-        assert_eq!(evidence, vec![Tcp, Icmp], "the failing ping and the proof the host is up");
+        assert_eq!(
+            evidence,
+            vec![Tcp, Icmp],
+            "the failing ping and the proof the host is up"
+        );
     }
 
     #[test]
@@ -1206,7 +1442,10 @@ mod tests {
 
     #[test]
     fn icmp_answering_or_degraded_is_not_filtered() {
-        let findings = run(vec![degraded(Icmp, HOST, 0, 10, 1), ok(Icmpv6, HOST6, 0, 1)]);
+        let findings = run(vec![
+            degraded(Icmp, HOST, 0, 10, 1),
+            ok(Icmpv6, HOST6, 0, 1),
+        ]);
         assert_eq!(ids(&findings), vec![PARTIAL_LOSS]);
     }
 
@@ -1252,16 +1491,24 @@ mod tests {
                  limit or an overloaded path).",
             ]
         );
-        assert!(findings.iter().all(|f| f.request.is_empty() && f.evidence.len() == 1));
+        assert!(
+            findings
+                .iter()
+                .all(|f| f.request.is_empty() && f.evidence.len() == 1)
+        );
     }
 
     #[test]
     fn long_lists_are_cut_and_odd_names_stay_ascii() {
-        let mut targets: Vec<TargetView> =
-            (1..=7).map(|i| dropped(Tcp, &format!("198.51.100.{i}"), 5432, 1)).collect();
+        let mut targets: Vec<TargetView> = (1..=7)
+            .map(|i| dropped(Tcp, &format!("198.51.100.{i}"), 5432, 1))
+            .collect();
         let mut dns = dropped(Udp, R1, 53, 1);
-        dns.names =
-            Some(vec!["caf\u{e9}.example\nnext".into(), "b.example".into(), "c.example".into()]);
+        dns.names = Some(vec![
+            "caf\u{e9}.example\nnext".into(),
+            "b.example".into(),
+            "c.example".into(),
+        ]);
         targets.push(dns);
         let findings = run(targets);
         let port = the(&findings, PORT_BLACKHOLED);
@@ -1273,17 +1520,26 @@ mod tests {
             "{}",
             port.summary
         );
-        assert_eq!(port.request[0].destinations.len(), 7, "the request lists every remote");
+        assert_eq!(
+            port.request[0].destinations.len(),
+            7,
+            "the request lists every remote"
+        );
         let dns = the(&findings, DNS_BLOCKED);
         assert!(
-            dns.summary.contains("lookups of b.example, c.example and 1 more fail"),
+            dns.summary
+                .contains("lookups of b.example, c.example and 1 more fail"),
             "{}",
             dns.summary
         );
         let mut odd = dropped(Udp, R1, 53, 1);
         odd.names = Some(vec!["caf\u{e9}.example\nnext".into()]);
         let odd = run(vec![odd]);
-        assert!(odd[0].summary.contains("lookups of caf?.example?next fail"), "{}", odd[0].summary);
+        assert!(
+            odd[0].summary.contains("lookups of caf?.example?next fail"),
+            "{}",
+            odd[0].summary
+        );
     }
 
     #[test]
@@ -1293,7 +1549,12 @@ mod tests {
         let findings = run(vec![target, ok(Icmp, HOST, 0, 1)]);
         let value = serde_json::to_value(&findings[0]).unwrap();
         assert_eq!(value["finding"], "dns-blocked");
-        assert!(value["summary"].as_str().unwrap().starts_with("DNS is blocked upstream"));
+        assert!(
+            value["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("DNS is blocked upstream")
+        );
         let evidence = &value["evidence"][0];
         assert_eq!(evidence["direction"], "egress");
         assert_eq!(evidence["proto"], "udp");
@@ -1320,7 +1581,10 @@ mod tests {
         assert_eq!(value["request"][0]["source"], SOURCE_V6);
         assert_eq!(value["evidence"][0]["port"], Value::Null);
         let partial = run(vec![degraded(Tcp, HOST, 443, 4, 1)]);
-        assert_eq!(serde_json::to_value(&partial[0]).unwrap()["request"], json!([]));
+        assert_eq!(
+            serde_json::to_value(&partial[0]).unwrap()["request"],
+            json!([])
+        );
     }
 
     #[test]
@@ -1340,7 +1604,11 @@ mod tests {
             }
         );
         let rejected = run(vec![refused(Udp, R1, 53, 3, "icmp-port-unreachable")]);
-        assert_ne!(before[0].key(), rejected[0].key(), "a verdict change is a change");
+        assert_ne!(
+            before[0].key(),
+            rejected[0].key(),
+            "a verdict change is a change"
+        );
         let more = run(vec![dropped(Udp, R1, 53, 3), dropped(Udp, R2, 53, 1)]);
         assert_ne!(before[0].key(), more[0].key(), "a new resolver is a change");
         let partial = run(vec![dropped(Udp, R1, 53, 3), ok(Udp, R2, 53, 1)]);
@@ -1372,6 +1640,9 @@ SOURCE         DESTINATIONS                 PROTO   PORT  DIRECTION  ACTION
     #[test]
     fn render_requests_is_empty_when_there_is_nothing_to_ask() {
         assert_eq!(render_requests(&[]), "");
-        assert_eq!(render_requests(&run(vec![degraded(Tcp, HOST, 443, 10, 1)])), "");
+        assert_eq!(
+            render_requests(&run(vec![degraded(Tcp, HOST, 443, 10, 1)])),
+            ""
+        );
     }
 }

@@ -30,7 +30,11 @@ pub fn parse_question(bytes: &[u8]) -> Option<Question> {
                 return None;
             }
             name.push_str("...");
-            return Some(Question { name, qtype: None, truncated: true });
+            return Some(Question {
+                name,
+                qtype: None,
+                truncated: true,
+            });
         };
         at += 1;
         if len == 0 {
@@ -48,15 +52,25 @@ pub fn parse_question(bytes: &[u8]) -> Option<Question> {
         escape_label(label, &mut name);
         if end > bytes.len() || name.len() > MAX_NAME_CHARS {
             name.push_str("...");
-            return Some(Question { name, qtype: None, truncated: true });
+            return Some(Question {
+                name,
+                qtype: None,
+                truncated: true,
+            });
         }
         at = end;
     }
     if name.is_empty() {
         name.push('.');
     }
-    let qtype = bytes.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    Some(Question { name, qtype, truncated: false })
+    let qtype = bytes
+        .get(at..at + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]));
+    Some(Question {
+        name,
+        qtype,
+        truncated: false,
+    })
 }
 
 fn escape_label(label: &[u8], out: &mut String) {
@@ -143,7 +157,9 @@ mod tests {
 
     #[test]
     fn hostile_bytes_are_escaped() {
-        let mut bytes = vec![5, b'a', 0x1b, b'[', b'.', b'\\', 3, b'x', b' ', 0xff, 0, 0, 1];
+        let mut bytes = vec![
+            5, b'a', 0x1b, b'[', b'.', b'\\', 3, b'x', b' ', 0xff, 0, 0, 1,
+        ];
         let q = parse_question(&bytes).unwrap();
         assert_eq!(q.name, "a\\027[\\.\\\\.x\\032\\255");
         assert!(q.name.bytes().all(|b| b.is_ascii_graphic()));

@@ -13,7 +13,9 @@ pub struct Interface {
 
 #[derive(Debug, Error)]
 pub enum InterfaceError {
-    #[error("no such interface: {0} (see `ip link`; interfaces in other network namespaces are not visible)")]
+    #[error(
+        "no such interface: {0} (see `ip link`; interfaces in other network namespaces are not visible)"
+    )]
     NotFound(String),
     #[error(
         "interface {name} is not an Ethernet device (link type {link_type}); netwatch reads \
@@ -43,10 +45,21 @@ pub enum LinkState {
 pub fn probe_link(name: &str) -> Option<(u32, LinkState)> {
     const IFF_UP: u32 = 0x1;
     let dir = Path::new("/sys/class/net").join(name);
-    let index = fs::read_to_string(dir.join("ifindex")).ok()?.trim().parse::<u32>().ok()?;
+    let index = fs::read_to_string(dir.join("ifindex"))
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()?;
     let flags = fs::read_to_string(dir.join("flags")).ok()?;
     let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
-    Some((index, if flags & IFF_UP != 0 { LinkState::Up } else { LinkState::Down }))
+    Some((
+        index,
+        if flags & IFF_UP != 0 {
+            LinkState::Up
+        } else {
+            LinkState::Down
+        },
+    ))
 }
 
 /// ARPHRD_ETHER and ARPHRD_LOOPBACK: frames tc hands over start with an Ethernet header.
@@ -62,7 +75,10 @@ pub fn resolve(requested: &[String]) -> Result<Vec<Interface>, InterfaceError> {
             // No IPv6 in this kernel: IPv4 routes only.
             Err(err) if err.kind() == io::ErrorKind::NotFound => String::new(),
             Err(source) => {
-                return Err(InterfaceError::Read { path: "/proc/net/ipv6_route".into(), source });
+                return Err(InterfaceError::Read {
+                    path: "/proc/net/ipv6_route".into(),
+                    source,
+                });
             }
         };
         let names = default_route_interfaces(&v4, &v6);
@@ -83,7 +99,10 @@ pub fn resolve(requested: &[String]) -> Result<Vec<Interface>, InterfaceError> {
 }
 
 fn read(path: &str) -> Result<String, InterfaceError> {
-    fs::read_to_string(path).map_err(|source| InterfaceError::Read { path: path.into(), source })
+    fs::read_to_string(path).map_err(|source| InterfaceError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 fn lookup(name: &str) -> Result<Interface, InterfaceError> {
@@ -97,9 +116,15 @@ fn lookup(name: &str) -> Result<Interface, InterfaceError> {
         .and_then(|text| text.trim().parse::<u32>().ok())
         .ok_or_else(|| InterfaceError::NotFound(name.to_owned()))?;
     if !ETHERNET_LINK_TYPES.contains(&link_type) {
-        return Err(InterfaceError::NotEthernet { name: name.to_owned(), link_type });
+        return Err(InterfaceError::NotEthernet {
+            name: name.to_owned(),
+            link_type,
+        });
     }
-    Ok(Interface { name: name.to_owned(), index })
+    Ok(Interface {
+        name: name.to_owned(),
+        index,
+    })
 }
 
 /// Interfaces of the default routes in `/proc/net/route` and `/proc/net/ipv6_route`,
@@ -157,7 +182,10 @@ wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
 
     #[test]
     fn finds_default_routes_of_both_families() {
-        assert_eq!(default_route_interfaces(ROUTE_V4, ROUTE_V6), vec!["eth0", "wlan0", "eth1"]);
+        assert_eq!(
+            default_route_interfaces(ROUTE_V4, ROUTE_V6),
+            vec!["eth0", "wlan0", "eth1"]
+        );
     }
 
     #[test]
@@ -170,13 +198,19 @@ wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
     #[test]
     fn duplicates_are_dropped() {
         let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n";
-        assert_eq!(default_route_interfaces(ROUTE_V4, v6), vec!["eth0", "wlan0"]);
+        assert_eq!(
+            default_route_interfaces(ROUTE_V4, v6),
+            vec!["eth0", "wlan0"]
+        );
     }
 
     #[test]
     fn missing_interfaces_are_named() {
         let err = resolve(&["nw-no-such0".to_owned()]).unwrap_err();
-        assert!(err.to_string().contains("no such interface: nw-no-such0"), "{err}");
+        assert!(
+            err.to_string().contains("no such interface: nw-no-such0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ fn main() -> ExitCode {
     // A bug must not print a backtrace over the operator's terminal: one line, then the
     // unwinding drops the probe, which detaches everything.
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()));
         eprintln!(
             "netwatch: internal error{}: {} (please report this)",
             location.unwrap_or_default(),
@@ -34,7 +36,10 @@ fn main() -> ExitCode {
     if let Some(tool) = &args.command {
         return generate(tool);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("netwatch: error: could not start the runtime: {err}");

@@ -95,18 +95,24 @@ pub(crate) enum Output {
 impl Output {
     pub fn new(mode: Mode) -> io::Result<Self> {
         Ok(match mode {
-            Mode::Json => {
-                Self::Json { writer: JsonWriter::new(io::stdout()), announced: BTreeSet::new() }
-            }
+            Mode::Json => Self::Json {
+                writer: JsonWriter::new(io::stdout()),
+                announced: BTreeSet::new(),
+            },
             Mode::Tui => Self::Tui {
-                guard: TerminalGuard { terminal: ratatui::try_init()? },
+                guard: TerminalGuard {
+                    terminal: ratatui::try_init()?,
+                },
                 state: UiState::default(),
                 events: EventStream::new(),
                 last_draw: None,
                 frozen: None,
                 latest: None,
             },
-            Mode::Plain => Self::Plain { last_print: None, last_body: String::new() },
+            Mode::Plain => Self::Plain {
+                last_print: None,
+                last_body: String::new(),
+            },
         })
     }
 
@@ -116,23 +122,36 @@ impl Output {
                 if !view.changes.is_empty() {
                     writer.verdicts(view.changes, &now_rfc3339())?;
                 }
-                let current: BTreeSet<FindingKey> = view.findings.iter().map(Finding::key).collect();
-                let new: Vec<&Finding> =
-                    view.findings.iter().filter(|f| !announced.contains(&f.key())).collect();
+                let current: BTreeSet<FindingKey> =
+                    view.findings.iter().map(Finding::key).collect();
+                let new: Vec<&Finding> = view
+                    .findings
+                    .iter()
+                    .filter(|f| !announced.contains(&f.key()))
+                    .collect();
                 if !new.is_empty() {
                     writer.diagnoses(&new)?;
                 }
                 *announced = current;
                 Ok(())
             }
-            Self::Tui { last_draw, latest, .. } => {
-                *latest = Some((view.snapshot.clone(), view.findings.to_vec(), view.run.clone()));
+            Self::Tui {
+                last_draw, latest, ..
+            } => {
+                *latest = Some((
+                    view.snapshot.clone(),
+                    view.findings.to_vec(),
+                    view.run.clone(),
+                ));
                 if last_draw.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
                     return Ok(());
                 }
                 self.draw()
             }
-            Self::Plain { last_print, last_body } => {
+            Self::Plain {
+                last_print,
+                last_body,
+            } => {
                 if last_print.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
                     return Ok(());
                 }
@@ -142,7 +161,11 @@ impl Output {
                 }
                 *last_print = Some(Instant::now());
                 let mut out = io::stdout().lock();
-                write!(out, "{}\n{body}\n", table::status_line(view.snapshot, view.run))?;
+                write!(
+                    out,
+                    "{}\n{body}\n",
+                    table::status_line(view.snapshot, view.run)
+                )?;
                 *last_body = body;
                 out.flush()
             }
@@ -150,7 +173,17 @@ impl Output {
     }
 
     fn draw(&mut self) -> io::Result<()> {
-        let Self::Tui { guard, state, last_draw, frozen, latest, .. } = self else { return Ok(()) };
+        let Self::Tui {
+            guard,
+            state,
+            last_draw,
+            frozen,
+            latest,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
         if state.paused && frozen.is_none() {
             frozen.clone_from(latest);
         } else if !state.paused {
@@ -160,7 +193,17 @@ impl Output {
             return Ok(());
         };
         *last_draw = Some(Instant::now());
-        guard.terminal.draw(|frame| tui::draw(frame, state, &Screen { snapshot, run, findings }))?;
+        guard.terminal.draw(|frame| {
+            tui::draw(
+                frame,
+                state,
+                &Screen {
+                    snapshot,
+                    run,
+                    findings,
+                },
+            )
+        })?;
         Ok(())
     }
 
@@ -248,7 +291,10 @@ pub fn interface_message(interface: &WatchedInterface) -> String {
     match interface.state {
         LinkState::Up => format!("{} is up, watched ({})", interface.name, interface.attach),
         LinkState::Down => {
-            format!("{} is down; still attached, nothing to see until it is up", interface.name)
+            format!(
+                "{} is down; still attached, nothing to see until it is up",
+                interface.name
+            )
         }
         LinkState::Gone => format!(
             "{} is gone; watching the others, and attaching again when it returns",

@@ -12,10 +12,22 @@ pub struct Capability {
     pub bit: u32,
 }
 
-pub const CAP_NET_ADMIN: Capability = Capability { name: "CAP_NET_ADMIN", bit: 12 };
-pub const CAP_SYS_ADMIN: Capability = Capability { name: "CAP_SYS_ADMIN", bit: 21 };
-pub const CAP_PERFMON: Capability = Capability { name: "CAP_PERFMON", bit: 38 };
-pub const CAP_BPF: Capability = Capability { name: "CAP_BPF", bit: 39 };
+pub const CAP_NET_ADMIN: Capability = Capability {
+    name: "CAP_NET_ADMIN",
+    bit: 12,
+};
+pub const CAP_SYS_ADMIN: Capability = Capability {
+    name: "CAP_SYS_ADMIN",
+    bit: 21,
+};
+pub const CAP_PERFMON: Capability = Capability {
+    name: "CAP_PERFMON",
+    bit: 38,
+};
+pub const CAP_BPF: Capability = Capability {
+    name: "CAP_BPF",
+    bit: 39,
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PrivilegeError {
@@ -79,7 +91,9 @@ pub fn require() -> Result<(), PrivilegeError> {
         return Ok(());
     }
     let names: Vec<&str> = missing.iter().map(|cap| cap.name).collect();
-    Err(PrivilegeError::Missing { missing: names.join(", ") })
+    Err(PrivilegeError::Missing {
+        missing: names.join(", "),
+    })
 }
 
 #[cfg(test)]
@@ -112,9 +126,13 @@ mod tests {
 
     #[test]
     fn the_error_is_one_actionable_line() {
-        let err = PrivilegeError::Missing { missing: "CAP_BPF, CAP_NET_ADMIN".into() };
+        let err = PrivilegeError::Missing {
+            missing: "CAP_BPF, CAP_NET_ADMIN".into(),
+        };
         let text = err.to_string();
-        assert!(text.starts_with("missing capabilities CAP_BPF, CAP_NET_ADMIN: run netwatch as root"));
+        assert!(
+            text.starts_with("missing capabilities CAP_BPF, CAP_NET_ADMIN: run netwatch as root")
+        );
         assert!(!text.contains('\n'));
     }
 }

@@ -51,7 +51,9 @@ pub enum ProbeError {
 pub enum Attached {
     Tcx,
     /// A clsact qdisc filter; `created_qdisc` when netwatch added the qdisc.
-    Clsact { created_qdisc: bool },
+    Clsact {
+        created_qdisc: bool,
+    },
 }
 
 impl Attached {
@@ -101,14 +103,20 @@ impl CounterArray {
         }
         let base = std::ptr::NonNull::new(ptr.cast())
             .ok_or_else(|| ProbeError::Mmap(std::io::Error::other("mmap returned null")))?;
-        Ok(Self { base, len, _map: map })
+        Ok(Self {
+            base,
+            len,
+            _map: map,
+        })
     }
 
     /// The counters at `slot` as they are now. The kernel updates each field atomically;
     /// two fields read a few nanoseconds apart may disagree by an event, which the next
     /// read settles.
     fn read(&self, slot: u32) -> Option<TargetCounters> {
-        let slot = usize::try_from(slot).ok().filter(|s| *s < TARGETS_CAPACITY as usize)?;
+        let slot = usize::try_from(slot)
+            .ok()
+            .filter(|s| *s < TARGETS_CAPACITY as usize)?;
         // SAFETY: in bounds of the mapping, aligned; volatile because the kernel writes it.
         Some(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(slot)) })
     }
@@ -146,8 +154,10 @@ pub struct Probe {
 /// Read access to the kernel's tables, so the poll loop can run against fakes in tests.
 pub trait KernelTables {
     /// Calls `each` with every target's cumulative counters.
-    fn read_targets(&mut self, each: &mut dyn FnMut(&TargetKey, &TargetCounters))
-    -> Result<(), ProbeError>;
+    fn read_targets(
+        &mut self,
+        each: &mut dyn FnMut(&TargetKey, &TargetCounters),
+    ) -> Result<(), ProbeError>;
     /// Every entry of the pending table.
     fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError>;
     /// Removes a pending entry; a missing one is not an error.
@@ -164,7 +174,11 @@ fn first_line(err: &dyn std::error::Error) -> String {
         text.push_str(&inner.to_string());
         source = inner.source();
     }
-    text.lines().next().unwrap_or_default().trim_end_matches(['.', ':']).to_owned()
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(['.', ':'])
+        .to_owned()
 }
 
 impl Probe {
@@ -185,20 +199,43 @@ impl Probe {
                 ProbeError::Load(first_line(&err))
             })?;
         }
-        let pending = HashMap::try_from(take_map(&mut ebpf, PENDING_MAP)?)
-            .map_err(|source| ProbeError::Map { map: PENDING_MAP, source })?;
-        let target_slots = HashMap::try_from(take_map(&mut ebpf, TARGET_SLOTS_MAP)?)
-            .map_err(|source| ProbeError::Map { map: TARGET_SLOTS_MAP, source })?;
-        let slot_owners = HashMap::try_from(take_map(&mut ebpf, SLOT_OWNERS_MAP)?)
-            .map_err(|source| ProbeError::Map { map: SLOT_OWNERS_MAP, source })?;
-        let next_slot = Array::try_from(take_map(&mut ebpf, NEXT_SLOT_MAP)?)
-            .map_err(|source| ProbeError::Map { map: NEXT_SLOT_MAP, source })?;
+        let pending = HashMap::try_from(take_map(&mut ebpf, PENDING_MAP)?).map_err(|source| {
+            ProbeError::Map {
+                map: PENDING_MAP,
+                source,
+            }
+        })?;
+        let target_slots =
+            HashMap::try_from(take_map(&mut ebpf, TARGET_SLOTS_MAP)?).map_err(|source| {
+                ProbeError::Map {
+                    map: TARGET_SLOTS_MAP,
+                    source,
+                }
+            })?;
+        let slot_owners =
+            HashMap::try_from(take_map(&mut ebpf, SLOT_OWNERS_MAP)?).map_err(|source| {
+                ProbeError::Map {
+                    map: SLOT_OWNERS_MAP,
+                    source,
+                }
+            })?;
+        let next_slot = Array::try_from(take_map(&mut ebpf, NEXT_SLOT_MAP)?).map_err(|source| {
+            ProbeError::Map {
+                map: NEXT_SLOT_MAP,
+                source,
+            }
+        })?;
         let targets = match take_map(&mut ebpf, TARGETS_MAP)? {
             aya::maps::Map::Array(data) => CounterArray::map(data)?,
             _ => return Err(ProbeError::Load(format!("{TARGETS_MAP} is not an array"))),
         };
-        let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
-            .map_err(|source| ProbeError::Map { map: COUNTERS_MAP, source })?;
+        let counters =
+            PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?).map_err(|source| {
+                ProbeError::Map {
+                    map: COUNTERS_MAP,
+                    source,
+                }
+            })?;
         Ok(Self {
             ebpf,
             pending,
@@ -220,21 +257,27 @@ impl Probe {
             AttachMode::Tcx => self.attach_tcx(iface),
             AttachMode::Clsact => self.attach_clsact(iface),
             AttachMode::Auto => self.attach_tcx(iface).or_else(|tcx_err| {
-                log::info!("tcx unavailable on {} ({tcx_err}); using a clsact filter", iface.name);
-                self.attach_clsact(iface).map_err(|clsact_err| ProbeError::Attach {
-                    iface: iface.name.clone(),
-                    reason: format!(
-                        "tcx failed ({tcx_err}) and so did clsact ({clsact_err}); the kernel \
+                log::info!(
+                    "tcx unavailable on {} ({tcx_err}); using a clsact filter",
+                    iface.name
+                );
+                self.attach_clsact(iface)
+                    .map_err(|clsact_err| ProbeError::Attach {
+                        iface: iface.name.clone(),
+                        reason: format!(
+                            "tcx failed ({tcx_err}) and so did clsact ({clsact_err}); the kernel \
                          needs tcx (Linux 6.6+) or CONFIG_NET_SCH_INGRESS and CONFIG_NET_CLS_BPF"
-                    ),
-                })
+                        ),
+                    })
             }),
         }?;
         Ok(attached)
     }
 
     fn attach_tcx(&mut self, iface: &Interface) -> Result<Attached, ProbeError> {
-        self.attach_both(iface, Attached::Tcx, || TcAttachOptions::TcxOrder(LinkOrder::default()))
+        self.attach_both(iface, Attached::Tcx, || {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        })
     }
 
     fn attach_clsact(&mut self, iface: &Interface) -> Result<Attached, ProbeError> {
@@ -249,7 +292,11 @@ impl Probe {
             }
         };
         let via = Attached::Clsact { created_qdisc };
-        let result = self.attach_both(iface, via, || TcAttachOptions::Netlink(NlOptions::default()));
+        let result = self.attach_both(
+            iface,
+            via,
+            || TcAttachOptions::Netlink(NlOptions::default()),
+        );
         if result.is_err() && created_qdisc {
             delete_clsact_if_empty(&iface.name);
         }
@@ -263,9 +310,10 @@ impl Probe {
         options: impl Fn() -> TcAttachOptions,
     ) -> Result<Attached, ProbeError> {
         let mut links = Vec::new();
-        for (name, direction) in
-            [(EGRESS_PROGRAM, TcAttachType::Egress), (INGRESS_PROGRAM, TcAttachType::Ingress)]
-        {
+        for (name, direction) in [
+            (EGRESS_PROGRAM, TcAttachType::Egress),
+            (INGRESS_PROGRAM, TcAttachType::Ingress),
+        ] {
             let program = classifier(&mut self.ebpf, name)?;
             match program.attach_with_options(&iface.name, direction, options()) {
                 Ok(link) => links.push((name, link)),
@@ -306,14 +354,20 @@ impl Probe {
     /// was deleted took its tcx links and filters with it, which is not an error).
     pub fn forget(&mut self, iface: &str) {
         let (gone, kept): (Vec<Attachment>, Vec<Attachment>) =
-            std::mem::take(&mut self.attachments).into_iter().partition(|a| a.iface == iface);
+            std::mem::take(&mut self.attachments)
+                .into_iter()
+                .partition(|a| a.iface == iface);
         self.attachments = kept;
         for attachment in gone {
             let still_there = crate::interfaces::probe_link(iface)
                 .is_some_and(|(index, _)| index == attachment.ifindex);
             if still_there {
                 self.detach_links(&attachment.iface, attachment.links);
-                if attachment.via == (Attached::Clsact { created_qdisc: true }) {
+                if attachment.via
+                    == (Attached::Clsact {
+                        created_qdisc: true,
+                    })
+                {
                     delete_clsact_if_empty(&attachment.iface);
                 }
             } else {
@@ -333,14 +387,21 @@ impl Probe {
     /// The interface index `iface` was attached at, if attached.
     #[must_use]
     pub fn attached_index(&self, iface: &str) -> Option<u32> {
-        self.attachments.iter().find(|a| a.iface == iface).map(|a| a.ifindex)
+        self.attachments
+            .iter()
+            .find(|a| a.iface == iface)
+            .map(|a| a.ifindex)
     }
 
     /// Detaches from every interface (and removes clsact qdiscs netwatch created).
     pub fn detach_all(&mut self) {
         for attachment in std::mem::take(&mut self.attachments) {
             self.detach_links(&attachment.iface, attachment.links);
-            if attachment.via == (Attached::Clsact { created_qdisc: true }) {
+            if attachment.via
+                == (Attached::Clsact {
+                    created_qdisc: true,
+                })
+            {
                 delete_clsact_if_empty(&attachment.iface);
             }
         }
@@ -366,10 +427,14 @@ impl Probe {
         let hint = self
             .next_slot
             .get(&0, 0)
-            .map_err(|source| ProbeError::Map { map: NEXT_SLOT_MAP, source })?
+            .map_err(|source| ProbeError::Map {
+                map: NEXT_SLOT_MAP,
+                source,
+            })?
             .min(TARGETS_CAPACITY);
         while self.scanned_slots < hint {
-            self.unresolved_slots.push((self.scanned_slots, SLOT_RETRIES));
+            self.unresolved_slots
+                .push((self.scanned_slots, SLOT_RETRIES));
             self.scanned_slots += 1;
         }
         let mut still = Vec::new();
@@ -377,12 +442,19 @@ impl Probe {
             let owner = match self.slot_owners.get(&slot, 0) {
                 Ok(owner) => Some(owner),
                 Err(MapError::KeyNotFound) => None,
-                Err(source) => return Err(ProbeError::Map { map: SLOT_OWNERS_MAP, source }),
+                Err(source) => {
+                    return Err(ProbeError::Map {
+                        map: SLOT_OWNERS_MAP,
+                        source,
+                    });
+                }
             };
             // A claim counts once the target points back at it (the kernel inserts the
             // target right after claiming, and gives the slot back if it lost a race).
             let confirmed = owner.filter(|owner| {
-                self.target_slots.get(owner, 0).is_ok_and(|confirmed| confirmed == slot)
+                self.target_slots
+                    .get(owner, 0)
+                    .is_ok_and(|confirmed| confirmed == slot)
             });
             match confirmed {
                 Some(owner) => self.known_slots.push((slot, owner)),
@@ -418,7 +490,10 @@ impl KernelTables for Probe {
     fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError> {
         let mut entries = Vec::new();
         for entry in self.pending.iter() {
-            entries.push(entry.map_err(|source| ProbeError::Map { map: PENDING_MAP, source })?);
+            entries.push(entry.map_err(|source| ProbeError::Map {
+                map: PENDING_MAP,
+                source,
+            })?);
             // Deletions during the walk can restart it from the first key; never loop forever.
             if entries.len() > 2 * PENDING_CAPACITY as usize {
                 break;
@@ -430,10 +505,15 @@ impl KernelTables for Probe {
     fn remove_pending(&mut self, key: &RequestKey) -> Result<(), ProbeError> {
         match self.pending.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
-            Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Err(MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
                 Ok(())
             }
-            Err(source) => Err(ProbeError::Map { map: PENDING_MAP, source }),
+            Err(source) => Err(ProbeError::Map {
+                map: PENDING_MAP,
+                source,
+            }),
         }
     }
 
@@ -443,7 +523,10 @@ impl KernelTables for Probe {
             let per_cpu = self
                 .counters
                 .get(&u32::try_from(index).unwrap_or(u32::MAX), 0)
-                .map_err(|source| ProbeError::Map { map: COUNTERS_MAP, source })?;
+                .map_err(|source| ProbeError::Map {
+                    map: COUNTERS_MAP,
+                    source,
+                })?;
             *value = per_cpu.iter().fold(0u64, |sum, v| sum.saturating_add(*v));
         }
         Ok(values)
@@ -476,7 +559,10 @@ fn delete_clsact_if_empty(iface: &str) {
         log::info!("leaving the clsact qdisc on {iface}: other filters use it");
         return;
     }
-    match Command::new("tc").args(["qdisc", "del", "dev", iface, "clsact"]).output() {
+    match Command::new("tc")
+        .args(["qdisc", "del", "dev", iface, "clsact"])
+        .output()
+    {
         Ok(out) if out.status.success() => {}
         Ok(out) => log::warn!(
             "could not remove the clsact qdisc from {iface}: {}",

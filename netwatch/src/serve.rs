@@ -45,7 +45,10 @@ pub async fn start(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
 }
 
 async fn scrape(State(shared): State<Shared>) -> impl IntoResponse {
-    let published = shared.lock().map(|p| p.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+    let published = shared
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
     let body = metrics::render(&published.snapshot, &published.run, &Cardinality::default());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body)
 }

@@ -48,7 +48,10 @@ pub struct TargetView {
 impl TargetView {
     #[must_use]
     pub fn service(&self) -> Service {
-        Service { proto: self.proto, port: self.port }
+        Service {
+            proto: self.proto,
+            port: self.port,
+        }
     }
 
     /// Worst verdict first; then most failures, most requests, and address order.
@@ -89,8 +92,10 @@ impl Rollup {
         let mut rollups: Vec<Self> = groups
             .into_iter()
             .map(|(service, members)| {
-                let judged: Vec<&&TargetView> =
-                    members.iter().filter(|t| t.verdict != Verdict::Pending).collect();
+                let judged: Vec<&&TargetView> = members
+                    .iter()
+                    .filter(|t| t.verdict != Verdict::Pending)
+                    .collect();
                 let verdict = match judged.first() {
                     None => Verdict::Pending,
                     Some(first) if judged.iter().all(|t| t.verdict == first.verdict) => {
@@ -102,8 +107,10 @@ impl Rollup {
                 for reason in members.iter().filter_map(|t| t.reason) {
                     *reasons.entry(reason).or_default() += 1;
                 }
-                let reason =
-                    reasons.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0))).map(|r| r.0);
+                let reason = reasons
+                    .into_iter()
+                    .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+                    .map(|r| r.0);
                 Self {
                     proto: service.proto,
                     port: service.port,
@@ -128,7 +135,10 @@ impl Rollup {
 
     #[must_use]
     pub fn service(&self) -> Service {
-        Service { proto: self.proto, port: self.port }
+        Service {
+            proto: self.proto,
+            port: self.port,
+        }
     }
 }
 
@@ -174,7 +184,12 @@ pub struct Snapshot {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn view(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> TargetView {
+    pub(crate) fn view(
+        proto: Proto,
+        remote: &str,
+        port: Option<u16>,
+        verdict: Verdict,
+    ) -> TargetView {
         TargetView {
             direction: Direction::Egress,
             proto,
@@ -210,7 +225,12 @@ pub(crate) mod tests {
             view(Proto::Icmp, "198.51.100.2", None, Verdict::Pending),
         ];
         let rollups = Rollup::of(&targets);
-        let find = |proto, port| rollups.iter().find(|r| r.proto == proto && r.port == port).unwrap();
+        let find = |proto, port| {
+            rollups
+                .iter()
+                .find(|r| r.proto == proto && r.port == port)
+                .unwrap()
+        };
         assert_eq!(find(Proto::Udp, Some(53)).verdict, Verdict::Blackholed);
         assert_eq!(find(Proto::Udp, Some(53)).remotes, 3);
         assert_eq!(find(Proto::Tcp, Some(443)).verdict, Verdict::Degraded);

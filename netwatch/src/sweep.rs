@@ -56,10 +56,16 @@ pub fn fate(
     let idle = now_ns.saturating_sub(entry.last_sent_ns);
     if entry.flags & PENDING_FLAG_REJECTED != 0 {
         // Settled by the kernel; kept only to recognise retransmits.
-        return if under_pressure || idle > TOMBSTONE_IDLE_NS { Fate::Remove } else { Fate::Tombstone };
+        return if under_pressure || idle > TOMBSTONE_IDLE_NS {
+            Fate::Remove
+        } else {
+            Fate::Tombstone
+        };
     }
-    let deadline =
-        entry.first_sent_ns.saturating_add(policy.timeout_ns).saturating_add(EXPIRY_MARGIN_NS);
+    let deadline = entry
+        .first_sent_ns
+        .saturating_add(policy.timeout_ns)
+        .saturating_add(EXPIRY_MARGIN_NS);
     if now_ns < deadline {
         return Fate::InFlight;
     }
@@ -68,7 +74,11 @@ pub fn fate(
     }
     // A late answer ends the exchange: no retransmit will follow.
     let answered_late = entry.flags & PENDING_FLAG_LATE != 0;
-    if under_pressure || answered_late || idle > TOMBSTONE_IDLE_NS { Fate::Remove } else { Fate::Tombstone }
+    if under_pressure || answered_late || idle > TOMBSTONE_IDLE_NS {
+        Fate::Remove
+    } else {
+        Fate::Tombstone
+    }
 }
 
 /// What one sweep found.
@@ -95,7 +105,11 @@ pub struct Sweeper {
 impl Sweeper {
     #[must_use]
     pub fn new(policy: SweepPolicy) -> Self {
-        Self { policy, counted: HashSet::new(), last_size: 0 }
+        Self {
+            policy,
+            counted: HashSet::new(),
+            last_size: 0,
+        }
     }
 
     /// Classifies every entry of the table as read at `now_ns`.
@@ -149,7 +163,10 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn policy() -> SweepPolicy {
-        SweepPolicy { timeout_ns: 3 * S, capacity: 100 }
+        SweepPolicy {
+            timeout_ns: 3 * S,
+            capacity: 100,
+        }
     }
 
     fn entry(first: u64, last: u64) -> PendingRequest {
@@ -182,14 +199,23 @@ mod tests {
     fn requests_within_deadline_and_margin_are_in_flight() {
         let p = policy();
         assert_eq!(fate(&p, 3 * S, &entry(0, 0), false, false), Fate::InFlight);
-        assert_eq!(fate(&p, 3 * S + EXPIRY_MARGIN_NS - 1, &entry(0, 0), false, false), Fate::InFlight);
-        assert_eq!(fate(&p, 3 * S + EXPIRY_MARGIN_NS, &entry(0, 0), false, false), Fate::Unanswered);
+        assert_eq!(
+            fate(&p, 3 * S + EXPIRY_MARGIN_NS - 1, &entry(0, 0), false, false),
+            Fate::InFlight
+        );
+        assert_eq!(
+            fate(&p, 3 * S + EXPIRY_MARGIN_NS, &entry(0, 0), false, false),
+            Fate::Unanswered
+        );
     }
 
     #[test]
     fn the_deadline_runs_from_the_first_send_not_the_retransmit() {
         let p = policy();
-        assert_eq!(fate(&p, 4 * S, &entry(0, 3 * S), false, false), Fate::Unanswered);
+        assert_eq!(
+            fate(&p, 4 * S, &entry(0, 3 * S), false, false),
+            Fate::Unanswered
+        );
     }
 
     #[test]
@@ -197,7 +223,10 @@ mod tests {
         let p = policy();
         let e = entry(0, 10 * S);
         assert_eq!(fate(&p, 20 * S, &e, true, false), Fate::Tombstone);
-        assert_eq!(fate(&p, 10 * S + TOMBSTONE_IDLE_NS + 1, &e, true, false), Fate::Remove);
+        assert_eq!(
+            fate(&p, 10 * S + TOMBSTONE_IDLE_NS + 1, &e, true, false),
+            Fate::Remove
+        );
     }
 
     #[test]
@@ -218,7 +247,10 @@ mod tests {
         rejected.flags = PENDING_FLAG_REJECTED;
         assert_eq!(fate(&p, 1, &rejected, false, false), Fate::Tombstone);
         assert_eq!(fate(&p, 10 * S, &rejected, false, false), Fate::Tombstone);
-        assert_eq!(fate(&p, TOMBSTONE_IDLE_NS + 1, &rejected, false, false), Fate::Remove);
+        assert_eq!(
+            fate(&p, TOMBSTONE_IDLE_NS + 1, &rejected, false, false),
+            Fate::Remove
+        );
         assert_eq!(fate(&p, 10 * S, &rejected, false, true), Fate::Remove);
     }
 
@@ -251,7 +283,10 @@ mod tests {
 
     #[test]
     fn a_nearly_full_table_drops_tombstones_on_the_next_sweep() {
-        let mut sweeper = Sweeper::new(SweepPolicy { timeout_ns: 3 * S, capacity: 4 });
+        let mut sweeper = Sweeper::new(SweepPolicy {
+            timeout_ns: 3 * S,
+            capacity: 4,
+        });
         let table: Vec<_> = (1..=3).map(|port| (key(port), entry(0, 0))).collect();
         assert_eq!(sweeper.sweep(4 * S, table.clone()).unanswered.len(), 3);
         let next = sweeper.sweep(5 * S, table);

@@ -110,7 +110,10 @@ impl Target {
     /// The `PROTO/PORT` label of the rollup this target belongs to (`ICMP` for ICMP).
     #[must_use]
     pub fn service(&self) -> Service {
-        Service { proto: self.proto, port: self.port }
+        Service {
+            proto: self.proto,
+            port: self.port,
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use std::{
 };
 
 use netwatch_common::{
-    KernelCounter, LATENCY_BUCKETS, PendingRequest, latency_bucket_upper_ns, REASON_SLOTS, Reason, RequestKey,
-    TargetCounters, TargetKey, proto,
+    KernelCounter, LATENCY_BUCKETS, PendingRequest, REASON_SLOTS, Reason, RequestKey,
+    TargetCounters, TargetKey, latency_bucket_upper_ns, proto,
 };
 
 use crate::{
@@ -116,14 +116,22 @@ impl Tracker {
     /// Takes in one target's cumulative kernel counters as read at `now_ns`; the increase
     /// since the last read becomes outcomes resolved at `now_ns`.
     pub fn observe_counters(&mut self, now_ns: u64, key: &TargetKey, counters: &TargetCounters) {
-        let Some(target) = Target::from_key(key) else { return };
+        let Some(target) = Target::from_key(key) else {
+            return;
+        };
         let window = self.window;
-        let state = self.targets.entry(*key).or_insert_with(|| TargetState::new(target, window));
+        let state = self
+            .targets
+            .entry(*key)
+            .or_insert_with(|| TargetState::new(target, window));
         let old = &state.kernel;
         let answered = counters.answered.saturating_sub(old.answered);
         let mut rejected = Vec::new();
-        for (code, (new, old)) in
-            counters.rejected_by_reason.iter().zip(old.rejected_by_reason.iter()).enumerate()
+        for (code, (new, old)) in counters
+            .rejected_by_reason
+            .iter()
+            .zip(old.rejected_by_reason.iter())
+            .enumerate()
         {
             if new > old {
                 rejected.push((u8::try_from(code).unwrap_or(0), new - old));
@@ -136,10 +144,14 @@ impl Tracker {
     /// Takes in a request found unanswered at `now_ns`.
     pub fn observe_unanswered(&mut self, now_ns: u64, key: &RequestKey, request: &PendingRequest) {
         let target_key = key.target();
-        let Some(target) = Target::from_key(&target_key) else { return };
+        let Some(target) = Target::from_key(&target_key) else {
+            return;
+        };
         let window = self.window;
-        let state =
-            self.targets.entry(target_key).or_insert_with(|| TargetState::new(target, window));
+        let state = self
+            .targets
+            .entry(target_key)
+            .or_insert_with(|| TargetState::new(target, window));
         state.unanswered += 1;
         state.history.record(now_ns, 0, 1, &[]);
         if is_dns(&state.target) && state.names.len() < NAMES_PER_TARGET {
@@ -170,7 +182,10 @@ impl Tracker {
         let total: u64 = self.targets.values().map(|s| s.kernel.requests).sum();
         self.rate_samples.push_back((now_ns, total));
         while self.rate_samples.len() > 2
-            && self.rate_samples.front().is_some_and(|(t, _)| t + 5_000_000_000 < now_ns)
+            && self
+                .rate_samples
+                .front()
+                .is_some_and(|(t, _)| t + 5_000_000_000 < now_ns)
         {
             self.rate_samples.pop_front();
         }
@@ -194,8 +209,12 @@ impl Tracker {
     /// The current state for renderers.
     #[must_use]
     pub fn snapshot(&self, now_ns: u64) -> Snapshot {
-        let mut targets: Vec<TargetView> =
-            self.targets.values().filter(|s| s.announced).map(|s| s.view(now_ns)).collect();
+        let mut targets: Vec<TargetView> = self
+            .targets
+            .values()
+            .filter(|s| s.announced)
+            .map(|s| s.view(now_ns))
+            .collect();
         targets.sort_by(TargetView::worst_first);
         let rollups = Rollup::of(&targets);
         let requests_per_s = match (self.rate_samples.front(), self.rate_samples.back()) {
@@ -253,7 +272,11 @@ pub fn latency_percentile_ms(buckets: &[u64; LATENCY_BUCKETS], quantile: f64) ->
         #[expect(clippy::cast_precision_loss, reason = "a percentile for display")]
         let reached = (below + count) as f64 >= rank;
         if count > 0 && reached {
-            let lower = if bucket == 0 { 0 } else { latency_bucket_upper_ns(bucket - 1) };
+            let lower = if bucket == 0 {
+                0
+            } else {
+                latency_bucket_upper_ns(bucket - 1)
+            };
             // The last bucket is open-ended: assume it spans one more octave.
             let upper = if bucket + 1 == LATENCY_BUCKETS {
                 lower.saturating_mul(2)
@@ -285,7 +308,11 @@ mod tests {
     }
 
     fn counters(requests: u64, answered: u64) -> TargetCounters {
-        TargetCounters { requests, answered, ..zero_counters() }
+        TargetCounters {
+            requests,
+            answered,
+            ..zero_counters()
+        }
     }
 
     fn request(name: &str) -> (RequestKey, PendingRequest) {
@@ -334,8 +361,14 @@ mod tests {
         let changes = tracker.judge(5 * S);
         assert_eq!(changes.len(), 1);
         let view = &changes[0];
-        assert_eq!((view.verdict, view.requests, view.unanswered), (Verdict::Blackholed, 1, 1));
-        assert_eq!(view.names.as_deref(), Some(&["chat.example.com".to_owned()][..]));
+        assert_eq!(
+            (view.verdict, view.requests, view.unanswered),
+            (Verdict::Blackholed, 1, 1)
+        );
+        assert_eq!(
+            view.names.as_deref(),
+            Some(&["chat.example.com".to_owned()][..])
+        );
     }
 
     #[test]

@@ -21,8 +21,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Self; 5] =
-        [Self::Blackholed, Self::Rejected, Self::Degraded, Self::Pending, Self::Ok];
+    pub const ALL: [Self; 5] = [
+        Self::Blackholed,
+        Self::Rejected,
+        Self::Degraded,
+        Self::Pending,
+        Self::Ok,
+    ];
 
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -38,7 +43,9 @@ impl Verdict {
     /// Parses a verdict name as printed by [`Verdict::as_str`].
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|verdict| verdict.as_str() == name)
+        Self::ALL
+            .into_iter()
+            .find(|verdict| verdict.as_str() == name)
     }
 }
 
@@ -77,7 +84,11 @@ impl History {
         // About 60 slots a window, at most a second each: fine enough for the edge of the
         // window, small enough to keep per-target memory bounded.
         let slot_ns = (window_ns / 60).clamp(1_000_000, 1_000_000_000);
-        Self { window_ns, slot_ns, slots: VecDeque::new() }
+        Self {
+            window_ns,
+            slot_ns,
+            slots: VecDeque::new(),
+        }
     }
 
     /// Records outcomes resolved at `at_ns` (monotonic). Nothing is recorded for all zeros.
@@ -90,7 +101,10 @@ impl History {
         let slot = match self.slots.back_mut() {
             Some(last) if last.start_ns >= start_ns => last,
             _ => {
-                self.slots.push_back(Slot { start_ns, ..Slot::default() });
+                self.slots.push_back(Slot {
+                    start_ns,
+                    ..Slot::default()
+                });
                 self.slots.back_mut().expect("just pushed")
             }
         };
@@ -103,7 +117,11 @@ impl History {
             }
         }
         let newest = slot.start_ns;
-        while self.slots.front().is_some_and(|s| s.start_ns + self.window_ns < newest) {
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.start_ns + self.window_ns < newest)
+        {
             self.slots.pop_front();
         }
     }
@@ -207,9 +225,17 @@ mod tests {
         h.record(10 * S, 0, 4, &[]);
         assert_eq!(h.judge().unwrap().0, Verdict::Blackholed);
         h.record(40 * S, 2, 0, &[]);
-        assert_eq!(h.judge().unwrap().0, Verdict::Degraded, "failures still in the window");
+        assert_eq!(
+            h.judge().unwrap().0,
+            Verdict::Degraded,
+            "failures still in the window"
+        );
         h.record(71 * S, 1, 0, &[]);
-        assert_eq!(h.judge().unwrap().0, Verdict::Ok, "failures fell out of the window");
+        assert_eq!(
+            h.judge().unwrap().0,
+            Verdict::Ok,
+            "failures fell out of the window"
+        );
     }
 
     #[test]

@@ -113,12 +113,16 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 fn run_ok(command: &mut Command) -> Output {
-    let out = command.output().unwrap_or_else(|err| panic!("could not run {command:?}: {err}"));
+    let out = command
+        .output()
+        .unwrap_or_else(|err| panic!("could not run {command:?}: {err}"));
     assert!(
         out.status.success(),
         "{command:?} failed: {}",
@@ -142,7 +146,11 @@ impl Lab {
     /// Builds the topology and loads [`INHERITED_FIREWALL`].
     #[must_use]
     pub fn new() -> Self {
-        let id = format!("{}x{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}x{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         let dir = std::env::temp_dir().join(format!("netwatch-lab-{id}"));
         std::fs::create_dir_all(&dir).expect("lab temp dir");
         let lab = Self {
@@ -172,19 +180,44 @@ impl Lab {
         addr(&lab.firewall, "f0", "2001:db8:1::1/64");
         addr(&lab.firewall, "f1", "198.51.100.1/24");
         addr(&lab.firewall, "f1", "2001:db8:2::1/64");
-        for cidr in ["198.51.100.10/24", "198.51.100.53/24", "198.51.100.54/24", "2001:db8:2::10/64", "2001:db8:2::53/64"] {
+        for cidr in [
+            "198.51.100.10/24",
+            "198.51.100.53/24",
+            "198.51.100.54/24",
+            "2001:db8:2::10/64",
+            "2001:db8:2::53/64",
+        ] {
             addr(&lab.server, "s0", cidr);
         }
-        for (ns, devs) in [(&lab.client, &["lo", "c0"][..]), (&lab.firewall, &["lo", "f0", "f1"][..]), (&lab.server, &["lo", "s0"][..])] {
+        for (ns, devs) in [
+            (&lab.client, &["lo", "c0"][..]),
+            (&lab.firewall, &["lo", "f0", "f1"][..]),
+            (&lab.server, &["lo", "s0"][..]),
+        ] {
             for dev in devs {
                 ns.ok("ip", &["link", "set", dev, "up"]);
             }
         }
-        lab.client.ok("ip", &["route", "add", "default", "via", "203.0.113.1"]);
-        lab.client.ok("ip", &["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
-        lab.server.ok("ip", &["route", "add", "default", "via", "198.51.100.1"]);
-        lab.server.ok("ip", &["-6", "route", "add", "default", "via", "2001:db8:2::1"]);
-        lab.firewall.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+        lab.client
+            .ok("ip", &["route", "add", "default", "via", "203.0.113.1"]);
+        lab.client.ok(
+            "ip",
+            &["-6", "route", "add", "default", "via", "2001:db8:1::1"],
+        );
+        lab.server
+            .ok("ip", &["route", "add", "default", "via", "198.51.100.1"]);
+        lab.server.ok(
+            "ip",
+            &["-6", "route", "add", "default", "via", "2001:db8:2::1"],
+        );
+        lab.firewall.ok(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        );
         lab.nft(INHERITED_FIREWALL);
         lab
     }
@@ -199,14 +232,25 @@ impl Lab {
             .stderr(Stdio::piped())
             .spawn()
             .expect("nft");
-        child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write nft script");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write nft script");
         let out = child.wait_with_output().expect("nft");
-        assert!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nft failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Starts a process in `ns`; it is killed when the lab is dropped.
     pub fn spawn(&mut self, mut command: Command) -> &mut Child {
-        let child = command.spawn().unwrap_or_else(|err| panic!("could not start {command:?}: {err}"));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("could not start {command:?}: {err}"));
         self.children.push(child);
         self.children.last_mut().expect("just pushed")
     }
@@ -217,16 +261,43 @@ impl Lab {
         let pid_file = self.dir.join("dnsmasq.pid");
         let mut command = self.server.command("dnsmasq");
         command
-            .args(["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces"])
-            .args(["--user=root", "--group=root", "--log-facility=-", "--port=53"])
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+            ])
+            .args([
+                "--user=root",
+                "--group=root",
+                "--log-facility=-",
+                "--port=53",
+            ])
             .arg(format!("--pid-file={}", pid_file.display()))
-            .args(["--listen-address=198.51.100.53", "--listen-address=198.51.100.54", "--listen-address=2001:db8:2::53"])
-            .args(["--address=/example/198.51.100.10", "--address=/example/2001:db8:2::10"])
+            .args([
+                "--listen-address=198.51.100.53",
+                "--listen-address=198.51.100.54",
+                "--listen-address=2001:db8:2::53",
+            ])
+            .args([
+                "--address=/example/198.51.100.10",
+                "--address=/example/2001:db8:2::10",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.spawn(command);
         wait_until(Duration::from_secs(10), "dnsmasq to answer", || {
-            let out = self.server.run("dig", &["+short", "+tries=1", "+timeout=1", "@198.51.100.53", "ready.example"]);
+            let out = self.server.run(
+                "dig",
+                &[
+                    "+short",
+                    "+tries=1",
+                    "+timeout=1",
+                    "@198.51.100.53",
+                    "ready.example",
+                ],
+            );
             String::from_utf8_lossy(&out.stdout).contains("198.51.100.10")
         });
     }
@@ -241,7 +312,10 @@ impl Lab {
         command.stdout(Stdio::null()).stderr(Stdio::inherit());
         self.spawn(command);
         wait_until(Duration::from_secs(10), "the listener to accept", || {
-            self.server.run("nc", &["-z", "-w", "1", "198.51.100.10", "80"]).status.success()
+            self.server
+                .run("nc", &["-z", "-w", "1", "198.51.100.10", "80"])
+                .status
+                .success()
         });
     }
 
@@ -274,7 +348,10 @@ impl Drop for Lab {
 pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -329,8 +406,9 @@ impl NetwatchRun {
         let out_reader = thread::spawn(move || {
             for line in BufReader::new(stdout_pipe).lines() {
                 let Ok(line) = line else { break };
-                let record: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|err| panic!("netwatch printed a non-JSON line {line:?}: {err}"));
+                let record: Value = serde_json::from_str(&line).unwrap_or_else(|err| {
+                    panic!("netwatch printed a non-JSON line {line:?}: {err}")
+                });
                 sink.lock().expect("records").push(record);
             }
         });
@@ -343,7 +421,12 @@ impl NetwatchRun {
                 text.push('\n');
             }
         });
-        let mut run = Self { child, records, stderr, readers: vec![out_reader, err_reader] };
+        let mut run = Self {
+            child,
+            records,
+            stderr,
+            readers: vec![out_reader, err_reader],
+        };
         let start = Instant::now();
         loop {
             if run.stderr.lock().expect("stderr").contains("watching") {
@@ -408,14 +491,21 @@ impl NetwatchRun {
             }
             if start.elapsed() > Duration::from_secs(15) {
                 let _ = self.child.kill();
-                panic!("netwatch did not exit within 15 s of signal {signal}: {}", self.stderr_text());
+                panic!(
+                    "netwatch did not exit within 15 s of signal {signal}: {}",
+                    self.stderr_text()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         };
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
-        Finished { status, records: self.records(), stderr: self.stderr_text() }
+        Finished {
+            status,
+            records: self.records(),
+            stderr: self.stderr_text(),
+        }
     }
 
     /// SIGTERM, then wait for the exit records.
@@ -432,13 +522,20 @@ impl NetwatchRun {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status;
             }
-            assert!(start.elapsed() < limit, "netwatch still running after {limit:?}");
+            assert!(
+                start.elapsed() < limit,
+                "netwatch still running after {limit:?}"
+            );
             thread::sleep(Duration::from_millis(50));
         };
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
-        Finished { status, records: self.records(), stderr: self.stderr_text() }
+        Finished {
+            status,
+            records: self.records(),
+            stderr: self.stderr_text(),
+        }
     }
 }
 
@@ -468,7 +565,11 @@ impl Finished {
     /// The `verdict` records, in order.
     #[must_use]
     pub fn verdicts(&self) -> Vec<Value> {
-        self.records.iter().filter(|r| r["type"] == "verdict").cloned().collect()
+        self.records
+            .iter()
+            .filter(|r| r["type"] == "verdict")
+            .cloned()
+            .collect()
     }
 }
 

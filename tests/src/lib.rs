@@ -38,7 +38,10 @@ pub fn prerequisites(test: &str, tools: &[&str]) -> bool {
         return true;
     }
     let message = format!("{test} needs {}", missing.join(", "));
-    assert!(!strict(), "{message} (strict mode: cargo xtask test installs and escalates)");
+    assert!(
+        !strict(),
+        "{message} (strict mode: cargo xtask test installs and escalates)"
+    );
     eprintln!("\n!!!!!!!! SKIPPED: {message}; run it with `cargo xtask test` !!!!!!!!\n");
     false
 }

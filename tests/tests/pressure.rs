@@ -32,7 +32,10 @@ fn syn(remote: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 
 #[test]
 fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
-    if !prerequisites("ten_times_the_table_counts_evictions_and_never_calls_them_unanswered", &[]) {
+    if !prerequisites(
+        "ten_times_the_table_counts_evictions_and_never_calls_them_unanswered",
+        &[],
+    ) {
         return;
     }
     let mut probe = Probe::load(Duration::from_millis(50)).expect("load");
@@ -42,14 +45,24 @@ fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
     let mut sent_a = 0u64;
     let mut sent_b = 0u64;
     for i in 0..total {
-        #[expect(clippy::cast_possible_truncation, reason = "ports wrap, ports × dports stay distinct")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "ports wrap, ports × dports stay distinct"
+        )]
         let (sport, dport) = (1024 + (i % 60_000) as u16, 1 + (i / 60_000) as u16);
         let to_b = i >= capacity && i % 2 == 0;
-        let remote = if to_b { [198, 51, 100, 20] } else { [198, 51, 100, 10] };
+        let remote = if to_b {
+            [198, 51, 100, 20]
+        } else {
+            [198, 51, 100, 10]
+        };
         let packet = syn(remote, sport, if to_b { 443 } else { dport });
         let program = probe.classifier(EGRESS_PROGRAM).expect("egress");
         let result = program
-            .test_run(TestRunOptions { data_in: Some(&packet), ..TestRunOptions::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(&packet),
+                ..TestRunOptions::default()
+            })
             .expect("test_run");
         assert_eq!(result.return_value.cast_signed(), -1);
         if to_b {
@@ -60,12 +73,19 @@ fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
     }
     let counters = probe.read_counters().expect("counters");
     let evicted = counters[KernelCounter::PendingFull as usize];
-    assert_eq!(evicted, (total - capacity) as u64, "every request past the capacity is counted");
+    assert_eq!(
+        evicted,
+        (total - capacity) as u64,
+        "every request past the capacity is counted"
+    );
 
     // Past the timeout, the real userspace pipeline judges what it can.
     std::thread::sleep(Duration::from_millis(200));
     let mut tracker = Tracker::new(Duration::from_secs(60));
-    let mut sweeper = Sweeper::new(SweepPolicy { timeout_ns: 50_000_000, capacity });
+    let mut sweeper = Sweeper::new(SweepPolicy {
+        timeout_ns: 50_000_000,
+        capacity,
+    });
     poll(&mut probe, &mut tracker, &mut sweeper, monotonic_ns()).expect("poll");
     let snapshot = tracker.snapshot(monotonic_ns());
     assert_eq!(snapshot.kernel.lost_requests, evicted);
@@ -73,14 +93,20 @@ fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
         snapshot
             .targets
             .iter()
-            .find(|t| t.port == Some(port) && (port == 443) == (t.remote.to_string() == "198.51.100.20"))
+            .find(|t| {
+                t.port == Some(port) && (port == 443) == (t.remote.to_string() == "198.51.100.20")
+            })
             .cloned()
     };
     let b = target(443).expect("target B");
     assert_eq!(b.requests, sent_b);
     assert_eq!(b.untracked, sent_b, "B found the table full every time");
     assert_eq!(b.unanswered, 0, "untracked requests are never unanswered");
-    assert_eq!(b.verdict, Verdict::Pending, "an evicted target is not blackholed");
+    assert_eq!(
+        b.verdict,
+        Verdict::Pending,
+        "an evicted target is not blackholed"
+    );
     let a_requests: u64 = snapshot
         .targets
         .iter()
@@ -100,7 +126,10 @@ fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
         .map(|t| t.untracked)
         .sum();
     assert_eq!(a_requests, sent_a);
-    assert_eq!(a_unanswered, capacity as u64, "exactly the tracked ones went unanswered");
+    assert_eq!(
+        a_unanswered, capacity as u64,
+        "exactly the tracked ones went unanswered"
+    );
     assert_eq!(a_unanswered + a_untracked, sent_a);
     println!(
         "pressure: {total} requests into a {capacity}-entry table: {evicted} evictions counted, \
@@ -130,13 +159,20 @@ fn a_dns_flood_past_the_table_through_the_lab_is_counted_exactly() {
     let lab = Lab::new();
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
     // Resolve the gateway first: packets queued for ARP never reach tc.
-    lab.client.run("ping", &["-c", "1", "-W", "1", "203.0.113.1"]);
+    lab.client
+        .run("ping", &["-c", "1", "-W", "1", "203.0.113.1"]);
     let max = 10 * u64::from(PENDING_CAPACITY);
-    let generator = lab.client.command(env!("CARGO_BIN_EXE_traffic-gen"))
+    let generator = lab
+        .client
+        .command(env!("CARGO_BIN_EXE_traffic-gen"))
         .args(["dns", &format!("{DNS_V4}:53"), "20", &max.to_string()])
         .output()
         .expect("traffic-gen");
-    assert!(generator.status.success(), "{}", String::from_utf8_lossy(&generator.stderr));
+    assert!(
+        generator.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generator.stderr)
+    );
     let report: Value = serde_json::from_slice(&generator.stdout).expect("generator report");
     let sent = report["sent"].as_u64().expect("sent");
     assert_eq!(sent, max);
@@ -152,13 +188,34 @@ fn a_dns_flood_past_the_table_through_the_lab_is_counted_exactly() {
     let dns = targets
         .get(&("udp".to_owned(), DNS_V4.to_owned(), Some(53)))
         .unwrap_or_else(|| panic!("no DNS target: {targets:#?}"));
-    let field = |name: &str| dns[name].as_u64().unwrap_or_else(|| panic!("{name} in {dns}"));
+    let field = |name: &str| {
+        dns[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {dns}"))
+    };
     assert_eq!(field("requests"), sent, "every request counted: {dns}");
-    assert_eq!(field("unanswered") + field("untracked"), sent, "tracked ones unanswered, the rest evicted: {dns}");
-    assert!(field("untracked") > 0, "the flood overflowed the table: {dns}");
-    let summary = finished.records.iter().find(|r| r["type"] == "summary").expect("summary");
-    assert_eq!(summary["lost_requests"], dns["untracked"], "evictions reported: {summary}");
-    assert!(peak_rss < 64 * 1024, "RSS stayed under 64 MiB: {peak_rss} KiB");
+    assert_eq!(
+        field("unanswered") + field("untracked"),
+        sent,
+        "tracked ones unanswered, the rest evicted: {dns}"
+    );
+    assert!(
+        field("untracked") > 0,
+        "the flood overflowed the table: {dns}"
+    );
+    let summary = finished
+        .records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .expect("summary");
+    assert_eq!(
+        summary["lost_requests"], dns["untracked"],
+        "evictions reported: {summary}"
+    );
+    assert!(
+        peak_rss < 64 * 1024,
+        "RSS stayed under 64 MiB: {peak_rss} KiB"
+    );
     println!(
         "flood: {sent} DNS queries in {:.2} s, {} unanswered, {} evicted, peak RSS {} KiB",
         report["seconds"].as_f64().unwrap_or(0.0),

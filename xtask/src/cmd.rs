@@ -15,7 +15,9 @@ fn describe(command: &Command) -> String {
 
 /// Runs `command`, inheriting stdio; an error when it fails.
 pub fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("could not run `{}`", describe(command)))?;
+    let status = command
+        .status()
+        .with_context(|| format!("could not run `{}`", describe(command)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(command));
     }
@@ -24,7 +26,9 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
 
 /// Runs `command` and returns its stdout.
 pub fn output(command: &mut Command) -> anyhow::Result<String> {
-    let out = command.output().with_context(|| format!("could not run `{}`", describe(command)))?;
+    let out = command
+        .output()
+        .with_context(|| format!("could not run `{}`", describe(command)))?;
     if !out.status.success() {
         bail!(
             "`{}` failed ({}): {}",

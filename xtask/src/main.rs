@@ -14,7 +14,10 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run and test netwatch; installs what is missing.")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test netwatch; installs what is missing."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -59,7 +62,10 @@ pub(crate) fn is_root() -> bool {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 fn cargo() -> Command {
@@ -74,7 +80,9 @@ fn as_root(program: &Path) -> Command {
         Command::new(program)
     } else {
         let mut command = Command::new("sudo");
-        command.arg("--preserve-env=NETWATCH_BIN,NETWATCH_TEST_STRICT,RUST_LOG,PATH").arg(program);
+        command
+            .arg("--preserve-env=NETWATCH_BIN,NETWATCH_TEST_STRICT,RUST_LOG,PATH")
+            .arg(program);
         command
     }
 }
@@ -129,7 +137,14 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
 /// figures mean nothing and are not checked; only a section that cannot run fails.
 fn bench_smoke(netwatch: &Path) -> anyhow::Result<()> {
     say("benchmark smoke run (checks the suite runs; figures not checked)");
-    cmd::run(cargo().args(["build", "--package", "netwatch-bench", "--package", "netwatch-tests", "--bins"]))?;
+    cmd::run(cargo().args([
+        "build",
+        "--package",
+        "netwatch-bench",
+        "--package",
+        "netwatch-tests",
+        "--bins",
+    ]))?;
     let target = workspace_root().join("target");
     let mut command = as_root(&target.join("debug/netwatch-bench"));
     command
@@ -150,7 +165,11 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     setup::ensure_packages(setup::LAB_PACKAGES)?;
     setup::ensure_packages(setup::BENCH_PACKAGES)?;
     say("kernel.bpf_stats_enabled=0: the programs are timed without the kernel's own statistics");
-    let mut sysctl = if is_root() { Command::new("sysctl") } else { sudo("sysctl") };
+    let mut sysctl = if is_root() {
+        Command::new("sysctl")
+    } else {
+        sudo("sysctl")
+    };
     cmd::run(sysctl.args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
 
     say("building netwatch, the bench and the traffic generator (release)");
@@ -167,12 +186,22 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     ]))?;
     let root = workspace_root();
     let release = root.join("target/release");
-    let commit = cmd::output(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(&root))
-        .map_or_else(|_| "unknown".to_owned(), |c| c.trim().to_owned());
+    let commit = cmd::output(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(&root),
+    )
+    .map_or_else(|_| "unknown".to_owned(), |c| c.trim().to_owned());
     let rustc = cmd::output(Command::new("rustc").arg("-V").current_dir(&root))
         .map_or_else(|_| "unknown".to_owned(), |v| v.trim().to_owned());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    say(&format!("load average now: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")));
+    say(&format!(
+        "load average now: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
 
     let mut command = as_root(&release.join("netwatch-bench"));
     command
@@ -192,13 +221,17 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     }
     let full = !quick && only.is_none();
     if full {
-        command.arg("--write-benchmarks-md").arg(root.join("BENCHMARKS.md"));
+        command
+            .arg("--write-benchmarks-md")
+            .arg(root.join("BENCHMARKS.md"));
     }
     cmd::run(&mut command)?;
     if full {
         say("BENCHMARKS.md rewritten from target/bench/report.json");
     } else {
-        say("target/bench/report.json and report.md written; BENCHMARKS.md is only rewritten by a full run");
+        say(
+            "target/bench/report.json and report.md written; BENCHMARKS.md is only rewritten by a full run",
+        );
     }
     Ok(())
 }
@@ -220,7 +253,9 @@ fn test_binaries() -> anyhow::Result<Vec<PathBuf>> {
     ]))?;
     let mut binaries = Vec::new();
     for line in out.lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let is_test = message["profile"]["test"].as_bool() == Some(true);
         if let (true, Some(executable)) = (is_test, message["executable"].as_str()) {
             binaries.push(PathBuf::from(executable));

@@ -24,20 +24,60 @@ pub struct Package {
 
 /// What the namespace lab and the tests drive.
 pub const LAB_PACKAGES: &[Package] = &[
-    Package { name: "iproute2", provides: "/usr/sbin/ip", why: "network namespaces and veth pairs" },
-    Package { name: "nftables", provides: "/usr/sbin/nft", why: "the lab firewall" },
-    Package { name: "dnsmasq-base", provides: "/usr/sbin/dnsmasq", why: "the lab DNS server" },
-    Package { name: "dnsutils", provides: "/usr/bin/dig", why: "DNS queries over UDP and TCP" },
-    Package { name: "iputils-ping", provides: "/usr/bin/ping", why: "ICMP echo" },
-    Package { name: "curl", provides: "/usr/bin/curl", why: "HTTP clients" },
-    Package { name: "netcat-openbsd", provides: "/usr/bin/nc.openbsd", why: "TCP connects" },
-    Package { name: "bpftool", provides: "/usr/sbin/bpftool", why: "checking nothing stays attached" },
+    Package {
+        name: "iproute2",
+        provides: "/usr/sbin/ip",
+        why: "network namespaces and veth pairs",
+    },
+    Package {
+        name: "nftables",
+        provides: "/usr/sbin/nft",
+        why: "the lab firewall",
+    },
+    Package {
+        name: "dnsmasq-base",
+        provides: "/usr/sbin/dnsmasq",
+        why: "the lab DNS server",
+    },
+    Package {
+        name: "dnsutils",
+        provides: "/usr/bin/dig",
+        why: "DNS queries over UDP and TCP",
+    },
+    Package {
+        name: "iputils-ping",
+        provides: "/usr/bin/ping",
+        why: "ICMP echo",
+    },
+    Package {
+        name: "curl",
+        provides: "/usr/bin/curl",
+        why: "HTTP clients",
+    },
+    Package {
+        name: "netcat-openbsd",
+        provides: "/usr/bin/nc.openbsd",
+        why: "TCP connects",
+    },
+    Package {
+        name: "bpftool",
+        provides: "/usr/sbin/bpftool",
+        why: "checking nothing stays attached",
+    },
 ];
 
 /// What the benchmarks drive besides the lab's tools.
 pub const BENCH_PACKAGES: &[Package] = &[
-    Package { name: "tcpdump", provides: "/usr/bin/tcpdump", why: "the capture netwatch is compared with" },
-    Package { name: "util-linux", provides: "/usr/bin/taskset", why: "pinning the traffic generator" },
+    Package {
+        name: "tcpdump",
+        provides: "/usr/bin/tcpdump",
+        why: "the capture netwatch is compared with",
+    },
+    Package {
+        name: "util-linux",
+        provides: "/usr/bin/taskset",
+        why: "pinning the traffic generator",
+    },
 ];
 
 /// LLVM major of the pinned rustc (`rustc -vV`).
@@ -72,13 +112,26 @@ pub fn ensure_build_toolchain() -> anyhow::Result<()> {
     }
     let llvm_prefix = PathBuf::from(format!("/usr/lib/llvm-{major}"));
     if !llvm_prefix.join("lib/libLLVM.so").exists() {
-        say(&format!("installing llvm-{major}-dev: bpf-linker must link the LLVM {major} that rustc uses"));
+        say(&format!(
+            "installing llvm-{major}-dev: bpf-linker must link the LLVM {major} that rustc uses"
+        ));
         apt_install(&[format!("llvm-{major}-dev").as_str()])?;
     }
     cmd::run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &llvm_prefix),
     )?;
     match linked_llvm_major(&linker) {
@@ -94,8 +147,16 @@ fn ensure_rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     let toolchain = env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "1.95.0".into());
-    say(&format!("installing rust-src for {toolchain}: the eBPF crate builds core from source"));
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain]))
+    say(&format!(
+        "installing rust-src for {toolchain}: the eBPF crate builds core from source"
+    ));
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        &toolchain,
+    ]))
 }
 
 fn cargo_bin_dir() -> PathBuf {
@@ -132,14 +193,19 @@ fn parse_ldd_llvm_major(ldd: &str) -> Option<u32> {
     ldd.lines().find_map(|line| {
         let name = line.split_whitespace().next()?;
         // libLLVM.so.22.1 (Debian) or libLLVM-22.so (upstream)
-        let rest = name.strip_prefix("libLLVM.so.").or_else(|| name.strip_prefix("libLLVM-"))?;
+        let rest = name
+            .strip_prefix("libLLVM.so.")
+            .or_else(|| name.strip_prefix("libLLVM-"))?;
         rest.split(['.', '-']).next()?.parse().ok()
     })
 }
 
 /// Installs the Debian packages of `packages` whose file is missing.
 pub fn ensure_packages(packages: &[Package]) -> anyhow::Result<()> {
-    let missing: Vec<&Package> = packages.iter().filter(|p| !Path::new(p.provides).exists()).collect();
+    let missing: Vec<&Package> = packages
+        .iter()
+        .filter(|p| !Path::new(p.provides).exists())
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -153,7 +219,11 @@ pub fn ensure_packages(packages: &[Package]) -> anyhow::Result<()> {
 fn apt_install(names: &[&str]) -> anyhow::Result<()> {
     let sudo = !is_root();
     let apt = |args: &[&str]| {
-        let mut command = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+        let mut command = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
         if sudo {
             command.arg("apt-get");
         }
@@ -183,6 +253,9 @@ mod tests {
         assert_eq!(parse_ldd_llvm_major(debian), Some(22));
         let upstream = "\tlibLLVM-21.so => /usr/lib/llvm-21/lib/libLLVM-21.so (0x1)\n";
         assert_eq!(parse_ldd_llvm_major(upstream), Some(21));
-        assert_eq!(parse_ldd_llvm_major("\tlibc.so.6 => /lib/libc.so.6\n"), None);
+        assert_eq!(
+            parse_ldd_llvm_major("\tlibc.so.6 => /lib/libc.so.6\n"),
+            None
+        );
     }
 }

@@ -56,7 +56,10 @@ impl<W: Write> JsonWriter<W> {
     /// A `verdict` record for each change, stamped with `time` (RFC 3339).
     pub fn verdicts(&mut self, changes: &[TargetView], time: &str) -> io::Result<()> {
         for change in changes {
-            let record = Record::Verdict(Stamped { time: time.to_owned(), inner: change });
+            let record = Record::Verdict(Stamped {
+                time: time.to_owned(),
+                inner: change,
+            });
             self.line(&record)?;
         }
         self.out.flush()
@@ -65,7 +68,10 @@ impl<W: Write> JsonWriter<W> {
     /// An `interface` record: a watched interface went down, came up, went away or came
     /// back (and was attached again).
     pub fn interface(&mut self, interface: &WatchedInterface, time: &str) -> io::Result<()> {
-        self.line(&Record::Interface(Stamped { time: time.to_owned(), inner: interface }))?;
+        self.line(&Record::Interface(Stamped {
+            time: time.to_owned(),
+            inner: interface,
+        }))?;
         self.out.flush()
     }
 
@@ -133,7 +139,9 @@ mod tests {
         target.retransmits = 2;
         target.names = Some(vec!["chat.example.com".into()]);
         let mut out = Vec::new();
-        JsonWriter::new(&mut out).verdicts(&[target], "2026-11-24T22:00:00.000Z").unwrap();
+        JsonWriter::new(&mut out)
+            .verdicts(&[target], "2026-11-24T22:00:00.000Z")
+            .unwrap();
         let records = lines(&out);
         assert_eq!(records.len(), 1);
         let r = &records[0];
@@ -157,7 +165,10 @@ mod tests {
     fn icmp_has_a_null_port_and_ipv6_is_canonical() {
         let mut target = view(Proto::Icmpv6, "2001:0db8:0:0::1", None, Verdict::Rejected);
         target.reason = Some("icmp6-adm-prohibited");
-        let snapshot = Snapshot { targets: vec![target], ..Snapshot::default() };
+        let snapshot = Snapshot {
+            targets: vec![target],
+            ..Snapshot::default()
+        };
         let run = RunInfo {
             interfaces: vec![],
             uptime: Duration::from_secs(1),
@@ -165,13 +176,18 @@ mod tests {
             window: Duration::from_secs(60),
         };
         let mut out = Vec::new();
-        JsonWriter::new(&mut out).finish(&snapshot, &[], &run).unwrap();
+        JsonWriter::new(&mut out)
+            .finish(&snapshot, &[], &run)
+            .unwrap();
         let records = lines(&out);
         assert_eq!(records[0]["type"], "target");
         assert_eq!(records[0]["port"], Value::Null);
         assert_eq!(records[0]["remote"], "2001:db8::1");
         assert_eq!(records[0]["reason"], "icmp6-adm-prohibited");
-        assert!(records[0].get("names").is_none(), "names only for DNS targets");
+        assert!(
+            records[0].get("names").is_none(),
+            "names only for DNS targets"
+        );
         assert_eq!(records[1]["type"], "summary");
         assert_eq!(records[1]["targets"], 1);
         assert_eq!(records[1]["timeout"], 3.0);

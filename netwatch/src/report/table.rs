@@ -11,7 +11,11 @@ use crate::{
 /// The status line: what is watched, since when, with which settings, and what was lost.
 #[must_use]
 pub fn status_line(snapshot: &Snapshot, run: &RunInfo) -> String {
-    let interfaces: Vec<String> = run.interfaces.iter().map(super::WatchedInterface::label).collect();
+    let interfaces: Vec<String> = run
+        .interfaces
+        .iter()
+        .map(super::WatchedInterface::label)
+        .collect();
     format!(
         "netwatch  {}  up {}  timeout {}  window {}  {:.1} req/s  in flight {}  lost {}",
         interfaces.join(", "),
@@ -35,8 +39,13 @@ pub fn render(snapshot: &Snapshot) -> String {
         );
         return out;
     }
-    let remote_width =
-        snapshot.targets.iter().map(|t| t.remote.to_string().len()).max().unwrap_or(6).max(6);
+    let remote_width = snapshot
+        .targets
+        .iter()
+        .map(|t| t.remote.to_string().len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let _ = writeln!(
         out,
         "{:<10}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  REASON",
@@ -80,8 +89,16 @@ fn target_row(t: &TargetView, remote_width: usize) -> String {
 }
 
 fn rollup_row(r: &Rollup) -> String {
-    let remotes = if r.remotes == 1 { "1 remote ".to_owned() } else { format!("{} remotes", r.remotes) };
-    let reason = if r.verdict == Verdict::Ok { "" } else { r.reason.unwrap_or_default() };
+    let remotes = if r.remotes == 1 {
+        "1 remote ".to_owned()
+    } else {
+        format!("{} remotes", r.remotes)
+    };
+    let reason = if r.verdict == Verdict::Ok {
+        ""
+    } else {
+        r.reason.unwrap_or_default()
+    };
     format!(
         "{:<10} {:>7} answered  {:<11} {:<10} {}",
         r.service().to_string(),
@@ -112,19 +129,33 @@ mod tests {
         let mut ok = view(Proto::Tcp, "198.51.100.10", Some(443), Verdict::Ok);
         ok.answered = 1;
         let targets = vec![dns1, dns2, rejected, ok];
-        let snapshot =
-            Snapshot { rollups: Rollup::of(&targets), targets, ..Snapshot::default() };
+        let snapshot = Snapshot {
+            rollups: Rollup::of(&targets),
+            targets,
+            ..Snapshot::default()
+        };
         let text = render(&snapshot);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("VERDICT"));
-        assert!(lines[1].starts_with("blackholed  udp     198.51.100.53"), "{}", lines[1]);
-        assert!(lines[1].ends_with("unanswered: chat.example.com"), "{}", lines[1]);
+        assert!(
+            lines[1].starts_with("blackholed  udp     198.51.100.53"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[1].ends_with("unanswered: chat.example.com"),
+            "{}",
+            lines[1]
+        );
         assert!(lines[3].contains("8443") && lines[3].ends_with("icmp-host-prohibited"));
         let rollup = text.lines().find(|l| l.starts_with("UDP/53")).unwrap();
         assert!(rollup.contains("0/14 answered"), "{rollup}");
         assert!(rollup.contains("2 remotes"), "{rollup}");
         assert!(rollup.contains("blackholed"), "{rollup}");
-        assert!(text.lines().any(|l| l.starts_with("TCP/443") && l.contains("1/1 answered")));
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("TCP/443") && l.contains("1/1 answered"))
+        );
     }
 
     #[test]

@@ -65,7 +65,10 @@ impl SortOrder {
             Self::WorstFirst => TargetView::worst_first(a, b),
             Self::Remote => (a.remote, a.proto, a.port).cmp(&(b.remote, b.proto, b.port)),
             Self::Port => (a.port, a.proto, a.remote).cmp(&(b.port, b.proto, b.remote)),
-            Self::MostRequests => b.requests.cmp(&a.requests).then_with(|| TargetView::worst_first(a, b)),
+            Self::MostRequests => b
+                .requests
+                .cmp(&a.requests)
+                .then_with(|| TargetView::worst_first(a, b)),
             Self::MostRecent => a
                 .last_seen_ago_s
                 .unwrap_or(f64::MAX)
@@ -121,7 +124,11 @@ pub fn handle_key(state: &mut UiState, key: KeyEvent) -> Action {
     }
     if state.help {
         state.help = false;
-        return if key.code == KeyCode::Char('q') { Action::Quit } else { Action::Redraw };
+        return if key.code == KeyCode::Char('q') {
+            Action::Quit
+        } else {
+            Action::Redraw
+        };
     }
     match key.code {
         KeyCode::Char('q') => return Action::Quit,
@@ -152,7 +159,11 @@ fn verdict_style(verdict: Verdict) -> Style {
         Verdict::Ok => Color::Green,
     };
     let style = Style::default().fg(color);
-    if verdict == Verdict::Ok { style } else { style.add_modifier(Modifier::BOLD) }
+    if verdict == Verdict::Ok {
+        style
+    } else {
+        style.add_modifier(Modifier::BOLD)
+    }
 }
 
 fn matches_filter(target: &TargetView, filter: &str) -> bool {
@@ -185,21 +196,34 @@ fn ms(value: Option<f64>) -> String {
 fn ago(seconds: Option<f64>) -> String {
     match seconds {
         None => "-".to_owned(),
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "display")]
-        Some(s) => format!("{} ago", short_duration(std::time::Duration::from_millis((s * 1000.0) as u64))),
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "display"
+        )]
+        Some(s) => format!(
+            "{} ago",
+            short_duration(std::time::Duration::from_millis((s * 1000.0) as u64))
+        ),
     }
 }
 
 /// The status line shown at the top.
 #[must_use]
 pub fn status_text(screen: &Screen<'_>, state: &UiState) -> String {
-    let interfaces: Vec<String> =
-        screen.run.interfaces.iter().map(super::WatchedInterface::label).collect();
+    let interfaces: Vec<String> = screen
+        .run
+        .interfaces
+        .iter()
+        .map(super::WatchedInterface::label)
+        .collect();
     let kernel = &screen.snapshot.kernel;
     let other_losses: u64 = kernel
         .counters
         .iter()
-        .filter(|(name, _)| ["malformed", "short_icmp_quote", "ipv6_extension_limit"].contains(name))
+        .filter(|(name, _)| {
+            ["malformed", "short_icmp_quote", "ipv6_extension_limit"].contains(name)
+        })
         .map(|(_, v)| v)
         .sum();
     let mut text = format!(
@@ -225,7 +249,12 @@ pub fn draw(frame: &mut Frame<'_>, state: &UiState, screen: &Screen<'_>) {
     // Room for the rollup and for the diagnosis (about two lines a finding, then the request
     // table), within half the screen.
     let request_rows = render_requests(screen.findings).lines().count();
-    let diagnosis_lines = screen.findings.len() * 2 + if request_rows > 0 { request_rows + 2 } else { 1 };
+    let diagnosis_lines = screen.findings.len() * 2
+        + if request_rows > 0 {
+            request_rows + 2
+        } else {
+            1
+        };
     let bottom_height = u16::try_from(screen.snapshot.rollups.len().max(diagnosis_lines))
         .unwrap_or(u16::MAX)
         .saturating_add(2)
@@ -259,10 +288,17 @@ pub fn draw(frame: &mut Frame<'_>, state: &UiState, screen: &Screen<'_>) {
 }
 
 fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &Snapshot) {
-    let mut targets: Vec<&TargetView> =
-        snapshot.targets.iter().filter(|t| matches_filter(t, &state.filter)).collect();
+    let mut targets: Vec<&TargetView> = snapshot
+        .targets
+        .iter()
+        .filter(|t| matches_filter(t, &state.filter))
+        .collect();
     targets.sort_by(|a, b| state.sort.compare(a, b));
-    let mut title = format!(" Targets ({}) · sort: {} ", targets.len(), state.sort.label());
+    let mut title = format!(
+        " Targets ({}) · sort: {} ",
+        targets.len(),
+        state.sort.label()
+    );
     if !state.filter.is_empty() {
         let _ = write!(title, "· filter: {} ", state.filter);
     }
@@ -280,10 +316,23 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
         return;
     }
     let visible = usize::from(area.height.saturating_sub(3));
-    let scroll = state.scroll.min(targets.len().saturating_sub(visible.max(1)));
+    let scroll = state
+        .scroll
+        .min(targets.len().saturating_sub(visible.max(1)));
     let header = Row::new([
-        "VERDICT", "DIR", "PROTO", "REMOTE", "PORT", "REQ", "ANS", "REJ", "UNANS", "p50", "p99",
-        "LAST SEEN", "REASON / UNANSWERED NAMES",
+        "VERDICT",
+        "DIR",
+        "PROTO",
+        "REMOTE",
+        "PORT",
+        "REQ",
+        "ANS",
+        "REJ",
+        "UNANS",
+        "p50",
+        "p99",
+        "LAST SEEN",
+        "REASON / UNANSWERED NAMES",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
     let rows = targets.iter().skip(scroll).map(|t| {
@@ -318,9 +367,15 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
         Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(
-            u16::try_from(targets.iter().map(|t| t.remote.to_string().len()).max().unwrap_or(6))
-                .unwrap_or(39)
-                .max(6),
+            u16::try_from(
+                targets
+                    .iter()
+                    .map(|t| t.remote.to_string().len())
+                    .max()
+                    .unwrap_or(6),
+            )
+            .unwrap_or(39)
+            .max(6),
         ),
         Constraint::Length(5),
         Constraint::Length(6),
@@ -337,13 +392,21 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
 
 fn draw_rollups(frame: &mut Frame<'_>, area: Rect, rollups: &[Rollup]) {
     let rows = rollups.iter().map(|r| {
-        let remotes = if r.remotes == 1 { "1 remote".to_owned() } else { format!("{} remotes", r.remotes) };
+        let remotes = if r.remotes == 1 {
+            "1 remote".to_owned()
+        } else {
+            format!("{} remotes", r.remotes)
+        };
         Row::new([
             Cell::from(r.service().to_string()),
             Cell::from(format!("{}/{} answered", r.answered, r.requests)),
             Cell::from(remotes),
             Cell::from(r.verdict.as_str()).style(verdict_style(r.verdict)),
-            Cell::from(if r.verdict == Verdict::Ok { "" } else { r.reason.unwrap_or_default() }),
+            Cell::from(if r.verdict == Verdict::Ok {
+                ""
+            } else {
+                r.reason.unwrap_or_default()
+            }),
         ])
     });
     let widths = [
@@ -366,7 +429,10 @@ fn draw_diagnosis(frame: &mut Frame<'_>, area: Rect, findings: &[Finding]) {
     }
     for finding in findings {
         let style = Style::default().add_modifier(Modifier::BOLD);
-        lines.push(Line::from(vec![Span::styled(format!("• [{}] ", finding.finding), style), Span::raw(finding.summary.clone())]));
+        lines.push(Line::from(vec![
+            Span::styled(format!("• [{}] ", finding.finding), style),
+            Span::raw(finding.summary.clone()),
+        ]));
     }
     let requests = render_requests(findings);
     if !requests.trim().is_empty() {
@@ -410,7 +476,9 @@ fn draw_help(frame: &mut Frame<'_>, area: Rect) {
     };
     frame.render_widget(Clear, popup);
     frame.render_widget(
-        Paragraph::new(HELP).wrap(Wrap { trim: false }).block(Block::default().borders(Borders::ALL).title(" Help ")),
+        Paragraph::new(HELP)
+            .wrap(Wrap { trim: false })
+            .block(Block::default().borders(Borders::ALL).title(" Help ")),
         popup,
     );
 }
@@ -422,11 +490,7 @@ mod tests {
     use ratatui::{Terminal, backend::TestBackend, crossterm::event::KeyEvent};
 
     use super::*;
-    use crate::{
-        report::WatchedInterface,
-        snapshot::tests::view,
-        target::Proto,
-    };
+    use crate::{report::WatchedInterface, snapshot::tests::view, target::Proto};
 
     fn screen_text(state: &UiState, snapshot: &Snapshot, findings: &[Finding]) -> String {
         let run = RunInfo {
@@ -441,7 +505,17 @@ mod tests {
         };
         let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
         terminal
-            .draw(|frame| draw(frame, state, &Screen { snapshot, run: &run, findings }))
+            .draw(|frame| {
+                draw(
+                    frame,
+                    state,
+                    &Screen {
+                        snapshot,
+                        run: &run,
+                        findings,
+                    },
+                )
+            })
             .unwrap();
         let buffer = terminal.backend().buffer().clone();
         let mut text = String::new();
@@ -468,7 +542,11 @@ mod tests {
         ok.answered = 20;
         ok.latency_p50_ms = Some(1.5);
         let targets = vec![dns, rejected, ok];
-        Snapshot { rollups: Rollup::of(&targets), targets, ..Snapshot::default() }
+        Snapshot {
+            rollups: Rollup::of(&targets),
+            targets,
+            ..Snapshot::default()
+        }
     }
 
     #[test]
@@ -476,10 +554,22 @@ mod tests {
         let text = screen_text(&UiState::default(), &snapshot(), &[]);
         assert!(text.contains("eth0 (tcx)"), "{text}");
         assert!(text.contains("up 1m23s"), "{text}");
-        let dns_row = text.lines().find(|l| l.contains("198.51.100.53")).expect("dns row");
-        assert!(dns_row.contains("blackholed") && dns_row.contains("chat.example.com"), "{dns_row}");
-        assert!(text.lines().any(|l| l.contains("8443") && l.contains("icmp-host-prohibited")));
-        assert!(text.contains("UDP/53") && text.contains("0/14 answered"), "{text}");
+        let dns_row = text
+            .lines()
+            .find(|l| l.contains("198.51.100.53"))
+            .expect("dns row");
+        assert!(
+            dns_row.contains("blackholed") && dns_row.contains("chat.example.com"),
+            "{dns_row}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("8443") && l.contains("icmp-host-prohibited"))
+        );
+        assert!(
+            text.contains("UDP/53") && text.contains("0/14 answered"),
+            "{text}"
+        );
         assert!(text.contains("1.5ms"), "{text}");
         assert!(text.contains("Nothing wrong seen yet"), "{text}");
         assert!(text.contains("q quit"), "{text}");
@@ -492,7 +582,10 @@ mod tests {
     fn keys_scroll_sort_filter_pause_and_quit() {
         let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
         let mut state = UiState::default();
-        assert_eq!(handle_key(&mut state, key(KeyCode::Char('j'))), Action::Redraw);
+        assert_eq!(
+            handle_key(&mut state, key(KeyCode::Char('j'))),
+            Action::Redraw
+        );
         assert_eq!(state.scroll, 1);
         handle_key(&mut state, key(KeyCode::Up));
         handle_key(&mut state, key(KeyCode::Up));
@@ -508,14 +601,27 @@ mod tests {
         handle_key(&mut state, key(KeyCode::Enter));
         assert_eq!(state.filter, "8443");
         let text = screen_text(&state, &snapshot(), &[]);
-        assert!(text.contains("8443") && !text.contains("198.51.100.53"), "{text}");
+        assert!(
+            text.contains("8443") && !text.contains("198.51.100.53"),
+            "{text}"
+        );
         assert!(text.contains("PAUSED"));
         handle_key(&mut state, key(KeyCode::Char('?')));
         assert!(screen_text(&state, &snapshot(), &[]).contains("silently dropped upstream"));
-        assert_eq!(handle_key(&mut state, key(KeyCode::Char('x'))), Action::Redraw, "closes help");
-        assert_eq!(handle_key(&mut state, key(KeyCode::Char('q'))), Action::Quit);
         assert_eq!(
-            handle_key(&mut state, KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            handle_key(&mut state, key(KeyCode::Char('x'))),
+            Action::Redraw,
+            "closes help"
+        );
+        assert_eq!(
+            handle_key(&mut state, key(KeyCode::Char('q'))),
+            Action::Quit
+        );
+        assert_eq!(
+            handle_key(
+                &mut state,
+                KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)
+            ),
             Action::Quit
         );
     }

@@ -14,7 +14,8 @@ fn serve(listener: &TcpListener) {
         let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
         let mut request = [0u8; 1024];
         let _ = stream.read(&mut request);
-        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+        let _ = stream
+            .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
     }
 }
 

@@ -24,7 +24,13 @@ fn dns_query(id: u16) -> [u8; 27] {
 }
 
 fn bind_for(target: SocketAddr) -> UdpSocket {
-    let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("addr");
+    let local: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("addr");
     let socket = UdpSocket::bind(local).expect("bind");
     socket.connect(target).expect("connect");
     socket
@@ -77,5 +83,8 @@ fn main() {
             break;
         }
     }
-    println!("{{\"sent\":{sent},\"seconds\":{}}}", start.elapsed().as_secs_f64());
+    println!(
+        "{{\"sent\":{sent},\"seconds\":{}}}",
+        start.elapsed().as_secs_f64()
+    );
 }
