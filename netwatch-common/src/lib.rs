@@ -76,6 +76,20 @@ pub struct RequestKey {
 const _: () = assert!(size_of::<RequestKey>() == 40);
 
 impl RequestKey {
+    /// All zeros, to be filled in place.
+    #[must_use]
+    pub const fn zeroed() -> Self {
+        Self {
+            remote: [0; 16],
+            local: [0; 16],
+            remote_port: 0,
+            local_port: 0,
+            tag: 0,
+            proto: 0,
+            _pad: 0,
+        }
+    }
+
     /// The target this request counts towards.
     #[must_use]
     pub const fn target(&self) -> TargetKey {

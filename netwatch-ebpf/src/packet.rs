@@ -3,7 +3,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use netwatch_common::{KernelCounter, ipv4_mapped};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, vlan::VlanHdr};
 
@@ -24,6 +24,62 @@ const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
+
+/// How header fields are read: [`InPlace`] on the paths the programs take per packet,
+/// [`Copied`] where the offset is only known as a range (see `answers::quoted_rejection`).
+pub trait Reader {
+    fn get<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T>;
+    /// Copies `N` bytes at `offset` into `dst`, where they are needed: assembling them in
+    /// registers first spills them byte by byte to the stack, whose 512 bytes the global
+    /// functions of `answers` share with their caller.
+    fn copy<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> Option<()>;
+}
+
+/// [`read`]: from the linear data when the bytes are there.
+pub struct InPlace;
+
+impl Reader for InPlace {
+    #[inline(always)]
+    fn get<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+        read(ctx, offset)
+    }
+
+    #[inline(always)]
+    fn copy<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> Option<()> {
+        *dst = read(ctx, offset)?;
+        Some(())
+    }
+}
+
+/// Always through `bpf_skb_load_bytes`. Slower by a helper call, but it needs no packet
+/// pointer arithmetic, which the verifier cannot follow once LLVM reassociates a variable
+/// offset (`data + (off + n)` is not `(data + off) + n` to it).
+pub struct Copied;
+
+impl Reader for Copied {
+    #[inline(always)]
+    fn get<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+        ctx.load::<T>(offset).ok()
+    }
+
+    #[inline(always)]
+    fn copy<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> Option<()> {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "offsets and lengths of headers, far below 4 GiB"
+        )]
+        // SAFETY: the helper writes at most N bytes into dst, which has N.
+        let status = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                offset as u32,
+                dst.as_mut_ptr().cast(),
+                N as u32,
+            )
+        };
+        (status == 0).then_some(())
+    }
+}
 
 /// Reads a `T` at `offset` bytes into the packet: straight from the linear data when it is
 /// there (the common case, and the cheap one), through `bpf_skb_load_bytes` when the headers
@@ -61,10 +117,10 @@ pub struct Ip {
 pub fn parse(ctx: &TcContext) -> Option<Ip> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12)?);
     if ether_type == ETH_P_IPV4 {
-        return ipv4(ctx, EthHdr::LEN);
+        return ipv4::<InPlace>(ctx, EthHdr::LEN);
     }
     if ether_type == ETH_P_IPV6 {
-        return ipv6(ctx, EthHdr::LEN);
+        return ipv6::<InPlace>(ctx, EthHdr::LEN);
     }
     vlan(ctx, ether_type)
 }
@@ -81,10 +137,10 @@ fn vlan(ctx: &TcContext, outer_type: u16) -> Option<Ip> {
         ether_type = u16::from_be(tag.ether_type);
         offset += VlanHdr::LEN;
         if ether_type == ETH_P_IPV4 {
-            return ipv4(ctx, offset);
+            return ipv4::<InPlace>(ctx, offset);
         }
         if ether_type == ETH_P_IPV6 {
-            return ipv6(ctx, offset);
+            return ipv6::<InPlace>(ctx, offset);
         }
     }
     None
@@ -92,11 +148,11 @@ fn vlan(ctx: &TcContext, outer_type: u16) -> Option<Ip> {
 
 /// The IPv4 header at `offset`, options skipped.
 #[inline(always)]
-pub fn ipv4(ctx: &TcContext, offset: usize) -> Option<Ip> {
+pub fn ipv4<R: Reader>(ctx: &TcContext, offset: usize) -> Option<Ip> {
     // Three small reads instead of the whole header keep the common path short.
-    let version_ihl = read::<u8>(ctx, offset)?;
-    let fragment = u16::from_be_bytes(read::<[u8; 2]>(ctx, offset + 6)?);
-    let proto = read::<u8>(ctx, offset + 9)?;
+    let version_ihl = R::get::<u8>(ctx, offset)?;
+    let fragment = u16::from_be_bytes(R::get::<[u8; 2]>(ctx, offset + 6)?);
+    let proto = R::get::<u8>(ctx, offset + 9)?;
     let header_len = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
         return None;
@@ -116,28 +172,28 @@ pub fn ipv4(ctx: &TcContext, offset: usize) -> Option<Ip> {
 
 /// The IPv6 header at `offset`, extension headers walked up to [`MAX_EXTENSION_HEADERS`].
 #[inline(always)]
-pub fn ipv6(ctx: &TcContext, offset: usize) -> Option<Ip> {
+pub fn ipv6<R: Reader>(ctx: &TcContext, offset: usize) -> Option<Ip> {
     // The stack drops anything but version 6; so must we, or a bogus frame could settle a
     // real request.
-    if read::<u8>(ctx, offset)? >> 4 != 6 {
+    if R::get::<u8>(ctx, offset)? >> 4 != 6 {
         return None;
     }
-    let mut next = read::<u8>(ctx, offset + 6)?;
+    let mut next = R::get::<u8>(ctx, offset + 6)?;
     let mut l4 = offset + Ipv6Hdr::LEN;
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                let [following, len] = read::<[u8; 2]>(ctx, l4)?;
+                let [following, len] = R::get::<[u8; 2]>(ctx, l4)?;
                 next = following;
                 l4 += (usize::from(len) + 1) * 8;
             }
             IPV6_AUTH => {
-                let [following, len] = read::<[u8; 2]>(ctx, l4)?;
+                let [following, len] = R::get::<[u8; 2]>(ctx, l4)?;
                 next = following;
                 l4 += (usize::from(len) + 2) * 4;
             }
             IPV6_FRAGMENT => {
-                let [following, _, offset_hi, offset_lo] = read::<[u8; 4]>(ctx, l4)?;
+                let [following, _, offset_hi, offset_lo] = R::get::<[u8; 4]>(ctx, l4)?;
                 if u16::from_be_bytes([offset_hi, offset_lo]) & 0xfff8 != 0 {
                     count(KernelCounter::Fragment);
                     return None;
@@ -170,16 +226,40 @@ pub fn ipv6(ctx: &TcContext, offset: usize) -> Option<Ip> {
     })
 }
 
+/// Source and destination addresses written into `src` and `dst`, IPv4 ones mapped into
+/// IPv6 (`dst` and `src` must hold zeros).
+#[inline(always)]
+pub fn addresses_into<R: Reader>(
+    ctx: &TcContext,
+    ip: &Ip,
+    src: &mut [u8; 16],
+    dst: &mut [u8; 16],
+) -> Option<()> {
+    if ip.v6 {
+        R::copy(ctx, ip.l3 + 8, src)?;
+        R::copy(ctx, ip.l3 + 24, dst)
+    } else {
+        for (address, offset) in [(src, ip.l3 + 12), (dst, ip.l3 + 16)] {
+            let (prefix, ipv4) = address.split_last_chunk_mut::<4>()?;
+            // ::ffff:a.b.c.d, as netwatch_common::ipv4_mapped spells it.
+            prefix[10] = 0xff;
+            prefix[11] = 0xff;
+            R::copy(ctx, offset, ipv4)?;
+        }
+        Some(())
+    }
+}
+
 /// Source and destination addresses, IPv4 ones mapped into IPv6.
 #[inline(always)]
-pub fn addresses(ctx: &TcContext, ip: &Ip) -> Option<([u8; 16], [u8; 16])> {
+pub fn addresses<R: Reader>(ctx: &TcContext, ip: &Ip) -> Option<([u8; 16], [u8; 16])> {
     if ip.v6 {
-        let src = read::<[u8; 16]>(ctx, ip.l3 + 8)?;
-        let dst = read::<[u8; 16]>(ctx, ip.l3 + 24)?;
+        let src = R::get::<[u8; 16]>(ctx, ip.l3 + 8)?;
+        let dst = R::get::<[u8; 16]>(ctx, ip.l3 + 24)?;
         Some((src, dst))
     } else {
-        let src = read::<[u8; 4]>(ctx, ip.l3 + 12)?;
-        let dst = read::<[u8; 4]>(ctx, ip.l3 + 16)?;
+        let src = R::get::<[u8; 4]>(ctx, ip.l3 + 12)?;
+        let dst = R::get::<[u8; 4]>(ctx, ip.l3 + 16)?;
         Some((ipv4_mapped(src), ipv4_mapped(dst)))
     }
 }

@@ -11,7 +11,9 @@ use netwatch_common::{
 
 use crate::{
     maps::{EEXIST, PENDING, add, count, target_counters},
-    packet::{self, DNS_HEADER_LEN, Ip, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, read, tcp_flags},
+    packet::{
+        self, DNS_HEADER_LEN, InPlace, Ip, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, read, tcp_flags,
+    },
 };
 
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -47,9 +49,10 @@ pub fn on_egress(ctx: &TcContext) {
 #[inline(always)]
 fn tcp_syn(ctx: &TcContext, ip: &Ip) {
     // Source port, destination port, sequence number.
-    let (Some(header), Some((local, remote))) =
-        (read::<[u8; 8]>(ctx, ip.l4), packet::addresses(ctx, ip))
-    else {
+    let (Some(header), Some((local, remote))) = (
+        read::<[u8; 8]>(ctx, ip.l4),
+        packet::addresses::<InPlace>(ctx, ip),
+    ) else {
         count(KernelCounter::Malformed);
         return;
     };
@@ -72,7 +75,7 @@ fn dns_query(ctx: &TcContext, ip: &Ip) {
     let (Some(udp), Some(dns), Some((local, remote))) = (
         read::<[u8; 4]>(ctx, ip.l4),
         read::<[u8; 3]>(ctx, ip.l4 + UDP_HEADER_LEN),
-        packet::addresses(ctx, ip),
+        packet::addresses::<InPlace>(ctx, ip),
     ) else {
         count(KernelCounter::Malformed);
         return;
@@ -102,7 +105,7 @@ fn echo_request(ctx: &TcContext, ip: &Ip, echo_request: u8, proto: u8) {
     if icmp[0] != echo_request || icmp[1] != 0 {
         return;
     }
-    let Some((local, remote)) = packet::addresses(ctx, ip) else {
+    let Some((local, remote)) = packet::addresses::<InPlace>(ctx, ip) else {
         count(KernelCounter::Malformed);
         return;
     };
