@@ -26,7 +26,7 @@ unreachables. Each target (proto, remote address, remote port) gets a verdict:
   degraded    some answered, some not
   pending     requests seen, none resolved yet
 
-Needs root, or CAP_BPF and CAP_NET_ADMIN. Stop it with Ctrl-C (or SIGTERM); nothing stays \
+Needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON. Stop it with Ctrl-C (or SIGTERM); nothing stays \
 attached after it exits.";
 
 const AFTER_HELP: &str = "\

@@ -11,7 +11,7 @@ use netwatch::{
     tracker::Tracker,
     verdict::Verdict,
 };
-use netwatch_common::{EGRESS_PROGRAM, KernelCounter, PENDING_CAPACITY};
+use netwatch_common::{EGRESS_PROGRAM, KernelCounter, PENDING_CAPACITY, TARGETS_CAPACITY};
 use netwatch_tests::{
     lab::{CLIENT_IFACE, DNS_V4, Lab},
     prerequisites,
@@ -134,6 +134,71 @@ fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
     println!(
         "pressure: {total} requests into a {capacity}-entry table: {evicted} evictions counted, \
          {a_unanswered} unanswered, 0 misjudged"
+    );
+}
+
+#[test]
+fn more_targets_than_the_target_table_holds_are_counted_and_never_misjudged() {
+    if !prerequisites(
+        "more_targets_than_the_target_table_holds_are_counted_and_never_misjudged",
+        &[],
+    ) {
+        return;
+    }
+    let mut probe = Probe::load(Duration::from_millis(50)).expect("load");
+    let capacity = TARGETS_CAPACITY as usize;
+    let extra = 1_000;
+    // One SYN to each of capacity + extra targets: 198.51.100.10 and .11, every port.
+    for i in 0..capacity + extra {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "i < 2 × 65,535: the port and the remote's last byte stay in range"
+        )]
+        let (remote, dport) = (
+            [198, 51, 100, 10 + (i / 65_000) as u8],
+            1 + (i % 65_000) as u16,
+        );
+        let packet = syn(remote, 40_000, dport);
+        let program = probe.classifier(EGRESS_PROGRAM).expect("egress");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(&packet),
+                ..TestRunOptions::default()
+            })
+            .expect("test_run");
+        assert_eq!(result.return_value.cast_signed(), -1);
+    }
+    let counters = probe.read_counters().expect("counters");
+    let overflow = counters[KernelCounter::TargetsFull as usize];
+    assert_eq!(
+        overflow, extra as u64,
+        "every request past the target table is counted"
+    );
+
+    std::thread::sleep(Duration::from_millis(200));
+    let mut tracker = Tracker::new(Duration::from_secs(60));
+    let mut sweeper = Sweeper::new(SweepPolicy {
+        timeout_ns: 50_000_000,
+        capacity: PENDING_CAPACITY as usize,
+    });
+    poll(&mut probe, &mut tracker, &mut sweeper, monotonic_ns()).expect("poll");
+    let snapshot = tracker.snapshot(monotonic_ns());
+    assert_eq!(snapshot.targets.len(), capacity, "one target per slot");
+    let unanswered: u64 = snapshot.targets.iter().map(|t| t.unanswered).sum();
+    assert_eq!(
+        unanswered, capacity as u64,
+        "exactly the tracked requests went unanswered"
+    );
+    assert_eq!(
+        snapshot.kernel.counters.get("target_table_full"),
+        Some(&(extra as u64)),
+        "the overflow reaches the report"
+    );
+    assert_eq!(snapshot.kernel.lost_requests, extra as u64);
+    println!(
+        "target table: {} targets into {capacity} slots: {overflow} requests counted as \
+         target_table_full, {unanswered} unanswered, 0 misjudged",
+        capacity + extra
     );
 }
 
