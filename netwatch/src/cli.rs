@@ -243,7 +243,15 @@ fn one_line_usage_error(rendered: &str) -> String {
         .find(|line| !line.trim().is_empty())
         .unwrap_or("bad usage");
     let message = first.strip_prefix("error: ").unwrap_or(first).trim();
-    format!("{message} (see --help)")
+    // clap lists the accepted values on a line of their own; keep them on this one.
+    match rendered
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("[possible values:"))
+    {
+        Some(values) => format!("{message} {values} (see --help)"),
+        None => format!("{message} (see --help)"),
+    }
 }
 
 #[cfg(test)]
@@ -352,7 +360,10 @@ mod tests {
             (vec!["--iface", ""], "empty"),
             (vec!["--iface", "a-very-long-interface-name"], "at most 15"),
             (vec!["--frobnicate"], "--frobnicate"),
-            (vec!["--attach", "xdp"], "xdp"),
+            (
+                vec!["--attach", "xdp"],
+                "'xdp' for '--attach <MODE>' [possible values: auto, tcx, clsact]",
+            ),
         ] {
             let line = usage(&args);
             assert!(!line.contains('\n'), "{args:?}: {line:?}");
