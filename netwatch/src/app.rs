@@ -50,14 +50,15 @@ pub fn poll(
     now_ns: u64,
 ) -> Result<Vec<TargetView>, ProbeError> {
     kernel.read_targets(&mut |key, counters| tracker.observe_counters(now_ns, key, counters))?;
-    let swept = sweeper.sweep(now_ns, kernel.read_pending()?);
-    for (key, request) in &swept.unanswered {
-        tracker.observe_unanswered(now_ns, key, request);
+    if sweeper.due() {
+        let swept = sweeper.sweep(now_ns, kernel.read_pending()?);
+        for (key, request) in &swept.unanswered {
+            tracker.observe_unanswered(now_ns, key, request);
+        }
+        kernel.remove_pending_all(&swept.remove)?;
     }
-    for key in &swept.remove {
-        kernel.remove_pending(key)?;
-    }
-    tracker.observe_kernel(kernel.read_counters()?, swept.in_flight, swept.tombstones);
+    let (in_flight, tombstones) = sweeper.last_counts();
+    tracker.observe_kernel(kernel.read_counters()?, in_flight, tombstones);
     Ok(tracker.judge(now_ns))
 }
 

@@ -1,7 +1,11 @@
 //! The kernel shell: loads the eBPF programs, attaches them to interfaces, reads their maps,
 //! and detaches everything when dropped.
 
-use std::{process::Command, time::Duration};
+use std::{
+    os::fd::{AsFd as _, OwnedFd},
+    process::Command,
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -18,7 +22,7 @@ use netwatch_common::{
 };
 use thiserror::Error;
 
-use crate::{cli::AttachMode, interfaces::Interface};
+use crate::{batch, cli::AttachMode, interfaces::Interface};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf"));
@@ -137,6 +141,9 @@ const SLOT_RETRIES: u8 = 40;
 pub struct Probe {
     ebpf: Ebpf,
     pending: HashMap<MapData, RequestKey, PendingRequest>,
+    /// The pending table's descriptor again, for the batch operations aya does not wrap;
+    /// `None` once they failed (a kernel before 5.6): then a key at a time.
+    pending_batch: Option<OwnedFd>,
     target_slots: HashMap<MapData, TargetKey, u32>,
     slot_owners: HashMap<MapData, u32, TargetKey>,
     next_slot: Array<MapData, u32>,
@@ -162,6 +169,10 @@ pub trait KernelTables {
     fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError>;
     /// Removes a pending entry; a missing one is not an error.
     fn remove_pending(&mut self, key: &RequestKey) -> Result<(), ProbeError>;
+    /// Removes these pending entries; missing ones are not an error.
+    fn remove_pending_all(&mut self, keys: &[RequestKey]) -> Result<(), ProbeError> {
+        keys.iter().try_for_each(|key| self.remove_pending(key))
+    }
     /// [`KernelCounter`]s, summed over CPUs.
     fn read_counters(&mut self) -> Result<[u64; KernelCounter::COUNT], ProbeError>;
 }
@@ -199,11 +210,14 @@ impl Probe {
                 ProbeError::Load(first_line(&err))
             })?;
         }
-        let pending = HashMap::try_from(take_map(&mut ebpf, PENDING_MAP)?).map_err(|source| {
-            ProbeError::Map {
-                map: PENDING_MAP,
-                source,
-            }
+        let pending_map = take_map(&mut ebpf, PENDING_MAP)?;
+        let pending_batch = match &pending_map {
+            aya::maps::Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
+        let pending = HashMap::try_from(pending_map).map_err(|source| ProbeError::Map {
+            map: PENDING_MAP,
+            source,
         })?;
         let target_slots =
             HashMap::try_from(take_map(&mut ebpf, TARGET_SLOTS_MAP)?).map_err(|source| {
@@ -239,6 +253,7 @@ impl Probe {
         Ok(Self {
             ebpf,
             pending,
+            pending_batch,
             target_slots,
             slot_owners,
             next_slot,
@@ -488,6 +503,16 @@ impl KernelTables for Probe {
     }
 
     fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError> {
+        if let Some(fd) = &self.pending_batch {
+            // SAFETY: the PENDING map's key and value types.
+            match unsafe { batch::lookup_all(fd.as_fd(), PENDING_CAPACITY as usize) } {
+                Ok(entries) => return Ok(entries),
+                Err(err) => {
+                    log::debug!("batch lookup failed ({err}); reading a key at a time");
+                    self.pending_batch = None;
+                }
+            }
+        }
         let mut entries = Vec::new();
         for entry in self.pending.iter() {
             entries.push(entry.map_err(|source| ProbeError::Map {
@@ -515,6 +540,17 @@ impl KernelTables for Probe {
                 source,
             }),
         }
+    }
+
+    fn remove_pending_all(&mut self, keys: &[RequestKey]) -> Result<(), ProbeError> {
+        if let Some(fd) = &self.pending_batch {
+            // SAFETY: the PENDING map's key type.
+            match unsafe { batch::delete_all(fd.as_fd(), keys) } {
+                Ok(()) => return Ok(()),
+                Err(err) => log::debug!("batch delete failed ({err}); a key at a time"),
+            }
+        }
+        keys.iter().try_for_each(|key| self.remove_pending(key))
     }
 
     fn read_counters(&mut self) -> Result<[u64; KernelCounter::COUNT], ProbeError> {

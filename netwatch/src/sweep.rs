@@ -7,6 +7,8 @@
 
 use std::collections::HashSet;
 
+use foldhash::fast::RandomState;
+
 use netwatch_common::{PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, PendingRequest, RequestKey};
 
 /// How long after its deadline an entry is surely not about to be resolved by the kernel.
@@ -24,6 +26,11 @@ pub const TOMBSTONE_IDLE_NS: u64 = 70_000_000_000;
 /// Above this share of the table's capacity, tombstones are removed as soon as counted so
 /// that new requests keep finding room.
 const PRESSURE_PERCENT: usize = 75;
+
+/// Above this share of the table's capacity, the table is walked every other poll. The walk
+/// costs the kernel about 250 ns an entry: four full-table walks a second were half of
+/// netwatch's CPU under a request storm. A request is then judged at most one poll later.
+const BUSY_PERCENT: usize = 25;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SweepPolicy {
@@ -98,8 +105,13 @@ pub struct SweepOutcome {
 #[derive(Debug)]
 pub struct Sweeper {
     policy: SweepPolicy,
-    counted: HashSet<RequestKey>,
+    counted: HashSet<RequestKey, RandomState>,
     last_size: usize,
+    /// Whether the last [`Sweeper::due`] skipped a busy table's walk.
+    skipped: bool,
+    /// The last sweep's figures, reported again while a walk is skipped.
+    last_in_flight: usize,
+    last_tombstones: usize,
 }
 
 impl Sweeper {
@@ -107,9 +119,29 @@ impl Sweeper {
     pub fn new(policy: SweepPolicy) -> Self {
         Self {
             policy,
-            counted: HashSet::new(),
+            counted: HashSet::default(),
             last_size: 0,
+            skipped: false,
+            last_in_flight: 0,
+            last_tombstones: 0,
         }
+    }
+
+    /// Whether this poll should walk the table: always, except every other poll while the
+    /// table is busy (see [`BUSY_PERCENT`]).
+    pub fn due(&mut self) -> bool {
+        if self.last_size * 100 < self.policy.capacity * BUSY_PERCENT {
+            self.skipped = false;
+            return true;
+        }
+        self.skipped = !self.skipped;
+        !self.skipped
+    }
+
+    /// In-flight requests and tombstones as of the last sweep.
+    #[must_use]
+    pub const fn last_counts(&self) -> (usize, usize) {
+        (self.last_in_flight, self.last_tombstones)
     }
 
     /// Classifies every entry of the table as read at `now_ns`.
@@ -120,7 +152,8 @@ impl Sweeper {
     ) -> SweepOutcome {
         let under_pressure = self.last_size * 100 >= self.policy.capacity * PRESSURE_PERCENT;
         let mut outcome = SweepOutcome::default();
-        let mut still_counted = HashSet::with_capacity(self.counted.len());
+        let mut still_counted =
+            HashSet::with_capacity_and_hasher(self.counted.len(), RandomState::default());
         let mut size = 0;
         for (key, entry) in entries {
             size += 1;
@@ -144,6 +177,8 @@ impl Sweeper {
         // Forget entries that left the table (removed by us, or a key reused after removal).
         self.counted = still_counted;
         self.last_size = size;
+        self.last_in_flight = outcome.in_flight;
+        self.last_tombstones = outcome.tombstones;
         outcome
     }
 
@@ -279,6 +314,23 @@ mod tests {
         // The same key coming back is a new request.
         let again = sweeper.sweep(20 * S, vec![(key(1), entry(10 * S, 10 * S))]);
         assert_eq!(again.unanswered.len(), 1);
+    }
+
+    #[test]
+    fn a_busy_table_is_walked_every_other_poll() {
+        let mut sweeper = Sweeper::new(SweepPolicy {
+            timeout_ns: 1_000,
+            capacity: 8,
+        });
+        assert!(sweeper.due() && sweeper.due(), "an empty table every poll");
+        sweeper.sweep(0, (0..2).map(|port| (key(port), entry(0, 0))));
+        assert_eq!(sweeper.last_counts(), (2, 0), "both in flight");
+        assert!(!sweeper.due(), "a quarter full: busy, the next poll skips the walk");
+        assert!(sweeper.due(), "and the one after walks");
+        assert!(!sweeper.due());
+        assert!(sweeper.due());
+        sweeper.sweep(0, (0..1).map(|port| (key(port), entry(0, 0))));
+        assert!(sweeper.due() && sweeper.due(), "quiet again: every poll");
     }
 
     #[test]
