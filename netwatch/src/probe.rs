@@ -177,6 +177,54 @@ pub trait KernelTables {
     fn read_counters(&mut self) -> Result<[u64; KernelCounter::COUNT], ProbeError>;
 }
 
+/// clsact filters outlive the process that added them: after a SIGKILL, nobody removed
+/// netwatch's, and they would keep running on every packet. When no other netwatch runs
+/// (`/proc/*/comm`, readable without privileges), filters of netwatch's programs on this
+/// interface are such orphans: remove them. With another netwatch running they may be its
+/// own, so they stay.
+fn remove_orphaned_filters(iface: &str) {
+    if another_netwatch_runs() {
+        return;
+    }
+    for (name, direction) in [
+        (EGRESS_PROGRAM, TcAttachType::Egress),
+        (INGRESS_PROGRAM, TcAttachType::Ingress),
+    ] {
+        match tc::qdisc_detach_program(iface, direction, name) {
+            Ok(()) => eprintln!(
+                "netwatch: removed a {name} filter left on {iface} by a netwatch that was killed"
+            ),
+            Err(err) => log::debug!("no orphaned {name} filter on {iface}: {err}"),
+        }
+    }
+}
+
+fn another_netwatch_runs() -> bool {
+    let me = std::process::id().to_string();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        // Cannot tell: assume it does, and remove nothing.
+        return true;
+    };
+    processes.flatten().any(|entry| {
+        let pid = entry.file_name();
+        pid.to_str()
+            .is_some_and(|pid| pid != me && pid.bytes().all(|b| b.is_ascii_digit()))
+            && std::fs::read_to_string(entry.path().join("stat"))
+                .is_ok_and(|stat| is_live_netwatch(&stat))
+    })
+}
+
+/// `/proc/PID/stat` (`PID (COMM) STATE …`) of a netwatch that is not a zombie (a zombie
+/// has closed its descriptors: its filters are orphans too).
+fn is_live_netwatch(stat: &str) -> bool {
+    let Some((head, tail)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    head.split_once('(')
+        .is_some_and(|(_, comm)| comm == "netwatch")
+        && !matches!(tail.trim_start().chars().next(), Some('Z' | 'X'))
+}
+
 fn first_line(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -268,6 +316,8 @@ impl Probe {
 
     /// Attaches both programs to `iface`.
     pub fn attach(&mut self, iface: &Interface, mode: AttachMode) -> Result<Attached, ProbeError> {
+        // Whatever this run's mode, an earlier clsact run may have been killed here.
+        remove_orphaned_filters(&iface.name);
         let attached = match mode {
             AttachMode::Tcx => self.attach_tcx(iface),
             AttachMode::Clsact => self.attach_clsact(iface),
@@ -605,5 +655,25 @@ fn delete_clsact_if_empty(iface: &str) {
             String::from_utf8_lossy(&out.stderr).trim()
         ),
         Err(err) => log::warn!("could not run tc to remove the clsact qdisc from {iface}: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_live_netwatch;
+
+    #[test]
+    fn live_netwatch_processes_are_told_from_zombies_and_others() {
+        assert!(is_live_netwatch(
+            "4242 (netwatch) S 1 4242 4242 0 -1 4194560 …"
+        ));
+        assert!(is_live_netwatch("4242 (netwatch) R 1 …"));
+        assert!(!is_live_netwatch("4242 (netwatch) Z 1 …"), "a zombie");
+        assert!(!is_live_netwatch("4242 (netwatch-bench) S 1 …"));
+        assert!(
+            !is_live_netwatch("4242 (a) (netwatch) S 1 …"),
+            "comm with parentheses"
+        );
+        assert!(!is_live_netwatch("garbage"));
     }
 }

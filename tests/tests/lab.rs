@@ -519,6 +519,41 @@ fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
         left.contains("bytecode") && !left.contains("netwatch"),
         "only its own filters go: {left}"
     );
+
+    // SIGKILL leaves the filters (the kernel keeps them); the next start, in any mode,
+    // removes these orphans when no other netwatch runs (tests run one at a time).
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--attach", "clsact"]);
+    netwatch.stop_with(libc::SIGKILL);
+    let filters = |direction: &str| {
+        String::from_utf8_lossy(
+            &lab.client
+                .ok("tc", &["filter", "show", "dev", CLIENT_IFACE, direction])
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(
+        filters("egress").contains("netwatch_egress"),
+        "orphaned after SIGKILL"
+    );
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json"]);
+    assert!(
+        netwatch
+            .stderr_text()
+            .contains("removed a netwatch_egress filter left on c0 by a netwatch that was killed"),
+        "{}",
+        netwatch.stderr_text()
+    );
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    for direction in ["egress", "ingress"] {
+        let left = filters(direction);
+        assert!(!left.contains("netwatch"), "orphans removed: {left}");
+    }
+    assert!(
+        filters("ingress").contains("bytecode"),
+        "the foreign filter stays"
+    );
 }
 
 #[test]

@@ -64,6 +64,21 @@ pub const LAB_PACKAGES: &[Package] = &[
         provides: "/usr/sbin/bpftool",
         why: "checking nothing stays attached",
     },
+    Package {
+        name: "util-linux",
+        provides: "/usr/bin/setpriv",
+        why: "running netwatch with only the capabilities it needs",
+    },
+    Package {
+        name: "tmux",
+        provides: "/usr/bin/tmux",
+        why: "driving the live view in a real terminal",
+    },
+    Package {
+        name: "prometheus",
+        provides: "/usr/bin/promtool",
+        why: "checking the metrics and the alert rules",
+    },
 ];
 
 /// What the benchmarks drive besides the lab's tools.
