@@ -1,8 +1,8 @@
 //! Builds the eBPF programs (`netwatch-ebpf`) for the BPF target and leaves the object in
-//! OUT_DIR, where `src/probe.rs` embeds it with `include_bytes_aligned!`.
+//! `OUT_DIR`, where `src/probe.rs` embeds it with `include_bytes_aligned!`.
 //!
 //! The eBPF crate needs `-Z build-std=core`. It is built with the same pinned stable
-//! toolchain as everything else (rust-toolchain.toml), with RUSTC_BOOTSTRAP=1 set for that
+//! toolchain as everything else (rust-toolchain.toml), with `RUSTC_BOOTSTRAP=1` set for that
 //! inner build only, so no nightly can ever break it.
 use std::{env, fs, path::Path};
 

@@ -71,6 +71,10 @@ pub struct RequestKey {
     pub tag: u16,
     /// One of [`proto`].
     pub proto: u8,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding of a wire format"
+    )]
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<RequestKey>() == 40);
@@ -106,14 +110,14 @@ impl RequestKey {
 pub const PENDING_FLAG_LATE: u32 = 1;
 /// [`PendingRequest::flags`]: the request was rejected in time and is settled; the entry
 /// stays as a tombstone because the stack may retransmit a rejected request (Linux does
-/// after an ICMPv6 error), and that retransmit is the same request.
+/// after an `ICMPv6` error), and that retransmit is the same request.
 pub const PENDING_FLAG_REJECTED: u32 = 2;
 
 /// What the kernel remembers about a request until it is answered, rejected or expired.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingRequest {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the request first left.
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) when the request first left.
     pub first_sent_ns: u64,
     /// When it last left (retransmits move this; the deadline stays with `first_sent_ns`).
     pub last_sent_ns: u64,
@@ -129,6 +133,10 @@ pub struct PendingRequest {
     pub target_slot: u32,
     /// How many bytes of `question` were captured (DNS only).
     pub question_len: u16,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding of a wire format"
+    )]
     pub _pad: u16,
     /// The DNS question section as sent on the wire (labels, then QTYPE), truncated to
     /// [`DNS_QUESTION_CAPTURE`] bytes. Untrusted bytes: escape before display.
@@ -186,6 +194,10 @@ const _: () = assert!(size_of::<TargetCounters>() == 8 * (8 + REASON_SLOTS + LAT
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where it must be inlined"
+)]
 #[inline(always)]
 #[must_use]
 pub const fn latency_bucket(ns: u64) -> usize {
@@ -219,7 +231,7 @@ impl Reason {
     /// ICMP destination unreachable, code 0; code `c` ≤ 15 is `ICMP_UNREACH_BASE + c`.
     pub const ICMP_UNREACH_BASE: u8 = 2;
     pub const ICMP_UNREACH_OTHER: u8 = 18;
-    /// ICMPv6 destination unreachable, code 0; code `c` ≤ 7 is `ICMP6_UNREACH_BASE + c`.
+    /// `ICMPv6` destination unreachable, code 0; code `c` ≤ 7 is `ICMP6_UNREACH_BASE + c`.
     pub const ICMP6_UNREACH_BASE: u8 = 19;
     pub const ICMP6_UNREACH_OTHER: u8 = 27;
 
@@ -260,6 +272,10 @@ impl Reason {
     ];
 
     /// Reason for an ICMP (v4) destination-unreachable with `code`.
+    #[expect(
+        clippy::inline_always,
+        reason = "shared with the eBPF programs, where it must be inlined"
+    )]
     #[inline(always)]
     #[must_use]
     pub const fn icmp_unreachable(code: u8) -> u8 {
@@ -270,7 +286,11 @@ impl Reason {
         }
     }
 
-    /// Reason for an ICMPv6 destination-unreachable with `code`.
+    /// Reason for an `ICMPv6` destination-unreachable with `code`.
+    #[expect(
+        clippy::inline_always,
+        reason = "shared with the eBPF programs, where it must be inlined"
+    )]
     #[inline(always)]
     #[must_use]
     pub const fn icmp6_unreachable(code: u8) -> u8 {
@@ -330,7 +350,7 @@ impl KernelCounter {
         Self::ShortQuote,
     ];
 
-    /// Stable snake_case name used in JSON and metrics.
+    /// Stable `snake_case` name used in JSON and metrics.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
@@ -355,6 +375,10 @@ impl KernelCounter {
 }
 
 /// An IPv4 address as stored in keys: IPv4-mapped IPv6.
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where it must be inlined"
+)]
 #[inline(always)]
 #[must_use]
 pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {

@@ -134,6 +134,10 @@ fn host_addresses(watched: &[WatchedInterface]) -> Vec<IpAddr> {
 }
 
 /// Runs netwatch until a signal, `q`, or the end of `--duration`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the run loop reads best as one select! over its event sources"
+)]
 pub async fn run(args: Args) -> anyhow::Result<Ending> {
     // Signals first: a Ctrl-C during attach must still detach cleanly.
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
@@ -207,7 +211,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
             _ = ticker.tick() => {
                 let moved = reconcile(&mut probe, &mut run.interfaces, args.attach);
                 polls += 1;
-                if !moved.is_empty() || polls % 20 == 0 {
+                if !moved.is_empty() || polls.is_multiple_of(20) {
                     sources = host_addresses(&run.interfaces);
                 }
                 let now_ns = monotonic_ns();
@@ -375,7 +379,7 @@ mod tests {
         kernel.pending.insert(k1, p1);
         kernel.pending.insert(k2, p2);
         kernel.counters[KernelCounter::PendingFull as usize] = 3;
-        let mut tracker = Tracker::new(Duration::from_secs(60));
+        let mut tracker = Tracker::new(Duration::from_mins(1));
         let mut sweeper = Sweeper::new(SweepPolicy {
             timeout_ns: 3 * S,
             capacity: 100,

@@ -76,7 +76,7 @@ pub struct Args {
     #[arg(long)]
     pub plain: bool,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics. A bare port (`9464`) binds to
+    /// Serve Prometheus metrics at <http://ADDR/metrics>. A bare port (`9464`) binds to
     /// 127.0.0.1; give an address (`0.0.0.0:9464`) to listen elsewhere.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub metrics: Option<SocketAddr>,
@@ -185,23 +185,15 @@ fn parse_bounded(value: &str, min: Duration, max: Duration) -> Result<Duration, 
 }
 
 fn parse_timeout(value: &str) -> Result<Duration, String> {
-    parse_bounded(value, Duration::from_millis(10), Duration::from_secs(3600))
+    parse_bounded(value, Duration::from_millis(10), Duration::from_hours(1))
 }
 
 fn parse_window(value: &str) -> Result<Duration, String> {
-    parse_bounded(
-        value,
-        Duration::from_millis(100),
-        Duration::from_secs(7 * 86_400),
-    )
+    parse_bounded(value, Duration::from_millis(100), Duration::from_hours(168))
 }
 
 fn parse_run_duration(value: &str) -> Result<Duration, String> {
-    parse_bounded(
-        value,
-        Duration::from_millis(1),
-        Duration::from_secs(366 * 86_400),
-    )
+    parse_bounded(value, Duration::from_millis(1), Duration::from_hours(8784))
 }
 
 /// Parse outcome of the command line.
@@ -214,13 +206,13 @@ pub enum Parsed {
     Usage(String),
 }
 
-/// Parses `argv`, turning clap's multi-line usage errors into a single line.
-pub fn parse<I, T>(argv: I) -> Parsed
+/// Parses the command line, turning clap's multi-line usage errors into a single line.
+pub fn parse<I, T>(command_line: I) -> Parsed
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match Args::try_parse_from(argv) {
+    match Args::try_parse_from(command_line) {
         Ok(args) => Parsed::Run(Box::new(args)),
         Err(err) => {
             use clap::error::ErrorKind;
@@ -277,7 +269,7 @@ mod tests {
         let args = parse_ok(&[]);
         assert!(args.iface.is_empty());
         assert_eq!(args.timeout, Duration::from_secs(3));
-        assert_eq!(args.window, Duration::from_secs(60));
+        assert_eq!(args.window, Duration::from_mins(1));
         assert_eq!(args.duration, None);
         assert!(!args.json);
         assert!(!args.plain);
@@ -338,7 +330,7 @@ mod tests {
         ]);
         assert_eq!(args.timeout, Duration::from_millis(500));
         assert_eq!(args.window, Duration::from_secs(2));
-        assert_eq!(args.duration, Some(Duration::from_secs(60)));
+        assert_eq!(args.duration, Some(Duration::from_mins(1)));
         assert!(args.json);
     }
 

@@ -62,7 +62,7 @@ pub fn probe_link(name: &str) -> Option<(u32, LinkState)> {
     ))
 }
 
-/// ARPHRD_ETHER and ARPHRD_LOOPBACK: frames tc hands over start with an Ethernet header.
+/// `ARPHRD_ETHER` and `ARPHRD_LOOPBACK`: frames tc hands over start with an Ethernet header.
 const ETHERNET_LINK_TYPES: [u32; 2] = [1, 772];
 
 /// Resolves the interfaces to watch: `requested` (deduplicated, in order) or, when empty,

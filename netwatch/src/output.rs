@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeSet,
+    fmt::Write as _,
     io::{self, IsTerminal as _, Write as _},
     time::{Duration, Instant, SystemTime},
 };
@@ -71,6 +72,10 @@ impl Drop for TerminalGuard {
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one Output for the whole run, never moved around"
+)]
 pub(crate) enum Output {
     Json {
         writer: JsonWriter<io::Stdout>,
@@ -202,7 +207,7 @@ impl Output {
                     run,
                     findings,
                 },
-            )
+            );
         })?;
         Ok(())
     }
@@ -271,7 +276,7 @@ fn plain_body(snapshot: &Snapshot, findings: &[Finding]) -> String {
     if !findings.is_empty() {
         body.push_str("\nDIAGNOSIS\n");
         for finding in findings {
-            body.push_str(&format!("[{}] {}\n", finding.finding, finding.summary));
+            let _ = writeln!(body, "[{}] {}", finding.finding, finding.summary);
         }
         let requests = render_requests(findings);
         if !requests.is_empty() {

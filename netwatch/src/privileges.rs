@@ -50,8 +50,8 @@ pub fn effective_set(status: &str) -> Option<u64> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
-/// The capabilities missing from `effective` to load and attach tc programs. CAP_SYS_ADMIN
-/// stands in for CAP_BPF and CAP_PERFMON, as the kernel allows.
+/// The capabilities missing from `effective` to load and attach tc programs. `CAP_SYS_ADMIN`
+/// stands in for `CAP_BPF` and `CAP_PERFMON`, as the kernel allows.
 #[must_use]
 pub fn missing(effective: u64) -> Vec<Capability> {
     let has = |cap: Capability| effective & (1u64 << cap.bit) != 0;
@@ -68,7 +68,7 @@ pub fn missing(effective: u64) -> Vec<Capability> {
     missing
 }
 
-/// Once the programs are loaded and attached, keeps only CAP_NET_ADMIN (to attach again
+/// Once the programs are loaded and attached, keeps only `CAP_NET_ADMIN` (to attach again
 /// to an interface that comes back, and to remove clsact filters at exit) and drops every
 /// other capability for good. Map reads and tcx detach need none.
 pub fn drop_after_attach() -> Result<(), caps::errors::CapsError> {

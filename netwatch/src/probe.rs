@@ -564,7 +564,7 @@ impl KernelTables for Probe {
             }
         }
         let mut entries = Vec::new();
-        for entry in self.pending.iter() {
+        for entry in &self.pending {
             entries.push(entry.map_err(|source| ProbeError::Map {
                 map: PENDING_MAP,
                 source,
@@ -638,8 +638,7 @@ fn delete_clsact_if_empty(iface: &str) {
         Command::new("tc")
             .args(["filter", "show", "dev", iface, direction])
             .output()
-            .map(|out| !out.stdout.is_empty())
-            .unwrap_or(true)
+            .map_or(true, |out| !out.stdout.is_empty())
     });
     if has_filters {
         log::info!("leaving the clsact qdisc on {iface}: other filters use it");

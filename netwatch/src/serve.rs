@@ -47,8 +47,7 @@ pub async fn start(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
 async fn scrape(State(shared): State<Shared>) -> impl IntoResponse {
     let published = shared
         .lock()
-        .map(|p| p.clone())
-        .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        .map_or_else(|poisoned| poisoned.into_inner().clone(), |p| p.clone());
     let body = metrics::render(&published.snapshot, &published.run, &Cardinality::default());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body)
 }

@@ -325,7 +325,10 @@ mod tests {
         assert!(sweeper.due() && sweeper.due(), "an empty table every poll");
         sweeper.sweep(0, (0..2).map(|port| (key(port), entry(0, 0))));
         assert_eq!(sweeper.last_counts(), (2, 0), "both in flight");
-        assert!(!sweeper.due(), "a quarter full: busy, the next poll skips the walk");
+        assert!(
+            !sweeper.due(),
+            "a quarter full: busy, the next poll skips the walk"
+        );
         assert!(sweeper.due(), "and the one after walks");
         assert!(!sweeper.due());
         assert!(sweeper.due());

@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_new_target_is_announced_pending_then_judged() {
-        let mut tracker = Tracker::new(Duration::from_secs(60));
+        let mut tracker = Tracker::new(Duration::from_mins(1));
         tracker.observe_counters(S, &dns_key(), &counters(1, 0));
         let changes = tracker.judge(S);
         assert_eq!(changes.len(), 1);
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn counter_increases_become_outcomes() {
-        let mut tracker = Tracker::new(Duration::from_secs(60));
+        let mut tracker = Tracker::new(Duration::from_mins(1));
         tracker.observe_counters(S, &dns_key(), &counters(3, 3));
         assert_eq!(tracker.judge(S)[0].verdict, Verdict::Ok);
         let mut rejected = counters(5, 3);
@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn names_are_deduplicated_and_bounded() {
-        let mut tracker = Tracker::new(Duration::from_secs(60));
+        let mut tracker = Tracker::new(Duration::from_mins(1));
         tracker.observe_counters(S, &dns_key(), &counters(20, 0));
         for i in 0..20 {
             let (key, pending) = request(&format!("host{}.example", i % 10));
@@ -406,7 +406,7 @@ mod tests {
 
     #[test]
     fn in_flight_is_what_is_not_resolved_yet() {
-        let mut tracker = Tracker::new(Duration::from_secs(60));
+        let mut tracker = Tracker::new(Duration::from_mins(1));
         let mut c = counters(10, 4);
         c.untracked = 1;
         tracker.observe_counters(S, &dns_key(), &c);
@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn requests_per_second_over_recent_polls() {
-        let mut tracker = Tracker::new(Duration::from_secs(60));
+        let mut tracker = Tracker::new(Duration::from_mins(1));
         tracker.observe_counters(S, &dns_key(), &counters(10, 10));
         tracker.judge(S);
         tracker.observe_counters(3 * S, &dns_key(), &counters(30, 30));

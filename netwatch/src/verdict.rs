@@ -168,7 +168,7 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn history() -> History {
-        History::new(Duration::from_secs(60))
+        History::new(Duration::from_mins(1))
     }
 
     #[test]

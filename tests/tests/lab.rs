@@ -523,7 +523,7 @@ fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
     // SIGKILL leaves the filters (the kernel keeps them); the next start, in any mode,
     // removes these orphans when no other netwatch runs (tests run one at a time).
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--attach", "clsact"]);
-    netwatch.stop_with(libc::SIGKILL);
+    let _killed = netwatch.stop_with(libc::SIGKILL);
     let filters = |direction: &str| {
         String::from_utf8_lossy(
             &lab.client

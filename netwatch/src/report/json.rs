@@ -173,7 +173,7 @@ mod tests {
             interfaces: vec![],
             uptime: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
-            window: Duration::from_secs(60),
+            window: Duration::from_mins(1),
         };
         let mut out = Vec::new();
         JsonWriter::new(&mut out)

@@ -72,6 +72,6 @@ mod tests {
         assert_eq!(short_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(short_duration(Duration::from_secs(3)), "3s");
         assert_eq!(short_duration(Duration::from_secs(83)), "1m23s");
-        assert_eq!(short_duration(Duration::from_secs(7500)), "2h05m");
+        assert_eq!(short_duration(Duration::from_mins(125)), "2h05m");
     }
 }

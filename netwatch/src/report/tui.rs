@@ -501,7 +501,7 @@ mod tests {
             }],
             uptime: Duration::from_secs(83),
             timeout: Duration::from_secs(3),
-            window: Duration::from_secs(60),
+            window: Duration::from_mins(1),
         };
         let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
         terminal
@@ -514,7 +514,7 @@ mod tests {
                         run: &run,
                         findings,
                     },
-                )
+                );
             })
             .unwrap();
         let buffer = terminal.backend().buffer().clone();
