@@ -1246,3 +1246,75 @@ impl OutputWithStdin for Command {
         child.wait_with_output().expect("wait")
     }
 }
+
+/// A DNS name read from the wire carrying a terminal escape sequence reaches neither the
+/// JSON nor the plain table raw: it is written in presentation format (`\027`).
+#[test]
+fn names_from_the_wire_are_escaped_in_json_and_in_the_table() {
+    if !prerequisites(
+        "names_from_the_wire_are_escaped_in_json_and_in_the_table",
+        LAB_TOOLS,
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
+    let plain = lab
+        .client
+        .command(&netwatch_tests::lab::netwatch_binary().to_string_lossy())
+        .args([
+            "--iface",
+            CLIENT_IFACE,
+            "--plain",
+            "--timeout",
+            "1s",
+            "--duration",
+            "6s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("netwatch --plain");
+    std::thread::sleep(Duration::from_secs(1));
+    // dig reads \027 as the byte 27 (ESC) and puts it in the question as such.
+    client(
+        &lab,
+        "dig",
+        &[
+            "+tries=1",
+            "+timeout=1",
+            &format!("@{DNS_V4}"),
+            r"evil\027[2J.example",
+        ],
+    );
+    netwatch.wait_for(Duration::from_secs(5), "udp/53 blackholed", |r| {
+        r["type"] == "verdict" && r["port"] == 53 && r["verdict"] == "blackholed"
+    });
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let target = assert_target(
+        &finished,
+        &id("udp", DNS_V4, Some(53)),
+        "blackholed",
+        None,
+        1,
+    );
+    assert_eq!(target["names"][0], r"evil\027[2J.example", "{target}");
+    let raw = |value: &Value| value.to_string().contains("\\u001b");
+    assert!(
+        !finished.records.iter().any(raw),
+        "no record carries a raw ESC"
+    );
+    let table = plain.wait_with_output().expect("netwatch --plain");
+    let stdout = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(stdout.contains(r"evil\027[2J.example"), "{stdout}");
+    assert!(
+        !table.stdout.contains(&0x1b),
+        "no raw ESC in the table: {stdout:?}"
+    );
+}
