@@ -582,3 +582,44 @@ pub fn target_id(record: &Value) -> TargetId {
         record["port"].as_u64(),
     )
 }
+
+/// netwatch's tcx links and programs loaded in the kernel, all namespaces: (links, programs).
+#[must_use]
+pub fn netwatch_bpf_objects() -> (usize, usize) {
+    let count = |what: &str| {
+        let out = Command::new("bpftool")
+            .args([what, "show", "--json"])
+            .output()
+            .expect("bpftool");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let programs: Vec<u64> = Command::new("bpftool")
+            .args(["prog", "show", "--json"])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| {
+                p["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("netwatch_"))
+            })
+            .filter_map(|p| p["id"].as_u64())
+            .collect();
+        list.as_array().map_or(0, |items| {
+            items
+                .iter()
+                .filter(|item| match what {
+                    "link" => item["prog_id"]
+                        .as_u64()
+                        .is_some_and(|id| programs.contains(&id)),
+                    _ => item["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("netwatch_")),
+                })
+                .count()
+        })
+    };
+    (count("link"), count("prog"))
+}

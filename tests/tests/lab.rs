@@ -354,44 +354,6 @@ fn opening_the_firewall_turns_dns_back_to_ok_while_running() {
 }
 
 /// Links and programs named netwatch_* system-wide, as bpftool lists them.
-fn netwatch_bpf_objects() -> (usize, usize) {
-    let count = |what: &str| {
-        let out = Command::new("bpftool")
-            .args([what, "show", "--json"])
-            .output()
-            .expect("bpftool");
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let programs: Vec<u64> = Command::new("bpftool")
-            .args(["prog", "show", "--json"])
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter(|p| {
-                p["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("netwatch_"))
-            })
-            .filter_map(|p| p["id"].as_u64())
-            .collect();
-        list.as_array().map_or(0, |items| {
-            items
-                .iter()
-                .filter(|item| match what {
-                    "link" => item["prog_id"]
-                        .as_u64()
-                        .is_some_and(|id| programs.contains(&id)),
-                    _ => item["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with("netwatch_")),
-                })
-                .count()
-        })
-    };
-    (count("link"), count("prog"))
-}
 
 #[test]
 fn nothing_stays_attached_after_any_exit() {
@@ -402,10 +364,10 @@ fn nothing_stays_attached_after_any_exit() {
         return;
     }
     let lab = Lab::new();
-    let before = netwatch_bpf_objects();
+    let before = netwatch_tests::lab::netwatch_bpf_objects();
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
         let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json"]);
-        let during = netwatch_bpf_objects();
+        let during = netwatch_tests::lab::netwatch_bpf_objects();
         assert_eq!(
             during.0,
             before.0 + 2,
@@ -426,7 +388,7 @@ fn nothing_stays_attached_after_any_exit() {
         }
         // The kernel releases a tcx link when its last fd closes, also after SIGKILL.
         netwatch_tests::lab::wait_until(Duration::from_secs(5), "links to go", || {
-            netwatch_bpf_objects() == before
+            netwatch_tests::lab::netwatch_bpf_objects() == before
         });
     }
 }
@@ -655,7 +617,7 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
         );
     }
     // Output that cannot be written: one line, non-zero, and nothing left attached.
-    let before = netwatch_bpf_objects();
+    let before = netwatch_tests::lab::netwatch_bpf_objects();
     let out = lab
         .client
         .command(&binary)
@@ -674,7 +636,11 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
         1,
         "{stderr}"
     );
-    assert_eq!(netwatch_bpf_objects(), before, "nothing left attached");
+    assert_eq!(
+        netwatch_tests::lab::netwatch_bpf_objects(),
+        before,
+        "nothing left attached"
+    );
     // Without privileges: one line naming what is missing, nothing attached.
     let out = lab.client.run(
         "setpriv",
