@@ -179,7 +179,7 @@ pub trait KernelTables {
 
 /// clsact filters outlive the process that added them: after a SIGKILL, nobody removed
 /// netwatch's, and they would keep running on every packet. When no other netwatch runs
-/// (`/proc/*/comm`, readable without privileges), filters of netwatch's programs on this
+/// (`/proc/*/stat`, readable without privileges; zombies do not count), filters of netwatch's programs on this
 /// interface are such orphans: remove them. With another netwatch running they may be its
 /// own, so they stay.
 fn remove_orphaned_filters(iface: &str) {
