@@ -147,11 +147,21 @@ fn track(ctx: &TcContext, key: &RequestKey, tcp_seq: u32, question_at: Option<us
     match PENDING.insert(key, &pending, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
         Err(err) if err == -EEXIST => {
-            // The same request again (SYN retransmit, resolver retry): one request.
-            add(&mut counters.retransmits, 1);
-            if let Some(existing) = PENDING.get_ptr_mut(key) {
-                // SAFETY: a live map value; a single aligned store.
-                unsafe { (*existing).last_sent_ns = now };
+            let Some(existing) = PENDING.get_ptr_mut(key) else {
+                return;
+            };
+            // SAFETY: a live map value, valid for this program run.
+            let existing = unsafe { &mut *existing };
+            if key.proto == proto::TCP && existing.tcp_seq != tcp_seq {
+                // A new connection on a 4-tuple still remembered (a tombstone kept for
+                // retransmits, or an attempt given up): a new initial sequence number makes
+                // it a new request. Linux reuses a source port at once after a reset.
+                *existing = pending;
+                add(&mut counters.requests, 1);
+            } else {
+                // The same request again (SYN retransmit, resolver retry): one request.
+                add(&mut counters.retransmits, 1);
+                existing.last_sent_ns = now;
             }
         }
         Err(_) => {

@@ -5,7 +5,7 @@
 //! once and leaves it in place as a tombstone for a while: a SYN retransmitted a minute later
 //! is the same request (the kernel sees the entry and counts a retransmit), not a new one.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
@@ -105,7 +105,10 @@ pub struct SweepOutcome {
 #[derive(Debug)]
 pub struct Sweeper {
     policy: SweepPolicy,
-    counted: HashSet<RequestKey, RandomState>,
+    /// Counted entries, with the first send time of the request counted: an entry whose
+    /// time differs is a new request that the kernel put under the same key (a new TCP
+    /// connection on a reused 4-tuple).
+    counted: HashMap<RequestKey, u64, RandomState>,
     last_size: usize,
     /// Whether the last [`Sweeper::due`] skipped a busy table's walk.
     skipped: bool,
@@ -119,7 +122,7 @@ impl Sweeper {
     pub fn new(policy: SweepPolicy) -> Self {
         Self {
             policy,
-            counted: HashSet::default(),
+            counted: HashMap::default(),
             last_size: 0,
             skipped: false,
             last_in_flight: 0,
@@ -153,21 +156,21 @@ impl Sweeper {
         let under_pressure = self.last_size * 100 >= self.policy.capacity * PRESSURE_PERCENT;
         let mut outcome = SweepOutcome::default();
         let mut still_counted =
-            HashSet::with_capacity_and_hasher(self.counted.len(), RandomState::default());
+            HashMap::with_capacity_and_hasher(self.counted.len(), RandomState::default());
         let mut size = 0;
         for (key, entry) in entries {
             size += 1;
-            let counted = self.counted.contains(&key);
+            let counted = self.counted.get(&key) == Some(&entry.first_sent_ns);
             match fate(&self.policy, now_ns, &entry, counted, under_pressure) {
                 Fate::InFlight => outcome.in_flight += 1,
                 Fate::Unanswered => {
-                    still_counted.insert(key);
+                    still_counted.insert(key, entry.first_sent_ns);
                     outcome.unanswered.push((key, entry));
                     outcome.tombstones += 1;
                 }
                 Fate::Tombstone => {
                     if counted {
-                        still_counted.insert(key);
+                        still_counted.insert(key, entry.first_sent_ns);
                     }
                     outcome.tombstones += 1;
                 }
@@ -287,6 +290,20 @@ mod tests {
             Fate::Remove
         );
         assert_eq!(fate(&p, 10 * S, &rejected, false, true), Fate::Remove);
+    }
+
+    #[test]
+    fn a_new_request_under_a_counted_key_is_counted_again() {
+        let mut sweeper = Sweeper::new(policy());
+        let first = sweeper.sweep(4 * S, vec![(key(1), entry(0, 0))]);
+        assert_eq!(first.unanswered.len(), 1);
+        // The kernel replaced the tombstone: a new connection on the same 4-tuple.
+        let replaced = vec![(key(1), entry(10 * S, 10 * S))];
+        let second = sweeper.sweep(11 * S, replaced.clone());
+        assert_eq!(second.in_flight, 1, "the new request is in flight");
+        assert!(second.unanswered.is_empty());
+        let third = sweeper.sweep(14 * S, replaced);
+        assert_eq!(third.unanswered.len(), 1, "and counted once it expires");
     }
 
     #[test]

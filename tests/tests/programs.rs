@@ -2351,3 +2351,71 @@ fn syn_then_syn_ack_is_answered() {
     assert_eq!(h.keys().len(), 0);
     assert_eq!(h.target(&Flow::tcp(false, 40000, 443, 1000)).answered, 1);
 }
+
+/// A SYN with a new initial sequence number on a 4-tuple the table still remembers (here as
+/// the tombstone of a reset connection) is a new connection: a new request, not a
+/// retransmit. Linux reuses a source port right after a reset.
+#[test]
+fn a_new_connection_on_a_remembered_four_tuple_is_a_new_request() {
+    const NAME: &str = "a_new_connection_on_a_remembered_four_tuple_is_a_new_request";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::new(NAME);
+    let segment = |outbound: bool, seq: u32, ack: Option<u32>, rst: bool| {
+        let (src, dst) = if outbound {
+            ([203, 0, 113, 2], [198, 51, 100, 10])
+        } else {
+            ([198, 51, 100, 10], [203, 0, 113, 2])
+        };
+        let (sport, dport) = if outbound {
+            (40000, 9000)
+        } else {
+            (9000, 40000)
+        };
+        let mut frame = Vec::new();
+        let builder = PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, seq, 64240);
+        let builder = match (ack, rst) {
+            (Some(ack), true) => builder.rst().ack(ack),
+            (Some(ack), false) => builder.syn().ack(ack),
+            (None, _) => builder.syn(),
+        };
+        builder.write(&mut frame, &[]).expect("build the segment");
+        frame
+    };
+    let flow = Flow::tcp(false, 40000, 9000, 1000);
+    h.egress(&segment(true, 1000, None, false), "a SYN");
+    h.ingress(&segment(false, 0, Some(1001), true), "its RST");
+    h.egress(&segment(true, 1000, None, false), "the SYN again");
+    let counters = h.target(&flow);
+    assert_eq!(
+        (counters.requests, counters.retransmits, counters.rejected),
+        (1, 1, 1),
+        "a retransmit of the rejected request"
+    );
+    h.egress(
+        &segment(true, 7000, None, false),
+        "a new SYN, new ISN, same 4-tuple",
+    );
+    let counters = h.target(&flow);
+    assert_eq!(
+        (counters.requests, counters.retransmits),
+        (2, 1),
+        "a new request"
+    );
+    let entry = h.entry(&flow).expect("the new request is pending");
+    assert_eq!(
+        (entry.tcp_seq, entry.flags),
+        (7000, 0),
+        "in flight, not a tombstone"
+    );
+    h.ingress(&segment(false, 5000, Some(7001), false), "its SYN-ACK");
+    assert_eq!(
+        h.target(&flow).answered,
+        1,
+        "the new connection is answered"
+    );
+    assert!(h.entry(&flow).is_none());
+}
