@@ -99,13 +99,15 @@ fn random_kills_leave_nothing_attached_and_the_next_start_works() {
     let mut lab = Lab::new();
     lab.start_listener(LISTENER);
     lab.start_dns();
-    // Traffic all along: answered (HTTP), rejected (TCP 9000), dropped (DNS). Bounded by
-    // `timeout`, and killed with the lab.
-    let mut traffic = lab.client.command("timeout");
+    // Traffic all along: answered (HTTP), rejected (TCP 9000), dropped (DNS). The shell
+    // is the lab's direct child, so dropping the lab kills it (a `timeout` wrapper would die
+    // alone and leave the loop running); it also stops by itself after ten minutes.
+    let mut traffic = lab.client.command("sh");
     traffic
-        .args(["600", "sh", "-c"])
+        .arg("-c")
         .arg(format!(
-            "while :; do curl -s -m 1 http://{SERVER_V4}/ >/dev/null; \
+            "end=$(($(date +%s) + 600)); while [ \"$(date +%s)\" -lt \"$end\" ]; do \
+             curl -s -m 1 http://{SERVER_V4}/ >/dev/null; \
              nc -z -w 1 {SERVER_V4} 9000; \
              dig +tries=1 +timeout=1 @{DNS_V4} fault.example >/dev/null; done"
         ))
