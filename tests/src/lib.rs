@@ -10,6 +10,7 @@
 
 pub mod lab;
 pub mod packets;
+pub mod random;
 
 use std::path::Path;
 

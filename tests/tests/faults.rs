@@ -5,7 +5,7 @@
 
 use std::{
     process::Stdio,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use netwatch_tests::{
@@ -13,35 +13,10 @@ use netwatch_tests::{
         CLIENT_IFACE, DNS_V4, Lab, SERVER_V4, netwatch_binary, netwatch_bpf_objects, wait_until,
     },
     prerequisites,
+    random::{Rng, env_u64, seed},
 };
 
 const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
-
-/// splitmix64: a small seeded generator, so a failing sequence can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    let value = value.trim();
-    value.strip_prefix("0x").map_or_else(
-        || value.parse().ok(),
-        |hex| u64::from_str_radix(hex, 16).ok(),
-    )
-}
 
 /// netwatch filters on the client interface, both directions.
 fn clsact_filters(lab: &Lab) -> usize {
@@ -88,11 +63,7 @@ fn random_kills_leave_nothing_attached_and_the_next_start_works() {
         return;
     }
     let kills = env_u64("NETWATCH_KILLS").unwrap_or(50);
-    let seed = env_u64("NETWATCH_FAULTS_SEED").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 32)
-    });
+    let seed = seed("NETWATCH_FAULTS_SEED");
     eprintln!("faults: seed=0x{seed:x} (NETWATCH_FAULTS_SEED replays it)");
     let mut rng = Rng(seed);
 

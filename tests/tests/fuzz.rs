@@ -14,7 +14,7 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
@@ -23,26 +23,22 @@ use netwatch_common::{
     EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, RequestKey, TargetCounters, TargetKey,
     ipv4_mapped, proto,
 };
-use netwatch_tests::prerequisites;
+use netwatch_tests::{
+    prerequisites,
+    random::{Rng, env_u64, seed},
+};
 
-/// splitmix64: small, seeded, replayable.
-struct Rng(u64);
+/// Draws the fuzzer needs beyond numbers.
+trait Draw {
+    fn byte(&mut self) -> u8;
+    fn chance(&mut self, one_in: u64) -> bool;
+    fn bytes(&mut self, n: usize) -> Vec<u8>;
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
+impl Draw for Rng {
     fn byte(&mut self) -> u8 {
-        self.next().to_le_bytes()[0]
+        self.next_u64().to_le_bytes()[0]
     }
 
     fn chance(&mut self, one_in: u64) -> bool {
@@ -56,15 +52,6 @@ impl Rng {
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[usize::try_from(self.below(items.len() as u64)).unwrap_or(0)]
     }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    let value = value.trim();
-    value.strip_prefix("0x").map_or_else(
-        || value.parse().ok(),
-        |hex| u64::from_str_radix(hex, 16).ok(),
-    )
 }
 
 const LOCAL_V4: [u8; 4] = [203, 0, 113, 2];
@@ -416,11 +403,7 @@ fn a_million_random_packets_fool_nothing() {
         return;
     }
     let total = env_u64("NETWATCH_FUZZ_PACKETS").unwrap_or(1_000_000);
-    let seed = env_u64("NETWATCH_FUZZ_SEED").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs() ^ (u64::from(d.subsec_nanos()) << 32))
-    });
+    let seed = seed("NETWATCH_FUZZ_SEED");
     eprintln!("fuzz: seed=0x{seed:x} (NETWATCH_FUZZ_SEED replays it)");
     let mut rng = Rng(seed);
     // A long timeout: nothing may turn late while the test runs.
