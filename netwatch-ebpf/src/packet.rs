@@ -250,7 +250,9 @@ pub fn addresses_into<R: Reader>(
     }
 }
 
-/// Source and destination addresses, IPv4 ones mapped into IPv6.
+/// Source and destination addresses, IPv4 ones mapped into IPv6. Egress uses this rather
+/// than [`addresses_into`]: filling the key in place there costs the verifier 19,000 more
+/// instructions (95,817 against 76,480 of the 100,000 budget), for no speed.
 #[inline(always)]
 pub fn addresses<R: Reader>(ctx: &TcContext, ip: &Ip) -> Option<([u8; 16], [u8; 16])> {
     if ip.v6 {

@@ -506,19 +506,24 @@ fn icmp_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
     }
 }
 
+/// The blackholed targets and the rejected ones, in order.
+fn dropped_and_refused<'a>(
+    targets: &[&'a TargetView],
+) -> (Vec<&'a TargetView>, Vec<&'a TargetView>) {
+    let with = |verdict| {
+        targets
+            .iter()
+            .copied()
+            .filter(|t| t.verdict == verdict)
+            .collect()
+    };
+    (with(Verdict::Blackholed), with(Verdict::Rejected))
+}
+
 /// "4 echo requests unanswered, 2 rejected with icmp-admin-prohibited".
 fn echo_counts(targets: &[&TargetView]) -> String {
     let mut parts = Vec::new();
-    let dropped: Vec<&TargetView> = targets
-        .iter()
-        .copied()
-        .filter(|t| t.verdict == Verdict::Blackholed)
-        .collect();
-    let refused: Vec<&TargetView> = targets
-        .iter()
-        .copied()
-        .filter(|t| t.verdict == Verdict::Rejected)
-        .collect();
+    let (dropped, refused) = dropped_and_refused(targets);
     if !dropped.is_empty() {
         let n = dropped.iter().map(|t| t.unanswered).sum();
         parts.push(format!(
@@ -682,16 +687,7 @@ fn blocked_how(targets: &[&TargetView]) -> String {
 /// (icmp-admin-prohibited)".
 fn failure_phrase(targets: &[&TargetView], one: &str, many: &str) -> String {
     let mut parts = Vec::new();
-    let dropped: Vec<&TargetView> = targets
-        .iter()
-        .copied()
-        .filter(|t| t.verdict == Verdict::Blackholed)
-        .collect();
-    let refused: Vec<&TargetView> = targets
-        .iter()
-        .copied()
-        .filter(|t| t.verdict == Verdict::Rejected)
-        .collect();
+    let (dropped, refused) = dropped_and_refused(targets);
     if !dropped.is_empty() {
         let n = dropped.iter().map(|t| t.unanswered).sum();
         parts.push(format!(
