@@ -284,8 +284,8 @@ fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
     settle_here(key, rejection, reason, check, value);
 }
 
-/// [`resolve`] through the global function [`settle`]: for [`quoted_rejection`], whose
-/// stack frame sits on top of the classifier's.
+/// [`resolve`] through the function [`settle`]: for [`quoted_rejection`], whose stack frame
+/// sits on top of the classifier's.
 #[inline(always)]
 fn resolve_out_of_line(key: &RequestKey, outcome: Outcome, check: Check) {
     let (rejection, reason, check, value) = scalars(outcome, check);
@@ -310,20 +310,14 @@ const CHECK_KEY: u32 = 0;
 const CHECK_ACKS_SYN: u32 = 1;
 const CHECK_QUOTES_SYN: u32 = 2;
 
-/// [`resolve`], its arguments spelled as the scalars a global function can take.
-#[unsafe(no_mangle)]
+/// [`resolve`] out of line: one frame on the stack rather than a copy in each caller's.
+///
+/// A static BPF function, not a global one: the verifier checks it at each of its three
+/// call sites, with the caller's knowledge of `key`. A global function taking a pointer
+/// needs Linux 5.12 ("Unrecognized arg#0 type PTR" on 5.10), and before 6.2 the pointer it
+/// gets (PTR_TO_MEM) cannot be a map key ("R2 type=mem expected=fp, …" on 6.1).
 #[inline(never)]
-pub extern "C" fn settle(
-    key: *const RequestKey,
-    rejection: u32,
-    reason: u32,
-    check: u32,
-    value: u32,
-) -> i32 {
-    // SAFETY: the verifier passes a pointer to 40 readable bytes, or null.
-    let Some(key) = (unsafe { key.as_ref() }) else {
-        return 0;
-    };
+fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32) -> i32 {
     settle_here(key, rejection, reason, check, value)
 }
 

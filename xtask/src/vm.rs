@@ -635,6 +635,10 @@ impl Kernel {
             }
             writeln!(script, "suite {} {line}", suite.test)?;
         }
+        if let Ok(command) = std::env::var("NETWATCH_VM_COMMAND") {
+            // For investigating a kernel by hand: its output lands in results/command.log.
+            writeln!(script, "suite command sh -c {}", shell_quote(&command))?;
+        }
         script.push_str(GUEST_TAIL);
         let script_path = run_dir.join("guest.sh");
         fs::write(&script_path, script)?;
