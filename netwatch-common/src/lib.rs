@@ -48,6 +48,8 @@ pub mod proto {
 
 /// [`TargetKey::direction`]: requests this host sent.
 pub const DIRECTION_EGRESS: u8 = 0;
+/// [`TargetKey::direction`]: requests this host received.
+pub const DIRECTION_INGRESS: u8 = 1;
 
 /// The well-known DNS port; UDP queries to it are tracked per transaction id.
 pub const DNS_PORT: u16 = 53;
@@ -71,11 +73,9 @@ pub struct RequestKey {
     pub tag: u16,
     /// One of [`proto`].
     pub proto: u8,
-    #[expect(
-        clippy::pub_underscore_fields,
-        reason = "explicit padding of a wire format"
-    )]
-    pub _pad: u8,
+    /// [`DIRECTION_EGRESS`]: a request this host sent; [`DIRECTION_INGRESS`]: one it received.
+    /// `remote` is always the peer and `local` this host, whichever way the request went.
+    pub direction: u8,
 }
 const _: () = assert!(size_of::<RequestKey>() == 40);
 
@@ -90,18 +90,23 @@ impl RequestKey {
             local_port: 0,
             tag: 0,
             proto: 0,
-            _pad: 0,
+            direction: DIRECTION_EGRESS,
         }
     }
 
-    /// The target this request counts towards.
+    /// The target this request counts towards: the peer and the port asked for (the
+    /// remote's for a request this host sent, this host's for one it received).
     #[must_use]
     pub const fn target(&self) -> TargetKey {
         TargetKey {
             remote: self.remote,
-            remote_port: self.remote_port,
+            remote_port: if self.direction == DIRECTION_INGRESS {
+                self.local_port
+            } else {
+                self.remote_port
+            },
             proto: self.proto,
-            direction: DIRECTION_EGRESS,
+            direction: self.direction,
         }
     }
 }
@@ -121,6 +126,12 @@ pub struct PendingRequest {
     pub first_sent_ns: u64,
     /// When it last left (retransmits move this; the deadline stays with `first_sent_ns`).
     pub last_sent_ns: u64,
+    /// When the kernel put this request under a key still holding an earlier, unsettled
+    /// request whose deadline had passed (a new TCP connection on a reused 4-tuple, a new DNS
+    /// question on a reused port and id): that request's `first_sent_ns`, so userspace can
+    /// count it unanswered if it had not yet. 0 otherwise. (An earlier request replaced
+    /// before its deadline is counted `abandoned` by the kernel itself.)
+    pub replaced_first_sent_ns: u64,
     /// TCP: the SYN's sequence number, to check the ACK of a SYN-ACK or RST and the
     /// sequence quoted in an ICMP error. 0 otherwise.
     pub tcp_seq: u32,
@@ -133,27 +144,45 @@ pub struct PendingRequest {
     pub target_slot: u32,
     /// How many bytes of `question` were captured (DNS only).
     pub question_len: u16,
-    #[expect(
-        clippy::pub_underscore_fields,
-        reason = "explicit padding of a wire format"
-    )]
-    pub _pad: u16,
+    /// TCP: bytes of data the SYN carried (TCP Fast Open): a SYN-ACK or RST may acknowledge
+    /// anything from ISN + 1 to ISN + 1 + this. 0 otherwise.
+    pub syn_payload_len: u16,
     /// The DNS question section as sent on the wire (labels, then QTYPE), truncated to
     /// [`DNS_QUESTION_CAPTURE`] bytes. Untrusted bytes: escape before display.
     pub question: [u8; DNS_QUESTION_CAPTURE],
 }
-const _: () = assert!(size_of::<PendingRequest>() == 112);
+const _: () = assert!(size_of::<PendingRequest>() == 120);
+
+impl PendingRequest {
+    /// A request first sent at `now_ns`, everything else zero, to be filled in place.
+    #[must_use]
+    pub const fn sent_at(now_ns: u64) -> Self {
+        Self {
+            first_sent_ns: now_ns,
+            last_sent_ns: now_ns,
+            replaced_first_sent_ns: 0,
+            tcp_seq: 0,
+            flags: 0,
+            ifindex: 0,
+            target_slot: 0,
+            question_len: 0,
+            syn_payload_len: 0,
+            question: [0; DNS_QUESTION_CAPTURE],
+        }
+    }
+}
 
 /// A remote endpoint requests go to: (direction, proto, remote address, remote port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TargetKey {
     pub remote: [u8; 16],
-    /// 0 for ICMP.
+    /// The port asked for: the remote's ([`DIRECTION_EGRESS`]) or this host's
+    /// ([`DIRECTION_INGRESS`]). 0 for ICMP.
     pub remote_port: u16,
     /// One of [`proto`].
     pub proto: u8,
-    /// [`DIRECTION_EGRESS`].
+    /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`].
     pub direction: u8,
 }
 const _: () = assert!(size_of::<TargetKey>() == 20);
@@ -181,6 +210,10 @@ pub struct TargetCounters {
     pub late: u64,
     /// Requests that could not be tracked because the pending table was full.
     pub untracked: u64,
+    /// Requests given up by the client before their deadline: a new request took their key
+    /// (a new TCP connection on the same 4-tuple, a new DNS question on the same port and
+    /// id) while they were still in flight. Neither answered nor unanswered.
+    pub abandoned: u64,
     /// When a request (or retransmit) to this target last left.
     pub last_request_ns: u64,
     /// When an answer or rejection last came back.
@@ -190,7 +223,7 @@ pub struct TargetCounters {
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (8 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (9 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
@@ -334,10 +367,25 @@ pub enum KernelCounter {
     ExtensionHeaderLimit = 7,
     /// An ICMP error quoting too little of the original packet to identify the request.
     ShortQuote = 8,
+    /// A request-shaped packet to a broadcast or multicast destination (the destination
+    /// MAC's group bit, `224.0.0.0/4` and above, `ff00::/8`): answers come from other addresses,
+    /// so it is not a request to any one target.
+    NotUnicast = 9,
+    /// A request still in flight replaced by a new one under the same key (see
+    /// `TargetCounters::abandoned`).
+    Abandoned = 10,
+    /// A settled request's tombstone (rejected, or answered late) could not be put back: a
+    /// retransmit of it would then count as a new request.
+    TombstoneLost = 11,
+    /// A second late answer or rejection for a request already answered late.
+    LateDuplicate = 12,
+    /// ICMP "fragmentation needed" or `ICMPv6` "packet too big": path-MTU signalling, not a
+    /// rejection.
+    PathMtu = 13,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 14;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -348,6 +396,11 @@ impl KernelCounter {
         Self::Fragment,
         Self::ExtensionHeaderLimit,
         Self::ShortQuote,
+        Self::NotUnicast,
+        Self::Abandoned,
+        Self::TombstoneLost,
+        Self::LateDuplicate,
+        Self::PathMtu,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -363,6 +416,11 @@ impl KernelCounter {
             Self::Fragment => "fragment",
             Self::ExtensionHeaderLimit => "ipv6_extension_limit",
             Self::ShortQuote => "short_icmp_quote",
+            Self::NotUnicast => "not_unicast",
+            Self::Abandoned => "abandoned",
+            Self::TombstoneLost => "tombstone_lost",
+            Self::LateDuplicate => "late_duplicate",
+            Self::PathMtu => "path_mtu",
         }
     }
 
@@ -476,13 +534,23 @@ mod tests {
             local_port: 40_000,
             tag: 7,
             proto: proto::UDP,
-            _pad: 0,
+            direction: DIRECTION_EGRESS,
         };
         let target = key.target();
         assert_eq!(target.remote, key.remote);
         assert_eq!(
             (target.remote_port, target.proto, target.direction),
             (53, 17, 0)
+        );
+        let inbound = RequestKey {
+            direction: DIRECTION_INGRESS,
+            ..key
+        }
+        .target();
+        assert_eq!(
+            (inbound.remote_port, inbound.direction),
+            (40_000, DIRECTION_INGRESS),
+            "an inbound request's target is this host's port asked for"
         );
     }
 }
