@@ -70,16 +70,49 @@ pub fn missing(effective: u64) -> Vec<Capability> {
 
 /// Once the programs are loaded and attached, keeps only `CAP_NET_ADMIN` (to attach again
 /// to an interface that comes back, and to remove clsact filters at exit) and drops every
-/// other capability for good. Map reads and tcx detach need none.
+/// other capability for good. Map reads and tcx detach need none, from Linux 6.5 on.
+///
+/// Before 6.5, while `kernel.unprivileged_bpf_disabled` is set (Debian's default), every
+/// bpf(2) command needs `CAP_BPF`, map reads included (`__sys_bpf` checked it at entry; 6.5
+/// moved the check into map creation and program load): there `CAP_BPF` is kept too, and
+/// netwatch says so once.
 pub fn drop_after_attach() -> Result<(), caps::errors::CapsError> {
     use caps::{CapSet, Capability as Cap, CapsHashSet};
-    let keep: CapsHashSet = [Cap::CAP_NET_ADMIN].into_iter().collect();
+    let mut keep: CapsHashSet = [Cap::CAP_NET_ADMIN].into_iter().collect();
+    if map_reads_need_cap_bpf() {
+        eprintln!(
+            "netwatch: keeping CAP_BPF: this kernel (before Linux 6.5, with \
+             kernel.unprivileged_bpf_disabled set) needs it to read the maps"
+        );
+        keep.insert(Cap::CAP_BPF);
+    }
     let permitted = caps::read(None, CapSet::Permitted)?;
     let keep: CapsHashSet = keep.intersection(&permitted).copied().collect();
     caps::clear(None, CapSet::Ambient)?;
     caps::clear(None, CapSet::Inheritable)?;
     caps::set(None, CapSet::Effective, &keep)?;
     caps::set(None, CapSet::Permitted, &keep)
+}
+
+/// Whether this kernel wants `CAP_BPF` for every bpf(2) command (see [`drop_after_attach`]).
+#[must_use]
+pub fn map_reads_need_cap_bpf() -> bool {
+    let disabled = fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .is_ok_and(|v| v.trim() != "0");
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    disabled && checks_bpf_at_every_call(&release)
+}
+
+/// Kernels before 6.5 check `unprivileged_bpf_disabled` at every bpf(2) call.
+fn checks_bpf_at_every_call(release: &str) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) < (6, 5),
+        _ => false,
+    }
 }
 
 /// Checks this process has what it needs.
@@ -102,6 +135,15 @@ mod tests {
 
     fn set(caps: &[Capability]) -> u64 {
         caps.iter().fold(0, |acc, cap| acc | (1 << cap.bit))
+    }
+
+    #[test]
+    fn kernels_before_6_5_check_bpf_at_every_call() {
+        assert!(checks_bpf_at_every_call("5.10.0-32-cloud-amd64"));
+        assert!(checks_bpf_at_every_call("6.1.0-56-cloud-amd64\n"));
+        assert!(!checks_bpf_at_every_call("6.5.0"));
+        assert!(!checks_bpf_at_every_call("6.12.117+deb12-cloud-amd64"));
+        assert!(!checks_bpf_at_every_call("garbage"));
     }
 
     #[test]

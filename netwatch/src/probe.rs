@@ -316,15 +316,23 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// The first kernel with tcx (BPF links on tc hooks).
+const TCX_KERNEL: (u32, u32) = (6, 6);
+
+/// The running kernel's release and `major.minor`, when it can be read.
+fn running_kernel() -> Option<(String, (u32, u32))> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = release.trim().to_owned();
+    let version = kernel_version(&release)?;
+    Some((release, version))
+}
+
 /// `Err` with one line naming the minimum on a kernel older than [`MINIMUM_KERNEL`].
 fn check_kernel_version() -> Result<(), ProbeError> {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
-        return Ok(()); // cannot tell: let the load say what is wrong
-    };
-    let release = release.trim();
-    match (kernel_version(release), kernel_version(MINIMUM_KERNEL)) {
-        (Some(found), Some(minimum)) if found < minimum => {
-            Err(ProbeError::KernelTooOld(release.to_owned()))
+    // Cannot tell: let the load say what is wrong.
+    match (running_kernel(), kernel_version(MINIMUM_KERNEL)) {
+        (Some((release, found)), Some(minimum)) if found < minimum => {
+            Err(ProbeError::KernelTooOld(release))
         }
         _ => Ok(()),
     }
@@ -410,7 +418,19 @@ impl Probe {
         // Whatever this run's mode, an earlier clsact run may have been killed here.
         remove_orphaned_filters(&iface.name);
         let attached = match mode {
-            AttachMode::Tcx => self.attach_tcx(iface),
+            AttachMode::Tcx => self.attach_tcx(iface).map_err(|err| {
+                match running_kernel().filter(|(_, version)| *version < TCX_KERNEL) {
+                    Some((release, _)) => ProbeError::Attach {
+                        iface: iface.name.clone(),
+                        reason: format!(
+                            "tcx needs Linux {}.{} or later, this is Linux {release}; \
+                             --attach clsact (or auto) works here",
+                            TCX_KERNEL.0, TCX_KERNEL.1
+                        ),
+                    },
+                    None => err,
+                }
+            }),
             AttachMode::Clsact => self.attach_clsact(iface),
             AttachMode::Auto => self.attach_tcx(iface).or_else(|tcx_err| {
                 log::info!(

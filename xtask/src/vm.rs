@@ -90,7 +90,7 @@ const TEST_MODULES: &[&str] = &[
 const GUEST_MEMORY: &str = "2G";
 
 /// A kernel that runs longer than this is stopped and counted as failed.
-const KERNEL_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+const KERNEL_TIMEOUT: Duration = Duration::from_mins(45);
 
 /// One test executable and how the matrix runs it.
 pub struct Suite {
@@ -103,7 +103,7 @@ pub struct Suite {
 }
 
 /// What runs on every kernel: the programs on crafted packets, the fuzz test with fewer
-/// packets (BPF_PROG_TEST_RUN is 13–19× slower under TCG), and the namespace lab.
+/// packets (`BPF_PROG_TEST_RUN` is 13–19× slower under TCG), and the namespace lab.
 pub const SUITES: &[Suite] = &[
     Suite {
         test: "programs",
@@ -188,7 +188,7 @@ pub fn run_counted(command: &mut Command) -> anyhow::Result<Counts> {
     let mut child = command
         .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("could not run {:?}", command.get_program()))?;
+        .with_context(|| format!("could not run {}", command.get_program().display()))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut output = String::new();
     for line in BufReader::new(stdout).lines() {
@@ -226,7 +226,9 @@ impl Executables {
 pub fn run_host(executables: &Executables, root: &Path) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let version = host_kernel();
-    say(&format!("kernel {version} (this machine's): the suites run directly"));
+    say(&format!(
+        "kernel {version} (this machine's): the suites run directly"
+    ));
     let mut counts = Counts::default();
     for suite in suites() {
         let mut command = crate::as_root(executables.get(suite.test)?);
@@ -336,7 +338,7 @@ struct PrivateApt {
 
 impl PrivateApt {
     /// The lists are refreshed when older than this.
-    const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+    const MAX_AGE: Duration = Duration::from_hours(24);
 
     fn new(dir: &Path) -> anyhow::Result<Self> {
         let sources = dir.join("sources");
@@ -362,21 +364,20 @@ impl PrivateApt {
         let apt = Self {
             dir: dir.to_owned(),
         };
-        if changed || apt.lists_age().is_none_or(|age| age > Self::MAX_AGE) {
+        let stamp = dir.join("updated");
+        if changed || Self::age(&stamp).is_none_or(|age| age > Self::MAX_AGE) {
             say("refreshing the private apt lists for the kernels (target/vm/apt)");
             cmd::run(apt.command("apt-get").args(["update", "-qq"]))?;
+            fs::write(&stamp, "")?;
         }
         Ok(apt)
     }
 
-    fn lists_age(&self) -> Option<Duration> {
-        fs::read_dir(self.dir.join("lists"))
-            .ok()?
-            .flatten()
-            .filter(|entry| entry.file_name().to_string_lossy().ends_with("_Packages"))
-            .filter_map(|entry| entry.metadata().ok()?.modified().ok())
-            .min()
-            .and_then(|oldest| SystemTime::now().duration_since(oldest).ok())
+    /// Since the last successful update (apt dates the lists themselves by the archive's
+    /// Release time, not by when they were fetched).
+    fn age(stamp: &Path) -> Option<Duration> {
+        let modified = fs::metadata(stamp).ok()?.modified().ok()?;
+        SystemTime::now().duration_since(modified).ok()
     }
 
     fn command(&self, program: &str) -> Command {
@@ -440,8 +441,9 @@ fn host_debian_uri() -> String {
         .unwrap_or_default();
     text.lines()
         .find_map(|line| {
-            line.split_whitespace()
-                .find(|word| word.starts_with("http") && word.trim_end_matches('/').ends_with("/debian"))
+            line.split_whitespace().find(|word| {
+                word.starts_with("http") && word.trim_end_matches('/').ends_with("/debian")
+            })
         })
         .map_or_else(
             || "http://deb.debian.org/debian".to_owned(),
@@ -496,23 +498,25 @@ impl Kernel {
             .to_owned();
         let debs = vm_dir.join("debs");
         fs::create_dir_all(&debs)?;
-        let deb = match find_deb(&debs, &package) {
-            Some(deb) => deb,
-            None => {
-                say(&format!("downloading {package} (Linux {version})"));
-                cmd::run(
-                    apt.command("apt-get")
-                        .args(["download", "-qq", &package])
-                        .current_dir(&debs),
-                )?;
-                find_deb(&debs, &package)
-                    .with_context(|| format!("apt-get download left no {package} .deb"))?
-            }
+        let deb = if let Some(deb) = find_deb(&debs, &package) {
+            deb
+        } else {
+            say(&format!("downloading {package} (Linux {version})"));
+            cmd::run(
+                apt.command("apt-get")
+                    .args(["download", "-qq", &package])
+                    .current_dir(&debs),
+            )?;
+            find_deb(&debs, &package)
+                .with_context(|| format!("apt-get download left no {package} .deb"))?
         };
         let dir = vm_dir.join("kernels").join(&abi);
         let unpacked = dir.join(".unpacked");
         if !unpacked.exists() {
-            say(&format!("unpacking {} and indexing its modules", deb.display()));
+            say(&format!(
+                "unpacking {} and indexing its modules",
+                deb.display()
+            ));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir)?;
             cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
@@ -545,18 +549,20 @@ impl Kernel {
     fn build_initramfs(&self) -> anyhow::Result<()> {
         let stage = self.dir.join("initramfs");
         let _ = fs::remove_dir_all(&stage);
-        for sub in ["bin", "modules", "proc", "sys", "dev", "host", "rw", "newroot"] {
+        for sub in [
+            "bin", "modules", "proc", "sys", "dev", "host", "rw", "newroot",
+        ] {
             fs::create_dir_all(stage.join(sub))?;
         }
         fs::copy("/bin/busybox", stage.join("bin/busybox"))?;
         let mut insmods = String::new();
         for module in BOOT_MODULES {
-            let depends = cmd::output(
-                Command::new("modprobe")
-                    .arg("-d")
-                    .arg(&self.dir)
-                    .args(["-S", &self.abi, "--show-depends", module]),
-            )?;
+            let depends = cmd::output(Command::new("modprobe").arg("-d").arg(&self.dir).args([
+                "-S",
+                &self.abi,
+                "--show-depends",
+                module,
+            ]))?;
             for line in depends.lines() {
                 let Some(path) = line.strip_prefix("insmod ") else {
                     continue; // "builtin NAME"
@@ -649,7 +655,11 @@ impl Kernel {
             self.version,
             self.abi,
             accel.name(),
-            suites().iter().map(|s| s.test).collect::<Vec<_>>().join(", ")
+            suites()
+                .iter()
+                .map(|s| s.test)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         let console = run_dir.join("console.log");
         let append = format!(
@@ -669,8 +679,8 @@ impl Kernel {
 
         let mut counts = Counts::default();
         for suite in suites() {
-            let log = fs::read_to_string(results.join(format!("{}.log", suite.test)))
-                .unwrap_or_default();
+            let log =
+                fs::read_to_string(results.join(format!("{}.log", suite.test))).unwrap_or_default();
             let rc = fs::read_to_string(results.join(format!("{}.rc", suite.test)))
                 .ok()
                 .and_then(|rc| rc.trim().parse::<i32>().ok());
@@ -678,7 +688,10 @@ impl Kernel {
             match rc {
                 Some(0) if finished => {}
                 Some(code) if finished && found.failed > 0 => {
-                    say(&format!("kernel {}: {} exited {code}", self.version, suite.test));
+                    say(&format!(
+                        "kernel {}: {} exited {code}",
+                        self.version, suite.test
+                    ));
                 }
                 Some(code) => {
                     say(&format!(
@@ -713,7 +726,10 @@ impl Kernel {
 
     /// Boots with `append` on the command line; `finished` when the guest wrote
     /// `results/done` before powering off.
-    #[expect(clippy::too_many_arguments, reason = "one call site per use, all paths")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per use, all paths"
+    )]
     fn boot(
         &self,
         accel: Accel,
@@ -727,7 +743,11 @@ impl Kernel {
         let root_socket = run_dir.join("root.sock");
         let results_socket = run_dir.join("results.sock");
         let mut daemons = Daemons::default();
-        daemons.spawn(virtiofsd(&root_socket, Path::new("/"), "always"), run_dir, "virtiofsd-root")?;
+        daemons.spawn(
+            virtiofsd(&root_socket, Path::new("/"), "always"),
+            run_dir,
+            "virtiofsd-root",
+        )?;
         daemons.spawn(
             virtiofsd(&results_socket, results, "none"),
             run_dir,
@@ -768,7 +788,10 @@ impl Kernel {
             .arg(format!("socket,id=root,path={}", root_socket.display()))
             .args(["-device", "vhost-user-fs-pci,chardev=root,tag=hostroot"])
             .arg("-chardev")
-            .arg(format!("socket,id=results,path={}", results_socket.display()))
+            .arg(format!(
+                "socket,id=results,path={}",
+                results_socket.display()
+            ))
             .args(["-device", "vhost-user-fs-pci,chardev=results,tag=results"]);
         daemons.spawn(qemu, run_dir, "qemu")?;
         let qemu_index = daemons.children.len() - 1;
@@ -814,7 +837,19 @@ struct Daemons {
 
 impl Daemons {
     fn spawn(&mut self, mut command: Command, run_dir: &Path, name: &str) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt as _;
         let log = fs::File::create(run_dir.join(format!("{name}.log")))?;
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when
+        // xtask dies (killed before its Drop could run: a CI timeout, SIGKILL).
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -907,9 +942,13 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
 fn cmd_bytes(command: &mut Command) -> anyhow::Result<Vec<u8>> {
     let out = command
         .output()
-        .with_context(|| format!("could not run {:?}", command.get_program()))?;
+        .with_context(|| format!("could not run {}", command.get_program().display()))?;
     if !out.status.success() {
-        bail!("{:?} failed ({})", command.get_program(), out.status);
+        bail!(
+            "{} failed ({})",
+            command.get_program().display(),
+            out.status
+        );
     }
     Ok(out.stdout)
 }
@@ -976,7 +1015,9 @@ impl Accel {
             say("KVM works here: the kernels run under KVM");
             Self::Kvm
         } else {
-            say("KVM did not boot a probe kernel within 30 s: the kernels run under TCG (emulation, slow)");
+            say(
+                "KVM did not boot a probe kernel within 30 s: the kernels run under TCG (emulation, slow)",
+            );
             Self::Tcg
         }
     }
@@ -1014,7 +1055,7 @@ mount --move /dev /newroot/dev
 exec switch_root /newroot /bin/sh "$script"
 "#;
 
-/// The guest script's beginning (host's /bin/sh, PID 1 after switch_root); one `suite`
+/// The guest script's beginning (host's /bin/sh, PID 1 after `switch_root`); one `suite`
 /// line per suite follows, then [`GUEST_TAIL`].
 const GUEST_HEAD: &str = r#"# Written by cargo xtask vm-test: runs inside the guest as PID 1.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
@@ -1066,7 +1107,10 @@ mod tests {
         );
         assert_eq!(
             newest_of_series(madison, "6.12"),
-            Some(("linux-image-6.12-cloud-amd64".into(), "6.12.117-1~deb12u1".into()))
+            Some((
+                "linux-image-6.12-cloud-amd64".into(),
+                "6.12.117-1~deb12u1".into()
+            ))
         );
         assert_eq!(
             newest_of_series(madison, "5.10").map(|(_, v)| v),
@@ -1089,7 +1133,7 @@ mod tests {
                 true
             )
         );
-        assert_eq!(count_tests("running 1 test\ntest a ... ok\n").1, false);
+        assert!(!count_tests("running 1 test\ntest a ... ok\n").1);
     }
 
     #[test]
