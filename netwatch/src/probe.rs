@@ -316,6 +316,32 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK` rather than to the cgroup: with
+/// a small limit (64 KiB by default) and no `CAP_SYS_RESOURCE` to raise it, map creation
+/// fails with EPERM. Says so, and what to do, instead of only EPERM.
+fn with_memlock_hint(error: String) -> String {
+    let old_kernel = running_kernel().is_some_and(|(_, version)| version < (5, 11));
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut limit) } == 0;
+    if !(old_kernel
+        && read
+        && limit.rlim_cur != libc::RLIM_INFINITY
+        && error.contains("Operation not permitted"))
+    {
+        return error;
+    }
+    format!(
+        "{error}; Linux before 5.11 charges BPF maps to the locked-memory limit, {} KiB here: \
+         raise it (`ulimit -l unlimited`, or LimitMEMLOCK=infinity in a systemd unit) or run \
+         as root",
+        limit.rlim_cur / 1024
+    )
+}
+
 /// The first kernel with tcx (BPF links on tc hooks).
 const TCX_KERNEL: (u32, u32) = (6, 6);
 
@@ -348,7 +374,7 @@ impl Probe {
             .load(EBPF_OBJECT)
             .map_err(|err| {
                 log::debug!("eBPF object load failed: {err:?}");
-                ProbeError::Load(first_line(&err))
+                ProbeError::Load(with_memlock_hint(first_line(&err)))
             })?;
         for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
             let program = classifier(&mut ebpf, name)?;

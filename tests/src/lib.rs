@@ -56,3 +56,16 @@ pub fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
+
+/// How netwatch's `--attach auto` attaches on the running kernel: `tcx` from Linux 6.6,
+/// `clsact` filters before (the kernel matrix boots 5.10 and 6.1).
+#[must_use]
+pub fn auto_attach() -> &'static str {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version >= (6, 6) { "tcx" } else { "clsact" }
+}

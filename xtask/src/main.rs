@@ -176,6 +176,15 @@ fn vm_test(kernels: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         bail!("vm-test needs root (virtiofsd shares the host's files); run it with sudo");
     }
+    if let Some(unknown) = kernels
+        .iter()
+        .find(|k| k.as_str() != "host" && !vm::MATRIX.contains(&k.as_str()))
+    {
+        bail!(
+            "--kernel {unknown}: the matrix has {} and host",
+            vm::MATRIX.join(", ")
+        );
+    }
     setup::ensure_build_toolchain()?;
     setup::ensure_packages(setup::LAB_PACKAGES)?;
     setup::ensure_packages(vm::VM_PACKAGES)?;
