@@ -218,7 +218,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
                 let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
                 run.uptime = started.elapsed();
                 let snapshot = tracker.snapshot(now_ns);
-                let findings = diagnosis::diagnose(&snapshot, &sources);
+                let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);
                 let written = output.interfaces_changed(&moved).and_then(|()| {
                     output.on_poll(&View { changes: &changes, snapshot: &snapshot, findings: &findings, run: &run })
                 });
@@ -244,7 +244,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
     run.uptime = started.elapsed();
     let snapshot = tracker.snapshot(now_ns);
-    let findings = diagnosis::diagnose(&snapshot, &sources);
+    let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);
     let view = View {
         changes: &changes,
         snapshot: &snapshot,
