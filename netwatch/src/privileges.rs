@@ -98,9 +98,8 @@ impl BpfProbe {
 ///
 /// Kernels before 5.19 with `kernel.unprivileged_bpf_disabled` set refuse every `bpf()`
 /// call, even on a map descriptor the process already holds, without `CAP_BPF` (Linux 5.8+)
-/// or `CAP_SYS_ADMIN` (before 5.8, the only one); 5.19 ("bpf: refine
-/// kernel.unprivileged_bpf_disabled behaviour", selftest `prog_tests/unpriv_bpf_disabled.c`)
-/// lets map reads on a held descriptor through. Distributions backport such changes, so
+/// or `CAP_SYS_ADMIN` (before 5.8, the only one); 5.19 (selftest
+/// `prog_tests/unpriv_bpf_disabled.c`) lets map reads on a held descriptor through. Distributions backport such changes, so
 /// the kernel is asked rather than guessed
 /// from its version: `probe(None)` makes a harmless `bpf()` call with only `CAP_NET_ADMIN`
 /// effective; if it is refused, `probe(Some(cap))` tries again with `cap` raised, for
