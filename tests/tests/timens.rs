@@ -56,6 +56,7 @@ fn dropped_request_times_out_on_time(lab: &Lab, offset_s: i64) {
     });
     let after = sent.elapsed().as_secs_f64();
     let _ = nc.wait();
+    eprintln!("offset {offset_s} s: blackholed {after:.2} s after the request");
     assert!(
         after >= TIMEOUT_S - 0.3,
         "offset {offset_s} s: blackholed {after:.2} s after the request, before the {TIMEOUT_S} s \
