@@ -679,6 +679,9 @@ fn ipv6_finding(judged: &[&TargetView], findings: &mut Vec<Finding>) {
     if v6_failing.is_empty() {
         return;
     }
+    // One IPv4 target can be the counterpart of several IPv6 ones.
+    counterparts.sort_by_key(|t| identity(t));
+    counterparts.dedup_by_key(|t| identity(t));
     let labels: Vec<String> = v6_failing.iter().map(|t| label(t)).collect();
     let services: BTreeSet<String> = counterparts.iter().map(|t| service(t)).collect();
     let services: Vec<String> = services.into_iter().collect();
@@ -1766,6 +1769,7 @@ mod tests {
         // The other direction: v6 tcp/443 dropped while v4 tcp/443 is ok.
         let broken = run(vec![
             dropped(Tcp, HOST6, 443, 3),
+            dropped(Tcp, "2001:db8::11", 443, 3),
             ok(Tcp, "198.51.100.11", 443, 3),
             dropped(Udp, R6, 53, 1),
             dropped(Udp, R1, 53, 1),
@@ -1773,8 +1777,16 @@ mod tests {
         let v6 = the(&broken, IPV6_BROKEN);
         assert_eq!(
             v6.evidence.len(),
-            2,
+            3,
             "the DNS target failing on both families is not evidence: {v6:#?}"
+        );
+        assert!(
+            v6.summary.contains(
+                "2 IPv6 targets (tcp/443 to 2001:db8::10, tcp/443 to 2001:db8::11) fail while \
+                 the same service over IPv4 (tcp/443 to 198.51.100.11) is ok"
+            ),
+            "{}",
+            v6.summary
         );
     }
 
