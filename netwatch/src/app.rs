@@ -47,6 +47,7 @@ pub fn poll(
         for (key, request) in &swept.unanswered {
             tracker.observe_unanswered(now_ns, key, request);
         }
+        tracker.observe_in_flight(&swept.in_flight_by_target);
         kernel.remove_pending_all(&swept.remove)?;
     }
     let (in_flight, tombstones) = sweeper.last_counts();
@@ -190,7 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         timeout_ns,
         capacity: probe.pending_capacity(),
     });
-    let mut tracker = Tracker::new(args.window);
+    let mut tracker = Tracker::new(args.window).with_blackhole_grace(args.timeout);
     let mut sources = host_addresses(&run.interfaces);
     let mut output =
         Output::new(Mode::choose(args.json, args.plain)).context("setting up the terminal")?;
@@ -310,8 +311,7 @@ mod tests {
     use std::collections::HashMap;
 
     use netwatch_common::{
-        DNS_QUESTION_CAPTURE, KernelCounter, PendingRequest, RequestKey, TargetCounters, TargetKey,
-        proto,
+        KernelCounter, PendingRequest, RequestKey, TargetCounters, TargetKey, proto,
     };
 
     use super::*;
@@ -363,17 +363,9 @@ mod tests {
             proto: proto::TCP,
             _pad: 0,
         };
-        let pending = PendingRequest {
-            first_sent_ns: sent_ns,
-            last_sent_ns: sent_ns,
-            tcp_seq: 7,
-            flags: 0,
-            ifindex: 2,
-            target_slot: 0,
-            question_len: 0,
-            _pad: 0,
-            question: [0; DNS_QUESTION_CAPTURE],
-        };
+        let mut pending = PendingRequest::sent_at(sent_ns);
+        pending.tcp_seq = 7;
+        pending.ifindex = 2;
         (key, pending)
     }
 

@@ -7,8 +7,8 @@ use std::{
 };
 
 use netwatch_common::{
-    KernelCounter, LATENCY_BUCKETS, PendingRequest, REASON_SLOTS, Reason, RequestKey,
-    TargetCounters, TargetKey, latency_bucket_upper_ns, proto,
+    KernelCounter, LATENCY_BUCKETS, PendingRequest, REASON_SLOTS, RequestKey, TargetCounters,
+    TargetKey, latency_bucket_upper_ns, proto,
 };
 
 use crate::{
@@ -29,13 +29,19 @@ pub struct TargetState {
     kernel: TargetCounters,
     /// Requests userspace found unanswered after the timeout.
     unanswered: u64,
+    /// Requests of this target in the pending table and within their deadline, as of the
+    /// last sweep. Read from the table rather than derived from the counters, so a request
+    /// lost to a race can never hold it above zero.
+    in_flight: u64,
     history: History,
     verdict: Verdict,
-    reason: Option<u8>,
+    reason: Option<&'static str>,
     /// A bounded sample of names whose queries went unanswered (escaped).
     names: Vec<String>,
     /// Whether a verdict record went out for this target yet.
     announced: bool,
+    /// Since when the target has been blackholed without a break.
+    blackholed_since_ns: Option<u64>,
 }
 
 impl TargetState {
@@ -44,17 +50,18 @@ impl TargetState {
             target,
             kernel: zero_counters(),
             unanswered: 0,
+            in_flight: 0,
             history: History::new(window),
             verdict: Verdict::Pending,
             reason: None,
             names: Vec::new(),
             announced: false,
+            blackholed_since_ns: None,
         }
     }
 
-    fn view(&self, now_ns: u64) -> TargetView {
+    fn view(&self, now_ns: u64, grace_ns: u64) -> TargetView {
         let k = &self.kernel;
-        let resolved = k.answered + k.rejected + self.unanswered + k.untracked;
         TargetView {
             direction: self.target.direction,
             proto: self.target.proto,
@@ -66,15 +73,19 @@ impl TargetState {
             unanswered: self.unanswered,
             retransmits: k.retransmits,
             verdict: self.verdict,
-            reason: self.reason.and_then(|code| Reason::name(usize::from(code))),
-            in_flight: k.requests.saturating_sub(resolved),
+            reason: self.reason,
+            in_flight: self.in_flight,
             untracked: k.untracked,
             late: k.late,
+            abandoned: k.abandoned,
             latency_p50_ms: latency_percentile_ms(&k.latency, 0.50),
             latency_p99_ms: latency_percentile_ms(&k.latency, 0.99),
             last_seen_ago_s: (k.last_request_ns > 0)
                 .then(|| ns_to_secs(now_ns.saturating_sub(k.last_request_ns))),
             names: is_dns(&self.target).then(|| self.names.clone()),
+            provisional: self
+                .blackholed_since_ns
+                .is_some_and(|since| now_ns.saturating_sub(since) < grace_ns),
             latency_buckets: k.latency,
             rejected_by_reason: k.rejected_by_reason,
         }
@@ -92,6 +103,9 @@ pub type VerdictChange = TargetView;
 #[derive(Debug)]
 pub struct Tracker {
     window: Duration,
+    /// How long a target must stay blackholed before its silence is evidence (see
+    /// [`TargetView::provisional`]).
+    grace_ns: u64,
     targets: HashMap<TargetKey, TargetState>,
     kernel: [u64; KernelCounter::COUNT],
     in_flight: usize,
@@ -105,12 +119,23 @@ impl Tracker {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
+            grace_ns: 0,
             targets: HashMap::new(),
             kernel: [0; KernelCounter::COUNT],
             in_flight: 0,
             tombstones: 0,
             rate_samples: VecDeque::new(),
         }
+    }
+
+    /// A blackholed target is [`TargetView::provisional`] for this long: a remote slower
+    /// than `--timeout` looks blackholed from the deadline until its late answer arrives, and
+    /// the diagnosis must not blame a firewall for that. One timeout covers answers up to
+    /// twice the timeout late.
+    #[must_use]
+    pub fn with_blackhole_grace(mut self, grace: Duration) -> Self {
+        self.grace_ns = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Takes in one target's cumulative kernel counters as read at `now_ns`; the increase
@@ -137,7 +162,10 @@ impl Tracker {
                 rejected.push((u8::try_from(code).unwrap_or(0), new - old));
             }
         }
-        state.history.record(now_ns, answered, 0, &rejected);
+        let late = counters.late.saturating_sub(old.late);
+        state
+            .history
+            .record_with_late(now_ns, answered, 0, late, &rejected);
         state.kernel = *counters;
     }
 
@@ -176,6 +204,16 @@ impl Tracker {
         self.tombstones = tombstones;
     }
 
+    /// Takes in the requests in flight per target, as the last sweep found them.
+    pub fn observe_in_flight<S: std::hash::BuildHasher>(
+        &mut self,
+        by_target: &HashMap<TargetKey, u64, S>,
+    ) {
+        for (key, state) in &mut self.targets {
+            state.in_flight = by_target.get(key).copied().unwrap_or(0);
+        }
+    }
+
     /// Re-judges every target; returns those whose verdict or reason changed, and new
     /// targets (their first verdict, usually `pending`).
     pub fn judge(&mut self, now_ns: u64) -> Vec<VerdictChange> {
@@ -195,11 +233,16 @@ impl Tracker {
                 continue;
             }
             let (verdict, reason) = state.history.judge().unwrap_or((Verdict::Pending, None));
+            if verdict == Verdict::Blackholed {
+                state.blackholed_since_ns.get_or_insert(now_ns);
+            } else {
+                state.blackholed_since_ns = None;
+            }
             if !state.announced || verdict != state.verdict || reason != state.reason {
                 state.verdict = verdict;
                 state.reason = reason;
                 state.announced = true;
-                changes.push(state.view(now_ns));
+                changes.push(state.view(now_ns, self.grace_ns));
             }
         }
         changes.sort_by(TargetView::worst_first);
@@ -213,7 +256,7 @@ impl Tracker {
             .targets
             .values()
             .filter(|s| s.announced)
-            .map(|s| s.view(now_ns))
+            .map(|s| s.view(now_ns, self.grace_ns))
             .collect();
         targets.sort_by(TargetView::worst_first);
         let rollups = Rollup::of(&targets);
@@ -245,6 +288,7 @@ pub fn zero_counters() -> TargetCounters {
         rejected: 0,
         late: 0,
         untracked: 0,
+        abandoned: 0,
         last_request_ns: 0,
         last_answer_ns: 0,
         rejected_by_reason: [0; REASON_SLOTS],
@@ -333,17 +377,10 @@ mod tests {
             len += 1 + label.len();
         }
         len += 1 + 2;
-        let pending = PendingRequest {
-            first_sent_ns: 0,
-            last_sent_ns: 0,
-            tcp_seq: 0,
-            flags: 0,
-            ifindex: 2,
-            target_slot: 0,
-            question_len: u16::try_from(len).unwrap(),
-            _pad: 0,
-            question,
-        };
+        let mut pending = PendingRequest::sent_at(0);
+        pending.ifindex = 2;
+        pending.question_len = u16::try_from(len).unwrap();
+        pending.question = question;
         (key, pending)
     }
 
@@ -405,17 +442,22 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_is_what_is_not_resolved_yet() {
+    fn in_flight_is_what_the_last_sweep_found_in_flight() {
         let mut tracker = Tracker::new(Duration::from_mins(1));
         let mut c = counters(10, 4);
         c.untracked = 1;
         tracker.observe_counters(S, &dns_key(), &c);
         let (key, pending) = request("a.example");
         tracker.observe_unanswered(S, &key, &pending);
+        let by_target: HashMap<_, _> = [(dns_key(), 4)].into();
+        tracker.observe_in_flight(&by_target);
         tracker.judge(S);
         let view = &tracker.snapshot(S).targets[0];
-        assert_eq!(view.in_flight, 4);
-        assert_eq!(view.untracked, 1);
+        assert_eq!((view.in_flight, view.untracked), (4, 1));
+        // Requests the table no longer holds (settled, or lost to a race) are not in flight,
+        // whatever the counters add up to.
+        tracker.observe_in_flight(&HashMap::<TargetKey, u64>::new());
+        assert_eq!(tracker.snapshot(S).targets[0].in_flight, 0);
     }
 
     #[test]
