@@ -2,7 +2,8 @@
 //! targets it rests on and, for blocked traffic, the firewall change to ask for. Pure: no
 //! I/O, no clock; the same snapshot always gives the same findings in the same order.
 //!
-//! Pending targets are ignored everywhere. DNS targets are `udp/53` and `tcp/53`; a
+//! Pending targets are ignored everywhere, and so are provisional ones (blackholed for less
+//! than one `--timeout`: a late answer may still end the silence). DNS targets are `udp/53` and `tcp/53`; a
 //! *resolver* is a remote with DNS targets. A target *answers* when its verdict is `ok` or
 //! `degraded`, and *fails* when it is `blackholed` or `rejected`. A target is *slow* when it
 //! is `degraded` with reason `late`: its answers come, after `--timeout`. A slow target
@@ -54,7 +55,7 @@ use serde::Serialize;
 use crate::{
     snapshot::{Snapshot, TargetView},
     target::Proto,
-    verdict::Verdict,
+    verdict::{LATE, Verdict},
 };
 
 pub const DNS_BLOCKED: &str = "dns-blocked";
@@ -66,9 +67,6 @@ pub const ICMP_FILTERED: &str = "icmp-filtered";
 pub const IPV6_BROKEN: &str = "ipv6-broken";
 pub const SLOW_ANSWERS: &str = "slow-answers";
 pub const PARTIAL_LOSS: &str = "partial-loss";
-
-/// The `reason` of a target whose failures are answers after the timeout.
-pub const LATE: &str = "late";
 
 /// `direction` of every request: the requests this host sends.
 pub const OUTBOUND: &str = "outbound";
@@ -165,7 +163,7 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
     let mut judged: Vec<&TargetView> = snapshot
         .targets
         .iter()
-        .filter(|t| t.verdict != Verdict::Pending)
+        .filter(|t| t.verdict != Verdict::Pending && !is_provisional(t))
         .collect();
     judged.sort_by_key(|t| identity(t));
     let mut findings = Vec::new();
@@ -709,6 +707,11 @@ fn ipv6_finding(judged: &[&TargetView], findings: &mut Vec<Finding>) {
     let mut evidence = v6_failing;
     evidence.extend(counterparts);
     findings.push(Finding::new(IPV6_BROKEN, summary, &evidence, Vec::new()));
+}
+
+/// Blackholed too recently to be evidence: a slow remote's late answer may still come.
+fn is_provisional(t: &TargetView) -> bool {
+    t.verdict == Verdict::Blackholed && t.provisional
 }
 
 /// Whether `t`'s failures are answers after the timeout: slow, not blocked.
@@ -1342,6 +1345,24 @@ mod tests {
             vec![ip(R1)],
             "pending resolvers are not requested"
         );
+    }
+
+    #[test]
+    fn provisional_blackholes_are_not_evidence_yet() {
+        let mut fresh = dropped(Udp, R1, 53, 3);
+        fresh.provisional = true;
+        let mut port = dropped(Tcp, HOST6, 443, 1);
+        port.provisional = true;
+        let findings = run(vec![fresh.clone(), port.clone(), ok(Tcp, HOST, 443, 1)]);
+        assert_eq!(ids(&findings), Vec::<&str>::new(), "{findings:#?}");
+        // Next to a resolver blocked for longer, the provisional one is left out.
+        let findings = run(vec![fresh, dropped(Udp, R2, 53, 2)]);
+        let dns = the(&findings, DNS_BLOCKED);
+        assert_eq!(dns.evidence.len(), 1);
+        assert_eq!(dns.request[0].destinations, vec![ip(R2)]);
+        port.provisional = false;
+        let findings = run(vec![port, ok(Tcp, HOST, 443, 1)]);
+        assert_eq!(ids(&findings), vec![PORT_BLACKHOLED, IPV6_BROKEN]);
     }
 
     #[test]
