@@ -361,7 +361,7 @@ mod tests {
             local_port: port,
             tag: 0,
             proto: proto::TCP,
-            _pad: 0,
+            direction: netwatch_common::DIRECTION_EGRESS,
         };
         let mut pending = PendingRequest::sent_at(sent_ns);
         pending.tcp_seq = 7;

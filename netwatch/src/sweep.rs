@@ -249,7 +249,7 @@ mod tests {
             local_port: port,
             tag: 0,
             proto: proto::TCP,
-            _pad: 0,
+            direction: netwatch_common::DIRECTION_EGRESS,
         }
     }
 

@@ -367,7 +367,7 @@ mod tests {
             local_port: 40_000,
             tag: 1,
             proto: proto::UDP,
-            _pad: 0,
+            direction: netwatch_common::DIRECTION_EGRESS,
         };
         let mut question = [0u8; DNS_QUESTION_CAPTURE];
         let mut len = 0;
