@@ -2,8 +2,10 @@
 //! targets it rests on and, for blocked traffic, the firewall change to ask for. Pure: no
 //! I/O, no clock; the same snapshot always gives the same findings in the same order.
 //!
-//! Pending targets are ignored everywhere, and so are provisional ones (blackholed for less
-//! than one `--timeout`: a late answer may still end the silence). DNS targets are `udp/53` and `tcp/53`; a
+//! Only requests this host sent (`egress` targets) are evidence: the requests written are
+//! outbound rules, and a request this host received and left unanswered says nothing about
+//! the path out. Pending targets are ignored everywhere, and so are provisional ones
+//! (blackholed for less than one `--timeout`: a late answer may still end the silence). DNS targets are `udp/53` and `tcp/53`; a
 //! *resolver* is a remote with DNS targets. A target *answers* when its verdict is `ok` or
 //! `degraded`, and *fails* when it is `blackholed` or `rejected`. A target is *slow* when it
 //! is `degraded` with reason `late`: its answers come, after `--timeout`. A slow target
@@ -54,7 +56,7 @@ use serde::Serialize;
 
 use crate::{
     snapshot::{Snapshot, TargetView},
-    target::Proto,
+    target::{Direction, Proto},
     verdict::{LATE, Verdict},
 };
 
@@ -163,7 +165,9 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
     let mut judged: Vec<&TargetView> = snapshot
         .targets
         .iter()
-        .filter(|t| t.verdict != Verdict::Pending && !is_provisional(t))
+        .filter(|t| {
+            t.direction == Direction::Egress && t.verdict != Verdict::Pending && !is_provisional(t)
+        })
         .collect();
     judged.sort_by_key(|t| identity(t));
     let mut findings = Vec::new();
@@ -1345,6 +1349,16 @@ mod tests {
             vec![ip(R1)],
             "pending resolvers are not requested"
         );
+    }
+
+    #[test]
+    fn only_requests_this_host_sent_are_evidence() {
+        let mut inbound = dropped(Tcp, HOST, 22, 3);
+        inbound.direction = Direction::Ingress;
+        let mut inbound_dns = dropped(Udp, R1, 53, 2);
+        inbound_dns.direction = Direction::Ingress;
+        let findings = run(vec![inbound, inbound_dns, ok(Tcp, HOST, 443, 1)]);
+        assert_eq!(ids(&findings), Vec::<&str>::new(), "{findings:#?}");
     }
 
     #[test]
