@@ -104,7 +104,10 @@ impl RequestKey {
     pub const fn target(&self) -> TargetKey {
         TargetKey {
             remote: self.remote,
-            remote_port: if self.direction == DIRECTION_INGRESS {
+            // ICMP keys hold the echo identifier in `local_port`, and 0 in `remote_port`.
+            remote_port: if self.direction == DIRECTION_INGRESS
+                && (self.proto == proto::TCP || self.proto == proto::UDP)
+            {
                 self.local_port
             } else {
                 self.remote_port
