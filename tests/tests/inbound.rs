@@ -6,7 +6,9 @@
 use std::{io::Write as _, process::Stdio, time::Duration};
 
 use netwatch_tests::{
-    lab::{CLIENT_V4, CLIENT_V6, Finished, Lab, NetwatchRun, SERVER_V4, SERVER_V6, netwatch_binary},
+    lab::{
+        CLIENT_V4, CLIENT_V6, Finished, Lab, NetwatchRun, SERVER_V4, SERVER_V6, netwatch_binary,
+    },
     prerequisites,
 };
 use serde_json::Value;
@@ -53,12 +55,7 @@ fn nft_in_server(lab: &Lab, script: &str) {
 }
 
 /// The exit `target` record of the inbound target (`remote` asked this host's `port`).
-fn inbound<'a>(
-    finished: &'a Finished,
-    proto: &str,
-    remote: &str,
-    port: Option<u64>,
-) -> &'a Value {
+fn inbound<'a>(finished: &'a Finished, proto: &str, remote: &str, port: Option<u64>) -> &'a Value {
     finished
         .records
         .iter()
@@ -113,7 +110,10 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
     for server in [SERVER_V4, SERVER_V6] {
         for (port, wait) in [("80", "2"), ("7777", "2"), ("9000", "2"), ("5432", "3")] {
             let out = lab.client.run("nc", &["-z", "-w", wait, server, port]);
-            assert!(out.status.code().is_some(), "nc to {server}:{port} was killed");
+            assert!(
+                out.status.code().is_some(),
+                "nc to {server}:{port} was killed"
+            );
         }
         let ping = lab
             .client
@@ -122,7 +122,10 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
     }
     // A sentinel sent after everything else: once it is judged, so is all the rest.
     let sentinel = lab.client.run("nc", &["-z", "-w", "1", SERVER_V4, "5999"]);
-    assert!(sentinel.status.code().is_some(), "the sentinel nc was killed");
+    assert!(
+        sentinel.status.code().is_some(),
+        "the sentinel nc was killed"
+    );
     netwatch.wait_for(Duration::from_secs(20), "the sentinel judged", |r| {
         r["type"] == "verdict"
             && r["direction"] == "ingress"
@@ -153,7 +156,12 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
             dropped["retransmits"].as_u64() >= Some(1),
             "the client retried its SYN: {dropped}"
         );
-        expect(inbound(&finished, icmp, client, None), "blackholed", None, 2);
+        expect(
+            inbound(&finished, icmp, client, None),
+            "blackholed",
+            None,
+            2,
+        );
     }
     // Nothing this host sent was a request: no egress target at all.
     let egress: Vec<_> = finished
