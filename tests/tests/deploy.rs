@@ -75,7 +75,6 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         in_flight: 0,
         untracked: 0,
         late: 0,
-        late_rejected: 0,
         abandoned: 0,
         provisional: false,
         latency_p50_ms: None,
