@@ -1225,7 +1225,7 @@ fn names_from_the_wire_are_escaped_in_json_and_in_the_table() {
     }
     let lab = Lab::new();
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
-    let plain = lab
+    let mut plain = lab
         .client
         .command(&netwatch_tests::lab::netwatch_binary().to_string_lossy())
         .args([
@@ -1241,7 +1241,23 @@ fn names_from_the_wire_are_escaped_in_json_and_in_the_table() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("netwatch --plain");
-    std::thread::sleep(Duration::from_secs(1));
+    // Wait until the second instance watches (loading and verifying the programs takes
+    // seconds on a slow or emulated CPU), keeping its stderr for the report.
+    let (watching, attached) = std::sync::mpsc::channel();
+    let stderr = plain.stderr.take().expect("stderr");
+    let stderr_lines = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("watching") {
+                let _ = watching.send(());
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    attached
+        .recv_timeout(Duration::from_secs(60))
+        .expect("netwatch --plain attaches within 60 s");
     // dig reads \027 as the byte 27 (ESC) and puts it in the question as such.
     client(
         &lab,
@@ -1273,11 +1289,8 @@ fn names_from_the_wire_are_escaped_in_json_and_in_the_table() {
     );
     let table = plain.wait_with_output().expect("netwatch --plain");
     let stdout = String::from_utf8_lossy(&table.stdout);
-    assert!(
-        table.status.success(),
-        "{}",
-        String::from_utf8_lossy(&table.stderr)
-    );
+    let stderr = stderr_lines.join().expect("stderr reader");
+    assert!(table.status.success(), "{stderr}");
     assert!(stdout.contains(r"evil\027[2J.example"), "{stdout}");
     assert!(
         !table.stdout.contains(&0x1b),
