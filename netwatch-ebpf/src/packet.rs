@@ -93,9 +93,16 @@ pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     let mut copied = MaybeUninit::<T>::zeroed();
     let start = ctx.data();
     let end = ctx.data_end();
-    // verifier: compare packet pointers (not lengths) so it learns the accessed range.
+    // verifier: compare packet pointers (not lengths) so it learns the accessed range. A
+    // one-byte check compiles to `data_end > ptr`, from which it learns no readable range:
+    // check two (a last byte of the packet is read through the helper below).
     let ptr = start + offset;
-    if ptr + size_of::<T>() <= end {
+    let span = if size_of::<T>() < 2 {
+        2
+    } else {
+        size_of::<T>()
+    };
+    if ptr + span <= end {
         // SAFETY: [ptr, ptr + size_of::<T>()) is inside the packet's linear data; `T` is
         // plain bytes (network-types headers, integers, byte arrays), any bit pattern is valid.
         Some(unsafe { core::ptr::read_unaligned(ptr as *const T) })
