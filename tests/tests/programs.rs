@@ -2321,14 +2321,18 @@ fn answers_after_the_timeout_are_late() {
             .unwrap_or_else(|| panic!("{what}: the entry went"));
         assert_eq!(entry.flags & PENDING_FLAG_LATE, PENDING_FLAG_LATE, "{what}");
 
-        let (frame, _) = refusal(&refused, &Shape::plain());
+        let (frame, reason) = refusal(&refused, &Shape::plain());
         let what = format!("the refusal of {} after the timeout", refused.describe());
         h.check(
             INGRESS_PROGRAM,
             &frame,
-            Change::none().late(&refused),
+            // Late, and a refusal still: its reason counts (not `rejected`, which is in time).
+            Change::none()
+                .late(&refused)
+                .tally(&refused, |t| t.reasons[usize::from(reason)] += 1),
             &what,
         );
+        assert_eq!(h.target(&refused).late_rejected, 1, "{what}");
         assert_eq!(
             h.entry(&refused).map(|e| e.flags),
             Some(PENDING_FLAG_LATE),
