@@ -978,7 +978,7 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
     let text = screen();
     let row = |needle: &str| {
         text.lines()
-            .find(|l| l.contains(needle) && l.contains("egress"))
+            .find(|l| l.contains(needle) && l.contains(" out "))
             .unwrap_or_default()
             .to_owned()
     };
@@ -1021,7 +1021,7 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
     // Keys: help, filter, then quit; the terminal comes back with the plain report.
     tmux(&socket, &["send-keys", "-t", "nw", "?"]);
     netwatch_tests::lab::wait_until(Duration::from_secs(5), "help", || {
-        screen().contains("silently dropped upstream")
+        screen().contains("nothing left this host (in)")
     });
     tmux(&socket, &["send-keys", "-t", "nw", "Escape"]);
     tmux(
@@ -1030,10 +1030,7 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
     );
     netwatch_tests::lab::wait_until(Duration::from_secs(5), "filter", || {
         let s = screen();
-        s.contains("filter: 8443")
-            && !s
-                .lines()
-                .any(|l| l.contains(DNS_V4) && l.contains("egress"))
+        s.contains("filter: 8443") && !s.lines().any(|l| l.contains(DNS_V4) && l.contains(" out "))
     });
     tmux(&socket, &["send-keys", "-t", "nw", "q"]);
     netwatch_tests::lab::wait_until(Duration::from_secs(10), "exit", || {
