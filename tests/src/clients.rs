@@ -148,6 +148,21 @@ impl Client {
         )
     }
 
+    /// `dns-stream` (this crate's binary at `binary`): `queries` (`ID:NAME`) to `server`
+    /// from the fixed source `port`, one after the other, each answer awaited `wait_ms`.
+    #[must_use]
+    pub fn dns_stream(
+        binary: &str,
+        server: &str,
+        port: u16,
+        wait_ms: u64,
+        queries: &[String],
+    ) -> Self {
+        let mut client = Self::new(binary, &[server, &port.to_string(), &wait_ms.to_string()]);
+        client.args.extend(queries.iter().cloned());
+        client
+    }
+
     /// Runs the same client on CPU `cpu` only (`taskset -c`).
     #[must_use]
     pub fn pinned(self, cpu: u32) -> Self {

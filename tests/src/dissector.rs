@@ -275,7 +275,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// The verdict, and the reason for rejections, by the README's table.
+    /// The verdict, and its reason, by the README's table and issue 9's contract: a target
+    /// whose only failures are late answers is `degraded`, reason `late`.
     #[must_use]
     pub fn verdict(&self) -> (&'static str, Option<&'static str>) {
         let reason = self
@@ -283,6 +284,10 @@ impl Counts {
             .iter()
             .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
             .map(|(reason, _)| *reason);
+        if self.unanswered > 0 && self.late >= self.unanswered && self.rejected == 0 {
+            // Every failure is an answer that came after the timeout: slow, not dropped.
+            return ("degraded", Some("late"));
+        }
         let verdict = match (self.answered > 0, self.unanswered > 0, self.rejected > 0) {
             (false, false, false) => "pending",
             (true, false, false) => "ok",
@@ -386,9 +391,9 @@ pub struct Account {
 #[must_use]
 pub fn account(packets: &[Packet], local: &[IpAddr], timeout_ns: u64) -> Account {
     let mut account = Account::default();
-    // Every request ever made, and the latest one per exchange.
+    // Every request ever made, and the requests of each exchange in the order they came.
     let mut requests: Vec<Request> = Vec::new();
-    let mut latest: HashMap<Exchange, usize> = HashMap::new();
+    let mut latest: HashMap<Exchange, Vec<usize>> = HashMap::new();
     for packet in packets {
         if local.contains(&packet.src) {
             egress(packet, &mut account, &mut requests, &mut latest);
@@ -422,7 +427,7 @@ fn egress(
     packet: &Packet,
     account: &mut Account,
     requests: &mut Vec<Request>,
-    latest: &mut HashMap<Exchange, usize>,
+    latest: &mut HashMap<Exchange, Vec<usize>>,
 ) {
     let (exchange, target, isn, syn_len, question) = match &packet.transport {
         Transport::Tcp {
@@ -489,7 +494,7 @@ fn egress(
         account.not_unicast += 1;
         return;
     }
-    if let Some(&at) = latest.get(&exchange) {
+    if let Some(&at) = latest.get(&exchange).and_then(|all| all.last()) {
         let previous = &requests[at];
         let same = match exchange {
             // Same ISN: the same connection attempt, whatever came back.
@@ -505,7 +510,7 @@ fn egress(
             return;
         }
     }
-    latest.insert(exchange, requests.len());
+    latest.entry(exchange).or_default().push(requests.len());
     requests.push(Request {
         target,
         first_ns: packet.time_ns,
@@ -526,7 +531,7 @@ fn acks_syn(request: &Request, ack: u32) -> bool {
 fn ingress(
     packet: &Packet,
     requests: &mut [Request],
-    latest: &HashMap<Exchange, usize>,
+    latest: &HashMap<Exchange, Vec<usize>>,
     timeout_ns: u64,
 ) {
     // (exchange, whether it refuses and why, and a check on the matched request)
@@ -662,11 +667,16 @@ fn ingress(
         }
         _ => return,
     };
-    let Some(&at) = latest.get(&exchange) else {
+    // The most recent request of the exchange this packet is about (a DNS response names
+    // its question: an older question on the same id may still be the one answered).
+    let Some(&at) = latest
+        .get(&exchange)
+        .and_then(|all| all.iter().rev().find(|&&at| check(&requests[at])))
+    else {
         return;
     };
     let request = &mut requests[at];
-    if request.state != State::Open || !check(request) {
+    if request.state != State::Open {
         return;
     }
     if packet.time_ns.saturating_sub(request.first_ns) > timeout_ns {

@@ -324,7 +324,11 @@ impl Lab {
         self.spawn(command);
         wait_until(Duration::from_secs(10), "lab-dns to bind", || {
             let out = self.server.run("ss", &["-Huln", "sport = :53"]);
-            String::from_utf8_lossy(&out.stdout).lines().count() >= addresses.len()
+            let bound = String::from_utf8_lossy(&out.stdout).into_owned();
+            addresses.iter().all(|address| {
+                bound.contains(&format!("{address}:53"))
+                    || bound.contains(&format!("[{address}]:53"))
+            })
         });
     }
 
@@ -364,12 +368,15 @@ impl Lab {
     /// a bounded wait for "all earlier requests timed out", without a fixed sleep. Returns
     /// the sentinel's target, to leave out of assertions.
     pub fn wait_for_sentinel(&self, run: &NetwatchRun) -> TargetId {
-        crate::clients::Client::nc(SERVER_V4, SENTINEL_PORT, 1).run(&self.client);
-        let target: TargetId = (
-            "tcp".into(),
-            SERVER_V4.into(),
-            Some(u64::from(SENTINEL_PORT)),
-        );
+        self.wait_for_sentinel_on(run, SENTINEL_PORT)
+    }
+
+    /// [`Lab::wait_for_sentinel`] with a dropped `port` of the caller's firewall. A verdict
+    /// record comes only when a target's verdict changes: use a new port for each wait in
+    /// one run.
+    pub fn wait_for_sentinel_on(&self, run: &NetwatchRun, port: u16) -> TargetId {
+        crate::clients::Client::nc(SERVER_V4, port, 1).run(&self.client);
+        let target: TargetId = ("tcp".into(), SERVER_V4.into(), Some(u64::from(port)));
         run.wait_for(
             Duration::from_secs(15),
             "the sentinel's blackholed verdict",

@@ -549,19 +549,10 @@ fn trust_many_new_targets_from_both_cpus_are_counted_exactly() {
 
 /// Runs `dns-stream` in the client namespace from `port` and returns its lines.
 fn dns_stream(lab: &Lab, server: &str, port: u16, wait_ms: u64, queries: &[&str]) -> Vec<String> {
-    let out = lab
-        .client
-        .command(DNS_STREAM)
-        .args([server, &port.to_string(), &wait_ms.to_string()])
-        .args(queries)
-        .stdin(Stdio::null())
-        .output()
-        .expect("dns-stream");
-    assert!(
-        out.status.success(),
-        "dns-stream: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let queries: Vec<String> = queries.iter().map(|&q| q.to_owned()).collect();
+    let stream = Client::dns_stream(DNS_STREAM, server, port, wait_ms, &queries);
+    let out = stream.run(&lab.client);
+    assert!(out.status.success(), "`{}` failed", stream.line());
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
@@ -720,16 +711,24 @@ fn trust_in_flight_returns_to_zero_when_traffic_stops() {
 }
 
 /// The differential test's netwatch timeout. 2 s keeps every answer far from the boundary:
-/// lab answers take milliseconds, and a SYN retransmitted at 1 s (after a rate-limited
-/// ICMP error was not sent) is refused long before 2 s.
+/// lab answers take milliseconds, a SYN retransmitted at 1 s (after a rate-limited ICMP
+/// error was not sent) is refused long before 2 s, and the slow resolver answers at 3 s.
 const DIFF_TIMEOUT_S: u64 = 2;
+
+/// A resolver (`lab-dns`) answering every query [`DIFF_SLOW_MS`] after it came: late.
+const SLOW_V4: &str = "198.51.100.55";
+const SLOW_V6: &str = "2001:db8:2::55";
+const DIFF_SLOW_MS: u64 = 3000;
 
 /// Fixed seeds, run every time; one fresh seed (printed) is added unless
 /// `NETWATCH_TRUST_SEED` replays a single one.
 const DIFF_SEEDS: [u64; 3] = [0x7472_7573_7401, 0x7472_7573_7402, 0x7472_7573_7403];
 
-/// A target of the randomized lab: how the firewall treats it and how clients reach it.
-#[derive(Clone, Debug)]
+/// Dropped by every differential firewall: the sentinels' ports.
+const DIFF_SENTINELS: [u16; 2] = [5432, 5433];
+
+/// A target of the randomized lab: how the firewall matches it and how clients reach it.
+#[derive(Clone, Copy, Debug)]
 enum DiffService {
     Tcp(&'static str, u16),
     DnsUdp(&'static str),
@@ -737,11 +736,15 @@ enum DiffService {
     Echo(&'static str),
 }
 
-/// A randomized firewall and the clients that run through it.
+/// A randomized firewall and the clients that go through it.
 struct DiffPlan {
-    /// nftables statements for the `out` chain (client to server), one per line.
+    /// nftables statements of the `out` chain (client to server).
     rules: Vec<String>,
+    /// Run three at a time.
     clients: Vec<Client>,
+    /// Fixed-port query streams, (resolver, source port): run once, then again after every
+    /// earlier request was judged, with the same ids and new names.
+    streams: Vec<(&'static str, u16)>,
 }
 
 impl DiffPlan {
@@ -780,29 +783,30 @@ impl DiffPlan {
             services.push(DiffService::DnsUdp(resolver));
             services.push(DiffService::DnsTcp(resolver));
         }
+        services.push(DiffService::DnsUdp(SLOW_V4));
+        services.push(DiffService::DnsUdp(SLOW_V6));
         for host in [SERVER_V4, SERVER_V6, DNS_V4] {
             services.push(DiffService::Echo(host));
         }
         let mut rules = vec![format!(
-            "tcp dport {} drop",
-            netwatch_tests::lab::SENTINEL_PORT
+            "tcp dport {}-{} drop",
+            DIFF_SENTINELS[0],
+            DIFF_SENTINELS[DIFF_SENTINELS.len() - 1]
         )];
         for service in &services {
-            let (address, what, tcp) = match service {
-                DiffService::Tcp(a, port) => (*a, format!("tcp dport {port}"), true),
-                DiffService::DnsUdp(a) => (*a, "udp dport 53".to_owned(), false),
-                DiffService::DnsTcp(a) => (*a, "tcp dport 53".to_owned(), true),
+            let (address, what, tcp) = match *service {
+                DiffService::Tcp(a, port) => (a, format!("tcp dport {port}"), true),
+                DiffService::DnsUdp(a) => (a, "udp dport 53".to_owned(), false),
+                DiffService::DnsTcp(a) => (a, "tcp dport 53".to_owned(), true),
                 DiffService::Echo(a) if a.contains(':') => {
-                    (*a, "icmpv6 type echo-request".to_owned(), false)
+                    (a, "icmpv6 type echo-request".to_owned(), false)
                 }
-                DiffService::Echo(a) => (*a, "icmp type echo-request".to_owned(), false),
+                DiffService::Echo(a) => (a, "icmp type echo-request".to_owned(), false),
             };
             let v6 = address.contains(':');
             let rejects: &[&str] = if v6 { &V6_REJECTS } else { &V4_REJECTS };
-            // accept ×3, drop ×2, each reject type ×1, tcp reset ×1 for TCP.
-            let choices = 5 + rejects.len() + usize::from(tcp);
-            let choice = pick(choices);
-            let action = match choice {
+            // accept ×3, drop ×2, each reject type ×1, and for TCP a reset ×1.
+            let action = match pick(5 + rejects.len() + usize::from(tcp)) {
                 0..=2 => "accept",
                 3 | 4 => "drop",
                 n if n - 5 < rejects.len() => rejects[n - 5],
@@ -811,16 +815,31 @@ impl DiffPlan {
             let family = if v6 { "ip6" } else { "ip" };
             rules.push(format!("{family} daddr {address} {what} {action}"));
         }
-        let clients = (0..18)
-            .map(|n| match &services[pick(services.len())] {
-                DiffService::Tcp(a, port) if pick(2) == 0 => Client::curl(a, *port),
-                DiffService::Tcp(a, port) => Client::nc(a, *port, 1),
+        let clients = (0..24)
+            .map(|n| match services[pick(services.len())] {
+                DiffService::Tcp(a, port) => match pick(3) {
+                    0 => Client::curl(a, port),
+                    1 => Client::nc(a, port, 1),
+                    _ => Client::curl_fast_open(a, port, &format!("n={n}")),
+                },
+                DiffService::DnsUdp(a) if a == SLOW_V4 || a == SLOW_V6 => {
+                    Client::dig_waiting(a, &format!("s{n}.example"), 5)
+                }
                 DiffService::DnsUdp(a) => Client::dig(a, &format!("n{n}.example")),
                 DiffService::DnsTcp(a) => Client::dig_tcp(a, &format!("t{n}.example")),
                 DiffService::Echo(a) => Client::ping(a, u32::try_from(1 + pick(3)).expect("small")),
             })
             .collect();
-        Self { rules, clients }
+        let streams = [DNS_V4, DNS2_V4, DNS_V6]
+            .into_iter()
+            .zip(40053..)
+            .filter(|_| pick(2) == 0)
+            .collect();
+        Self {
+            rules,
+            clients,
+            streams,
+        }
     }
 
     /// The nftables script: the lab's own table replaced by this plan's.
@@ -831,6 +850,20 @@ impl DiffPlan {
              iifname \"f0\" jump out\n  }}\n  chain out {{\n    {}\n  }}\n}}\n",
             self.rules.join("\n    ")
         )
+    }
+
+    /// The query streams of `phase`: ids 1 to 3 from each stream's fixed port, a new name
+    /// for every query.
+    fn streams(&self, phase: &str) -> Vec<Client> {
+        self.streams
+            .iter()
+            .map(|&(resolver, port)| {
+                let queries: Vec<String> = (1..=3)
+                    .map(|id| format!("{id}:{phase}{id}-{port}.example"))
+                    .collect();
+                Client::dns_stream(DNS_STREAM, resolver, port, 300, &queries)
+            })
+            .collect()
     }
 }
 
@@ -863,7 +896,10 @@ fn differential_round(lab: &Lab, round: usize, seed: u64) {
     for batch in plan.clients.chunks(3) {
         run_together(&lab.client, batch);
     }
-    lab.wait_for_sentinel(&netwatch);
+    run_together(&lab.client, &plan.streams("a"));
+    lab.wait_for_sentinel_on(&netwatch, DIFF_SENTINELS[0]);
+    run_together(&lab.client, &plan.streams("b"));
+    lab.wait_for_sentinel_on(&netwatch, DIFF_SENTINELS[1]);
     capture.sync(&lab.client, GATEWAY_V4);
     let finished = clean(netwatch.stop());
     let end = capture.stop();
@@ -925,40 +961,48 @@ fn differential_round(lab: &Lab, round: usize, seed: u64) {
             ));
         }
     }
+    let clients: Vec<String> = plan
+        .clients
+        .iter()
+        .chain(&plan.streams("a"))
+        .chain(&plan.streams("b"))
+        .map(Client::line)
+        .collect();
     assert!(
         differences.is_empty(),
         "seed {seed:#x}: netwatch and the dissector disagree on {} of {} targets \
          (requests, answered, rejected, unanswered, retransmits, late, verdict, reason):\n{}\n\
-         firewall:\n{firewall}\nclients:\n{}",
+         firewall:\n{firewall}\nclients (three at a time, then the streams):\n{}\ncapture: {}",
         differences.len(),
         theirs.len().max(ours.len()),
         differences.join("\n"),
-        plan.clients
-            .iter()
-            .map(Client::line)
-            .collect::<Vec<_>>()
-            .join("\n")
+        clients.join("\n"),
+        end.path.display()
     );
     assert_eq!(finished.summary()["in_flight"], 0);
     eprintln!(
-        "seed {seed:#x}: {} targets agree, {} packets",
+        "seed {seed:#x}: all {} targets agree ({} packets):",
         theirs.len(),
         packets.len()
     );
+    for (which, counts) in &theirs {
+        eprintln!("    {which:?} {counts:?}");
+    }
 }
 
-/// 8. The differential test: randomized clients (dig over UDP and TCP, curl, nc, ping; IPv4
-/// and IPv6) through a randomized firewall (per target: accept, drop, every reject type),
-/// captured on the watched interface while netwatch runs. An independent dissector of the
-/// capture (tshark's fields, the protocols' rules: `netwatch_tests::dissector`) must give
-/// exactly netwatch's per-target requests, answered, rejected, unanswered, retransmits,
-/// late answers and verdicts.
+/// 8. The differential test: randomized clients (dig over UDP and TCP, curl with and
+/// without TCP Fast Open, nc, ping, fixed-port query streams reusing ids; IPv4 and IPv6)
+/// through a randomized firewall (per target: accept, drop, every reject type) to servers
+/// that answer at once or late, captured on the watched interface while netwatch runs. An
+/// independent dissector of the capture (tshark's fields and the protocols' rules:
+/// `netwatch_tests::dissector`) must give exactly netwatch's per-target requests, answered,
+/// rejected, unanswered, retransmits, late answers, verdicts and reasons.
 #[test]
 fn trust_netwatch_agrees_with_an_independent_dissector() {
     if !prerequisites(
         "trust_netwatch_agrees_with_an_independent_dissector",
         &[
-            "ip", "nft", "dig", "dnsmasq", "curl", "nc", "ping", "tcpdump", "tshark",
+            "ip", "nft", "dig", "dnsmasq", "curl", "nc", "ping", "ss", "tcpdump", "tshark",
         ],
     ) {
         return;
@@ -972,7 +1016,22 @@ fn trust_netwatch_agrees_with_an_independent_dissector() {
         }
     };
     let mut lab = Lab::new();
+    Lab::sysctl(&lab.client, &["net.ipv4.tcp_fastopen=3"]);
+    Lab::sysctl(&lab.server, &["net.ipv4.tcp_fastopen=3"]);
+    for address in [SLOW_V4, SLOW_V6] {
+        let cidr = if address.contains(':') {
+            format!("{address}/64")
+        } else {
+            format!("{address}/24")
+        };
+        let mut args = vec!["addr", "add", &cidr, "dev", "s0"];
+        if address.contains(':') {
+            args.push("nodad");
+        }
+        lab.server.ok("ip", &args);
+    }
     lab.start_dns();
+    lab.start_lab_dns(LAB_DNS, DIFF_SLOW_MS, &[SLOW_V4, SLOW_V6]);
     lab.start_listener(LISTENER);
     for (round, &seed) in seeds.iter().enumerate() {
         eprintln!(
