@@ -121,6 +121,12 @@ pub struct PendingRequest {
     pub first_sent_ns: u64,
     /// When it last left (retransmits move this; the deadline stays with `first_sent_ns`).
     pub last_sent_ns: u64,
+    /// When the kernel put this request under a key still holding an earlier, unsettled
+    /// request whose deadline had passed (a new TCP connection on a reused 4-tuple, a new DNS
+    /// question on a reused port and id): that request's `first_sent_ns`, so userspace can
+    /// count it unanswered if it had not yet. 0 otherwise. (An earlier request replaced
+    /// before its deadline is counted `abandoned` by the kernel itself.)
+    pub replaced_first_sent_ns: u64,
     /// TCP: the SYN's sequence number, to check the ACK of a SYN-ACK or RST and the
     /// sequence quoted in an ICMP error. 0 otherwise.
     pub tcp_seq: u32,
@@ -133,16 +139,33 @@ pub struct PendingRequest {
     pub target_slot: u32,
     /// How many bytes of `question` were captured (DNS only).
     pub question_len: u16,
-    #[expect(
-        clippy::pub_underscore_fields,
-        reason = "explicit padding of a wire format"
-    )]
-    pub _pad: u16,
+    /// TCP: bytes of data the SYN carried (TCP Fast Open): a SYN-ACK or RST may acknowledge
+    /// anything from ISN + 1 to ISN + 1 + this. 0 otherwise.
+    pub syn_payload_len: u16,
     /// The DNS question section as sent on the wire (labels, then QTYPE), truncated to
     /// [`DNS_QUESTION_CAPTURE`] bytes. Untrusted bytes: escape before display.
     pub question: [u8; DNS_QUESTION_CAPTURE],
 }
-const _: () = assert!(size_of::<PendingRequest>() == 112);
+const _: () = assert!(size_of::<PendingRequest>() == 120);
+
+impl PendingRequest {
+    /// A request first sent at `now_ns`, everything else zero, to be filled in place.
+    #[must_use]
+    pub const fn sent_at(now_ns: u64) -> Self {
+        Self {
+            first_sent_ns: now_ns,
+            last_sent_ns: now_ns,
+            replaced_first_sent_ns: 0,
+            tcp_seq: 0,
+            flags: 0,
+            ifindex: 0,
+            target_slot: 0,
+            question_len: 0,
+            syn_payload_len: 0,
+            question: [0; DNS_QUESTION_CAPTURE],
+        }
+    }
+}
 
 /// A remote endpoint requests go to: (direction, proto, remote address, remote port).
 #[repr(C)]
@@ -181,6 +204,10 @@ pub struct TargetCounters {
     pub late: u64,
     /// Requests that could not be tracked because the pending table was full.
     pub untracked: u64,
+    /// Requests given up by the client before their deadline: a new request took their key
+    /// (a new TCP connection on the same 4-tuple, a new DNS question on the same port and
+    /// id) while they were still in flight. Neither answered nor unanswered.
+    pub abandoned: u64,
     /// When a request (or retransmit) to this target last left.
     pub last_request_ns: u64,
     /// When an answer or rejection last came back.
@@ -190,7 +217,7 @@ pub struct TargetCounters {
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (8 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (9 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
@@ -334,10 +361,25 @@ pub enum KernelCounter {
     ExtensionHeaderLimit = 7,
     /// An ICMP error quoting too little of the original packet to identify the request.
     ShortQuote = 8,
+    /// A request-shaped packet to a broadcast or multicast destination (the destination
+    /// MAC's group bit, `224.0.0.0/4` and above, `ff00::/8`): answers come from other addresses,
+    /// so it is not a request to any one target.
+    NotUnicast = 9,
+    /// A request still in flight replaced by a new one under the same key (see
+    /// `TargetCounters::abandoned`).
+    Abandoned = 10,
+    /// A settled request's tombstone (rejected, or answered late) could not be put back: a
+    /// retransmit of it would then count as a new request.
+    TombstoneLost = 11,
+    /// A second late answer or rejection for a request already answered late.
+    LateDuplicate = 12,
+    /// ICMP "fragmentation needed" or `ICMPv6` "packet too big": path-MTU signalling, not a
+    /// rejection.
+    PathMtu = 13,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 14;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -348,6 +390,11 @@ impl KernelCounter {
         Self::Fragment,
         Self::ExtensionHeaderLimit,
         Self::ShortQuote,
+        Self::NotUnicast,
+        Self::Abandoned,
+        Self::TombstoneLost,
+        Self::LateDuplicate,
+        Self::PathMtu,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -363,6 +410,11 @@ impl KernelCounter {
             Self::Fragment => "fragment",
             Self::ExtensionHeaderLimit => "ipv6_extension_limit",
             Self::ShortQuote => "short_icmp_quote",
+            Self::NotUnicast => "not_unicast",
+            Self::Abandoned => "abandoned",
+            Self::TombstoneLost => "tombstone_lost",
+            Self::LateDuplicate => "late_duplicate",
+            Self::PathMtu => "path_mtu",
         }
     }
 

@@ -17,7 +17,9 @@ use crate::{
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
@@ -142,6 +144,14 @@ fn icmp(ctx: &TcContext, ip: &Ip, v6: bool) {
         key.tag = u16::from_be_bytes([header[6], header[7]]);
         key.proto = proto;
         resolve(&key, Outcome::Answer, Check::Key);
+        return;
+    }
+    if (!v6 && kind == ICMP_DEST_UNREACHABLE && code == ICMP_FRAG_NEEDED)
+        || (v6 && kind == ICMPV6_PACKET_TOO_BIG)
+    {
+        // Path-MTU discovery at work (RFC 1191, RFC 8201): the sender retries smaller, the
+        // request is not refused.
+        count(KernelCounter::PathMtu);
         return;
     }
     if kind == unreachable {
@@ -274,10 +284,10 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8) {
 /// Out of line, in [`settle`], a global BPF function like [`quoted_rejection`]: verified
 /// once, and one frame on the stack rather than a copy in each caller's.
 ///
-/// Within the timeout, whoever deletes the entry owns the outcome (a duplicate answer on
-/// another CPU loses the delete and counts nothing). After the timeout the request already
-/// is, or is about to be, counted unanswered by userspace; the entry is only flagged late
-/// and stays as a tombstone so retransmits are still recognised.
+/// Whoever deletes the entry owns the outcome (a duplicate answer on another CPU loses the
+/// delete and counts nothing). After the timeout the request already is, or is about to be,
+/// counted unanswered by userspace; the answer is counted late, and the entry comes back
+/// flagged as a tombstone so retransmits are still recognised.
 #[inline(always)]
 fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
     let (rejection, reason, check, value) = scalars(outcome, check);
@@ -344,7 +354,12 @@ fn settle_here(key: &RequestKey, rejection: u32, reason: u32, check: u32, value:
         return 0;
     }
     let valid = match check {
-        CHECK_ACKS_SYN => value == pending.tcp_seq.wrapping_add(1),
+        // RFC 9293 §3.10.7.3 wants ack = ISN + 1; with TCP Fast Open (RFC 7413 §4.2.1) a
+        // server that takes the SYN's data acknowledges it too, up to ISN + 1 + its length.
+        CHECK_ACKS_SYN => {
+            value.wrapping_sub(pending.tcp_seq.wrapping_add(1))
+                <= u32::from(pending.syn_payload_len)
+        }
         CHECK_QUOTES_SYN => value == pending.tcp_seq,
         _ => true,
     };
@@ -361,14 +376,14 @@ fn settle_here(key: &RequestKey, rejection: u32, reason: u32, check: u32, value:
     let now = unsafe { bpf_ktime_get_ns() };
     let elapsed = now.wrapping_sub(pending.first_sent_ns);
     counters.last_answer_ns = now;
-    if elapsed > timeout_ns() {
-        if pending.flags & PENDING_FLAG_LATE == 0 {
-            pending.flags |= PENDING_FLAG_LATE;
-            add(&mut counters.late, 1);
-        }
+    let late = elapsed > timeout_ns();
+    if late && pending.flags & PENDING_FLAG_LATE != 0 {
+        // The request was answered late already: this answers a retransmit of it.
+        count(KernelCounter::LateDuplicate);
         return 0;
     }
-    if rejection == 0 {
+    if !late && rejection == 0 {
+        // The common case: answered in time. Whoever deletes the entry owns the outcome.
         if PENDING.remove(key).is_err() {
             return 0;
         }
@@ -378,16 +393,39 @@ fn settle_here(key: &RequestKey, rejection: u32, reason: u32, check: u32, value:
         }
         return 0;
     }
-    // The rare path: copy before the delete frees the value, then put it back as a
-    // tombstone (see PENDING_FLAG_REJECTED). A retransmit in the nanoseconds between the two
-    // would count as a new request; retransmits come seconds apart.
+    // Rejected in time, or anything after the deadline: settled, but the entry stays as a
+    // tombstone (flagged) so retransmits of the request are still recognised. Copy before
+    // the delete frees the value; the delete makes the outcome exactly-once across CPUs. A
+    // retransmit in the nanoseconds between the delete and the insert would count as a new
+    // request; retransmits come seconds apart.
     let mut tombstone = *pending;
     if PENDING.remove(key).is_err() {
+        if late {
+            count(KernelCounter::LateDuplicate);
+        }
         return 0;
     }
-    add(&mut counters.rejected, 1);
-    add(&mut counters.rejected_by_reason[(reason & 31) as usize], 1);
-    tombstone.flags |= PENDING_FLAG_REJECTED;
-    let _ = PENDING.insert(key, &tombstone, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
+    if late {
+        // Userspace counts the request unanswered (it was, by the deadline); the late
+        // answer says the remote is slow, not unreachable. Its latency is kept so the
+        // report can say how slow.
+        add(&mut counters.late, 1);
+        if rejection == 0
+            && let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed))
+        {
+            add(bucket, 1);
+        }
+        tombstone.flags |= PENDING_FLAG_LATE;
+    } else {
+        add(&mut counters.rejected, 1);
+        add(&mut counters.rejected_by_reason[(reason & 31) as usize], 1);
+        tombstone.flags |= PENDING_FLAG_REJECTED;
+    }
+    if PENDING
+        .insert(key, &tombstone, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
+        .is_err()
+    {
+        count(KernelCounter::TombstoneLost);
+    }
     0
 }

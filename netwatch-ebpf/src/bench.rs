@@ -13,7 +13,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use netwatch_common::{DNS_QUESTION_CAPTURE, PENDING_CAPACITY, PendingRequest, RequestKey};
+use netwatch_common::{PENDING_CAPACITY, PendingRequest, RequestKey};
 
 const PASS_THROUGH: i32 = -1;
 const ETH_HEADER_LEN: usize = 14;
@@ -45,17 +45,7 @@ pub fn bench_track(ctx: TcContext) -> i32 {
     if let Some(key) = key(&ctx) {
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        let value = PendingRequest {
-            first_sent_ns: now,
-            last_sent_ns: now,
-            tcp_seq: 0,
-            flags: 0,
-            ifindex: 0,
-            target_slot: 0,
-            question_len: 0,
-            _pad: 0,
-            question: [0; DNS_QUESTION_CAPTURE],
-        };
+        let value = PendingRequest::sent_at(now);
         let _ = REFERENCE.insert(&key, &value, 0);
     }
     PASS_THROUGH

@@ -275,6 +275,8 @@ pub mod tcp_flags {
 
 /// Offset of the flags byte in the TCP header.
 pub const TCP_FLAGS_OFFSET: usize = 13;
+/// Offset of the data offset byte (header length in words, high nibble) in the TCP header.
+pub const TCP_DATA_OFFSET_OFFSET: usize = 12;
 /// Length of a DNS message header.
 pub const DNS_HEADER_LEN: usize = 12;
 /// Length of a UDP header.

@@ -1,18 +1,21 @@
 //! Egress: recognise the requests this host sends and record them as pending.
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use netwatch_common::{
-    DNS_PORT, DNS_QUESTION_CAPTURE, KernelCounter, PendingRequest, RequestKey, proto,
+    DNS_PORT, DNS_QUESTION_CAPTURE, KernelCounter, PENDING_FLAG_REJECTED, PendingRequest,
+    RequestKey, TargetCounters, proto,
 };
 
 use crate::{
-    maps::{EEXIST, PENDING, add, count, target_counters},
+    maps::{EEXIST, PENDING, add, count, target_counters, timeout_ns},
     packet::{
-        self, DNS_HEADER_LEN, InPlace, Ip, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, read, tcp_flags,
+        self, DNS_HEADER_LEN, InPlace, Ip, TCP_DATA_OFFSET_OFFSET, TCP_FLAGS_OFFSET,
+        UDP_HEADER_LEN, read, tcp_flags,
     },
 };
 
@@ -48,9 +51,10 @@ pub fn on_egress(ctx: &TcContext) {
 
 #[inline(always)]
 fn tcp_syn(ctx: &TcContext, ip: &Ip) {
-    // Source port, destination port, sequence number.
-    let (Some(header), Some((local, remote))) = (
+    // Source port, destination port, sequence number; the data offset.
+    let (Some(header), Some(data_offset), Some((local, remote))) = (
         read::<[u8; 8]>(ctx, ip.l4),
+        read::<u8>(ctx, ip.l4 + TCP_DATA_OFFSET_OFFSET),
         packet::addresses::<InPlace>(ctx, ip),
     ) else {
         count(KernelCounter::Malformed);
@@ -65,8 +69,18 @@ fn tcp_syn(ctx: &TcContext, ip: &Ip) {
         proto: proto::TCP,
         _pad: 0,
     };
-    let seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    track(ctx, &key, seq, None);
+    let mut request = new_request(ctx);
+    request.tcp_seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    // TCP Fast Open (RFC 7413) puts data in the SYN; the SYN-ACK then acknowledges it too.
+    // A SYN leaves in one piece (never GSO), so what follows the TCP header is its data.
+    let payload = (ctx.len() as usize)
+        .saturating_sub(ip.l4 + usize::from(data_offset >> 4) * 4)
+        .min(usize::from(u16::MAX));
+    #[expect(clippy::cast_possible_truncation, reason = "clamped to u16::MAX")]
+    {
+        request.syn_payload_len = payload as u16;
+    }
+    track(ctx, &key, &mut request);
 }
 
 #[inline(always)]
@@ -93,7 +107,13 @@ fn dns_query(ctx: &TcContext, ip: &Ip) {
         proto: proto::UDP,
         _pad: 0,
     };
-    track(ctx, &key, 0, Some(ip.l4 + UDP_HEADER_LEN + DNS_HEADER_LEN));
+    let mut request = new_request(ctx);
+    request.question_len = capture(
+        ctx,
+        ip.l4 + UDP_HEADER_LEN + DNS_HEADER_LEN,
+        &mut request.question,
+    );
+    track(ctx, &key, &mut request);
 }
 
 #[inline(always)]
@@ -118,61 +138,153 @@ fn echo_request(ctx: &TcContext, ip: &Ip, echo_request: u8, proto: u8) {
         proto,
         _pad: 0,
     };
-    track(ctx, &key, 0, None);
+    let mut request = new_request(ctx);
+    track(ctx, &key, &mut request);
+}
+
+/// The pending entry for a request leaving now, for the protocol handler to fill in.
+#[inline(always)]
+fn new_request(ctx: &TcContext) -> PendingRequest {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let mut request = PendingRequest::sent_at(unsafe { bpf_ktime_get_ns() });
+    // SAFETY: `skb` is the context pointer the kernel passed in.
+    request.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    request
+}
+
+/// Whether a request to `remote` goes to one host. Broadcast and multicast "requests" are
+/// answered by others (every host on the segment, the group's members) from their own
+/// addresses, so no answer can ever match them: they are not requests to a target.
+#[inline(always)]
+fn is_unicast(ctx: &TcContext, remote: &[u8; 16]) -> bool {
+    // The destination MAC's group bit: limited (255.255.255.255) and directed broadcasts on
+    // the link, and every multicast, whatever the address says.
+    // verifier: the whole MAC, not its first byte: LLVM turns a one-byte bound check at
+    // offset 0 into `data_end > data`, from which the verifier learns no readable range.
+    if read::<[u8; 6]>(ctx, 0).is_some_and(|mac| mac[0] & 1 != 0) {
+        return false;
+    }
+    if remote[..12] == netwatch_common::ipv4_mapped([0; 4])[..12] {
+        // 224.0.0.0/4 multicast; 240.0.0.0/4 reserved, 255.255.255.255 in it.
+        remote[12] < 224
+    } else {
+        remote[0] != 0xff
+    }
+}
+
+/// Whether `request` is a new exchange under the key of `existing`, rather than the same
+/// request sent again.
+#[inline(always)]
+fn is_new_exchange(key: &RequestKey, existing: &PendingRequest, request: &PendingRequest) -> bool {
+    if key.proto == proto::TCP {
+        // A new initial sequence number: a new connection on a 4-tuple still remembered (a
+        // tombstone kept for retransmits, or an attempt given up). Linux reuses a source port
+        // at once after a reset.
+        return existing.tcp_seq != request.tcp_seq;
+    }
+    if key.proto == proto::UDP {
+        // A forwarder with a fixed source port reuses (port, id) for other names; a resolver
+        // retrying sends the same question again.
+        return existing.question_len != request.question_len
+            || !same_question(&existing.question, &request.question);
+    }
+    false
+}
+
+/// Compares two captured questions eight bytes at a time (constant bound, no byte loop).
+#[inline(always)]
+fn same_question(a: &[u8; DNS_QUESTION_CAPTURE], b: &[u8; DNS_QUESTION_CAPTURE]) -> bool {
+    let mut offset = 0;
+    while offset + 8 <= DNS_QUESTION_CAPTURE {
+        // SAFETY: offset + 8 <= len for both arrays; unaligned reads of plain bytes.
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_unaligned(a.as_ptr().add(offset).cast::<u64>()),
+                core::ptr::read_unaligned(b.as_ptr().add(offset).cast::<u64>()),
+            )
+        };
+        if x != y {
+            return false;
+        }
+        offset += 8;
+    }
+    a[offset..] == b[offset..]
 }
 
 /// Records a request: a new pending entry, or a retransmit of one already pending.
 #[inline(always)]
-fn track(ctx: &TcContext, key: &RequestKey, tcp_seq: u32, question_at: Option<usize>) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+fn track(ctx: &TcContext, key: &RequestKey, request: &mut PendingRequest) {
+    if !is_unicast(ctx, &key.remote) {
+        count(KernelCounter::NotUnicast);
+        return;
+    }
+    let now = request.first_sent_ns;
     let Some((target_slot, counters)) = target_counters(&key.target()) else {
         return;
     };
-    let mut pending = PendingRequest {
-        first_sent_ns: now,
-        last_sent_ns: now,
-        tcp_seq,
-        flags: 0,
-        // SAFETY: `skb` is the context pointer the kernel passed in.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
-        target_slot,
-        question_len: 0,
-        _pad: 0,
-        question: [0; DNS_QUESTION_CAPTURE],
-    };
-    if let Some(offset) = question_at {
-        pending.question_len = capture(ctx, offset, &mut pending.question);
-    }
-    match PENDING.insert(key, &pending, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
+    request.target_slot = target_slot;
+    match PENDING.insert(key, &*request, u64::from(BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
         Err(err) if err == -EEXIST => {
             let Some(existing) = PENDING.get_ptr_mut(key) else {
+                // Settled and removed in between: this one was sent after its answer.
+                add(&mut counters.retransmits, 1);
                 return;
             };
             // SAFETY: a live map value, valid for this program run.
             let existing = unsafe { &mut *existing };
-            if key.proto == proto::TCP && existing.tcp_seq != tcp_seq {
-                // A new connection on a 4-tuple still remembered (a tombstone kept for
-                // retransmits, or an attempt given up): a new initial sequence number makes
-                // it a new request. Linux reuses a source port at once after a reset.
-                *existing = pending;
-                add(&mut counters.requests, 1);
+            if is_new_exchange(key, existing, request) {
+                replace(key, existing, request, counters);
             } else {
                 // The same request again (SYN retransmit, resolver retry): one request.
                 add(&mut counters.retransmits, 1);
                 existing.last_sent_ns = now;
             }
         }
-        Err(_) => {
-            // E2BIG: the pending table is full. The request is counted, but it can never be
-            // resolved, so it must not be mistaken for an unanswered one.
-            add(&mut counters.requests, 1);
-            add(&mut counters.untracked, 1);
-            count(KernelCounter::PendingFull);
-        }
+        Err(_) => untracked(counters),
     }
     counters.last_request_ns = now;
+}
+
+/// E2BIG: the pending table is full. The request is counted, but it can never be resolved,
+/// so it must not be mistaken for an unanswered one.
+#[inline(always)]
+fn untracked(counters: &mut TargetCounters) {
+    add(&mut counters.requests, 1);
+    add(&mut counters.untracked, 1);
+    count(KernelCounter::PendingFull);
+}
+
+/// Puts `request` where `existing`, an earlier exchange under the same key, was.
+///
+/// Deleting the old entry first makes its settlement exactly-once: if an answer on another
+/// CPU deletes it first, that answer owns it; otherwise this path does. An earlier request
+/// still within its deadline was given up by the client (`abandoned`); one past it is, or
+/// is about to be, unanswered: the new entry carries its send time so userspace counts it
+/// if it had not yet. Overwriting in place instead would let a late delete by the old
+/// exchange's answer remove the new request.
+#[inline(always)]
+fn replace(
+    key: &RequestKey,
+    existing: &PendingRequest,
+    request: &mut PendingRequest,
+    counters: &mut TargetCounters,
+) {
+    let (old_flags, old_first_sent) = (existing.flags, existing.first_sent_ns);
+    if PENDING.remove(key).is_ok() && old_flags & PENDING_FLAG_REJECTED == 0 {
+        if request.first_sent_ns.wrapping_sub(old_first_sent) <= timeout_ns() {
+            add(&mut counters.abandoned, 1);
+            count(KernelCounter::Abandoned);
+        } else {
+            request.replaced_first_sent_ns = old_first_sent;
+        }
+    }
+    match PENDING.insert(key, &*request, u64::from(BPF_NOEXIST)) {
+        Ok(()) => add(&mut counters.requests, 1),
+        // The same new request inserted by another CPU in between.
+        Err(err) if err == -EEXIST => add(&mut counters.retransmits, 1),
+        Err(_) => untracked(counters),
+    }
 }
 
 /// Copies up to `out.len()` bytes of the packet from `offset`; returns how many.

@@ -296,8 +296,7 @@ mod tests {
     use std::collections::HashMap;
 
     use netwatch_common::{
-        DNS_QUESTION_CAPTURE, KernelCounter, PendingRequest, RequestKey, TargetCounters, TargetKey,
-        proto,
+        KernelCounter, PendingRequest, RequestKey, TargetCounters, TargetKey, proto,
     };
 
     use super::*;
@@ -349,17 +348,9 @@ mod tests {
             proto: proto::TCP,
             _pad: 0,
         };
-        let pending = PendingRequest {
-            first_sent_ns: sent_ns,
-            last_sent_ns: sent_ns,
-            tcp_seq: 7,
-            flags: 0,
-            ifindex: 2,
-            target_slot: 0,
-            question_len: 0,
-            _pad: 0,
-            question: [0; DNS_QUESTION_CAPTURE],
-        };
+        let mut pending = PendingRequest::sent_at(sent_ns);
+        pending.tcp_seq = 7;
+        pending.ifindex = 2;
         (key, pending)
     }
 

@@ -133,9 +133,10 @@ impl Drop for CounterArray {
     }
 }
 
-/// Slots of the counter array whose owner is not known yet, given up after this many reads
-/// (a slot claimed and given back in a race stays empty for good).
-const SLOT_RETRIES: u8 = 40;
+/// Free slots in a row, past the kernel's hint, after which no claim can lie further on.
+/// The hint is written without atomics and can move backwards; claims then land at most a
+/// few slots past a given-back slot (one per CPU racing), so 64 covers any machine.
+const SLOT_PROBE_GAP: u32 = 64;
 
 /// The loaded programs and their maps.
 pub struct Probe {
@@ -150,8 +151,8 @@ pub struct Probe {
     targets: CounterArray,
     /// Slot → target, for the slots learnt so far.
     known_slots: Vec<(u32, TargetKey)>,
-    /// Slots below the kernel's hint not learnt yet, with the reads left before giving up.
-    unresolved_slots: Vec<(u32, u8)>,
+    /// Slots queued for learning whose owner is not confirmed yet.
+    unresolved_slots: Vec<u32>,
     /// Slots below this were queued for learning.
     scanned_slots: u32,
     counters: PerCpuArray<MapData, u64>,
@@ -340,8 +341,13 @@ impl Probe {
     }
 
     fn attach_tcx(&mut self, iface: &Interface) -> Result<Attached, ProbeError> {
+        // First in the chain: a program before netwatch that returns TCX_PASS (TC_ACT_OK,
+        // as Cilium's and Calico's dataplanes do) ends the chain, and netwatch would never see
+        // those packets. netwatch itself always returns TCX_NEXT, so going first changes
+        // nothing for the others. (clsact needs nothing of the sort: a filter added without a
+        // priority gets one below the first existing filter's, and so runs first.)
         self.attach_both(iface, Attached::Tcx, || {
-            TcAttachOptions::TcxOrder(LinkOrder::default())
+            TcAttachOptions::TcxOrder(LinkOrder::first())
         })
     }
 
@@ -487,7 +493,13 @@ impl Probe {
 
 impl Probe {
     /// Learns the owners of slots claimed since the last read: one lookup per new target,
-    /// nothing when no target appeared.
+    /// and [`SLOT_PROBE_GAP`] lookups past the last claim found.
+    ///
+    /// The kernel's hint of the next free slot is a plain store from every CPU: two claims
+    /// racing can leave it below slots already claimed. Reading only below it would leave
+    /// those targets' counters unread (requests seen, answers never: a false blackholed), so
+    /// the slots past it are probed too. A slot whose owner is not confirmed yet stays queued:
+    /// it may be a claim in progress, or one given back that a later claim takes again.
     fn learn_new_slots(&mut self) -> Result<(), ProbeError> {
         let hint = self
             .next_slot
@@ -497,38 +509,45 @@ impl Probe {
                 source,
             })?
             .min(TARGETS_CAPACITY);
-        while self.scanned_slots < hint {
-            self.unresolved_slots
-                .push((self.scanned_slots, SLOT_RETRIES));
+        let mut claimed_upto = hint.max(self.scanned_slots);
+        let mut probe = claimed_upto;
+        while probe < TARGETS_CAPACITY && probe - claimed_upto < SLOT_PROBE_GAP {
+            if self.slot_owner(probe)?.is_some() {
+                claimed_upto = probe + 1;
+            }
+            probe += 1;
+        }
+        while self.scanned_slots < claimed_upto {
+            self.unresolved_slots.push(self.scanned_slots);
             self.scanned_slots += 1;
         }
         let mut still = Vec::new();
-        for (slot, retries) in std::mem::take(&mut self.unresolved_slots) {
-            let owner = match self.slot_owners.get(&slot, 0) {
-                Ok(owner) => Some(owner),
-                Err(MapError::KeyNotFound) => None,
-                Err(source) => {
-                    return Err(ProbeError::Map {
-                        map: SLOT_OWNERS_MAP,
-                        source,
-                    });
-                }
-            };
+        for slot in std::mem::take(&mut self.unresolved_slots) {
             // A claim counts once the target points back at it (the kernel inserts the
             // target right after claiming, and gives the slot back if it lost a race).
-            let confirmed = owner.filter(|owner| {
+            let confirmed = self.slot_owner(slot)?.filter(|owner| {
                 self.target_slots
                     .get(owner, 0)
                     .is_ok_and(|confirmed| confirmed == slot)
             });
             match confirmed {
                 Some(owner) => self.known_slots.push((slot, owner)),
-                None if retries > 1 => still.push((slot, retries - 1)),
-                None => {}
+                None => still.push(slot),
             }
         }
         self.unresolved_slots = still;
         Ok(())
+    }
+
+    fn slot_owner(&self, slot: u32) -> Result<Option<TargetKey>, ProbeError> {
+        match self.slot_owners.get(&slot, 0) {
+            Ok(owner) => Ok(Some(owner)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(ProbeError::Map {
+                map: SLOT_OWNERS_MAP,
+                source,
+            }),
+        }
     }
 }
 

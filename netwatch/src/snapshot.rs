@@ -32,6 +32,8 @@ pub struct TargetView {
     pub untracked: u64,
     /// Answers or rejections that came after the timeout.
     pub late: u64,
+    /// Requests the client gave up before their deadline (a new request took their flow).
+    pub abandoned: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     /// Seconds since a request to this target last left.
@@ -204,6 +206,7 @@ pub(crate) mod tests {
             reason: None,
             in_flight: 0,
             untracked: 0,
+            abandoned: 0,
             late: 0,
             latency_p50_ms: None,
             latency_p99_ms: None,

@@ -109,6 +109,10 @@ pub struct Sweeper {
     /// time differs is a new request that the kernel put under the same key (a new TCP
     /// connection on a reused 4-tuple).
     counted: HashMap<RequestKey, u64, RandomState>,
+    /// Requests the kernel replaced after their deadline (see
+    /// [`PendingRequest::replaced_first_sent_ns`]) and that were counted from the entry that
+    /// replaced them: key → the replaced request's first send time.
+    counted_replaced: HashMap<RequestKey, u64, RandomState>,
     last_size: usize,
     /// Whether the last [`Sweeper::due`] skipped a busy table's walk.
     skipped: bool,
@@ -123,6 +127,7 @@ impl Sweeper {
         Self {
             policy,
             counted: HashMap::default(),
+            counted_replaced: HashMap::default(),
             last_size: 0,
             skipped: false,
             last_in_flight: 0,
@@ -157,9 +162,23 @@ impl Sweeper {
         let mut outcome = SweepOutcome::default();
         let mut still_counted =
             HashMap::with_capacity_and_hasher(self.counted.len(), RandomState::default());
+        let mut still_replaced = HashMap::default();
         let mut size = 0;
         for (key, entry) in entries {
             size += 1;
+            if entry.replaced_first_sent_ns != 0 {
+                let replaced = entry.replaced_first_sent_ns;
+                if self.counted.get(&key) != Some(&replaced)
+                    && self.counted_replaced.get(&key) != Some(&replaced)
+                {
+                    // Past its deadline and never seen expired by a sweep: unanswered.
+                    let mut earlier = PendingRequest::sent_at(replaced);
+                    earlier.target_slot = entry.target_slot;
+                    earlier.ifindex = entry.ifindex;
+                    outcome.unanswered.push((key, earlier));
+                }
+                still_replaced.insert(key, replaced);
+            }
             let counted = self.counted.get(&key) == Some(&entry.first_sent_ns);
             match fate(&self.policy, now_ns, &entry, counted, under_pressure) {
                 Fate::InFlight => outcome.in_flight += 1,
@@ -179,6 +198,7 @@ impl Sweeper {
         }
         // Forget entries that left the table (removed by us, or a key reused after removal).
         self.counted = still_counted;
+        self.counted_replaced = still_replaced;
         self.last_size = size;
         self.last_in_flight = outcome.in_flight;
         self.last_tombstones = outcome.tombstones;
@@ -194,7 +214,7 @@ impl Sweeper {
 
 #[cfg(test)]
 mod tests {
-    use netwatch_common::{DNS_QUESTION_CAPTURE, proto};
+    use netwatch_common::proto;
 
     use super::*;
 
@@ -208,17 +228,10 @@ mod tests {
     }
 
     fn entry(first: u64, last: u64) -> PendingRequest {
-        PendingRequest {
-            first_sent_ns: first,
-            last_sent_ns: last,
-            tcp_seq: 0,
-            flags: 0,
-            ifindex: 1,
-            target_slot: 0,
-            question_len: 0,
-            _pad: 0,
-            question: [0; DNS_QUESTION_CAPTURE],
-        }
+        let mut entry = PendingRequest::sent_at(first);
+        entry.last_sent_ns = last;
+        entry.ifindex = 1;
+        entry
     }
 
     fn key(port: u16) -> RequestKey {
@@ -304,6 +317,38 @@ mod tests {
         assert!(second.unanswered.is_empty());
         let third = sweeper.sweep(14 * S, replaced);
         assert_eq!(third.unanswered.len(), 1, "and counted once it expires");
+    }
+
+    #[test]
+    fn a_request_replaced_after_its_deadline_is_counted_once() {
+        let mut sweeper = Sweeper::new(policy());
+        // Never swept while expired: the kernel replaced it first (a new connection on the
+        // same 4-tuple 5 s after the first SYN), and tells us its send time.
+        let mut replacement = entry(5 * S, 5 * S);
+        replacement.replaced_first_sent_ns = S;
+        let first = sweeper.sweep(5 * S, vec![(key(1), replacement)]);
+        assert_eq!(first.unanswered.len(), 1);
+        assert_eq!(first.unanswered[0].1.first_sent_ns, S);
+        assert_eq!(first.in_flight, 1, "the replacement is in flight");
+        let second = sweeper.sweep(6 * S, vec![(key(1), replacement)]);
+        assert!(second.unanswered.is_empty(), "counted once");
+        // Counted by a sweep before the kernel replaced it: not again.
+        let mut sweeper = Sweeper::new(policy());
+        assert_eq!(
+            sweeper
+                .sweep(5 * S, vec![(key(2), entry(S, S))])
+                .unanswered
+                .len(),
+            1
+        );
+        let mut replacement = entry(6 * S, 6 * S);
+        replacement.replaced_first_sent_ns = S;
+        assert!(
+            sweeper
+                .sweep(6 * S, vec![(key(2), replacement)])
+                .unanswered
+                .is_empty()
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::{
 };
 
 use netwatch_common::{
-    KernelCounter, LATENCY_BUCKETS, PendingRequest, REASON_SLOTS, Reason, RequestKey,
-    TargetCounters, TargetKey, latency_bucket_upper_ns, proto,
+    KernelCounter, LATENCY_BUCKETS, PendingRequest, REASON_SLOTS, RequestKey, TargetCounters,
+    TargetKey, latency_bucket_upper_ns, proto,
 };
 
 use crate::{
@@ -31,7 +31,7 @@ pub struct TargetState {
     unanswered: u64,
     history: History,
     verdict: Verdict,
-    reason: Option<u8>,
+    reason: Option<&'static str>,
     /// A bounded sample of names whose queries went unanswered (escaped).
     names: Vec<String>,
     /// Whether a verdict record went out for this target yet.
@@ -54,7 +54,7 @@ impl TargetState {
 
     fn view(&self, now_ns: u64) -> TargetView {
         let k = &self.kernel;
-        let resolved = k.answered + k.rejected + self.unanswered + k.untracked;
+        let resolved = k.answered + k.rejected + self.unanswered + k.untracked + k.abandoned;
         TargetView {
             direction: self.target.direction,
             proto: self.target.proto,
@@ -66,10 +66,11 @@ impl TargetState {
             unanswered: self.unanswered,
             retransmits: k.retransmits,
             verdict: self.verdict,
-            reason: self.reason.and_then(|code| Reason::name(usize::from(code))),
+            reason: self.reason,
             in_flight: k.requests.saturating_sub(resolved),
             untracked: k.untracked,
             late: k.late,
+            abandoned: k.abandoned,
             latency_p50_ms: latency_percentile_ms(&k.latency, 0.50),
             latency_p99_ms: latency_percentile_ms(&k.latency, 0.99),
             last_seen_ago_s: (k.last_request_ns > 0)
@@ -137,7 +138,10 @@ impl Tracker {
                 rejected.push((u8::try_from(code).unwrap_or(0), new - old));
             }
         }
-        state.history.record(now_ns, answered, 0, &rejected);
+        let late = counters.late.saturating_sub(old.late);
+        state
+            .history
+            .record_with_late(now_ns, answered, 0, late, &rejected);
         state.kernel = *counters;
     }
 
@@ -245,6 +249,7 @@ pub fn zero_counters() -> TargetCounters {
         rejected: 0,
         late: 0,
         untracked: 0,
+        abandoned: 0,
         last_request_ns: 0,
         last_answer_ns: 0,
         rejected_by_reason: [0; REASON_SLOTS],
@@ -333,17 +338,10 @@ mod tests {
             len += 1 + label.len();
         }
         len += 1 + 2;
-        let pending = PendingRequest {
-            first_sent_ns: 0,
-            last_sent_ns: 0,
-            tcp_seq: 0,
-            flags: 0,
-            ifindex: 2,
-            target_slot: 0,
-            question_len: u16::try_from(len).unwrap(),
-            _pad: 0,
-            question,
-        };
+        let mut pending = PendingRequest::sent_at(0);
+        pending.ifindex = 2;
+        pending.question_len = u16::try_from(len).unwrap();
+        pending.question = question;
         (key, pending)
     }
 

@@ -2,7 +2,11 @@
 
 use std::{collections::VecDeque, fmt, time::Duration};
 
+use netwatch_common::Reason;
 use serde::Serialize;
+
+/// The reason of a target whose failures include answers that came after the timeout.
+pub const LATE: &str = "late";
 
 /// The judgement on one target, from worst to best.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -61,6 +65,8 @@ struct Slot {
     start_ns: u64,
     answered: u64,
     unanswered: u64,
+    /// Answers (or rejections) that came after the timeout, to requests counted unanswered.
+    late: u64,
     /// (reason code, count); a handful of reasons at most.
     rejected: Vec<(u8, u64)>,
 }
@@ -93,8 +99,20 @@ impl History {
 
     /// Records outcomes resolved at `at_ns` (monotonic). Nothing is recorded for all zeros.
     pub fn record(&mut self, at_ns: u64, answered: u64, unanswered: u64, rejected: &[(u8, u64)]) {
+        self.record_with_late(at_ns, answered, unanswered, 0, rejected);
+    }
+
+    /// [`History::record`], with `late` answers to requests already counted unanswered.
+    pub fn record_with_late(
+        &mut self,
+        at_ns: u64,
+        answered: u64,
+        unanswered: u64,
+        late: u64,
+        rejected: &[(u8, u64)],
+    ) {
         let rejected_total: u64 = rejected.iter().map(|(_, n)| n).sum();
-        if answered == 0 && unanswered == 0 && rejected_total == 0 {
+        if answered == 0 && unanswered == 0 && late == 0 && rejected_total == 0 {
             return;
         }
         let start_ns = at_ns - at_ns % self.slot_ns;
@@ -110,6 +128,7 @@ impl History {
         };
         slot.answered += answered;
         slot.unanswered += unanswered;
+        slot.late += late;
         for &(reason, count) in rejected.iter().filter(|(_, count)| *count > 0) {
             match slot.rejected.iter_mut().find(|(code, _)| *code == reason) {
                 Some((_, total)) => *total += count,
@@ -132,12 +151,18 @@ impl History {
         self.slots.is_empty()
     }
 
-    /// The verdict over the window and, when there were rejections, the most frequent
-    /// reason code. `None` when nothing has resolved yet.
+    /// The verdict over the window and its reason: the most frequent rejection's name when
+    /// there were rejections, else [`LATE`] when answers came after the timeout. `None` when
+    /// nothing has resolved yet.
+    ///
+    /// A request answered after the timeout was counted unanswered at its deadline, but it
+    /// was not dropped: the remote is slow. Such a target is never blackholed (nor ok): it
+    /// is degraded, whatever else its window holds.
     #[must_use]
-    pub fn judge(&self) -> Option<(Verdict, Option<u8>)> {
+    pub fn judge(&self) -> Option<(Verdict, Option<&'static str>)> {
         let answered: u64 = self.slots.iter().map(|s| s.answered).sum();
         let unanswered: u64 = self.slots.iter().map(|s| s.unanswered).sum();
+        let late: u64 = self.slots.iter().map(|s| s.late).sum();
         let mut by_reason: Vec<(u8, u64)> = Vec::new();
         for &(reason, count) in self.slots.iter().flat_map(|s| s.rejected.iter()) {
             match by_reason.iter_mut().find(|(code, _)| *code == reason) {
@@ -150,6 +175,10 @@ impl History {
             .iter()
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
             .map(|&(code, _)| code);
+        let rejection = reason.and_then(|code| Reason::name(usize::from(code)));
+        if late > 0 {
+            return Some((Verdict::Degraded, rejection.or(Some(LATE))));
+        }
         let verdict = match (answered > 0, unanswered > 0, reason.is_some()) {
             (false, false, false) => return None,
             (true, false, false) => Verdict::Ok,
@@ -157,7 +186,7 @@ impl History {
             (false, _, true) => Verdict::Rejected,
             (true, _, _) => Verdict::Degraded,
         };
-        Some((verdict, reason))
+        Some((verdict, rejection))
     }
 }
 
@@ -199,14 +228,17 @@ mod tests {
         let mut h = history();
         h.record(S, 0, 1, &[(12, 2), (1, 1)]);
         h.record(2 * S, 0, 0, &[(1, 3)]);
-        assert_eq!(h.judge(), Some((Verdict::Rejected, Some(1))));
+        assert_eq!(h.judge(), Some((Verdict::Rejected, Some("tcp-reset"))));
     }
 
     #[test]
     fn reason_ties_go_to_the_lower_code() {
         let mut h = history();
         h.record(S, 0, 0, &[(12, 2), (5, 2)]);
-        assert_eq!(h.judge(), Some((Verdict::Rejected, Some(5))));
+        assert_eq!(
+            h.judge(),
+            Some((Verdict::Rejected, Some("icmp-port-unreachable")))
+        );
     }
 
     #[test]
@@ -216,7 +248,22 @@ mod tests {
         assert_eq!(h.judge(), Some((Verdict::Degraded, None)));
         let mut h = history();
         h.record(S, 5, 0, &[(1, 1)]);
-        assert_eq!(h.judge(), Some((Verdict::Degraded, Some(1))));
+        assert_eq!(h.judge(), Some((Verdict::Degraded, Some("tcp-reset"))));
+    }
+
+    #[test]
+    fn late_answers_are_degraded_never_blackholed() {
+        let mut h = history();
+        h.record(S, 0, 3, &[]);
+        assert_eq!(h.judge(), Some((Verdict::Blackholed, None)));
+        h.record_with_late(2 * S, 0, 0, 3, &[]);
+        assert_eq!(h.judge(), Some((Verdict::Degraded, Some(LATE))));
+        // Late answers mixed with requests never answered: still degraded, still slow.
+        h.record(3 * S, 0, 2, &[]);
+        assert_eq!(h.judge(), Some((Verdict::Degraded, Some(LATE))));
+        // A rejection among them names the rejection.
+        h.record(4 * S, 0, 0, &[(1, 1)]);
+        assert_eq!(h.judge(), Some((Verdict::Degraded, Some("tcp-reset"))));
     }
 
     #[test]

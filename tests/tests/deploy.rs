@@ -75,6 +75,7 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         in_flight: 0,
         untracked: 0,
         late: 0,
+        abandoned: 0,
         latency_p50_ms: None,
         latency_p99_ms: None,
         last_seen_ago_s: None,

@@ -207,19 +207,88 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
 /// IPv6 with at most six extension headers (hop-by-hop, routing, destination options, AH,
 /// fragment), not a non-first fragment; then a SYN without ACK or RST, a DNS query (port
 /// 53, QR clear, id and flags present) or an echo request with code 0.
-/// With the SYN's sequence number (0 for the other kinds).
-fn oracle_request(frame: &[u8]) -> Option<(RequestKey, u32)> {
+/// With what tells it from another exchange under the same key. Requests to broadcast and
+/// multicast destinations (the destination MAC's group bit, 224.0.0.0/4 and above,
+/// ff00::/8) are not requests: `Err(())` counts them.
+fn oracle_request(frame: &[u8]) -> Option<Result<(RequestKey, Exchange), ()>> {
     match oracle(frame, false)? {
-        (key, Seen::Request(seq)) => Some((key, seq)),
+        (key, Seen::Request(exchange)) => {
+            let multicast = if key.remote[..12] == ipv4_mapped([0; 4])[..12] {
+                key.remote[12] >= 224
+            } else {
+                key.remote[0] == 0xff
+            };
+            Some(if frame[0] & 1 != 0 || multicast {
+                Err(())
+            } else {
+                Ok((key, exchange))
+            })
+        }
         _ => None,
+    }
+}
+
+/// Bytes of a DNS query's question kept with the request (`DNS_QUESTION_CAPTURE`).
+const QUESTION_CAPTURE: usize = 76;
+
+/// What tells one request from another under the same key: a new TCP connection has a new
+/// initial sequence number; a new DNS query on a reused port and id has another question.
+/// A retransmit has the same. The SYN's data length says what its SYN-ACK may acknowledge
+/// (TCP Fast Open, RFC 7413).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Exchange {
+    seq: u32,
+    syn_data: u32,
+    question: [u8; QUESTION_CAPTURE],
+}
+
+impl Exchange {
+    fn syn(frame: &[u8], l4: usize, seq: u32) -> Option<Self> {
+        let header_len = usize::from(frame.get(l4 + 12)? >> 4) * 4;
+        Some(Self {
+            seq,
+            syn_data: u32::try_from(frame.len().saturating_sub(l4 + header_len).min(65_535))
+                .ok()?,
+            question: [0; QUESTION_CAPTURE],
+        })
+    }
+
+    fn query(frame: &[u8], l4: usize) -> Self {
+        let mut question = [0; QUESTION_CAPTURE];
+        let start = (l4 + 8 + 12).min(frame.len());
+        let captured = &frame[start..frame.len().min(start + QUESTION_CAPTURE)];
+        question[..captured.len()].copy_from_slice(captured);
+        Self {
+            seq: 0,
+            syn_data: 0,
+            question,
+        }
+    }
+
+    const fn plain() -> Self {
+        Self {
+            seq: 0,
+            syn_data: 0,
+            question: [0; QUESTION_CAPTURE],
+        }
+    }
+
+    /// Whether `other`, under the same key, is a new exchange rather than this one again.
+    fn is_new(&self, other: &Self) -> bool {
+        self.seq != other.seq || self.question != other.question
+    }
+
+    /// Whether a SYN-ACK or RST acknowledging `ack` answers this SYN.
+    const fn acked_by(&self, ack: u32) -> bool {
+        ack.wrapping_sub(self.seq.wrapping_add(1)) <= self.syn_data
     }
 }
 
 /// What the reference parser sees in a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Seen {
-    /// A request, with its TCP sequence number (0 for the other kinds).
-    Request(u32),
+    /// A request, with what tells it from another under the same key.
+    Request(Exchange),
     /// A DNS response or echo reply: settles the request with the key, if pending.
     Answer,
     /// A SYN-ACK acknowledging this number: settles the SYN whose sequence is one less.
@@ -302,7 +371,7 @@ fn oracle(frame: &[u8], inbound: bool) -> Option<(RequestKey, Seen)> {
             let seq = u32::from_be_bytes(frame.get(l4 + 4..l4 + 8)?.try_into().ok()?);
             let ack = u32::from_be_bytes(frame.get(l4 + 8..l4 + 12)?.try_into().ok()?);
             match (inbound, flags & 0x16) {
-                (false, 0x02) => Seen::Request(seq),
+                (false, 0x02) => Seen::Request(Exchange::syn(frame, l4, seq)?),
                 (true, 0x12) => Seen::SynAck(ack),
                 (true, 0x14 | 0x16) => Seen::Reset(ack),
                 _ => return None,
@@ -325,7 +394,7 @@ fn oracle(frame: &[u8], inbound: bool) -> Option<(RequestKey, Seen)> {
             if inbound {
                 Seen::Answer
             } else {
-                Seen::Request(0)
+                Seen::Request(Exchange::query(frame, l4))
             }
         }
         proto::ICMP | proto::ICMPV6 => {
@@ -336,7 +405,9 @@ fn oracle(frame: &[u8], inbound: bool) -> Option<(RequestKey, Seen)> {
             };
             let kind = *frame.get(l4)?;
             let seen = match (inbound, kind) {
-                (false, k) if k == request && *frame.get(l4 + 1)? == 0 => Seen::Request(0),
+                (false, k) if k == request && *frame.get(l4 + 1)? == 0 => {
+                    Seen::Request(Exchange::plain())
+                }
                 (true, k) if k == reply => Seen::Answer,
                 _ => return None,
             };
@@ -435,28 +506,44 @@ fn a_million_random_packets_fool_nothing() {
     // 2. Egress: requests, checked against the reference. A request is new unless its key
     // is pending already; then it is a retransmit, except a SYN with a new sequence number:
     // a new connection on the same 4-tuple, a new request.
-    let mut expected: HashMap<RequestKey, u32> = HashMap::new();
+    let mut expected: HashMap<RequestKey, Exchange> = HashMap::new();
     let (mut expect_new, mut expect_retransmits) = (0u64, 0u64);
+    let (mut expect_abandoned, mut expect_not_unicast) = (0u64, 0u64);
     for _ in 0..phase2 {
         let frame = random_frame(&mut rng);
         if !run(&mut probe, EGRESS_PROGRAM, &frame) {
             refused += 1;
             continue;
         }
-        if let Some((key, seq)) = oracle_request(&frame) {
-            match expected.insert(key, seq) {
-                Some(before) if key.proto != proto::TCP || before == seq => {
-                    expect_retransmits += 1;
+        match oracle_request(&frame) {
+            Some(Ok((key, exchange))) => match expected.get_mut(&key) {
+                // The same request again: the first one's entry stays.
+                Some(before) if !before.is_new(&exchange) => expect_retransmits += 1,
+                // A new exchange under a key still in flight (the timeout is an hour):
+                // the earlier one was given up.
+                Some(before) => {
+                    *before = exchange;
+                    expect_new += 1;
+                    expect_abandoned += 1;
                 }
-                _ => expect_new += 1,
-            }
+                None => {
+                    expected.insert(key, exchange);
+                    expect_new += 1;
+                }
+            },
+            Some(Err(())) => expect_not_unicast += 1,
+            None => {}
         }
     }
     let pending = probe.read_pending().expect("pending");
     for (key, request) in &pending {
         assert_eq!(
-            expected.get(key),
-            Some(&request.tcp_seq),
+            expected.get(key).map(|e| (e.seq, e.syn_data, e.question)),
+            Some((
+                request.tcp_seq,
+                u32::from(request.syn_payload_len),
+                request.question
+            )),
             "a pending request the reference agrees on: {key:?}"
         );
     }
@@ -471,13 +558,20 @@ fn a_million_random_packets_fool_nothing() {
         "the programs and the reference parser agree on every request frame"
     );
     assert!(!pending.is_empty(), "requests were tracked");
+    let counters = probe.read_counters().expect("counters");
+    assert_eq!(
+        (
+            sum(&all, |c| c.abandoned),
+            counters[KernelCounter::Abandoned as usize],
+            counters[KernelCounter::NotUnicast as usize],
+        ),
+        (expect_abandoned, expect_abandoned, expect_not_unicast),
+        "abandoned and not-unicast requests: programs and reference agree"
+    );
 
     // 3. Ingress again, the table full of requests: random frames, half of them from the
     // remotes, settle exactly the requests the reference says they answer or reject.
-    let mut open: HashMap<RequestKey, u32> = pending
-        .iter()
-        .map(|(key, request)| (*key, request.tcp_seq))
-        .collect();
+    let mut open: HashMap<RequestKey, Exchange> = expected;
     let (mut expect_answered, mut expect_rejected) = (0u64, 0u64);
     for _ in 0..phase3 {
         let frame = random_frame(&mut rng);
@@ -488,13 +582,13 @@ fn a_million_random_packets_fool_nothing() {
         let Some((key, what)) = oracle(&frame, true) else {
             continue;
         };
-        let Some(&seq) = open.get(&key) else {
+        let Some(exchange) = open.get(&key) else {
             continue;
         };
         match what {
             Seen::Answer => expect_answered += 1,
-            Seen::SynAck(ack) if ack == seq.wrapping_add(1) => expect_answered += 1,
-            Seen::Reset(ack) if ack == seq.wrapping_add(1) => expect_rejected += 1,
+            Seen::SynAck(ack) if exchange.acked_by(ack) => expect_answered += 1,
+            Seen::Reset(ack) if exchange.acked_by(ack) => expect_rejected += 1,
             _ => continue,
         }
         open.remove(&key);
@@ -549,7 +643,8 @@ fn a_million_random_packets_fool_nothing() {
     );
     println!(
         "fuzz: seed=0x{seed:x} packets={total} (ingress {}, egress {phase2}) requests={requests} \
-         retransmits={retransmits} pending={} answered={answered} rejected={rejected} (as the \
+         retransmits={retransmits} abandoned={expect_abandoned} \
+         not_unicast={expect_not_unicast} pending={} answered={answered} rejected={rejected} (as the \
          reference says) refused_by_test_run={refused} phantom=0 \
          parse_errors={parse_errors:?} in {:.1} s",
         phase1 + phase3,

@@ -255,6 +255,7 @@ struct Tally {
     rejected: u64,
     late: u64,
     untracked: u64,
+    abandoned: u64,
     reasons: [u64; REASON_SLOTS],
     latency: u64,
 }
@@ -268,6 +269,7 @@ impl Tally {
             rejected: counters.rejected,
             late: counters.late,
             untracked: counters.untracked,
+            abandoned: counters.abandoned,
             reasons: counters.rejected_by_reason,
             latency: counters.latency.iter().sum(),
         }
@@ -295,6 +297,7 @@ impl Tally {
             rejected: minus(self.rejected, before.rejected, "rejected"),
             late: minus(self.late, before.late, "late"),
             untracked: minus(self.untracked, before.untracked, "untracked"),
+            abandoned: minus(self.abandoned, before.abandoned, "abandoned"),
             reasons,
             latency: minus(self.latency, before.latency, "latency"),
         }
@@ -1120,11 +1123,16 @@ fn rejections_resolve_with_their_reason() {
             1
         );
 
-        // Destination unreachable, every code, quoting each kind of request.
+        // Destination unreachable, every code, quoting each kind of request; but
+        // "fragmentation needed" (IPv4 code 4), which is path-MTU discovery, not a refusal
+        // (path_mtu_signals_reject_nothing).
         let codes: Vec<u8> = if v6 {
             (0..=7).chain([8, 200]).collect()
         } else {
-            (0..=15).chain([16, 255]).collect()
+            (0..=15)
+                .filter(|&code| code != 4)
+                .chain([16, 255])
+                .collect()
         };
         let mut expected: BTreeMap<String, Tally> = BTreeMap::new();
         for (index, &code) in codes.iter().enumerate() {
@@ -2265,13 +2273,16 @@ fn answers_after_the_timeout_are_late() {
         h.check(
             INGRESS_PROGRAM,
             &answered.answer(),
-            Change::none().late(&answered),
+            // A late answer keeps its latency: the report says how slow the remote is.
+            Change::none()
+                .late(&answered)
+                .tally(&answered, |t| t.latency += 1),
             &what,
         );
         assert_eq!(
             h.change_by(INGRESS_PROGRAM, &answered.answer(), &what),
-            Change::none(),
-            "{what}, again: counted once"
+            Change::none().count(KernelCounter::LateDuplicate, 1),
+            "{what}, again: counted once, as a duplicate"
         );
         let entry = h
             .entry(&answered)
@@ -2317,8 +2328,8 @@ fn answers_after_the_timeout_are_late() {
         );
         assert_eq!(
             counters.latency.iter().sum::<u64>(),
-            0,
-            "late answers have no latency sample"
+            1,
+            "the late answer has a latency sample, the late refusal none"
         );
     }
 }
@@ -2418,4 +2429,334 @@ fn a_new_connection_on_a_remembered_four_tuple_is_a_new_request() {
         "the new connection is answered"
     );
     assert!(h.entry(&flow).is_none());
+}
+
+/// A frame from this host with the given destination MAC and addresses, carrying `transport`
+/// and `payload` (for requests to broadcast and multicast destinations).
+fn request_to(
+    destination_mac: [u8; 6],
+    destination: IpAddr,
+    transport: Transport,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut frame = packets::frame(
+        packets::local(destination.is_ipv6()),
+        destination,
+        &Shape::plain(),
+        transport,
+        payload,
+    );
+    frame[..6].copy_from_slice(&destination_mac);
+    frame
+}
+
+/// TCP Fast Open (RFC 7413): the SYN carries data and a server that takes it acknowledges
+/// it in the SYN-ACK (ISN + 1 + length); one that does not acknowledges only the SYN. Both
+/// answer the request; anything past the data does not.
+#[test]
+fn fast_open_syn_acks_acknowledging_the_data_answer_the_syn() {
+    const NAME: &str = "fast_open_syn_acks_acknowledging_the_data_answer_the_syn";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::new(NAME);
+    let data = [0x47u8; 100];
+    for v6 in [false, true] {
+        for (port, ack_past_isn, answers) in [
+            (41_000, 101, true),  // the data taken
+            (41_001, 1, true),    // the data refused, the SYN answered
+            (41_002, 51, true),   // part of it (a server may take less)
+            (41_003, 102, false), // past what was sent: not ours
+        ] {
+            let flow = Flow::tcp(v6, port, 80, 1000);
+            let mut header = etherparse::TcpHeader::new(port, 80, 1000, 64240);
+            header.syn = true;
+            let syn = packets::frame(
+                packets::local(v6),
+                packets::remote(v6),
+                &Shape::plain(),
+                Transport::Tcp(header),
+                &data,
+            );
+            h.egress(
+                &syn,
+                &format!("a Fast Open SYN with 100 bytes, {}", flow.describe()),
+            );
+            assert_eq!(
+                h.entry(&flow).map(|e| e.syn_payload_len),
+                Some(100),
+                "{}: the SYN's data length is kept",
+                flow.describe()
+            );
+            let syn_ack = packets::syn_ack(v6, 80, port, 1000 + ack_past_isn);
+            let what = format!(
+                "a SYN-ACK acking ISN+{ack_past_isn} for {}",
+                flow.describe()
+            );
+            let expected = if answers {
+                Change::none().answered(&flow)
+            } else {
+                Change::none().count(InvalidAnswer, 1)
+            };
+            h.check(INGRESS_PROGRAM, &syn_ack, expected, &what);
+        }
+        // A reset acknowledging the data rejects the SYN.
+        let flow = Flow::tcp(v6, 41_010, 9000, 1000);
+        let mut header = etherparse::TcpHeader::new(41_010, 9000, 1000, 64240);
+        header.syn = true;
+        let syn = packets::frame(
+            packets::local(v6),
+            packets::remote(v6),
+            &Shape::plain(),
+            Transport::Tcp(header),
+            &data[..40],
+        );
+        h.egress(&syn, "a Fast Open SYN with 40 bytes");
+        h.check(
+            INGRESS_PROGRAM,
+            &packets::rst(v6, 9000, 41_010, Some(1041)),
+            Change::none().rejected(&flow, Reason::TCP_RESET),
+            "a RST acknowledging the SYN's data",
+        );
+    }
+}
+
+/// Broadcast and multicast destinations are answered by others, from their own addresses:
+/// never a request to a target, counted `not_unicast`.
+#[test]
+fn broadcast_and_multicast_requests_are_not_requests() {
+    const NAME: &str = "broadcast_and_multicast_requests_are_not_requests";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::new(NAME);
+    let echo = Transport::Icmp {
+        kind: packets::ICMP_ECHO_REQUEST,
+        code: 0,
+        rest: [0, 1, 0, 1],
+    };
+    let echo6 = Transport::Icmp {
+        kind: packets::ICMPV6_ECHO_REQUEST,
+        code: 0,
+        rest: [0, 1, 0, 1],
+    };
+    let dns = Transport::Udp {
+        source: 40_000,
+        destination: 53,
+    };
+    let query = packets::dns_message(7, false, packets::QNAME);
+    let broadcast_mac = [0xff; 6];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "ping -b to the subnet's directed broadcast",
+            request_to(
+                broadcast_mac,
+                IpAddr::V4(Ipv4Addr::new(203, 0, 113, 255)),
+                echo.clone(),
+                packets::ECHO_PAYLOAD,
+            ),
+        ),
+        (
+            "ping to the limited broadcast",
+            request_to(
+                broadcast_mac,
+                IpAddr::V4(Ipv4Addr::BROADCAST),
+                echo.clone(),
+                packets::ECHO_PAYLOAD,
+            ),
+        ),
+        (
+            "a DNS query to the limited broadcast",
+            request_to(
+                broadcast_mac,
+                IpAddr::V4(Ipv4Addr::BROADCAST),
+                dns.clone(),
+                &query,
+            ),
+        ),
+        (
+            "ping to 224.0.0.1",
+            request_to(
+                [0x01, 0x00, 0x5e, 0, 0, 1],
+                IpAddr::V4(Ipv4Addr::new(224, 0, 0, 1)),
+                echo.clone(),
+                packets::ECHO_PAYLOAD,
+            ),
+        ),
+        (
+            "ping to a multicast group, unicast MAC (a misbehaving driver)",
+            request_to(
+                packets::GATEWAY_MAC,
+                IpAddr::V4(Ipv4Addr::new(239, 1, 2, 3)),
+                echo,
+                packets::ECHO_PAYLOAD,
+            ),
+        ),
+        (
+            "ping ff02::1",
+            request_to(
+                [0x33, 0x33, 0, 0, 0, 1],
+                IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)),
+                echo6.clone(),
+                packets::ECHO_PAYLOAD,
+            ),
+        ),
+        (
+            "a DNS query to ff02::fb, unicast MAC",
+            request_to(
+                packets::GATEWAY_MAC,
+                IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb)),
+                dns,
+                &query,
+            ),
+        ),
+    ];
+    for (what, frame) in cases {
+        h.check(
+            EGRESS_PROGRAM,
+            &frame,
+            Change::none().count(KernelCounter::NotUnicast, 1),
+            what,
+        );
+    }
+    // A unicast address behind a unicast MAC is a request, as ever.
+    let flow = Flow::echo(false, 1, 1);
+    h.check(
+        EGRESS_PROGRAM,
+        &flow.request(),
+        Change::none().recorded(&flow),
+        "ping to a unicast address",
+    );
+}
+
+/// A forwarder with a fixed source port reuses (port, id) for other names: a new question
+/// is a new request, not a retransmit; the same question again is a retransmit.
+#[test]
+fn a_new_question_on_a_reused_port_and_id_is_a_new_request() {
+    const NAME: &str = "a_new_question_on_a_reused_port_and_id_is_a_new_request";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::new(NAME);
+    for v6 in [false, true] {
+        let first = Flow::dns(v6, 5353, 7).with_qname("first.example");
+        let second = Flow::dns(v6, 5353, 7).with_qname("second.example");
+        h.check(
+            EGRESS_PROGRAM,
+            &first.request(),
+            Change::none().recorded(&first),
+            "a query",
+        );
+        h.check(
+            EGRESS_PROGRAM,
+            &first.request(),
+            Change::none().retransmitted(&first),
+            "the same query again",
+        );
+        // The entry is replaced (Harness::change would call that a rewrite): compare the
+        // counters by hand.
+        let before = h.target(&second);
+        let abandoned_before = h.state().counters[KernelCounter::Abandoned as usize];
+        h.egress(&second.request(), "another name, same port and id");
+        let after = h.target(&second);
+        assert_eq!(
+            (
+                after.requests - before.requests,
+                after.retransmits - before.retransmits,
+                after.abandoned - before.abandoned,
+            ),
+            (1, 0, 1),
+            "{}: a new request; the first query, still in flight, given up",
+            family(v6)
+        );
+        assert_eq!(
+            h.state().counters[KernelCounter::Abandoned as usize] - abandoned_before,
+            1
+        );
+        let entry = h.entry(&second).expect("the new question is pending");
+        assert_eq!(
+            entry.question[..usize::from(entry.question_len)],
+            second.question()[..],
+            "{}: the entry holds the new question",
+            family(v6)
+        );
+        h.check(
+            INGRESS_PROGRAM,
+            &second.answer(),
+            Change::none().answered(&second),
+            "the answer",
+        );
+    }
+}
+
+/// A request replaced after its deadline was unanswered: the new entry carries its send
+/// time for userspace to count, and it is not `abandoned`.
+#[test]
+fn a_request_replaced_after_its_deadline_is_handed_to_userspace() {
+    const NAME: &str = "a_request_replaced_after_its_deadline_is_handed_to_userspace";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::with_timeout(NAME, Duration::from_millis(10));
+    let old = Flow::tcp(false, 42_000, 5432, 1000);
+    h.send(&[old]);
+    let sent = h.entry(&old).expect("pending").first_sent_ns;
+    let deadline = Instant::now() + Duration::from_millis(30);
+    while Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let new = Flow::tcp(false, 42_000, 5432, 9000);
+    h.send(&[new]);
+    let entry = h.entry(&new).expect("the new connection is pending");
+    assert_eq!((entry.tcp_seq, entry.replaced_first_sent_ns), (9000, sent));
+    let counters = h.target(&new);
+    assert_eq!((counters.requests, counters.abandoned), (2, 0));
+}
+
+/// "Fragmentation needed" and "packet too big" are path-MTU discovery at work: the sender
+/// retries smaller. They reject nothing.
+#[test]
+fn path_mtu_signals_reject_nothing() {
+    const NAME: &str = "path_mtu_signals_reject_nothing";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::new(NAME);
+    for v6 in [false, true] {
+        let flow = Flow::tcp(v6, 43_000, 443, 1000);
+        h.send(&[flow]);
+        let request = flow.request();
+        let quoted = packets::ip_packet(&request);
+        let signal = if v6 {
+            packets::frame(
+                packets::router(true),
+                packets::local(true),
+                &Shape::plain(),
+                Transport::Icmp {
+                    kind: 2,
+                    code: 0,
+                    rest: 1280u32.to_be_bytes(),
+                },
+                quoted,
+            )
+        } else {
+            packets::frame(
+                packets::router(false),
+                packets::local(false),
+                &Shape::plain(),
+                Transport::Icmp {
+                    kind: packets::ICMP_DEST_UNREACHABLE,
+                    code: 4,
+                    rest: [0, 0, 0x05, 0xdc],
+                },
+                quoted,
+            )
+        };
+        h.check(
+            INGRESS_PROGRAM,
+            &signal,
+            Change::none().count(KernelCounter::PathMtu, 1),
+            &format!("{} path-MTU signal quoting our SYN", family(v6)),
+        );
+    }
 }
