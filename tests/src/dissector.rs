@@ -24,9 +24,9 @@
 //!   MAC's group bit, RFC 894/1112; IPv4 224.0.0.0/4 and broadcast; IPv6 ff00::/8).
 //!
 //! Each request is resolved by its first answer or rejection within `timeout` of its first
-//! transmission; an answer later than that is `late`, and a request with neither is
-//! `unanswered`. A target is (proto, remote, remote port) and its verdict follows the
-//! README's table.
+//! transmission; a request with neither is `unanswered`, and the first answer or rejection
+//! after that is `late`. A target is (proto, remote, remote port); its verdict follows the
+//! README's table and issue 9's contract (see [`Counts::verdict`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -267,16 +267,25 @@ pub struct Counts {
     pub rejected: u64,
     pub unanswered: u64,
     pub retransmits: u64,
+    /// Answers and rejections that came after the timeout (to requests counted unanswered).
     pub late: u64,
+    /// Of `late`, the answers.
+    pub late_answers: u64,
     /// Still within the timeout when the capture ended.
     pub in_flight: u64,
-    /// Rejections by reason.
+    /// Rejections by reason, in time or late.
     pub reasons: BTreeMap<&'static str, u64>,
 }
 
 impl Counts {
-    /// The verdict, and its reason, by the README's table and issue 9's contract: a target
-    /// whose only failures are late answers is `degraded`, reason `late`.
+    /// The verdict and its reason, by the README's table and issue 9's contract:
+    ///
+    /// - an answer after the timeout means the remote is slow, not that anything dropped the
+    ///   request: such a target is `degraded`, never `blackholed` (reason: the most frequent
+    ///   rejection if there were any, else `late`);
+    /// - a rejection after the timeout is still a rejection (the firewall refused, late
+    ///   because, say, its earlier ICMP errors were rate-limited): for the verdict, its
+    ///   request is rejected rather than unanswered.
     #[must_use]
     pub fn verdict(&self) -> (&'static str, Option<&'static str>) {
         let reason = self
@@ -284,11 +293,13 @@ impl Counts {
             .iter()
             .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
             .map(|(reason, _)| *reason);
-        if self.unanswered > 0 && self.late >= self.unanswered && self.rejected == 0 {
-            // Every failure is an answer that came after the timeout: slow, not dropped.
-            return ("degraded", Some("late"));
+        if self.late_answers > 0 {
+            return ("degraded", reason.or(Some("late")));
         }
-        let verdict = match (self.answered > 0, self.unanswered > 0, self.rejected > 0) {
+        let late_rejections = self.late.saturating_sub(self.late_answers);
+        let rejected = self.rejected + late_rejections;
+        let unanswered = self.unanswered.saturating_sub(late_rejections);
+        let verdict = match (self.answered > 0, unanswered > 0, rejected > 0) {
             (false, false, false) => "pending",
             (true, false, false) => "ok",
             (false, true, false) => "blackholed",
@@ -337,7 +348,9 @@ struct Request {
     syn_len: u32,
     question: Option<(String, u16)>,
     state: State,
-    late: bool,
+    /// The first outcome after the timeout: `Some(None)` an answer, `Some(Some(reason))` a
+    /// rejection.
+    late: Option<Option<&'static str>>,
 }
 
 /// Names of ICMP destination-unreachable codes (iptables `--reject-with` spelling).
@@ -416,8 +429,12 @@ pub fn account(packets: &[Packet], local: &[IpAddr], timeout_ns: u64) -> Account
             }
             State::Open => counts.in_flight += 1,
         }
-        if request.late {
+        if let Some(late) = request.late {
             counts.late += 1;
+            match late {
+                None => counts.late_answers += 1,
+                Some(reason) => *counts.reasons.entry(reason).or_default() += 1,
+            }
         }
     }
     account
@@ -518,7 +535,7 @@ fn egress(
         syn_len,
         question,
         state: State::Open,
-        late: false,
+        late: None,
     });
 }
 
@@ -680,8 +697,224 @@ fn ingress(
         return;
     }
     if packet.time_ns.saturating_sub(request.first_ns) > timeout_ns {
-        request.late = true;
+        // Counted once: the first outcome after the timeout.
+        request.late.get_or_insert(refusal);
         return;
     }
     request.state = refusal.map_or(State::Answered, State::Rejected);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const US: &str = "203.0.113.2";
+    const THEM: &str = "198.51.100.10";
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn packet(time_ns: u64, src: &str, dst: &str, transport: Transport) -> Packet {
+        Packet {
+            time_ns,
+            group: false,
+            src: ip(src),
+            dst: ip(dst),
+            transport,
+        }
+    }
+
+    fn tcp(src_port: u16, dst_port: u16, seq: u32, ack: u32, flags: u16, len: u32) -> Transport {
+        Transport::Tcp {
+            src_port,
+            dst_port,
+            seq,
+            ack,
+            flags,
+            len,
+        }
+    }
+
+    fn dns(src_port: u16, dst_port: u16, id: u16, response: bool, name: &str) -> Transport {
+        Transport::Udp {
+            src_port,
+            dst_port,
+            dns: Some(Dns {
+                id,
+                response,
+                question: Some((name.to_owned(), 1)),
+            }),
+        }
+    }
+
+    fn run(packets: &[Packet]) -> BTreeMap<Target, Counts> {
+        account(packets, &[ip(US)], 2 * S).targets
+    }
+
+    fn the(targets: &BTreeMap<Target, Counts>, proto: &str, port: Option<u64>) -> Counts {
+        targets[&(proto.to_owned(), THEM.to_owned(), port)].clone()
+    }
+
+    #[test]
+    fn trust_dissector_a_syn_ack_acknowledging_fast_open_data_answers() {
+        let syn = packet(0, US, THEM, tcp(40000, 80, 100, 0, TCP_SYN, 10));
+        let end = packet(5 * S, US, THEM, Transport::Other);
+        for (ack, answered) in [(111, 1), (101, 1), (112, 0), (100, 0)] {
+            let synack = packet(
+                S / 100,
+                THEM,
+                US,
+                tcp(80, 40000, 7, ack, TCP_SYN | TCP_ACK, 0),
+            );
+            let counts = the(&run(&[syn.clone(), synack, end.clone()]), "tcp", Some(80));
+            assert_eq!(
+                (counts.requests, counts.answered),
+                (1, answered),
+                "ack {ack}"
+            );
+        }
+        // A reset acknowledging the data refuses the SYN; one without ACK does not.
+        let rst = packet(
+            S / 100,
+            THEM,
+            US,
+            tcp(80, 40000, 0, 111, TCP_RST | TCP_ACK, 0),
+        );
+        let counts = the(&run(&[syn.clone(), rst, end.clone()]), "tcp", Some(80));
+        assert_eq!(counts.verdict(), ("rejected", Some("tcp-reset")));
+        let bare = packet(S / 100, THEM, US, tcp(80, 40000, 111, 0, TCP_RST, 0));
+        let counts = the(&run(&[syn, bare, end]), "tcp", Some(80));
+        assert_eq!(counts.verdict(), ("blackholed", None));
+    }
+
+    #[test]
+    fn trust_dissector_a_new_question_on_a_reused_id_is_a_new_request() {
+        let packets = [
+            packet(0, US, THEM, dns(40053, 53, 1, false, "a.example")),
+            packet(S / 2, US, THEM, dns(40053, 53, 1, false, "a.example")),
+            packet(3 * S, US, THEM, dns(40053, 53, 1, false, "b.example")),
+            packet(3 * S + 1000, THEM, US, dns(53, 40053, 1, true, "b.example")),
+            packet(6 * S, US, THEM, Transport::Other),
+        ];
+        let counts = the(&run(&packets), "udp", Some(53));
+        assert_eq!(
+            (
+                counts.requests,
+                counts.retransmits,
+                counts.answered,
+                counts.unanswered,
+                counts.late
+            ),
+            (2, 1, 1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn trust_dissector_late_answers_are_degraded_late_rejections_rejected() {
+        let query = packet(0, US, THEM, dns(40053, 53, 1, false, "a.example"));
+        let answer = packet(3 * S, THEM, US, dns(53, 40053, 1, true, "a.example"));
+        let end = packet(6 * S, US, THEM, Transport::Other);
+        let counts = the(&run(&[query.clone(), answer, end.clone()]), "udp", Some(53));
+        assert_eq!((counts.unanswered, counts.late), (1, 1));
+        assert_eq!(counts.verdict(), ("degraded", Some("late")));
+        let error = packet(
+            3 * S,
+            "203.0.113.1",
+            US,
+            Transport::Unreachable {
+                v6: false,
+                code: 10,
+                quoted_src: ip(US),
+                quoted_dst: ip(THEM),
+                quoted: Box::new(dns(40053, 53, 1, false, "a.example")),
+            },
+        );
+        let counts = the(&run(&[query, error, end]), "udp", Some(53));
+        assert_eq!((counts.unanswered, counts.late, counts.rejected), (1, 1, 0));
+        assert_eq!(counts.verdict(), ("rejected", Some("icmp-host-prohibited")));
+    }
+
+    #[test]
+    fn trust_dissector_fragmentation_needed_rejects_nothing() {
+        let syn = packet(0, US, THEM, tcp(40000, 443, 100, 0, TCP_SYN, 0));
+        let error = |code| {
+            packet(
+                S / 100,
+                "203.0.113.1",
+                US,
+                Transport::Unreachable {
+                    v6: false,
+                    code,
+                    quoted_src: ip(US),
+                    quoted_dst: ip(THEM),
+                    quoted: Box::new(tcp(40000, 443, 100, 0, TCP_SYN, 0)),
+                },
+            )
+        };
+        let end = packet(5 * S, US, THEM, Transport::Other);
+        let counts = the(
+            &run(&[syn.clone(), error(4), end.clone()]),
+            "tcp",
+            Some(443),
+        );
+        assert_eq!(counts.verdict(), ("blackholed", None));
+        let counts = the(&run(&[syn, error(13), end]), "tcp", Some(443));
+        assert_eq!(
+            counts.verdict(),
+            ("rejected", Some("icmp-admin-prohibited"))
+        );
+    }
+
+    #[test]
+    fn trust_dissector_broadcast_echo_is_not_a_request() {
+        let mut echo = packet(
+            0,
+            US,
+            "203.0.113.255",
+            Transport::Echo {
+                request: true,
+                ident: 7,
+                seq: 1,
+            },
+        );
+        echo.group = true;
+        let result = account(&[echo], &[ip(US)], 2 * S);
+        assert!(result.targets.is_empty());
+        assert_eq!(result.not_unicast, 1);
+    }
+
+    #[test]
+    fn trust_dissector_reads_an_icmp_error_quoting_a_syn_as_tshark_prints_it() {
+        // Fields as `tshark -T fields -E occurrence=a` printed them for a real capture.
+        let mut row: Vec<Vec<String>> = vec![Vec::new(); FIELDS.len()];
+        let mut set = |name: &str, values: &[&str]| {
+            let at = FIELDS.iter().position(|f| *f == name).unwrap();
+            row[at] = values.iter().map(|&v| v.to_owned()).collect();
+        };
+        set("frame.time_epoch", &["1764158400.000123456"]);
+        set("eth.dst.ig", &["0"]);
+        set("ip.src", &["203.0.113.1", US]);
+        set("ip.dst", &[US, THEM]);
+        set("tcp.srcport", &["41862"]);
+        set("tcp.dstport", &["81"]);
+        set("tcp.seq", &["2321639949"]);
+        set("tcp.ack", &["0"]);
+        set("tcp.flags", &["0x0002"]);
+        set("icmp.type", &["3"]);
+        set("icmp.code", &["0"]);
+        let parsed = Packet::parse(&row).unwrap();
+        assert_eq!(parsed.time_ns, 1_764_158_400_000_123_456);
+        assert_eq!(
+            parsed.transport,
+            Transport::Unreachable {
+                v6: false,
+                code: 0,
+                quoted_src: ip(US),
+                quoted_dst: ip(THEM),
+                quoted: Box::new(tcp(41862, 81, 2_321_639_949, 0, TCP_SYN, 0)),
+            }
+        );
+    }
 }
