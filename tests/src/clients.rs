@@ -107,7 +107,7 @@ impl Client {
         )
     }
 
-    /// `count` ICMP or ICMPv6 echo requests 200 ms apart, waiting at most 1 s for the last
+    /// `count` ICMP or `ICMPv6` echo requests 200 ms apart, waiting at most 1 s for the last
     /// answer. IPv6 is told by the address.
     #[must_use]
     pub fn ping(address: &str, count: u32) -> Self {
@@ -222,6 +222,10 @@ pub fn url(address: &str, port: u16) -> String {
 /// Runs every client at once in `ns`, waits for them all (each is bounded by its own
 /// timeout) and returns their outputs in order. Any still running when this panics are
 /// killed.
+#[expect(
+    clippy::must_use_candidate,
+    reason = "most callers only need the clients to have run"
+)]
 pub fn run_together(ns: &Netns, clients: &[Client]) -> Vec<Output> {
     struct Running(Vec<(String, Child)>);
     impl Drop for Running {

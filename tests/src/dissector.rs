@@ -13,15 +13,15 @@
 //!   is a query; a response matches it by addresses, ports, id *and* question. The same id
 //!   and question again, before an answer, is a retransmission; another question on the
 //!   same (port, id) is a new query.
-//! - **ICMP / ICMPv6 echo** (RFC 792, RFC 4443 §4): each (identifier, sequence) is one
+//! - **ICMP / `ICMPv6` echo** (RFC 792, RFC 4443 §4): each (identifier, sequence) is one
 //!   request; an echo reply from the remote with both answers it.
 //! - **Rejections** (RFC 792, RFC 4443 §3.1, RFC 1812 §5.2.7.1): a destination unreachable
 //!   error quoting the request (for TCP: the quoted sequence number is the ISN, RFC 5927
 //!   §4.1) refuses it; the reason is its code, named as iptables' `--reject-with` names it.
 //!   "Fragmentation needed" (ICMP type 3 code 4, RFC 1191) is path-MTU discovery, and
-//!   "packet too big" is another ICMPv6 type altogether (RFC 8201): not rejections.
+//!   "packet too big" is another `ICMPv6` type altogether (RFC 8201): not rejections.
 //! - **Not requests**: anything to a broadcast or multicast destination (the destination
-//!   MAC's group bit, RFC 894/1112; IPv4 224.0.0.0/4 and broadcast; IPv6 ff00::/8).
+//!   MAC's group bit, RFC 894/1112; IPv4 224.0.0.0/4 and broadcast; IPv6 `ff00::/8`).
 //!
 //! Each request is resolved by its first answer or rejection within `timeout` of its first
 //! transmission; a request with neither is `unanswered`, and the first answer or rejection
@@ -146,6 +146,10 @@ impl Packet {
     /// A packet from one row of `tshark -T fields -E occurrence=a` with [`FIELDS`]; `None`
     /// for packets without an IP header (ARP).
     #[must_use]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one reading of tshark's fields, outer and quoted"
+    )]
     pub fn parse(row: &[Vec<String>]) -> Option<Self> {
         let field = |name: &str| -> &[String] {
             let at = FIELDS
@@ -241,10 +245,9 @@ impl Packet {
                     _ => Transport::Other,
                 }
             }
-            Some(_) => Transport::Other,
             None if !field("tcp.srcport").is_empty() => tcp()?,
             None if !field("udp.srcport").is_empty() => udp()?,
-            None => Transport::Other,
+            Some(_) | None => Transport::Other,
         };
         Some(Self {
             time_ns: epoch_ns(field("frame.time_epoch").first()?)?,
@@ -348,9 +351,15 @@ struct Request {
     syn_len: u32,
     question: Option<(String, u16)>,
     state: State,
-    /// The first outcome after the timeout: `Some(None)` an answer, `Some(Some(reason))` a
-    /// rejection.
-    late: Option<Option<&'static str>>,
+    /// The first outcome after the timeout.
+    late: Option<Late>,
+}
+
+/// An outcome after the timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Late {
+    Answer,
+    Rejection(&'static str),
 }
 
 /// Names of ICMP destination-unreachable codes (iptables `--reject-with` spelling).
@@ -432,8 +441,8 @@ pub fn account(packets: &[Packet], local: &[IpAddr], timeout_ns: u64) -> Account
         if let Some(late) = request.late {
             counts.late += 1;
             match late {
-                None => counts.late_answers += 1,
-                Some(reason) => *counts.reasons.entry(reason).or_default() += 1,
+                Late::Answer => counts.late_answers += 1,
+                Late::Rejection(reason) => *counts.reasons.entry(reason).or_default() += 1,
             }
         }
     }
@@ -545,6 +554,13 @@ fn acks_syn(request: &Request, ack: u32) -> bool {
     advance >= 1 && advance <= request.syn_len.saturating_add(1)
 }
 
+/// What a packet must show about a request of its exchange to be about it.
+type Check = Box<dyn Fn(&Request) -> bool>;
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match over what can come back, each arm a protocol rule"
+)]
 fn ingress(
     packet: &Packet,
     requests: &mut [Request],
@@ -552,138 +568,135 @@ fn ingress(
     timeout_ns: u64,
 ) {
     // (exchange, whether it refuses and why, and a check on the matched request)
-    let (exchange, refusal, check): (
-        Exchange,
-        Option<&'static str>,
-        Box<dyn Fn(&Request) -> bool>,
-    ) = match &packet.transport {
-        Transport::Tcp {
-            src_port,
-            dst_port,
-            ack,
-            flags,
-            ..
-        } => {
-            let exchange = Exchange::Tcp {
-                local: packet.dst,
-                local_port: *dst_port,
-                remote: packet.src,
-                remote_port: *src_port,
-            };
-            let ack = *ack;
-            let acked = flags & TCP_ACK != 0;
-            if flags & TCP_RST != 0 && acked {
-                (
-                    exchange,
-                    Some("tcp-reset"),
-                    Box::new(move |r| acks_syn(r, ack)),
-                )
-            } else if flags & TCP_SYN != 0 && acked && flags & TCP_RST == 0 {
-                (exchange, None, Box::new(move |r| acks_syn(r, ack)))
-            } else {
-                return;
-            }
-        }
-        Transport::Udp {
-            src_port: 53,
-            dst_port,
-            dns: Some(dns),
-        } if dns.response => {
-            let question = dns.question.clone();
-            (
-                Exchange::Dns {
+    let (exchange, refusal, check): (Exchange, Option<&'static str>, Check) =
+        match &packet.transport {
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                ack,
+                flags,
+                ..
+            } => {
+                let exchange = Exchange::Tcp {
                     local: packet.dst,
                     local_port: *dst_port,
                     remote: packet.src,
-                    id: dns.id,
+                    remote_port: *src_port,
+                };
+                let ack = *ack;
+                let acked = flags & TCP_ACK != 0;
+                if flags & TCP_RST != 0 && acked {
+                    (
+                        exchange,
+                        Some("tcp-reset"),
+                        Box::new(move |r| acks_syn(r, ack)),
+                    )
+                } else if flags & TCP_SYN != 0 && acked && flags & TCP_RST == 0 {
+                    (exchange, None, Box::new(move |r| acks_syn(r, ack)))
+                } else {
+                    return;
+                }
+            }
+            Transport::Udp {
+                src_port: 53,
+                dst_port,
+                dns: Some(dns),
+            } if dns.response => {
+                let question = dns.question.clone();
+                (
+                    Exchange::Dns {
+                        local: packet.dst,
+                        local_port: *dst_port,
+                        remote: packet.src,
+                        id: dns.id,
+                    },
+                    None,
+                    Box::new(move |r| question.is_none() || r.question == question),
+                )
+            }
+            Transport::Echo {
+                request: false,
+                ident,
+                seq,
+            } => (
+                Exchange::Echo {
+                    remote: packet.src,
+                    ident: *ident,
+                    seq: *seq,
                 },
                 None,
-                Box::new(move |r| question.is_none() || r.question == question),
-            )
-        }
-        Transport::Echo {
-            request: false,
-            ident,
-            seq,
-        } => (
-            Exchange::Echo {
-                remote: packet.src,
-                ident: *ident,
-                seq: *seq,
-            },
-            None,
-            Box::new(|_| true),
-        ),
-        Transport::Unreachable {
-            v6,
-            code,
-            quoted_src,
-            quoted_dst,
-            quoted,
-        } => {
-            if !*v6 && *code == 4 {
-                // Fragmentation needed: path MTU discovery, not a refusal.
-                return;
-            }
-            let reason = if *v6 {
-                icmp6_reason(*code)
-            } else {
-                icmp_reason(*code)
-            };
-            match quoted.as_ref() {
-                Transport::Tcp {
-                    src_port,
-                    dst_port,
-                    seq,
-                    ..
-                } => {
-                    let seq = *seq;
-                    (
-                        Exchange::Tcp {
-                            local: *quoted_src,
-                            local_port: *src_port,
+                Box::new(|_| true),
+            ),
+            Transport::Unreachable {
+                v6,
+                code,
+                quoted_src,
+                quoted_dst,
+                quoted,
+            } => {
+                if !*v6 && *code == 4 {
+                    // Fragmentation needed: path MTU discovery, not a refusal.
+                    return;
+                }
+                let reason = if *v6 {
+                    icmp6_reason(*code)
+                } else {
+                    icmp_reason(*code)
+                };
+                match quoted.as_ref() {
+                    Transport::Tcp {
+                        src_port,
+                        dst_port,
+                        seq,
+                        ..
+                    } => {
+                        let seq = *seq;
+                        (
+                            Exchange::Tcp {
+                                local: *quoted_src,
+                                local_port: *src_port,
+                                remote: *quoted_dst,
+                                remote_port: *dst_port,
+                            },
+                            Some(reason),
+                            Box::new(move |r| r.isn == seq),
+                        )
+                    }
+                    Transport::Udp {
+                        src_port,
+                        dst_port: 53,
+                        dns: Some(dns),
+                    } if !dns.response => {
+                        let question = dns.question.clone();
+                        (
+                            Exchange::Dns {
+                                local: *quoted_src,
+                                local_port: *src_port,
+                                remote: *quoted_dst,
+                                id: dns.id,
+                            },
+                            Some(reason),
+                            Box::new(move |r| question.is_none() || r.question == question),
+                        )
+                    }
+                    Transport::Echo {
+                        request: true,
+                        ident,
+                        seq,
+                    } => (
+                        Exchange::Echo {
                             remote: *quoted_dst,
-                            remote_port: *dst_port,
+                            ident: *ident,
+                            seq: *seq,
                         },
                         Some(reason),
-                        Box::new(move |r| r.isn == seq),
-                    )
+                        Box::new(|_| true),
+                    ),
+                    _ => return,
                 }
-                Transport::Udp {
-                    src_port,
-                    dst_port: 53,
-                    dns: Some(dns),
-                } if !dns.response => {
-                    let question = dns.question.clone();
-                    (
-                        Exchange::Dns {
-                            local: *quoted_src,
-                            local_port: *src_port,
-                            remote: *quoted_dst,
-                            id: dns.id,
-                        },
-                        Some(reason),
-                        Box::new(move |r| question.is_none() || r.question == question),
-                    )
-                }
-                Transport::Echo {
-                    request: true,
-                    ident,
-                    seq,
-                } => (
-                    Exchange::Echo {
-                        remote: *quoted_dst,
-                        ident: *ident,
-                        seq: *seq,
-                    },
-                    Some(reason),
-                    Box::new(|_| true),
-                ),
-                _ => return,
             }
-        }
-        _ => return,
-    };
+            _ => return,
+        };
     // The most recent request of the exchange this packet is about (a DNS response names
     // its question: an older question on the same id may still be the one answered).
     let Some(&at) = latest
@@ -698,7 +711,9 @@ fn ingress(
     }
     if packet.time_ns.saturating_sub(request.first_ns) > timeout_ns {
         // Counted once: the first outcome after the timeout.
-        request.late.get_or_insert(refusal);
+        request
+            .late
+            .get_or_insert(refusal.map_or(Late::Answer, Late::Rejection));
         return;
     }
     request.state = refusal.map_or(State::Answered, State::Rejected);

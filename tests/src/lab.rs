@@ -367,6 +367,10 @@ impl Lab {
     /// timeout for all), so every request sent before the sentinel has been judged by then:
     /// a bounded wait for "all earlier requests timed out", without a fixed sleep. Returns
     /// the sentinel's target, to leave out of assertions.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "callers that only wait need not name the sentinel"
+    )]
     pub fn wait_for_sentinel(&self, run: &NetwatchRun) -> TargetId {
         self.wait_for_sentinel_on(run, SENTINEL_PORT)
     }
@@ -374,6 +378,10 @@ impl Lab {
     /// [`Lab::wait_for_sentinel`] with a dropped `port` of the caller's firewall. A verdict
     /// record comes only when a target's verdict changes: use a new port for each wait in
     /// one run.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "callers that only wait need not name the sentinel"
+    )]
     pub fn wait_for_sentinel_on(&self, run: &NetwatchRun, port: u16) -> TargetId {
         crate::clients::Client::nc(SERVER_V4, port, 1).run(&self.client);
         let target: TargetId = ("tcp".into(), SERVER_V4.into(), Some(u64::from(port)));

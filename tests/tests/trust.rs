@@ -74,7 +74,7 @@ fn assert_no_blackholed(finished: &Finished, except: &[&TargetId]) {
     assert!(wrong.is_empty(), "blackholed without cause: {wrong:#?}");
 }
 
-/// 1. TCP Fast Open (RFC 7413): the second `curl --tcp-fastopen` sends its data in the SYN,
+/// Case 1: TCP Fast Open (RFC 7413): the second `curl --tcp-fastopen` sends its data in the SYN,
 /// and the SYN-ACK acknowledges ISN + 1 + data length. That is an answer, not an invalid one.
 #[test]
 fn trust_tcp_fast_open_data_in_the_syn_is_answered() {
@@ -149,7 +149,7 @@ fn trust_tcp_fast_open_data_in_the_syn_is_answered() {
     );
 }
 
-/// 2. Echo requests to a directed broadcast, the limited broadcast and the all-nodes group
+/// Case 2: Echo requests to a directed broadcast, the limited broadcast and the all-nodes group
 /// are answered from other (unicast) addresses: they are not requests to a target at all.
 #[test]
 fn trust_broadcast_and_multicast_echo_make_no_target() {
@@ -223,7 +223,7 @@ fn assert_no_firewall_blame(finished: &Finished) {
     }
 }
 
-/// 3. A resolver that answers every query, 1.6 s after it came, watched with a 1 s timeout:
+/// Case 3: A resolver that answers every query, 1.6 s after it came, watched with a 1 s timeout:
 /// the answers are late, the target is `degraded` (reason `late`), and the diagnosis says
 /// the answers are slow, not that DNS is blocked.
 #[test]
@@ -290,7 +290,7 @@ fn trust_a_slow_resolver_is_degraded_late_not_blocked() {
     assert_no_firewall_blame(&finished);
 }
 
-/// 3b. The same slow resolver, with some queries it never answers: answers (late) mixed with
+/// Case 3b: The same slow resolver, with some queries it never answers: answers (late) mixed with
 /// unanswered requests are `degraded`, and DNS is not called blocked.
 #[test]
 fn trust_late_answers_mixed_with_lost_queries_are_degraded() {
@@ -391,7 +391,7 @@ fn standard_outcomes(lab: &Lab) -> BTreeMap<TargetId, Outcome> {
         .collect()
 }
 
-/// 4. A foreign tc program attached with tcx before netwatch starts, returning `TC_ACT_OK`
+/// Case 4: A foreign tc program attached with tcx before netwatch starts, returning `TC_ACT_OK`
 /// (tcx: `TCX_PASS`, which ends the chain): netwatch must run first, so the verdicts are
 /// those without it — on ingress only, and on both hooks.
 #[test]
@@ -431,11 +431,15 @@ fn trust_a_foreign_tcx_program_first_in_the_chain_changes_nothing() {
     }
 }
 
-/// 5. New targets from both CPUs at once: 100 remotes, each asked over TCP, DNS and ICMP
+/// Case 5: New targets from both CPUs at once: 100 remotes, each asked over TCP, DNS and ICMP
 /// by bursts pinned to CPU 0 and CPU 1 simultaneously; a third of them dropped by the
 /// firewall. Every target is counted exactly: answered ones `ok` with every request
 /// answered, dropped ones `blackholed`, nothing else.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one lab scenario, read top to bottom"
+)]
 fn trust_many_new_targets_from_both_cpus_are_counted_exactly() {
     if !prerequisites(
         "trust_many_new_targets_from_both_cpus_are_counted_exactly",
@@ -559,7 +563,7 @@ fn dns_stream(lab: &Lab, server: &str, port: u16, wait_ms: u64, queries: &[&str]
         .collect()
 }
 
-/// 6. A forwarder with a fixed source port reuses its DNS ids. While DNS is dropped it asks
+/// Case 6: A forwarder with a fixed source port reuses its DNS ids. While DNS is dropped it asks
 /// three names (one retransmitted: same id, same question); once DNS is open it asks three
 /// new names with the same ids, answered at once. The new questions are new requests, not
 /// retransmits, and their answers are in time, not late.
@@ -635,7 +639,7 @@ fn trust_a_fixed_port_forwarder_reusing_dns_ids_asks_new_questions() {
     );
 }
 
-/// 7. Busy traffic from both CPUs (DNS floods answered by dnsmasq, connects, pings), then
+/// Case 7: Busy traffic from both CPUs (DNS floods answered by dnsmasq, connects, pings), then
 /// silence: nothing stays in flight, every request is resolved exactly once, and the new
 /// accounting counters are reported.
 #[test]
@@ -870,6 +874,7 @@ impl DiffPlan {
 /// (requests, answered, rejected, unanswered, retransmits, late, verdict, reason)
 type DiffCounts = (u64, u64, u64, u64, u64, u64, String, Option<String>);
 
+#[expect(clippy::too_many_lines, reason = "one round, read top to bottom")]
 fn differential_round(lab: &Lab, round: usize, seed: u64) {
     use netwatch_tests::{
         dissector::{self, FIELDS, Packet},
@@ -990,7 +995,7 @@ fn differential_round(lab: &Lab, round: usize, seed: u64) {
     }
 }
 
-/// 8. The differential test: randomized clients (dig over UDP and TCP, curl with and
+/// Case 8: The differential test: randomized clients (dig over UDP and TCP, curl with and
 /// without TCP Fast Open, nc, ping, fixed-port query streams reusing ids; IPv4 and IPv6)
 /// through a randomized firewall (per target: accept, drop, every reject type) to servers
 /// that answer at once or late, captured on the watched interface while netwatch runs. An
@@ -1007,13 +1012,13 @@ fn trust_netwatch_agrees_with_an_independent_dissector() {
     ) {
         return;
     }
-    let seeds: Vec<u64> = match netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED") {
-        Some(seed) => vec![seed],
-        None => {
-            let mut seeds = DIFF_SEEDS.to_vec();
-            seeds.push(netwatch_tests::random::seed("NETWATCH_TRUST_SEED"));
-            seeds
-        }
+    let seeds: Vec<u64> = if let Some(seed) = netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED")
+    {
+        vec![seed]
+    } else {
+        let mut seeds = DIFF_SEEDS.to_vec();
+        seeds.push(netwatch_tests::random::seed("NETWATCH_TRUST_SEED"));
+        seeds
     };
     let mut lab = Lab::new();
     Lab::sysctl(&lab.client, &["net.ipv4.tcp_fastopen=3"]);

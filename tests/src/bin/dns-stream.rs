@@ -1,5 +1,5 @@
 //! A query stream from one fixed source port, like a forwarder's: each query is sent, then
-//! its answer (same id) awaited for at most WAIT_MS before the next one goes. Prints one
+//! its answer (same id) awaited for at most `WAIT_MS` before the next one goes. Prints one
 //! line per query: `answered ID NAME` or `lost ID NAME`.
 //!
 //! ```text

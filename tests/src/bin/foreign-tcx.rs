@@ -2,7 +2,7 @@
 //! loads `r0 = 0; exit` (`TC_ACT_OK`, which tcx reads as `TCX_PASS`: the packet is accepted
 //! and no later program in the chain runs) and links it with tcx on IFACE, appended to the
 //! chain. Runs inside the namespace of IFACE until killed: the links are held by this
-//! process and go when it exits. Creates READY_FILE once attached.
+//! process and go when it exits. Creates `READY_FILE` once attached.
 //!
 //! ```text
 //! foreign-tcx READY_FILE IFACE ingress|egress|both

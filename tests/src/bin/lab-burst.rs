@@ -1,8 +1,8 @@
-//! New targets in a burst: one non-blocking TCP connect to ADDR:80 and one DNS query to
-//! ADDR:53 (its own socket, so its own source port) for every ADDR, all sent back to back
+//! New targets in a burst: one non-blocking TCP connect to `ADDR:80` and one DNS query to
+//! `ADDR:53` (its own socket, so its own source port) for every ADDR, all sent back to back
 //! before any answer can come. Run two at once, pinned to different CPUs, and the kernel
 //! sees first packets to new targets on both CPUs at the same moment. Keeps the sockets
-//! open HOLD_MS (handshakes complete, answers arrive), then exits.
+//! open `HOLD_MS` (handshakes complete, answers arrive), then exits.
 //!
 //! ```text
 //! lab-burst HOLD_MS ADDR...
@@ -31,7 +31,7 @@ fn connect_nonblocking(address: Ipv4Addr) -> OwnedFd {
     // SAFETY: a fresh descriptor that nothing else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
         sin_port: 80u16.to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(address).to_be(),
