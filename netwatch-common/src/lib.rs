@@ -48,6 +48,8 @@ pub mod proto {
 
 /// [`TargetKey::direction`]: requests this host sent.
 pub const DIRECTION_EGRESS: u8 = 0;
+/// [`TargetKey::direction`]: requests this host received.
+pub const DIRECTION_INGRESS: u8 = 1;
 
 /// The well-known DNS port; UDP queries to it are tracked per transaction id.
 pub const DNS_PORT: u16 = 53;
@@ -71,11 +73,9 @@ pub struct RequestKey {
     pub tag: u16,
     /// One of [`proto`].
     pub proto: u8,
-    #[expect(
-        clippy::pub_underscore_fields,
-        reason = "explicit padding of a wire format"
-    )]
-    pub _pad: u8,
+    /// [`DIRECTION_EGRESS`]: a request this host sent; [`DIRECTION_INGRESS`]: one it received.
+    /// `remote` is always the peer and `local` this host, whichever way the request went.
+    pub direction: u8,
 }
 const _: () = assert!(size_of::<RequestKey>() == 40);
 
@@ -90,18 +90,23 @@ impl RequestKey {
             local_port: 0,
             tag: 0,
             proto: 0,
-            _pad: 0,
+            direction: DIRECTION_EGRESS,
         }
     }
 
-    /// The target this request counts towards.
+    /// The target this request counts towards: the peer and the port asked for (the
+    /// remote's for a request this host sent, this host's for one it received).
     #[must_use]
     pub const fn target(&self) -> TargetKey {
         TargetKey {
             remote: self.remote,
-            remote_port: self.remote_port,
+            remote_port: if self.direction == DIRECTION_INGRESS {
+                self.local_port
+            } else {
+                self.remote_port
+            },
             proto: self.proto,
-            direction: DIRECTION_EGRESS,
+            direction: self.direction,
         }
     }
 }
@@ -172,11 +177,12 @@ impl PendingRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TargetKey {
     pub remote: [u8; 16],
-    /// 0 for ICMP.
+    /// The port asked for: the remote's ([`DIRECTION_EGRESS`]) or this host's
+    /// ([`DIRECTION_INGRESS`]). 0 for ICMP.
     pub remote_port: u16,
     /// One of [`proto`].
     pub proto: u8,
-    /// [`DIRECTION_EGRESS`].
+    /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`].
     pub direction: u8,
 }
 const _: () = assert!(size_of::<TargetKey>() == 20);
@@ -528,13 +534,23 @@ mod tests {
             local_port: 40_000,
             tag: 7,
             proto: proto::UDP,
-            _pad: 0,
+            direction: DIRECTION_EGRESS,
         };
         let target = key.target();
         assert_eq!(target.remote, key.remote);
         assert_eq!(
             (target.remote_port, target.proto, target.direction),
             (53, 17, 0)
+        );
+        let inbound = RequestKey {
+            direction: DIRECTION_INGRESS,
+            ..key
+        }
+        .target();
+        assert_eq!(
+            (inbound.remote_port, inbound.direction),
+            (40_000, DIRECTION_INGRESS),
+            "an inbound request's target is this host's port asked for"
         );
     }
 }

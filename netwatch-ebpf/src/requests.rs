@@ -67,7 +67,7 @@ fn tcp_syn(ctx: &TcContext, ip: &Ip) {
         local_port: u16::from_be_bytes([header[0], header[1]]),
         tag: 0,
         proto: proto::TCP,
-        _pad: 0,
+        direction: netwatch_common::DIRECTION_EGRESS,
     };
     let mut request = new_request(ctx);
     request.tcp_seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
@@ -105,7 +105,7 @@ fn dns_query(ctx: &TcContext, ip: &Ip) {
         local_port: u16::from_be_bytes([udp[0], udp[1]]),
         tag: u16::from_be_bytes([dns[0], dns[1]]),
         proto: proto::UDP,
-        _pad: 0,
+        direction: netwatch_common::DIRECTION_EGRESS,
     };
     let mut request = new_request(ctx);
     request.question_len = capture(
@@ -136,7 +136,7 @@ fn echo_request(ctx: &TcContext, ip: &Ip, echo_request: u8, proto: u8) {
         local_port: u16::from_be_bytes([icmp[4], icmp[5]]),
         tag: u16::from_be_bytes([icmp[6], icmp[7]]),
         proto,
-        _pad: 0,
+        direction: netwatch_common::DIRECTION_EGRESS,
     };
     let mut request = new_request(ctx);
     track(ctx, &key, &mut request);

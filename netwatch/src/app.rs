@@ -55,6 +55,7 @@ pub fn poll(
         for (key, request) in &swept.unanswered {
             tracker.observe_unanswered(now_ns, key, request);
         }
+        tracker.observe_in_flight(&swept.in_flight_by_target);
         kernel.remove_pending_all(&swept.remove)?;
     }
     let (in_flight, tombstones) = sweeper.last_counts();
@@ -187,7 +188,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         timeout_ns,
         capacity: probe.pending_capacity(),
     });
-    let mut tracker = Tracker::new(args.window);
+    let mut tracker = Tracker::new(args.window).with_blackhole_grace(args.timeout);
     let mut sources = host_addresses(&run.interfaces);
     let mut output =
         Output::new(Mode::choose(args.json, args.plain)).context("setting up the terminal")?;
@@ -346,7 +347,7 @@ mod tests {
             local_port: port,
             tag: 0,
             proto: proto::TCP,
-            _pad: 0,
+            direction: netwatch_common::DIRECTION_EGRESS,
         };
         let mut pending = PendingRequest::sent_at(sent_ns);
         pending.tcp_seq = 7;

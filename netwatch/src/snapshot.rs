@@ -41,6 +41,10 @@ pub struct TargetView {
     /// DNS targets: names whose queries went unanswered (a bounded sample, escaped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub names: Option<Vec<String>>,
+    /// Blackholed for less than the grace period (one `--timeout`): the silence may still
+    /// end in a late answer, so the diagnosis does not take it as evidence yet.
+    #[serde(skip)]
+    pub provisional: bool,
     #[serde(skip)]
     pub latency_buckets: [u64; LATENCY_BUCKETS],
     #[serde(skip)]
@@ -207,6 +211,7 @@ pub(crate) mod tests {
             in_flight: 0,
             untracked: 0,
             abandoned: 0,
+            provisional: false,
             late: 0,
             latency_p50_ms: None,
             latency_p99_ms: None,

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use netwatch_common::{PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, PendingRequest, RequestKey};
+use netwatch_common::{
+    PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, PendingRequest, RequestKey, TargetKey,
+};
 
 /// How long after its deadline an entry is surely not about to be resolved by the kernel.
 ///
@@ -97,6 +99,8 @@ pub struct SweepOutcome {
     pub remove: Vec<RequestKey>,
     /// Requests still within their deadline.
     pub in_flight: usize,
+    /// The same, by target.
+    pub in_flight_by_target: HashMap<TargetKey, u64, RandomState>,
     /// Counted entries kept for retransmit detection.
     pub tombstones: usize,
 }
@@ -181,7 +185,10 @@ impl Sweeper {
             }
             let counted = self.counted.get(&key) == Some(&entry.first_sent_ns);
             match fate(&self.policy, now_ns, &entry, counted, under_pressure) {
-                Fate::InFlight => outcome.in_flight += 1,
+                Fate::InFlight => {
+                    outcome.in_flight += 1;
+                    *outcome.in_flight_by_target.entry(key.target()).or_default() += 1;
+                }
                 Fate::Unanswered => {
                     still_counted.insert(key, entry.first_sent_ns);
                     outcome.unanswered.push((key, entry));
@@ -242,7 +249,7 @@ mod tests {
             local_port: port,
             tag: 0,
             proto: proto::TCP,
-            _pad: 0,
+            direction: netwatch_common::DIRECTION_EGRESS,
         }
     }
 

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use netwatch_common::{DIRECTION_EGRESS, TargetKey, proto};
+use netwatch_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, TargetKey, proto};
 use serde::Serialize;
 
 /// Transport of a request.
@@ -69,6 +69,8 @@ impl fmt::Display for Proto {
 pub enum Direction {
     /// Requests this host sent.
     Egress,
+    /// Requests this host received ("inbound to this host").
+    Ingress,
 }
 
 impl Direction {
@@ -76,6 +78,7 @@ impl Direction {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Egress => "egress",
+            Self::Ingress => "ingress",
         }
     }
 }
@@ -97,6 +100,7 @@ impl Target {
         let proto = Proto::from_iana(key.proto)?;
         let direction = match key.direction {
             DIRECTION_EGRESS => Direction::Egress,
+            DIRECTION_INGRESS => Direction::Ingress,
             _ => return None,
         };
         Some(Self {

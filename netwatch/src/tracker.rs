@@ -29,6 +29,10 @@ pub struct TargetState {
     kernel: TargetCounters,
     /// Requests userspace found unanswered after the timeout.
     unanswered: u64,
+    /// Requests of this target in the pending table and within their deadline, as of the
+    /// last sweep. Read from the table rather than derived from the counters, so a request
+    /// lost to a race can never hold it above zero.
+    in_flight: u64,
     history: History,
     verdict: Verdict,
     reason: Option<&'static str>,
@@ -36,6 +40,8 @@ pub struct TargetState {
     names: Vec<String>,
     /// Whether a verdict record went out for this target yet.
     announced: bool,
+    /// Since when the target has been blackholed without a break.
+    blackholed_since_ns: Option<u64>,
 }
 
 impl TargetState {
@@ -44,17 +50,18 @@ impl TargetState {
             target,
             kernel: zero_counters(),
             unanswered: 0,
+            in_flight: 0,
             history: History::new(window),
             verdict: Verdict::Pending,
             reason: None,
             names: Vec::new(),
             announced: false,
+            blackholed_since_ns: None,
         }
     }
 
-    fn view(&self, now_ns: u64) -> TargetView {
+    fn view(&self, now_ns: u64, grace_ns: u64) -> TargetView {
         let k = &self.kernel;
-        let resolved = k.answered + k.rejected + self.unanswered + k.untracked + k.abandoned;
         TargetView {
             direction: self.target.direction,
             proto: self.target.proto,
@@ -67,7 +74,7 @@ impl TargetState {
             retransmits: k.retransmits,
             verdict: self.verdict,
             reason: self.reason,
-            in_flight: k.requests.saturating_sub(resolved),
+            in_flight: self.in_flight,
             untracked: k.untracked,
             late: k.late,
             abandoned: k.abandoned,
@@ -76,6 +83,9 @@ impl TargetState {
             last_seen_ago_s: (k.last_request_ns > 0)
                 .then(|| ns_to_secs(now_ns.saturating_sub(k.last_request_ns))),
             names: is_dns(&self.target).then(|| self.names.clone()),
+            provisional: self
+                .blackholed_since_ns
+                .is_some_and(|since| now_ns.saturating_sub(since) < grace_ns),
             latency_buckets: k.latency,
             rejected_by_reason: k.rejected_by_reason,
         }
@@ -93,6 +103,9 @@ pub type VerdictChange = TargetView;
 #[derive(Debug)]
 pub struct Tracker {
     window: Duration,
+    /// How long a target must stay blackholed before its silence is evidence (see
+    /// [`TargetView::provisional`]).
+    grace_ns: u64,
     targets: HashMap<TargetKey, TargetState>,
     kernel: [u64; KernelCounter::COUNT],
     in_flight: usize,
@@ -106,12 +119,23 @@ impl Tracker {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
+            grace_ns: 0,
             targets: HashMap::new(),
             kernel: [0; KernelCounter::COUNT],
             in_flight: 0,
             tombstones: 0,
             rate_samples: VecDeque::new(),
         }
+    }
+
+    /// A blackholed target is [`TargetView::provisional`] for this long: a remote slower
+    /// than `--timeout` looks blackholed from the deadline until its late answer arrives, and
+    /// the diagnosis must not blame a firewall for that. One timeout covers answers up to
+    /// twice the timeout late.
+    #[must_use]
+    pub fn with_blackhole_grace(mut self, grace: Duration) -> Self {
+        self.grace_ns = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Takes in one target's cumulative kernel counters as read at `now_ns`; the increase
@@ -180,6 +204,16 @@ impl Tracker {
         self.tombstones = tombstones;
     }
 
+    /// Takes in the requests in flight per target, as the last sweep found them.
+    pub fn observe_in_flight<S: std::hash::BuildHasher>(
+        &mut self,
+        by_target: &HashMap<TargetKey, u64, S>,
+    ) {
+        for (key, state) in &mut self.targets {
+            state.in_flight = by_target.get(key).copied().unwrap_or(0);
+        }
+    }
+
     /// Re-judges every target; returns those whose verdict or reason changed, and new
     /// targets (their first verdict, usually `pending`).
     pub fn judge(&mut self, now_ns: u64) -> Vec<VerdictChange> {
@@ -199,11 +233,16 @@ impl Tracker {
                 continue;
             }
             let (verdict, reason) = state.history.judge().unwrap_or((Verdict::Pending, None));
+            if verdict == Verdict::Blackholed {
+                state.blackholed_since_ns.get_or_insert(now_ns);
+            } else {
+                state.blackholed_since_ns = None;
+            }
             if !state.announced || verdict != state.verdict || reason != state.reason {
                 state.verdict = verdict;
                 state.reason = reason;
                 state.announced = true;
-                changes.push(state.view(now_ns));
+                changes.push(state.view(now_ns, self.grace_ns));
             }
         }
         changes.sort_by(TargetView::worst_first);
@@ -217,7 +256,7 @@ impl Tracker {
             .targets
             .values()
             .filter(|s| s.announced)
-            .map(|s| s.view(now_ns))
+            .map(|s| s.view(now_ns, self.grace_ns))
             .collect();
         targets.sort_by(TargetView::worst_first);
         let rollups = Rollup::of(&targets);
@@ -328,7 +367,7 @@ mod tests {
             local_port: 40_000,
             tag: 1,
             proto: proto::UDP,
-            _pad: 0,
+            direction: netwatch_common::DIRECTION_EGRESS,
         };
         let mut question = [0u8; DNS_QUESTION_CAPTURE];
         let mut len = 0;
@@ -403,17 +442,22 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_is_what_is_not_resolved_yet() {
+    fn in_flight_is_what_the_last_sweep_found_in_flight() {
         let mut tracker = Tracker::new(Duration::from_mins(1));
         let mut c = counters(10, 4);
         c.untracked = 1;
         tracker.observe_counters(S, &dns_key(), &c);
         let (key, pending) = request("a.example");
         tracker.observe_unanswered(S, &key, &pending);
+        let by_target: HashMap<_, _> = [(dns_key(), 4)].into();
+        tracker.observe_in_flight(&by_target);
         tracker.judge(S);
         let view = &tracker.snapshot(S).targets[0];
-        assert_eq!(view.in_flight, 4);
-        assert_eq!(view.untracked, 1);
+        assert_eq!((view.in_flight, view.untracked), (4, 1));
+        // Requests the table no longer holds (settled, or lost to a race) are not in flight,
+        // whatever the counters add up to.
+        tracker.observe_in_flight(&HashMap::<TargetKey, u64>::new());
+        assert_eq!(tracker.snapshot(S).targets[0].in_flight, 0);
     }
 
     #[test]

@@ -807,7 +807,7 @@ impl Flow {
             local_port: self.local_port,
             tag: self.tag,
             proto: self.proto(),
-            _pad: 0,
+            direction: netwatch_common::DIRECTION_EGRESS,
         }
     }
 

@@ -76,6 +76,7 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         untracked: 0,
         late: 0,
         abandoned: 0,
+        provisional: false,
         latency_p50_ms: None,
         latency_p99_ms: None,
         last_seen_ago_s: None,

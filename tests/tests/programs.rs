@@ -196,13 +196,13 @@ impl Drop for Harness {
 fn key_name(key: &RequestKey) -> String {
     let proto =
         Proto::from_iana(key.proto).map_or_else(|| key.proto.to_string(), |p| p.to_string());
-    let pad = if key._pad == 0 {
+    let inbound = if key.direction == netwatch_common::DIRECTION_EGRESS {
         String::new()
     } else {
-        format!(" pad {}", key._pad)
+        format!(" direction {}", key.direction)
     };
     format!(
-        "{proto} {}:{} -> {}:{} tag {}{pad}",
+        "{proto} {}:{} -> {}:{} tag {}{inbound}",
         ip_from_key(key.local),
         key.local_port,
         ip_from_key(key.remote),
@@ -726,7 +726,7 @@ fn spelled_out_keys() -> [RequestKey; 4] {
         local_port: 30_001,
         tag: 0x1001,
         proto: 17,
-        _pad: 0,
+        direction: netwatch_common::DIRECTION_EGRESS,
     };
     let syn_v6 = RequestKey {
         remote: "2001:db8:2::10"
@@ -741,7 +741,7 @@ fn spelled_out_keys() -> [RequestKey; 4] {
         local_port: 40_001,
         tag: 0,
         proto: 6,
-        _pad: 0,
+        direction: netwatch_common::DIRECTION_EGRESS,
     };
     let echo_v4 = RequestKey {
         remote: mapped([198, 51, 100, 10]),
@@ -750,7 +750,7 @@ fn spelled_out_keys() -> [RequestKey; 4] {
         local_port: 0x0e01,
         tag: 2,
         proto: 1,
-        _pad: 0,
+        direction: netwatch_common::DIRECTION_EGRESS,
     };
     let echo_v6 = RequestKey {
         proto: 58,
