@@ -327,6 +327,51 @@ fn trust_late_answers_mixed_with_lost_queries_are_degraded() {
     );
 }
 
+/// Case 3c: a rejection that comes after the timeout is still a rejection, not a sign of
+/// a slow remote. The firewall drops the first SYN to tcp/7000 (a one-packet `limit`) and
+/// rejects the retransmission 1 s later (as rate-limited ICMP errors make happen): with a
+/// 500 ms timeout the only outcome is a late rejection. Nothing ever answered: the README's
+/// table says `rejected` (degraded needs answers), never `degraded` nor `blackholed`.
+#[test]
+fn trust_a_late_rejection_is_still_a_rejection() {
+    if !prerequisites(
+        "trust_a_late_rejection_is_still_a_rejection",
+        &["ip", "nft", "nc"],
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    lab.nft(
+        "insert rule inet lab forward tcp dport 7000 limit rate 1/minute burst 1 packets drop\n",
+    );
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "500ms"]);
+    let out = Client::nc(SERVER_V4, 7000, 3).run(&lab.client);
+    assert!(
+        !out.status.success(),
+        "the retransmitted SYN is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sentinel = lab.wait_for_sentinel(&netwatch);
+    let finished = clean(netwatch.stop());
+    let targets = finished.targets();
+    let refused = target(&targets, &id("tcp", SERVER_V4, Some(7000)));
+    assert_eq!(
+        (
+            count(refused, "requests"),
+            count(refused, "answered"),
+            count(refused, "late")
+        ),
+        (1, 0, 1),
+        "one request, refused after its timeout: {refused}"
+    );
+    assert_eq!(
+        (refused["verdict"].as_str(), refused["reason"].as_str()),
+        (Some("rejected"), Some("icmp-admin-prohibited")),
+        "never answered, refused: {refused}"
+    );
+    assert!(targets.contains_key(&sentinel));
+}
+
 /// A foreign tcx program held by a `foreign-tcx` process; detached when dropped.
 struct ForeignTcx(Child);
 
