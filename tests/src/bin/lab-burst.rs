@@ -5,14 +5,17 @@
 //! open `HOLD_MS` (handshakes complete, answers arrive), then exits.
 //!
 //! ```text
-//! lab-burst HOLD_MS ADDR...
+//! lab-burst HOLD_MS [--at=UNIX_MS] ADDR...
 //! ```
+//!
+//! `--at`: start at that wall-clock instant (at most 5 s ahead), so that two bursts
+//! started one after the other still send at the same moment.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::{FromRawFd as _, OwnedFd},
     thread,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 /// A DNS query for `burst.example`, type A, with `id`.
@@ -59,13 +62,29 @@ fn main() {
     let hold: u64 = args
         .next()
         .and_then(|h| h.parse().ok())
-        .unwrap_or_else(|| panic!("usage: lab-burst HOLD_MS ADDR..."));
+        .unwrap_or_else(|| panic!("usage: lab-burst HOLD_MS [--at=UNIX_MS] ADDR..."));
+    let mut args = args.peekable();
+    let start_at_ms: Option<u64> = args
+        .next_if(|a| a.starts_with("--at="))
+        .map(|at| at["--at=".len()..].parse().expect("--at=UNIX_MS"));
     let addresses: Vec<Ipv4Addr> = args
         .map(|a| {
             a.parse()
                 .unwrap_or_else(|_| panic!("not an IPv4 address: {a}"))
         })
         .collect();
+    if let Some(at_ms) = start_at_ms {
+        let now_ms = u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_millis(),
+        )
+        .expect("ms");
+        thread::sleep(Duration::from_millis(
+            at_ms.saturating_sub(now_ms).min(5000),
+        ));
+    }
     let mut keep = Vec::with_capacity(addresses.len());
     let mut sockets = Vec::with_capacity(addresses.len());
     for (n, &address) in addresses.iter().enumerate() {
