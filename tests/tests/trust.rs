@@ -372,6 +372,99 @@ fn trust_a_late_rejection_is_still_a_rejection() {
     assert!(targets.contains_key(&sentinel));
 }
 
+/// `ipv6-broken` claims IPv6 fails where IPv4 works. DNS dropped for both families is no
+/// evidence about IPv6; tcp/80 dropped over IPv6 only, while IPv4 is answered, is.
+#[test]
+fn trust_ipv6_broken_needs_a_working_ipv4_twin() {
+    use netwatch_tests::lab::{DNS_V6, SERVER_V6};
+    if !prerequisites(
+        "trust_ipv6_broken_needs_a_working_ipv4_twin",
+        &["ip", "nft", "dig", "dnsmasq", "curl", "nc"],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_dns();
+    lab.start_listener(LISTENER);
+    let findings = |lab: &Lab, clients: &[Client]| -> Vec<Value> {
+        let netwatch = lab.start_netwatch(WATCH);
+        for client in clients {
+            client.run(&lab.client);
+        }
+        lab.wait_for_sentinel(&netwatch);
+        clean(netwatch.stop()).exit_findings()
+    };
+    // DNS blocked on both families, IPv4 and IPv6 web answered: nothing IPv6-specific.
+    let both = findings(
+        &lab,
+        &[
+            Client::dig(DNS_V4, "chat.example"),
+            Client::dig(DNS_V6, "chat.example"),
+            Client::curl(SERVER_V4, 80),
+            Client::curl(SERVER_V6, 80),
+        ],
+    );
+    assert!(
+        both.iter().any(|f| f["finding"] == "dns-blocked"),
+        "the lab blocks DNS: {both:#?}"
+    );
+    assert!(
+        !both.iter().any(|f| f["finding"] == "ipv6-broken"),
+        "DNS fails the same way on IPv4: no evidence about IPv6: {both:#?}"
+    );
+    // tcp/80 dropped over IPv6 only: that is evidence.
+    lab.nft("insert rule inet lab forward ip6 daddr 2001:db8:2::10 tcp dport 80 drop\n");
+    let v6_only = findings(
+        &lab,
+        &[Client::curl(SERVER_V4, 80), Client::nc(SERVER_V6, 80, 1)],
+    );
+    assert!(
+        v6_only.iter().any(|f| f["finding"] == "ipv6-broken"),
+        "tcp/80 works over IPv4 and not over IPv6: {v6_only:#?}"
+    );
+}
+
+/// ICMP "fragmentation needed" and `ICMPv6` "packet too big" are path-MTU signalling
+/// (RFC 1191, RFC 8201), not a firewall refusing: an echo request too big for the firewall's
+/// server-side link (MTU 1280) is never `rejected`.
+#[test]
+fn trust_path_mtu_signals_reject_nothing() {
+    use netwatch_tests::lab::SERVER_V6;
+    if !prerequisites(
+        "trust_path_mtu_signals_reject_nothing",
+        &["ip", "nft", "ping", "nc"],
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    lab.firewall.ok("ip", &["link", "set", "f1", "mtu", "1280"]);
+    lab.server.ok("ip", &["link", "set", "s0", "mtu", "1280"]);
+    let netwatch = lab.start_netwatch(WATCH);
+    for (family, server) in [("-4", SERVER_V4), ("-6", SERVER_V6)] {
+        // Don't fragment, 1400 bytes: the firewall answers "too big" instead of forwarding.
+        let out = lab.client.run(
+            "ping",
+            &[
+                family, "-M", "do", "-s", "1400", "-c", "1", "-W", "1", server,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("mtu") || text.contains("too big") || text.contains("Frag needed"),
+            "no path-MTU signal came back, so this test proves nothing: {text}"
+        );
+    }
+    let sentinel = lab.wait_for_sentinel(&netwatch);
+    let finished = clean(netwatch.stop());
+    for (which, record) in finished.targets() {
+        if which == sentinel {
+            continue;
+        }
+        assert_eq!(count(&record, "rejected"), 0, "{which:?}: {record}");
+        assert_ne!(record["verdict"], "rejected", "{which:?}: {record}");
+    }
+}
+
 /// A foreign tcx program held by a `foreign-tcx` process; detached when dropped.
 struct ForeignTcx(Child);
 
