@@ -23,6 +23,10 @@ pub const TARGETS_MAP: &str = "TARGETS";
 pub const SLOT_OWNERS_MAP: &str = "SLOT_OWNERS";
 /// One-element array: where the next slot claim starts (`u32`, a hint).
 pub const NEXT_SLOT_MAP: &str = "NEXT_SLOT";
+/// Hash of this host's addresses (16 bytes, IPv4 ones mapped) → 1, kept by userspace.
+pub const LOCAL_ADDRESSES_MAP: &str = "LOCAL_ADDRESSES";
+/// Capacity of [`LOCAL_ADDRESSES_MAP`].
+pub const LOCAL_ADDRESSES_CAPACITY: u32 = 1024;
 /// Per-CPU array of [`KernelCounter`] values: what the programs saw but could not use.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
@@ -382,10 +386,13 @@ pub enum KernelCounter {
     /// ICMP "fragmentation needed" or `ICMPv6` "packet too big": path-MTU signalling, not a
     /// rejection.
     PathMtu = 13,
+    /// A request arriving for an address that is not this host's (passing through a router):
+    /// not a request to this host.
+    NotForThisHost = 14,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -401,6 +408,7 @@ impl KernelCounter {
         Self::TombstoneLost,
         Self::LateDuplicate,
         Self::PathMtu,
+        Self::NotForThisHost,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -421,6 +429,7 @@ impl KernelCounter {
             Self::TombstoneLost => "tombstone_lost",
             Self::LateDuplicate => "late_duplicate",
             Self::PathMtu => "path_mtu",
+            Self::NotForThisHost => "not_for_this_host",
         }
     }
 

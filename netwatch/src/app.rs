@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Args, AttachMode},
-    diagnosis,
+    clock, diagnosis,
     interfaces::{self, Interface, LinkState},
     output::{Mode, Output, View},
     privileges,
@@ -29,17 +29,9 @@ use crate::{
 /// after their timeout.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
-}
+/// `CLOCK_MONOTONIC` in nanoseconds as `bpf_ktime_get_ns()` reads it (time namespaces
+/// corrected for).
+pub use crate::clock::monotonic_ns;
 
 /// One poll: counters first (so every expired request's target is known), then the pending
 /// sweep, then the kernel's loss counters; returns the verdict changes.
@@ -145,6 +137,8 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
 
     privileges::require()?;
+    // Before anything is attached: an unusable time namespace offset stops here.
+    clock::check()?;
     let interfaces = interfaces::resolve(&args.iface)?;
     let mut probe = Probe::load(args.timeout)?;
     let mut watched = Vec::new();
@@ -177,7 +171,16 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         }
         None => None,
     };
-    if let Err(err) = privileges::drop_after_attach() {
+    // The probe: one read of the kernel's counters, as every poll makes.
+    let mut bpf_call = || {
+        privileges::BpfProbe::from_result(
+            probe
+                .read_counters()
+                .map(drop)
+                .map_err(|err| map_errno(&err)),
+        )
+    };
+    if let Err(err) = privileges::drop_after_attach(&mut bpf_call) {
         log::warn!("could not drop capabilities after attaching: {err}");
     }
     let names: Vec<String> = run.interfaces.iter().map(WatchedInterface::label).collect();
@@ -219,7 +222,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
                 let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
                 run.uptime = started.elapsed();
                 let snapshot = tracker.snapshot(now_ns);
-                let findings = diagnosis::diagnose(&snapshot, &sources);
+                let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);
                 let written = output.interfaces_changed(&moved).and_then(|()| {
                     output.on_poll(&View { changes: &changes, snapshot: &snapshot, findings: &findings, run: &run })
                 });
@@ -245,7 +248,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
     run.uptime = started.elapsed();
     let snapshot = tracker.snapshot(now_ns);
-    let findings = diagnosis::diagnose(&snapshot, &sources);
+    let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);
     let view = View {
         changes: &changes,
         snapshot: &snapshot,
@@ -270,6 +273,17 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     } else {
         Ending::Normal
     })
+}
+
+/// The errno of a failed map read, when a syscall failed.
+fn map_errno(err: &ProbeError) -> Option<i32> {
+    match err {
+        ProbeError::Map {
+            source: aya::maps::MapError::SyscallError(err),
+            ..
+        } => err.io_error.raw_os_error(),
+        _ => None,
+    }
 }
 
 fn publish(shared: Option<&serve::Shared>, snapshot: Snapshot, run: &RunInfo) {
