@@ -367,7 +367,8 @@ fn trust_a_late_rejection_is_still_a_rejection() {
     assert_eq!(
         (refused["verdict"].as_str(), refused["reason"].as_str()),
         (Some("rejected"), Some("icmp-admin-prohibited")),
-        "never answered, refused: {refused}"
+        "never answered, refused: {refused}; findings: {:#}",
+        Value::Array(finished.exit_findings())
     );
     assert!(targets.contains_key(&sentinel));
 }
@@ -857,10 +858,16 @@ fn trust_in_flight_returns_to_zero_when_traffic_stops() {
     assert_eq!(summary["in_flight"], 0, "{summary}");
     for (which, record) in finished.targets() {
         assert_eq!(count(&record, "in_flight"), 0, "{which:?}: {record}");
-        let resolved = ["answered", "rejected", "unanswered", "untracked"]
-            .iter()
-            .map(|field| count(&record, field))
-            .sum::<u64>();
+        let resolved = [
+            "answered",
+            "rejected",
+            "unanswered",
+            "untracked",
+            "abandoned",
+        ]
+        .iter()
+        .map(|field| count(&record, field))
+        .sum::<u64>();
         assert_eq!(
             resolved,
             count(&record, "requests"),
@@ -1103,17 +1110,32 @@ fn differential_round(lab: &Lab, round: usize, seed: u64) {
             )
         })
         .collect();
-    let ours: BTreeMap<TargetId, DiffCounts> = finished
-        .targets()
+    // The dissector follows requests this host sends; the lab sends it none (no inbound
+    // SYN, echo request or query), so every target netwatch reports must be egress.
+    let records: Vec<&Value> = finished
+        .records
+        .iter()
+        .filter(|r| r["type"] == "target")
+        .collect();
+    let inbound: Vec<&&Value> = records
+        .iter()
+        .filter(|r| r["direction"] != "egress")
+        .collect();
+    assert!(
+        inbound.is_empty(),
+        "seed {seed:#x}: targets of requests this host received, in a lab that sends it none: {inbound:#?}"
+    );
+    let ours: BTreeMap<TargetId, DiffCounts> = records
         .into_iter()
+        .map(|r| (target_id(r), r))
         .map(|(which, r)| {
             let counts = (
-                count(&r, "requests"),
-                count(&r, "answered"),
-                count(&r, "rejected"),
-                count(&r, "unanswered"),
-                count(&r, "retransmits"),
-                count(&r, "late"),
+                count(r, "requests"),
+                count(r, "answered"),
+                count(r, "rejected"),
+                count(r, "unanswered"),
+                count(r, "retransmits"),
+                count(r, "late"),
                 r["verdict"].as_str().unwrap_or_default().to_owned(),
                 r["reason"].as_str().map(str::to_owned),
             );
