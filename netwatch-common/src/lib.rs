@@ -104,7 +104,10 @@ impl RequestKey {
     pub const fn target(&self) -> TargetKey {
         TargetKey {
             remote: self.remote,
-            remote_port: if self.direction == DIRECTION_INGRESS {
+            // ICMP keys hold the echo identifier in `local_port`, and 0 in `remote_port`.
+            remote_port: if self.direction == DIRECTION_INGRESS
+                && (self.proto == proto::TCP || self.proto == proto::UDP)
+            {
                 self.local_port
             } else {
                 self.remote_port
@@ -212,6 +215,9 @@ pub struct TargetCounters {
     /// Answers or rejections that came after the timeout (the request already counted as
     /// unanswered).
     pub late: u64,
+    /// The rejections among `late`. They are also in `rejected_by_reason` (but not in
+    /// `rejected`): a refusal is a refusal, however late, and its reason is kept.
+    pub late_rejected: u64,
     /// Requests that could not be tracked because the pending table was full.
     pub untracked: u64,
     /// Requests given up by the client before their deadline: a new request took their key
@@ -222,12 +228,12 @@ pub struct TargetCounters {
     pub last_request_ns: u64,
     /// When an answer or rejection last came back.
     pub last_answer_ns: u64,
-    /// `rejected`, split by [`Reason`] code.
+    /// `rejected` and `late_rejected`, split by [`Reason`] code.
     pub rejected_by_reason: [u64; REASON_SLOTS],
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (9 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (10 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.

@@ -378,9 +378,11 @@ fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32)
         // answer says the remote is slow, not unreachable. Its latency is kept so the
         // report can say how slow.
         add(&mut counters.late, 1);
-        if rejection == 0
-            && let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed))
-        {
+        if rejection != 0 {
+            // A refusal however late: its reason counts (userspace judges it a rejection).
+            add(&mut counters.late_rejected, 1);
+            add(&mut counters.rejected_by_reason[(reason & 31) as usize], 1);
+        } else if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
             add(bucket, 1);
         }
         tombstone.flags |= PENDING_FLAG_LATE;

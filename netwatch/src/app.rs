@@ -110,6 +110,16 @@ pub enum Ending {
     FailOnMatched,
 }
 
+/// Every address of this host, on any interface: a request arriving on a watched interface
+/// may be for an address on another (policy routing, a service address on `lo`).
+fn all_host_addresses() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.ip())
+        .collect()
+}
+
 /// The host's own addresses on the watched interfaces, global ones first: the source of
 /// the firewall requests the diagnosis writes.
 fn host_addresses(watched: &[WatchedInterface]) -> Vec<IpAddr> {
@@ -141,6 +151,8 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     clock::check()?;
     let interfaces = interfaces::resolve(&args.iface)?;
     let mut probe = Probe::load(args.timeout)?;
+    // Before attaching: the first requests arriving must already be recognised.
+    probe.set_local_addresses(all_host_addresses())?;
     let mut watched = Vec::new();
     for iface in &interfaces {
         let via = probe.attach(iface, args.attach)?;
@@ -217,6 +229,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
                 polls += 1;
                 if !moved.is_empty() || polls.is_multiple_of(20) {
                     sources = host_addresses(&run.interfaces);
+                    probe.set_local_addresses(all_host_addresses())?;
                 }
                 let now_ns = monotonic_ns();
                 let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
