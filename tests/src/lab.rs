@@ -233,8 +233,12 @@ impl Lab {
 
     /// Applies an nftables script in the firewall namespace.
     pub fn nft(&self, script: &str) {
-        let mut child = self
-            .firewall
+        Self::nft_in(&self.firewall, script);
+    }
+
+    /// Applies an nftables script in `ns` (a host's own firewall).
+    pub fn nft_in(ns: &Netns, script: &str) {
+        let mut child = ns
             .command("nft")
             .args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -250,7 +254,8 @@ impl Lab {
         let out = child.wait_with_output().expect("nft");
         assert!(
             out.status.success(),
-            "nft failed: {}",
+            "nft in {} failed: {}",
+            ns.name,
             String::from_utf8_lossy(&out.stderr)
         );
     }
