@@ -23,6 +23,10 @@ pub const TARGETS_MAP: &str = "TARGETS";
 pub const SLOT_OWNERS_MAP: &str = "SLOT_OWNERS";
 /// One-element array: where the next slot claim starts (`u32`, a hint).
 pub const NEXT_SLOT_MAP: &str = "NEXT_SLOT";
+/// Hash of this host's addresses (16 bytes, IPv4 ones mapped) → 1, kept by userspace.
+pub const LOCAL_ADDRESSES_MAP: &str = "LOCAL_ADDRESSES";
+/// Capacity of [`LOCAL_ADDRESSES_MAP`].
+pub const LOCAL_ADDRESSES_CAPACITY: u32 = 1024;
 /// Per-CPU array of [`KernelCounter`] values: what the programs saw but could not use.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
@@ -100,7 +104,10 @@ impl RequestKey {
     pub const fn target(&self) -> TargetKey {
         TargetKey {
             remote: self.remote,
-            remote_port: if self.direction == DIRECTION_INGRESS {
+            // ICMP keys hold the echo identifier in `local_port`, and 0 in `remote_port`.
+            remote_port: if self.direction == DIRECTION_INGRESS
+                && (self.proto == proto::TCP || self.proto == proto::UDP)
+            {
                 self.local_port
             } else {
                 self.remote_port
@@ -208,6 +215,9 @@ pub struct TargetCounters {
     /// Answers or rejections that came after the timeout (the request already counted as
     /// unanswered).
     pub late: u64,
+    /// The rejections among `late`. They are also in `rejected_by_reason` (but not in
+    /// `rejected`): a refusal is a refusal, however late, and its reason is kept.
+    pub late_rejected: u64,
     /// Requests that could not be tracked because the pending table was full.
     pub untracked: u64,
     /// Requests given up by the client before their deadline: a new request took their key
@@ -218,12 +228,12 @@ pub struct TargetCounters {
     pub last_request_ns: u64,
     /// When an answer or rejection last came back.
     pub last_answer_ns: u64,
-    /// `rejected`, split by [`Reason`] code.
+    /// `rejected` and `late_rejected`, split by [`Reason`] code.
     pub rejected_by_reason: [u64; REASON_SLOTS],
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (9 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (10 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
@@ -382,10 +392,13 @@ pub enum KernelCounter {
     /// ICMP "fragmentation needed" or `ICMPv6` "packet too big": path-MTU signalling, not a
     /// rejection.
     PathMtu = 13,
+    /// A request arriving for an address that is not this host's (passing through a router):
+    /// not a request to this host.
+    NotForThisHost = 14,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -401,6 +414,7 @@ impl KernelCounter {
         Self::TombstoneLost,
         Self::LateDuplicate,
         Self::PathMtu,
+        Self::NotForThisHost,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -421,6 +435,7 @@ impl KernelCounter {
             Self::TombstoneLost => "tombstone_lost",
             Self::LateDuplicate => "late_duplicate",
             Self::PathMtu => "path_mtu",
+            Self::NotForThisHost => "not_for_this_host",
         }
     }
 

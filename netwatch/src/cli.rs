@@ -83,8 +83,9 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub metrics: Option<SocketAddr>,
 
-    /// Exit with status 3 when any target ends with one of these verdicts
-    /// (comma-separated, e.g. `blackholed,rejected`): a health check for cron and CI.
+    /// Exit with status 3 when a target of this host's own requests ends with one of these
+    /// verdicts (comma-separated, e.g. `blackholed,rejected`): a health check for cron and CI.
+    /// Inbound targets never count.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_verdict)]
     pub fail_on: Vec<Verdict>,
 

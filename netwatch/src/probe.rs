@@ -2,6 +2,8 @@
 //! and detaches everything when dropped.
 
 use std::{
+    collections::BTreeSet,
+    net::IpAddr,
     os::fd::{AsFd as _, OwnedFd},
     process::Command,
     time::Duration,
@@ -16,13 +18,14 @@ use aya::{
     },
 };
 use netwatch_common::{
-    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, NEXT_SLOT_MAP, PENDING_CAPACITY,
-    PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
-    TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
+    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, LOCAL_ADDRESSES_CAPACITY,
+    LOCAL_ADDRESSES_MAP, NEXT_SLOT_MAP, PENDING_CAPACITY, PENDING_MAP, PendingRequest, RequestKey,
+    SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY, TARGETS_MAP, TIMEOUT_GLOBAL,
+    TargetCounters, TargetKey,
 };
 use thiserror::Error;
 
-use crate::{batch, cli::AttachMode, interfaces::Interface};
+use crate::{batch, cli::AttachMode, interfaces::Interface, target::ip_to_key};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf"));
@@ -171,6 +174,9 @@ pub struct Probe {
     /// Slots below this were queued for learning.
     scanned_slots: u32,
     counters: PerCpuArray<MapData, u64>,
+    local_addresses: HashMap<MapData, [u8; 16], u8>,
+    /// What [`Self::local_addresses`] holds.
+    known_local: BTreeSet<[u8; 16]>,
     attachments: Vec<Attachment>,
 }
 
@@ -416,6 +422,11 @@ impl Probe {
             aya::maps::Map::Array(data) => CounterArray::map(data)?,
             _ => return Err(ProbeError::Load(format!("{TARGETS_MAP} is not an array"))),
         };
+        let local_addresses = HashMap::try_from(take_map(&mut ebpf, LOCAL_ADDRESSES_MAP)?)
+            .map_err(|source| ProbeError::Map {
+                map: LOCAL_ADDRESSES_MAP,
+                source,
+            })?;
         let counters =
             PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?).map_err(|source| {
                 ProbeError::Map {
@@ -435,8 +446,42 @@ impl Probe {
             unresolved_slots: Vec::new(),
             scanned_slots: 0,
             counters,
+            local_addresses,
+            known_local: BTreeSet::new(),
             attachments: Vec::new(),
         })
+    }
+
+    /// Tells the programs this host's addresses: a request arriving is one asked of this
+    /// host only when sent to one of them. Adds the new ones, removes the gone ones; at most
+    /// [`LOCAL_ADDRESSES_CAPACITY`] are kept (more is one debug line).
+    pub fn set_local_addresses(
+        &mut self,
+        addresses: impl IntoIterator<Item = IpAddr>,
+    ) -> Result<(), ProbeError> {
+        let wanted: BTreeSet<[u8; 16]> = addresses.into_iter().map(ip_to_key).collect();
+        let map_error = |source| ProbeError::Map {
+            map: LOCAL_ADDRESSES_MAP,
+            source,
+        };
+        for gone in self.known_local.difference(&wanted) {
+            match self.local_addresses.remove(gone) {
+                Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+                Err(source) => return Err(map_error(source)),
+            }
+        }
+        self.known_local.retain(|address| wanted.contains(address));
+        for new in wanted.difference(&self.known_local.clone()) {
+            if self.known_local.len() >= LOCAL_ADDRESSES_CAPACITY as usize {
+                log::debug!(
+                    "more than {LOCAL_ADDRESSES_CAPACITY} local addresses; the rest are not watched for inbound requests"
+                );
+                break;
+            }
+            self.local_addresses.insert(new, 1, 0).map_err(map_error)?;
+            self.known_local.insert(*new);
+        }
+        Ok(())
     }
 
     /// Attaches both programs to `iface`.

@@ -162,10 +162,18 @@ impl Tracker {
                 rejected.push((u8::try_from(code).unwrap_or(0), new - old));
             }
         }
-        let late = counters.late.saturating_sub(old.late);
-        state
-            .history
-            .record_with_late(now_ns, answered, 0, late, &rejected);
+        let late_rejected = counters.late_rejected.saturating_sub(old.late_rejected);
+        let late_answers = counters
+            .late
+            .saturating_sub(old.late)
+            .saturating_sub(late_rejected);
+        state.history.record_with_late(
+            now_ns,
+            answered,
+            0,
+            (late_answers, late_rejected),
+            &rejected,
+        );
         state.kernel = *counters;
     }
 
@@ -287,6 +295,7 @@ pub fn zero_counters() -> TargetCounters {
         answered: 0,
         rejected: 0,
         late: 0,
+        late_rejected: 0,
         untracked: 0,
         abandoned: 0,
         last_request_ns: 0,
