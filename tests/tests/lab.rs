@@ -801,7 +801,6 @@ fn two_instances_watch_the_same_interface_side_by_side() {
     );
 }
 
-/// `setpriv` arguments running a command as nobody with exactly `caps` (e.g. "bpf,net_admin").
 /// Kernels before 6.5 check `kernel.unprivileged_bpf_disabled` at every bpf(2) call, map
 /// reads on a held descriptor included (6.5 moved the check into map creation and program
 /// load).
@@ -820,6 +819,7 @@ fn map_reads_need_cap_bpf() -> bool {
     disabled && before_6_5
 }
 
+/// `setpriv` arguments running a command as nobody with exactly `caps` (e.g. "bpf,net_admin").
 fn as_nobody_with(caps: &str) -> Vec<String> {
     let list: Vec<String> = caps.split(',').map(|c| format!("+{c}")).collect();
     let list = list.join(",");
