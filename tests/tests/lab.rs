@@ -801,10 +801,11 @@ fn two_instances_watch_the_same_interface_side_by_side() {
     );
 }
 
-/// Kernels before 6.5 check `kernel.unprivileged_bpf_disabled` at every bpf(2) call, map
-/// reads on a held descriptor included (6.5 moved the check into map creation and program
-/// load).
-fn map_reads_need_cap_bpf() -> bool {
+/// Whether map reads on a held descriptor may need `CAP_BPF` here: kernels before 6.5 may
+/// check `kernel.unprivileged_bpf_disabled` at every bpf(2) call (Debian's 5.10 does, its
+/// 6.1 does not: the matrix saw both), 6.5 moved the check into map creation and program
+/// load.
+fn map_reads_may_need_cap_bpf() -> bool {
     let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
         .is_ok_and(|v| v.trim() != "0");
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -874,22 +875,22 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
             .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
             .expect("cap line")
     };
-    // Before Linux 6.5 (with unprivileged BPF disabled) map reads need CAP_BPF too: netwatch
-    // finds out by asking the kernel; the test knows it from the kernel's version.
-    let kept = if map_reads_need_cap_bpf() {
-        (1u64 << 12) | (1u64 << 39)
+    // Where map reads may need CAP_BPF too, netwatch asks the kernel and keeps it only if
+    // refused without it; that it then still reads its maps, the verdicts below show.
+    let net_admin = 1u64 << 12;
+    let allowed: &[u64] = if map_reads_may_need_cap_bpf() {
+        &[net_admin, net_admin | (1u64 << 39)]
     } else {
-        1u64 << 12
+        &[net_admin]
     };
-    assert_eq!(
-        field("CapEff:"),
-        kept,
-        "only CAP_NET_ADMIN (and CAP_BPF where needed) stays effective: {status}"
+    assert!(
+        allowed.contains(&field("CapEff:")),
+        "only CAP_NET_ADMIN (and CAP_BPF where the kernel needs it) stays effective: {status}"
     );
     assert_eq!(
         field("CapPrm:"),
-        kept,
-        "only CAP_NET_ADMIN (and CAP_BPF where needed) stays permitted: {status}"
+        field("CapEff:"),
+        "nothing more stays permitted than effective: {status}"
     );
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
     client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
