@@ -38,6 +38,77 @@ pub const TARGETS_CAPACITY: u32 = 16_384;
 /// Name of the read-only global holding `--timeout` in nanoseconds, set at load time.
 pub const TIMEOUT_GLOBAL: &str = "TIMEOUT_NS";
 
+/// Name of the raw tracepoint program on `skb:kfree_skb` that counts watched packets this
+/// host drops, by the kernel's drop reason.
+pub const DROP_PROGRAM: &str = "netwatch_drops";
+/// The tracepoint it attaches to (`TP_PROTO(skb, location, reason[, rx_sk])`).
+pub const DROP_TRACEPOINT: &str = "kfree_skb";
+/// Name of the read-only global holding the [`DropConfig`], set at load time.
+pub const DROP_CONFIG_GLOBAL: &str = "DROP_CONFIG";
+/// Map of local drops per target and reason: [`LocalDropKey`] → `u64`.
+pub const LOCAL_DROPS_MAP: &str = "LOCAL_DROPS";
+/// Map of this host's addresses (IPv4-mapped or IPv6) → `u8` (unused), kept fresh by
+/// userspace from the watched interfaces: a dropped packet to one of them was inbound.
+pub const LOCAL_ADDRS_MAP: &str = "LOCAL_ADDRS";
+/// Capacity of [`LOCAL_DROPS_MAP`]: (target, reason) pairs. A plain preallocated hash: a
+/// pair that does not fit is counted in [`KernelCounter::LocalDropsFull`].
+pub const LOCAL_DROPS_CAPACITY: u32 = 8_192;
+/// Capacity of [`LOCAL_ADDRS_MAP`].
+pub const LOCAL_ADDRS_CAPACITY: u32 = 256;
+/// Bytes of `struct sk_buff` the drop program reads in one go, from
+/// [`DropConfig::skb_window`]: its `protocol`, `network_header` and `head` must lie in them.
+pub const SKB_WINDOW: usize = 32;
+
+/// Where the drop program finds what it needs, taken from the running kernel's BTF at
+/// start-up (rustc emits no CO-RE relocations, so nothing is compiled in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropConfig {
+    /// 0: the program returns at once (netwatch could not work the layout out).
+    pub enabled: u32,
+    /// Offset in `struct sk_buff` of the [`SKB_WINDOW`] bytes read.
+    pub skb_window: u32,
+    /// Offsets, within the window, of `protocol` (`__be16`), `network_header` (`u16`,
+    /// from `head`) and `head` (`unsigned char *`).
+    pub protocol: u32,
+    pub network_header: u32,
+    pub head: u32,
+    /// `enum skb_drop_reason` values that are not drops of interest: `SKB_NOT_DROPPED_YET`,
+    /// `SKB_CONSUMED` (a packet used up, not dropped) and `SKB_DROP_REASON_NOT_SPECIFIED`
+    /// (every plain `kfree_skb()`, many of them no drop at all).
+    pub not_dropped_yet: u32,
+    pub consumed: u32,
+    pub not_specified: u32,
+}
+const _: () = assert!(size_of::<DropConfig>() == 32);
+
+impl DropConfig {
+    /// The program does nothing.
+    #[must_use]
+    pub const fn disabled() -> Self {
+        Self {
+            enabled: 0,
+            skb_window: 0,
+            protocol: 0,
+            network_header: 0,
+            head: 0,
+            not_dropped_yet: 0,
+            consumed: 0,
+            not_specified: 0,
+        }
+    }
+}
+
+/// Key of [`LOCAL_DROPS_MAP`]: a target's slot in [`TARGETS_MAP`] and an
+/// `enum skb_drop_reason` value of the running kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocalDropKey {
+    pub slot: u32,
+    pub reason: u32,
+}
+const _: () = assert!(size_of::<LocalDropKey>() == 8);
+
 /// IANA protocol numbers, as used in [`RequestKey::proto`] and [`TargetKey::proto`].
 pub mod proto {
     pub const ICMP: u8 = 1;
@@ -218,12 +289,21 @@ pub struct TargetCounters {
     pub last_request_ns: u64,
     /// When an answer or rejection last came back.
     pub last_answer_ns: u64,
+    /// Requests of this target that this host dropped (its output chain for a request it
+    /// sent, its input chain for one it received), as `skb:kfree_skb` reported them; every
+    /// dropped copy counts (a retransmit too). A request this host sent and dropped before
+    /// tc egress saw it was counted in `requests` by the drop program.
+    pub requests_dropped_here: u64,
+    /// Answers of this target that this host dropped: for a request it sent, an answer tc
+    /// ingress counted in `answered` and that then died before the socket; for one it
+    /// received, its answer dropped on the way out (tc egress never saw it).
+    pub answers_dropped_here: u64,
     /// `rejected`, split by [`Reason`] code.
     pub rejected_by_reason: [u64; REASON_SLOTS],
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (9 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (11 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
@@ -382,10 +462,13 @@ pub enum KernelCounter {
     /// ICMP "fragmentation needed" or `ICMPv6` "packet too big": path-MTU signalling, not a
     /// rejection.
     PathMtu = 13,
+    /// A local drop of a watched packet whose (target, reason) pair did not fit in the
+    /// local drops map: the drop is not counted by reason.
+    LocalDropsFull = 14,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -401,6 +484,7 @@ impl KernelCounter {
         Self::TombstoneLost,
         Self::LateDuplicate,
         Self::PathMtu,
+        Self::LocalDropsFull,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -421,6 +505,7 @@ impl KernelCounter {
             Self::TombstoneLost => "tombstone_lost",
             Self::LateDuplicate => "late_duplicate",
             Self::PathMtu => "path_mtu",
+            Self::LocalDropsFull => "local_drops_full",
         }
     }
 
@@ -455,6 +540,10 @@ mod user {
     unsafe impl aya::Pod for super::TargetKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TargetCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocalDropKey {}
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! netwatch's tc classifiers.
 //!
+//! `netwatch_drops`, on the `skb:kfree_skb` raw tracepoint, counts the watched packets this
+//! host itself drops, per target and kernel drop reason (see [`drops`]).
+//!
 //! `netwatch_egress` tags the requests this host sends (DNS queries, TCP SYNs, ICMP echo
 //! requests) in [`maps::PENDING`]; `netwatch_ingress` matches what comes back (answers and
 //! rejections) and counts the outcome per target in [`maps::TARGETS`]. Requests nobody
@@ -18,11 +21,15 @@
 )]
 
 mod answers;
+mod drops;
 mod maps;
 mod packet;
 mod requests;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, raw_tracepoint},
+    programs::{RawTracePointContext, TcContext},
+};
 
 /// `TC_ACT_UNSPEC` / `TCX_NEXT`: observe only, never decide the packet's fate.
 const PASS_THROUGH: i32 = -1;
@@ -37,6 +44,13 @@ pub fn netwatch_egress(ctx: TcContext) -> i32 {
 pub fn netwatch_ingress(ctx: TcContext) -> i32 {
     answers::on_ingress(&ctx);
     PASS_THROUGH
+}
+
+/// `skb:kfree_skb`: counts the watched packets this host drops, by drop reason.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn netwatch_drops(ctx: RawTracePointContext) -> i32 {
+    drops::on_kfree_skb(&ctx);
+    0
 }
 
 // A panic path that survives optimisation fails verification at load time instead of

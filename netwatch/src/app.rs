@@ -50,6 +50,9 @@ pub fn poll(
     now_ns: u64,
 ) -> Result<Vec<TargetView>, ProbeError> {
     kernel.read_targets(&mut |key, counters| tracker.observe_counters(now_ns, key, counters))?;
+    for (key, reason, count) in kernel.read_local_drops()? {
+        tracker.observe_local_drops(now_ns, &key, reason, count);
+    }
     if sweeper.due() {
         let swept = sweeper.sweep(now_ns, kernel.read_pending()?);
         for (key, request) in &swept.unanswered {
@@ -147,6 +150,9 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     privileges::require()?;
     let interfaces = interfaces::resolve(&args.iface)?;
     let mut probe = Probe::load(args.timeout)?;
+    if let Err(why) = probe.attach_drops() {
+        eprintln!("netwatch: drops on this host are not counted: {why}");
+    }
     let mut watched = Vec::new();
     for iface in &interfaces {
         let via = probe.attach(iface, args.attach)?;
@@ -163,6 +169,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         uptime: Duration::ZERO,
         timeout: args.timeout,
         window: args.window,
+        local_drops: probe.local_drops_status(),
     };
     // Listening sockets are bound before privileges go.
     let published: Option<serve::Shared> = match args.metrics {
@@ -188,8 +195,11 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         timeout_ns,
         capacity: probe.pending_capacity(),
     });
-    let mut tracker = Tracker::new(args.window).with_blackhole_grace(args.timeout);
+    let mut tracker = Tracker::new(args.window)
+        .with_blackhole_grace(args.timeout)
+        .with_drop_reasons(probe.drop_reasons());
     let mut sources = host_addresses(&run.interfaces);
+    probe.set_local_addresses(&sources)?;
     let mut output =
         Output::new(Mode::choose(args.json, args.plain)).context("setting up the terminal")?;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
@@ -214,6 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
                 polls += 1;
                 if !moved.is_empty() || polls.is_multiple_of(20) {
                     sources = host_addresses(&run.interfaces);
+                    probe.set_local_addresses(&sources)?;
                 }
                 let now_ns = monotonic_ns();
                 let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod cli;
 pub mod diagnosis;
 pub mod dns;
+pub mod drops;
 pub mod interfaces;
 pub mod output;
 pub mod privileges;

@@ -11,18 +11,25 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
 };
 use netwatch_common::{
-    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, NEXT_SLOT_MAP, PENDING_CAPACITY,
+    LOCAL_DROPS_CAPACITY, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, LOCAL_ADDRS_MAP,
+    LOCAL_DROPS_MAP, LocalDropKey, COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, NEXT_SLOT_MAP, PENDING_CAPACITY,
     PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
     TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
 };
 use thiserror::Error;
 
-use crate::{batch, cli::AttachMode, interfaces::Interface};
+use crate::{
+    batch,
+    cli::AttachMode,
+    drops::{self, DropReasons},
+    interfaces::Interface,
+    target::ip_to_key,
+};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf"));
@@ -157,6 +164,19 @@ pub struct Probe {
     scanned_slots: u32,
     counters: PerCpuArray<MapData, u64>,
     attachments: Vec<Attachment>,
+    /// The `skb:kfree_skb` program's state: its maps and the kernel's reason names, or why
+    /// this kernel cannot have it.
+    local_drops: Result<LocalDrops, String>,
+}
+
+/// The local drop program's maps, once it is loaded.
+struct LocalDrops {
+    drops: HashMap<MapData, LocalDropKey, u64>,
+    addresses: HashMap<MapData, [u8; 16], u8>,
+    /// The addresses in `addresses`, to update it by difference.
+    known_addresses: Vec<[u8; 16]>,
+    reasons: DropReasons,
+    attached: bool,
 }
 
 /// Read access to the kernel's tables, so the poll loop can run against fakes in tests.
@@ -176,6 +196,11 @@ pub trait KernelTables {
     }
     /// [`KernelCounter`]s, summed over CPUs.
     fn read_counters(&mut self) -> Result<[u64; KernelCounter::COUNT], ProbeError>;
+    /// Cumulative local drops: (target, kernel drop reason value, count). Empty when the
+    /// drop program is not running.
+    fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {
+        Ok(Vec::new())
+    }
 }
 
 /// clsact filters outlive the process that added them: after a SIGKILL, nobody removed
@@ -245,8 +270,16 @@ impl Probe {
     /// Loads (but does not attach) the programs, with `timeout` compiled in.
     pub fn load(timeout: Duration) -> Result<Self, ProbeError> {
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let layout = std::fs::read(drops::VMLINUX_BTF)
+            .map_err(|err| drops::LayoutError::NoBtf(err.to_string()))
+            .and_then(|btf| drops::layout(&btf))
+            .map_err(|err| err.to_string());
+        let drop_config = layout
+            .as_ref()
+            .map_or(DropConfig::disabled(), |(config, _)| *config);
         let mut ebpf = EbpfLoader::new()
             .override_global(TIMEOUT_GLOBAL, &timeout_ns, true)
+            .override_global(DROP_CONFIG_GLOBAL, &drop_config, true)
             .load(EBPF_OBJECT)
             .map_err(|err| {
                 log::debug!("eBPF object load failed: {err:?}");
@@ -299,7 +332,9 @@ impl Probe {
                     source,
                 }
             })?;
+        let local_drops = layout.and_then(|(_, reasons)| load_drops(&mut ebpf, reasons));
         Ok(Self {
+            local_drops,
             ebpf,
             pending,
             pending_batch,
@@ -484,6 +519,84 @@ impl Probe {
         classifier(&mut self.ebpf, name)
     }
 
+    /// Attaches the local drop program to `skb:kfree_skb`. `Err` says, for the operator, what
+    /// netwatch cannot see and why; everything else works without it.
+    pub fn attach_drops(&mut self) -> Result<(), String> {
+        let drops = self.local_drops.as_mut().map_err(|why| why.clone())?;
+        if drops.attached {
+            return Ok(());
+        }
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(DROP_PROGRAM)
+            .ok_or_else(|| format!("program {DROP_PROGRAM} missing from the object"))?
+            .try_into()
+            .map_err(|err: aya::programs::ProgramError| first_line(&err))?;
+        match program.attach(DROP_TRACEPOINT) {
+            Ok(_link) => {
+                drops.attached = true;
+                Ok(())
+            }
+            Err(err) => {
+                let why = format!(
+                    "could not attach to the {DROP_TRACEPOINT} tracepoint ({}); it needs \
+                     CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) and a kernel with drop \
+                     reasons (5.17+)",
+                    first_line(&err)
+                );
+                self.local_drops = Err(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Whether local drops are counted, and if not, why: `available`, or
+    /// `unavailable: <why>`.
+    #[must_use]
+    pub fn local_drops_status(&self) -> String {
+        match &self.local_drops {
+            Ok(drops) if drops.attached => "available".to_owned(),
+            Ok(_) => "unavailable: the drop program is not attached".to_owned(),
+            Err(why) => format!("unavailable: {why}"),
+        }
+    }
+
+    /// The running kernel's drop reason names (empty without drop reasons).
+    #[must_use]
+    pub fn drop_reasons(&self) -> DropReasons {
+        self.local_drops
+            .as_ref()
+            .map(|drops| drops.reasons.clone())
+            .unwrap_or_default()
+    }
+
+    /// Tells the drop program which addresses are this host's (a dropped packet to one of
+    /// them was inbound): adds new ones, removes those gone.
+    pub fn set_local_addresses(&mut self, addresses: &[std::net::IpAddr]) -> Result<(), ProbeError> {
+        let Ok(drops) = self.local_drops.as_mut() else {
+            return Ok(());
+        };
+        let wanted: Vec<[u8; 16]> = addresses.iter().map(|ip| ip_to_key(*ip)).collect();
+        for gone in drops.known_addresses.iter().filter(|a| !wanted.contains(a)) {
+            match drops.addresses.remove(gone) {
+                Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+                Err(MapError::SyscallError(err))
+                    if err.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => return Err(ProbeError::Map { map: LOCAL_ADDRS_MAP, source }),
+            }
+        }
+        for address in &wanted {
+            if !drops.known_addresses.contains(address) {
+                drops
+                    .addresses
+                    .insert(address, 1, 0)
+                    .map_err(|source| ProbeError::Map { map: LOCAL_ADDRS_MAP, source })?;
+            }
+        }
+        drops.known_addresses = wanted;
+        Ok(())
+    }
+
     /// The capacity of the pending table.
     #[must_use]
     pub fn pending_capacity(&self) -> usize {
@@ -636,6 +749,65 @@ impl KernelTables for Probe {
         }
         Ok(values)
     }
+
+    fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {
+        let Ok(drops) = &self.local_drops else {
+            return Ok(Vec::new());
+        };
+        let mut entries = Vec::new();
+        for entry in drops.drops.iter().take(2 * LOCAL_DROPS_CAPACITY as usize) {
+            let (key, count) = entry.map_err(|source| ProbeError::Map {
+                map: LOCAL_DROPS_MAP,
+                source,
+            })?;
+            entries.push((key, count));
+        }
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Slots the kernel created since the last read of the targets are learnt then.
+        let owners: std::collections::HashMap<u32, TargetKey> =
+            self.known_slots.iter().copied().collect();
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, count)| {
+                owners
+                    .get(&key.slot)
+                    .map(|target| (*target, key.reason, count))
+            })
+            .collect())
+    }
+}
+
+/// Loads the drop program and takes its maps; `Err` says why it cannot run here.
+fn load_drops(ebpf: &mut Ebpf, reasons: DropReasons) -> Result<LocalDrops, String> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(DROP_PROGRAM)
+        .ok_or_else(|| format!("program {DROP_PROGRAM} missing from the object"))?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| first_line(&err))?;
+    program.load().map_err(|err| {
+        log::debug!("{DROP_PROGRAM} failed to load: {err:?}");
+        format!(
+            "the kernel refused the drop program ({}); it needs raw tracepoint support \
+             (CONFIG_BPF_EVENTS)",
+            first_line(&err)
+        )
+    })?;
+    let take = |ebpf: &mut Ebpf, name: &'static str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| format!("map {name} missing from the object"))
+    };
+    let drops = HashMap::try_from(take(ebpf, LOCAL_DROPS_MAP)?).map_err(|err| err.to_string())?;
+    let addresses =
+        HashMap::try_from(take(ebpf, LOCAL_ADDRS_MAP)?).map_err(|err| err.to_string())?;
+    Ok(LocalDrops {
+        drops,
+        addresses,
+        known_addresses: Vec::new(),
+        reasons,
+        attached: false,
+    })
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, ProbeError> {

@@ -38,6 +38,9 @@ pub struct TargetView {
     pub latency_p99_ms: Option<f64>,
     /// Seconds since a request to this target last left.
     pub last_seen_ago_s: Option<f64>,
+    /// Packets of this target this host dropped, by kernel drop reason name
+    /// (`{"NETFILTER_DROP": 3}`); empty when none, or when the kernel cannot tell.
+    pub local_drops: BTreeMap<&'static str, u64>,
     /// DNS targets: names whose queries went unanswered (a bounded sample, escaped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub names: Option<Vec<String>>,
@@ -219,6 +222,7 @@ pub(crate) mod tests {
             names: None,
             latency_buckets: [0; LATENCY_BUCKETS],
             rejected_by_reason: [0; REASON_SLOTS],
+            local_drops: BTreeMap::new(),
         }
     }
 

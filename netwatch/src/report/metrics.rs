@@ -583,6 +583,7 @@ mod tests {
             uptime: Duration::from_millis(90_500),
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
+            local_drops: "available".to_owned(),
         }
     }
 

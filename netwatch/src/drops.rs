@@ -1,0 +1,280 @@
+//! Local drops: what the running kernel's BTF says about `struct sk_buff` and
+//! `enum skb_drop_reason`, for the `skb:kfree_skb` program, and the names of drop reasons.
+//!
+//! Nothing about the kernel is compiled in: field offsets and reason values change between
+//! kernels (and configs), so they are read from `/sys/kernel/btf/vmlinux` at start-up.
+
+use std::collections::HashMap;
+
+use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
+use netwatch_common::{DropConfig, SKB_WINDOW};
+use thiserror::Error;
+
+/// Where the running kernel describes its types.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Prefix of the `enum skb_drop_reason` enumerators, left out of the names netwatch shows.
+const PREFIX: &str = "SKB_DROP_REASON_";
+
+/// Why netwatch cannot count local drops on this kernel.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error("no kernel BTF ({VMLINUX_BTF}: {0}); the kernel needs CONFIG_DEBUG_INFO_BTF")]
+    NoBtf(String),
+    #[error("the kernel's BTF could not be parsed ({0})")]
+    BadBtf(String),
+    #[error(
+        "the kernel has no drop reasons (no enum skb_drop_reason in its BTF); they came in \
+         Linux 5.17"
+    )]
+    NoDropReasons,
+    #[error("struct sk_buff has no usable {0} in the kernel's BTF")]
+    SkbField(&'static str),
+    #[error(
+        "the sk_buff fields netwatch reads span more than {SKB_WINDOW} bytes on this kernel"
+    )]
+    SkbLayout,
+}
+
+/// The names of the running kernel's drop reasons, by value.
+#[derive(Clone, Debug, Default)]
+pub struct DropReasons {
+    by_value: HashMap<u32, Reason>,
+}
+
+/// One drop reason: its name as shown (`NETFILTER_DROP`) and as a target's reason
+/// (`here:netfilter-drop`). Leaked once at start-up: a kernel has a bounded set (~130), and
+/// verdict reasons are `&'static str` everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reason {
+    pub name: &'static str,
+    pub here: &'static str,
+}
+
+impl DropReasons {
+    /// From `(enumerator, value)` pairs of `enum skb_drop_reason`.
+    #[must_use]
+    pub fn from_enumerators<'a>(enumerators: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
+        let by_value = enumerators
+            .into_iter()
+            .filter_map(|(enumerator, value)| {
+                let name = reason_name(enumerator)?;
+                let here = here_reason(&name);
+                Some((
+                    value,
+                    Reason {
+                        name: Box::leak(name.into_boxed_str()),
+                        here: Box::leak(here.into_boxed_str()),
+                    },
+                ))
+            })
+            .collect();
+        Self { by_value }
+    }
+
+    /// The reason `value`, or an `UNKNOWN_<value>` one (a subsystem's reason, or a value from
+    /// a kernel newer than its BTF... which cannot happen, but a name is always given).
+    #[must_use]
+    pub fn get(&self, value: u32) -> Reason {
+        if let Some(reason) = self.by_value.get(&value) {
+            return *reason;
+        }
+        let name = format!("UNKNOWN_{value}");
+        let here = here_reason(&name);
+        Reason {
+            name: Box::leak(name.into_boxed_str()),
+            here: Box::leak(here.into_boxed_str()),
+        }
+    }
+
+    /// The value of the reason named `name` (`NETFILTER_DROP`).
+    #[must_use]
+    pub fn value_of(&self, name: &str) -> Option<u32> {
+        self.by_value
+            .iter()
+            .find(|(_, reason)| reason.name == name)
+            .map(|(value, _)| *value)
+    }
+}
+
+/// The name netwatch shows for an `enum skb_drop_reason` enumerator: the prefix dropped
+/// (`SKB_DROP_REASON_NETFILTER_DROP` → `NETFILTER_DROP`); `SKB_CONSUMED` and
+/// `SKB_NOT_DROPPED_YET` stay whole. `None` for the enum's bookkeeping (`..._MAX`,
+/// `..._SUBSYS_MASK`).
+#[must_use]
+pub fn reason_name(enumerator: &str) -> Option<String> {
+    let name = enumerator.strip_prefix(PREFIX).unwrap_or(enumerator);
+    if name == "MAX" || name.starts_with("SUBSYS_") || name.is_empty() {
+        return None;
+    }
+    Some(name.to_owned())
+}
+
+/// A target's reason for a drop on this host: `here:` and the name lower-cased with dashes
+/// (`NETFILTER_DROP` → `here:netfilter-drop`).
+#[must_use]
+pub fn here_reason(name: &str) -> String {
+    format!("here:{}", name.to_ascii_lowercase().replace('_', "-"))
+}
+
+/// The drop program's configuration and the reason names, from BTF bytes.
+pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
+    let types = TypeInformation::new(&Bytes(btf)).map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
+    let enumerators = drop_reason_enumerators(&types)?;
+    let value = |name: &str| {
+        enumerators
+            .iter()
+            .find(|(enumerator, _)| enumerator == name)
+            .map(|(_, value)| *value)
+    };
+    let (Some(not_dropped_yet), Some(consumed), Some(not_specified)) = (
+        value("SKB_NOT_DROPPED_YET"),
+        value("SKB_CONSUMED"),
+        value("SKB_DROP_REASON_NOT_SPECIFIED"),
+    ) else {
+        return Err(LayoutError::NoDropReasons);
+    };
+    let skb = types
+        .id_of("sk_buff")
+        .ok_or(LayoutError::SkbField("struct"))?;
+    let offset = |field: &'static str| -> Result<u32, LayoutError> {
+        match types.offset_of(skb, field) {
+            Ok((_, Offset::ByteOffset(offset))) => Ok(offset),
+            _ => Err(LayoutError::SkbField(field)),
+        }
+    };
+    let (protocol, network_header, head) =
+        (offset("protocol")?, offset("network_header")?, offset("head")?);
+    let config = window_config(protocol, network_header, head)?;
+    let config = DropConfig {
+        not_dropped_yet,
+        consumed,
+        not_specified,
+        ..config
+    };
+    let reasons =
+        DropReasons::from_enumerators(enumerators.iter().map(|(name, value)| (name.as_str(), *value)));
+    Ok((config, reasons))
+}
+
+/// Places the window the program reads over `protocol` (2 bytes), `network_header` (2) and
+/// `head` (8), given their offsets in `struct sk_buff`.
+pub fn window_config(protocol: u32, network_header: u32, head: u32) -> Result<DropConfig, LayoutError> {
+    let start = protocol.min(network_header).min(head);
+    let end = (protocol + 2).max(network_header + 2).max(head + 8);
+    if end - start > u32::try_from(SKB_WINDOW).unwrap_or(u32::MAX) {
+        return Err(LayoutError::SkbLayout);
+    }
+    Ok(DropConfig {
+        enabled: 1,
+        skb_window: start,
+        protocol: protocol - start,
+        network_header: network_header - start,
+        head: head - start,
+        ..DropConfig::disabled()
+    })
+}
+
+fn drop_reason_enumerators(types: &TypeInformation) -> Result<Vec<(String, u32)>, LayoutError> {
+    let id = types
+        .id_of("skb_drop_reason")
+        .ok_or(LayoutError::NoDropReasons)?;
+    let Some(TypeVariant::Enum(reasons)) = types.from_id(id) else {
+        return Err(LayoutError::NoDropReasons);
+    };
+    Ok(reasons
+        .named_value_list()
+        .iter()
+        .map(|value| {
+            let number = match value.value {
+                Integer32Value::Unsigned(n) => n,
+                Integer32Value::Signed(n) => n.cast_unsigned(),
+            };
+            (value.name.clone(), number)
+        })
+        .collect())
+}
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Readable for Bytes<'_> {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let short = || btfparse::Error::new(btfparse::ErrorKind::IOError, "read past the end");
+        let start = usize::try_from(offset).map_err(|_| short())?;
+        let bytes = self
+            .0
+            .get(start..start.checked_add(buffer.len()).ok_or_else(short)?)
+            .ok_or_else(short)?;
+        buffer.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enumerators_become_names_and_here_reasons() {
+        assert_eq!(
+            reason_name("SKB_DROP_REASON_NETFILTER_DROP").as_deref(),
+            Some("NETFILTER_DROP")
+        );
+        assert_eq!(reason_name("SKB_CONSUMED").as_deref(), Some("SKB_CONSUMED"));
+        assert_eq!(reason_name("SKB_DROP_REASON_MAX"), None);
+        assert_eq!(reason_name("SKB_DROP_REASON_SUBSYS_MASK"), None);
+        assert_eq!(here_reason("NETFILTER_DROP"), "here:netfilter-drop");
+        assert_eq!(here_reason("IP_RPFILTER"), "here:ip-rpfilter");
+        assert_eq!(here_reason("NO_SOCKET"), "here:no-socket");
+    }
+
+    #[test]
+    fn reasons_are_found_by_value_whatever_the_numbering() {
+        // Two kernels, two numberings: names follow values, nothing is assumed.
+        let older = DropReasons::from_enumerators([
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 0),
+            ("SKB_DROP_REASON_NETFILTER_DROP", 5),
+            ("SKB_DROP_REASON_MAX", 6),
+        ]);
+        let newer = DropReasons::from_enumerators([
+            ("SKB_NOT_DROPPED_YET", 0),
+            ("SKB_CONSUMED", 1),
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+            ("SKB_DROP_REASON_NETFILTER_DROP", 12),
+        ]);
+        assert_eq!(older.get(5).name, "NETFILTER_DROP");
+        assert_eq!(newer.get(12).here, "here:netfilter-drop");
+        assert_eq!(newer.value_of("NETFILTER_DROP"), Some(12));
+        assert_eq!(older.get(6).name, "UNKNOWN_6", "the bookkeeping MAX is no reason");
+        assert_eq!(newer.get(0x1_0003).here, "here:unknown-65539");
+    }
+
+    #[test]
+    fn the_window_covers_the_three_fields_or_fails() {
+        // 6.18's layout: protocol 176, network_header 180, head 192.
+        let config = window_config(176, 180, 192).unwrap();
+        assert_eq!(
+            (config.enabled, config.skb_window, config.protocol, config.network_header, config.head),
+            (1, 176, 0, 4, 16)
+        );
+        assert_eq!(window_config(0, 180, 192), Err(LayoutError::SkbLayout));
+    }
+
+    #[test]
+    fn the_running_kernel_layout_is_read_from_btf() {
+        let Ok(btf) = std::fs::read(VMLINUX_BTF) else {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        };
+        let (config, reasons) = layout(&btf).unwrap();
+        assert_eq!(config.enabled, 1);
+        assert_ne!(config.consumed, config.not_specified);
+        let netfilter = reasons.value_of("NETFILTER_DROP").unwrap();
+        assert_eq!(reasons.get(netfilter).here, "here:netfilter-drop");
+    }
+
+    #[test]
+    fn garbage_is_not_btf() {
+        assert!(matches!(layout(b"not btf"), Err(LayoutError::BadBtf(_))));
+    }
+}
