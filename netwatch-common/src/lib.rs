@@ -79,8 +79,20 @@ pub struct DropConfig {
     pub not_dropped_yet: u32,
     pub consumed: u32,
     pub not_specified: u32,
+    /// The inode number of netwatch's network namespace (`net->ns.inum`): the tracepoint
+    /// fires for every namespace, and only this one's drops are this host's. 0: no check
+    /// (a kernel without network namespaces).
+    pub netns: u32,
+    /// Offsets of `sk_buff.dev`, `sk_buff.sk`, `net_device.nd_net.net`,
+    /// `sock.__sk_common.skc_net.net` and `net.ns.inum`: a received packet's namespace is its
+    /// device's, a sent one's (no device yet before the output chain) its socket's.
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub dev_net: u32,
+    pub sk_net: u32,
+    pub net_inum: u32,
 }
-const _: () = assert!(size_of::<DropConfig>() == 32);
+const _: () = assert!(size_of::<DropConfig>() == 56);
 
 impl DropConfig {
     /// The program does nothing.
@@ -95,6 +107,12 @@ impl DropConfig {
             not_dropped_yet: 0,
             consumed: 0,
             not_specified: 0,
+            netns: 0,
+            skb_dev: 0,
+            skb_sk: 0,
+            dev_net: 0,
+            sk_net: 0,
+            net_inum: 0,
         }
     }
 }

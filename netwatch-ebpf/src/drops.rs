@@ -117,6 +117,10 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
     let Some(packet) = read_packet(skb, &config) else {
         return;
     };
+    if config.netns != 0 && netns_of(skb, &config) != Some(config.netns) {
+        // Another namespace's drop: another host, as far as netwatch is concerned.
+        return;
+    }
     let inbound = LOCAL_ADDRS.get_ptr(&packet.dst).is_some();
     if !inbound && LOCAL_ADDRS.get_ptr(&packet.src).is_none() {
         // Neither to nor from this host: forwarded traffic, not watched.
@@ -146,6 +150,37 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
             existing_target_drop(&target, reason);
         }
     }
+}
+
+/// The inode number of the network namespace `skb` was dropped in: its device's, or (a
+/// packet being sent, before it has one) its socket's. Not inlined: a frame of its own keeps
+/// each under the 512-byte stack.
+#[inline(never)]
+fn netns_of(skb: *const u8, config: &DropConfig) -> Option<u32> {
+    // SAFETY (all reads): bpf_probe_read_kernel checks the address; a fault is an error.
+    let dev = unsafe { bpf_probe_read_kernel(skb.wrapping_add(config.skb_dev as usize).cast::<u64>()) }
+        .ok()?;
+    let net = if dev != 0 {
+        unsafe {
+            bpf_probe_read_kernel((dev as *const u8).wrapping_add(config.dev_net as usize).cast::<u64>())
+        }
+        .ok()?
+    } else {
+        let sk = unsafe { bpf_probe_read_kernel(skb.wrapping_add(config.skb_sk as usize).cast::<u64>()) }
+            .ok()?;
+        if sk == 0 {
+            return None;
+        }
+        unsafe {
+            bpf_probe_read_kernel((sk as *const u8).wrapping_add(config.sk_net as usize).cast::<u64>())
+        }
+        .ok()?
+    };
+    if net == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((net as *const u8).wrapping_add(config.net_inum as usize).cast::<u32>()) }
+        .ok()
 }
 
 /// The IP and transport headers of `skb`, if it is watched traffic.

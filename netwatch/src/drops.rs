@@ -146,15 +146,45 @@ pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
     let (protocol, network_header, head) =
         (offset("protocol")?, offset("network_header")?, offset("head")?);
     let config = window_config(protocol, network_header, head)?;
+    let path = |ty: &str, field: &'static str| -> Result<u32, LayoutError> {
+        let id = types.id_of(ty).ok_or(LayoutError::SkbField(field))?;
+        match types.offset_of(id, field) {
+            Ok((_, Offset::ByteOffset(offset))) => Ok(offset),
+            _ => Err(LayoutError::SkbField(field)),
+        }
+    };
     let config = DropConfig {
         not_dropped_yet,
         consumed,
         not_specified,
+        skb_dev: offset("dev")?,
+        skb_sk: offset("sk")?,
+        net_inum: path("net", "ns.inum")?,
         ..config
+    };
+    // Without CONFIG_NET_NS there is one namespace and `possible_net_t` is empty: no check.
+    let config = match (path("net_device", "nd_net.net"), path("sock", "__sk_common.skc_net.net")) {
+        (Ok(dev_net), Ok(sk_net)) => DropConfig {
+            dev_net,
+            sk_net,
+            netns: own_netns(),
+            ..config
+        },
+        _ => config,
     };
     let reasons =
         DropReasons::from_enumerators(enumerators.iter().map(|(name, value)| (name.as_str(), *value)));
     Ok((config, reasons))
+}
+
+/// The inode number of this process's network namespace (what `net->ns.inum` holds); 0
+/// when it cannot be read, which turns the check off.
+fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .and_then(|meta| u32::try_from(meta.ino()).ok())
+        .unwrap_or(0)
 }
 
 /// Places the window the program reads over `protocol` (2 bytes), `network_header` (2) and
@@ -268,6 +298,8 @@ mod tests {
         };
         let (config, reasons) = layout(&btf).unwrap();
         assert_eq!(config.enabled, 1);
+        assert_ne!(config.netns, 0, "the namespace check is on");
+        assert_ne!(config.dev_net, 0);
         assert_ne!(config.consumed, config.not_specified);
         let netfilter = reasons.value_of("NETFILTER_DROP").unwrap();
         assert_eq!(reasons.get(netfilter).here, "here:netfilter-drop");
