@@ -19,6 +19,10 @@
 //! | `ipv6-broken` | at least one IPv6 target fails, no IPv6 target answers (ok or degraded), and at least one IPv4 target is ok | none |
 //! | `partial-loss` | a target is degraded; one per target | none |
 //!
+//! Targets failing because of this host's own drops (a `here:` reason) are left out of the
+//! findings above: [`local`] lists them first, as `local-firewall-drops`, with the rule to add
+//! on this host, and says when blackholed targets had nothing dropped here.
+//!
 //! Within an ID, findings are ordered by what they are about (proto, port, address,
 //! reason), never by counters, so the order is stable from one poll to the next;
 //! `port-blackholed` and `port-rejected` share a rank and are ordered by (proto, port),
@@ -36,6 +40,9 @@ use std::{
 };
 
 use serde::Serialize;
+
+mod local;
+pub use local::{DROPPED_BEYOND_THIS_HOST, LOCAL_FIREWALL_DROPS};
 
 use crate::{
     snapshot::{Snapshot, TargetView},
@@ -149,6 +156,9 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr]) -> Vec<Finding> {
         .collect();
     judged.sort_by_key(|t| identity(t));
     let mut findings = Vec::new();
+    // Drops on this host are for this host's rules, not the upstream firewall team's.
+    local::local_drop_findings(&judged, snapshot.local_drops_watched, &mut findings);
+    judged.retain(|t| !local::dropped_here(t));
     dns_findings(&judged, sources, &mut findings);
     port_findings(&judged, sources, &mut findings);
     icmp_findings(&judged, sources, &mut findings);

@@ -87,6 +87,13 @@ impl DropReasons {
         }
     }
 
+    /// Whether no reason is known: the kernel cannot report drop reasons (or the drop
+    /// program is not running).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_value.is_empty()
+    }
+
     /// The value of the reason named `name` (`NETFILTER_DROP`).
     #[must_use]
     pub fn value_of(&self, name: &str) -> Option<u32> {

@@ -41,6 +41,12 @@ pub struct TargetView {
     /// Packets of this target this host dropped, by kernel drop reason name
     /// (`{"NETFILTER_DROP": 3}`); empty when none, or when the kernel cannot tell.
     pub local_drops: BTreeMap<&'static str, u64>,
+    /// Of those, requests (this host's output chain for requests it sent, its input chain
+    /// for requests it received) and answers (input for its requests, output for others').
+    #[serde(skip)]
+    pub requests_dropped_here: u64,
+    #[serde(skip)]
+    pub answers_dropped_here: u64,
     /// DNS targets: names whose queries went unanswered (a bounded sample, escaped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub names: Option<Vec<String>>,
@@ -187,6 +193,8 @@ pub struct Snapshot {
     /// Unanswered requests kept to recognise retransmits.
     pub tombstones: usize,
     pub requests_per_s: f64,
+    /// Whether the kernel reports drops on this host (the `skb:kfree_skb` program runs).
+    pub local_drops_watched: bool,
 }
 
 #[cfg(test)]
@@ -223,6 +231,8 @@ pub(crate) mod tests {
             latency_buckets: [0; LATENCY_BUCKETS],
             rejected_by_reason: [0; REASON_SLOTS],
             local_drops: BTreeMap::new(),
+            requests_dropped_here: 0,
+            answers_dropped_here: 0,
         }
     }
 

@@ -86,7 +86,8 @@ impl TargetState {
             requests: k.requests,
             answered: self.answered(),
             rejected: k.rejected,
-            unanswered: self.unanswered,
+            // Answers dropped here never reached the client: unanswered, to it.
+            unanswered: self.unanswered + k.answered.saturating_sub(self.answered()),
             retransmits: k.retransmits,
             verdict: self.verdict,
             reason: self.reason,
@@ -105,6 +106,8 @@ impl TargetState {
             latency_buckets: k.latency,
             rejected_by_reason: k.rejected_by_reason,
             local_drops: self.local_drops.clone(),
+            requests_dropped_here: k.requests_dropped_here,
+            answers_dropped_here: k.answers_dropped_here,
         }
     }
 }
@@ -329,6 +332,7 @@ impl Tracker {
             in_flight: self.in_flight,
             tombstones: self.tombstones,
             requests_per_s,
+            local_drops_watched: !self.drop_reasons.is_empty(),
         }
     }
 }

@@ -84,6 +84,8 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         latency_buckets: [0; LATENCY_BUCKETS],
         rejected_by_reason: [0; REASON_SLOTS],
         local_drops: std::collections::BTreeMap::new(),
+        requests_dropped_here: 0,
+        answers_dropped_here: 0,
     }
 }
 

@@ -73,6 +73,14 @@ fn target_row(t: &TargetView, remote_width: usize) -> String {
     if t.untracked > 0 {
         let _ = write!(detail, "  ({} untracked: table full)", t.untracked);
     }
+    if !t.local_drops.is_empty() {
+        let drops: Vec<String> = t
+            .local_drops
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        let _ = write!(detail, "  (dropped here: {})", drops.join(", "));
+    }
     format!(
         "{:<10}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {}",
         t.verdict.as_str(),
