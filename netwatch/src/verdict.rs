@@ -226,7 +226,7 @@ impl History {
             .map(|&(code, _)| code);
         let rejection = reason.and_then(|code| Reason::name(usize::from(code)));
         if late > 0 {
-            return Some((Verdict::Degraded, rejection.or(here).or(Some(LATE))));
+            return Some((Verdict::Degraded, rejection.or(Some(LATE))));
         }
         let verdict = match (answered > 0, unanswered > 0, reason.is_some()) {
             (false, false, false) => return None,

@@ -167,6 +167,25 @@ mod tests {
     }
 
     #[test]
+    fn local_drops_show_beside_the_reason() {
+        let mut dns = view(Proto::Udp, "198.51.100.54", Some(53), Verdict::Blackholed);
+        dns.reason = Some("here:netfilter-drop");
+        dns.local_drops = std::collections::BTreeMap::from([("NETFILTER_DROP", 3)]);
+        let targets = vec![dns];
+        let snapshot = Snapshot {
+            rollups: Rollup::of(&targets),
+            targets,
+            ..Snapshot::default()
+        };
+        let text = render(&snapshot);
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.ends_with("here:netfilter-drop  (dropped here: NETFILTER_DROP 3)"),
+            "{row}"
+        );
+    }
+
+    #[test]
     fn empty_snapshot_says_what_will_appear() {
         assert!(render(&Snapshot::default()).starts_with("No requests seen yet"));
     }

@@ -346,6 +346,14 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
         if t.untracked > 0 {
             let _ = write!(detail, " ({} untracked)", t.untracked);
         }
+        if !t.local_drops.is_empty() {
+            let drops: Vec<String> = t
+                .local_drops
+                .iter()
+                .map(|(reason, count)| format!("{reason} {count}"))
+                .collect();
+            let _ = write!(detail, " (dropped here: {})", drops.join(", "));
+        }
         Row::new([
             Cell::from(t.verdict.as_str()).style(verdict_style(t.verdict)),
             Cell::from(t.direction.as_str()),
