@@ -25,17 +25,16 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use netwatch_common::{
-    DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, DropConfig, KernelCounter,
-    LOCAL_ADDRS_CAPACITY, LOCAL_DROPS_CAPACITY, LocalDropKey, PendingRequest, RequestKey,
-    SKB_WINDOW, TargetCounters, TargetKey, ipv4_mapped, proto,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, DropConfig, KernelCounter, LOCAL_ADDRS_CAPACITY,
+    LOCAL_DROPS_CAPACITY, LocalDropKey, PendingRequest, RequestKey, SKB_WINDOW, TargetCounters,
+    TargetKey, ipv4_mapped, proto,
 };
 
 use crate::maps::{EEXIST, PENDING, TARGET_SLOTS, TARGETS, add, count, target_counters};
 
 /// (target slot, drop reason) → drops.
 #[map]
-static LOCAL_DROPS: HashMap<LocalDropKey, u64> =
-    HashMap::with_max_entries(LOCAL_DROPS_CAPACITY, 0);
+static LOCAL_DROPS: HashMap<LocalDropKey, u64> = HashMap::with_max_entries(LOCAL_DROPS_CAPACITY, 0);
 
 /// This host's addresses on the watched interfaces (IPv4-mapped or IPv6); the value is unused.
 #[map]
@@ -158,29 +157,46 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
 #[inline(never)]
 fn netns_of(skb: *const u8, config: &DropConfig) -> Option<u32> {
     // SAFETY (all reads): bpf_probe_read_kernel checks the address; a fault is an error.
-    let dev = unsafe { bpf_probe_read_kernel(skb.wrapping_add(config.skb_dev as usize).cast::<u64>()) }
-        .ok()?;
+    let dev =
+        unsafe { bpf_probe_read_kernel(skb.wrapping_add(config.skb_dev as usize).cast::<u64>()) }
+            .ok()?;
     let net = if dev != 0 {
         unsafe {
-            bpf_probe_read_kernel((dev as *const u8).wrapping_add(config.dev_net as usize).cast::<u64>())
+            bpf_probe_read_kernel(
+                (dev as *const u8)
+                    .wrapping_add(config.dev_net as usize)
+                    .cast::<u64>(),
+            )
         }
         .ok()?
     } else {
-        let sk = unsafe { bpf_probe_read_kernel(skb.wrapping_add(config.skb_sk as usize).cast::<u64>()) }
-            .ok()?;
+        let sk = unsafe {
+            bpf_probe_read_kernel(skb.wrapping_add(config.skb_sk as usize).cast::<u64>())
+        }
+        .ok()?;
         if sk == 0 {
             return None;
         }
         unsafe {
-            bpf_probe_read_kernel((sk as *const u8).wrapping_add(config.sk_net as usize).cast::<u64>())
+            bpf_probe_read_kernel(
+                (sk as *const u8)
+                    .wrapping_add(config.sk_net as usize)
+                    .cast::<u64>(),
+            )
         }
         .ok()?
     };
     if net == 0 {
         return None;
     }
-    unsafe { bpf_probe_read_kernel((net as *const u8).wrapping_add(config.net_inum as usize).cast::<u32>()) }
-        .ok()
+    unsafe {
+        bpf_probe_read_kernel(
+            (net as *const u8)
+                .wrapping_add(config.net_inum as usize)
+                .cast::<u32>(),
+        )
+    }
+    .ok()
 }
 
 /// The IP and transport headers of `skb`, if it is watched traffic.
@@ -189,7 +205,10 @@ fn read_packet(skb: *const u8, config: &DropConfig) -> Option<Packet> {
     // One read for the three sk_buff fields.
     // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
     let window = unsafe {
-        bpf_probe_read_kernel(skb.wrapping_add(config.skb_window as usize).cast::<[u8; SKB_WINDOW]>())
+        bpf_probe_read_kernel(
+            skb.wrapping_add(config.skb_window as usize)
+                .cast::<[u8; SKB_WINDOW]>(),
+        )
     }
     .ok()?;
     let field = |offset: u32, dst: &mut [u8]| -> Option<()> {

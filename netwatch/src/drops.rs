@@ -30,9 +30,7 @@ pub enum LayoutError {
     NoDropReasons,
     #[error("struct sk_buff has no usable {0} in the kernel's BTF")]
     SkbField(&'static str),
-    #[error(
-        "the sk_buff fields netwatch reads span more than {SKB_WINDOW} bytes on this kernel"
-    )]
+    #[error("the sk_buff fields netwatch reads span more than {SKB_WINDOW} bytes on this kernel")]
     SkbLayout,
 }
 
@@ -126,7 +124,8 @@ pub fn here_reason(name: &str) -> String {
 
 /// The drop program's configuration and the reason names, from BTF bytes.
 pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
-    let types = TypeInformation::new(&Bytes(btf)).map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
+    let types =
+        TypeInformation::new(&Bytes(btf)).map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
     let enumerators = drop_reason_enumerators(&types)?;
     let value = |name: &str| {
         enumerators
@@ -150,8 +149,11 @@ pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
             _ => Err(LayoutError::SkbField(field)),
         }
     };
-    let (protocol, network_header, head) =
-        (offset("protocol")?, offset("network_header")?, offset("head")?);
+    let (protocol, network_header, head) = (
+        offset("protocol")?,
+        offset("network_header")?,
+        offset("head")?,
+    );
     let config = window_config(protocol, network_header, head)?;
     let path = |ty: &str, field: &'static str| -> Result<u32, LayoutError> {
         let id = types.id_of(ty).ok_or(LayoutError::SkbField(field))?;
@@ -170,7 +172,10 @@ pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
         ..config
     };
     // Without CONFIG_NET_NS there is one namespace and `possible_net_t` is empty: no check.
-    let config = match (path("net_device", "nd_net.net"), path("sock", "__sk_common.skc_net.net")) {
+    let config = match (
+        path("net_device", "nd_net.net"),
+        path("sock", "__sk_common.skc_net.net"),
+    ) {
         (Ok(dev_net), Ok(sk_net)) => DropConfig {
             dev_net,
             sk_net,
@@ -179,8 +184,11 @@ pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
         },
         _ => config,
     };
-    let reasons =
-        DropReasons::from_enumerators(enumerators.iter().map(|(name, value)| (name.as_str(), *value)));
+    let reasons = DropReasons::from_enumerators(
+        enumerators
+            .iter()
+            .map(|(name, value)| (name.as_str(), *value)),
+    );
     Ok((config, reasons))
 }
 
@@ -196,7 +204,11 @@ fn own_netns() -> u32 {
 
 /// Places the window the program reads over `protocol` (2 bytes), `network_header` (2) and
 /// `head` (8), given their offsets in `struct sk_buff`.
-pub fn window_config(protocol: u32, network_header: u32, head: u32) -> Result<DropConfig, LayoutError> {
+pub fn window_config(
+    protocol: u32,
+    network_header: u32,
+    head: u32,
+) -> Result<DropConfig, LayoutError> {
     let start = protocol.min(network_header).min(head);
     let end = (protocol + 2).max(network_header + 2).max(head + 8);
     if end - start > u32::try_from(SKB_WINDOW).unwrap_or(u32::MAX) {
@@ -282,7 +294,11 @@ mod tests {
         assert_eq!(older.get(5).name, "NETFILTER_DROP");
         assert_eq!(newer.get(12).here, "here:netfilter-drop");
         assert_eq!(newer.value_of("NETFILTER_DROP"), Some(12));
-        assert_eq!(older.get(6).name, "UNKNOWN_6", "the bookkeeping MAX is no reason");
+        assert_eq!(
+            older.get(6).name,
+            "UNKNOWN_6",
+            "the bookkeeping MAX is no reason"
+        );
         assert_eq!(newer.get(0x1_0003).here, "here:unknown-65539");
     }
 
@@ -291,7 +307,13 @@ mod tests {
         // 6.18's layout: protocol 176, network_header 180, head 192.
         let config = window_config(176, 180, 192).unwrap();
         assert_eq!(
-            (config.enabled, config.skb_window, config.protocol, config.network_header, config.head),
+            (
+                config.enabled,
+                config.skb_window,
+                config.protocol,
+                config.network_header,
+                config.head
+            ),
             (1, 176, 0, 4, 16)
         );
         assert_eq!(window_config(0, 180, 192), Err(LayoutError::SkbLayout));

@@ -16,10 +16,11 @@ use aya::{
     },
 };
 use netwatch_common::{
-    LOCAL_DROPS_CAPACITY, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, LOCAL_ADDRS_MAP,
-    LOCAL_DROPS_MAP, LocalDropKey, COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, NEXT_SLOT_MAP, PENDING_CAPACITY,
-    PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
-    TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
+    COUNTERS_MAP, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, EGRESS_PROGRAM,
+    INGRESS_PROGRAM, KernelCounter, LOCAL_ADDRS_MAP, LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP,
+    LocalDropKey, NEXT_SLOT_MAP, PENDING_CAPACITY, PENDING_MAP, PendingRequest, RequestKey,
+    SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY, TARGETS_MAP, TIMEOUT_GLOBAL,
+    TargetCounters, TargetKey,
 };
 use thiserror::Error;
 
@@ -572,7 +573,10 @@ impl Probe {
 
     /// Tells the drop program which addresses are this host's (a dropped packet to one of
     /// them was inbound): adds new ones, removes those gone.
-    pub fn set_local_addresses(&mut self, addresses: &[std::net::IpAddr]) -> Result<(), ProbeError> {
+    pub fn set_local_addresses(
+        &mut self,
+        addresses: &[std::net::IpAddr],
+    ) -> Result<(), ProbeError> {
         let Ok(drops) = self.local_drops.as_mut() else {
             return Ok(());
         };
@@ -582,7 +586,12 @@ impl Probe {
                 Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
                 Err(MapError::SyscallError(err))
                     if err.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(source) => return Err(ProbeError::Map { map: LOCAL_ADDRS_MAP, source }),
+                Err(source) => {
+                    return Err(ProbeError::Map {
+                        map: LOCAL_ADDRS_MAP,
+                        source,
+                    });
+                }
             }
         }
         for address in &wanted {
@@ -590,7 +599,10 @@ impl Probe {
                 drops
                     .addresses
                     .insert(address, 1, 0)
-                    .map_err(|source| ProbeError::Map { map: LOCAL_ADDRS_MAP, source })?;
+                    .map_err(|source| ProbeError::Map {
+                        map: LOCAL_ADDRS_MAP,
+                        source,
+                    })?;
             }
         }
         drops.known_addresses = wanted;

@@ -121,7 +121,11 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
     assert_eq!(out["reason"], "here:netfilter-drop", "{out}");
     assert_eq!(out["requests"], 3, "{out}");
     assert_eq!(out["unanswered"], 3, "{out}");
-    assert_eq!(out["local_drops"], serde_json::json!({"NETFILTER_DROP": 3}), "{out}");
+    assert_eq!(
+        out["local_drops"],
+        serde_json::json!({"NETFILTER_DROP": 3}),
+        "{out}"
+    );
 
     // The answers from .53 came back and died in this host's input chain: tc ingress saw
     // them, the socket never did.
@@ -131,7 +135,11 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
     assert_eq!(back["requests"], 3, "{back}");
     assert_eq!(back["answered"], 0, "{back}");
     assert_eq!(back["unanswered"], 3, "{back}");
-    assert_eq!(back["local_drops"], serde_json::json!({"NETFILTER_DROP": 3}), "{back}");
+    assert_eq!(
+        back["local_drops"],
+        serde_json::json!({"NETFILTER_DROP": 3}),
+        "{back}"
+    );
 }
 
 #[test]
@@ -152,7 +160,12 @@ fn a_million_drops_in_this_hosts_output_chain_are_counted_exactly() {
     let out = lab
         .client
         .command(TRAFFIC_GEN)
-        .args(["dns-same", &format!("{DNS2_V4}:53"), "60", &STORM.to_string()])
+        .args([
+            "dns-same",
+            &format!("{DNS2_V4}:53"),
+            "60",
+            &STORM.to_string(),
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("traffic-gen");
@@ -175,7 +188,10 @@ fn a_million_drops_in_this_hosts_output_chain_are_counted_exactly() {
         serde_json::json!({"NETFILTER_DROP": STORM}),
         "{storm}"
     );
-    assert_eq!(storm["requests"], 1, "one query, dropped {STORM} times: {storm}");
+    assert_eq!(
+        storm["requests"], 1,
+        "one query, dropped {STORM} times: {storm}"
+    );
     assert_eq!(
         summary(&finished)["kernel"]["counters"]["local_drops_full"],
         0
@@ -218,7 +234,9 @@ fn the_drop_program_needs_only_bpf_net_admin_and_perfmon() {
         netwatch.stderr_text()
     );
     let at = format!("@{DNS2_V4}");
-    let _ = lab.client.run("dig", &["+tries=1", "+timeout=1", &at, "caps.example"]);
+    let _ = lab
+        .client
+        .run("dig", &["+tries=1", "+timeout=1", &at, "caps.example"]);
     netwatch.wait_for(Duration::from_secs(10), "the dropped query", |r| {
         r["type"] == "verdict" && r["remote"] == DNS2_V4 && r["local_drops"]["NETFILTER_DROP"] == 1
     });

@@ -82,7 +82,11 @@ fn local_summary(t: &TargetView) -> String {
         (Direction::Egress, true) => (format!("answers from {}", label(t)), Chain::Input),
         (Direction::Egress, false) => (format!("requests to {}", label(t)), Chain::Output),
         (Direction::Ingress, false) => (
-            format!("requests inbound to this host from {} to {}", t.remote, port_label(t)),
+            format!(
+                "requests inbound to this host from {} to {}",
+                t.remote,
+                port_label(t)
+            ),
             Chain::Input,
         ),
         (Direction::Ingress, true) => (
@@ -192,7 +196,10 @@ mod tests {
 
     #[test]
     fn answers_dropped_by_the_input_chain_ask_for_established_related() {
-        let t = here(view(Proto::Udp, "203.0.113.53", Some(53), Verdict::Blackholed), 3);
+        let t = here(
+            view(Proto::Udp, "203.0.113.53", Some(53), Verdict::Blackholed),
+            3,
+        );
         let mut findings = Vec::new();
         local_drop_findings(&[&t], true, &mut findings);
         assert_eq!(findings.len(), 1);
@@ -207,7 +214,10 @@ mod tests {
 
     #[test]
     fn requests_dropped_by_the_output_chain_ask_for_that_destination() {
-        let t = here(view(Proto::Udp, "203.0.113.54", Some(53), Verdict::Blackholed), 0);
+        let t = here(
+            view(Proto::Udp, "203.0.113.54", Some(53), Verdict::Blackholed),
+            0,
+        );
         let mut findings = Vec::new();
         local_drop_findings(&[&t], true, &mut findings);
         assert!(
@@ -219,7 +229,10 @@ mod tests {
             "{}",
             findings[0].summary
         );
-        let mut inbound = here(view(Proto::Tcp, "2001:db8::7", Some(22), Verdict::Blackholed), 0);
+        let mut inbound = here(
+            view(Proto::Tcp, "2001:db8::7", Some(22), Verdict::Blackholed),
+            0,
+        );
         inbound.direction = Direction::Ingress;
         let mut findings = Vec::new();
         local_drop_findings(&[&inbound], true, &mut findings);

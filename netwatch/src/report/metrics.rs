@@ -871,13 +871,19 @@ mod tests {
     fn local_drops_are_summed_by_reason() {
         let mut snapshot = snapshot();
         snapshot.targets[0].local_drops = BTreeMap::from([("NETFILTER_DROP", 3)]);
-        snapshot.targets[1].local_drops =
-            BTreeMap::from([("NETFILTER_DROP", 2), ("NO_SOCKET", 1)]);
+        snapshot.targets[1].local_drops = BTreeMap::from([("NETFILTER_DROP", 2), ("NO_SOCKET", 1)]);
         let text = render(&snapshot, &run(), &Cardinality::default());
-        assert!(text.contains("# TYPE netwatch_local_drops_total counter\n"), "{text}");
+        assert!(
+            text.contains("# TYPE netwatch_local_drops_total counter\n"),
+            "{text}"
+        );
         let s = samples(&text);
         assert_eq!(
-            value(&s, "netwatch_local_drops_total", &[("reason", "NETFILTER_DROP")]),
+            value(
+                &s,
+                "netwatch_local_drops_total",
+                &[("reason", "NETFILTER_DROP")]
+            ),
             5.0
         );
         assert_eq!(
