@@ -23,6 +23,10 @@ pub const TARGETS_MAP: &str = "TARGETS";
 pub const SLOT_OWNERS_MAP: &str = "SLOT_OWNERS";
 /// One-element array: where the next slot claim starts (`u32`, a hint).
 pub const NEXT_SLOT_MAP: &str = "NEXT_SLOT";
+/// Hash of this host's addresses (16 bytes, IPv4 ones mapped) → 1, kept by userspace.
+pub const LOCAL_ADDRESSES_MAP: &str = "LOCAL_ADDRESSES";
+/// Capacity of [`LOCAL_ADDRESSES_MAP`].
+pub const LOCAL_ADDRESSES_CAPACITY: u32 = 1024;
 /// Per-CPU array of [`KernelCounter`] values: what the programs saw but could not use.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
@@ -47,14 +51,9 @@ pub const DROP_TRACEPOINT: &str = "kfree_skb";
 pub const DROP_CONFIG_GLOBAL: &str = "DROP_CONFIG";
 /// Map of local drops per target and reason: [`LocalDropKey`] → `u64`.
 pub const LOCAL_DROPS_MAP: &str = "LOCAL_DROPS";
-/// Map of this host's addresses (IPv4-mapped or IPv6) → `u8` (unused), kept fresh by
-/// userspace from the watched interfaces: a dropped packet to one of them was inbound.
-pub const LOCAL_ADDRS_MAP: &str = "LOCAL_ADDRS";
 /// Capacity of [`LOCAL_DROPS_MAP`]: (target, reason) pairs. A plain preallocated hash: a
 /// pair that does not fit is counted in [`KernelCounter::LocalDropsFull`].
 pub const LOCAL_DROPS_CAPACITY: u32 = 8_192;
-/// Capacity of [`LOCAL_ADDRS_MAP`].
-pub const LOCAL_ADDRS_CAPACITY: u32 = 256;
 /// Bytes of `struct sk_buff` the drop program reads in one go, from
 /// [`DropConfig::skb_window`]: its `protocol`, `network_header` and `head` must lie in them.
 pub const SKB_WINDOW: usize = 32;
@@ -189,7 +188,10 @@ impl RequestKey {
     pub const fn target(&self) -> TargetKey {
         TargetKey {
             remote: self.remote,
-            remote_port: if self.direction == DIRECTION_INGRESS {
+            // ICMP keys hold the echo identifier in `local_port`, and 0 in `remote_port`.
+            remote_port: if self.direction == DIRECTION_INGRESS
+                && (self.proto == proto::TCP || self.proto == proto::UDP)
+            {
                 self.local_port
             } else {
                 self.remote_port
@@ -297,6 +299,9 @@ pub struct TargetCounters {
     /// Answers or rejections that came after the timeout (the request already counted as
     /// unanswered).
     pub late: u64,
+    /// The rejections among `late`. They are also in `rejected_by_reason` (but not in
+    /// `rejected`): a refusal is a refusal, however late, and its reason is kept.
+    pub late_rejected: u64,
     /// Requests that could not be tracked because the pending table was full.
     pub untracked: u64,
     /// Requests given up by the client before their deadline: a new request took their key
@@ -316,12 +321,12 @@ pub struct TargetCounters {
     /// ingress counted in `answered` and that then died before the socket; for one it
     /// received, its answer dropped on the way out (tc egress never saw it).
     pub answers_dropped_here: u64,
-    /// `rejected`, split by [`Reason`] code.
+    /// `rejected` and `late_rejected`, split by [`Reason`] code.
     pub rejected_by_reason: [u64; REASON_SLOTS],
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (11 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (12 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
@@ -480,13 +485,16 @@ pub enum KernelCounter {
     /// ICMP "fragmentation needed" or `ICMPv6` "packet too big": path-MTU signalling, not a
     /// rejection.
     PathMtu = 13,
+    /// A request arriving for an address that is not this host's (passing through a router):
+    /// not a request to this host.
+    NotForThisHost = 14,
     /// A local drop of a watched packet whose (target, reason) pair did not fit in the
     /// local drops map: the drop is not counted by reason.
-    LocalDropsFull = 14,
+    LocalDropsFull = 15,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -502,6 +510,7 @@ impl KernelCounter {
         Self::TombstoneLost,
         Self::LateDuplicate,
         Self::PathMtu,
+        Self::NotForThisHost,
         Self::LocalDropsFull,
     ];
 
@@ -523,6 +532,7 @@ impl KernelCounter {
             Self::TombstoneLost => "tombstone_lost",
             Self::LateDuplicate => "late_duplicate",
             Self::PathMtu => "path_mtu",
+            Self::NotForThisHost => "not_for_this_host",
             Self::LocalDropsFull => "local_drops_full",
         }
     }

@@ -1,4 +1,5 @@
-//! Ingress: match answers and rejections to the pending requests they answer.
+//! Answers and rejections, matched to the pending requests they settle: arriving for the
+//! requests this host sent, leaving for the ones it received.
 
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netwatch_common::{
@@ -9,19 +10,17 @@ use netwatch_common::{
 use crate::{
     maps::{PENDING, TARGETS, add, count, timeout_ns},
     packet::{
-        self, Copied, ICMP_HEADER_LEN, InPlace, Ip, Reader, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, read,
+        self, Copied, Hook, ICMP_HEADER_LEN, InPlace, Ip, Reader, UDP_HEADER_LEN, icmp, read,
         tcp_flags,
     },
 };
 
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACHABLE: u8 = 3;
-const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_DEST_UNREACHABLE: u8 = icmp::DEST_UNREACHABLE;
 const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+const ICMP_ECHO_REQUEST: u8 = icmp::ECHO_REQUEST;
+const ICMPV6_DEST_UNREACHABLE: u8 = icmp::V6_DEST_UNREACHABLE;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
+const ICMPV6_ECHO_REQUEST: u8 = icmp::V6_ECHO_REQUEST;
 
 /// What came back for a request.
 #[derive(Clone, Copy)]
@@ -42,35 +41,11 @@ enum Check {
     QuotesSyn(u32),
 }
 
-#[inline(always)]
-pub fn on_ingress(ctx: &TcContext) {
-    let Some(ip) = packet::parse(ctx) else { return };
-    match ip.proto {
-        proto::TCP => {
-            let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else {
-                return;
-            };
-            // The common path (data, ACKs) ends here.
-            if flags & (tcp_flags::SYN | tcp_flags::RST) != 0 {
-                tcp_answer(ctx, &ip, flags);
-            }
-        }
-        proto::UDP => {
-            let Some(port) = read::<[u8; 2]>(ctx, ip.l4) else {
-                return;
-            };
-            if u16::from_be_bytes(port) == DNS_PORT {
-                dns_response(ctx, &ip);
-            }
-        }
-        proto::ICMP if !ip.v6 => icmp(ctx, &ip, false),
-        proto::ICMPV6 if ip.v6 => icmp(ctx, &ip, true),
-        _ => {}
-    }
-}
-
-#[inline(always)]
-fn tcp_answer(ctx: &TcContext, ip: &Ip, flags: u8) {
+/// A SYN-ACK or RST: the answer or rejection of the SYN it acknowledges. Seen at ingress it
+/// answers a connection this host opened; at egress, one this host was asked for.
+// Out of line (see `requests::track`).
+#[inline(never)]
+pub fn tcp_answer(ctx: &TcContext, ip: &Ip, flags: u8, hook: Hook) {
     let outcome = if flags & tcp_flags::RST != 0 {
         // RFC 9293 §3.10.7.3: in SYN-SENT a reset is acceptable only if it ACKs our SYN.
         if flags & tcp_flags::ACK == 0 {
@@ -80,96 +55,105 @@ fn tcp_answer(ctx: &TcContext, ip: &Ip, flags: u8) {
     } else if flags & tcp_flags::ACK != 0 {
         Outcome::Answer
     } else {
-        // A SYN coming in: someone connecting to us, not an answer.
         return;
     };
     // Ports, sequence number, acknowledgement number.
     let mut key = RequestKey::zeroed();
-    let (Some(header), Some(())) = (
-        read::<[u8; 12]>(ctx, ip.l4),
-        packet::addresses_into::<InPlace>(ctx, ip, &mut key.remote, &mut key.local),
-    ) else {
+    let Some(header) = read::<[u8; 12]>(ctx, ip.l4) else {
         count(KernelCounter::Malformed);
         return;
     };
-    key.remote_port = u16::from_be_bytes([header[0], header[1]]);
-    key.local_port = u16::from_be_bytes([header[2], header[3]]);
+    if packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key).is_none() {
+        count(KernelCounter::Malformed);
+        return;
+    }
+    (key.local_port, key.remote_port) = hook.local_and_remote(
+        u16::from_be_bytes([header[0], header[1]]),
+        u16::from_be_bytes([header[2], header[3]]),
+    );
     key.proto = proto::TCP;
+    key.direction = hook.answered_direction();
     let ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
     resolve(&key, outcome, Check::AcksSyn(ack));
 }
 
-#[inline(always)]
-fn dns_response(ctx: &TcContext, ip: &Ip) {
-    // UDP ports, then the DNS id and flags.
+/// A DNS response (QR set): the answer to the query with its port and id.
+// Out of line (see `requests::track`).
+#[inline(never)]
+pub fn dns_response(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
     let mut key = RequestKey::zeroed();
-    let (Some(udp), Some(dns), Some(())) = (
-        read::<[u8; 4]>(ctx, ip.l4),
-        read::<[u8; 3]>(ctx, ip.l4 + UDP_HEADER_LEN),
-        packet::addresses_into::<InPlace>(ctx, ip, &mut key.remote, &mut key.local),
-    ) else {
+    let Some(id) = read::<[u8; 2]>(ctx, ip.l4 + UDP_HEADER_LEN) else {
         count(KernelCounter::Malformed);
         return;
     };
-    if dns[2] & 0x80 == 0 {
-        // QR clear: a query coming in (this host serves DNS), not an answer.
+    if packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key).is_none() {
+        count(KernelCounter::Malformed);
         return;
     }
-    key.remote_port = DNS_PORT;
-    key.local_port = u16::from_be_bytes([udp[2], udp[3]]);
-    key.tag = u16::from_be_bytes([dns[0], dns[1]]);
+    (key.local_port, key.remote_port) = hook.local_and_remote(ports[0], ports[1]);
+    key.tag = u16::from_be_bytes(id);
     key.proto = proto::UDP;
+    key.direction = hook.answered_direction();
     resolve(&key, Outcome::Answer, Check::Key);
 }
 
-#[inline(always)]
-fn icmp(ctx: &TcContext, ip: &Ip, v6: bool) {
-    // Type, code, checksum, then identifier and sequence (echo) or unused (errors).
-    let Some(header) = read::<[u8; 8]>(ctx, ip.l4) else {
-        return;
-    };
-    let [kind, code, ..] = header;
-    let (echo_reply, unreachable, proto) = if v6 {
-        (ICMPV6_ECHO_REPLY, ICMPV6_DEST_UNREACHABLE, proto::ICMPV6)
-    } else {
-        (ICMP_ECHO_REPLY, ICMP_DEST_UNREACHABLE, proto::ICMP)
-    };
-    if kind == echo_reply {
-        let mut key = RequestKey::zeroed();
-        if packet::addresses_into::<InPlace>(ctx, ip, &mut key.remote, &mut key.local).is_none() {
-            count(KernelCounter::Malformed);
-            return;
-        }
-        key.local_port = u16::from_be_bytes([header[4], header[5]]);
-        key.tag = u16::from_be_bytes([header[6], header[7]]);
-        key.proto = proto;
-        resolve(&key, Outcome::Answer, Check::Key);
+/// An echo reply: the answer to the echo request with its identifier and sequence number.
+// Out of line (see `requests::track`).
+#[inline(never)]
+pub fn echo_reply(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
+    let mut key = RequestKey::zeroed();
+    if packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key).is_none() {
+        count(KernelCounter::Malformed);
         return;
     }
-    if (!v6 && kind == ICMP_DEST_UNREACHABLE && code == ICMP_FRAG_NEEDED)
-        || (v6 && kind == ICMPV6_PACKET_TOO_BIG)
+    key.local_port = u16::from_be_bytes([header[4], header[5]]);
+    key.tag = u16::from_be_bytes([header[6], header[7]]);
+    key.proto = ip.proto;
+    key.direction = hook.answered_direction();
+    resolve(&key, Outcome::Answer, Check::Key);
+}
+
+/// An ICMP or `ICMPv6` error of `kind` and `code`: the rejection of the request it quotes,
+/// unless it is path-MTU signalling.
+// Out of line (see `requests::track`).
+#[inline(never)]
+pub fn icmp_error(ctx: &TcContext, ip: &Ip, kind: u8, code: u8, hook: Hook) {
+    if (!ip.v6 && kind == ICMP_DEST_UNREACHABLE && code == ICMP_FRAG_NEEDED)
+        || (ip.v6 && kind == ICMPV6_PACKET_TOO_BIG)
     {
         // Path-MTU discovery at work (RFC 1191, RFC 8201): the sender retries smaller, the
         // request is not refused.
         count(KernelCounter::PathMtu);
         return;
     }
-    if kind == unreachable {
-        let reason = if v6 {
-            Reason::icmp6_unreachable(code)
-        } else {
-            Reason::icmp_unreachable(code)
-        };
-        // The quoted header is parsed in a function of its own, verified once for any
-        // offset: inlined here, its paths multiplied with the outer header's (658,578
-        // verified instructions of the 1,000,000 allowed).
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "offsets are below 64 KiB, and quoted_rejection bounds them"
-        )]
-        let quoted_at = (ip.l4 + ICMP_HEADER_LEN) as u32;
-        quoted_rejection(ctx.skb.skb, quoted_at, u32::from(v6), u32::from(reason));
+    let unreachable = if ip.v6 {
+        ICMPV6_DEST_UNREACHABLE
+    } else {
+        ICMP_DEST_UNREACHABLE
+    };
+    if kind != unreachable {
+        return;
     }
+    let reason = if ip.v6 {
+        Reason::icmp6_unreachable(code)
+    } else {
+        Reason::icmp_unreachable(code)
+    };
+    // The quoted header is parsed in a function of its own, verified once for any offset:
+    // inlined here, its paths multiplied with the outer header's (658,578 verified
+    // instructions of the 1,000,000 allowed).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "offsets are below 64 KiB, and quoted_rejection bounds them"
+    )]
+    let quoted_at = (ip.l4 + ICMP_HEADER_LEN) as u32;
+    quoted_rejection(
+        ctx.skb.skb,
+        quoted_at,
+        u32::from(ip.v6),
+        u32::from(reason),
+        hook as u32,
+    );
 }
 
 /// The deepest an ICMP error's quoted header may start: Ethernet, two VLAN tags, IPv6 with
@@ -189,6 +173,7 @@ pub extern "C" fn quoted_rejection(
     quoted_at: u32,
     v6: u32,
     reason: u32,
+    hook: u32,
 ) -> i32 {
     if quoted_at > MAX_QUOTE_OFFSET {
         return 0;
@@ -208,19 +193,23 @@ pub extern "C" fn quoted_rejection(
         clippy::cast_possible_truncation,
         reason = "a Reason code, passed widened"
     )]
-    rejected(&ctx, &quoted, reason as u8);
+    rejected(&ctx, &quoted, reason as u8, Hook::from_u32(hook));
     0
 }
 
-/// An ICMP error quoting `quoted`, the header of a packet we sent: the request it rejects.
+/// An ICMP error seen at `hook` quoting `quoted`, the header of a request: the request it
+/// rejects. The quoted request went the other way: an error arriving quotes a packet this
+/// host sent (its source is us), one leaving quotes a packet this host received.
 #[inline(always)]
-fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8) {
-    // In the quote, the source is us and the destination the remote.
+fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8, hook: Hook) {
     let mut key = RequestKey::zeroed();
-    if packet::addresses_into::<Copied>(ctx, quoted, &mut key.local, &mut key.remote).is_none() {
+    // The quoted packet is seen as at the other hook.
+    let request_hook = hook.opposite();
+    if packet::endpoints_into::<Copied>(ctx, quoted, request_hook, &mut key).is_none() {
         count(KernelCounter::ShortQuote);
         return;
     }
+    key.direction = hook.answered_direction();
     let outcome = Outcome::Reject(reason);
     match quoted.proto {
         proto::TCP => {
@@ -229,12 +218,14 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8) {
                 count(KernelCounter::ShortQuote);
                 return;
             };
-            key.remote_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-            key.local_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+            (key.local_port, key.remote_port) = request_hook.local_and_remote(
+                u16::from_be_bytes([tcp[0], tcp[1]]),
+                u16::from_be_bytes([tcp[2], tcp[3]]),
+            );
             key.tag = 0;
             key.proto = proto::TCP;
             let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-            resolve_out_of_line(&key, outcome, Check::QuotesSyn(seq));
+            resolve(&key, outcome, Check::QuotesSyn(seq));
         }
         proto::UDP => {
             let Some(udp) = Copied::get::<[u8; 4]>(ctx, quoted.l4) else {
@@ -250,11 +241,11 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8) {
                 count(KernelCounter::ShortQuote);
                 return;
             };
-            key.remote_port = DNS_PORT;
-            key.local_port = u16::from_be_bytes([udp[0], udp[1]]);
+            (key.local_port, key.remote_port) =
+                request_hook.local_and_remote(u16::from_be_bytes([udp[0], udp[1]]), DNS_PORT);
             key.tag = u16::from_be_bytes(id);
             key.proto = proto::UDP;
-            resolve_out_of_line(&key, outcome, Check::Key);
+            resolve(&key, outcome, Check::Key);
         }
         proto::ICMP | proto::ICMPV6 => {
             let Some(echo) = Copied::get::<[u8; 8]>(ctx, quoted.l4) else {
@@ -273,16 +264,13 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8) {
             key.local_port = u16::from_be_bytes([echo[4], echo[5]]);
             key.tag = u16::from_be_bytes([echo[6], echo[7]]);
             key.proto = quoted.proto;
-            resolve_out_of_line(&key, outcome, Check::Key);
+            resolve(&key, outcome, Check::Key);
         }
         _ => {}
     }
 }
 
-/// Settles the pending request `key` with `outcome`, exactly once.
-///
-/// Out of line, in [`settle`], a global BPF function like [`quoted_rejection`]: verified
-/// once, and one frame on the stack rather than a copy in each caller's.
+/// Settles the pending request `key` with `outcome`, exactly once (in [`settle`]).
 ///
 /// Whoever deletes the entry owns the outcome (a duplicate answer on another CPU loses the
 /// delete and counts nothing). After the timeout the request already is, or is about to be,
@@ -290,14 +278,6 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8) {
 /// flagged as a tombstone so retransmits are still recognised.
 #[inline(always)]
 fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
-    let (rejection, reason, check, value) = scalars(outcome, check);
-    settle_here(key, rejection, reason, check, value);
-}
-
-/// [`resolve`] through the global function [`settle`]: for [`quoted_rejection`], whose
-/// stack frame sits on top of the classifier's.
-#[inline(always)]
-fn resolve_out_of_line(key: &RequestKey, outcome: Outcome, check: Check) {
     let (rejection, reason, check, value) = scalars(outcome, check);
     settle(key, rejection, reason, check, value);
 }
@@ -320,25 +300,13 @@ const CHECK_KEY: u32 = 0;
 const CHECK_ACKS_SYN: u32 = 1;
 const CHECK_QUOTES_SYN: u32 = 2;
 
-/// [`resolve`], its arguments spelled as the scalars a global function can take.
-#[unsafe(no_mangle)]
+/// [`resolve`], its arguments spelled as scalars.
+///
+/// Out of line, a static BPF function: one frame of its own (its tombstone copy stays off
+/// the classifier's frame, which [`quoted_rejection`] stacks on: 512 bytes for the whole
+/// call chain), and, unlike a global function, it may take a pointer on any kernel.
 #[inline(never)]
-pub extern "C" fn settle(
-    key: *const RequestKey,
-    rejection: u32,
-    reason: u32,
-    check: u32,
-    value: u32,
-) -> i32 {
-    // SAFETY: the verifier passes a pointer to 40 readable bytes, or null.
-    let Some(key) = (unsafe { key.as_ref() }) else {
-        return 0;
-    };
-    settle_here(key, rejection, reason, check, value)
-}
-
-#[inline(always)]
-fn settle_here(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32) -> i32 {
+fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32) -> i32 {
     let Some(pending) = PENDING.get_ptr_mut(key) else {
         count(if rejection == 0 {
             KernelCounter::UnmatchedAnswer
@@ -410,9 +378,11 @@ fn settle_here(key: &RequestKey, rejection: u32, reason: u32, check: u32, value:
         // answer says the remote is slow, not unreachable. Its latency is kept so the
         // report can say how slow.
         add(&mut counters.late, 1);
-        if rejection == 0
-            && let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed))
-        {
+        if rejection != 0 {
+            // A refusal however late: its reason counts (userspace judges it a rejection).
+            add(&mut counters.late_rejected, 1);
+            add(&mut counters.rejected_by_reason[(reason & 31) as usize], 1);
+        } else if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
             add(bucket, 1);
         }
         tombstone.flags |= PENDING_FLAG_LATE;

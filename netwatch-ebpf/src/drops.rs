@@ -9,7 +9,7 @@
 //! traffic; it sends no events, it only counts.
 //!
 //! What a dropped packet is, and where its drop is counted:
-//! - to one of this host's addresses ([`LOCAL_ADDRS`]): a request it received (the input
+//! - to one of this host's addresses ([`LOCAL_ADDRESSES`]): a request it received (the input
 //!   chain dropped it; tc ingress counted it and it stays pending) or an answer to a request
 //!   it sent (tc ingress already counted it `answered`: `answers_dropped_here` says it never
 //!   reached the socket);
@@ -25,20 +25,18 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use netwatch_common::{
-    DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, DropConfig, KernelCounter, LOCAL_ADDRS_CAPACITY,
-    LOCAL_DROPS_CAPACITY, LocalDropKey, PendingRequest, RequestKey, SKB_WINDOW, TargetCounters,
-    TargetKey, ipv4_mapped, proto,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, DropConfig, KernelCounter, LOCAL_DROPS_CAPACITY,
+    LocalDropKey, PendingRequest, RequestKey, SKB_WINDOW, TargetCounters, TargetKey, ipv4_mapped,
+    proto,
 };
 
-use crate::maps::{EEXIST, PENDING, TARGET_SLOTS, TARGETS, add, count, target_counters};
+use crate::maps::{
+    EEXIST, LOCAL_ADDRESSES, PENDING, TARGET_SLOTS, TARGETS, add, count, target_counters,
+};
 
 /// (target slot, drop reason) → drops.
 #[map]
 static LOCAL_DROPS: HashMap<LocalDropKey, u64> = HashMap::with_max_entries(LOCAL_DROPS_CAPACITY, 0);
-
-/// This host's addresses on the watched interfaces (IPv4-mapped or IPv6); the value is unused.
-#[map]
-static LOCAL_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(LOCAL_ADDRS_CAPACITY, 0);
 
 /// Room for the pending entry of a request dropped before tc egress: 120 bytes more on the
 /// 512-byte stack do not fit beside the packet's headers.
@@ -120,8 +118,8 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
         // Another namespace's drop: another host, as far as netwatch is concerned.
         return;
     }
-    let inbound = LOCAL_ADDRS.get_ptr(&packet.dst).is_some();
-    if !inbound && LOCAL_ADDRS.get_ptr(&packet.src).is_none() {
+    let inbound = LOCAL_ADDRESSES.get_ptr(&packet.dst).is_some();
+    if !inbound && LOCAL_ADDRESSES.get_ptr(&packet.src).is_none() {
         // Neither to nor from this host: forwarded traffic, not watched.
         return;
     }

@@ -3,10 +3,12 @@
 //! `netwatch_drops`, on the `skb:kfree_skb` raw tracepoint, counts the watched packets this
 //! host itself drops, per target and kernel drop reason (see [`drops`]).
 //!
-//! `netwatch_egress` tags the requests this host sends (DNS queries, TCP SYNs, ICMP echo
-//! requests) in [`maps::PENDING`]; `netwatch_ingress` matches what comes back (answers and
-//! rejections) and counts the outcome per target in [`maps::TARGETS`]. Requests nobody
-//! answers stay pending: userspace finds them once `--timeout` has passed.
+//! Both hooks run the same code ([`classify::packet`]), told which way the packet goes.
+//! Requests (DNS queries, TCP SYNs, ICMP echo requests) are recorded in [`maps::PENDING`]:
+//! leaving, the ones this host sends; arriving, the ones it receives. Answers and rejections
+//! settle them, arriving for the first, leaving for the second, and count the outcome per
+//! target in [`maps::TARGETS`]. Requests nobody answers stay pending: userspace finds them
+//! once `--timeout` has passed.
 //!
 //! Both programs only observe. They always return `TC_ACT_UNSPEC` so the packet continues
 //! exactly as if they were not there: with tcx that is `TCX_NEXT` (run the next program),
@@ -21,6 +23,7 @@
 )]
 
 mod answers;
+mod classify;
 mod drops;
 mod maps;
 mod packet;
@@ -30,19 +33,20 @@ use aya_ebpf::{
     macros::{classifier, raw_tracepoint},
     programs::{RawTracePointContext, TcContext},
 };
+use packet::Hook;
 
 /// `TC_ACT_UNSPEC` / `TCX_NEXT`: observe only, never decide the packet's fate.
 const PASS_THROUGH: i32 = -1;
 
 #[classifier]
 pub fn netwatch_egress(ctx: TcContext) -> i32 {
-    requests::on_egress(&ctx);
+    classify::packet(&ctx, Hook::Egress);
     PASS_THROUGH
 }
 
 #[classifier]
 pub fn netwatch_ingress(ctx: TcContext) -> i32 {
-    answers::on_ingress(&ctx);
+    classify::packet(&ctx, Hook::Ingress);
     PASS_THROUGH
 }
 

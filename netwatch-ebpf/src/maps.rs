@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use netwatch_common::{
-    KernelCounter, PENDING_CAPACITY, PendingRequest, RequestKey, TARGETS_CAPACITY, TargetCounters,
-    TargetKey,
+    KernelCounter, LOCAL_ADDRESSES_CAPACITY, PENDING_CAPACITY, PendingRequest, RequestKey,
+    TARGETS_CAPACITY, TargetCounters, TargetKey,
 };
 
 /// Requests in flight. Preallocated: inserting is the one map write on the request path
@@ -37,6 +37,12 @@ static SLOT_OWNERS: HashMap<u32, TargetKey> = HashMap::with_max_entries(TARGETS_
 /// [`SLOT_OWNERS`] are what counts.
 #[map]
 static NEXT_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// This host's addresses (IPv4 ones mapped), kept by userspace: a request arriving is asked
+/// of this host only when it is sent to one of them.
+#[map]
+pub static LOCAL_ADDRESSES: HashMap<[u8; 16], u8> =
+    HashMap::with_max_entries(LOCAL_ADDRESSES_CAPACITY, 0);
 
 /// [`KernelCounter`] values, per CPU so counting needs no atomics.
 #[map]

@@ -1,4 +1,5 @@
-//! Egress: recognise the requests this host sends and record them as pending.
+//! Requests, recorded as pending: the ones this host sends (seen at egress) and the ones it
+//! receives (seen at ingress).
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::{
@@ -7,72 +8,43 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netwatch_common::{
-    DNS_PORT, DNS_QUESTION_CAPTURE, KernelCounter, PENDING_FLAG_REJECTED, PendingRequest,
+    DIRECTION_INGRESS, DNS_QUESTION_CAPTURE, KernelCounter, PENDING_FLAG_REJECTED, PendingRequest,
     RequestKey, TargetCounters, proto,
 };
 
 use crate::{
-    maps::{EEXIST, PENDING, add, count, target_counters, timeout_ns},
+    maps::{EEXIST, LOCAL_ADDRESSES, PENDING, add, count, target_counters, timeout_ns},
     packet::{
-        self, DNS_HEADER_LEN, InPlace, Ip, TCP_DATA_OFFSET_OFFSET, TCP_FLAGS_OFFSET,
-        UDP_HEADER_LEN, read, tcp_flags,
+        self, DNS_HEADER_LEN, Hook, InPlace, Ip, TCP_DATA_OFFSET_OFFSET, UDP_HEADER_LEN, read,
     },
 };
 
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-
-#[inline(always)]
-pub fn on_egress(ctx: &TcContext) {
-    let Some(ip) = packet::parse(ctx) else { return };
-    match ip.proto {
-        proto::TCP => {
-            let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else {
-                return;
-            };
-            // The common path (data, ACKs) ends here.
-            if flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN {
-                tcp_syn(ctx, &ip);
-            }
-        }
-        proto::UDP => {
-            let Some(port) = read::<[u8; 2]>(ctx, ip.l4 + 2) else {
-                return;
-            };
-            if u16::from_be_bytes(port) == DNS_PORT {
-                dns_query(ctx, &ip);
-            }
-        }
-        proto::ICMP if !ip.v6 => echo_request(ctx, &ip, ICMP_ECHO_REQUEST, proto::ICMP),
-        proto::ICMPV6 if ip.v6 => echo_request(ctx, &ip, ICMPV6_ECHO_REQUEST, proto::ICMPV6),
-        _ => {}
-    }
-}
-
-#[inline(always)]
-fn tcp_syn(ctx: &TcContext, ip: &Ip) {
+/// A SYN (without ACK or RST): a connection asked for. Seen at egress, this host asks; at
+/// ingress, a peer asks this host.
+// Out of line (see `track`).
+#[inline(never)]
+pub fn tcp_syn(ctx: &TcContext, ip: &Ip, hook: Hook) {
     // Source port, destination port, sequence number; the data offset.
-    let (Some(header), Some(data_offset), Some((local, remote))) = (
+    let mut key = RequestKey::zeroed();
+    let (Some(header), Some(data_offset), Some(())) = (
         read::<[u8; 8]>(ctx, ip.l4),
         read::<u8>(ctx, ip.l4 + TCP_DATA_OFFSET_OFFSET),
-        packet::addresses::<InPlace>(ctx, ip),
+        packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key),
     ) else {
         count(KernelCounter::Malformed);
         return;
     };
-    let key = RequestKey {
-        remote,
-        local,
-        remote_port: u16::from_be_bytes([header[2], header[3]]),
-        local_port: u16::from_be_bytes([header[0], header[1]]),
-        tag: 0,
-        proto: proto::TCP,
-        direction: netwatch_common::DIRECTION_EGRESS,
-    };
+    (key.local_port, key.remote_port) = hook.local_and_remote(
+        u16::from_be_bytes([header[0], header[1]]),
+        u16::from_be_bytes([header[2], header[3]]),
+    );
+    key.proto = proto::TCP;
+    key.direction = hook.request_direction();
     let mut request = new_request(ctx);
     request.tcp_seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
     // TCP Fast Open (RFC 7413) puts data in the SYN; the SYN-ACK then acknowledges it too.
-    // A SYN leaves in one piece (never GSO), so what follows the TCP header is its data.
+    // A SYN comes in one piece (never GSO), so what follows the TCP header is its data (one
+    // arriving may carry Ethernet padding: a few bytes more allowed, never fewer).
     let payload = (ctx.len() as usize)
         .saturating_sub(ip.l4 + usize::from(data_offset >> 4) * 4)
         .min(usize::from(u16::MAX));
@@ -83,30 +55,23 @@ fn tcp_syn(ctx: &TcContext, ip: &Ip) {
     track(ctx, &key, &mut request);
 }
 
-#[inline(always)]
-fn dns_query(ctx: &TcContext, ip: &Ip) {
-    // UDP header, then the DNS id and flags.
-    let (Some(udp), Some(dns), Some((local, remote))) = (
-        read::<[u8; 4]>(ctx, ip.l4),
-        read::<[u8; 3]>(ctx, ip.l4 + UDP_HEADER_LEN),
-        packet::addresses::<InPlace>(ctx, ip),
+/// A DNS query (QR clear) to port 53 (`ports`: source, destination): asked by this host at
+/// egress, of it at ingress.
+// Out of line (see `track`).
+#[inline(never)]
+pub fn dns_query(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
+    let mut key = RequestKey::zeroed();
+    let (Some(id), Some(())) = (
+        read::<[u8; 2]>(ctx, ip.l4 + UDP_HEADER_LEN),
+        packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key),
     ) else {
         count(KernelCounter::Malformed);
         return;
     };
-    if dns[2] & 0x80 != 0 {
-        // QR set: a response leaving (this host serves DNS), not a request.
-        return;
-    }
-    let key = RequestKey {
-        remote,
-        local,
-        remote_port: DNS_PORT,
-        local_port: u16::from_be_bytes([udp[0], udp[1]]),
-        tag: u16::from_be_bytes([dns[0], dns[1]]),
-        proto: proto::UDP,
-        direction: netwatch_common::DIRECTION_EGRESS,
-    };
+    (key.local_port, key.remote_port) = hook.local_and_remote(ports[0], ports[1]);
+    key.tag = u16::from_be_bytes(id);
+    key.proto = proto::UDP;
+    key.direction = hook.request_direction();
     let mut request = new_request(ctx);
     request.question_len = capture(
         ctx,
@@ -116,28 +81,22 @@ fn dns_query(ctx: &TcContext, ip: &Ip) {
     track(ctx, &key, &mut request);
 }
 
-#[inline(always)]
-fn echo_request(ctx: &TcContext, ip: &Ip, echo_request: u8, proto: u8) {
-    // Type, code, checksum, identifier, sequence.
-    let Some(icmp) = read::<[u8; 8]>(ctx, ip.l4) else {
-        return;
-    };
-    if icmp[0] != echo_request || icmp[1] != 0 {
+/// An echo request (`header`: type, code, checksum, identifier, sequence).
+// Out of line (see `track`).
+#[inline(never)]
+pub fn echo_request(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
+    if header[1] != 0 {
         return;
     }
-    let Some((local, remote)) = packet::addresses::<InPlace>(ctx, ip) else {
+    let mut key = RequestKey::zeroed();
+    if packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key).is_none() {
         count(KernelCounter::Malformed);
         return;
-    };
-    let key = RequestKey {
-        remote,
-        local,
-        remote_port: 0,
-        local_port: u16::from_be_bytes([icmp[4], icmp[5]]),
-        tag: u16::from_be_bytes([icmp[6], icmp[7]]),
-        proto,
-        direction: netwatch_common::DIRECTION_EGRESS,
-    };
+    }
+    key.local_port = u16::from_be_bytes([header[4], header[5]]);
+    key.tag = u16::from_be_bytes([header[6], header[7]]);
+    key.proto = ip.proto;
+    key.direction = hook.request_direction();
     let mut request = new_request(ctx);
     track(ctx, &key, &mut request);
 }
@@ -212,9 +171,20 @@ fn same_question(a: &[u8; DNS_QUESTION_CAPTURE], b: &[u8; DNS_QUESTION_CAPTURE])
 }
 
 /// Records a request: a new pending entry, or a retransmit of one already pending.
-#[inline(always)]
+///
+/// Out of line, like the handlers that call it: static BPF functions, each with a frame of
+/// its own, so their locals stay off the classifier's frame, which the answer path's
+/// functions stack on (512 bytes for the whole call chain).
+#[inline(never)]
 fn track(ctx: &TcContext, key: &RequestKey, request: &mut PendingRequest) {
-    if !is_unicast(ctx, &key.remote) {
+    if key.direction == DIRECTION_INGRESS {
+        // Asked of this host only when sent to one of its addresses: a router sees requests
+        // for others pass by, whose answers need not come back this way.
+        if LOCAL_ADDRESSES.get_ptr(&key.local).is_none() {
+            count(KernelCounter::NotForThisHost);
+            return;
+        }
+    } else if !is_unicast(ctx, &key.remote) {
         count(KernelCounter::NotUnicast);
         return;
     }

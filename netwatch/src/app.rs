@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Args, AttachMode},
-    diagnosis,
+    clock, diagnosis,
     interfaces::{self, Interface, LinkState},
     output::{Mode, Output, View},
     privileges,
@@ -29,17 +29,9 @@ use crate::{
 /// after their timeout.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
-}
+/// `CLOCK_MONOTONIC` in nanoseconds as `bpf_ktime_get_ns()` reads it (time namespaces
+/// corrected for).
+pub use crate::clock::monotonic_ns;
 
 /// One poll: counters first (so every expired request's target is known), then the pending
 /// sweep, then the kernel's loss counters; returns the verdict changes.
@@ -121,6 +113,16 @@ pub enum Ending {
     FailOnMatched,
 }
 
+/// Every address of this host, on any interface: a request arriving on a watched interface
+/// may be for an address on another (policy routing, a service address on `lo`).
+fn all_host_addresses() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.ip())
+        .collect()
+}
+
 /// The host's own addresses on the watched interfaces, global ones first: the source of
 /// the firewall requests the diagnosis writes.
 fn host_addresses(watched: &[WatchedInterface]) -> Vec<IpAddr> {
@@ -148,8 +150,12 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
 
     privileges::require()?;
+    // Before anything is attached: an unusable time namespace offset stops here.
+    clock::check()?;
     let interfaces = interfaces::resolve(&args.iface)?;
     let mut probe = Probe::load(args.timeout)?;
+    // Before attaching: the first requests arriving must already be recognised.
+    probe.set_local_addresses(all_host_addresses())?;
     if let Err(why) = probe.attach_drops() {
         eprintln!("netwatch: drops on this host are not counted: {why}");
     }
@@ -184,7 +190,16 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         }
         None => None,
     };
-    if let Err(err) = privileges::drop_after_attach() {
+    // The probe: one read of the kernel's counters, as every poll makes.
+    let mut bpf_call = || {
+        privileges::BpfProbe::from_result(
+            probe
+                .read_counters()
+                .map(drop)
+                .map_err(|err| map_errno(&err)),
+        )
+    };
+    if let Err(err) = privileges::drop_after_attach(&mut bpf_call) {
         log::warn!("could not drop capabilities after attaching: {err}");
     }
     let names: Vec<String> = run.interfaces.iter().map(WatchedInterface::label).collect();
@@ -199,7 +214,6 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         .with_blackhole_grace(args.timeout)
         .with_drop_reasons(probe.drop_reasons());
     let mut sources = host_addresses(&run.interfaces);
-    probe.set_local_addresses(&sources)?;
     let mut output =
         Output::new(Mode::choose(args.json, args.plain)).context("setting up the terminal")?;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
@@ -224,13 +238,13 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
                 polls += 1;
                 if !moved.is_empty() || polls.is_multiple_of(20) {
                     sources = host_addresses(&run.interfaces);
-                    probe.set_local_addresses(&sources)?;
+                    probe.set_local_addresses(all_host_addresses())?;
                 }
                 let now_ns = monotonic_ns();
                 let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
                 run.uptime = started.elapsed();
                 let snapshot = tracker.snapshot(now_ns);
-                let findings = diagnosis::diagnose(&snapshot, &sources);
+                let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);
                 let written = output.interfaces_changed(&moved).and_then(|()| {
                     output.on_poll(&View { changes: &changes, snapshot: &snapshot, findings: &findings, run: &run })
                 });
@@ -256,7 +270,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
     run.uptime = started.elapsed();
     let snapshot = tracker.snapshot(now_ns);
-    let findings = diagnosis::diagnose(&snapshot, &sources);
+    let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);
     let view = View {
         changes: &changes,
         snapshot: &snapshot,
@@ -281,6 +295,17 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     } else {
         Ending::Normal
     })
+}
+
+/// The errno of a failed map read, when a syscall failed.
+fn map_errno(err: &ProbeError) -> Option<i32> {
+    match err {
+        ProbeError::Map {
+            source: aya::maps::MapError::SyscallError(err),
+            ..
+        } => err.io_error.raw_os_error(),
+        _ => None,
+    }
 }
 
 fn publish(shared: Option<&serve::Shared>, snapshot: Snapshot, run: &RunInfo) {

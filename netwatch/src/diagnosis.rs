@@ -2,22 +2,37 @@
 //! targets it rests on and, for blocked traffic, the firewall change to ask for. Pure: no
 //! I/O, no clock; the same snapshot always gives the same findings in the same order.
 //!
-//! Pending targets are ignored everywhere. DNS targets are `udp/53` and `tcp/53`; a
+//! Only requests this host sent (`egress` targets) are evidence: the requests written are
+//! outbound rules, and a request this host received and left unanswered says nothing about
+//! the path out. Pending targets are ignored everywhere, and so are provisional ones
+//! (blackholed for less than one `--timeout`: a late answer may still end the silence). DNS targets are `udp/53` and `tcp/53`; a
 //! *resolver* is a remote with DNS targets. A target *answers* when its verdict is `ok` or
-//! `degraded`, and *fails* when it is `blackholed` or `rejected`.
+//! `degraded`, and *fails* when it is `blackholed` or `rejected`. A target is *slow* when it
+//! is `degraded` with reason `late`: its answers come, after `--timeout`. A slow target
+//! answers and never fails, so it feeds no blocked finding and no `partial-loss`: only
+//! `slow-answers`.
+//!
+//! Every finding states only what its evidence shows. A firewall request is written only
+//! for failures that point at a firewall: requests that go unanswered, and rejections whose
+//! kind a firewall sends (`*-prohibited`, `icmp6-policy-fail`, `icmp6-reject-route`, and
+//! port-unreachable for TCP, where a host with nothing listening would reset). A TCP reset,
+//! a UDP port-unreachable, routing errors (net/host unreachable, no route) and
+//! protocol-unreachable are as often the remote host or a router as a firewall: the finding
+//! says so and asks for nothing.
 //!
 //! Findings, most important first (the order [`diagnose`] returns them in):
 //!
 //! | ID | fires when | request |
 //! | --- | --- | --- |
-//! | `dns-blocked` | resolvers were seen and none answers: every DNS target fails | udp/53 and tcp/53 to every resolver |
-//! | `resolver-partially-blocked` | some resolvers answer, others have only failing DNS targets | udp/53 and tcp/53 to the blocked resolvers |
-//! | `dns-transport-blocked` | a resolver that answers over one of udp/53, tcp/53 fails over the other (typically tcp/53 dropped: large answers fail) | that proto/53 to those resolvers |
+//! | `dns-blocked` | resolvers were seen and none answers: every DNS target fails | udp/53 and tcp/53 to every resolver with a failure pointing at a firewall |
+//! | `resolver-partially-blocked` | some resolvers answer, others have only failing DNS targets | udp/53 and tcp/53 to the blocked resolvers with a failure pointing at a firewall |
+//! | `dns-transport-blocked` | a resolver that answers over one of udp/53, tcp/53 fails over the other (typically tcp/53 dropped: large answers fail) | that proto/53 to those resolvers whose failure points at a firewall |
 //! | `port-blackholed` | a non-DNS TCP/UDP target is blackholed; one per (proto, port) | that proto/port to those remotes |
-//! | `port-rejected` | a non-DNS TCP/UDP target is rejected; one per (proto, port, reason) | that proto/port to those remotes |
-//! | `icmp-filtered` | ICMP/ICMPv6 echo targets fail; one finding for the remotes that answer other traffic on a TCP/UDP port (the host is up), then one for the rest | icmp/icmpv6 to those remotes |
-//! | `ipv6-broken` | at least one IPv6 target fails, no IPv6 target answers (ok or degraded), and at least one IPv4 target is ok | none |
-//! | `partial-loss` | a target is degraded; one per target | none |
+//! | `port-rejected` | a non-DNS TCP/UDP target is rejected; one per (proto, port, reason) | that proto/port to those remotes, when the reason points at a firewall |
+//! | `icmp-filtered` | ICMP/ICMPv6 echo targets fail; one finding for the remotes that answer other traffic on a TCP/UDP port (the host is up), then one for the rest | icmp/icmpv6 to those remotes whose failure points at a firewall |
+//! | `ipv6-broken` | an IPv6 target fails while an IPv4 target of the same service (proto, port; icmpv6 pairs with icmp) is ok, and no IPv6 target answers | none |
+//! | `slow-answers` | targets are slow (`degraded`, reason `late`); one finding for all of them, with their latency and a `--timeout` long enough for them (the slowest p99 times 1.5, at least twice the timeout, in whole seconds) | none |
+//! | `partial-loss` | a target is degraded, not slow; one per target | none |
 //!
 //! Targets failing because of this host's own drops (a `here:` reason) are left out of the
 //! findings above: [`local`] lists them first, as `local-firewall-drops`, with the rule to add
@@ -31,12 +46,14 @@
 //! Summaries are one line of printable ASCII. Counts in them are the targets' counters
 //! (totals since the target was first seen), while verdicts are judged over the window:
 //! [`Finding::key`] leaves the counts out so that a finding only "changes" when what it is
-//! about does.
+//! about does. A late answer's request was first counted unanswered (at its timeout): the
+//! requests "never answered" are `unanswered - late`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
 };
 
 use serde::Serialize;
@@ -46,8 +63,8 @@ pub use local::{DROPPED_BEYOND_THIS_HOST, LOCAL_FIREWALL_DROPS};
 
 use crate::{
     snapshot::{Snapshot, TargetView},
-    target::Proto,
-    verdict::Verdict,
+    target::{Direction, Proto},
+    verdict::{LATE, Verdict},
 };
 
 pub const DNS_BLOCKED: &str = "dns-blocked";
@@ -57,6 +74,7 @@ pub const PORT_BLACKHOLED: &str = "port-blackholed";
 pub const PORT_REJECTED: &str = "port-rejected";
 pub const ICMP_FILTERED: &str = "icmp-filtered";
 pub const IPV6_BROKEN: &str = "ipv6-broken";
+pub const SLOW_ANSWERS: &str = "slow-answers";
 pub const PARTIAL_LOSS: &str = "partial-loss";
 
 /// `direction` of every request: the requests this host sends.
@@ -69,6 +87,8 @@ const DNS_PORT: u16 = 53;
 const MAX_LISTED: usize = 5;
 /// DNS names listed in a summary (up to 255 characters each) before "and N more".
 const MAX_NAMES: usize = 2;
+/// The longest `--timeout` netwatch accepts, in seconds: `slow-answers` suggests no more.
+const MAX_TIMEOUT_S: u32 = 3600;
 
 /// One thing wrong with the path, in plain language.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -146,13 +166,15 @@ impl Finding {
 
 /// The findings on `snapshot`, most important first. `sources` are this host's addresses
 /// on the watched interfaces (global ones first): the first of each family is the
-/// `source` of the requests to that family.
+/// `source` of the requests to that family. `timeout` is the run's `--timeout`.
 #[must_use]
-pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr]) -> Vec<Finding> {
+pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> Vec<Finding> {
     let mut judged: Vec<&TargetView> = snapshot
         .targets
         .iter()
-        .filter(|t| t.verdict != Verdict::Pending)
+        .filter(|t| {
+            t.direction == Direction::Egress && t.verdict != Verdict::Pending && !is_provisional(t)
+        })
         .collect();
     judged.sort_by_key(|t| identity(t));
     let mut findings = Vec::new();
@@ -163,6 +185,7 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr]) -> Vec<Finding> {
     port_findings(&judged, sources, &mut findings);
     icmp_findings(&judged, sources, &mut findings);
     ipv6_finding(&judged, &mut findings);
+    slow_answers_finding(&judged, timeout, &mut findings);
     partial_loss_findings(&judged, &mut findings);
     findings
 }
@@ -239,24 +262,26 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
     for &target in &dns {
         resolvers.entry(target.remote).or_default().push(target);
     }
+    // A slow resolver answers (late): it is working, never blocked.
     let (working, blocked): (Vec<IpAddr>, Vec<IpAddr>) = resolvers
         .keys()
         .partition(|r| resolvers[*r].iter().any(|t| answers(t)));
 
     if !blocked.is_empty() {
-        let dns_protos = [Proto::Udp, Proto::Tcp];
-        let request = requests(
-            sources,
-            blocked.iter().copied(),
-            &dns_protos,
-            Some(DNS_PORT),
-        );
         let failing: Vec<&TargetView> = blocked
             .iter()
             .flat_map(|r| resolvers[r].iter().copied())
             .collect();
+        // Ask only for the resolvers whose failures point at a firewall.
+        let request = requests(
+            sources,
+            at_firewall(&failing).iter().map(|t| t.remote),
+            &[Proto::Udp, Proto::Tcp],
+            Some(DNS_PORT),
+        );
+        let firewall = failing.iter().any(|t| blames_firewall(t));
         if working.is_empty() {
-            let summary = dns_blocked_summary(judged, &failing);
+            let summary = dns_blocked_summary(judged, &failing, firewall);
             findings.push(Finding::new(DNS_BLOCKED, summary, &dns, request));
         } else {
             let (verb, noun) = if working.len() == 1 {
@@ -269,9 +294,14 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
             } else {
                 "resolvers"
             };
+            let (headline, failed) = if firewall {
+                ("Some DNS resolvers are blocked upstream", "blocked")
+            } else {
+                ("Some DNS resolvers refuse queries", "refusing")
+            };
             let summary = format!(
-                "Some DNS resolvers are blocked upstream: {noun} {} {verb}, but {}{}; lookups \
-                 stall or fail whenever the blocked {blocked_noun} {} tried.",
+                "{headline}: {noun} {} {verb}, but {}{}; lookups stall or fail whenever the \
+                 {failed} {blocked_noun} {} tried.",
                 list(&working),
                 failure_phrase(&failing, "query", "queries"),
                 names_phrase(&failing),
@@ -286,7 +316,8 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
         }
     }
 
-    // Resolvers that answer over one transport and fail over the other.
+    // Resolvers that answer over one transport and fail over the other. DNS targets are
+    // udp/53 and tcp/53 only, so on a working resolver the other transport answers.
     for proto in [Proto::Udp, Proto::Tcp] {
         let failing: Vec<&TargetView> = working
             .iter()
@@ -304,7 +335,8 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
         let (other, consequence) = match proto {
             Proto::Udp => (
                 "tcp/53",
-                "clients ask over UDP first, so lookups stall until they fall back to TCP",
+                "clients ask over UDP first and most do not retry over TCP after a timeout, so \
+                 lookups through it stall or fail",
             ),
             _ => (
                 "udp/53",
@@ -316,7 +348,12 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
             list(&remotes),
             blocked_how(&failing),
         );
-        let request = requests(sources, remotes, &[proto], Some(DNS_PORT));
+        let request = requests(
+            sources,
+            at_firewall(&failing).iter().map(|t| t.remote),
+            &[proto],
+            Some(DNS_PORT),
+        );
         findings.push(Finding::new(
             DNS_TRANSPORT_BLOCKED,
             summary,
@@ -326,7 +363,10 @@ fn dns_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<F
     }
 }
 
-fn dns_blocked_summary(judged: &[&TargetView], failing: &[&TargetView]) -> String {
+/// `firewall`: whether any of the `failing` DNS targets points at a firewall; if none does,
+/// the summary does not say "blocked".
+fn dns_blocked_summary(judged: &[&TargetView], failing: &[&TargetView], firewall: bool) -> String {
+    // Non-DNS traffic that is answered, at least in part: the path carries IP.
     let working: BTreeSet<String> = judged
         .iter()
         .filter(|t| !is_dns(t) && answers(t))
@@ -335,14 +375,19 @@ fn dns_blocked_summary(judged: &[&TargetView], failing: &[&TargetView]) -> Strin
     let other = if !working.is_empty() {
         let working: Vec<String> = working.into_iter().collect();
         let working = list(&working);
-        format!(", while traffic to IP addresses works ({working} ok): IP works, names don't")
+        format!(", while traffic to IP addresses works ({working} answered): IP works, names don't")
     } else if judged.iter().any(|t| !is_dns(t)) {
         ", and no other traffic is answered either: the whole uplink may be down".to_owned()
     } else {
         String::new()
     };
+    let headline = if firewall {
+        "DNS is blocked upstream"
+    } else {
+        "Every DNS resolver refuses queries"
+    };
     format!(
-        "DNS is blocked upstream: {}{}{other}.",
+        "{headline}: {}{}{other}.",
         failure_phrase(failing, "query", "queries"),
         names_phrase(failing),
     )
@@ -385,7 +430,12 @@ fn port_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
             ("request", "requests")
         };
         let service = service(targets[0]);
-        let request = requests(sources, remotes.iter().copied(), &[proto], port);
+        let request = requests(
+            sources,
+            at_firewall(&targets).iter().map(|t| t.remote),
+            &[proto],
+            port,
+        );
         let finding = if rejected {
             let n = targets.iter().map(|t| t.rejected).sum();
             let how = match reason {
@@ -401,7 +451,7 @@ fn port_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
             );
             Finding::new(PORT_REJECTED, summary, &targets, request)
         } else {
-            let n = targets.iter().map(|t| t.unanswered).sum();
+            let n = targets.iter().map(|t| never_answered(t)).sum();
             let summary = format!(
                 "{service} to {} is silently dropped ({}, no answer, no rejection).",
                 list(&remotes),
@@ -411,6 +461,37 @@ fn port_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
         };
         findings.push(finding);
     }
+}
+
+/// Whether a rejection of that kind is what a firewall sends, rather than as often the remote
+/// host (a TCP reset or UDP port-unreachable from a closed port), a router (no route) or a
+/// host without that protocol. Only these, and unanswered requests, get a firewall request.
+fn rejection_blames_firewall(proto: Proto, reason: Option<&str>) -> bool {
+    match reason {
+        Some("icmp-port-unreachable" | "icmp6-port-unreachable") => proto == Proto::Tcp,
+        Some("icmp6-policy-fail" | "icmp6-reject-route") => true,
+        Some(reason) => reason.ends_with("-prohibited"),
+        None => false,
+    }
+}
+
+/// Whether `t`'s failure points at a firewall: unanswered, or rejected the way a firewall
+/// rejects (see [`rejection_blames_firewall`]).
+fn blames_firewall(t: &TargetView) -> bool {
+    match t.verdict {
+        Verdict::Blackholed => true,
+        Verdict::Rejected => rejection_blames_firewall(t.proto, t.reason),
+        _ => false,
+    }
+}
+
+/// The failing targets whose failure points at a firewall: those a request may name.
+fn at_firewall<'a>(targets: &[&'a TargetView]) -> Vec<&'a TargetView> {
+    targets
+        .iter()
+        .copied()
+        .filter(|t| blames_firewall(t))
+        .collect()
 }
 
 /// What a rejection of that kind means, and whether a firewall change may not help.
@@ -535,7 +616,7 @@ fn echo_counts(targets: &[&TargetView]) -> String {
     let mut parts = Vec::new();
     let (dropped, refused) = dropped_and_refused(targets);
     if !dropped.is_empty() {
-        let n = dropped.iter().map(|t| t.unanswered).sum();
+        let n = dropped.iter().map(|t| never_answered(t)).sum();
         parts.push(format!(
             "{} unanswered",
             count(n, "echo request", "echo requests")
@@ -561,7 +642,7 @@ fn icmp_requests(sources: &[IpAddr], targets: &[&TargetView]) -> Vec<FirewallReq
     for proto in [Proto::Icmp, Proto::Icmpv6] {
         let remotes: Vec<IpAddr> = targets
             .iter()
-            .filter(|t| t.proto == proto)
+            .filter(|t| t.proto == proto && blames_firewall(t))
             .map(|t| t.remote)
             .collect();
         out.extend(requests(sources, remotes, &[proto], None));
@@ -569,26 +650,58 @@ fn icmp_requests(sources: &[IpAddr], targets: &[&TargetView]) -> Vec<FirewallReq
     out
 }
 
-// --- IPv6, partial loss ------------------------------------------------------------------
+// --- IPv6, slow answers, partial loss ----------------------------------------------------
 
+/// The service of `t` with `icmpv6` spelled as `icmp`: what an IPv6 target and its IPv4
+/// counterpart have in common.
+fn family_free_service(t: &TargetView) -> (Proto, Option<u16>) {
+    let proto = if t.proto == Proto::Icmpv6 {
+        Proto::Icmp
+    } else {
+        t.proto
+    };
+    (proto, t.port)
+}
+
+/// IPv6 is only blamed where IPv4 shows the same service works: an IPv6 target that fails
+/// exactly like its IPv4 counterpart (DNS blocked on both) says nothing about IPv6.
 fn ipv6_finding(judged: &[&TargetView], findings: &mut Vec<Finding>) {
-    let v6_failing: Vec<&TargetView> = judged
-        .iter()
-        .copied()
-        .filter(|t| t.remote.is_ipv6() && fails(t))
-        .collect();
-    let v6_answers = judged.iter().any(|t| t.remote.is_ipv6() && answers(t));
-    let v4_ok = judged
-        .iter()
-        .filter(|t| t.remote.is_ipv4() && t.verdict == Verdict::Ok)
-        .count();
-    if v6_failing.is_empty() || v6_answers || v4_ok == 0 {
+    if judged.iter().any(|t| t.remote.is_ipv6() && answers(t)) {
         return;
     }
+    let v4_ok: Vec<&TargetView> = judged
+        .iter()
+        .copied()
+        .filter(|t| t.remote.is_ipv4() && t.verdict == Verdict::Ok)
+        .collect();
+    let mut v6_failing: Vec<&TargetView> = Vec::new();
+    let mut counterparts: Vec<&TargetView> = Vec::new();
+    for &target in judged.iter().filter(|t| t.remote.is_ipv6() && fails(t)) {
+        let service = family_free_service(target);
+        let twins: Vec<&TargetView> = v4_ok
+            .iter()
+            .copied()
+            .filter(|t| family_free_service(t) == service)
+            .collect();
+        if !twins.is_empty() {
+            v6_failing.push(target);
+            counterparts.extend(twins);
+        }
+    }
+    if v6_failing.is_empty() {
+        return;
+    }
+    // One IPv4 target can be the counterpart of several IPv6 ones.
+    counterparts.sort_by_key(|t| identity(t));
+    counterparts.dedup_by_key(|t| identity(t));
     let labels: Vec<String> = v6_failing.iter().map(|t| label(t)).collect();
+    let services: BTreeSet<String> = counterparts.iter().map(|t| service(t)).collect();
+    let services: Vec<String> = services.into_iter().collect();
+    let v4_remotes = remotes(&counterparts);
     let summary = format!(
-        "IPv6 is broken while IPv4 works: {} ({}) {} and no IPv6 target answers, while {} \
-         {} ok; programs that try IPv6 first stall or fall back slowly.",
+        "IPv6 is broken while IPv4 works: {} ({}) {} while the same {} over IPv4 ({} to {}) \
+         {} ok, and no IPv6 target answers; programs that try IPv6 first stall or fall back \
+         slowly.",
         count(v6_failing.len() as u64, "IPv6 target", "IPv6 targets"),
         list(&labels),
         if v6_failing.len() == 1 {
@@ -596,20 +709,127 @@ fn ipv6_finding(judged: &[&TargetView], findings: &mut Vec<Finding>) {
         } else {
             "fail"
         },
-        count(v4_ok as u64, "IPv4 target", "IPv4 targets"),
-        if v4_ok == 1 { "is" } else { "are" },
+        if services.len() == 1 {
+            "service"
+        } else {
+            "services"
+        },
+        list(&services),
+        list(&v4_remotes),
+        if counterparts.len() == 1 { "is" } else { "are" },
     );
-    findings.push(Finding::new(IPV6_BROKEN, summary, &v6_failing, Vec::new()));
+    let mut evidence = v6_failing;
+    evidence.extend(counterparts);
+    findings.push(Finding::new(IPV6_BROKEN, summary, &evidence, Vec::new()));
+}
+
+/// Blackholed too recently to be evidence: a slow remote's late answer may still come.
+fn is_provisional(t: &TargetView) -> bool {
+    t.verdict == Verdict::Blackholed && t.provisional
+}
+
+/// Whether `t`'s failures are answers after the timeout: slow, not blocked.
+fn is_slow(t: &TargetView) -> bool {
+    t.verdict == Verdict::Degraded && t.reason == Some(LATE)
+}
+
+/// One finding for every slow target: their latency, and a `--timeout` that would have
+/// waited for their answers. Late answers mixed with requests never answered stay one
+/// slow-answers finding (the unanswered count is in it): with a longer timeout, what is
+/// left shows as `partial-loss`.
+fn slow_answers_finding(judged: &[&TargetView], timeout: Duration, findings: &mut Vec<Finding>) {
+    let slow: Vec<&TargetView> = judged.iter().copied().filter(|t| is_slow(t)).collect();
+    if slow.is_empty() {
+        return;
+    }
+    let items: Vec<String> = slow
+        .iter()
+        .map(|t| match (t.latency_p50_ms, t.latency_p99_ms) {
+            (Some(p50), Some(p99)) => format!(
+                "{} (latency p50 {}, p99 {})",
+                label(t),
+                format_ms(p50),
+                format_ms(p99)
+            ),
+            _ => label(t),
+        })
+        .collect();
+    let late: u64 = slow.iter().map(|t| t.late).sum();
+    let mut counts = vec![count(late, "late answer", "late answers")];
+    let never: u64 = slow.iter().map(|t| never_answered(t)).sum();
+    if never > 0 {
+        counts.push(format!(
+            "{} never answered",
+            count(never, "request", "requests")
+        ));
+    }
+    let rejected: u64 = slow.iter().map(|t| t.rejected).sum();
+    if rejected > 0 {
+        counts.push(format!("{rejected} rejected"));
+    }
+    let slowest_p99_ms = slow
+        .iter()
+        .filter_map(|t| t.latency_p99_ms)
+        .fold(None, |max: Option<f64>, p99| {
+            Some(max.map_or(p99, |m| m.max(p99)))
+        });
+    let summary = format!(
+        "Answers from {} arrive after the {} timeout ({}): {} slow, not blocked; run with \
+         --timeout {}s or more.",
+        list(&items),
+        humantime::format_duration(timeout),
+        counts.join(", "),
+        if slow.len() == 1 {
+            "the target is"
+        } else {
+            "the targets are"
+        },
+        suggested_timeout_s(timeout, slowest_p99_ms),
+    );
+    findings.push(Finding::new(SLOW_ANSWERS, summary, &slow, Vec::new()));
+}
+
+/// A `--timeout` in whole seconds that waits for the slowest answers: 1.5 times the
+/// slowest p99 (which includes the late answers), at least twice the current timeout (the
+/// p99 can sit below it when few answers are late), at most netwatch's limit.
+fn suggested_timeout_s(timeout: Duration, slowest_p99_ms: Option<f64>) -> u64 {
+    let twice_s = timeout.as_secs_f64() * 2.0;
+    let from_p99_s = slowest_p99_ms.map_or(0.0, |ms| ms * 1.5 / 1000.0);
+    let seconds = twice_s.max(from_p99_s).ceil();
+    if seconds.is_finite() && seconds < f64::from(MAX_TIMEOUT_S) {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a positive whole number below MAX_TIMEOUT_S"
+        )]
+        let seconds = seconds as u64;
+        seconds.max(1)
+    } else {
+        u64::from(MAX_TIMEOUT_S)
+    }
+}
+
+/// `850 ms`, `1.6 s`.
+fn format_ms(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
 }
 
 fn partial_loss_findings(judged: &[&TargetView], findings: &mut Vec<Finding>) {
-    for &target in judged.iter().filter(|t| t.verdict == Verdict::Degraded) {
+    // Slow targets have their own finding: late answers are not loss.
+    for &target in judged
+        .iter()
+        .filter(|t| t.verdict == Verdict::Degraded && !is_slow(t))
+    {
         let n = target.requests;
+        let never = never_answered(target);
         let mut parts = Vec::new();
-        if target.unanswered > 0 || target.rejected == 0 {
+        if never > 0 || target.rejected == 0 {
             parts.push(format!(
-                "{} of {} unanswered",
-                target.unanswered,
+                "{never} of {} unanswered",
                 count(n, "request", "requests")
             ));
         }
@@ -624,9 +844,14 @@ fn partial_loss_findings(judged: &[&TargetView], findings: &mut Vec<Finding>) {
                 None => parts.push(format!("{rejected} rejected")),
             }
         }
+        let late = if target.late > 0 {
+            format!(" and {} more after the timeout", target.late)
+        } else {
+            String::new()
+        };
         let summary = format!(
-            "{} works only part of the time: {}, {} answered (intermittent loss, a rate limit \
-             or an overloaded path).",
+            "{} works only part of the time: {}, {} answered{late} (intermittent loss, a rate \
+             limit or an overloaded path).",
             label(target),
             parts.join(" and "),
             target.answered,
@@ -645,10 +870,18 @@ fn is_dns(t: &TargetView) -> bool {
     t.proto.has_ports() && t.port == Some(DNS_PORT)
 }
 
+/// Requests that never got an answer, not even a late one: a late answer's request was
+/// counted unanswered at its timeout first.
+fn never_answered(t: &TargetView) -> u64 {
+    t.unanswered.saturating_sub(t.late)
+}
+
+/// Ok or degraded, slow targets included: their answers do arrive.
 fn answers(t: &TargetView) -> bool {
     matches!(t.verdict, Verdict::Ok | Verdict::Degraded)
 }
 
+/// Blackholed or rejected: never a slow target (it is degraded).
 fn fails(t: &TargetView) -> bool {
     matches!(t.verdict, Verdict::Blackholed | Verdict::Rejected)
 }
@@ -699,7 +932,7 @@ fn failure_phrase(targets: &[&TargetView], one: &str, many: &str) -> String {
     let mut parts = Vec::new();
     let (dropped, refused) = dropped_and_refused(targets);
     if !dropped.is_empty() {
-        let n = dropped.iter().map(|t| t.unanswered).sum();
+        let n = dropped.iter().map(|t| never_answered(t)).sum();
         parts.push(format!(
             "{} to {} got no answer",
             count(n, one, many),
@@ -807,6 +1040,7 @@ mod tests {
 
     const SOURCE_V4: &str = "192.0.2.7";
     const SOURCE_V6: &str = "2001:db8:1::7";
+    const TIMEOUT: Duration = Duration::from_secs(1);
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -858,7 +1092,7 @@ mod tests {
     }
 
     fn run(targets: Vec<TargetView>) -> Vec<Finding> {
-        diagnose(&snap(targets), &sources())
+        diagnose(&snap(targets), &sources(), TIMEOUT)
     }
 
     fn ids(findings: &[Finding]) -> Vec<&'static str> {
@@ -1023,9 +1257,26 @@ mod tests {
                 vec![PORT_BLACKHOLED],
             ),
             (
+                "IPv6 fails exactly like its IPv4 counterpart",
+                vec![
+                    dropped(Udp, R6, 53, 3),
+                    dropped(Udp, R1, 53, 3),
+                    ok(Tcp, HOST, 443, 3),
+                ],
+                vec![DNS_BLOCKED],
+            ),
+            (
                 "a degraded target",
                 vec![degraded(Tcp, HOST, 443, 20, 3)],
                 vec![PARTIAL_LOSS],
+            ),
+            (
+                "a slow resolver is slow, not blocked",
+                vec![
+                    slow(Udp, R1, 53, 4, 4, 1600.0, 1700.0),
+                    ok(Tcp, HOST, 443, 2),
+                ],
+                vec![SLOW_ANSWERS],
             ),
             (
                 "all at once, most important first",
@@ -1037,6 +1288,7 @@ mod tests {
                     dropped(Tcp, HOST, 5432, 3),
                     ok(Tcp, HOST, 443, 20),
                     dropped(Udp, R1, 53, 14),
+                    slow(Tcp, "198.51.100.12", 8080, 4, 4, 1100.0, 1200.0),
                 ],
                 vec![
                     DNS_BLOCKED,
@@ -1045,6 +1297,7 @@ mod tests {
                     PORT_REJECTED,   // tcp/8443
                     ICMP_FILTERED,
                     IPV6_BROKEN,
+                    SLOW_ANSWERS,
                     PARTIAL_LOSS,
                 ],
             ),
@@ -1109,6 +1362,34 @@ mod tests {
     }
 
     #[test]
+    fn only_requests_this_host_sent_are_evidence() {
+        let mut inbound = dropped(Tcp, HOST, 22, 3);
+        inbound.direction = Direction::Ingress;
+        let mut inbound_dns = dropped(Udp, R1, 53, 2);
+        inbound_dns.direction = Direction::Ingress;
+        let findings = run(vec![inbound, inbound_dns, ok(Tcp, HOST, 443, 1)]);
+        assert_eq!(ids(&findings), Vec::<&str>::new(), "{findings:#?}");
+    }
+
+    #[test]
+    fn provisional_blackholes_are_not_evidence_yet() {
+        let mut fresh = dropped(Udp, R1, 53, 3);
+        fresh.provisional = true;
+        let mut port = dropped(Tcp, HOST6, 443, 1);
+        port.provisional = true;
+        let findings = run(vec![fresh.clone(), port.clone(), ok(Tcp, HOST, 443, 1)]);
+        assert_eq!(ids(&findings), Vec::<&str>::new(), "{findings:#?}");
+        // Next to a resolver blocked for longer, the provisional one is left out.
+        let findings = run(vec![fresh, dropped(Udp, R2, 53, 2)]);
+        let dns = the(&findings, DNS_BLOCKED);
+        assert_eq!(dns.evidence.len(), 1);
+        assert_eq!(dns.request[0].destinations, vec![ip(R2)]);
+        port.provisional = false;
+        let findings = run(vec![port, ok(Tcp, HOST, 443, 1)]);
+        assert_eq!(ids(&findings), vec![PORT_BLACKHOLED, IPV6_BROKEN]);
+    }
+
+    #[test]
     fn dns_blocked_says_ip_works_names_dont() {
         let mut r1 = dropped(Udp, R1, 53, 10);
         r1.names = Some(vec!["chat.example.com".into()]);
@@ -1123,7 +1404,7 @@ mod tests {
             dns.summary,
             "DNS is blocked upstream: 14 queries to 198.51.100.53, 198.51.100.54 got no answer \
              (lookups of chat.example.com fail), while traffic to IP addresses works (tcp/22, \
-             tcp/443 ok): IP works, names don't."
+             tcp/443 answered): IP works, names don't."
         );
         assert_eq!(dns.evidence.len(), 2);
         assert_eq!(dns.evidence[0].remote, ip(R1));
@@ -1140,7 +1421,7 @@ mod tests {
             the(&findings, DNS_BLOCKED).summary,
             "DNS is blocked upstream: 6 queries to 198.51.100.54 got no answer and 1 query to \
              198.51.100.53 was rejected (icmp-admin-prohibited), while traffic to IP addresses \
-             works (icmp ok): IP works, names don't."
+             works (icmp answered): IP works, names don't."
         );
     }
 
@@ -1165,7 +1446,7 @@ mod tests {
         let findings = run(vec![
             dropped(Udp, R2, 53, 1),
             dropped(Tcp, R2, 53, 1),
-            refused(Udp, R1, 53, 1, "icmp-port-unreachable"),
+            refused(Udp, R1, 53, 1, "icmp-admin-prohibited"),
             dropped(Udp, R6, 53, 1),
             ok(Tcp, HOST, 443, 1),
         ]);
@@ -1184,13 +1465,13 @@ mod tests {
     #[test]
     fn sources_fall_back_to_the_unspecified_address_of_the_family() {
         let snapshot = snap(vec![dropped(Udp, R1, 53, 1), dropped(Udp, R6, 53, 1)]);
-        let v4_only = diagnose(&snapshot, &[ip(SOURCE_V4)]);
+        let v4_only = diagnose(&snapshot, &[ip(SOURCE_V4)], TIMEOUT);
         let sources: Vec<IpAddr> = v4_only[0].request.iter().map(|r| r.source).collect();
         assert_eq!(
             sources,
             vec![ip(SOURCE_V4), ip(SOURCE_V4), ip("::"), ip("::")]
         );
-        let v6_first = diagnose(&snapshot, &[ip(SOURCE_V6), ip("2001:db8:1::8")]);
+        let v6_first = diagnose(&snapshot, &[ip(SOURCE_V6), ip("2001:db8:1::8")], TIMEOUT);
         let sources: Vec<IpAddr> = v6_first[0].request.iter().map(|r| r.source).collect();
         assert_eq!(
             sources,
@@ -1256,16 +1537,26 @@ mod tests {
             "the dropped tcp/53 and the working udp/53"
         );
         let udp = run(vec![
-            refused(Udp, R1, 53, 2, "icmp-port-unreachable"),
+            refused(Udp, R1, 53, 2, "icmp-admin-prohibited"),
             ok(Tcp, R1, 53, 1),
         ]);
         assert!(udp[0].summary.starts_with(
-            "DNS over udp/53 to 198.51.100.53 is rejected (icmp-port-unreachable) while tcp/53 \
+            "DNS over udp/53 to 198.51.100.53 is rejected (icmp-admin-prohibited) while tcp/53 \
              answers"
         ));
         assert_eq!(
             udp[0].request,
             vec![request(SOURCE_V4, &[R1], Udp, Some(53))]
+        );
+        let unreachable = run(vec![
+            refused(Udp, R1, 53, 2, "icmp-port-unreachable"),
+            ok(Tcp, R1, 53, 1),
+        ]);
+        assert_eq!(ids(&unreachable), vec![DNS_TRANSPORT_BLOCKED]);
+        assert_eq!(
+            unreachable[0].request,
+            vec![],
+            "port-unreachable for UDP is as often nothing listening as a firewall"
         );
     }
 
@@ -1346,7 +1637,8 @@ mod tests {
         );
         assert_eq!(
             findings[2].request,
-            vec![request(SOURCE_V4, &[HOST], Tcp, Some(9000))]
+            vec![],
+            "a reset is as often the host as a firewall: no request"
         );
     }
 
@@ -1459,6 +1751,7 @@ mod tests {
     fn ipv6_broken_evidence_and_wording() {
         let findings = run(vec![
             dropped(Tcp, HOST6, 443, 3),
+            // No IPv4 ping was seen: no evidence about ICMPv6, so not part of the finding.
             refused(Icmpv6, HOST6, 0, 1, "icmp6-no-route"),
             ok(Tcp, HOST, 443, 3),
             ok(Udp, R1, 53, 3),
@@ -1467,13 +1760,321 @@ mod tests {
         let v6 = the(&findings, IPV6_BROKEN);
         assert_eq!(
             v6.summary,
-            "IPv6 is broken while IPv4 works: 2 IPv6 targets (tcp/443 to 2001:db8::10, icmpv6 to \
-             2001:db8::10) fail and no IPv6 target answers, while 2 IPv4 targets are ok; programs \
-             that try IPv6 first stall or fall back slowly."
+            "IPv6 is broken while IPv4 works: 1 IPv6 target (tcp/443 to 2001:db8::10) fails \
+             while the same service over IPv4 (tcp/443 to 198.51.100.10) is ok, and no IPv6 \
+             target answers; programs that try IPv6 first stall or fall back slowly."
         );
-        assert_eq!(v6.evidence.len(), 2);
-        assert!(v6.evidence.iter().all(|t| t.remote.is_ipv6()));
+        let evidence: Vec<(Proto, IpAddr)> =
+            v6.evidence.iter().map(|t| (t.proto, t.remote)).collect();
+        assert_eq!(
+            evidence,
+            vec![(Tcp, ip(HOST)), (Tcp, ip(HOST6))],
+            "the failing IPv6 target and its working IPv4 counterpart"
+        );
         assert!(v6.request.is_empty());
+    }
+
+    #[test]
+    fn ipv6_broken_pairs_icmpv6_with_icmp() {
+        let findings = run(vec![dropped(Icmpv6, HOST6, 0, 2), ok(Icmp, HOST, 0, 2)]);
+        let v6 = the(&findings, IPV6_BROKEN);
+        assert!(
+            v6.summary.contains(
+                "(icmpv6 to 2001:db8::10) fails while the same service over IPv4 (icmp to \
+                 198.51.100.10) is ok"
+            ),
+            "{}",
+            v6.summary
+        );
+    }
+
+    #[test]
+    fn ipv6_broken_needs_an_ipv4_counterpart_that_works() {
+        // DNS blocked on both families: the IPv6 resolver fails exactly like the IPv4 one.
+        let both = run(vec![
+            dropped(Udp, R1, 53, 4),
+            dropped(Udp, R6, 53, 4),
+            ok(Tcp, HOST, 443, 3),
+        ]);
+        assert_eq!(ids(&both), vec![DNS_BLOCKED], "{both:#?}");
+        // tcp/443 fails on both; another IPv4 service works: still nothing about IPv6.
+        let twin_fails = run(vec![
+            dropped(Tcp, HOST6, 443, 3),
+            dropped(Tcp, HOST, 443, 3),
+            ok(Tcp, HOST, 22, 3),
+        ]);
+        assert!(!ids(&twin_fails).contains(&IPV6_BROKEN), "{twin_fails:#?}");
+        // The IPv4 counterpart is only degraded or slow: not "works".
+        let mut slow_twin = slow(Tcp, HOST, 443, 4, 1, 1500.0, 1700.0);
+        slow_twin.answered = 3;
+        for twin in [degraded(Tcp, HOST, 443, 4, 1), slow_twin] {
+            let findings = run(vec![dropped(Tcp, HOST6, 443, 3), twin]);
+            assert!(!ids(&findings).contains(&IPV6_BROKEN), "{findings:#?}");
+        }
+        // The other direction: v6 tcp/443 dropped while v4 tcp/443 is ok.
+        let broken = run(vec![
+            dropped(Tcp, HOST6, 443, 3),
+            dropped(Tcp, "2001:db8::11", 443, 3),
+            ok(Tcp, "198.51.100.11", 443, 3),
+            dropped(Udp, R6, 53, 1),
+            dropped(Udp, R1, 53, 1),
+        ]);
+        let v6 = the(&broken, IPV6_BROKEN);
+        assert_eq!(
+            v6.evidence.len(),
+            3,
+            "the DNS target failing on both families is not evidence: {v6:#?}"
+        );
+        assert!(
+            v6.summary.contains(
+                "2 IPv6 targets (tcp/443 to 2001:db8::10, tcp/443 to 2001:db8::11) fail while \
+                 the same service over IPv4 (tcp/443 to 198.51.100.11) is ok"
+            ),
+            "{}",
+            v6.summary
+        );
+    }
+
+    fn slow(
+        proto: Proto,
+        remote: &str,
+        port: u16,
+        requests: u64,
+        late: u64,
+        p50_ms: f64,
+        p99_ms: f64,
+    ) -> TargetView {
+        let mut t = view(proto, remote, port_of(proto, port), Verdict::Degraded);
+        // A late answer's request was counted unanswered at its timeout first.
+        (t.requests, t.unanswered, t.late, t.reason) = (requests, late, late, Some(LATE));
+        (t.latency_p50_ms, t.latency_p99_ms) = (Some(p50_ms), Some(p99_ms));
+        t
+    }
+
+    #[test]
+    fn slow_answers_names_the_latency_and_a_timeout_and_asks_for_nothing() {
+        let findings = run(vec![slow(Udp, R1, 53, 3, 3, 1600.0, 1700.0)]);
+        assert_eq!(ids(&findings), vec![SLOW_ANSWERS]);
+        assert_eq!(
+            findings[0].summary,
+            "Answers from udp/53 to 198.51.100.53 (latency p50 1.6 s, p99 1.7 s) arrive after \
+             the 1s timeout (3 late answers): the target is slow, not blocked; run with \
+             --timeout 3s or more."
+        );
+        assert!(findings[0].request.is_empty());
+        assert_eq!(findings[0].evidence.len(), 1);
+
+        let many = run(vec![
+            slow(Tcp, HOST, 443, 10, 1, 40.0, 1200.0),
+            slow(Udp, R1, 53, 3, 3, 1600.0, 4100.0),
+            ok(Tcp, HOST, 22, 1),
+        ]);
+        assert_eq!(
+            ids(&many),
+            vec![SLOW_ANSWERS],
+            "one finding for every slow target"
+        );
+        assert_eq!(
+            many[0].summary,
+            "Answers from tcp/443 to 198.51.100.10 (latency p50 40 ms, p99 1.2 s), udp/53 to \
+             198.51.100.53 (latency p50 1.6 s, p99 4.1 s) arrive after the 1s timeout (4 late \
+             answers): the targets are slow, not blocked; run with --timeout 7s or more."
+        );
+        assert_eq!(many[0].evidence.len(), 2);
+    }
+
+    #[test]
+    fn slow_targets_feed_no_blocked_finding() {
+        let cases = vec![
+            (
+                "a slow resolver alone",
+                vec![slow(Udp, R1, 53, 5, 5, 1600.0, 1700.0)],
+            ),
+            (
+                "every resolver slow, IP works",
+                vec![
+                    slow(Udp, R1, 53, 5, 5, 1600.0, 1700.0),
+                    slow(Udp, R6, 53, 5, 5, 1600.0, 1700.0),
+                    ok(Tcp, HOST, 443, 3),
+                ],
+            ),
+            (
+                "slow over udp/53, tcp/53 ok",
+                vec![slow(Udp, R1, 53, 5, 5, 1600.0, 1700.0), ok(Tcp, R1, 53, 2)],
+            ),
+            (
+                "a slow non-DNS port",
+                vec![
+                    slow(Tcp, HOST, 5432, 4, 4, 2000.0, 2500.0),
+                    ok(Tcp, HOST, 443, 1),
+                ],
+            ),
+            (
+                "a slow ping, the host answers nothing else",
+                vec![slow(Icmp, HOST, 0, 4, 4, 1100.0, 1300.0)],
+            ),
+            (
+                "slow over IPv6 while IPv4 is ok",
+                vec![
+                    slow(Tcp, HOST6, 443, 3, 3, 1500.0, 1900.0),
+                    ok(Tcp, HOST, 443, 3),
+                ],
+            ),
+        ];
+        for (name, targets) in cases {
+            let findings = run(targets);
+            assert_eq!(ids(&findings), vec![SLOW_ANSWERS], "{name}: {findings:#?}");
+            assert!(render_requests(&findings).is_empty(), "{name}");
+        }
+        // Next to a blocked resolver, the slow one is the one that answers.
+        let findings = run(vec![
+            slow(Udp, R1, 53, 5, 5, 1600.0, 1700.0),
+            dropped(Udp, R2, 53, 3),
+        ]);
+        assert_eq!(
+            ids(&findings),
+            vec![RESOLVER_PARTIALLY_BLOCKED, SLOW_ANSWERS]
+        );
+        assert_eq!(
+            findings[0].request,
+            vec![
+                request(SOURCE_V4, &[R2], Udp, Some(53)),
+                request(SOURCE_V4, &[R2], Tcp, Some(53)),
+            ],
+            "only the silent resolver is asked for"
+        );
+    }
+
+    #[test]
+    fn late_answers_mixed_with_unanswered_requests() {
+        // Slow, and some requests never answered at all: one slow-answers finding that says
+        // so; no partial-loss until a longer timeout shows what is really lost.
+        let mut mixed = slow(Udp, R1, 53, 10, 3, 1600.0, 1700.0);
+        (mixed.answered, mixed.unanswered) = (5, 5);
+        let findings = run(vec![mixed]);
+        assert_eq!(ids(&findings), vec![SLOW_ANSWERS]);
+        assert!(
+            findings[0]
+                .summary
+                .contains("(3 late answers, 2 requests never answered)"),
+            "{}",
+            findings[0].summary
+        );
+        // Degraded for another reason, with some late answers too: partial-loss, whose
+        // unanswered count leaves the late answers out.
+        let mut other = degraded(Tcp, HOST, 443, 10, 3);
+        (other.late, other.rejected, other.reason) = (1, 1, Some("tcp-reset"));
+        other.answered = 6;
+        let findings = run(vec![other]);
+        assert_eq!(ids(&findings), vec![PARTIAL_LOSS]);
+        assert_eq!(
+            findings[0].summary,
+            "tcp/443 to 198.51.100.10 works only part of the time: 2 of 10 requests unanswered \
+             and 1 rejected (tcp-reset), 6 answered and 1 more after the timeout (intermittent \
+             loss, a rate limit or an overloaded path)."
+        );
+    }
+
+    #[test]
+    fn suggested_timeouts() {
+        let s = Duration::from_secs;
+        let cases = [
+            (s(1), Some(1700.0), 3),
+            (s(1), None, 2),
+            (s(3), Some(3500.0), 6),
+            (s(1), Some(10_000.0), 15),
+            (Duration::from_millis(500), Some(600.0), 1),
+            (Duration::from_millis(10), Some(1.0), 1),
+            (s(1800), Some(9000.0), 3600),
+            (s(3600), None, 3600),
+            (s(1), Some(f64::INFINITY), 3600),
+        ];
+        for (timeout, p99, expected) in cases {
+            assert_eq!(
+                suggested_timeout_s(timeout, p99),
+                expected,
+                "{timeout:?} {p99:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_only_where_the_evidence_points_at_a_firewall() {
+        let cases = [
+            (Tcp, Some("icmp-admin-prohibited"), true),
+            (Tcp, Some("icmp6-adm-prohibited"), true),
+            (Udp, Some("icmp-host-prohibited"), true),
+            (Tcp, Some("icmp6-policy-fail"), true),
+            (Tcp, Some("icmp6-reject-route"), true),
+            (Tcp, Some("icmp-port-unreachable"), true),
+            (Udp, Some("icmp-port-unreachable"), false),
+            (Udp, Some("icmp6-port-unreachable"), false),
+            (Tcp, Some("tcp-reset"), false),
+            (Tcp, Some("icmp-host-unreachable"), false),
+            (Tcp, Some("icmp6-no-route"), false),
+            (Tcp, Some("icmp-proto-unreachable"), false),
+            (Tcp, Some("icmp-unreachable-other"), false),
+            (Tcp, None, false),
+        ];
+        for (proto, reason, expected) in cases {
+            assert_eq!(
+                rejection_blames_firewall(proto, reason),
+                expected,
+                "{proto} {reason:?}"
+            );
+        }
+        // Every resolver refuses with port-unreachable: nothing listens, or a firewall's
+        // default REJECT. No "blocked", no request.
+        let findings = run(vec![
+            refused(Udp, R1, 53, 2, "icmp-port-unreachable"),
+            ok(Tcp, HOST, 443, 1),
+        ]);
+        let dns = the(&findings, DNS_BLOCKED);
+        assert!(
+            dns.summary.starts_with(
+                "Every DNS resolver refuses queries: 2 queries to 198.51.100.53 were rejected \
+                 (icmp-port-unreachable)"
+            ),
+            "{}",
+            dns.summary
+        );
+        assert!(dns.request.is_empty());
+        let partial = run(vec![
+            refused(Udp, R1, 53, 2, "icmp-port-unreachable"),
+            ok(Udp, R2, 53, 1),
+        ]);
+        let partial = the(&partial, RESOLVER_PARTIALLY_BLOCKED);
+        assert!(
+            partial
+                .summary
+                .starts_with("Some DNS resolvers refuse queries: resolver 198.51.100.54 answers"),
+            "{}",
+            partial.summary
+        );
+        assert!(
+            partial
+                .summary
+                .contains("whenever the refusing resolver is tried")
+        );
+        assert!(partial.request.is_empty());
+        // Mixed: only the resolver whose failure points at a firewall is asked for.
+        let mixed = run(vec![
+            refused(Udp, R1, 53, 2, "icmp-port-unreachable"),
+            dropped(Udp, R2, 53, 1),
+        ]);
+        let dns = the(&mixed, DNS_BLOCKED);
+        assert!(dns.summary.starts_with("DNS is blocked upstream"));
+        assert_eq!(
+            dns.request,
+            vec![
+                request(SOURCE_V4, &[R2], Udp, Some(53)),
+                request(SOURCE_V4, &[R2], Tcp, Some(53)),
+            ]
+        );
+        // A ping refused by a router: the finding, no request.
+        let icmp = run(vec![refused(Icmp, HOST, 0, 2, "icmp-host-unreachable")]);
+        assert_eq!(ids(&icmp), vec![ICMP_FILTERED]);
+        assert!(icmp[0].request.is_empty());
     }
 
     #[test]
@@ -1591,6 +2192,14 @@ mod tests {
             serde_json::to_value(&partial[0]).unwrap()["request"],
             json!([])
         );
+        let slow = run(vec![slow(Udp, R1, 53, 3, 3, 1600.0, 1700.0)]);
+        let value = serde_json::to_value(&slow[0]).unwrap();
+        assert_eq!(value["finding"], "slow-answers");
+        assert_eq!(value["request"], json!([]));
+        assert_eq!(value["evidence"][0]["verdict"], "degraded");
+        assert_eq!(value["evidence"][0]["reason"], "late");
+        assert_eq!(value["evidence"][0]["late"], 3);
+        assert_eq!(value["evidence"][0]["latency_p99_ms"], 1700.0);
     }
 
     #[test]

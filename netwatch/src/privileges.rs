@@ -3,6 +3,7 @@
 
 use std::fs;
 
+use caps::{CapSet, Capability as Cap, CapsHashSet};
 use thiserror::Error;
 
 /// A Linux capability netwatch may need.
@@ -68,16 +69,96 @@ pub fn missing(effective: u64) -> Vec<Capability> {
     missing
 }
 
-/// Once the programs are loaded and attached, keeps only `CAP_NET_ADMIN` (to attach again
-/// to an interface that comes back, and to remove clsact filters at exit) and drops every
-/// other capability for good. Map reads and tcx detach need none.
-pub fn drop_after_attach() -> Result<(), caps::errors::CapsError> {
-    use caps::{CapSet, Capability as Cap, CapsHashSet};
-    let keep: CapsHashSet = [Cap::CAP_NET_ADMIN].into_iter().collect();
+/// What a harmless `bpf()` call on one of netwatch's maps said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpfProbe {
+    /// The call worked (a missing key counts: the kernel let the call through).
+    Allowed,
+    /// `EPERM`: the kernel wants `CAP_BPF` (or `CAP_SYS_ADMIN`) for every `bpf()` call.
+    Refused,
+    /// Any other error (`errno`, if known): not about privileges.
+    Failed(Option<i32>),
+}
+
+impl BpfProbe {
+    /// From the call's result: `Err` carries its errno when there is one.
+    #[must_use]
+    pub fn from_result(result: Result<(), Option<i32>>) -> Self {
+        match result {
+            Ok(()) => Self::Allowed,
+            Err(Some(libc::EPERM)) => Self::Refused,
+            Err(errno) => Self::Failed(errno),
+        }
+    }
+}
+
+/// The capabilities to keep once attached: `CAP_NET_ADMIN` (to attach again to an interface
+/// that comes back, and to remove clsact filters at exit), plus what the running kernel
+/// needs for the map reads of every poll.
+///
+/// Kernels before 5.19 with `kernel.unprivileged_bpf_disabled` set refuse every `bpf()`
+/// call, even on a map descriptor the process already holds, without `CAP_BPF` (Linux 5.8+)
+/// or `CAP_SYS_ADMIN` (before 5.8, the only one); 5.19 (selftest
+/// `prog_tests/unpriv_bpf_disabled.c`) lets map reads on a held descriptor through. Distributions backport such changes, so
+/// the kernel is asked rather than guessed
+/// from its version: `probe(None)` makes a harmless `bpf()` call with only `CAP_NET_ADMIN`
+/// effective; if it is refused, `probe(Some(cap))` tries again with `cap` raised, for
+/// `CAP_BPF` then `CAP_SYS_ADMIN`, those in `permitted` only. The first that works is kept.
+/// If none does, every permitted capability is kept: something other than privileges is
+/// wrong, and the poll will say what. Errors of `probe` itself (raising a capability) are
+/// returned as they are.
+pub fn keep_after_attach<E>(
+    permitted: &CapsHashSet,
+    probe: &mut dyn FnMut(Option<Cap>) -> Result<BpfProbe, E>,
+) -> Result<CapsHashSet, E> {
+    let base: CapsHashSet = permitted
+        .iter()
+        .copied()
+        .filter(|&cap| cap == Cap::CAP_NET_ADMIN)
+        .collect();
+    if probe(None)? != BpfProbe::Refused {
+        return Ok(base);
+    }
+    for cap in [Cap::CAP_BPF, Cap::CAP_SYS_ADMIN] {
+        if !permitted.contains(&cap) {
+            continue;
+        }
+        if probe(Some(cap))? != BpfProbe::Refused {
+            log::debug!(
+                "this kernel refuses bpf() without {cap} (kernel.unprivileged_bpf_disabled \
+                 before Linux 5.19): keeping {cap}"
+            );
+            let mut keep = base;
+            keep.insert(cap);
+            return Ok(keep);
+        }
+    }
+    log::debug!("bpf() is refused even with CAP_BPF and CAP_SYS_ADMIN: keeping every capability");
+    Ok(permitted.clone())
+}
+
+/// Once the programs are loaded and attached, drops every capability the kernel does not
+/// need for the rest of the run (see [`keep_after_attach`]) for good. `bpf_call` makes a
+/// harmless `bpf()` call on one of netwatch's maps with the effective set as it is.
+/// Capabilities are first lowered in the effective set only (still permitted, so they can be
+/// raised again), then the permitted set follows.
+pub fn drop_after_attach(
+    bpf_call: &mut dyn FnMut() -> BpfProbe,
+) -> Result<(), caps::errors::CapsError> {
     let permitted = caps::read(None, CapSet::Permitted)?;
-    let keep: CapsHashSet = keep.intersection(&permitted).copied().collect();
     caps::clear(None, CapSet::Ambient)?;
     caps::clear(None, CapSet::Inheritable)?;
+    let base: CapsHashSet = permitted
+        .iter()
+        .copied()
+        .filter(|&cap| cap == Cap::CAP_NET_ADMIN)
+        .collect();
+    let keep = keep_after_attach::<caps::errors::CapsError>(&permitted, &mut |extra| {
+        let mut effective = base.clone();
+        effective.extend(extra);
+        caps::set(None, CapSet::Effective, &effective)?;
+        Ok(bpf_call())
+    })?;
     caps::set(None, CapSet::Effective, &keep)?;
     caps::set(None, CapSet::Permitted, &keep)
 }
@@ -122,6 +203,99 @@ mod tests {
         let status = "Name:\tnetwatch\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(effective_set(status), Some(0x01ff_ffff_ffff));
         assert_eq!(effective_set("Name: x\n"), None);
+    }
+
+    fn caps(list: &[Cap]) -> CapsHashSet {
+        list.iter().copied().collect()
+    }
+
+    /// A kernel that refuses `bpf()` unless one of `needs` is raised (none: never refuses),
+    /// and the probes it saw.
+    fn kernel(needs: &'static [Cap]) -> impl FnMut(Option<Cap>) -> Result<BpfProbe, ()> + use<> {
+        move |extra| {
+            Ok(
+                if needs.is_empty() || extra.is_some_and(|cap| needs.contains(&cap)) {
+                    BpfProbe::Allowed
+                } else {
+                    BpfProbe::Refused
+                },
+            )
+        }
+    }
+
+    const ROOT: &[Cap] = &[
+        Cap::CAP_NET_ADMIN,
+        Cap::CAP_BPF,
+        Cap::CAP_PERFMON,
+        Cap::CAP_SYS_ADMIN,
+        Cap::CAP_CHOWN,
+    ];
+
+    #[test]
+    fn a_kernel_that_lets_bpf_through_keeps_only_net_admin() {
+        let keep = keep_after_attach(&caps(ROOT), &mut kernel(&[])).unwrap();
+        assert_eq!(keep, caps(&[Cap::CAP_NET_ADMIN]));
+        let least = caps(&[Cap::CAP_NET_ADMIN, Cap::CAP_BPF, Cap::CAP_PERFMON]);
+        let keep = keep_after_attach(&least, &mut kernel(&[])).unwrap();
+        assert_eq!(keep, caps(&[Cap::CAP_NET_ADMIN]));
+    }
+
+    #[test]
+    fn unprivileged_bpf_disabled_keeps_cap_bpf() {
+        // 5.8 to 5.18: CAP_BPF or CAP_SYS_ADMIN will do; CAP_BPF is the smaller.
+        let mut seen = Vec::new();
+        let mut probe = kernel(&[Cap::CAP_BPF, Cap::CAP_SYS_ADMIN]);
+        let keep = keep_after_attach(&caps(ROOT), &mut |extra| {
+            seen.push(extra);
+            probe(extra)
+        })
+        .unwrap();
+        assert_eq!(keep, caps(&[Cap::CAP_NET_ADMIN, Cap::CAP_BPF]));
+        assert_eq!(seen, vec![None, Some(Cap::CAP_BPF)]);
+        // Granted exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
+        let least = caps(&[Cap::CAP_NET_ADMIN, Cap::CAP_BPF, Cap::CAP_PERFMON]);
+        let keep = keep_after_attach(&least, &mut kernel(&[Cap::CAP_BPF])).unwrap();
+        assert_eq!(keep, caps(&[Cap::CAP_NET_ADMIN, Cap::CAP_BPF]));
+    }
+
+    #[test]
+    fn before_cap_bpf_existed_cap_sys_admin_is_kept() {
+        // Before 5.8 the kernel knows no CAP_BPF: it is never permitted.
+        let permitted = caps(&[Cap::CAP_NET_ADMIN, Cap::CAP_SYS_ADMIN]);
+        let keep = keep_after_attach(&permitted, &mut kernel(&[Cap::CAP_SYS_ADMIN])).unwrap();
+        assert_eq!(keep, permitted);
+    }
+
+    #[test]
+    fn refused_whatever_is_raised_keeps_everything() {
+        let keep = keep_after_attach(&caps(ROOT), &mut kernel(&[Cap::CAP_SETUID])).unwrap();
+        assert_eq!(keep, caps(ROOT));
+    }
+
+    #[test]
+    fn other_errors_are_not_about_privileges() {
+        let mut probe = |_| Ok::<_, ()>(BpfProbe::Failed(Some(libc::EBADF)));
+        let keep = keep_after_attach(&caps(ROOT), &mut probe).unwrap();
+        assert_eq!(keep, caps(&[Cap::CAP_NET_ADMIN]));
+        let mut failing = |_| Err::<BpfProbe, _>("capset failed");
+        assert_eq!(
+            keep_after_attach(&caps(ROOT), &mut failing),
+            Err("capset failed")
+        );
+    }
+
+    #[test]
+    fn probe_results_from_errno() {
+        assert_eq!(BpfProbe::from_result(Ok(())), BpfProbe::Allowed);
+        assert_eq!(
+            BpfProbe::from_result(Err(Some(libc::EPERM))),
+            BpfProbe::Refused
+        );
+        assert_eq!(
+            BpfProbe::from_result(Err(Some(libc::EACCES))),
+            BpfProbe::Failed(Some(libc::EACCES))
+        );
+        assert_eq!(BpfProbe::from_result(Err(None)), BpfProbe::Failed(None));
     }
 
     #[test]

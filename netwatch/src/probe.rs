@@ -2,6 +2,8 @@
 //! and detaches everything when dropped.
 
 use std::{
+    collections::BTreeSet,
+    net::IpAddr,
     os::fd::{AsFd as _, OwnedFd},
     process::Command,
     time::Duration,
@@ -17,10 +19,10 @@ use aya::{
 };
 use netwatch_common::{
     COUNTERS_MAP, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, EGRESS_PROGRAM,
-    INGRESS_PROGRAM, KernelCounter, LOCAL_ADDRS_MAP, LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP,
-    LocalDropKey, NEXT_SLOT_MAP, PENDING_CAPACITY, PENDING_MAP, PendingRequest, RequestKey,
-    SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY, TARGETS_MAP, TIMEOUT_GLOBAL,
-    TargetCounters, TargetKey,
+    INGRESS_PROGRAM, KernelCounter, LOCAL_ADDRESSES_CAPACITY, LOCAL_ADDRESSES_MAP,
+    LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP, LocalDropKey, NEXT_SLOT_MAP, PENDING_CAPACITY,
+    PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
+    TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
 };
 use thiserror::Error;
 
@@ -164,6 +166,9 @@ pub struct Probe {
     /// Slots below this were queued for learning.
     scanned_slots: u32,
     counters: PerCpuArray<MapData, u64>,
+    local_addresses: HashMap<MapData, [u8; 16], u8>,
+    /// What [`Self::local_addresses`] holds.
+    known_local: BTreeSet<[u8; 16]>,
     attachments: Vec<Attachment>,
     /// The `skb:kfree_skb` program's state: its maps and the kernel's reason names, or why
     /// this kernel cannot have it.
@@ -173,9 +178,6 @@ pub struct Probe {
 /// The local drop program's maps, once it is loaded.
 struct LocalDrops {
     drops: HashMap<MapData, LocalDropKey, u64>,
-    addresses: HashMap<MapData, [u8; 16], u8>,
-    /// The addresses in `addresses`, to update it by difference.
-    known_addresses: Vec<[u8; 16]>,
     reasons: DropReasons,
     attached: bool,
 }
@@ -326,6 +328,11 @@ impl Probe {
             aya::maps::Map::Array(data) => CounterArray::map(data)?,
             _ => return Err(ProbeError::Load(format!("{TARGETS_MAP} is not an array"))),
         };
+        let local_addresses = HashMap::try_from(take_map(&mut ebpf, LOCAL_ADDRESSES_MAP)?)
+            .map_err(|source| ProbeError::Map {
+                map: LOCAL_ADDRESSES_MAP,
+                source,
+            })?;
         let counters =
             PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?).map_err(|source| {
                 ProbeError::Map {
@@ -347,8 +354,42 @@ impl Probe {
             unresolved_slots: Vec::new(),
             scanned_slots: 0,
             counters,
+            local_addresses,
+            known_local: BTreeSet::new(),
             attachments: Vec::new(),
         })
+    }
+
+    /// Tells the programs this host's addresses: a request arriving is one asked of this
+    /// host only when sent to one of them. Adds the new ones, removes the gone ones; at most
+    /// [`LOCAL_ADDRESSES_CAPACITY`] are kept (more is one debug line).
+    pub fn set_local_addresses(
+        &mut self,
+        addresses: impl IntoIterator<Item = IpAddr>,
+    ) -> Result<(), ProbeError> {
+        let wanted: BTreeSet<[u8; 16]> = addresses.into_iter().map(ip_to_key).collect();
+        let map_error = |source| ProbeError::Map {
+            map: LOCAL_ADDRESSES_MAP,
+            source,
+        };
+        for gone in self.known_local.difference(&wanted) {
+            match self.local_addresses.remove(gone) {
+                Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+                Err(source) => return Err(map_error(source)),
+            }
+        }
+        self.known_local.retain(|address| wanted.contains(address));
+        for new in wanted.difference(&self.known_local.clone()) {
+            if self.known_local.len() >= LOCAL_ADDRESSES_CAPACITY as usize {
+                log::debug!(
+                    "more than {LOCAL_ADDRESSES_CAPACITY} local addresses; the rest are not watched for inbound requests"
+                );
+                break;
+            }
+            self.local_addresses.insert(new, 1, 0).map_err(map_error)?;
+            self.known_local.insert(*new);
+        }
+        Ok(())
     }
 
     /// Attaches both programs to `iface`.
@@ -571,44 +612,6 @@ impl Probe {
             .unwrap_or_default()
     }
 
-    /// Tells the drop program which addresses are this host's (a dropped packet to one of
-    /// them was inbound): adds new ones, removes those gone.
-    pub fn set_local_addresses(
-        &mut self,
-        addresses: &[std::net::IpAddr],
-    ) -> Result<(), ProbeError> {
-        let Ok(drops) = self.local_drops.as_mut() else {
-            return Ok(());
-        };
-        let wanted: Vec<[u8; 16]> = addresses.iter().map(|ip| ip_to_key(*ip)).collect();
-        for gone in drops.known_addresses.iter().filter(|a| !wanted.contains(a)) {
-            match drops.addresses.remove(gone) {
-                Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
-                Err(MapError::SyscallError(err))
-                    if err.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(source) => {
-                    return Err(ProbeError::Map {
-                        map: LOCAL_ADDRS_MAP,
-                        source,
-                    });
-                }
-            }
-        }
-        for address in &wanted {
-            if !drops.known_addresses.contains(address) {
-                drops
-                    .addresses
-                    .insert(address, 1, 0)
-                    .map_err(|source| ProbeError::Map {
-                        map: LOCAL_ADDRS_MAP,
-                        source,
-                    })?;
-            }
-        }
-        drops.known_addresses = wanted;
-        Ok(())
-    }
-
     /// The capacity of the pending table.
     #[must_use]
     pub fn pending_capacity(&self) -> usize {
@@ -811,12 +814,8 @@ fn load_drops(ebpf: &mut Ebpf, reasons: DropReasons) -> Result<LocalDrops, Strin
             .ok_or_else(|| format!("map {name} missing from the object"))
     };
     let drops = HashMap::try_from(take(ebpf, LOCAL_DROPS_MAP)?).map_err(|err| err.to_string())?;
-    let addresses =
-        HashMap::try_from(take(ebpf, LOCAL_ADDRS_MAP)?).map_err(|err| err.to_string())?;
     Ok(LocalDrops {
         drops,
-        addresses,
-        known_addresses: Vec::new(),
         reasons,
         attached: false,
     })

@@ -192,7 +192,6 @@ impl Tracker {
                 rejected.push((u8::try_from(code).unwrap_or(0), new - old));
             }
         }
-        let late = counters.late.saturating_sub(old.late);
         // An answer to a request this host sent, dropped here after tc ingress counted it.
         // (For a request it received, a dropped answer never left: the request times out.)
         let answers_dropped = if state.target.direction == Direction::Egress {
@@ -202,9 +201,18 @@ impl Tracker {
         } else {
             0
         };
-        state
-            .history
-            .record_with_late(now_ns, answered, 0, late, &rejected);
+        let late_rejected = counters.late_rejected.saturating_sub(old.late_rejected);
+        let late_answers = counters
+            .late
+            .saturating_sub(old.late)
+            .saturating_sub(late_rejected);
+        state.history.record_with_late(
+            now_ns,
+            answered,
+            0,
+            (late_answers, late_rejected),
+            &rejected,
+        );
         state.history.record_local(now_ns, answers_dropped, &[]);
         state.kernel = *counters;
     }
@@ -345,6 +353,7 @@ pub fn zero_counters() -> TargetCounters {
         answered: 0,
         rejected: 0,
         late: 0,
+        late_rejected: 0,
         untracked: 0,
         abandoned: 0,
         last_request_ns: 0,

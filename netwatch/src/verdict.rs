@@ -65,8 +65,11 @@ struct Slot {
     start_ns: u64,
     answered: u64,
     unanswered: u64,
-    /// Answers (or rejections) that came after the timeout, to requests counted unanswered.
+    /// Answers that came after the timeout, to requests counted unanswered.
     late: u64,
+    /// Rejections that came after the timeout, to requests counted unanswered (their
+    /// reasons are among `rejected`).
+    late_rejected: u64,
     /// (reason code, count); a handful of reasons at most.
     rejected: Vec<(u8, u64)>,
     /// Answers counted in `answered` that this host then dropped before the socket.
@@ -103,7 +106,7 @@ impl History {
 
     /// Records outcomes resolved at `at_ns` (monotonic). Nothing is recorded for all zeros.
     pub fn record(&mut self, at_ns: u64, answered: u64, unanswered: u64, rejected: &[(u8, u64)]) {
-        self.record_with_late(at_ns, answered, unanswered, 0, rejected);
+        self.record_with_late(at_ns, answered, unanswered, (0, 0), rejected);
     }
 
     /// Records drops on this host resolved at `at_ns`: `answers_dropped` answers already
@@ -154,13 +157,14 @@ impl History {
         }
     }
 
-    /// [`History::record`], with `late` answers to requests already counted unanswered.
+    /// [`History::record`], with `late` answers and `late_rejected` rejections (their
+    /// reasons among `rejected`) to requests already counted unanswered.
     pub fn record_with_late(
         &mut self,
         at_ns: u64,
         answered: u64,
         unanswered: u64,
-        late: u64,
+        (late, late_rejected): (u64, u64),
         rejected: &[(u8, u64)],
     ) {
         let rejected_total: u64 = rejected.iter().map(|(_, n)| n).sum();
@@ -171,6 +175,7 @@ impl History {
         slot.answered += answered;
         slot.unanswered += unanswered;
         slot.late += late;
+        slot.late_rejected += late_rejected;
         for &(reason, count) in rejected.iter().filter(|(_, count)| *count > 0) {
             match slot.rejected.iter_mut().find(|(code, _)| *code == reason) {
                 Some((_, total)) => *total += count,
@@ -216,6 +221,10 @@ impl History {
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
             .map(|&(name, _)| name);
         let late: u64 = self.slots.iter().map(|s| s.late).sum();
+        // A request refused after its deadline was counted unanswered, then refused: a
+        // rejection, not a silence.
+        let late_rejected: u64 = self.slots.iter().map(|s| s.late_rejected).sum();
+        let unanswered = unanswered.saturating_sub(late_rejected);
         let mut by_reason: Vec<(u8, u64)> = Vec::new();
         for &(reason, count) in self.slots.iter().flat_map(|s| s.rejected.iter()) {
             match by_reason.iter_mut().find(|(code, _)| *code == reason) {
@@ -314,7 +323,7 @@ mod tests {
         let mut h = history();
         h.record(S, 0, 3, &[]);
         assert_eq!(h.judge(), Some((Verdict::Blackholed, None)));
-        h.record_with_late(2 * S, 0, 0, 3, &[]);
+        h.record_with_late(2 * S, 0, 0, (3, 0), &[]);
         assert_eq!(h.judge(), Some((Verdict::Degraded, Some(LATE))));
         // Late answers mixed with requests never answered: still degraded, still slow.
         h.record(3 * S, 0, 2, &[]);
@@ -322,6 +331,18 @@ mod tests {
         // A rejection among them names the rejection.
         h.record(4 * S, 0, 0, &[(1, 1)]);
         assert_eq!(h.judge(), Some((Verdict::Degraded, Some("tcp-reset"))));
+    }
+
+    #[test]
+    fn a_late_rejection_is_still_a_rejection() {
+        let mut h = history();
+        h.record(S, 0, 1, &[]);
+        assert_eq!(h.judge(), Some((Verdict::Blackholed, None)));
+        h.record_with_late(2 * S, 0, 0, (0, 1), &[(15, 1)]);
+        assert_eq!(
+            h.judge(),
+            Some((Verdict::Rejected, Some("icmp-admin-prohibited")))
+        );
     }
 
     #[test]

@@ -902,7 +902,8 @@ fn dns_questions_are_captured_as_sent() {
 }
 
 /// What leaves the host but is not a request (a SYN-ACK, a RST, a pure ACK, UDP to another
-/// port, an echo reply, an echo request with a nonzero code) changes nothing.
+/// port, an echo reply, an echo request with a nonzero code) records nothing; a SYN-ACK, RST
+/// or echo reply leaving answers an inbound request, here none.
 #[test]
 fn what_is_not_a_request_changes_nothing() {
     const NAME: &str = "what_is_not_a_request_changes_nothing";
@@ -962,8 +963,15 @@ fn what_is_not_a_request_changes_nothing() {
             }),
         ];
         for (what, frame) in not_requests {
+            let expected = match what {
+                "a SYN-ACK leaving" | "an echo reply leaving" => {
+                    Change::none().count(UnmatchedAnswer, 1)
+                }
+                "a RST leaving" => Change::none().count(UnmatchedRejection, 1),
+                _ => Change::none(),
+            };
             let what = format!("{what} ({})", family(v6));
-            h.check(EGRESS_PROGRAM, &frame, Change::none(), &what);
+            h.check(EGRESS_PROGRAM, &frame, expected, &what);
         }
     }
 }
@@ -1234,6 +1242,7 @@ fn spoofs(
             Some(InvalidAnswer),
         ),
         (
+            // A request to this host, but not to one of its addresses (none are known here).
             "a SYN (no ACK) coming in",
             tcp.segment_in(
                 TcpFlags {
@@ -1243,7 +1252,7 @@ fn spoofs(
                 },
                 &Shape::plain(),
             ),
-            None,
+            Some(KernelCounter::NotForThisHost),
         ),
         (
             "a RST without ACK",
@@ -1325,7 +1334,7 @@ fn spoofs(
             echo.with_local(echo.remote)
                 .with_remote(echo.local)
                 .request(),
-            None,
+            Some(KernelCounter::NotForThisHost),
         ),
     ]
 }
@@ -1446,8 +1455,17 @@ fn dns_queries_in_and_responses_out_change_nothing() {
             ),
         ];
         for (what, program, frame) in &cases {
+            // A query to our port 53 is a request to this host; not to one of its addresses
+            // here (none are known), and it records nothing.
+            let expected = if what.starts_with("a DNS query to our port 53") {
+                Change::none().count(KernelCounter::NotForThisHost, 1)
+            } else if what.starts_with("a DNS response leaving from our port 53") {
+                Change::none().count(UnmatchedAnswer, 1)
+            } else {
+                Change::none()
+            };
             let what = format!("{what} ({})", family(v6));
-            h.check(program, frame, Change::none(), &what);
+            h.check(program, frame, expected, &what);
         }
         let counters = h.target(&dns);
         assert_eq!(
@@ -1533,8 +1551,9 @@ fn cuts(v6: bool, label: &str, shape: &Shape) -> Vec<Cut> {
             packet: flow.answer_in(shape),
             full: Change::none().answered(&flow),
             identified_at: l4 + flow.identifying_len(),
-            // Once the source port says DNS, a response too short to read is malformed.
-            short: dns.then_some((KernelCounter::Malformed, l4 + 2)),
+            // Once both ports are there (one says DNS), a response too short to read is
+            // malformed.
+            short: dns.then_some((KernelCounter::Malformed, l4 + 4)),
             question_at: None,
         });
         let quote_at = l4 + ICMP_LEN;
@@ -1645,7 +1664,20 @@ fn run_cut(h: &mut Harness, cut: &Cut, len: usize, refused: bool) -> Option<Chan
         return None;
     }
     let change = h.change_by(cut.program, frame, &what);
-    let ignored = h.change_by(other(cut.program), frame, &format!("{what}, the other way"));
+    // The other way, a request is one received (for an address that is not this host's)
+    // and an answer one sent (answering nothing pending): neither may touch a table; a cut
+    // one is as malformed (or its quote as short) either way.
+    let mut ignored = h.change_by(other(cut.program), frame, &format!("{what}, the other way"));
+    ignored.counters.retain(|name, _| {
+        ![
+            KernelCounter::NotForThisHost.name(),
+            KernelCounter::Malformed.name(),
+            KernelCounter::ShortQuote.name(),
+            UnmatchedAnswer.name(),
+            UnmatchedRejection.name(),
+        ]
+        .contains(name)
+    });
     assert_eq!(
         ignored,
         Change::none(),
@@ -2289,14 +2321,18 @@ fn answers_after_the_timeout_are_late() {
             .unwrap_or_else(|| panic!("{what}: the entry went"));
         assert_eq!(entry.flags & PENDING_FLAG_LATE, PENDING_FLAG_LATE, "{what}");
 
-        let (frame, _) = refusal(&refused, &Shape::plain());
+        let (frame, reason) = refusal(&refused, &Shape::plain());
         let what = format!("the refusal of {} after the timeout", refused.describe());
         h.check(
             INGRESS_PROGRAM,
             &frame,
-            Change::none().late(&refused),
+            // Late, and a refusal still: its reason counts (not `rejected`, which is in time).
+            Change::none()
+                .late(&refused)
+                .tally(&refused, |t| t.reasons[usize::from(reason)] += 1),
             &what,
         );
+        assert_eq!(h.target(&refused).late_rejected, 1, "{what}");
         assert_eq!(
             h.entry(&refused).map(|e| e.flags),
             Some(PENDING_FLAG_LATE),
@@ -2759,4 +2795,134 @@ fn path_mtu_signals_reject_nothing() {
             &format!("{} path-MTU signal quoting our SYN", family(v6)),
         );
     }
+}
+
+/// Requests this host receives, for one of its addresses, and what it sends back: a SYN in
+/// and its SYN-ACK or RST out, a query to port 53 and its response or port unreachable, an
+/// echo request and its reply. Keyed with direction ingress; the target is the peer and this
+/// host's port asked for.
+#[test]
+fn requests_received_are_settled_by_what_this_host_sends_back() {
+    const NAME: &str = "requests_received_are_settled_by_what_this_host_sends_back";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::new(NAME);
+    h.probe
+        .set_local_addresses([packets::local(false), packets::local(true)])
+        .expect("local addresses");
+    let inbound_target = |flow: &Flow, port: u16| TargetKey {
+        remote: netwatch::target::ip_to_key(flow.local),
+        remote_port: port,
+        proto: flow.key().proto,
+        direction: netwatch_common::DIRECTION_INGRESS,
+    };
+    let target = |h: &mut Harness, key: &TargetKey| {
+        let mut found = None;
+        h.probe
+            .read_targets(&mut |k, counters| {
+                if k == key {
+                    found = Some(*counters);
+                }
+            })
+            .expect("targets");
+        found.unwrap_or_else(|| panic!("no target {}", target_name(key)))
+    };
+    for v6 in [false, true] {
+        let (us, peer) = (packets::local(v6), packets::remote(v6));
+        // Flows written from the peer's side: its request goes to us.
+        let answered = Flow::tcp(v6, 51_000, 443, 7_000)
+            .with_local(peer)
+            .with_remote(us);
+        let reset = Flow::tcp(v6, 51_001, 9_000, 8_000)
+            .with_local(peer)
+            .with_remote(us);
+        h.egress(
+            &answered.request(),
+            "a SYN leaving towards this host: not ours",
+        );
+        h.ingress(&answered.request(), "a SYN to this host's port 443");
+        h.ingress(&reset.request(), "a SYN to this host's port 9000");
+        h.ingress(&answered.request(), "the first SYN again");
+        let syn_ack = answered.answer();
+        h.egress(&syn_ack, "this host's SYN-ACK");
+        h.egress(&reset.rst(), "this host's RST");
+        let web = target(&mut h, &inbound_target(&answered, 443));
+        assert_eq!(
+            (web.requests, web.retransmits, web.answered, web.rejected),
+            (1, 1, 1, 0),
+            "{}: tcp/443 asked of this host, answered",
+            family(v6)
+        );
+        let closed = target(&mut h, &inbound_target(&reset, 9_000));
+        assert_eq!(
+            (closed.requests, closed.rejected),
+            (1, 1),
+            "{}: tcp/9000 refused with a reset",
+            family(v6)
+        );
+        assert_eq!(closed.rejected_by_reason[usize::from(Reason::TCP_RESET)], 1);
+
+        // A query to our port 53, answered; another refused with port unreachable.
+        let query = Flow::dns(v6, 53, 0x4242)
+            .with_local(peer)
+            .with_remote(us)
+            .with_remote_port(53);
+        h.ingress(&query.request(), "a DNS query to this host");
+        h.egress(&query.answer(), "this host's response");
+        let refused = Flow::dns(v6, 40_053, 0x4343)
+            .with_local(peer)
+            .with_remote(us);
+        h.ingress(&refused.request(), "a DNS query to this host, no server");
+        let code = if v6 { 4 } else { 3 };
+        let unreachable = packets::frame(
+            us,
+            peer,
+            &Shape::plain(),
+            Transport::Icmp {
+                kind: if v6 {
+                    packets::ICMPV6_DEST_UNREACHABLE
+                } else {
+                    packets::ICMP_DEST_UNREACHABLE
+                },
+                code,
+                rest: [0; 4],
+            },
+            &refused.quote(),
+        );
+        h.egress(&unreachable, "this host's port unreachable");
+        let dns = target(&mut h, &inbound_target(&query, 53));
+        assert_eq!(
+            (dns.requests, dns.answered, dns.rejected),
+            (2, 1, 1),
+            "{}: udp/53 asked of this host",
+            family(v6)
+        );
+        assert_eq!(
+            dns.rejected_by_reason[usize::from(unreachable_reason(v6, code))],
+            1
+        );
+
+        // An echo request and its reply.
+        let ping = Flow::echo(v6, 0x0e0e, 3).with_local(peer).with_remote(us);
+        h.ingress(&ping.request(), "an echo request to this host");
+        h.egress(&ping.answer(), "this host's echo reply");
+        let echo = target(&mut h, &inbound_target(&ping, 0));
+        assert_eq!(
+            (echo.requests, echo.answered),
+            (1, 1),
+            "{}: echo asked of this host",
+            family(v6)
+        );
+    }
+    // Nothing is left in flight: every request received was settled.
+    let inbound: Vec<_> = h
+        .keys()
+        .into_iter()
+        .filter(|(key, entry)| {
+            key.direction == netwatch_common::DIRECTION_INGRESS
+                && entry.flags & PENDING_FLAG_REJECTED == 0
+        })
+        .collect();
+    assert!(inbound.is_empty(), "still pending: {inbound:?}");
 }

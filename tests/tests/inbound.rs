@@ -1,0 +1,173 @@
+//! Requests this host receives (issue 11, the tc half): netwatch in the server namespace,
+//! whose own nftables input policy is drop, judges inbound connection attempts and pings by
+//! what the server sends back. The firewall between the namespaces accepts everything, so
+//! every verdict here is this host's own doing.
+
+use std::{io::Write as _, process::Stdio, time::Duration};
+
+use netwatch_tests::{
+    lab::{
+        CLIENT_V4, CLIENT_V6, Finished, Lab, NetwatchRun, SERVER_V4, SERVER_V6, netwatch_binary,
+    },
+    prerequisites,
+};
+use serde_json::Value;
+
+const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
+
+/// The server's own firewall: what a careful operator writes after the lesson, minus the
+/// service ports it forgot. Port 80 is served; 7777 is allowed but nothing listens; 9000 is
+/// refused with a reset; everything else (5432, echo requests) falls to the drop policy.
+const SERVER_INPUT: &str = r#"
+table inet host {
+  chain input {
+    type filter hook input priority 0; policy drop;
+    iif "lo" accept
+    ct state established,related accept
+    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept
+    tcp dport { 80, 7777 } accept
+    tcp dport 9000 reject with tcp reset
+  }
+}
+"#;
+
+fn nft_in_server(lab: &Lab, script: &str) {
+    let mut child = lab
+        .server
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write nft script");
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft in the server namespace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The exit `target` record of the inbound target (`remote` asked this host's `port`).
+fn inbound<'a>(finished: &'a Finished, proto: &str, remote: &str, port: Option<u64>) -> &'a Value {
+    finished
+        .records
+        .iter()
+        .find(|r| {
+            r["type"] == "target"
+                && r["direction"] == "ingress"
+                && r["proto"] == proto
+                && r["remote"] == remote
+                && r["port"].as_u64() == port
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no inbound target {proto} {remote} {port:?}; targets: {:#?}",
+                finished
+                    .records
+                    .iter()
+                    .filter(|r| r["type"] == "target")
+                    .collect::<Vec<_>>()
+            )
+        })
+}
+
+fn expect(record: &Value, verdict: &str, reason: Option<&str>, requests: u64) {
+    assert_eq!(record["verdict"], verdict, "{record}");
+    assert_eq!(record["reason"].as_str(), reason, "{record}");
+    assert_eq!(record["requests"], requests, "{record}");
+    let settled: u64 = ["answered", "rejected", "unanswered"]
+        .iter()
+        .map(|f| record[*f].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(settled, requests, "each request settled once: {record}");
+    assert_eq!(record["in_flight"], 0, "nothing left in flight: {record}");
+}
+
+#[test]
+fn inbound_requests_are_judged_by_what_this_host_sends_back() {
+    const NAME: &str = "inbound_requests_are_judged_by_what_this_host_sends_back";
+    if !prerequisites(NAME, &["ip", "nft", "nc", "ping"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    // The firewall between the namespaces lets everything through.
+    lab.nft("flush ruleset\n");
+    lab.start_listener(LISTENER);
+    nft_in_server(&lab, SERVER_INPUT);
+    let netwatch = NetwatchRun::start({
+        let mut command = lab.server.command(&netwatch_binary().to_string_lossy());
+        command.args(["--iface", "s0", "--json", "--timeout", "1s"]);
+        command
+    });
+
+    for server in [SERVER_V4, SERVER_V6] {
+        for (port, wait) in [("80", "2"), ("7777", "2"), ("9000", "2"), ("5432", "3")] {
+            let out = lab.client.run("nc", &["-z", "-w", wait, server, port]);
+            assert!(
+                out.status.code().is_some(),
+                "nc to {server}:{port} was killed"
+            );
+        }
+        let ping = lab
+            .client
+            .run("ping", &["-c", "2", "-i", "0.5", "-W", "1", server]);
+        assert!(ping.status.code().is_some(), "ping {server} was killed");
+    }
+    // A sentinel sent after everything else: once it is judged, so is all the rest.
+    let sentinel = lab.client.run("nc", &["-z", "-w", "1", SERVER_V4, "5999"]);
+    assert!(
+        sentinel.status.code().is_some(),
+        "the sentinel nc was killed"
+    );
+    netwatch.wait_for(Duration::from_secs(20), "the sentinel judged", |r| {
+        r["type"] == "verdict"
+            && r["direction"] == "ingress"
+            && r["port"] == 5999
+            && r["verdict"] == "blackholed"
+    });
+    let finished = netwatch.stop();
+
+    for (client, icmp) in [(CLIENT_V4, "icmp"), (CLIENT_V6, "icmpv6")] {
+        expect(inbound(&finished, "tcp", client, Some(80)), "ok", None, 1);
+        // Allowed through the input chain, nobody listening: the kernel resets.
+        expect(
+            inbound(&finished, "tcp", client, Some(7777)),
+            "rejected",
+            Some("tcp-reset"),
+            1,
+        );
+        expect(
+            inbound(&finished, "tcp", client, Some(9000)),
+            "rejected",
+            Some("tcp-reset"),
+            1,
+        );
+        // Dropped by the input policy: nothing leaves this host.
+        let dropped = inbound(&finished, "tcp", client, Some(5432));
+        expect(dropped, "blackholed", None, 1);
+        assert!(
+            dropped["retransmits"].as_u64() >= Some(1),
+            "the client retried its SYN: {dropped}"
+        );
+        expect(
+            inbound(&finished, icmp, client, None),
+            "blackholed",
+            None,
+            2,
+        );
+    }
+    // Nothing this host sent was a request: no egress target at all.
+    let egress: Vec<_> = finished
+        .records
+        .iter()
+        .filter(|r| r["type"] == "target" && r["direction"] == "egress")
+        .collect();
+    assert!(egress.is_empty(), "egress targets: {egress:#?}");
+}
