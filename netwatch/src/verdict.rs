@@ -130,10 +130,10 @@ impl History {
     /// The slot for outcomes at `at_ns`: the newest one, or a new one after it.
     fn slot_at(&mut self, at_ns: u64) -> &mut Slot {
         let start_ns = at_ns - at_ns % self.slot_ns;
-        if !self
+        if self
             .slots
             .back()
-            .is_some_and(|last| last.start_ns >= start_ns)
+            .is_none_or(|last| last.start_ns < start_ns)
         {
             self.slots.push_back(Slot {
                 start_ns,

@@ -144,13 +144,13 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
 
 #[test]
 fn a_million_drops_in_this_hosts_output_chain_are_counted_exactly() {
+    const STORM: u64 = 1_000_000;
     if !prerequisites(
         "a_million_drops_in_this_hosts_output_chain_are_counted_exactly",
         &["ip", "nft"],
     ) {
         return;
     }
-    const STORM: u64 = 1_000_000;
     let lab = Lab::new();
     host_firewall(&lab);
     // A long timeout: the one query stays pending through the storm, so every copy after
