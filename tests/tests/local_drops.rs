@@ -6,7 +6,7 @@
 use std::{process::Stdio, time::Duration};
 
 use netwatch_tests::{
-    lab::{CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, OPEN_DNS, TargetId},
+    lab::{CLIENT_IFACE, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, OPEN_DNS, TargetId},
     prerequisites,
 };
 use serde_json::Value;
@@ -14,7 +14,7 @@ use serde_json::Value;
 const TRAFFIC_GEN: &str = env!("CARGO_BIN_EXE_traffic-gen");
 
 /// The client host's own rules: everything in is dropped but loopback; DNS to the second
-/// resolver is dropped on the way out.
+/// resolver and to the IPv6 one is dropped on the way out.
 const HOST_FIREWALL: &str = r#"
 table inet host {
   chain input {
@@ -24,6 +24,7 @@ table inet host {
   chain output {
     type filter hook output priority 0; policy accept;
     ip daddr 198.51.100.54 udp dport 53 drop
+    ip6 daddr 2001:db8:2::53 udp dport 53 drop
   }
 }
 "#;
@@ -86,10 +87,10 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
     lab.start_dns();
     host_firewall(&lab);
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
-    // .54 first: each dig to .53 then waits out its one-second timeout, so the last query
-    // to .54 is past its deadline (and swept) by the time the loop ends.
+    // .54 and IPv6 first: each dig to .53 then waits out its one-second timeout, so their
+    // last queries are past their deadline (and swept) by the time the loop ends.
     for i in 0..3 {
-        for server in [DNS2_V4, DNS_V4] {
+        for server in [DNS2_V4, DNS_V6, DNS_V4] {
             let name = format!("q{i}.example");
             let at = format!("@{server}");
             // Whatever dig says (no answer, or EPERM from the output chain), it sent once.
@@ -98,7 +99,7 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
                 .run("dig", &["+tries=1", "+timeout=1", &at, &name]);
         }
     }
-    for server in [DNS_V4, DNS2_V4] {
+    for server in [DNS_V4, DNS2_V4, DNS_V6] {
         netwatch.wait_for(
             Duration::from_secs(10),
             &format!("{server} blackholed here"),
@@ -114,18 +115,20 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
     assert!(finished.status.success(), "{}", finished.stderr);
     assert_eq!(summary(&finished)["local_drops"], "available");
 
-    // The queries to .54 died in this host's output chain: tc egress never saw them, the
-    // drop program counted them, and they timed out.
-    let out = target(&finished, &dns(DNS2_V4));
-    assert_eq!(out["verdict"], "blackholed", "{out}");
-    assert_eq!(out["reason"], "here:netfilter-drop", "{out}");
-    assert_eq!(out["requests"], 3, "{out}");
-    assert_eq!(out["unanswered"], 3, "{out}");
-    assert_eq!(
-        out["local_drops"],
-        serde_json::json!({"NETFILTER_DROP": 3}),
-        "{out}"
-    );
+    // The queries to .54 and to the IPv6 resolver died in this host's output chain: tc
+    // egress never saw them, the drop program counted them, and they timed out.
+    for server in [DNS2_V4, DNS_V6] {
+        let out = target(&finished, &dns(server));
+        assert_eq!(out["verdict"], "blackholed", "{out}");
+        assert_eq!(out["reason"], "here:netfilter-drop", "{out}");
+        assert_eq!(out["requests"], 3, "{out}");
+        assert_eq!(out["unanswered"], 3, "{out}");
+        assert_eq!(
+            out["local_drops"],
+            serde_json::json!({"NETFILTER_DROP": 3}),
+            "{out}"
+        );
+    }
 
     // The answers from .53 came back and died in this host's input chain: tc ingress saw
     // them, the socket never did.
