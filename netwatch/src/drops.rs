@@ -133,13 +133,11 @@ pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
             .find(|(enumerator, _)| enumerator == name)
             .map(|(_, value)| *value)
     };
-    let (Some(not_dropped_yet), Some(consumed), Some(not_specified)) = (
-        value("SKB_NOT_DROPPED_YET"),
-        value("SKB_CONSUMED"),
-        value("SKB_DROP_REASON_NOT_SPECIFIED"),
-    ) else {
-        return Err(LayoutError::NoDropReasons);
-    };
+    let not_specified = value("SKB_DROP_REASON_NOT_SPECIFIED").ok_or(LayoutError::NoDropReasons)?;
+    // SKB_NOT_DROPPED_YET and SKB_CONSUMED came later (6.0, 6.1) than the enum itself (5.17):
+    // where they are missing, NOT_SPECIFIED stands in (ignoring it twice costs nothing).
+    let not_dropped_yet = value("SKB_NOT_DROPPED_YET").unwrap_or(not_specified);
+    let consumed = value("SKB_CONSUMED").unwrap_or(not_specified);
     let skb = types
         .id_of("sk_buff")
         .ok_or(LayoutError::SkbField("struct"))?;

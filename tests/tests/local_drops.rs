@@ -138,6 +138,37 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
     assert_eq!(back["requests"], 3, "{back}");
     assert_eq!(back["answered"], 0, "{back}");
     assert_eq!(back["unanswered"], 3, "{back}");
+
+    // The diagnosis names this host's chains and the rules to add, not the upstream firewall.
+    let findings: Vec<&Value> = finished
+        .records
+        .iter()
+        .filter(|r| r["type"] == "diagnosis")
+        .collect();
+    let local: Vec<&str> = findings
+        .iter()
+        .filter(|f| f["finding"] == "local-firewall-drops")
+        .filter_map(|f| f["summary"].as_str())
+        .collect();
+    assert!(
+        local
+            .iter()
+            .any(|s| s.contains(&format!("answers from {DNS_V4} udp/53"))
+                && s.contains("input chain")
+                && s.contains("ct state established,related accept")),
+        "{findings:#?}"
+    );
+    assert!(
+        local
+            .iter()
+            .any(|s| s.contains(&format!("requests to {DNS2_V4} udp/53"))
+                && s.contains("output chain")),
+        "{findings:#?}"
+    );
+    assert!(
+        !findings.iter().any(|f| f["finding"] == "dns-blocked"),
+        "nothing for the upstream firewall team: {findings:#?}"
+    );
     assert_eq!(
         back["local_drops"],
         serde_json::json!({"NETFILTER_DROP": 3}),
