@@ -126,25 +126,24 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
     match (inbound, packet.kind) {
         // Received, then dropped (the input chain): tc ingress counted it and it stays
         // pending, so it times out; only the drop is added here.
+        // Only targets that exist: tc ingress created those of the watched interfaces; a
+        // scan dropped on another one must not fill the target table.
         (true, Kind::Request) => {
             let target = ingress_target(&packet.src, packet.dst_port, packet.proto);
-            if let Some((slot, counters)) = target_counters(&target) {
-                add(&mut counters.requests_dropped_here, 1);
-                count_reason(slot, reason);
-            }
+            existing_target_drop(&target, reason, Kind::Request);
         }
         // An answer to a request this host sent: counted `answered` by tc ingress, then
         // dropped before the socket. Only for targets that exist (requests were seen).
         (true, Kind::Answer) => {
             let target = egress_target(&packet.src, packet.src_port, packet.proto);
-            existing_target_drop(&target, reason);
+            existing_target_drop(&target, reason, Kind::Answer);
         }
         // Sent, then dropped before it left (the output chain): tc egress never saw it.
         (false, Kind::Request) => outbound_request(&packet, reason),
         // This host's answer to a request it received, dropped on the way out.
         (false, Kind::Answer) => {
             let target = ingress_target(&packet.dst, packet.src_port, packet.proto);
-            existing_target_drop(&target, reason);
+            existing_target_drop(&target, reason, Kind::Answer);
         }
     }
 }
@@ -356,9 +355,9 @@ fn is_icmp(proto: u8) -> bool {
     proto == proto::ICMP || proto == proto::ICMPV6
 }
 
-/// An answer dropped here, for a target netwatch already follows.
+/// A request or answer dropped here, for a target netwatch already follows.
 #[inline(always)]
-fn existing_target_drop(target: &TargetKey, reason: u32) {
+fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind) {
     // SAFETY: a map value pointer, valid for this program run.
     let Some(slot) = TARGET_SLOTS.get_ptr(target).map(|slot| unsafe { *slot }) else {
         return;
@@ -367,7 +366,12 @@ fn existing_target_drop(target: &TargetKey, reason: u32) {
         return;
     };
     // SAFETY: an array value pointer, valid for the program run; updated only through `add`.
-    add(unsafe { &mut (*counters).answers_dropped_here }, 1);
+    let counters = unsafe { &mut *counters };
+    if kind == Kind::Answer {
+        add(&mut counters.answers_dropped_here, 1);
+    } else {
+        add(&mut counters.requests_dropped_here, 1);
+    }
     count_reason(slot, reason);
 }
 
