@@ -304,7 +304,10 @@ const CHECK_QUOTES_SYN: u32 = 2;
 ///
 /// Out of line, a static BPF function: one frame of its own (its tombstone copy stays off
 /// the classifier's frame, which [`quoted_rejection`] stacks on: 512 bytes for the whole
-/// call chain), and, unlike a global function, it may take a pointer on any kernel.
+/// call chain). Not a global one: the verifier checks it at each call site, with the
+/// caller's knowledge of `key`. A global function taking a pointer needs Linux 5.12
+/// ("Unrecognized arg#0 type PTR" on 5.10), and before 6.2 the pointer it gets
+/// (`PTR_TO_MEM`) cannot be a map key ("R2 type=mem expected=fp, …" on 6.1).
 #[inline(never)]
 fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32) -> i32 {
     let Some(pending) = PENDING.get_ptr_mut(key) else {

@@ -1,13 +1,19 @@
 //! What a packet is to netwatch: a request, an answer, a rejection, or (the common case)
 //! nothing. One dispatch for both hooks; the hook says which way the packet goes.
+//!
+//! The common path (a TCP segment without SYN or RST, UDP to other ports) ends in
+//! [`packet`], inline in the classifier. Everything else goes on in a global BPF function
+//! ([`exchange_egress`], [`exchange_ingress`]), which the verifier checks once for any
+//! header layout rather than once for each of the dozens the parser can find (VLAN tags,
+//! IPv4 options, IPv6 extension headers): that keeps verification fast on every kernel.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use netwatch_common::{DNS_PORT, KernelCounter, proto};
 
 use crate::{
     answers,
     maps::count,
-    packet::{self, Hook, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, icmp, read, tcp_flags},
+    packet::{self, Hook, Ip, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, icmp, read, tcp_flags},
     requests,
 };
 
@@ -15,6 +21,16 @@ use crate::{
 const DNS_FLAGS_OFFSET: usize = 2;
 /// QR: the message is a response.
 const DNS_QR: u8 = 0x80;
+
+/// The deepest transport header handled: Ethernet, two VLAN tags, IPv6 with extension
+/// headers. Deeper ones are counted in `ipv6_extension_limit`.
+const MAX_L4_OFFSET: u32 = 1024;
+/// The deepest IP header: Ethernet and two VLAN tags.
+const MAX_L3_OFFSET: u32 = 22;
+/// Masks that keep the offsets within those bounds (no-ops for offsets within them).
+const L3_MASK: u32 = 0x1f;
+const L4_MASK: u32 = 0x7ff;
+const _: () = assert!(MAX_L3_OFFSET <= L3_MASK && MAX_L4_OFFSET <= L4_MASK);
 
 #[inline(always)]
 pub fn packet(ctx: &TcContext, hook: Hook) {
@@ -28,10 +44,91 @@ pub fn packet(ctx: &TcContext, hook: Hook) {
             if flags & (tcp_flags::SYN | tcp_flags::RST) == 0 {
                 return;
             }
+        }
+        proto::UDP => {
+            let Some(ports) = read::<[u8; 4]>(ctx, ip.l4) else {
+                return;
+            };
+            if u16::from_be_bytes([ports[0], ports[1]]) != DNS_PORT
+                && u16::from_be_bytes([ports[2], ports[3]]) != DNS_PORT
+            {
+                return;
+            }
+        }
+        proto::ICMP if !ip.v6 => {}
+        proto::ICMPV6 if ip.v6 => {}
+        _ => return,
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "header offsets, bounded in the callee"
+    )]
+    let (l3, l4) = (ip.l3 as u32, ip.l4 as u32);
+    let kind = u32::from(ip.proto) | (u32::from(ip.v6) << 8);
+    match hook {
+        Hook::Egress => exchange_egress(ctx.skb.skb, l3, l4, kind),
+        Hook::Ingress => exchange_ingress(ctx.skb.skb, l3, l4, kind),
+    };
+}
+
+/// [`exchange`] for packets leaving. A global BPF function (BTF linkage `global`, hence
+/// `no_mangle` and the C ABI): its arguments must be the context or scalars.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn exchange_egress(skb: *mut __sk_buff, l3: u32, l4: u32, kind: u32) -> i32 {
+    exchange(skb, l3, l4, kind, Hook::Egress)
+}
+
+/// [`exchange`] for packets arriving.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn exchange_ingress(skb: *mut __sk_buff, l3: u32, l4: u32, kind: u32) -> i32 {
+    exchange(skb, l3, l4, kind, Hook::Ingress)
+}
+
+/// A packet that may be a request, an answer or a rejection: the transport header at `l4`,
+/// the IP header at `l3`, `kind` = IANA protocol | IPv6 << 8.
+#[inline(always)]
+fn exchange(skb: *mut __sk_buff, l3: u32, l4: u32, kind: u32, hook: Hook) -> i32 {
+    // verifier: the offsets are unknown here; bound them so packet pointers stay in range.
+    if l4 > MAX_L4_OFFSET {
+        count(KernelCounter::ExtensionHeaderLimit);
+        return 0;
+    }
+    if l3 > MAX_L3_OFFSET {
+        return 0;
+    }
+    let ctx = TcContext::new(skb);
+    // verifier: masks on opaque copies, so the bounds travel with the values LLVM stores
+    // (it would drop a mask it can prove redundant after the checks above, and a check made
+    // on one register does not bound the copy spilled from another).
+    let l3 = core::hint::black_box(l3) & L3_MASK;
+    let l4 = core::hint::black_box(l4) & L4_MASK;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the low byte is the protocol"
+    )]
+    let ip = Ip {
+        v6: kind >> 8 != 0,
+        l3: l3 as usize,
+        proto: kind as u8,
+        l4: l4 as usize,
+    };
+    classify(&ctx, &ip, hook);
+    0
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext, ip: &Ip, hook: Hook) {
+    match ip.proto {
+        proto::TCP => {
+            let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else {
+                return;
+            };
             if flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN {
-                requests::tcp_syn(ctx, &ip, hook);
+                requests::tcp_syn(ctx, ip, hook);
             } else {
-                answers::tcp_answer(ctx, &ip, flags, hook);
+                answers::tcp_answer(ctx, ip, flags, hook);
             }
         }
         proto::UDP => {
@@ -42,24 +139,18 @@ pub fn packet(ctx: &TcContext, hook: Hook) {
                 u16::from_be_bytes([header[0], header[1]]),
                 u16::from_be_bytes([header[2], header[3]]),
             ];
-            if ports[0] != DNS_PORT && ports[1] != DNS_PORT {
-                return;
-            }
             let Some(flags) = read::<u8>(ctx, ip.l4 + UDP_HEADER_LEN + DNS_FLAGS_OFFSET) else {
                 count(KernelCounter::Malformed);
                 return;
             };
             let response = flags & DNS_QR != 0;
             if !response && ports[1] == DNS_PORT {
-                requests::dns_query(ctx, &ip, ports, hook);
+                requests::dns_query(ctx, ip, ports, hook);
             } else if response && ports[0] == DNS_PORT {
-                answers::dns_response(ctx, &ip, ports, hook);
+                answers::dns_response(ctx, ip, ports, hook);
             }
         }
-        proto::ICMP | proto::ICMPV6 => {
-            if (ip.proto == proto::ICMPV6) != ip.v6 {
-                return;
-            }
+        _ => {
             // Type, code, checksum, then identifier and sequence (echo) or unused (errors).
             let Some(header) = read::<[u8; 8]>(ctx, ip.l4) else {
                 return;
@@ -70,11 +161,10 @@ pub fn packet(ctx: &TcContext, hook: Hook) {
                 (icmp::ECHO_REQUEST, icmp::ECHO_REPLY)
             };
             match header[0] {
-                kind if kind == echo_request => requests::echo_request(ctx, &ip, header, hook),
-                kind if kind == echo_reply => answers::echo_reply(ctx, &ip, header, hook),
-                kind => answers::icmp_error(ctx, &ip, kind, header[1], hook),
+                kind if kind == echo_request => requests::echo_request(ctx, ip, header, hook),
+                kind if kind == echo_reply => answers::echo_reply(ctx, ip, header, hook),
+                kind => answers::icmp_error(ctx, ip, kind, header[1], hook),
             }
         }
-        _ => {}
     }
 }

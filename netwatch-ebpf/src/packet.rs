@@ -1,7 +1,7 @@
 //! Bounds-checked header reading: Ethernet (with up to two VLAN tags), IPv4 (with options)
 //! and IPv6 (with a bounded chain of extension headers), down to the transport header.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use netwatch_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, KernelCounter, RequestKey};
@@ -86,16 +86,28 @@ impl Reader for Copied {
 /// sit in a paged fragment. `None` when the packet is shorter.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    // verifier: the helper's destination is written before the branch, on both paths. LLVM
+    // merges the two paths into code that reads this slot on either (the value is unused on
+    // the in-place path); Linux 5.10 refuses any read of stack a path has not written
+    // ("invalid read from stack"), later kernels allow it to privileged loaders.
+    let mut copied = MaybeUninit::<T>::zeroed();
     let start = ctx.data();
     let end = ctx.data_end();
-    // verifier: compare packet pointers (not lengths) so it learns the accessed range.
+    // verifier: compare packet pointers (not lengths) so it learns the accessed range. A
+    // one-byte check compiles to `data_end > ptr`, from which it learns no readable range:
+    // check two (a last byte of the packet is read through the helper below).
     let ptr = start + offset;
-    if ptr + size_of::<T>() <= end {
+    let span = if size_of::<T>() < 2 {
+        2
+    } else {
+        size_of::<T>()
+    };
+    if ptr + span <= end {
         // SAFETY: [ptr, ptr + size_of::<T>()) is inside the packet's linear data; `T` is
         // plain bytes (network-types headers, integers, byte arrays), any bit pattern is valid.
         Some(unsafe { core::ptr::read_unaligned(ptr as *const T) })
     } else {
-        ctx.load::<T>(offset).ok()
+        load_into(ctx, offset, &mut copied)
     }
 }
 
@@ -151,6 +163,28 @@ impl Hook {
             Self::Ingress => (destination, source),
         }
     }
+}
+
+/// `bpf_skb_load_bytes` of a `T` at `offset` into `out` (which the caller initialised: see
+/// [`read`]).
+#[inline(always)]
+fn load_into<T: Copy>(ctx: &TcContext, offset: usize, out: &mut MaybeUninit<T>) -> Option<T> {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "offsets and sizes of headers, far below 4 GiB"
+    )]
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `out`, which has them.
+    let status = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            out.as_mut_ptr().cast(),
+            size_of::<T>() as u32,
+        )
+    };
+    // SAFETY: initialised (zeroed by the caller, then written by the helper); `T` is plain
+    // bytes, any bit pattern is valid.
+    (status == 0).then(|| unsafe { out.assume_init() })
 }
 
 /// Where the IP and transport headers of a packet are.

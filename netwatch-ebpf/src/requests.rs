@@ -265,12 +265,16 @@ fn capture(ctx: &TcContext, offset: usize, out: &mut [u8; DNS_QUESTION_CAPTURE])
         return 0;
     }
     // verifier: the helper wants a length it can prove is in 1..=out.len(). LLVM knows the
-    // length is >= 1 here and would drop a zero check, so the bound is re-checked on an
-    // opaque copy, which the verifier then sees tested.
-    let wanted = core::hint::black_box((len - offset).min(DNS_QUESTION_CAPTURE));
-    if wanted == 0 || wanted > DNS_QUESTION_CAPTURE {
+    // length is >= 1 here and would drop a zero check, so the bound is checked on an opaque
+    // copy. The check is on `wanted - 1` and the helper gets that same register plus one:
+    // LLVM folds `wanted == 0 || wanted > N` into one test of `wanted - 1`, and verifiers
+    // before 6.12 (no tracking of linked registers with an offset) do not carry that test
+    // back to `wanted`: "invalid zero-sized read" on 5.10 and 6.1.
+    let below = core::hint::black_box((len - offset).min(DNS_QUESTION_CAPTURE) - 1);
+    if below >= DNS_QUESTION_CAPTURE {
         return 0;
     }
+    let wanted = below + 1;
     // SAFETY: `out` has room for `wanted` bytes; the helper bounds-checks the packet side.
     let copied = unsafe {
         bpf_skb_load_bytes(

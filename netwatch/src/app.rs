@@ -22,6 +22,7 @@ use crate::{
     serve,
     snapshot::{Snapshot, TargetView},
     sweep::{SweepPolicy, Sweeper},
+    target::Direction,
     tracker::Tracker,
 };
 
@@ -286,10 +287,11 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         drop(output);
     }
     probe.detach_all();
-    let matched = snapshot
-        .targets
-        .iter()
-        .any(|target| args.fail_on.contains(&target.verdict));
+    // Requests this host sent only: on a host open to the internet, a scanner knocking on a
+    // port the input chain drops would make every run "fail" (the inbound findings say so).
+    let matched = snapshot.targets.iter().any(|target| {
+        target.direction == Direction::Egress && args.fail_on.contains(&target.verdict)
+    });
     Ok(if matched {
         Ending::FailOnMatched
     } else {

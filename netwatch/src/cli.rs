@@ -30,6 +30,8 @@ Needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON. Stop it with Ctrl-C (or S
 attached after it exits.";
 
 const AFTER_HELP: &str = "\
+Needs Linux 5.10 or later (tcx links from 6.6, clsact filters before).
+
 DUR is a number with a unit: 500ms, 2s, 1m, 1h30m.
 
 Exit status: 0 when it stopped normally (whatever it found), 1 on errors, 2 on bad usage,
@@ -81,8 +83,9 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub metrics: Option<SocketAddr>,
 
-    /// Exit with status 3 when any target ends with one of these verdicts
-    /// (comma-separated, e.g. `blackholed,rejected`): a health check for cron and CI.
+    /// Exit with status 3 when a target of this host's own requests ends with one of these
+    /// verdicts (comma-separated, e.g. `blackholed,rejected`): a health check for cron and CI.
+    /// Inbound targets never count.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_verdict)]
     pub fail_on: Vec<Verdict>,
 
@@ -249,6 +252,32 @@ fn one_line_usage_error(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The minimum kernel is the one `cargo xtask vm-test` proves, stated alike in `--help`,
+    /// the error text (`probe::MINIMUM_KERNEL`), the README and the deploy files.
+    #[test]
+    fn the_minimum_kernel_is_stated_alike_everywhere() {
+        let minimum = format!("Linux {}", crate::probe::MINIMUM_KERNEL);
+        assert!(
+            AFTER_HELP.contains(&format!("{minimum} or later")),
+            "--help"
+        );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in [
+            "README.md",
+            "deploy/README.md",
+            "deploy/systemd/netwatch.service",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).expect(file);
+            assert!(
+                text.contains(&format!("{minimum} or later")),
+                "{file} states the minimum kernel as \"{minimum} or later\""
+            );
+            for stale in ["5.5 or later", "Linux 5.8+", "5.8 or later"] {
+                assert!(!text.contains(stale), "{file} still says {stale}");
+            }
+        }
+    }
 
     fn parse_ok(args: &[&str]) -> Args {
         match parse(std::iter::once("netwatch").chain(args.iter().copied())) {

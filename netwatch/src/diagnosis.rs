@@ -2,15 +2,22 @@
 //! targets it rests on and, for blocked traffic, the firewall change to ask for. Pure: no
 //! I/O, no clock; the same snapshot always gives the same findings in the same order.
 //!
-//! Only requests this host sent (`egress` targets) are evidence: the requests written are
-//! outbound rules, and a request this host received and left unanswered says nothing about
-//! the path out. Pending targets are ignored everywhere, and so are provisional ones
-//! (blackholed for less than one `--timeout`: a late answer may still end the silence). DNS targets are `udp/53` and `tcp/53`; a
-//! *resolver* is a remote with DNS targets. A target *answers* when its verdict is `ok` or
-//! `degraded`, and *fails* when it is `blackholed` or `rejected`. A target is *slow* when it
-//! is `degraded` with reason `late`: its answers come, after `--timeout`. A slow target
-//! answers and never fails, so it feeds no blocked finding and no `partial-loss`: only
-//! `slow-answers`.
+//! Requests this host sent (`egress` targets) are the evidence of every finding but the
+//! `inbound-*` ones, and only they: the requests written are outbound rules, and a request
+//! this host received and left unanswered says nothing about the path out. Requests this
+//! host received (`ingress` targets: `remote` is the peer that asked, `port` this host's port
+//! asked for) are the evidence of the `inbound-*` findings only, which speak of "inbound to
+//! this host" and never ask the upstream firewall team for anything: netwatch saw those
+//! requests arrive, so whatever stopped them or their answer is on this host. Where a rule
+//! on this host would let them in, the finding carries it in [`Finding::local_rules`].
+//!
+//! Pending targets are ignored everywhere, and so are provisional ones (blackholed for less
+//! than one `--timeout`: a late answer may still end the silence). DNS targets are `udp/53`
+//! and `tcp/53`; a *resolver* is a remote with DNS targets. A target *answers* when its
+//! verdict is `ok` or `degraded`, and *fails* when it is `blackholed` or `rejected`. A target
+//! is *slow* when it is `degraded` with reason `late`: its answers come, after `--timeout`. A
+//! slow target answers and never fails, so it feeds no blocked finding and no
+//! `partial-loss`: only `slow-answers`.
 //!
 //! Every finding states only what its evidence shows. A firewall request is written only
 //! for failures that point at a firewall: requests that go unanswered, and rejections whose
@@ -30,6 +37,8 @@
 //! | `port-blackholed` | a non-DNS TCP/UDP target is blackholed; one per (proto, port) | that proto/port to those remotes |
 //! | `port-rejected` | a non-DNS TCP/UDP target is rejected; one per (proto, port, reason) | that proto/port to those remotes, when the reason points at a firewall |
 //! | `icmp-filtered` | ICMP/ICMPv6 echo targets fail; one finding for the remotes that answer other traffic on a TCP/UDP port (the host is up), then one for the rest | icmp/icmpv6 to those remotes whose failure points at a firewall |
+//! | `inbound-blackholed` | an inbound target is blackholed: requests from peers to this host's proto/port (or pings to it) got nothing back, nothing left this host; one per (proto, port) | none; local rule: accept them from those peers in this host's input chain |
+//! | `inbound-rejected` | an inbound target is rejected: this host refused them; one per (proto, port, reason) | none; local rule: as above, unless a TCP reset or a UDP port-unreachable says nothing may listen there |
 //! | `ipv6-broken` | an IPv6 target fails while an IPv4 target of the same service (proto, port; icmpv6 pairs with icmp) is ok, and no IPv6 target answers | none |
 //! | `slow-answers` | targets are slow (`degraded`, reason `late`); one finding for all of them, with their latency and a `--timeout` long enough for them (the slowest p99 times 1.5, at least twice the timeout, in whole seconds) | none |
 //! | `partial-loss` | a target is degraded, not slow; one per target | none |
@@ -41,7 +50,21 @@
 //! Within an ID, findings are ordered by what they are about (proto, port, address,
 //! reason), never by counters, so the order is stable from one poll to the next;
 //! `port-blackholed` and `port-rejected` share a rank and are ordered by (proto, port),
-//! blackholed before rejected. Evidence is sorted by (proto, port, remote).
+//! blackholed before rejected, and so do `inbound-blackholed` and `inbound-rejected`.
+//! Evidence is sorted by (proto, port, remote).
+//!
+//! Inbound findings name no upstream firewall: an inbound request was seen arriving on a
+//! watched interface, so nothing before this host dropped it, and an answer would have been
+//! seen leaving. Blackholed, nothing was sent back: this host's input chain dropped the
+//! request (a default-drop policy without a rule for that port), its output chain dropped
+//! the answer, reverse-path filtering dropped the request, or the answer left by an
+//! interface netwatch does not watch. Rejected, this host refused: a TCP reset means nothing
+//! listens there or a rule resets it, a UDP port-unreachable that nothing listens there (or
+//! iptables' default REJECT), any other ICMP error a reject rule on this host (the kernel
+//! sends none of those on its own for a request to its own address). The local rule, in
+//! nft and iptables syntax, admits exactly the peers seen (widen it for a public service);
+//! it is inserted at the top of the input chain, so that it comes before a final drop or
+//! reject rule.
 //!
 //! Summaries are one line of printable ASCII. Counts in them are the targets' counters
 //! (totals since the target was first seen), while verdicts are judged over the window:
@@ -76,11 +99,15 @@ pub const ICMP_FILTERED: &str = "icmp-filtered";
 pub const IPV6_BROKEN: &str = "ipv6-broken";
 pub const SLOW_ANSWERS: &str = "slow-answers";
 pub const PARTIAL_LOSS: &str = "partial-loss";
+pub const INBOUND_BLACKHOLED: &str = "inbound-blackholed";
+pub const INBOUND_REJECTED: &str = "inbound-rejected";
 
 /// `direction` of every request: the requests this host sends.
 pub const OUTBOUND: &str = "outbound";
 /// `action` of every request.
 pub const ALLOW: &str = "allow";
+/// `chain` of a [`LocalRule`] for requests this host receives.
+pub const INPUT: &str = "input";
 
 const DNS_PORT: u16 = 53;
 /// Addresses or services listed in a summary before "and N more".
@@ -102,6 +129,20 @@ pub struct Finding {
     pub evidence: Vec<TargetView>,
     /// The firewall changes to ask for; empty when there is nothing to ask for.
     pub request: Vec<FirewallRequest>,
+    /// Rules for this host's own firewall (not the upstream one); empty when none would help.
+    pub local_rules: Vec<LocalRule>,
+}
+
+/// One rule to add to this host's own firewall, in both syntaxes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LocalRule {
+    /// The chain it goes in: [`INPUT`].
+    pub chain: &'static str,
+    /// `nft insert rule inet filter input ...`: the table of the stock nftables
+    /// configuration (`/etc/nftables.conf`); use your own table's name.
+    pub nft: String,
+    /// `iptables -I INPUT ...` (`ip6tables` for IPv6).
+    pub iptables: String,
 }
 
 /// One rule to ask the firewall's owner for.
@@ -160,6 +201,7 @@ impl Finding {
             summary: one_line(summary),
             evidence,
             request,
+            local_rules: Vec::new(),
         }
     }
 }
@@ -169,14 +211,18 @@ impl Finding {
 /// `source` of the requests to that family. `timeout` is the run's `--timeout`.
 #[must_use]
 pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> Vec<Finding> {
-    let mut judged: Vec<&TargetView> = snapshot
-        .targets
-        .iter()
-        .filter(|t| {
-            t.direction == Direction::Egress && t.verdict != Verdict::Pending && !is_provisional(t)
-        })
-        .collect();
-    judged.sort_by_key(|t| identity(t));
+    let judged_in = |direction: Direction| {
+        let mut judged: Vec<&TargetView> = snapshot
+            .targets
+            .iter()
+            .filter(|t| {
+                t.direction == direction && t.verdict != Verdict::Pending && !is_provisional(t)
+            })
+            .collect();
+        judged.sort_by_key(|t| identity(t));
+        judged
+    };
+    let judged = judged_in(Direction::Egress);
     let mut findings = Vec::new();
     // Drops on this host are for this host's rules, not the upstream firewall team's.
     local::local_drop_findings(&judged, snapshot.local_drops_watched, &mut findings);
@@ -184,6 +230,7 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
     dns_findings(&judged, sources, &mut findings);
     port_findings(&judged, sources, &mut findings);
     icmp_findings(&judged, sources, &mut findings);
+    inbound_findings(&judged_in(Direction::Ingress), &mut findings);
     ipv6_finding(&judged, &mut findings);
     slow_answers_finding(&judged, timeout, &mut findings);
     partial_loss_findings(&judged, &mut findings);
@@ -650,6 +697,194 @@ fn icmp_requests(sources: &[IpAddr], targets: &[&TargetView]) -> Vec<FirewallReq
     out
 }
 
+// --- Inbound to this host ----------------------------------------------------------------
+
+/// One finding per (proto, port) of inbound targets that are blackholed, then per reason of
+/// those that are rejected; ICMP echo has no port. Degraded inbound targets (slow or not)
+/// are no evidence here.
+fn inbound_findings(inbound: &[&TargetView], findings: &mut Vec<Finding>) {
+    /// (proto, port, rejected: blackholed first, reason).
+    type Group = (Proto, Option<u16>, bool, Option<&'static str>);
+    let mut groups: BTreeMap<Group, Vec<&TargetView>> = BTreeMap::new();
+    for &target in inbound {
+        let key = match target.verdict {
+            Verdict::Blackholed => (target.proto, target.port, false, None),
+            Verdict::Rejected => (target.proto, target.port, true, target.reason),
+            _ => continue,
+        };
+        groups.entry(key).or_default().push(target);
+    }
+    for ((proto, port, rejected, reason), targets) in groups {
+        let peers = remotes(&targets);
+        let what = if proto.has_ports() {
+            service(targets[0])
+        } else {
+            format!("ping ({proto} echo)")
+        };
+        let attempts = match proto {
+            Proto::Tcp => ("connection attempt", "connection attempts"),
+            Proto::Udp if port == Some(DNS_PORT) => ("query", "queries"),
+            Proto::Udp => ("request", "requests"),
+            Proto::Icmp | Proto::Icmpv6 => ("echo request", "echo requests"),
+        };
+        let mut finding = if rejected {
+            let n = targets.iter().map(|t| t.rejected).sum();
+            let how = match reason {
+                Some("tcp-reset") => "refused with tcp-reset".to_owned(),
+                Some(reason) => format!("rejected with {reason}"),
+                None => "rejected".to_owned(),
+            };
+            let summary = format!(
+                "Inbound to this host: {what} from {} is {how} ({}): {}.",
+                list(&peers),
+                count(n, attempts.0, attempts.1),
+                inbound_reject_meaning(proto, port, reason),
+            );
+            Finding::new(INBOUND_REJECTED, summary, &targets, Vec::new())
+        } else {
+            let n = targets.iter().map(|t| never_answered(t)).sum();
+            let why = match proto {
+                Proto::Tcp | Proto::Udp => {
+                    "this host's input chain drops them (or its output chain the answers, or \
+                     reverse-path filtering), or the answers leave by an interface netwatch \
+                     does not watch"
+                }
+                Proto::Icmp => {
+                    "this host's input chain drops them (or its output chain the replies), or \
+                     it ignores echo requests (net.ipv4.icmp_echo_ignore_all)"
+                }
+                Proto::Icmpv6 => {
+                    "this host's input chain drops them (or its output chain the replies), or \
+                     it ignores echo requests (net.ipv6.icmp.echo_ignore_all)"
+                }
+            };
+            let summary = format!(
+                "Inbound to this host: {what} from {} goes unanswered ({}, nothing left this \
+                 host): {why}.",
+                list(&peers),
+                count(n, attempts.0, attempts.1),
+            );
+            Finding::new(INBOUND_BLACKHOLED, summary, &targets, Vec::new())
+        };
+        if !rejected || inbound_rejection_is_a_rule(proto, reason) {
+            finding.local_rules = accept_rules(&peers, proto, port);
+        }
+        findings.push(finding);
+    }
+}
+
+/// Whether a rejection this host sent for a request to its own address comes from a reject
+/// rule, which an accept rule before it would get past. A TCP reset is as often no
+/// listener; a UDP port-unreachable is the kernel's own answer when nothing listens.
+fn inbound_rejection_is_a_rule(proto: Proto, reason: Option<&str>) -> bool {
+    match reason {
+        Some("tcp-reset") | None => false,
+        Some("icmp-port-unreachable" | "icmp6-port-unreachable") => proto != Proto::Udp,
+        Some(_) => true,
+    }
+}
+
+/// What this host's rejection of an inbound request means.
+fn inbound_reject_meaning(proto: Proto, port: Option<u16>, reason: Option<&str>) -> String {
+    let service = match port {
+        Some(port) => format!("{proto}/{port}"),
+        None => proto.to_string(),
+    };
+    match reason {
+        Some("tcp-reset") => format!(
+            "nothing listens on {service} here, or a rule on this host resets them; if a \
+             service should answer, check that it listens (ss -ltn)"
+        ),
+        Some("icmp-port-unreachable" | "icmp6-port-unreachable") if proto == Proto::Udp => {
+            format!(
+                "nothing listens on {service} here (ss -lun), or a rule on this host rejects \
+                 them with iptables' default REJECT"
+            )
+        }
+        Some("icmp-port-unreachable" | "icmp6-port-unreachable") if proto == Proto::Tcp => {
+            "a reject rule in this host's input chain refuses them (port-unreachable is \
+             iptables' default REJECT; with nothing listening the host would send a TCP reset)"
+                .to_owned()
+        }
+        Some(_) => "a reject rule in this host's input chain refuses them".to_owned(),
+        None => "this host refuses them".to_owned(),
+    }
+}
+
+/// Accept rules for this host's input chain admitting `peers` (sorted) to `proto`/`port`:
+/// one per family, IPv4 first, in nft and iptables syntax.
+fn accept_rules(peers: &[IpAddr], proto: Proto, port: Option<u16>) -> Vec<LocalRule> {
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = peers.iter().partition(|p| p.is_ipv4());
+    let mut rules = Vec::new();
+    for family in [v4, v6] {
+        if family.is_empty() {
+            continue;
+        }
+        let v6 = family[0].is_ipv6();
+        let addresses: Vec<String> = family.iter().map(IpAddr::to_string).collect();
+        let saddr = if addresses.len() == 1 {
+            addresses[0].clone()
+        } else {
+            format!("{{ {} }}", addresses.join(", "))
+        };
+        let (nft_match, ipt_match) = match (proto, port) {
+            (Proto::Tcp | Proto::Udp, Some(port)) => (
+                format!("{proto} dport {port}"),
+                format!("-p {proto} --dport {port}"),
+            ),
+            (Proto::Tcp | Proto::Udp, None) => {
+                (format!("meta l4proto {proto}"), format!("-p {proto}"))
+            }
+            (Proto::Icmp, _) => (
+                "icmp type echo-request".to_owned(),
+                "-p icmp --icmp-type echo-request".to_owned(),
+            ),
+            (Proto::Icmpv6, _) => (
+                "icmpv6 type echo-request".to_owned(),
+                "-p ipv6-icmp --icmpv6-type echo-request".to_owned(),
+            ),
+        };
+        rules.push(LocalRule {
+            chain: INPUT,
+            nft: format!(
+                "nft insert rule inet filter input {} saddr {saddr} {nft_match} accept",
+                if v6 { "ip6" } else { "ip" },
+            ),
+            iptables: format!(
+                "{} -I INPUT -s {} {ipt_match} -j ACCEPT",
+                if v6 { "ip6tables" } else { "iptables" },
+                addresses.join(","),
+            ),
+        });
+    }
+    rules
+}
+
+/// The local rules of `findings` as text: the nft rules, then the iptables ones, each under
+/// a comment line, duplicates left out. Empty when there are none.
+#[must_use]
+pub fn render_local_rules(findings: &[Finding]) -> String {
+    let rules: Vec<&LocalRule> = findings.iter().flat_map(|f| &f.local_rules).collect();
+    if rules.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let mut seen = BTreeSet::new();
+    out.push_str("# nftables (table inet filter: use your own table's name)\n");
+    for rule in &rules {
+        if seen.insert(&rule.nft) {
+            let _ = writeln!(out, "{}", rule.nft);
+        }
+    }
+    out.push_str("# iptables\n");
+    for rule in &rules {
+        if seen.insert(&rule.iptables) {
+            let _ = writeln!(out, "{}", rule.iptables);
+        }
+    }
+    out
+}
+
 // --- IPv6, slow answers, partial loss ----------------------------------------------------
 
 /// The service of `t` with `icmpv6` spelled as `icmp`: what an IPv6 target and its IPv4
@@ -862,8 +1097,8 @@ fn partial_loss_findings(judged: &[&TargetView], findings: &mut Vec<Finding>) {
 
 // --- helpers -----------------------------------------------------------------------------
 
-fn identity(t: &TargetView) -> (Proto, Option<u16>, IpAddr) {
-    (t.proto, t.port, t.remote)
+fn identity(t: &TargetView) -> (Proto, Option<u16>, IpAddr, Direction) {
+    (t.proto, t.port, t.remote, t.direction)
 }
 
 fn is_dns(t: &TargetView) -> bool {
@@ -1084,6 +1319,12 @@ mod tests {
         t
     }
 
+    /// `t` as a request this host received: `remote` is the peer, `port` this host's port.
+    fn inbound(mut t: TargetView) -> TargetView {
+        t.direction = Direction::Ingress;
+        t
+    }
+
     fn snap(targets: Vec<TargetView>) -> Snapshot {
         Snapshot {
             targets,
@@ -1128,6 +1369,10 @@ mod tests {
     const HOST: &str = "198.51.100.10";
     const HOST6: &str = "2001:db8::10";
     const R6: &str = "2001:db8::53";
+    /// Peers asking this host.
+    const PEER: &str = "203.0.113.9";
+    const PEER2: &str = "203.0.113.10";
+    const PEER6: &str = "2001:db8:2::9";
 
     /// (scenario, targets, expected IDs in order).
     #[expect(clippy::too_many_lines, reason = "one table of scenarios")]
@@ -1279,6 +1524,46 @@ mod tests {
                 vec![SLOW_ANSWERS],
             ),
             (
+                "inbound ssh dropped by this host",
+                vec![inbound(dropped(Tcp, PEER, 22, 4)), ok(Tcp, HOST, 443, 3)],
+                vec![INBOUND_BLACKHOLED],
+            ),
+            (
+                "inbound to a port nothing listens on",
+                vec![inbound(refused(Tcp, PEER, 8080, 2, "tcp-reset"))],
+                vec![INBOUND_REJECTED],
+            ),
+            (
+                "inbound ping dropped, inbound DNS refused",
+                vec![
+                    inbound(dropped(Icmp, PEER, 0, 3)),
+                    inbound(refused(Udp, PEER, 53, 2, "icmp-port-unreachable")),
+                ],
+                vec![INBOUND_REJECTED, INBOUND_BLACKHOLED],
+            ),
+            (
+                "inbound pending, provisional, slow or working: no finding",
+                vec![
+                    inbound(pending(Tcp, PEER, 22)),
+                    inbound(ok(Tcp, PEER2, 22, 5)),
+                    inbound(slow(Udp, PEER, 53, 4, 4, 1600.0, 1700.0)),
+                    {
+                        let mut fresh = inbound(dropped(Tcp, PEER, 443, 1));
+                        fresh.provisional = true;
+                        fresh
+                    },
+                ],
+                vec![],
+            ),
+            (
+                "inbound and outbound tcp/443 both dropped: one finding each",
+                vec![
+                    inbound(dropped(Tcp, PEER, 443, 2)),
+                    dropped(Tcp, HOST, 443, 3),
+                ],
+                vec![PORT_BLACKHOLED, INBOUND_BLACKHOLED],
+            ),
+            (
                 "all at once, most important first",
                 vec![
                     degraded(Tcp, "198.51.100.11", 22, 20, 3),
@@ -1289,6 +1574,8 @@ mod tests {
                     ok(Tcp, HOST, 443, 20),
                     dropped(Udp, R1, 53, 14),
                     slow(Tcp, "198.51.100.12", 8080, 4, 4, 1100.0, 1200.0),
+                    inbound(refused(Tcp, PEER, 25, 2, "icmp-admin-prohibited")),
+                    inbound(dropped(Tcp, PEER6, 22, 5)),
                 ],
                 vec![
                     DNS_BLOCKED,
@@ -1296,6 +1583,8 @@ mod tests {
                     PORT_BLACKHOLED, // tcp/5432
                     PORT_REJECTED,   // tcp/8443
                     ICMP_FILTERED,
+                    INBOUND_BLACKHOLED, // tcp/22 in
+                    INBOUND_REJECTED,   // tcp/25 in
                     IPV6_BROKEN,
                     SLOW_ANSWERS,
                     PARTIAL_LOSS,
@@ -1362,13 +1651,222 @@ mod tests {
     }
 
     #[test]
-    fn only_requests_this_host_sent_are_evidence() {
-        let mut inbound = dropped(Tcp, HOST, 22, 3);
-        inbound.direction = Direction::Ingress;
-        let mut inbound_dns = dropped(Udp, R1, 53, 2);
-        inbound_dns.direction = Direction::Ingress;
-        let findings = run(vec![inbound, inbound_dns, ok(Tcp, HOST, 443, 1)]);
+    fn requests_this_host_received_are_evidence_only_of_inbound_findings() {
+        let findings = run(vec![
+            inbound(dropped(Tcp, PEER, 22, 3)),
+            inbound(dropped(Udp, PEER, 53, 2)),
+            inbound(dropped(Tcp, PEER6, 443, 2)),
+            inbound(refused(Icmp, PEER, 0, 2, "icmp-admin-prohibited")),
+            ok(Tcp, HOST, 443, 1),
+        ]);
+        // No dns-blocked, port-blackholed, icmp-filtered or ipv6-broken from inbound targets.
+        assert_eq!(
+            ids(&findings),
+            vec![
+                INBOUND_BLACKHOLED,
+                INBOUND_BLACKHOLED,
+                INBOUND_BLACKHOLED,
+                INBOUND_REJECTED
+            ],
+            "{findings:#?}"
+        );
+        for finding in &findings {
+            assert!(
+                finding.request.is_empty(),
+                "never the upstream team: {finding:?}"
+            );
+            assert!(
+                finding
+                    .evidence
+                    .iter()
+                    .all(|t| t.direction == Direction::Ingress),
+                "{finding:?}"
+            );
+            assert!(finding.summary.starts_with("Inbound to this host: "));
+        }
+        assert!(render_requests(&findings).is_empty());
+        // And outbound findings never take inbound targets as evidence.
+        let findings = run(vec![
+            dropped(Udp, R1, 53, 3),
+            inbound(ok(Udp, R2, 53, 9)),
+            inbound(ok(Tcp, HOST, 443, 9)),
+        ]);
+        assert_eq!(ids(&findings), vec![DNS_BLOCKED]);
+        assert_eq!(
+            findings[0].summary,
+            "DNS is blocked upstream: 3 queries to 198.51.100.53 got no answer.",
+            "an inbound resolver answering is not a resolver this host uses"
+        );
+    }
+
+    #[test]
+    fn inbound_blackholed_names_the_peers_and_the_local_rule() {
+        let findings = run(vec![
+            inbound(dropped(Tcp, PEER2, 22, 3)),
+            inbound(dropped(Tcp, PEER, 22, 4)),
+            inbound(dropped(Tcp, PEER6, 22, 1)),
+            inbound(ok(Tcp, "203.0.113.11", 22, 7)),
+        ]);
+        let finding = the(&findings, INBOUND_BLACKHOLED);
+        assert_eq!(
+            finding.summary,
+            "Inbound to this host: tcp/22 from 203.0.113.9, 203.0.113.10, 2001:db8:2::9 goes \
+             unanswered (8 connection attempts, nothing left this host): this host's input \
+             chain drops them (or its output chain the answers, or reverse-path filtering), or \
+             the answers leave by an interface netwatch does not watch."
+        );
+        let peers: Vec<String> = finding
+            .evidence
+            .iter()
+            .map(|t| t.remote.to_string())
+            .collect();
+        assert_eq!(peers, [PEER, PEER2, PEER6], "the ok peer is no evidence");
+        assert!(finding.request.is_empty());
+        assert_eq!(
+            finding.local_rules,
+            vec![
+                LocalRule {
+                    chain: "input",
+                    nft: "nft insert rule inet filter input ip saddr { 203.0.113.9, \
+                          203.0.113.10 } tcp dport 22 accept"
+                        .to_owned(),
+                    iptables: "iptables -I INPUT -s 203.0.113.9,203.0.113.10 -p tcp --dport 22 \
+                               -j ACCEPT"
+                        .to_owned(),
+                },
+                LocalRule {
+                    chain: "input",
+                    nft: "nft insert rule inet filter input ip6 saddr 2001:db8:2::9 tcp dport \
+                          22 accept"
+                        .to_owned(),
+                    iptables: "ip6tables -I INPUT -s 2001:db8:2::9 -p tcp --dport 22 -j ACCEPT"
+                        .to_owned(),
+                },
+            ]
+        );
+        // Pings: no port, echo-request rules, the sysctl named.
+        let findings = run(vec![
+            inbound(dropped(Icmp, PEER, 0, 3)),
+            inbound(dropped(Icmpv6, PEER6, 0, 2)),
+        ]);
+        assert_eq!(ids(&findings), vec![INBOUND_BLACKHOLED; 2]);
+        assert_eq!(
+            findings[0].summary,
+            "Inbound to this host: ping (icmp echo) from 203.0.113.9 goes unanswered (3 echo \
+             requests, nothing left this host): this host's input chain drops them (or its \
+             output chain the replies), or it ignores echo requests \
+             (net.ipv4.icmp_echo_ignore_all)."
+        );
+        assert_eq!(
+            findings[0].local_rules[0].nft,
+            "nft insert rule inet filter input ip saddr 203.0.113.9 icmp type echo-request accept"
+        );
+        assert_eq!(
+            findings[1].local_rules[0].iptables,
+            "ip6tables -I INPUT -s 2001:db8:2::9 -p ipv6-icmp --icmpv6-type echo-request -j ACCEPT"
+        );
+        assert!(
+            findings[1]
+                .summary
+                .contains("net.ipv6.icmp.echo_ignore_all")
+        );
+    }
+
+    #[test]
+    fn inbound_rejected_says_what_refused_them() {
+        let findings = run(vec![
+            inbound(refused(Tcp, PEER, 8080, 2, "tcp-reset")),
+            inbound(refused(Tcp, PEER, 25, 3, "icmp-host-prohibited")),
+            inbound(refused(Tcp, PEER, 587, 1, "icmp-port-unreachable")),
+            inbound(refused(Udp, PEER, 53, 2, "icmp-port-unreachable")),
+        ]);
+        assert_eq!(ids(&findings), vec![INBOUND_REJECTED; 4]);
+        let summaries: Vec<&str> = findings.iter().map(|f| f.summary.as_str()).collect();
+        assert_eq!(
+            summaries,
+            vec![
+                "Inbound to this host: tcp/25 from 203.0.113.9 is rejected with \
+                 icmp-host-prohibited (3 connection attempts): a reject rule in this host's input \
+                 chain refuses them.",
+                "Inbound to this host: tcp/587 from 203.0.113.9 is rejected with \
+                 icmp-port-unreachable (1 connection attempt): a reject rule in this host's \
+                 input chain refuses them (port-unreachable is iptables' default REJECT; with \
+                 nothing listening the host would send a TCP reset).",
+                "Inbound to this host: tcp/8080 from 203.0.113.9 is refused with tcp-reset (2 \
+                 connection attempts): nothing listens on tcp/8080 here, or a rule on this host \
+                 resets them; if a service should answer, check that it listens (ss -ltn).",
+                "Inbound to this host: udp/53 from 203.0.113.9 is rejected with \
+                 icmp-port-unreachable (2 queries): nothing listens on udp/53 here (ss -lun), or \
+                 a rule on this host rejects them with iptables' default REJECT.",
+            ]
+        );
+        // A rule is written where a reject rule refused them, not for a reset or a closed
+        // UDP port: an accept rule would not make a service listen.
+        let rules: Vec<usize> = findings.iter().map(|f| f.local_rules.len()).collect();
+        assert_eq!(rules, [1, 1, 0, 0]);
+        assert_eq!(
+            findings[0].local_rules[0].iptables,
+            "iptables -I INPUT -s 203.0.113.9 -p tcp --dport 25 -j ACCEPT"
+        );
+        assert!(findings.iter().all(|f| f.request.is_empty()));
+        let cases = [
+            (Tcp, Some("tcp-reset"), false),
+            (Tcp, Some("icmp-port-unreachable"), true),
+            (Udp, Some("icmp-port-unreachable"), false),
+            (Udp, Some("icmp6-port-unreachable"), false),
+            (Udp, Some("icmp-admin-prohibited"), true),
+            (Icmp, Some("icmp-port-unreachable"), true),
+            (Icmpv6, Some("icmp6-adm-prohibited"), true),
+            (Tcp, None, false),
+        ];
+        for (proto, reason, expected) in cases {
+            assert_eq!(
+                inbound_rejection_is_a_rule(proto, reason),
+                expected,
+                "{proto} {reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn inbound_provisional_and_slow_targets_are_not_evidence() {
+        let mut fresh = inbound(dropped(Tcp, PEER, 22, 1));
+        fresh.provisional = true;
+        let slow_peer = inbound(slow(Tcp, PEER2, 22, 4, 4, 1600.0, 1700.0));
+        let partial = inbound(degraded(Tcp, PEER, 443, 10, 2));
+        let findings = run(vec![fresh.clone(), slow_peer.clone(), partial]);
         assert_eq!(ids(&findings), Vec::<&str>::new(), "{findings:#?}");
+        // Beside a peer dropped for longer, the provisional one is left out.
+        let findings = run(vec![fresh, slow_peer, inbound(dropped(Tcp, PEER6, 22, 2))]);
+        let finding = the(&findings, INBOUND_BLACKHOLED);
+        assert_eq!(finding.evidence.len(), 1);
+        assert_eq!(finding.evidence[0].remote, ip(PEER6));
+        assert_eq!(finding.local_rules.len(), 1, "IPv6 only");
+    }
+
+    #[test]
+    fn render_local_rules_lists_nft_then_iptables_once_each() {
+        assert_eq!(render_local_rules(&[]), "");
+        let findings = run(vec![
+            inbound(dropped(Tcp, PEER, 22, 3)),
+            inbound(refused(Tcp, PEER, 25, 1, "icmp-admin-prohibited")),
+            inbound(refused(Tcp, PEER2, 8080, 1, "tcp-reset")),
+            dropped(Udp, R1, 53, 1),
+        ]);
+        assert_eq!(
+            render_local_rules(&findings),
+            "\
+# nftables (table inet filter: use your own table's name)
+nft insert rule inet filter input ip saddr 203.0.113.9 tcp dport 22 accept
+nft insert rule inet filter input ip saddr 203.0.113.9 tcp dport 25 accept
+# iptables
+iptables -I INPUT -s 203.0.113.9 -p tcp --dport 22 -j ACCEPT
+iptables -I INPUT -s 203.0.113.9 -p tcp --dport 25 -j ACCEPT
+"
+        );
+        // The outbound finding's request stays apart, in the table for the upstream team.
+        assert!(render_requests(&findings).contains("198.51.100.53"));
+        assert!(!render_requests(&findings).contains(PEER));
     }
 
     #[test]
@@ -2191,6 +2689,26 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&partial[0]).unwrap()["request"],
             json!([])
+        );
+        assert_eq!(
+            value["local_rules"],
+            json!([]),
+            "outbound findings have none"
+        );
+        let inbound = run(vec![inbound(dropped(Tcp, PEER, 22, 2))]);
+        let value = serde_json::to_value(&inbound[0]).unwrap();
+        assert_eq!(value["finding"], "inbound-blackholed");
+        assert_eq!(value["evidence"][0]["direction"], "ingress");
+        assert_eq!(value["evidence"][0]["remote"], PEER);
+        assert_eq!(value["evidence"][0]["port"], 22);
+        assert_eq!(value["request"], json!([]));
+        assert_eq!(
+            value["local_rules"],
+            json!([{
+                "chain": "input",
+                "nft": "nft insert rule inet filter input ip saddr 203.0.113.9 tcp dport 22 accept",
+                "iptables": "iptables -I INPUT -s 203.0.113.9 -p tcp --dport 22 -j ACCEPT",
+            }])
         );
         let slow = run(vec![slow(Udp, R1, 53, 3, 3, 1600.0, 1700.0)]);
         let value = serde_json::to_value(&slow[0]).unwrap();

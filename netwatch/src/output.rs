@@ -15,7 +15,7 @@ use ratatui::{
 };
 
 use crate::{
-    diagnosis::{Finding, FindingKey, render_requests},
+    diagnosis::{Finding, FindingKey, render_local_rules, render_requests},
     interfaces::LinkState,
     report::{
         RunInfo, WatchedInterface,
@@ -270,7 +270,8 @@ fn print_plain(view: &View<'_>) -> io::Result<()> {
     out.flush()
 }
 
-/// The table, then the diagnosis and the firewall request.
+/// The table, then the diagnosis, the firewall request and the rules for this host's own
+/// firewall.
 fn plain_body(snapshot: &Snapshot, findings: &[Finding]) -> String {
     let mut body = table::render(snapshot);
     if !findings.is_empty() {
@@ -282,6 +283,11 @@ fn plain_body(snapshot: &Snapshot, findings: &[Finding]) -> String {
         if !requests.is_empty() {
             body.push_str("\nASK THE FIREWALL TEAM FOR\n");
             body.push_str(&requests);
+        }
+        let local = render_local_rules(findings);
+        if !local.is_empty() {
+            body.push_str("\nON THIS HOST'S OWN FIREWALL (INBOUND)\n");
+            body.push_str(&local);
         }
     }
     body
@@ -305,5 +311,46 @@ pub fn interface_message(interface: &WatchedInterface) -> String {
             "{} is gone; watching the others, and attaching again when it returns",
             interface.name
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        diagnosis::diagnose,
+        snapshot::{Rollup, tests::view},
+        target::{Direction, Proto},
+        verdict::Verdict,
+    };
+
+    #[test]
+    fn plain_body_keeps_the_upstream_request_and_the_local_rules_apart() {
+        let mut dns = view(Proto::Udp, "198.51.100.53", Some(53), Verdict::Blackholed);
+        (dns.requests, dns.unanswered) = (3, 3);
+        let mut ssh = view(Proto::Tcp, "203.0.113.9", Some(22), Verdict::Blackholed);
+        ssh.direction = Direction::Ingress;
+        (ssh.requests, ssh.unanswered) = (4, 4);
+        let targets = vec![ssh, dns];
+        let snapshot = Snapshot {
+            rollups: Rollup::of(&targets),
+            targets,
+            ..Snapshot::default()
+        };
+        let sources = ["192.0.2.7".parse().unwrap()];
+        let findings = diagnose(&snapshot, &sources, Duration::from_secs(3));
+        let body = plain_body(&snapshot, &findings);
+        let upstream = body.find("\nASK THE FIREWALL TEAM FOR\n").expect(&body);
+        let local = body
+            .find("\nON THIS HOST'S OWN FIREWALL (INBOUND)\n")
+            .expect(&body);
+        assert!(upstream < local, "{body}");
+        assert!(body[upstream..local].contains("198.51.100.53"), "{body}");
+        assert!(!body[upstream..local].contains("203.0.113.9"), "{body}");
+        assert!(
+            body[local..].contains("iptables -I INPUT -s 203.0.113.9 -p tcp --dport 22 -j ACCEPT"),
+            "{body}"
+        );
+        assert!(body.contains("[inbound-blackholed] Inbound to this host: tcp/22"));
     }
 }

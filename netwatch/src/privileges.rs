@@ -96,12 +96,12 @@ impl BpfProbe {
 /// that comes back, and to remove clsact filters at exit), plus what the running kernel
 /// needs for the map reads of every poll.
 ///
-/// Kernels before 5.19 with `kernel.unprivileged_bpf_disabled` set refuse every `bpf()`
-/// call, even on a map descriptor the process already holds, without `CAP_BPF` (Linux 5.8+)
-/// or `CAP_SYS_ADMIN` (before 5.8, the only one); 5.19 (selftest
-/// `prog_tests/unpriv_bpf_disabled.c`) lets map reads on a held descriptor through. Distributions backport such changes, so
-/// the kernel is asked rather than guessed
-/// from its version: `probe(None)` makes a harmless `bpf()` call with only `CAP_NET_ADMIN`
+/// Kernels before 6.5 with `kernel.unprivileged_bpf_disabled` set (Debian's default) refuse
+/// every `bpf()` call, even on a map descriptor the process already holds, without `CAP_BPF`
+/// (Linux 5.8+) or `CAP_SYS_ADMIN` (before 5.8, the only one): `__sys_bpf` checked it at
+/// entry, 6.5 moved the check into map creation and program load (seen on Debian's 5.10 and
+/// 6.1 in `cargo xtask vm-test`). Distributions backport such changes, so the kernel is
+/// asked rather than guessed from its version: `probe(None)` makes a harmless `bpf()` call with only `CAP_NET_ADMIN`
 /// effective; if it is refused, `probe(Some(cap))` tries again with `cap` raised, for
 /// `CAP_BPF` then `CAP_SYS_ADMIN`, those in `permitted` only. The first that works is kept.
 /// If none does, every permitted capability is kept: something other than privileges is

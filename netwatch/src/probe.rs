@@ -44,18 +44,33 @@ pub static BENCH_OBJECT: &[u8] =
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
-    #[error(
-        "the kernel refused to load netwatch's eBPF programs ({0}); it needs BPF tc classifier \
-         support (CONFIG_BPF_SYSCALL, CONFIG_NET_CLS_BPF)"
-    )]
+    #[error("could not load netwatch's eBPF programs: {0}")]
     Load(String),
+    /// The verifier rejected a program: `reason` is the end of its log, where it says why.
+    #[error(
+        "the kernel's verifier refused netwatch's program {program} ({errno}); the end of its \
+         log says why:\n{reason}"
+    )]
+    Refused {
+        program: &'static str,
+        errno: std::io::Error,
+        reason: String,
+    },
+    /// The kernel cannot load BPF tc classifiers at all.
+    #[error(
+        "this kernel cannot load BPF tc classifiers ({0}); netwatch needs Linux \
+         {MINIMUM_KERNEL} or later built with CONFIG_BPF_SYSCALL and CONFIG_NET_CLS_BPF"
+    )]
+    Unsupported(String),
+    #[error("netwatch needs Linux {MINIMUM_KERNEL} or later; this is Linux {0}")]
+    KernelTooOld(String),
     #[error("could not attach to {iface}: {reason}")]
     Attach { iface: String, reason: String },
     #[error("could not read the kernel map {map}: {source}")]
     Map { map: &'static str, source: MapError },
     #[error(
-        "could not map the kernel's target counters into memory ({0}); netwatch needs Linux 5.5 \
-         or later"
+        "could not map the kernel's target counters into memory ({0}); netwatch needs Linux \
+         {MINIMUM_KERNEL} or later"
     )]
     Mmap(std::io::Error),
 }
@@ -269,9 +284,92 @@ fn first_line(err: &dyn std::error::Error) -> String {
         .to_owned()
 }
 
+/// The oldest kernel netwatch runs on: the oldest `cargo xtask vm-test` proves.
+pub const MINIMUM_KERNEL: &str = "5.10";
+
+/// Lines from the end of a verifier log shown in an error: the rejection and the
+/// instructions just before it (the last line is the verifier's statistics).
+const VERIFIER_LOG_LINES: usize = 6;
+
+/// A program that failed to load: the verifier's own reason when it refused it, a missing
+/// feature only when the kernel really cannot load tc classifiers.
+fn load_error(program: &'static str, err: aya::programs::ProgramError) -> ProbeError {
+    use aya::programs::{ProgramError, ProgramType};
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if matches!(
+                aya::sys::is_program_supported(ProgramType::SchedClassifier),
+                Ok(false)
+            ) {
+                return ProbeError::Unsupported(io_error.to_string());
+            }
+            let log = verifier_log.to_string();
+            let reason = log_tail(&log, VERIFIER_LOG_LINES);
+            ProbeError::Refused {
+                program,
+                errno: io_error,
+                reason: if reason.is_empty() {
+                    "  (the verifier left no log)".to_owned()
+                } else {
+                    reason
+                },
+            }
+        }
+        other => ProbeError::Load(first_line(&other)),
+    }
+}
+
+/// The last `n` non-empty lines of `log`, indented.
+fn log_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `major.minor` of a kernel release such as `6.1.0-56-cloud-amd64`.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The first kernel with tcx (BPF links on tc hooks).
+const TCX_KERNEL: (u32, u32) = (6, 6);
+
+/// The running kernel's release and `major.minor`, when it can be read.
+fn running_kernel() -> Option<(String, (u32, u32))> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = release.trim().to_owned();
+    let version = kernel_version(&release)?;
+    Some((release, version))
+}
+
+/// `Err` with one line naming the minimum on a kernel older than [`MINIMUM_KERNEL`].
+fn check_kernel_version() -> Result<(), ProbeError> {
+    // Cannot tell: let the load say what is wrong.
+    match (running_kernel(), kernel_version(MINIMUM_KERNEL)) {
+        (Some((release, found)), Some(minimum)) if found < minimum => {
+            Err(ProbeError::KernelTooOld(release))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Probe {
     /// Loads (but does not attach) the programs, with `timeout` compiled in.
     pub fn load(timeout: Duration) -> Result<Self, ProbeError> {
+        check_kernel_version()?;
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let layout = std::fs::read(drops::VMLINUX_BTF)
             .map_err(|err| drops::LayoutError::NoBtf(err.to_string()))
@@ -292,7 +390,7 @@ impl Probe {
             let program = classifier(&mut ebpf, name)?;
             program.load().map_err(|err| {
                 log::debug!("{name} failed to load: {err:?}");
-                ProbeError::Load(first_line(&err))
+                load_error(name, err)
             })?;
         }
         let pending_map = take_map(&mut ebpf, PENDING_MAP)?;
@@ -397,7 +495,19 @@ impl Probe {
         // Whatever this run's mode, an earlier clsact run may have been killed here.
         remove_orphaned_filters(&iface.name);
         let attached = match mode {
-            AttachMode::Tcx => self.attach_tcx(iface),
+            AttachMode::Tcx => self.attach_tcx(iface).map_err(|err| {
+                match running_kernel().filter(|(_, version)| *version < TCX_KERNEL) {
+                    Some((release, _)) => ProbeError::Attach {
+                        iface: iface.name.clone(),
+                        reason: format!(
+                            "tcx needs Linux {}.{} or later, this is Linux {release}; \
+                             --attach clsact (or auto) works here",
+                            TCX_KERNEL.0, TCX_KERNEL.1
+                        ),
+                    },
+                    None => err,
+                }
+            }),
             AttachMode::Clsact => self.attach_clsact(iface),
             AttachMode::Auto => self.attach_tcx(iface).or_else(|tcx_err| {
                 log::info!(
@@ -861,7 +971,31 @@ fn delete_clsact_if_empty(iface: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_live_netwatch;
+    use super::{MINIMUM_KERNEL, is_live_netwatch, kernel_version, log_tail};
+
+    #[test]
+    fn the_end_of_a_verifier_log_is_where_the_reason_is() {
+        let log = "func#0 @0\n0: R1=ctx() R10=fp0\n; many lines\n12: (85) call pc+40\n\
+                   R1 type=fp expected=ctx\nCaller passes invalid args into func#1\n\
+                   processed 94 insns (limit 1000000)\n\n";
+        let tail = log_tail(log, 3);
+        assert_eq!(
+            tail,
+            "  R1 type=fp expected=ctx\n  Caller passes invalid args into func#1\n  \
+             processed 94 insns (limit 1000000)"
+        );
+        assert_eq!(log_tail("", 3), "");
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert_eq!(kernel_version("6.1.0-56-cloud-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("5.10.223"), Some((5, 10)));
+        assert_eq!(kernel_version("6.12.117+deb12-cloud-amd64"), Some((6, 12)));
+        assert!(kernel_version("5.4.0-150-generic") < kernel_version(MINIMUM_KERNEL));
+        assert!(kernel_version("5.10.0-32-cloud-amd64") >= kernel_version(MINIMUM_KERNEL));
+        assert_eq!(kernel_version("garbage"), None);
+    }
 
     #[test]
     fn live_netwatch_processes_are_told_from_zombies_and_others() {

@@ -64,25 +64,38 @@ impl TargetView {
     #[must_use]
     pub fn service(&self) -> Service {
         Service {
+            direction: self.direction,
             proto: self.proto,
             port: self.port,
         }
     }
 
-    /// Worst verdict first; then most failures, most requests, and address order.
+    /// Worst verdict first; then most failures, most requests, and (direction, proto, port,
+    /// address) order. Both directions sort together: a target is as bad as its verdict and
+    /// its failures, whichever way its requests go; a lone peer knocking once on a dropped
+    /// port sinks below the busier targets of the same verdict.
     #[must_use]
     pub fn worst_first(a: &Self, b: &Self) -> Ordering {
         a.verdict
             .cmp(&b.verdict)
             .then_with(|| (b.unanswered + b.rejected).cmp(&(a.unanswered + a.rejected)))
             .then_with(|| b.requests.cmp(&a.requests))
-            .then_with(|| (a.proto, a.port, a.remote).cmp(&(b.proto, b.port, b.remote)))
+            .then_with(|| {
+                (a.direction, a.proto, a.port, a.remote).cmp(&(
+                    b.direction,
+                    b.proto,
+                    b.port,
+                    b.remote,
+                ))
+            })
     }
 }
 
-/// One (proto, port) across all its remotes.
+/// One (direction, proto, port) across all its remotes: an inbound tcp/443 and an outbound
+/// tcp/443 are two rollups.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Rollup {
+    pub direction: Direction,
     pub proto: Proto,
     pub port: Option<u16>,
     pub remotes: usize,
@@ -96,7 +109,7 @@ pub struct Rollup {
 }
 
 impl Rollup {
-    /// Groups targets by service. The rollup verdict: the common verdict of its remotes
+    /// Groups targets by service (direction, proto, port). The rollup verdict: the common verdict of its remotes
     /// (pending ones aside), `degraded` when they disagree.
     #[must_use]
     pub fn of(targets: &[TargetView]) -> Vec<Self> {
@@ -127,6 +140,7 @@ impl Rollup {
                     .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
                     .map(|r| r.0);
                 Self {
+                    direction: service.direction,
                     proto: service.proto,
                     port: service.port,
                     remotes: members.len(),
@@ -140,10 +154,11 @@ impl Rollup {
                 }
             })
             .collect();
+        // Worst first; at one verdict, outbound before inbound, then by proto and port.
         rollups.sort_by(|a, b| {
             a.verdict
                 .cmp(&b.verdict)
-                .then_with(|| (a.proto, a.port).cmp(&(b.proto, b.port)))
+                .then_with(|| a.service().cmp(&b.service()))
         });
         rollups
     }
@@ -151,6 +166,7 @@ impl Rollup {
     #[must_use]
     pub fn service(&self) -> Service {
         Service {
+            direction: self.direction,
             proto: self.proto,
             port: self.port,
         }
@@ -258,6 +274,32 @@ pub(crate) mod tests {
         assert_eq!(find(Proto::Tcp, Some(443)).verdict, Verdict::Degraded);
         assert_eq!(find(Proto::Icmp, None).verdict, Verdict::Pending);
         assert_eq!(rollups[0].verdict, Verdict::Blackholed, "worst first");
+    }
+
+    #[test]
+    fn inbound_and_outbound_never_share_a_rollup() {
+        let mut inbound = view(Proto::Tcp, "203.0.113.9", Some(443), Verdict::Blackholed);
+        inbound.direction = Direction::Ingress;
+        inbound.unanswered = 1;
+        let mut second_peer = view(Proto::Tcp, "203.0.113.10", Some(443), Verdict::Blackholed);
+        second_peer.direction = Direction::Ingress;
+        let outbound = view(Proto::Tcp, "198.51.100.1", Some(443), Verdict::Ok);
+        let outbound_dns = view(Proto::Udp, "198.51.100.53", Some(53), Verdict::Blackholed);
+        let rollups = Rollup::of(&[inbound, outbound, second_peer, outbound_dns]);
+        let labels: Vec<(String, usize, Verdict)> = rollups
+            .iter()
+            .map(|r| (r.service().to_string(), r.remotes, r.verdict))
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                ("UDP/53".to_owned(), 1, Verdict::Blackholed),
+                ("TCP/443 in".to_owned(), 2, Verdict::Blackholed),
+                ("TCP/443".to_owned(), 1, Verdict::Ok),
+            ],
+            "worst first; at one verdict outbound before inbound"
+        );
+        assert_eq!(rollups[1].direction, Direction::Ingress);
     }
 
     #[test]

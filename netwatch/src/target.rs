@@ -81,6 +81,15 @@ impl Direction {
             Self::Ingress => "ingress",
         }
     }
+
+    /// `out` or `in`: the DIR column of the table and the live view.
+    #[must_use]
+    pub const fn short(self) -> &'static str {
+        match self {
+            Self::Egress => "out",
+            Self::Ingress => "in",
+        }
+    }
 }
 
 /// One remote endpoint that requests go to.
@@ -111,10 +120,11 @@ impl Target {
         })
     }
 
-    /// The `PROTO/PORT` label of the rollup this target belongs to (`ICMP` for ICMP).
+    /// The rollup this target belongs to: `TCP/443`, `ICMP`, `TCP/22 in`.
     #[must_use]
     pub fn service(&self) -> Service {
         Service {
+            direction: self.direction,
             proto: self.proto,
             port: self.port,
         }
@@ -131,19 +141,28 @@ impl fmt::Display for Target {
     }
 }
 
-/// (proto, port) across remotes: the rows of the rollup.
+/// (direction, proto, port) across remotes: the rows of the rollup. Requests this host
+/// received never share a row with requests it sent: an inbound tcp/443 (this host's own
+/// port, asked for by peers) is another service than an outbound tcp/443.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Service {
+    pub direction: Direction,
     pub proto: Proto,
     pub port: Option<u16>,
 }
 
 impl fmt::Display for Service {
+    /// `TCP/443`, `ICMP` for requests this host sent; `TCP/22 in`, `ICMP in` for requests
+    /// it received.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = self.proto.as_str().to_ascii_uppercase();
         match self.port {
-            Some(port) => write!(f, "{proto}/{port}"),
-            None => f.write_str(&proto),
+            Some(port) => write!(f, "{proto}/{port}")?,
+            None => f.write_str(&proto)?,
+        }
+        match self.direction {
+            Direction::Egress => Ok(()),
+            Direction::Ingress => f.write_str(" in"),
         }
     }
 }
@@ -223,5 +242,28 @@ mod tests {
         };
         assert_eq!(target.to_string(), "udp/[2001:db8::53]:53");
         assert_eq!(target.service().to_string(), "UDP/53");
+    }
+
+    #[test]
+    fn inbound_services_are_apart_and_labelled_in() {
+        let mut key = target_key(Proto::Tcp, "198.51.100.7".parse().unwrap(), 22);
+        key.direction = DIRECTION_INGRESS;
+        let inbound = Target::from_key(&key).unwrap();
+        assert_eq!(inbound.direction, Direction::Ingress);
+        assert_eq!(inbound.port, Some(22), "this host's port asked for");
+        assert_eq!(inbound.service().to_string(), "TCP/22 in");
+        let outbound = Target {
+            direction: Direction::Egress,
+            ..inbound
+        };
+        assert_ne!(inbound.service(), outbound.service());
+        assert_eq!(outbound.service().to_string(), "TCP/22");
+        let mut ping = target_key(Proto::Icmpv6, "2001:db8::7".parse().unwrap(), 0);
+        ping.direction = DIRECTION_INGRESS;
+        let ping = Target::from_key(&ping).unwrap();
+        assert_eq!(ping.port, None);
+        assert_eq!(ping.service().to_string(), "ICMPV6 in");
+        assert_eq!(Direction::Ingress.short(), "in");
+        assert_eq!(Direction::Egress.short(), "out");
     }
 }

@@ -31,6 +31,8 @@ pub const SERVER_V6: &str = "2001:db8:2::10";
 pub const DNS_V4: &str = "198.51.100.53";
 pub const DNS2_V4: &str = "198.51.100.54";
 pub const DNS_V6: &str = "2001:db8:2::53";
+/// The firewall's address on the client's link: the client's gateway.
+pub const GATEWAY_V4: &str = "203.0.113.1";
 /// The client's interface, the one netwatch watches.
 pub const CLIENT_IFACE: &str = "c0";
 
@@ -63,8 +65,15 @@ table inet lab {
 }
 "#;
 
-/// Lets DNS through the inherited firewall (replaces the `dns` chain).
-pub const OPEN_DNS: &str = "flush chain inet lab dns\nadd rule inet lab dns accept\n";
+/// The port of [`Lab::wait_for_sentinel`]'s request: TCP to it is dropped by
+/// [`INHERITED_FIREWALL`].
+pub const SENTINEL_PORT: u16 = 5432;
+
+/// Lets DNS through the inherited firewall (replaces the `dns` chain). Only port 53: the
+/// chain is jumped to for every packet, so a bare `accept` there would open everything.
+pub const OPEN_DNS: &str = "flush chain inet lab dns\n\
+    add rule inet lab dns udp dport 53 accept\n\
+    add rule inet lab dns tcp dport 53 accept\n";
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -302,6 +311,27 @@ impl Lab {
         });
     }
 
+    /// Starts the `lab-dns` responder (answers after `delay_ms`, never for names starting
+    /// with `lost`) on `addresses` in the server namespace, and waits until every socket
+    /// is bound.
+    pub fn start_lab_dns(&mut self, binary: &str, delay_ms: u64, addresses: &[&str]) {
+        let mut command = self.server.command(binary);
+        command
+            .arg(delay_ms.to_string())
+            .args(addresses)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        self.spawn(command);
+        wait_until(Duration::from_secs(10), "lab-dns to bind", || {
+            let out = self.server.run("ss", &["-Huln", "sport = :53"]);
+            let bound = String::from_utf8_lossy(&out.stdout).into_owned();
+            addresses.iter().all(|address| {
+                bound.contains(&format!("{address}:53"))
+                    || bound.contains(&format!("[{address}]:53"))
+            })
+        });
+    }
+
     /// Starts the lab's TCP listener (the `lab-listener` binary) on the server's
     /// [`OPEN_PORTS`], and waits until it accepts.
     pub fn start_listener(&mut self, listener_binary: &str) {
@@ -317,6 +347,50 @@ impl Lab {
                 .status
                 .success()
         });
+    }
+
+    /// This lab's private directory (removed on drop): captures, ready files.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sets `net.*` sysctls (`name=value`) in `ns`.
+    pub fn sysctl(ns: &Netns, settings: &[&str]) {
+        let mut args = vec!["-qw"];
+        args.extend_from_slice(settings);
+        ns.ok("sysctl", &args);
+    }
+
+    /// Sends [`SENTINEL_PORT`]'s SYN (dropped by [`INHERITED_FIREWALL`]) and waits until
+    /// netwatch calls it blackholed. Requests are judged in the order they were sent (one
+    /// timeout for all), so every request sent before the sentinel has been judged by then:
+    /// a bounded wait for "all earlier requests timed out", without a fixed sleep. Returns
+    /// the sentinel's target, to leave out of assertions.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "callers that only wait need not name the sentinel"
+    )]
+    pub fn wait_for_sentinel(&self, run: &NetwatchRun) -> TargetId {
+        self.wait_for_sentinel_on(run, SENTINEL_PORT)
+    }
+
+    /// [`Lab::wait_for_sentinel`] with a dropped `port` of the caller's firewall. A verdict
+    /// record comes only when a target's verdict changes: use a new port for each wait in
+    /// one run.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "callers that only wait need not name the sentinel"
+    )]
+    pub fn wait_for_sentinel_on(&self, run: &NetwatchRun, port: u16) -> TargetId {
+        crate::clients::Client::nc(SERVER_V4, port, 1).run(&self.client);
+        let target: TargetId = ("tcp".into(), SERVER_V4.into(), Some(u64::from(port)));
+        run.wait_for(
+            Duration::from_secs(15),
+            "the sentinel's blackholed verdict",
+            |r| r["type"] == "verdict" && target_id(r) == target && r["verdict"] == "blackholed",
+        );
+        target
     }
 
     /// Starts netwatch in the client namespace with `args`, and waits until it watches.
@@ -559,6 +633,40 @@ impl Finished {
             .iter()
             .filter(|r| r["type"] == "target")
             .map(|r| (target_id(r), r.clone()))
+            .collect()
+    }
+
+    /// The `summary` record.
+    #[must_use]
+    pub fn summary(&self) -> &Value {
+        self.records
+            .iter()
+            .find(|r| r["type"] == "summary")
+            .unwrap_or_else(|| panic!("no summary record: {:#?}", self.records))
+    }
+
+    /// The kernel counter `name` of the summary (`kernel.counters`); panics when netwatch
+    /// has no such counter.
+    #[must_use]
+    pub fn kernel_counter(&self, name: &str) -> u64 {
+        let counters = &self.summary()["kernel"]["counters"];
+        counters[name].as_u64().unwrap_or_else(|| {
+            panic!("netwatch reports no kernel counter `{name}`; counters: {counters}")
+        })
+    }
+
+    /// The `diagnosis` records written at exit (after the `target` records).
+    #[must_use]
+    pub fn exit_findings(&self) -> Vec<Value> {
+        let first_target = self
+            .records
+            .iter()
+            .position(|r| r["type"] == "target")
+            .unwrap_or(self.records.len());
+        self.records[first_target..]
+            .iter()
+            .filter(|r| r["type"] == "diagnosis")
+            .cloned()
             .collect()
     }
 

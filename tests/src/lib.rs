@@ -8,6 +8,9 @@
 //! `cargo xtask test` sets `NETWATCH_TEST_STRICT=1` (and CI sets `CI`), which turns every
 //! such skip into a failure, so nothing is silently skipped there.
 
+pub mod capture;
+pub mod clients;
+pub mod dissector;
 pub mod lab;
 pub mod packets;
 pub mod random;

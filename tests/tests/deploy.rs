@@ -90,7 +90,8 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
 }
 
 /// A snapshot with every kind of target: blackholed DNS, rejected and ok TCP, degraded
-/// ICMP, pending `ICMPv6`, and more DNS remotes than the bound so one is folded into `other`.
+/// ICMP, pending `ICMPv6`, more DNS remotes than the bound so one is folded into `other`, and
+/// inbound ones (blackholed tcp/22, ok ping).
 fn snapshot() -> Snapshot {
     let mut targets = Vec::new();
     let mut dns = target(Proto::Udp, "198.51.100.53", Some(53), Verdict::Blackholed);
@@ -127,6 +128,16 @@ fn snapshot() -> Snapshot {
     ping.latency_buckets[latency_bucket(15_000_000)] = 6;
     targets.push(ping);
     targets.push(target(Proto::Icmpv6, "2001:db8::1", None, Verdict::Pending));
+    // Requests this host received: a peer left unanswered on this host's tcp/22, a ping.
+    let mut ssh = target(Proto::Tcp, "203.0.113.9", Some(22), Verdict::Blackholed);
+    ssh.direction = Direction::Ingress;
+    (ssh.requests, ssh.unanswered) = (4, 4);
+    targets.push(ssh);
+    let mut ping_in = target(Proto::Icmp, "203.0.113.9", None, Verdict::Ok);
+    ping_in.direction = Direction::Ingress;
+    (ping_in.requests, ping_in.answered) = (2, 2);
+    ping_in.latency_buckets[latency_bucket(50_000)] = 2;
+    targets.push(ping_in);
     targets.sort_by(TargetView::worst_first);
     let mut kernel = [0; KernelCounter::COUNT];
     kernel[KernelCounter::PendingFull as usize] = 1;
@@ -191,6 +202,7 @@ fn metrics_pass_promtool_check_metrics() {
         "the snapshot exercises folding"
     );
     assert!(body.contains("port=\"\""), "and ICMP targets");
+    assert!(body.contains("direction=\"ingress\""), "and inbound ones");
     // Lint problems (missing HELP, counters without _total, …) make promtool exit non-zero.
     let out = promtool(&["check", "metrics"], Some(&body));
     assert!(
@@ -353,8 +365,8 @@ fn dashboard_queries_use_only_exposed_metrics() {
     }
 }
 
-/// Every dashboard query (Grafana's `$__rate_interval` and `$instance` filled in) is `PromQL`
-/// that Prometheus parses: promtool checks them as recording rules.
+/// Every dashboard query (Grafana's `$__rate_interval`, `$instance` and `$direction` filled in)
+/// is `PromQL` that Prometheus parses: promtool checks them as recording rules.
 #[test]
 fn dashboard_queries_are_valid_promql() {
     if !netwatch_tests::prerequisites("dashboard_queries_are_valid_promql", &["promtool"]) {
@@ -368,7 +380,8 @@ fn dashboard_queries_are_valid_promql() {
     for (index, (_, expr)) in queries.iter().enumerate() {
         let expr = expr
             .replace("$__rate_interval", "5m")
-            .replace("$instance", ".*");
+            .replace("$instance", ".*")
+            .replace("$direction", ".*");
         // A JSON string is a YAML double-quoted scalar.
         let expr = serde_json::to_string(&expr).unwrap();
         writeln!(

@@ -239,7 +239,10 @@ const QUESTION_CAPTURE: usize = 76;
 struct Exchange {
     seq: u32,
     syn_data: u32,
+    /// The captured question, zero-padded, and how much of it the packet had: two
+    /// questions differ in either (trailing zero bytes still make a different message).
     question: [u8; QUESTION_CAPTURE],
+    question_len: usize,
 }
 
 impl Exchange {
@@ -250,6 +253,7 @@ impl Exchange {
             syn_data: u32::try_from(frame.len().saturating_sub(l4 + header_len).min(65_535))
                 .ok()?,
             question: [0; QUESTION_CAPTURE],
+            question_len: 0,
         })
     }
 
@@ -262,6 +266,7 @@ impl Exchange {
             seq: 0,
             syn_data: 0,
             question,
+            question_len: captured.len(),
         }
     }
 
@@ -270,12 +275,15 @@ impl Exchange {
             seq: 0,
             syn_data: 0,
             question: [0; QUESTION_CAPTURE],
+            question_len: 0,
         }
     }
 
     /// Whether `other`, under the same key, is a new exchange rather than this one again.
     fn is_new(&self, other: &Self) -> bool {
-        self.seq != other.seq || self.question != other.question
+        self.seq != other.seq
+            || self.question != other.question
+            || self.question_len != other.question_len
     }
 
     /// Whether a SYN-ACK or RST acknowledging `ack` answers this SYN.

@@ -149,9 +149,14 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
             Some("tcp-reset"),
             1,
         );
-        // Dropped by the input policy: nothing leaves this host.
+        // Dropped by the input policy: nothing leaves this host, and the kernel says where
+        // (skb:kfree_skb, the local drops program).
         let dropped = inbound(&finished, "tcp", client, Some(5432));
-        expect(dropped, "blackholed", None, 1);
+        expect(dropped, "blackholed", Some("here:netfilter-drop"), 1);
+        assert!(
+            dropped["local_drops"]["NETFILTER_DROP"].as_u64() >= Some(2),
+            "the SYN and its retransmits dropped here: {dropped}"
+        );
         assert!(
             dropped["retransmits"].as_u64() >= Some(1),
             "the client retried its SYN: {dropped}"
@@ -159,7 +164,7 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
         expect(
             inbound(&finished, icmp, client, None),
             "blackholed",
-            None,
+            Some("here:netfilter-drop"),
             2,
         );
     }
@@ -170,4 +175,76 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
         .filter(|r| r["type"] == "target" && r["direction"] == "egress")
         .collect();
     assert!(egress.is_empty(), "egress targets: {egress:#?}");
+    expect_inbound_diagnosis(&finished);
+}
+
+/// The diagnosis speaks of the inbound targets as inbound to this host, asks the upstream
+/// team for nothing, and writes the accept rule for this host's input chain where a rule
+/// would help.
+fn expect_inbound_diagnosis(finished: &Finished) {
+    let findings: Vec<&Value> = finished
+        .records
+        .iter()
+        .filter(|r| r["type"] == "diagnosis")
+        .collect();
+    // The last of each: those written at exit, after the ones written as findings changed.
+    let finding = |id: &str, proto: &str, port: Option<u64>| {
+        findings
+            .iter()
+            .copied()
+            .rfind(|f| {
+                f["finding"] == id
+                    && f["evidence"][0]["proto"] == proto
+                    && f["evidence"][0]["port"].as_u64() == port
+            })
+            .unwrap_or_else(|| panic!("no {id} for {proto}/{port:?}: {findings:#?}"))
+    };
+    for f in &findings {
+        assert!(
+            f["finding"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("inbound-")),
+            "only inbound findings: {f}"
+        );
+        assert_eq!(f["request"], serde_json::json!([]), "{f}");
+        assert!(
+            f["summary"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Inbound to this host: ")),
+            "{f}"
+        );
+    }
+    let dropped = finding("inbound-blackholed", "tcp", Some(5432));
+    let rules: Vec<&str> = dropped["local_rules"]
+        .as_array()
+        .expect("local_rules")
+        .iter()
+        .map(|rule| rule["nft"].as_str().expect("nft"))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            format!("nft insert rule inet filter input ip saddr {CLIENT_V4} tcp dport 5432 accept"),
+            format!(
+                "nft insert rule inet filter input ip6 saddr {CLIENT_V6} tcp dport 5432 accept"
+            ),
+        ],
+        "{dropped}"
+    );
+    for icmp in ["icmp", "icmpv6"] {
+        let ping = finding("inbound-blackholed", icmp, None);
+        assert_eq!(
+            ping["local_rules"].as_array().map(Vec::len),
+            Some(1),
+            "{ping}"
+        );
+    }
+    for port in [7777, 9000] {
+        let reset = finding("inbound-rejected", "tcp", Some(port));
+        assert_eq!(
+            reset["local_rules"],
+            serde_json::json!([]),
+            "a reset: maybe nothing listens, no rule to write: {reset}"
+        );
+    }
 }

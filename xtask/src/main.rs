@@ -3,6 +3,7 @@
 
 mod cmd;
 mod setup;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -36,8 +37,19 @@ enum Task {
     /// Run every test: unit tests, the eBPF programs on crafted packets, the namespace lab.
     Test {
         /// Only the tests whose name contains this (passed to the test harness); skips the
-        /// benchmark smoke run.
+        /// benchmark smoke run and the kernel matrix.
         filter: Option<String>,
+        /// Skip the kernel matrix (`vm-test`) at the end.
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels in QEMU and run the program tests, the
+    /// fuzz test and the namespace lab inside each (and on this machine's kernel); one line
+    /// `kernel VERSION: N passed, M failed` per kernel.
+    VmTest {
+        /// Only these kernels: a series of the matrix (5.10, 6.1, 6.12) or `host`; repeatable.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
     },
     /// Run the benchmark suite as root: writes target/bench/report.json and report.md, prints
     /// the table, and (full runs only) rewrites BENCHMARKS.md from the report.
@@ -93,7 +105,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/netwatch"))
 }
 
-fn test(filter: Option<&str>) -> anyhow::Result<()> {
+fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
     setup::ensure_build_toolchain()?;
     setup::ensure_packages(setup::LAB_PACKAGES)?;
     setup::ensure_packages(setup::BENCH_PACKAGES)?;
@@ -115,8 +127,10 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     if binaries.is_empty() {
         bail!("no integration test binaries were built");
     }
-    for binary in binaries {
-        let mut command = as_root(&binary);
+    let started = std::time::Instant::now();
+    let mut host = vm::Counts::default();
+    for (_, binary) in &binaries {
+        let mut command = as_root(binary);
         command
             .arg("--test-threads=1")
             .env("NETWATCH_BIN", &netwatch)
@@ -125,12 +139,67 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         if let Some(filter) = filter {
             command.arg(filter);
         }
-        cmd::run(&mut command)?;
+        let counts = vm::run_counted(&mut command)?;
+        if counts.failed > 0 {
+            bail!("{} failed", binary.display());
+        }
+        host.passed += counts.passed;
     }
-    if filter.is_none() {
-        bench_smoke(&netwatch)?;
+    if filter.is_some() {
+        return Ok(());
     }
-    Ok(())
+    bench_smoke(&netwatch)?;
+    if no_vm {
+        say("kernel matrix skipped (--no-vm)");
+        return Ok(());
+    }
+    // This machine's kernel is the matrix's first entry: every suite above ran on it.
+    let host = vm::Outcome {
+        version: vm::host_kernel(),
+        counts: host,
+        elapsed: started.elapsed(),
+    };
+    println!("{}", vm::result_line(&host));
+    let mut outcomes = vec![host];
+    let series: Vec<String> = vm::MATRIX.iter().map(|&s| s.to_owned()).collect();
+    let executables = vm::Executables {
+        netwatch,
+        tests: binaries,
+    };
+    outcomes.extend(vm::run_matrix(&series, &executables, &workspace_root())?);
+    vm::conclude(&outcomes)
+}
+
+/// `cargo xtask vm-test`: the suites on this machine's kernel and in QEMU on each kernel of
+/// the matrix.
+fn vm_test(kernels: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("vm-test needs root (virtiofsd shares the host's files); run it with sudo");
+    }
+    setup::ensure_build_toolchain()?;
+    setup::ensure_packages(setup::LAB_PACKAGES)?;
+    setup::ensure_packages(vm::VM_PACKAGES)?;
+    say("building netwatch and the test executables");
+    cmd::run(cargo().args(["build", "--package", "netwatch"]))?;
+    let executables = vm::Executables {
+        netwatch: workspace_root().join("target/debug/netwatch"),
+        tests: test_binaries()?,
+    };
+    let (host, series): (Vec<&String>, Vec<&String>) =
+        kernels.iter().partition(|k| k.as_str() == "host");
+    let series: Vec<String> = if kernels.is_empty() {
+        vm::MATRIX.iter().map(|&s| s.to_owned()).collect()
+    } else {
+        series.into_iter().cloned().collect()
+    };
+    let mut outcomes = Vec::new();
+    if kernels.is_empty() || !host.is_empty() {
+        let outcome = vm::run_host(&executables, &workspace_root())?;
+        println!("{}", vm::result_line(&outcome));
+        outcomes.push(outcome);
+    }
+    outcomes.extend(vm::run_matrix(&series, &executables, &workspace_root())?);
+    vm::conclude(&outcomes)
 }
 
 /// Every benchmark section once, with tiny parameters: proves the suite still runs. The
@@ -242,8 +311,8 @@ fn sudo(program: &str) -> Command {
     command
 }
 
-/// Builds the integration tests and returns their executables.
-fn test_binaries() -> anyhow::Result<Vec<PathBuf>> {
+/// Builds the integration tests and returns their names and executables.
+fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let out = cmd::output(cargo().args([
         "test",
         "--package",
@@ -257,8 +326,12 @@ fn test_binaries() -> anyhow::Result<Vec<PathBuf>> {
             continue;
         };
         let is_test = message["profile"]["test"].as_bool() == Some(true);
-        if let (true, Some(executable)) = (is_test, message["executable"].as_str()) {
-            binaries.push(PathBuf::from(executable));
+        if let (true, Some(executable), Some(name)) = (
+            is_test,
+            message["executable"].as_str(),
+            message["target"]["name"].as_str(),
+        ) {
+            binaries.push((name.to_owned(), PathBuf::from(executable)));
         }
     }
     Ok(binaries)
@@ -272,7 +345,8 @@ fn main() -> ExitCode {
             let err = as_root(&binary).args(&args).exec();
             Err(err).context("could not start netwatch")
         }),
-        Task::Test { filter } => test(filter.as_deref()),
+        Task::Test { filter, no_vm } => test(filter.as_deref(), no_vm),
+        Task::VmTest { kernels } => vm_test(&kernels),
         Task::Bench { quick, only } => bench(quick, only.as_deref()),
     };
     match result {

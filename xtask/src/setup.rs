@@ -79,6 +79,16 @@ pub const LAB_PACKAGES: &[Package] = &[
         provides: "/usr/bin/promtool",
         why: "checking the metrics and the alert rules",
     },
+    Package {
+        name: "tcpdump",
+        provides: "/usr/bin/tcpdump",
+        why: "captures the trust tests check netwatch against",
+    },
+    Package {
+        name: "tshark",
+        provides: "/usr/bin/tshark",
+        why: "the independent dissector of the differential test",
+    },
 ];
 
 /// What the benchmarks drive besides the lab's tools.

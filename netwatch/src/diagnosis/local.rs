@@ -3,8 +3,8 @@
 //!
 //! | ID | fires when | says |
 //! | --- | --- | --- |
-//! | `local-firewall-drops` | a target fails or degrades with a `here:` reason; one per target | which chain of this host drops what, and the rule to add in nft and iptables syntax |
-//! | `dropped-beyond-this-host` | local drops are watched and blackholed targets had nothing dropped here | the drops are beyond this host |
+//! | `local-firewall-drops` | a target of requests this host sent fails or degrades with a `here:` reason; one per target | which chain of this host drops what, and the rule to add in nft and iptables syntax |
+//! | `dropped-beyond-this-host` | local drops are watched and blackholed targets of requests this host sent had nothing dropped here | the drops are beyond this host |
 
 use std::net::IpAddr;
 
@@ -21,10 +21,14 @@ pub const DROPPED_BEYOND_THIS_HOST: &str = "dropped-beyond-this-host";
 /// The reason a netfilter rule dropped the packet.
 const NETFILTER: &str = "here:netfilter-drop";
 
-/// Whether this host dropped packets of `t` and that is why it fails.
+/// Whether this host dropped packets of `t`, a target of requests it sent, and that is why
+/// it fails. (Inbound targets have their own findings, which already speak of this host's
+/// chains.)
 #[must_use]
 pub fn dropped_here(t: &TargetView) -> bool {
-    t.verdict != Verdict::Ok && t.reason.is_some_and(|r| r.starts_with("here:"))
+    t.direction == Direction::Egress
+        && t.verdict != Verdict::Ok
+        && t.reason.is_some_and(|r| r.starts_with("here:"))
 }
 
 /// One `local-firewall-drops` finding per target failing because of this host, then one
@@ -45,7 +49,12 @@ pub fn local_drop_findings(judged: &[&TargetView], watched: bool, findings: &mut
     let beyond: Vec<&TargetView> = judged
         .iter()
         .copied()
-        .filter(|t| t.verdict == Verdict::Blackholed && !t.provisional && t.local_drops.is_empty())
+        .filter(|t| {
+            t.direction == Direction::Egress
+                && t.verdict == Verdict::Blackholed
+                && !t.provisional
+                && t.local_drops.is_empty()
+        })
         .collect();
     if beyond.is_empty() {
         return;
@@ -229,23 +238,27 @@ mod tests {
             "{}",
             findings[0].summary
         );
-        let mut inbound = here(
+        let v6 = here(
             view(Proto::Tcp, "2001:db8::7", Some(22), Verdict::Blackholed),
             0,
         );
-        inbound.direction = Direction::Ingress;
         let mut findings = Vec::new();
-        local_drop_findings(&[&inbound], true, &mut findings);
+        local_drop_findings(&[&v6], true, &mut findings);
         assert!(
             findings[0].summary.contains(
-                "requests inbound to this host from 2001:db8::7 to tcp/22 are dropped by this \
-                 host's input chain; add `nft add rule inet filter input ip6 saddr 2001:db8::7 \
-                 tcp dport 22 accept` (iptables: `ip6tables -I INPUT -s 2001:db8::7 -p tcp \
-                 --dport 22 -j ACCEPT`)"
+                "add `nft add rule inet filter output ip6 daddr 2001:db8::7 tcp dport 22 \
+                 accept` (iptables: `ip6tables -I OUTPUT -d 2001:db8::7 -p tcp --dport 22 -j \
+                 ACCEPT`)"
             ),
             "{}",
             findings[0].summary
         );
+        // Inbound targets have their own findings (inbound-*), which name this host's chains.
+        let mut inbound = v6.clone();
+        inbound.direction = Direction::Ingress;
+        let mut findings = Vec::new();
+        local_drop_findings(&[&inbound], true, &mut findings);
+        assert!(findings.is_empty(), "{findings:?}");
     }
 
     #[test]

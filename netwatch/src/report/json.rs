@@ -1,7 +1,13 @@
 //! NDJSON output: one record per line, flushed as it is written so pipes see it at once.
 //!
 //! Record types: `verdict` (a target's verdict changed), `target` (per target, at exit),
-//! `summary` (at exit). Readers skip types they don't know.
+//! `diagnosis` (a finding appeared or changed, and at exit), `interface`, `summary` (at
+//! exit). Readers skip types they don't know.
+//!
+//! Every target, whether in a `verdict` or `target` record or in a finding's `evidence`,
+//! carries its `direction`: `"egress"` for requests this host sent (`remote` is where they
+//! went, `port` the remote port), `"ingress"` for requests it received (`remote` is the peer
+//! that asked, `port` this host's port asked for; `null` for ICMP).
 
 use std::io::{self, Write};
 
@@ -121,7 +127,12 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{snapshot::tests::view, target::Proto, verdict::Verdict};
+    use crate::{
+        diagnosis::diagnose,
+        snapshot::tests::view,
+        target::{Direction, Proto},
+        verdict::Verdict,
+    };
 
     fn lines(bytes: &[u8]) -> Vec<Value> {
         std::str::from_utf8(bytes)
@@ -159,6 +170,59 @@ mod tests {
         assert_eq!(r["reason"], Value::Null);
         assert_eq!(r["names"][0], "chat.example.com");
         assert_eq!(r["time"], "2026-11-24T22:00:00.000Z");
+    }
+
+    #[test]
+    fn inbound_targets_say_ingress_in_every_record() {
+        let mut ssh = view(Proto::Tcp, "203.0.113.9", Some(22), Verdict::Blackholed);
+        ssh.direction = Direction::Ingress;
+        (ssh.requests, ssh.unanswered) = (4, 4);
+        let mut ping = view(Proto::Icmpv6, "2001:db8::9", None, Verdict::Ok);
+        ping.direction = Direction::Ingress;
+        ping.answered = 1;
+        let mut out = Vec::new();
+        let mut writer = JsonWriter::new(&mut out);
+        writer
+            .verdicts(std::slice::from_ref(&ssh), "2026-11-26T13:00:00.000Z")
+            .unwrap();
+        let snapshot = Snapshot {
+            targets: vec![ssh, ping],
+            ..Snapshot::default()
+        };
+        let findings = diagnose(&snapshot, &[], Duration::from_secs(3));
+        let run = RunInfo {
+            interfaces: vec![],
+            uptime: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+            window: Duration::from_mins(1),
+        };
+        writer.finish(&snapshot, &findings, &run).unwrap();
+        let records = lines(&out);
+        let types: Vec<&str> = records
+            .iter()
+            .map(|r| r["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["verdict", "target", "target", "diagnosis", "summary"]
+        );
+        for record in &records[..3] {
+            assert_eq!(record["direction"], "ingress", "{record}");
+        }
+        assert_eq!(records[0]["remote"], "203.0.113.9", "the peer that asked");
+        assert_eq!(records[0]["port"], 22, "this host's port asked for");
+        assert_eq!(records[0]["verdict"], "blackholed");
+        assert_eq!(records[2]["proto"], "icmpv6");
+        assert_eq!(records[2]["port"], Value::Null);
+        let diagnosis = &records[3];
+        assert_eq!(diagnosis["finding"], "inbound-blackholed");
+        assert_eq!(diagnosis["evidence"][0]["direction"], "ingress");
+        assert_eq!(diagnosis["request"], serde_json::json!([]));
+        assert_eq!(diagnosis["local_rules"][0]["chain"], "input");
+        assert_eq!(
+            diagnosis["local_rules"][0]["iptables"],
+            "iptables -I INPUT -s 203.0.113.9 -p tcp --dport 22 -j ACCEPT"
+        );
     }
 
     #[test]

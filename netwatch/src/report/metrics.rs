@@ -15,11 +15,14 @@
 //! # Metrics
 //!
 //! Per target, labelled `direction`, `proto`, `remote`, `port` (the number as text, `""` for
-//! ICMP):
+//! ICMP). `direction` is `egress` for requests this host sent (`remote` is where they went,
+//! `port` the remote port) and `ingress` for requests it received (`remote` is the peer that
+//! asked, `port` this host's own port): every per-target family has it, so a query that sums
+//! over remotes keeps the two apart by keeping `direction`.
 //!
 //! | metric | type | |
 //! | --- | --- | --- |
-//! | `netwatch_requests_total` | counter | distinct requests sent |
+//! | `netwatch_requests_total` | counter | distinct requests (sent for `egress`, received for `ingress`) |
 //! | `netwatch_answered_total` | counter | answered within the timeout |
 //! | `netwatch_rejected_total` | counter | extra label `reason` (`tcp-reset`, `icmp-host-prohibited`, …), one series per reason seen |
 //! | `netwatch_unanswered_total` | counter | neither answered nor rejected within the timeout |
@@ -537,7 +540,8 @@ impl Collector for SnapshotCollector {
         let counters: [TargetCounter; 6] = [
             (
                 "netwatch_requests",
-                "Distinct requests sent (a retransmit is not a new request).",
+                "Distinct requests: sent by this host (direction=\"egress\") or received by it \
+                 (direction=\"ingress\"); a retransmit is not a new request.",
                 |r| r.requests,
             ),
             (
@@ -1032,6 +1036,110 @@ mod tests {
             .map(|x| x.value)
             .sum();
         assert_eq!(total, 150.0, "folding loses nothing");
+    }
+
+    #[test]
+    fn inbound_and_outbound_are_apart_in_every_family_and_fold() {
+        let mut targets = Vec::new();
+        for i in 1..=3u8 {
+            let mut out = view(
+                Proto::Tcp,
+                &format!("198.51.100.{i}"),
+                Some(443),
+                Verdict::Ok,
+            );
+            (out.requests, out.answered) = (10, 10);
+            out.latency_buckets[3] = 10;
+            targets.push(out);
+            let mut inbound = view(
+                Proto::Tcp,
+                &format!("203.0.113.{i}"),
+                Some(443),
+                Verdict::Blackholed,
+            );
+            inbound.direction = Direction::Ingress;
+            (inbound.requests, inbound.unanswered) = (u64::from(i), u64::from(i));
+            targets.push(inbound);
+        }
+        let mut reset = view(Proto::Tcp, "203.0.113.1", Some(8080), Verdict::Rejected);
+        reset.direction = Direction::Ingress;
+        (reset.requests, reset.rejected) = (2, 2);
+        reset.rejected_by_reason[usize::from(Reason::TCP_RESET)] = 2;
+        targets.push(reset);
+        let snapshot = Snapshot {
+            targets,
+            ..Snapshot::default()
+        };
+        let limits = Cardinality {
+            remotes_per_service: 2,
+        };
+        let s = samples(&render(&snapshot, &run(), &limits));
+        // Every per-target family (the samples with a remote) has a direction.
+        for sample in s.iter().filter(|s| s.labels.contains_key("remote")) {
+            let direction = sample.labels.get("direction").map(String::as_str);
+            assert!(
+                matches!(direction, Some("egress" | "ingress")),
+                "{sample:?}"
+            );
+        }
+        let tcp443 = |direction| [("direction", direction), ("port", "443")];
+        let total = |labels: &[(&str, &str)]| -> f64 {
+            find(&s, "netwatch_requests_total", labels)
+                .iter()
+                .map(|x| x.value)
+                .sum()
+        };
+        assert_eq!(total(&tcp443("egress")), 30.0);
+        assert_eq!(total(&tcp443("ingress")), 6.0, "not merged with egress");
+        // Each direction has its own bound: two remotes and an `other` each.
+        assert_eq!(
+            find(&s, "netwatch_requests_total", &tcp443("egress")).len(),
+            3
+        );
+        assert_eq!(
+            find(&s, "netwatch_requests_total", &tcp443("ingress")).len(),
+            3
+        );
+        let other_in = [
+            ("direction", "ingress"),
+            ("port", "443"),
+            ("remote", "other"),
+        ];
+        assert_eq!(value(&s, "netwatch_requests_total", &other_in), 1.0);
+        assert_eq!(
+            value(
+                &s,
+                "netwatch_target_verdict",
+                &[
+                    ("direction", "ingress"),
+                    ("port", "443"),
+                    ("remote", "other"),
+                    ("verdict", "blackholed")
+                ]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "netwatch_rejected_total",
+                &[
+                    ("direction", "ingress"),
+                    ("port", "8080"),
+                    ("reason", "tcp-reset")
+                ]
+            ),
+            2.0
+        );
+        assert!(
+            find(
+                &s,
+                "netwatch_answer_latency_seconds_count",
+                &[("direction", "ingress")]
+            )
+            .is_empty(),
+            "no answers, no histogram"
+        );
     }
 
     #[test]

@@ -51,6 +51,19 @@ fn as_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S
     serializer.serialize_f64(duration.as_secs_f64())
 }
 
+/// `1 remote`, `3 remotes` for a rollup of requests this host sent; `1 peer`, `3 peers` for
+/// one of requests it received.
+#[must_use]
+pub fn remotes_label(rollup: &crate::snapshot::Rollup) -> String {
+    use crate::target::Direction;
+    let noun = match rollup.direction {
+        Direction::Egress => "remote",
+        Direction::Ingress => "peer",
+    };
+    let plural = if rollup.remotes == 1 { "" } else { "s" };
+    format!("{} {noun}{plural}", rollup.remotes)
+}
+
 /// A short human duration: `850ms`, `3s`, `1m23s`, `2h05m`.
 #[must_use]
 pub fn short_duration(duration: Duration) -> String {

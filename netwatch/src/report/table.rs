@@ -1,4 +1,8 @@
-//! The plain table: every target worst first, then the rollup per (proto, port).
+//! The plain table: every target worst first, then the rollup per (direction, proto, port).
+//!
+//! DIR is `out` for requests this host sent and `in` for requests it received; for an
+//! inbound target REMOTE is the peer that asked and PORT this host's port it asked for.
+//! Inbound rollups are labelled `TCP/22 in`.
 
 use std::fmt::Write as _;
 
@@ -35,7 +39,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     if snapshot.targets.is_empty() {
         out.push_str(
             "No requests seen yet: DNS queries, TCP connection attempts and pings leaving the \
-             watched interfaces show up here.\n",
+             watched interfaces, and those arriving for this host, show up here.\n",
         );
         return out;
     }
@@ -48,8 +52,8 @@ pub fn render(snapshot: &Snapshot) -> String {
         .max(6);
     let _ = writeln!(
         out,
-        "{:<10}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  REASON",
-        "VERDICT", "PROTO", "REMOTE", "PORT", "REQ", "ANS", "REJ", "UNANS", "RETX",
+        "{:<10}  {:<3}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  REASON",
+        "VERDICT", "DIR", "PROTO", "REMOTE", "PORT", "REQ", "ANS", "REJ", "UNANS", "RETX",
     );
     for target in &snapshot.targets {
         let _ = writeln!(out, "{}", target_row(target, remote_width).trim_end());
@@ -82,8 +86,9 @@ fn target_row(t: &TargetView, remote_width: usize) -> String {
         let _ = write!(detail, "  (dropped here: {})", drops.join(", "));
     }
     format!(
-        "{:<10}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {}",
+        "{:<10}  {:<3}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {}",
         t.verdict.as_str(),
+        t.direction.short(),
         t.proto.as_str(),
         t.remote.to_string(),
         port,
@@ -97,18 +102,14 @@ fn target_row(t: &TargetView, remote_width: usize) -> String {
 }
 
 fn rollup_row(r: &Rollup) -> String {
-    let remotes = if r.remotes == 1 {
-        "1 remote ".to_owned()
-    } else {
-        format!("{} remotes", r.remotes)
-    };
+    let remotes = super::remotes_label(r);
     let reason = if r.verdict == Verdict::Ok {
         ""
     } else {
         r.reason.unwrap_or_default()
     };
     format!(
-        "{:<10} {:>7} answered  {:<11} {:<10} {}",
+        "{:<13} {:>7} answered  {:<11} {:<10} {}",
         r.service().to_string(),
         format!("{}/{}", r.answered, r.requests),
         remotes,
@@ -120,7 +121,10 @@ fn rollup_row(r: &Rollup) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{snapshot::tests::view, target::Proto};
+    use crate::{
+        snapshot::tests::view,
+        target::{Direction, Proto},
+    };
 
     #[test]
     fn renders_targets_and_rollups() {
@@ -146,7 +150,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("VERDICT"));
         assert!(
-            lines[1].starts_with("blackholed  udp     198.51.100.53"),
+            lines[1].starts_with("blackholed  out  udp     198.51.100.53"),
             "{}",
             lines[1]
         );
@@ -164,6 +168,64 @@ mod tests {
             text.lines()
                 .any(|l| l.starts_with("TCP/443") && l.contains("1/1 answered"))
         );
+    }
+
+    #[test]
+    fn inbound_targets_sit_beside_outbound_ones() {
+        let mut inbound = view(Proto::Tcp, "203.0.113.9", Some(443), Verdict::Blackholed);
+        inbound.direction = Direction::Ingress;
+        (inbound.requests, inbound.unanswered) = (4, 4);
+        let mut reset = view(Proto::Tcp, "203.0.113.9", Some(8080), Verdict::Rejected);
+        reset.direction = Direction::Ingress;
+        (reset.requests, reset.rejected) = (2, 2);
+        reset.reason = Some("tcp-reset");
+        let mut ping = view(Proto::Icmp, "203.0.113.9", None, Verdict::Ok);
+        ping.direction = Direction::Ingress;
+        let mut outbound = view(Proto::Tcp, "198.51.100.10", Some(443), Verdict::Ok);
+        outbound.answered = 1;
+        let mut targets = vec![outbound, ping, reset, inbound];
+        targets.sort_by(TargetView::worst_first);
+        let snapshot = Snapshot {
+            rollups: Rollup::of(&targets),
+            targets,
+            ..Snapshot::default()
+        };
+        let text = render(&snapshot);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("VERDICT     DIR  PROTO"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("blackholed  in   tcp     203.0.113.9      443"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("rejected    in   tcp") && lines[2].ends_with("tcp-reset"),
+            "{text}"
+        );
+        assert!(lines[3].starts_with("ok          out  tcp"), "{text}");
+        assert!(
+            lines[4].starts_with("ok          in   icmp    203.0.113.9        -"),
+            "{text}"
+        );
+        let rollup = |label: &str| {
+            text.lines()
+                .find(|l| l.get(..13).map(str::trim_end) == Some(label))
+                .unwrap_or_else(|| panic!("{label} in {text}"))
+        };
+        assert!(
+            rollup("TCP/443 in").contains("0/4 answered  1 peer"),
+            "{text}"
+        );
+        assert!(rollup("TCP/443 in").contains("blackholed"), "{text}");
+        assert!(
+            rollup("TCP/443").contains("1/1 answered  1 remote"),
+            "{text}"
+        );
+        assert!(rollup("TCP/8080 in").ends_with("tcp-reset"), "{text}");
+        assert!(rollup("ICMP in").contains(" ok"), "{text}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ratatui::{
 
 use super::{RunInfo, short_duration};
 use crate::{
-    diagnosis::{Finding, render_requests},
+    diagnosis::{Finding, render_local_rules, render_requests},
     snapshot::{Rollup, Snapshot, TargetView},
     verdict::Verdict,
 };
@@ -63,8 +63,18 @@ impl SortOrder {
     fn compare(self, a: &TargetView, b: &TargetView) -> Ordering {
         match self {
             Self::WorstFirst => TargetView::worst_first(a, b),
-            Self::Remote => (a.remote, a.proto, a.port).cmp(&(b.remote, b.proto, b.port)),
-            Self::Port => (a.port, a.proto, a.remote).cmp(&(b.port, b.proto, b.remote)),
+            Self::Remote => (a.remote, a.direction, a.proto, a.port).cmp(&(
+                b.remote,
+                b.direction,
+                b.proto,
+                b.port,
+            )),
+            Self::Port => (a.port, a.direction, a.proto, a.remote).cmp(&(
+                b.port,
+                b.direction,
+                b.proto,
+                b.remote,
+            )),
             Self::MostRequests => b
                 .requests
                 .cmp(&a.requests)
@@ -171,7 +181,8 @@ fn matches_filter(target: &TargetView, filter: &str) -> bool {
         return true;
     }
     let mut text = format!(
-        "{} {} {} {} {}",
+        "{} {} {} {} {} {}",
+        target.direction.as_str(),
         target.proto,
         target.remote,
         target.port.map_or_else(String::new, |p| p.to_string()),
@@ -247,14 +258,15 @@ pub fn status_text(screen: &Screen<'_>, state: &UiState) -> String {
 pub fn draw(frame: &mut Frame<'_>, state: &UiState, screen: &Screen<'_>) {
     let area = frame.area();
     // Room for the rollup and for the diagnosis (about two lines a finding, then the request
-    // table), within half the screen.
-    let request_rows = render_requests(screen.findings).lines().count();
-    let diagnosis_lines = screen.findings.len() * 2
-        + if request_rows > 0 {
-            request_rows + 2
-        } else {
-            1
-        };
+    // table and the local rules), within half the screen.
+    let section = |text: String| match text.lines().count() {
+        0 => 0,
+        rows => rows + 2,
+    };
+    let diagnosis_lines = (screen.findings.len() * 2
+        + section(render_requests(screen.findings))
+        + section(render_local_rules(screen.findings)))
+    .max(1);
     let bottom_height = u16::try_from(screen.snapshot.rollups.len().max(diagnosis_lines))
         .unwrap_or(u16::MAX)
         .saturating_add(2)
@@ -331,7 +343,8 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
         frame.render_widget(
             Paragraph::new(
                 "No requests seen yet. DNS queries, TCP connection attempts and pings leaving the \
-                 watched interfaces appear here as they happen.",
+                 watched interfaces, and those arriving for this host, appear here as they \
+                 happen.",
             )
             .wrap(Wrap { trim: true })
             .block(block),
@@ -363,7 +376,7 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
         let detail = detail(t);
         Row::new([
             Cell::from(t.verdict.as_str()).style(verdict_style(t.verdict)),
-            Cell::from(t.direction.as_str()),
+            Cell::from(t.direction.short()),
             Cell::from(t.proto.as_str()),
             Cell::from(t.remote.to_string()),
             Cell::from(t.port.map_or_else(|| "-".to_owned(), |p| p.to_string())),
@@ -377,9 +390,15 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
             Cell::from(detail),
         ])
     });
-    let widths = [
+    let widths = target_widths(&targets);
+    frame.render_widget(Table::new(rows, widths).header(header).block(block), area);
+}
+
+/// Column widths of the targets table; REMOTE fits the longest address shown.
+fn target_widths(targets: &[&TargetView]) -> [Constraint; 13] {
+    [
         Constraint::Length(10),
-        Constraint::Length(6),
+        Constraint::Length(3),
         Constraint::Length(6),
         Constraint::Length(
             u16::try_from(
@@ -401,17 +420,12 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
         Constraint::Length(7),
         Constraint::Length(10),
         Constraint::Min(10),
-    ];
-    frame.render_widget(Table::new(rows, widths).header(header).block(block), area);
+    ]
 }
 
 fn draw_rollups(frame: &mut Frame<'_>, area: Rect, rollups: &[Rollup]) {
     let rows = rollups.iter().map(|r| {
-        let remotes = if r.remotes == 1 {
-            "1 remote".to_owned()
-        } else {
-            format!("{} remotes", r.remotes)
-        };
+        let remotes = super::remotes_label(r);
         Row::new([
             Cell::from(r.service().to_string()),
             Cell::from(format!("{}/{} answered", r.answered, r.requests)),
@@ -425,7 +439,7 @@ fn draw_rollups(frame: &mut Frame<'_>, area: Rect, rollups: &[Rollup]) {
         ])
     });
     let widths = [
-        Constraint::Length(9),
+        Constraint::Length(12),
         Constraint::Length(16),
         Constraint::Length(10),
         Constraint::Length(10),
@@ -458,6 +472,15 @@ fn draw_diagnosis(frame: &mut Frame<'_>, area: Rect, findings: &[Finding]) {
         )));
         lines.extend(requests.lines().map(|line| Line::from(line.to_owned())));
     }
+    let local = render_local_rules(findings);
+    if !local.is_empty() {
+        lines.push(Line::from(""));
+        lines.push(Line::from(Span::styled(
+            "On this host's own firewall (inbound):",
+            Style::default().add_modifier(Modifier::BOLD),
+        )));
+        lines.extend(local.lines().map(|line| Line::from(line.to_owned())));
+    }
     frame.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
@@ -467,10 +490,12 @@ fn draw_diagnosis(frame: &mut Frame<'_>, area: Rect, findings: &[Finding]) {
 }
 
 const HELP: &str = "\
-netwatch watches the requests this host sends (DNS queries, TCP SYNs, pings) and what comes back.
+netwatch watches the requests this host sends (DIR out: DNS queries, TCP SYNs, pings)
+and those it receives (DIR in: REMOTE is the peer that asked, PORT this host's port),
+and what answers them.
 
   ok          every recent request was answered
-  blackholed  unanswered, nothing came back: silently dropped upstream
+  blackholed  unanswered: nothing came back (out) or nothing left this host (in)
   rejected    refused by a TCP reset or an ICMP unreachable (see REASON)
   degraded    some answered, some not
   pending     seen, not resolved yet
@@ -482,7 +507,7 @@ Press any key to close.";
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {
     let width = area.width.saturating_sub(4).min(90);
-    let height = area.height.saturating_sub(2).min(16);
+    let height = area.height.saturating_sub(2).min(18);
     let popup = Rect {
         x: area.x + (area.width.saturating_sub(width)) / 2,
         y: area.y + (area.height.saturating_sub(height)) / 2,
@@ -505,7 +530,11 @@ mod tests {
     use ratatui::{Terminal, backend::TestBackend, crossterm::event::KeyEvent};
 
     use super::*;
-    use crate::{report::WatchedInterface, snapshot::tests::view, target::Proto};
+    use crate::{
+        report::WatchedInterface,
+        snapshot::tests::view,
+        target::{Direction, Proto},
+    };
 
     fn screen_text(state: &UiState, snapshot: &Snapshot, findings: &[Finding]) -> String {
         let run = RunInfo {
@@ -595,6 +624,56 @@ mod tests {
     }
 
     #[test]
+    fn inbound_targets_show_in_beside_outbound_ones() {
+        let mut snapshot = snapshot();
+        let mut ssh = view(Proto::Tcp, "203.0.113.9", Some(22), Verdict::Blackholed);
+        ssh.direction = Direction::Ingress;
+        (ssh.requests, ssh.unanswered) = (4, 4);
+        snapshot.targets.push(ssh);
+        snapshot.targets.sort_by(TargetView::worst_first);
+        snapshot.rollups = Rollup::of(&snapshot.targets);
+        let mut findings = crate::diagnosis::diagnose(&snapshot, &[], Duration::from_secs(3));
+        findings.retain(|f| f.finding == crate::diagnosis::INBOUND_BLACKHOLED);
+        let text = screen_text(&UiState::default(), &snapshot, &findings);
+        let row = |needle: &str| {
+            text.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} in {text}"))
+                .to_owned()
+        };
+        let header = row("VERDICT");
+        assert!(header.contains("DIR"), "{header}");
+        let dir_column = header.find("DIR").unwrap();
+        let inbound = row("203.0.113.9");
+        assert_eq!(&inbound[dir_column..dir_column + 3], "in ", "{inbound}");
+        let outbound = row("198.51.100.53");
+        assert_eq!(&outbound[dir_column..dir_column + 3], "out", "{outbound}");
+        assert!(
+            text.contains("TCP/22 in") && text.contains("1 peer"),
+            "{text}"
+        );
+        assert!(text.contains("[inbound-blackholed]"), "{text}");
+        assert!(
+            text.contains("On this host's own firewall (inbound):"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nft insert rule inet filter input ip saddr 203.0.113.9 tcp dport 22"),
+            "{text}"
+        );
+        // The filter knows the direction.
+        let state = UiState {
+            filter: "ingress".to_owned(),
+            ..UiState::default()
+        };
+        let text = screen_text(&state, &snapshot, &[]);
+        assert!(
+            text.contains("203.0.113.9") && !text.contains("198.51.100.53"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn keys_scroll_sort_filter_pause_and_quit() {
         let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
         let mut state = UiState::default();
@@ -623,7 +702,9 @@ mod tests {
         );
         assert!(text.contains("PAUSED"));
         handle_key(&mut state, key(KeyCode::Char('?')));
-        assert!(screen_text(&state, &snapshot(), &[]).contains("silently dropped upstream"));
+        let help = screen_text(&state, &snapshot(), &[]);
+        assert!(help.contains("nothing left this host (in)"), "{help}");
+        assert!(help.contains("Press any key to close"), "{help}");
         assert_eq!(
             handle_key(&mut state, key(KeyCode::Char('x'))),
             Action::Redraw,
