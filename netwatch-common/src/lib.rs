@@ -90,8 +90,26 @@ pub struct DropConfig {
     pub dev_net: u32,
     pub sk_net: u32,
     pub net_inum: u32,
+    /// Bit `r` (reason values below 128) set: `r` is a drop *at* the socket (`NO_SOCKET`,
+    /// `SOCKET_RCVBUFF`, …): the application was gone or too slow, the path was fine. An
+    /// answer dropped for such a reason is counted by reason but is no failure of the target.
+    pub socket_reasons: [u32; 4],
 }
-const _: () = assert!(size_of::<DropConfig>() == 56);
+const _: () = assert!(size_of::<DropConfig>() == 72);
+
+impl DropConfig {
+    /// Whether `reason` is a drop at the socket (see [`DropConfig::socket_reasons`]).
+    #[expect(
+        clippy::inline_always,
+        reason = "shared with the eBPF programs, where it must be inlined"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub const fn at_socket(&self, reason: u32) -> bool {
+        let word = (reason / 32) as usize;
+        word < self.socket_reasons.len() && self.socket_reasons[word] & (1 << (reason % 32)) != 0
+    }
+}
 
 impl DropConfig {
     /// The program does nothing.
@@ -112,6 +130,7 @@ impl DropConfig {
             dev_net: 0,
             sk_net: 0,
             net_inum: 0,
+            socket_reasons: [0; 4],
         }
     }
 }

@@ -130,20 +130,20 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
         // scan dropped on another one must not fill the target table.
         (true, Kind::Request) => {
             let target = ingress_target(&packet.src, packet.dst_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Request);
+            existing_target_drop(&target, reason, Kind::Request, &config);
         }
         // An answer to a request this host sent: counted `answered` by tc ingress, then
         // dropped before the socket. Only for targets that exist (requests were seen).
         (true, Kind::Answer) => {
             let target = egress_target(&packet.src, packet.src_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Answer);
+            existing_target_drop(&target, reason, Kind::Answer, &config);
         }
         // Sent, then dropped before it left (the output chain): tc egress never saw it.
         (false, Kind::Request) => outbound_request(&packet, reason),
         // This host's answer to a request it received, dropped on the way out.
         (false, Kind::Answer) => {
             let target = ingress_target(&packet.dst, packet.src_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Answer);
+            existing_target_drop(&target, reason, Kind::Answer, &config);
         }
     }
 }
@@ -357,7 +357,7 @@ fn is_icmp(proto: u8) -> bool {
 
 /// A request or answer dropped here, for a target netwatch already follows.
 #[inline(always)]
-fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind) {
+fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind, config: &DropConfig) {
     // SAFETY: a map value pointer, valid for this program run.
     let Some(slot) = TARGET_SLOTS.get_ptr(target).map(|slot| unsafe { *slot }) else {
         return;
@@ -368,7 +368,11 @@ fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind) {
     // SAFETY: an array value pointer, valid for the program run; updated only through `add`.
     let counters = unsafe { &mut *counters };
     if kind == Kind::Answer {
-        add(&mut counters.answers_dropped_here, 1);
+        // An answer the application was not there (or too slow) to take is no failure of
+        // the path: counted by reason only.
+        if !config.at_socket(reason) {
+            add(&mut counters.answers_dropped_here, 1);
+        }
     } else {
         add(&mut counters.requests_dropped_here, 1);
     }

@@ -222,7 +222,7 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
         judged.sort_by_key(|t| identity(t));
         judged
     };
-    let judged = judged_in(Direction::Egress);
+    let mut judged = judged_in(Direction::Egress);
     let mut findings = Vec::new();
     // Drops on this host are for this host's rules, not the upstream firewall team's.
     local::local_drop_findings(&judged, snapshot.local_drops_watched, &mut findings);

@@ -16,6 +16,18 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Prefix of the `enum skb_drop_reason` enumerators, left out of the names netwatch shows.
 const PREFIX: &str = "SKB_DROP_REASON_";
 
+/// Drops *at* the socket: the application had gone (`NO_SOCKET`: typically a late answer
+/// after the client gave up) or did not keep up. The path delivered; such drops are shown
+/// in `local_drops` but neither fail a target nor name its reason.
+pub const AT_SOCKET: [&str; 6] = [
+    "NO_SOCKET",
+    "SOCKET_CLOSE",
+    "SOCKET_FILTER",
+    "SOCKET_RCVBUFF",
+    "SOCKET_BACKLOG",
+    "PROTO_MEM",
+];
+
 /// Why netwatch cannot count local drops on this kernel.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LayoutError {
@@ -47,6 +59,8 @@ pub struct DropReasons {
 pub struct Reason {
     pub name: &'static str,
     pub here: &'static str,
+    /// One of [`AT_SOCKET`].
+    pub at_socket: bool,
 }
 
 impl DropReasons {
@@ -58,11 +72,13 @@ impl DropReasons {
             .filter_map(|(enumerator, value)| {
                 let name = reason_name(enumerator)?;
                 let here = here_reason(&name);
+                let at_socket = AT_SOCKET.contains(&name.as_str());
                 Some((
                     value,
                     Reason {
                         name: Box::leak(name.into_boxed_str()),
                         here: Box::leak(here.into_boxed_str()),
+                        at_socket,
                     },
                 ))
             })
@@ -82,6 +98,7 @@ impl DropReasons {
         Reason {
             name: Box::leak(name.into_boxed_str()),
             here: Box::leak(here.into_boxed_str()),
+            at_socket: false,
         }
     }
 
@@ -181,6 +198,18 @@ pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
             ..config
         },
         _ => config,
+    };
+    let mut socket_reasons = [0u32; 4];
+    for name in AT_SOCKET {
+        if let Some(value) = value(&format!("{PREFIX}{name}")) {
+            if let Some(word) = socket_reasons.get_mut(value as usize / 32) {
+                *word |= 1 << (value % 32);
+            }
+        }
+    }
+    let config = DropConfig {
+        socket_reasons,
+        ..config
     };
     let reasons = DropReasons::from_enumerators(
         enumerators
@@ -330,6 +359,9 @@ mod tests {
         assert_ne!(config.consumed, config.not_specified);
         let netfilter = reasons.value_of("NETFILTER_DROP").unwrap();
         assert_eq!(reasons.get(netfilter).here, "here:netfilter-drop");
+        assert!(!config.at_socket(netfilter));
+        let no_socket = reasons.value_of("NO_SOCKET").unwrap();
+        assert!(config.at_socket(no_socket) && reasons.get(no_socket).at_socket);
     }
 
     #[test]

@@ -230,8 +230,11 @@ impl Tracker {
             .entry(*key)
             .or_insert_with(|| TargetState::new(target, window));
         let old = state.local_drops.insert(reason.name, count).unwrap_or(0);
-        let new = count.saturating_sub(old);
-        state.history.record_local(now_ns, 0, &[(reason.here, new)]);
+        if !reason.at_socket {
+            // A drop at the socket (the application gone or slow) names no failure.
+            let new = count.saturating_sub(old);
+            state.history.record_local(now_ns, 0, &[(reason.here, new)]);
+        }
     }
 
     /// Takes in a request found unanswered at `now_ns`.
