@@ -141,6 +141,19 @@ pub fn here_reason(name: &str) -> String {
 
 /// The drop program's configuration and the reason names, from BTF bytes.
 pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
+    let (config, enumerators) = layout_parts(btf)?;
+    let reasons = DropReasons::from_enumerators(
+        enumerators
+            .iter()
+            .map(|(name, value)| (name.as_str(), *value)),
+    );
+    Ok((config, reasons))
+}
+
+/// [`layout`] without naming the reasons: the configuration and the `enum skb_drop_reason`
+/// enumerators. Owned values only, so a thread can parse and hand them back (see
+/// `Probe::load`).
+pub fn layout_parts(btf: &[u8]) -> Result<(DropConfig, Vec<(String, u32)>), LayoutError> {
     let types =
         TypeInformation::new(&Bytes(btf)).map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
     let enumerators = drop_reason_enumerators(&types)?;
@@ -211,12 +224,149 @@ pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
         socket_reasons,
         ..config
     };
-    let reasons = DropReasons::from_enumerators(
-        enumerators
-            .iter()
-            .map(|(name, value)| (name.as_str(), *value)),
-    );
-    Ok((config, reasons))
+    Ok((config, enumerators))
+}
+
+/// Set in the environment of the child netwatch starts to parse the kernel's BTF (see
+/// [`layout_in_child`]); the child prints [`encode_layout`] and exits.
+pub const LAYOUT_CHILD_ENV: &str = "NETWATCH_INTERNAL_BTF_LAYOUT";
+
+/// The layout, parsed by a short-lived child process (this same executable, with
+/// [`LAYOUT_CHILD_ENV`] set): the parser's tens of MiB then never count against netwatch's
+/// own memory, not even as a peak. `None` when the child could not run (the caller parses
+/// in-process instead).
+#[must_use]
+pub fn layout_in_child() -> Option<Result<(DropConfig, Vec<(String, u32)>), String>> {
+    let exe = std::env::current_exe().ok()?;
+    // Only the netwatch binary knows the variable: any other program loading the probe (a
+    // test harness, the benchmarks) would run itself again in full.
+    if exe.file_name() != Some(std::ffi::OsStr::new("netwatch")) {
+        return None;
+    }
+    let out = std::process::Command::new(exe)
+        .env(LAYOUT_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    decode_layout(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// In the child: parses the running kernel's BTF and prints the result for the parent.
+#[must_use]
+pub fn layout_child_main() -> std::process::ExitCode {
+    let result = std::fs::read(VMLINUX_BTF)
+        .map_err(|err| LayoutError::NoBtf(err.to_string()))
+        .and_then(|btf| layout_parts(&btf))
+        .map_err(|err| err.to_string());
+    print!("{}", encode_layout(&result));
+    std::process::ExitCode::SUCCESS
+}
+
+/// `ok` and the configuration's numbers on the first line, then `NAME VALUE` per
+/// enumerator; or `err` and the reason.
+#[must_use]
+pub fn encode_layout(result: &Result<(DropConfig, Vec<(String, u32)>), String>) -> String {
+    match result {
+        Err(why) => format!("err {}\n", why.replace('\n', " ")),
+        Ok((c, enumerators)) => {
+            let numbers = [
+                c.enabled,
+                c.skb_window,
+                c.protocol,
+                c.network_header,
+                c.head,
+                c.not_dropped_yet,
+                c.consumed,
+                c.not_specified,
+                c.netns,
+                c.skb_dev,
+                c.skb_sk,
+                c.dev_net,
+                c.sk_net,
+                c.net_inum,
+                c.socket_reasons[0],
+                c.socket_reasons[1],
+                c.socket_reasons[2],
+                c.socket_reasons[3],
+            ];
+            let mut text = String::from("ok");
+            for n in numbers {
+                text.push_str(&format!(" {n}"));
+            }
+            text.push('\n');
+            for (name, value) in enumerators {
+                text.push_str(&format!("{name} {value}\n"));
+            }
+            text
+        }
+    }
+}
+
+/// The inverse of [`encode_layout`]; `None` for anything else.
+#[must_use]
+pub fn decode_layout(text: &str) -> Option<Result<(DropConfig, Vec<(String, u32)>), String>> {
+    let mut lines = text.lines();
+    let first = lines.next()?;
+    if let Some(why) = first.strip_prefix("err ") {
+        return Some(Err(why.to_owned()));
+    }
+    let numbers: Vec<u32> = first
+        .strip_prefix("ok ")?
+        .split(' ')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let &[
+        enabled,
+        skb_window,
+        protocol,
+        network_header,
+        head,
+        not_dropped_yet,
+        consumed,
+        not_specified,
+        netns,
+        skb_dev,
+        skb_sk,
+        dev_net,
+        sk_net,
+        net_inum,
+        s0,
+        s1,
+        s2,
+        s3,
+    ] = numbers.as_slice()
+    else {
+        return None;
+    };
+    let config = DropConfig {
+        enabled,
+        skb_window,
+        protocol,
+        network_header,
+        head,
+        not_dropped_yet,
+        consumed,
+        not_specified,
+        netns,
+        skb_dev,
+        skb_sk,
+        dev_net,
+        sk_net,
+        net_inum,
+        socket_reasons: [s0, s1, s2, s3],
+    };
+    let enumerators = lines
+        .map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Ok((config, enumerators)))
 }
 
 /// The inode number of this process's network namespace (what `net->ns.inum` holds); 0
@@ -362,6 +512,27 @@ mod tests {
         assert!(!config.at_socket(netfilter));
         let no_socket = reasons.value_of("NO_SOCKET").unwrap();
         assert!(config.at_socket(no_socket) && reasons.get(no_socket).at_socket);
+    }
+
+    #[test]
+    fn the_childs_layout_reaches_the_parent_unchanged() {
+        let config = DropConfig {
+            netns: 4_026_531_840,
+            socket_reasons: [0b1000, 0, 0, 1],
+            ..window_config(176, 180, 192).unwrap()
+        };
+        let parsed = Ok((
+            config,
+            vec![
+                ("SKB_CONSUMED".to_owned(), 1),
+                ("SKB_DROP_REASON_NETFILTER_DROP".to_owned(), 12),
+            ],
+        ));
+        assert_eq!(decode_layout(&encode_layout(&parsed)), Some(parsed));
+        let failed = Err("no kernel BTF (x: y)".to_owned());
+        assert_eq!(decode_layout(&encode_layout(&failed)), Some(failed));
+        assert_eq!(decode_layout("ok 1 2 3\n"), None);
+        assert_eq!(decode_layout(""), None);
     }
 
     #[test]

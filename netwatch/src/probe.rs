@@ -371,10 +371,20 @@ impl Probe {
     pub fn load(timeout: Duration) -> Result<Self, ProbeError> {
         check_kernel_version()?;
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-        let layout = std::fs::read(drops::VMLINUX_BTF)
-            .map_err(|err| drops::LayoutError::NoBtf(err.to_string()))
-            .and_then(|btf| drops::layout(&btf))
-            .map_err(|err| err.to_string());
+        // Parsing the kernel's BTF takes tens of MiB for a moment: a child process does it
+        // (not even netwatch's peak memory counts them). Where it cannot run, a thread of
+        // this process, with large blocks mapped apart and the heap trimmed after.
+        let layout = drops::layout_in_child()
+            .unwrap_or_else(parse_layout_here)
+            .map(|(config, enumerators)| {
+                // Named here: the names live as long as netwatch, not in the parser's arena.
+                let reasons = DropReasons::from_enumerators(
+                    enumerators
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), *value)),
+                );
+                (config, reasons)
+            });
         let drop_config = layout
             .as_ref()
             .map_or(DropConfig::disabled(), |(config, _)| *config);
@@ -902,6 +912,33 @@ impl KernelTables for Probe {
             })
             .collect())
     }
+}
+
+/// [`drops::layout_parts`] in this process, on a thread of its own (its own allocator
+/// arena), with large blocks mapped apart (unmapped when freed) and the heap trimmed after:
+/// the parser's memory neither stays resident nor fragments the heap the run uses.
+fn parse_layout_here() -> Result<(DropConfig, Vec<(String, u32)>), String> {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+    let parsed = std::thread::spawn(|| {
+        std::fs::read(drops::VMLINUX_BTF)
+            .map_err(|err| drops::LayoutError::NoBtf(err.to_string()))
+            .and_then(|btf| drops::layout_parts(&btf))
+            .map_err(|err| err.to_string())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("parsing the kernel's BTF panicked".to_owned()));
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory; mallopt puts the threshold where
+    // glibc's own adjustment takes it (32 MiB), so large buffers are reused as before.
+    unsafe {
+        libc::malloc_trim(0);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+    }
+    parsed
 }
 
 /// Loads the drop program and takes its maps; `Err` says why it cannot run here.
