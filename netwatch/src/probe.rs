@@ -787,6 +787,19 @@ impl Probe {
         Ok(())
     }
 
+    /// Sets the kernel's next-slot hint to `slot`: what two CPUs claiming slots at once
+    /// can leave behind (a plain store from the slower one). For tests of
+    /// [`Self::learn_new_slots`]; nothing else writes the hint from userspace.
+    #[doc(hidden)]
+    pub fn rewind_slot_hint_for_tests(&mut self, slot: u32) -> Result<(), ProbeError> {
+        self.next_slot
+            .set(0, slot, 0)
+            .map_err(|source| ProbeError::Map {
+                map: NEXT_SLOT_MAP,
+                source,
+            })
+    }
+
     fn slot_owner(&self, slot: u32) -> Result<Option<TargetKey>, ProbeError> {
         match self.slot_owners.get(&slot, 0) {
             Ok(owner) => Ok(Some(owner)),

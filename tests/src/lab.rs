@@ -98,6 +98,10 @@ impl Netns {
     }
 
     /// Runs a command here and returns its output, whatever its status.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "often run for its effect alone; the output is there when wanted"
+    )]
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
         self.command(program)
             .args(args)
@@ -107,6 +111,10 @@ impl Netns {
     }
 
     /// Runs a command here and panics unless it succeeds.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "mostly run for its effect; the output is there when wanted"
+    )]
     pub fn ok(&self, program: &str, args: &[&str]) -> Output {
         let out = self.run(program, args);
         assert!(
@@ -233,8 +241,12 @@ impl Lab {
 
     /// Applies an nftables script in the firewall namespace.
     pub fn nft(&self, script: &str) {
-        let mut child = self
-            .firewall
+        Self::nft_in(&self.firewall, script);
+    }
+
+    /// Applies an nftables script in `ns` (a host's own firewall).
+    pub fn nft_in(ns: &Netns, script: &str) {
+        let mut child = ns
             .command("nft")
             .args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -250,7 +262,8 @@ impl Lab {
         let out = child.wait_with_output().expect("nft");
         assert!(
             out.status.success(),
-            "nft failed: {}",
+            "nft in {} failed: {}",
+            ns.name,
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -394,6 +407,7 @@ impl Lab {
     }
 
     /// Starts netwatch in the client namespace with `args`, and waits until it watches.
+    #[must_use]
     pub fn start_netwatch(&self, args: &[&str]) -> NetwatchRun {
         let mut command = self.client.command(&netwatch_binary().to_string_lossy());
         command.args(args);

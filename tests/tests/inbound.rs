@@ -3,7 +3,7 @@
 //! what the server sends back. The firewall between the namespaces accepts everything, so
 //! every verdict here is this host's own doing.
 
-use std::{io::Write as _, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use netwatch_tests::{
     lab::{
@@ -30,29 +30,6 @@ table inet host {
   }
 }
 "#;
-
-fn nft_in_server(lab: &Lab, script: &str) {
-    let mut child = lab
-        .server
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write nft script");
-    let out = child.wait_with_output().expect("nft");
-    assert!(
-        out.status.success(),
-        "nft in the server namespace failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The exit `target` record of the inbound target (`remote` asked this host's `port`).
 fn inbound<'a>(finished: &'a Finished, proto: &str, remote: &str, port: Option<u64>) -> &'a Value {
@@ -100,7 +77,7 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
     // The firewall between the namespaces lets everything through.
     lab.nft("flush ruleset\n");
     lab.start_listener(LISTENER);
-    nft_in_server(&lab, SERVER_INPUT);
+    Lab::nft_in(&lab.server, SERVER_INPUT);
     let netwatch = NetwatchRun::start({
         let mut command = lab.server.command(&netwatch_binary().to_string_lossy());
         command.args(["--iface", "s0", "--json", "--timeout", "1s"]);

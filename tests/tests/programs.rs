@@ -2926,3 +2926,38 @@ fn requests_received_are_settled_by_what_this_host_sends_back() {
         .collect();
     assert!(inbound.is_empty(), "still pending: {inbound:?}");
 }
+
+/// The next-slot hint is a plain store from every CPU: two claims racing can leave it below
+/// slots already claimed. Every claimed slot's counters must still be read, or a target's
+/// answers go unseen (requests seen, answers never: a false blackholed).
+#[test]
+fn targets_claimed_past_a_rewound_slot_hint_are_still_read() {
+    const NAME: &str = "targets_claimed_past_a_rewound_slot_hint_are_still_read";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::new(NAME);
+    let flows: Vec<Flow> = (0..5)
+        .map(|n| {
+            let remote = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 100 + n));
+            Flow::numbered(Kind::Tcp, false, 1).with_remote(remote)
+        })
+        .collect();
+    // Five new targets (slots 0 to 4, hint 5), answered, before userspace reads anything.
+    for flow in &flows {
+        h.egress(&flow.request(), "a SYN to a new target");
+        h.ingress(&flow.answer(), "its SYN-ACK");
+    }
+    h.probe
+        .rewind_slot_hint_for_tests(1)
+        .expect("rewind the hint");
+    for flow in &flows {
+        let counters = h.target(flow);
+        assert_eq!(
+            (counters.requests, counters.answered),
+            (1, 1),
+            "{}: claimed past the hint, read all the same",
+            flow.describe()
+        );
+    }
+}
