@@ -4,7 +4,7 @@
 //! Nothing about the kernel is compiled in: field offsets and reason values change between
 //! kernels (and configs), so they are read from `/sys/kernel/btf/vmlinux` at start-up.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
 use netwatch_common::{DropConfig, SKB_WINDOW};
@@ -214,10 +214,10 @@ pub fn layout_parts(btf: &[u8]) -> Result<(DropConfig, Vec<(String, u32)>), Layo
     };
     let mut socket_reasons = [0u32; 4];
     for name in AT_SOCKET {
-        if let Some(value) = value(&format!("{PREFIX}{name}")) {
-            if let Some(word) = socket_reasons.get_mut(value as usize / 32) {
-                *word |= 1 << (value % 32);
-            }
+        if let Some(value) = value(&format!("{PREFIX}{name}"))
+            && let Some(word) = socket_reasons.get_mut(value as usize / 32)
+        {
+            *word |= 1 << (value % 32);
         }
     }
     let config = DropConfig {
@@ -226,6 +226,10 @@ pub fn layout_parts(btf: &[u8]) -> Result<(DropConfig, Vec<(String, u32)>), Layo
     };
     Ok((config, enumerators))
 }
+
+/// What parsing the kernel's BTF gives: the drop program's configuration and the
+/// `enum skb_drop_reason` enumerators (name, value); or why it cannot be had.
+pub type Layout = Result<(DropConfig, Vec<(String, u32)>), String>;
 
 /// Set in the environment of the child netwatch starts to parse the kernel's BTF (see
 /// [`layout_in_child`]); the child prints [`encode_layout`] and exits.
@@ -236,7 +240,7 @@ pub const LAYOUT_CHILD_ENV: &str = "NETWATCH_INTERNAL_BTF_LAYOUT";
 /// own memory, not even as a peak. `None` when the child could not run (the caller parses
 /// in-process instead).
 #[must_use]
-pub fn layout_in_child() -> Option<Result<(DropConfig, Vec<(String, u32)>), String>> {
+pub fn layout_in_child() -> Option<Layout> {
     let exe = std::env::current_exe().ok()?;
     // Only the netwatch binary knows the variable: any other program loading the probe (a
     // test harness, the benchmarks) would run itself again in full.
@@ -269,7 +273,7 @@ pub fn layout_child_main() -> std::process::ExitCode {
 /// `ok` and the configuration's numbers on the first line, then `NAME VALUE` per
 /// enumerator; or `err` and the reason.
 #[must_use]
-pub fn encode_layout(result: &Result<(DropConfig, Vec<(String, u32)>), String>) -> String {
+pub fn encode_layout(result: &Layout) -> String {
     match result {
         Err(why) => format!("err {}\n", why.replace('\n', " ")),
         Ok((c, enumerators)) => {
@@ -295,11 +299,11 @@ pub fn encode_layout(result: &Result<(DropConfig, Vec<(String, u32)>), String>) 
             ];
             let mut text = String::from("ok");
             for n in numbers {
-                text.push_str(&format!(" {n}"));
+                let _ = write!(text, " {n}");
             }
             text.push('\n');
             for (name, value) in enumerators {
-                text.push_str(&format!("{name} {value}\n"));
+                let _ = writeln!(text, "{name} {value}");
             }
             text
         }
@@ -308,7 +312,7 @@ pub fn encode_layout(result: &Result<(DropConfig, Vec<(String, u32)>), String>) 
 
 /// The inverse of [`encode_layout`]; `None` for anything else.
 #[must_use]
-pub fn decode_layout(text: &str) -> Option<Result<(DropConfig, Vec<(String, u32)>), String>> {
+pub fn decode_layout(text: &str) -> Option<Layout> {
     let mut lines = text.lines();
     let first = lines.next()?;
     if let Some(why) = first.strip_prefix("err ") {

@@ -930,7 +930,7 @@ impl KernelTables for Probe {
 /// [`drops::layout_parts`] in this process, on a thread of its own (its own allocator
 /// arena), with large blocks mapped apart (unmapped when freed) and the heap trimmed after:
 /// the parser's memory neither stays resident nor fragments the heap the run uses.
-fn parse_layout_here() -> Result<(DropConfig, Vec<(String, u32)>), String> {
+fn parse_layout_here() -> drops::Layout {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes the allocator.
     unsafe {

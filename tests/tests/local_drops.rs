@@ -30,27 +30,7 @@ table inet host {
 "#;
 
 fn host_firewall(lab: &Lab) {
-    use std::io::Write as _;
-    let mut child = lab
-        .client
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(HOST_FIREWALL.as_bytes())
-        .expect("nft script");
-    let out = child.wait_with_output().expect("nft");
-    assert!(
-        out.status.success(),
-        "nft in the client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Lab::nft_in(&lab.client, HOST_FIREWALL);
 }
 
 fn dns(remote: &str) -> TargetId {
