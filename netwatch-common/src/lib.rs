@@ -94,8 +94,13 @@ pub struct DropConfig {
     /// `SOCKET_RCVBUFF`, …): the application was gone or too slow, the path was fine. An
     /// answer dropped for such a reason is counted by reason but is no failure of the target.
     pub socket_reasons: [u32; 4],
+    /// Where `sk_buff.pkt_type` (a 3-bit field) is: its byte and the bit it starts at. A
+    /// packet this host sent is `PACKET_HOST` (0); its looped-back copies (a broadcast, a
+    /// multicast) are not, and are not requests.
+    pub pkt_type_byte: u32,
+    pub pkt_type_shift: u32,
 }
-const _: () = assert!(size_of::<DropConfig>() == 72);
+const _: () = assert!(size_of::<DropConfig>() == 80);
 
 impl DropConfig {
     /// Whether `reason` is a drop at the socket (see [`DropConfig::socket_reasons`]).
@@ -131,6 +136,8 @@ impl DropConfig {
             sk_net: 0,
             net_inum: 0,
             socket_reasons: [0; 4],
+            pkt_type_byte: 0,
+            pkt_type_shift: 0,
         }
     }
 }

@@ -69,11 +69,19 @@ const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
-#[inline(always)]
-fn config() -> DropConfig {
-    // SAFETY: reading a plain static; volatile so the compiler does not fold the default
-    // value in: the loader rewrites it in .rodata before the program is verified.
-    unsafe { core::ptr::read_volatile(&raw const DROP_CONFIG) }
+/// One field of [`DROP_CONFIG`]. Read field by field, never copied whole: an 80-byte copy
+/// on the 512-byte stack does not fit beside the packet's headers.
+macro_rules! config {
+    ($field:ident) => {{
+        #[allow(
+            unused_unsafe,
+            reason = "used inside unsafe blocks too, where this one is redundant"
+        )]
+        // SAFETY: reading a plain static; volatile so the compiler does not fold the default
+        // value in: the loader rewrites it in .rodata before the program is verified.
+        let value = unsafe { core::ptr::read_volatile(&raw const DROP_CONFIG.$field) };
+        value
+    }};
 }
 
 /// What a dropped packet is to netwatch.
@@ -99,22 +107,22 @@ struct Packet {
 
 #[inline(always)]
 pub fn on_kfree_skb(ctx: &RawTracePointContext) {
-    let config = config();
-    if config.enabled == 0 {
+    if config!(enabled) == 0 {
         return;
     }
     let reason = ctx.arg::<u64>(2) as u32;
-    if reason == config.consumed
-        || reason == config.not_specified
-        || reason == config.not_dropped_yet
+    if reason == config!(consumed)
+        || reason == config!(not_specified)
+        || reason == config!(not_dropped_yet)
     {
         return;
     }
     let skb = ctx.arg::<u64>(0) as *const u8;
-    let Some(packet) = read_packet(skb, &config) else {
+    let Some(packet) = read_packet(skb) else {
         return;
     };
-    if config.netns != 0 && netns_of(skb, &config) != Some(config.netns) {
+    let netns = config!(netns);
+    if netns != 0 && netns_of(skb) != Some(netns) {
         // Another namespace's drop: another host, as far as netwatch is concerned.
         return;
     }
@@ -130,20 +138,26 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
         // scan dropped on another one must not fill the target table.
         (true, Kind::Request) => {
             let target = ingress_target(&packet.src, packet.dst_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Request, &config);
+            existing_target_drop(&target, reason, Kind::Request);
         }
         // An answer to a request this host sent: counted `answered` by tc ingress, then
         // dropped before the socket. Only for targets that exist (requests were seen).
         (true, Kind::Answer) => {
             let target = egress_target(&packet.src, packet.src_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Answer, &config);
+            existing_target_drop(&target, reason, Kind::Answer);
         }
         // Sent, then dropped before it left (the output chain): tc egress never saw it.
-        (false, Kind::Request) => outbound_request(&packet, reason),
+        // Not a looped-back copy of a broadcast or multicast (nor one to such an address):
+        // those are no request to any one target.
+        (false, Kind::Request) => {
+            if is_unicast(&packet.dst) && sent_here(skb) {
+                outbound_request(&packet, reason);
+            }
+        }
         // This host's answer to a request it received, dropped on the way out.
         (false, Kind::Answer) => {
             let target = ingress_target(&packet.dst, packet.src_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Answer, &config);
+            existing_target_drop(&target, reason, Kind::Answer);
         }
     }
 }
@@ -152,23 +166,23 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
 /// packet being sent, before it has one) its socket's. Not inlined: a frame of its own keeps
 /// each under the 512-byte stack.
 #[inline(never)]
-fn netns_of(skb: *const u8, config: &DropConfig) -> Option<u32> {
+fn netns_of(skb: *const u8) -> Option<u32> {
     // SAFETY (all reads): bpf_probe_read_kernel checks the address; a fault is an error.
     let dev =
-        unsafe { bpf_probe_read_kernel(skb.wrapping_add(config.skb_dev as usize).cast::<u64>()) }
+        unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(skb_dev) as usize).cast::<u64>()) }
             .ok()?;
     let net = if dev != 0 {
         unsafe {
             bpf_probe_read_kernel(
                 (dev as *const u8)
-                    .wrapping_add(config.dev_net as usize)
+                    .wrapping_add(config!(dev_net) as usize)
                     .cast::<u64>(),
             )
         }
         .ok()?
     } else {
         let sk = unsafe {
-            bpf_probe_read_kernel(skb.wrapping_add(config.skb_sk as usize).cast::<u64>())
+            bpf_probe_read_kernel(skb.wrapping_add(config!(skb_sk) as usize).cast::<u64>())
         }
         .ok()?;
         if sk == 0 {
@@ -177,7 +191,7 @@ fn netns_of(skb: *const u8, config: &DropConfig) -> Option<u32> {
         unsafe {
             bpf_probe_read_kernel(
                 (sk as *const u8)
-                    .wrapping_add(config.sk_net as usize)
+                    .wrapping_add(config!(sk_net) as usize)
                     .cast::<u64>(),
             )
         }
@@ -189,7 +203,7 @@ fn netns_of(skb: *const u8, config: &DropConfig) -> Option<u32> {
     unsafe {
         bpf_probe_read_kernel(
             (net as *const u8)
-                .wrapping_add(config.net_inum as usize)
+                .wrapping_add(config!(net_inum) as usize)
                 .cast::<u32>(),
         )
     }
@@ -198,12 +212,12 @@ fn netns_of(skb: *const u8, config: &DropConfig) -> Option<u32> {
 
 /// The IP and transport headers of `skb`, if it is watched traffic.
 #[inline(always)]
-fn read_packet(skb: *const u8, config: &DropConfig) -> Option<Packet> {
+fn read_packet(skb: *const u8) -> Option<Packet> {
     // One read for the three sk_buff fields.
     // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
     let window = unsafe {
         bpf_probe_read_kernel(
-            skb.wrapping_add(config.skb_window as usize)
+            skb.wrapping_add(config!(skb_window) as usize)
                 .cast::<[u8; SKB_WINDOW]>(),
         )
     }
@@ -215,9 +229,9 @@ fn read_packet(skb: *const u8, config: &DropConfig) -> Option<Packet> {
         Some(())
     };
     let (mut protocol, mut network_header, mut head) = ([0u8; 2], [0u8; 2], [0u8; 8]);
-    field(config.protocol, &mut protocol)?;
-    field(config.network_header, &mut network_header)?;
-    field(config.head, &mut head)?;
+    field(config!(protocol), &mut protocol)?;
+    field(config!(network_header), &mut network_header)?;
+    field(config!(head), &mut head)?;
     let protocol = u16::from_be_bytes(protocol);
     let network_header = u16::from_ne_bytes(network_header);
     if network_header == HEADER_UNSET || (protocol != ETH_P_IPV4 && protocol != ETH_P_IPV6) {
@@ -328,6 +342,27 @@ fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Opti
     Some(packet)
 }
 
+/// Whether `dst` is one host: not IPv4 multicast, reserved or limited broadcast
+/// (224.0.0.0 and up), not IPv6 multicast (`ff00::/8`).
+#[inline(always)]
+fn is_unicast(dst: &[u8; 16]) -> bool {
+    if dst[..12] == ipv4_mapped([0; 4])[..12] {
+        dst[12] < 224
+    } else {
+        dst[0] != 0xff
+    }
+}
+
+/// Whether `skb` is a packet this host sent (`pkt_type` `PACKET_HOST`), not a looped-back
+/// copy of one (`PACKET_LOOPBACK`, `PACKET_BROADCAST`…: a directed broadcast, say). Not
+/// inlined, like [`netns_of`]: its own frame keeps each under the 512-byte stack.
+#[inline(never)]
+fn sent_here(skb: *const u8) -> bool {
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
+    unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(pkt_type_byte) as usize)) }
+        .is_ok_and(|byte: u8| (byte >> config!(pkt_type_shift)) & 0x7 == 0)
+}
+
 /// The target of a request this host sent to `remote`'s `port`.
 #[inline(always)]
 fn egress_target(remote: &[u8; 16], port: u16, proto: u8) -> TargetKey {
@@ -355,9 +390,17 @@ fn is_icmp(proto: u8) -> bool {
     proto == proto::ICMP || proto == proto::ICMPV6
 }
 
+/// Whether `reason` is a drop at the socket ([`DropConfig::socket_reasons`]).
+#[inline(always)]
+fn at_socket(reason: u32) -> bool {
+    let words = config!(socket_reasons);
+    let word = (reason / 32) as usize;
+    word < words.len() && words[word] & (1 << (reason % 32)) != 0
+}
+
 /// A request or answer dropped here, for a target netwatch already follows.
 #[inline(always)]
-fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind, config: &DropConfig) {
+fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind) {
     // SAFETY: a map value pointer, valid for this program run.
     let Some(slot) = TARGET_SLOTS.get_ptr(target).map(|slot| unsafe { *slot }) else {
         return;
@@ -370,7 +413,7 @@ fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind, config: &Dr
     if kind == Kind::Answer {
         // An answer the application was not there (or too slow) to take is no failure of
         // the path: counted by reason only.
-        if !config.at_socket(reason) {
+        if !at_socket(reason) {
             add(&mut counters.answers_dropped_here, 1);
         }
     } else {

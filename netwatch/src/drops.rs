@@ -17,10 +17,13 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const PREFIX: &str = "SKB_DROP_REASON_";
 
 /// Drops *at* the socket: the application had gone (`NO_SOCKET`: typically a late answer
-/// after the client gave up) or did not keep up. The path delivered; such drops are shown
-/// in `local_drops` but neither fail a target nor name its reason.
-pub const AT_SOCKET: [&str; 6] = [
+/// after the client gave up; `QUEUE_PURGE`: closed with the answer unread) or did not keep
+/// up, or a socket that was not the asker's filtered out its copy (`SOCKET_FILTER`: every raw
+/// ICMP socket gets a clone of each echo reply). The path delivered; such drops are shown in
+/// `local_drops` but neither fail a target nor name its reason.
+pub const AT_SOCKET: [&str; 7] = [
     "NO_SOCKET",
+    "QUEUE_PURGE",
     "SOCKET_CLOSE",
     "SOCKET_FILTER",
     "SOCKET_RCVBUFF",
@@ -220,8 +223,17 @@ pub fn layout_parts(btf: &[u8]) -> Result<(DropConfig, Vec<(String, u32)>), Layo
             *word |= 1 << (value % 32);
         }
     }
+    let (pkt_type_byte, pkt_type_shift) = match types.offset_of(skb, "pkt_type") {
+        Ok((_, Offset::BitOffsetAndSize(bit, 3))) => (bit / 8, bit % 8),
+        _ => return Err(LayoutError::SkbField("pkt_type")),
+    };
+    if pkt_type_shift > 5 {
+        return Err(LayoutError::SkbField("pkt_type"));
+    }
     let config = DropConfig {
         socket_reasons,
+        pkt_type_byte,
+        pkt_type_shift,
         ..config
     };
     Ok((config, enumerators))
@@ -296,6 +308,8 @@ pub fn encode_layout(result: &Layout) -> String {
                 c.socket_reasons[1],
                 c.socket_reasons[2],
                 c.socket_reasons[3],
+                c.pkt_type_byte,
+                c.pkt_type_shift,
             ];
             let mut text = String::from("ok");
             for n in numbers {
@@ -343,6 +357,8 @@ pub fn decode_layout(text: &str) -> Option<Layout> {
         s1,
         s2,
         s3,
+        pkt_type_byte,
+        pkt_type_shift,
     ] = numbers.as_slice()
     else {
         return None;
@@ -363,6 +379,8 @@ pub fn decode_layout(text: &str) -> Option<Layout> {
         sk_net,
         net_inum,
         socket_reasons: [s0, s1, s2, s3],
+        pkt_type_byte,
+        pkt_type_shift,
     };
     let enumerators = lines
         .map(|line| {
@@ -510,6 +528,7 @@ mod tests {
         assert_eq!(config.enabled, 1);
         assert_ne!(config.netns, 0, "the namespace check is on");
         assert_ne!(config.dev_net, 0);
+        assert_ne!(config.pkt_type_byte, 0);
         assert_ne!(config.consumed, config.not_specified);
         let netfilter = reasons.value_of("NETFILTER_DROP").unwrap();
         assert_eq!(reasons.get(netfilter).here, "here:netfilter-drop");
@@ -523,6 +542,7 @@ mod tests {
         let config = DropConfig {
             netns: 4_026_531_840,
             socket_reasons: [0b1000, 0, 0, 1],
+            pkt_type_byte: 128,
             ..window_config(176, 180, 192).unwrap()
         };
         let parsed = Ok((
