@@ -42,6 +42,116 @@ pub const TARGETS_CAPACITY: u32 = 16_384;
 /// Name of the read-only global holding `--timeout` in nanoseconds, set at load time.
 pub const TIMEOUT_GLOBAL: &str = "TIMEOUT_NS";
 
+/// Name of the raw tracepoint program on `skb:kfree_skb` that counts watched packets this
+/// host drops, by the kernel's drop reason.
+pub const DROP_PROGRAM: &str = "netwatch_drops";
+/// The tracepoint it attaches to (`TP_PROTO(skb, location, reason[, rx_sk])`).
+pub const DROP_TRACEPOINT: &str = "kfree_skb";
+/// Name of the read-only global holding the [`DropConfig`], set at load time.
+pub const DROP_CONFIG_GLOBAL: &str = "DROP_CONFIG";
+/// Map of local drops per target and reason: [`LocalDropKey`] → `u64`.
+pub const LOCAL_DROPS_MAP: &str = "LOCAL_DROPS";
+/// Capacity of [`LOCAL_DROPS_MAP`]: (target, reason) pairs. A plain preallocated hash: a
+/// pair that does not fit is counted in [`KernelCounter::LocalDropsFull`].
+pub const LOCAL_DROPS_CAPACITY: u32 = 8_192;
+/// Bytes of `struct sk_buff` the drop program reads in one go, from
+/// [`DropConfig::skb_window`]: its `protocol`, `network_header` and `head` must lie in them.
+pub const SKB_WINDOW: usize = 32;
+
+/// Where the drop program finds what it needs, taken from the running kernel's BTF at
+/// start-up (rustc emits no CO-RE relocations, so nothing is compiled in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropConfig {
+    /// 0: the program returns at once (netwatch could not work the layout out).
+    pub enabled: u32,
+    /// Offset in `struct sk_buff` of the [`SKB_WINDOW`] bytes read.
+    pub skb_window: u32,
+    /// Offsets, within the window, of `protocol` (`__be16`), `network_header` (`u16`,
+    /// from `head`) and `head` (`unsigned char *`).
+    pub protocol: u32,
+    pub network_header: u32,
+    pub head: u32,
+    /// `enum skb_drop_reason` values that are not drops of interest: `SKB_NOT_DROPPED_YET`,
+    /// `SKB_CONSUMED` (a packet used up, not dropped) and `SKB_DROP_REASON_NOT_SPECIFIED`
+    /// (every plain `kfree_skb()`, many of them no drop at all).
+    pub not_dropped_yet: u32,
+    pub consumed: u32,
+    pub not_specified: u32,
+    /// The inode number of netwatch's network namespace (`net->ns.inum`): the tracepoint
+    /// fires for every namespace, and only this one's drops are this host's. 0: no check
+    /// (a kernel without network namespaces).
+    pub netns: u32,
+    /// Offsets of `sk_buff.dev`, `sk_buff.sk`, `net_device.nd_net.net`,
+    /// `sock.__sk_common.skc_net.net` and `net.ns.inum`: a received packet's namespace is its
+    /// device's, a sent one's (no device yet before the output chain) its socket's.
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub dev_net: u32,
+    pub sk_net: u32,
+    pub net_inum: u32,
+    /// Bit `r` (reason values below 128) set: `r` is a drop *at* the socket (`NO_SOCKET`,
+    /// `SOCKET_RCVBUFF`, …): the application was gone or too slow, the path was fine. An
+    /// answer dropped for such a reason is counted by reason but is no failure of the target.
+    pub socket_reasons: [u32; 4],
+    /// Where `sk_buff.pkt_type` (a 3-bit field) is: its byte and the bit it starts at. A
+    /// packet this host sent is `PACKET_HOST` (0); its looped-back copies (a broadcast, a
+    /// multicast) are not, and are not requests.
+    pub pkt_type_byte: u32,
+    pub pkt_type_shift: u32,
+}
+const _: () = assert!(size_of::<DropConfig>() == 80);
+
+impl DropConfig {
+    /// Whether `reason` is a drop at the socket (see [`DropConfig::socket_reasons`]).
+    #[expect(
+        clippy::inline_always,
+        reason = "shared with the eBPF programs, where it must be inlined"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub const fn at_socket(&self, reason: u32) -> bool {
+        let word = (reason / 32) as usize;
+        word < self.socket_reasons.len() && self.socket_reasons[word] & (1 << (reason % 32)) != 0
+    }
+}
+
+impl DropConfig {
+    /// The program does nothing.
+    #[must_use]
+    pub const fn disabled() -> Self {
+        Self {
+            enabled: 0,
+            skb_window: 0,
+            protocol: 0,
+            network_header: 0,
+            head: 0,
+            not_dropped_yet: 0,
+            consumed: 0,
+            not_specified: 0,
+            netns: 0,
+            skb_dev: 0,
+            skb_sk: 0,
+            dev_net: 0,
+            sk_net: 0,
+            net_inum: 0,
+            socket_reasons: [0; 4],
+            pkt_type_byte: 0,
+            pkt_type_shift: 0,
+        }
+    }
+}
+
+/// Key of [`LOCAL_DROPS_MAP`]: a target's slot in [`TARGETS_MAP`] and an
+/// `enum skb_drop_reason` value of the running kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocalDropKey {
+    pub slot: u32,
+    pub reason: u32,
+}
+const _: () = assert!(size_of::<LocalDropKey>() == 8);
+
 /// IANA protocol numbers, as used in [`RequestKey::proto`] and [`TargetKey::proto`].
 pub mod proto {
     pub const ICMP: u8 = 1;
@@ -228,12 +338,21 @@ pub struct TargetCounters {
     pub last_request_ns: u64,
     /// When an answer or rejection last came back.
     pub last_answer_ns: u64,
+    /// Requests of this target that this host dropped (its output chain for a request it
+    /// sent, its input chain for one it received), as `skb:kfree_skb` reported them; every
+    /// dropped copy counts (a retransmit too). A request this host sent and dropped before
+    /// tc egress saw it was counted in `requests` by the drop program.
+    pub requests_dropped_here: u64,
+    /// Answers of this target that this host dropped: for a request it sent, an answer tc
+    /// ingress counted in `answered` and that then died before the socket; for one it
+    /// received, its answer dropped on the way out (tc egress never saw it).
+    pub answers_dropped_here: u64,
     /// `rejected` and `late_rejected`, split by [`Reason`] code.
     pub rejected_by_reason: [u64; REASON_SLOTS],
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (10 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (12 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
@@ -395,10 +514,13 @@ pub enum KernelCounter {
     /// A request arriving for an address that is not this host's (passing through a router):
     /// not a request to this host.
     NotForThisHost = 14,
+    /// A local drop of a watched packet whose (target, reason) pair did not fit in the
+    /// local drops map: the drop is not counted by reason.
+    LocalDropsFull = 15,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -415,6 +537,7 @@ impl KernelCounter {
         Self::LateDuplicate,
         Self::PathMtu,
         Self::NotForThisHost,
+        Self::LocalDropsFull,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -436,6 +559,7 @@ impl KernelCounter {
             Self::LateDuplicate => "late_duplicate",
             Self::PathMtu => "path_mtu",
             Self::NotForThisHost => "not_for_this_host",
+            Self::LocalDropsFull => "local_drops_full",
         }
     }
 
@@ -470,6 +594,10 @@ mod user {
     unsafe impl aya::Pod for super::TargetKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TargetCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocalDropKey {}
 }
 
 #[cfg(test)]

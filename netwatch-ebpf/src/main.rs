@@ -1,5 +1,8 @@
 //! netwatch's tc classifiers.
 //!
+//! `netwatch_drops`, on the `skb:kfree_skb` raw tracepoint, counts the watched packets this
+//! host itself drops, per target and kernel drop reason (see [`drops`]).
+//!
 //! Both hooks run the same code ([`classify::packet`]), told which way the packet goes.
 //! Requests (DNS queries, TCP SYNs, ICMP echo requests) are recorded in [`maps::PENDING`]:
 //! leaving, the ones this host sends; arriving, the ones it receives. Answers and rejections
@@ -21,11 +24,15 @@
 
 mod answers;
 mod classify;
+mod drops;
 mod maps;
 mod packet;
 mod requests;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, raw_tracepoint},
+    programs::{RawTracePointContext, TcContext},
+};
 use packet::Hook;
 
 /// `TC_ACT_UNSPEC` / `TCX_NEXT`: observe only, never decide the packet's fate.
@@ -41,6 +48,13 @@ pub fn netwatch_egress(ctx: TcContext) -> i32 {
 pub fn netwatch_ingress(ctx: TcContext) -> i32 {
     classify::packet(&ctx, Hook::Ingress);
     PASS_THROUGH
+}
+
+/// `skb:kfree_skb`: counts the watched packets this host drops, by drop reason.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn netwatch_drops(ctx: RawTracePointContext) -> i32 {
+    drops::on_kfree_skb(&ctx);
+    0
 }
 
 // A panic path that survives optimisation fails verification at load time instead of

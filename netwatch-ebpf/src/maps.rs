@@ -20,7 +20,7 @@ pub static PENDING: HashMap<RequestKey, PendingRequest> =
 
 /// Target → slot in [`TARGETS`].
 #[map]
-static TARGET_SLOTS: HashMap<TargetKey, u32> = HashMap::with_max_entries(TARGETS_CAPACITY, 0);
+pub static TARGET_SLOTS: HashMap<TargetKey, u32> = HashMap::with_max_entries(TARGETS_CAPACITY, 0);
 
 /// Per-target cumulative counters by slot. An array: the answer path finds them from the
 /// slot kept in the pending entry without hashing, and userspace maps them into memory.

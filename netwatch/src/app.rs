@@ -43,6 +43,9 @@ pub fn poll(
     now_ns: u64,
 ) -> Result<Vec<TargetView>, ProbeError> {
     kernel.read_targets(&mut |key, counters| tracker.observe_counters(now_ns, key, counters))?;
+    for (key, reason, count) in kernel.read_local_drops()? {
+        tracker.observe_local_drops(now_ns, &key, reason, count);
+    }
     if sweeper.due() {
         let swept = sweeper.sweep(now_ns, kernel.read_pending()?);
         for (key, request) in &swept.unanswered {
@@ -154,6 +157,9 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let mut probe = Probe::load(args.timeout)?;
     // Before attaching: the first requests arriving must already be recognised.
     probe.set_local_addresses(all_host_addresses())?;
+    if let Err(why) = probe.attach_drops() {
+        eprintln!("netwatch: drops on this host are not counted: {why}");
+    }
     let mut watched = Vec::new();
     for iface in &interfaces {
         let via = probe.attach(iface, args.attach)?;
@@ -170,6 +176,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         uptime: Duration::ZERO,
         timeout: args.timeout,
         window: args.window,
+        local_drops: probe.local_drops_status(),
     };
     // Listening sockets are bound before privileges go.
     let published: Option<serve::Shared> = match args.metrics {
@@ -204,7 +211,9 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         timeout_ns,
         capacity: probe.pending_capacity(),
     });
-    let mut tracker = Tracker::new(args.window).with_blackhole_grace(args.timeout);
+    let mut tracker = Tracker::new(args.window)
+        .with_blackhole_grace(args.timeout)
+        .with_drop_reasons(probe.drop_reasons());
     let mut sources = host_addresses(&run.interfaces);
     let mut output =
         Output::new(Mode::choose(args.json, args.plain)).context("setting up the terminal")?;

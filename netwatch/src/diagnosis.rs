@@ -43,6 +43,10 @@
 //! | `slow-answers` | targets are slow (`degraded`, reason `late`); one finding for all of them, with their latency and a `--timeout` long enough for them (the slowest p99 times 1.5, at least twice the timeout, in whole seconds) | none |
 //! | `partial-loss` | a target is degraded, not slow; one per target | none |
 //!
+//! Targets failing because of this host's own drops (a `here:` reason) are left out of the
+//! findings above: [`local`] lists them first, as `local-firewall-drops`, with the rule to add
+//! on this host, and says when blackholed targets had nothing dropped here.
+//!
 //! Within an ID, findings are ordered by what they are about (proto, port, address,
 //! reason), never by counters, so the order is stable from one poll to the next;
 //! `port-blackholed` and `port-rejected` share a rank and are ordered by (proto, port),
@@ -76,6 +80,9 @@ use std::{
 };
 
 use serde::Serialize;
+
+mod local;
+pub use local::{DROPPED_BEYOND_THIS_HOST, LOCAL_FIREWALL_DROPS};
 
 use crate::{
     snapshot::{Snapshot, TargetView},
@@ -215,8 +222,11 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
         judged.sort_by_key(|t| identity(t));
         judged
     };
-    let judged = judged_in(Direction::Egress);
+    let mut judged = judged_in(Direction::Egress);
     let mut findings = Vec::new();
+    // Drops on this host are for this host's rules, not the upstream firewall team's.
+    local::local_drop_findings(&judged, snapshot.local_drops_watched, &mut findings);
+    judged.retain(|t| !local::dropped_here(t));
     dns_findings(&judged, sources, &mut findings);
     port_findings(&judged, sources, &mut findings);
     icmp_findings(&judged, sources, &mut findings);

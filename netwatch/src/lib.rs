@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod diagnosis;
 pub mod dns;
+pub mod drops;
 pub mod interfaces;
 pub mod output;
 pub mod privileges;

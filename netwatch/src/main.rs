@@ -6,6 +6,10 @@ use clap::CommandFactory as _;
 use netwatch::cli::{self, Args, Parsed, Tool};
 
 fn main() -> ExitCode {
+    // The child netwatch starts to parse the kernel's BTF away from its own memory.
+    if std::env::var_os(netwatch::drops::LAYOUT_CHILD_ENV).is_some() {
+        return netwatch::drops::layout_child_main();
+    }
     // A bug must not print a backtrace over the operator's terminal: one line, then the
     // unwinding drops the probe, which detaches everything.
     std::panic::set_hook(Box::new(|info| {

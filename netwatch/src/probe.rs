@@ -13,19 +13,26 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
 };
 use netwatch_common::{
-    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, LOCAL_ADDRESSES_CAPACITY,
-    LOCAL_ADDRESSES_MAP, NEXT_SLOT_MAP, PENDING_CAPACITY, PENDING_MAP, PendingRequest, RequestKey,
-    SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY, TARGETS_MAP, TIMEOUT_GLOBAL,
-    TargetCounters, TargetKey,
+    COUNTERS_MAP, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, EGRESS_PROGRAM,
+    INGRESS_PROGRAM, KernelCounter, LOCAL_ADDRESSES_CAPACITY, LOCAL_ADDRESSES_MAP,
+    LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP, LocalDropKey, NEXT_SLOT_MAP, PENDING_CAPACITY,
+    PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
+    TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
 };
 use thiserror::Error;
 
-use crate::{batch, cli::AttachMode, interfaces::Interface, target::ip_to_key};
+use crate::{
+    batch,
+    cli::AttachMode,
+    drops::{self, DropReasons},
+    interfaces::Interface,
+    target::ip_to_key,
+};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf"));
@@ -178,6 +185,16 @@ pub struct Probe {
     /// What [`Self::local_addresses`] holds.
     known_local: BTreeSet<[u8; 16]>,
     attachments: Vec<Attachment>,
+    /// The `skb:kfree_skb` program's state: its maps and the kernel's reason names, or why
+    /// this kernel cannot have it.
+    local_drops: Result<LocalDrops, String>,
+}
+
+/// The local drop program's maps, once it is loaded.
+struct LocalDrops {
+    drops: HashMap<MapData, LocalDropKey, u64>,
+    reasons: DropReasons,
+    attached: bool,
 }
 
 /// Read access to the kernel's tables, so the poll loop can run against fakes in tests.
@@ -197,6 +214,11 @@ pub trait KernelTables {
     }
     /// [`KernelCounter`]s, summed over CPUs.
     fn read_counters(&mut self) -> Result<[u64; KernelCounter::COUNT], ProbeError>;
+    /// Cumulative local drops: (target, kernel drop reason value, count). Empty when the
+    /// drop program is not running.
+    fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {
+        Ok(Vec::new())
+    }
 }
 
 /// clsact filters outlive the process that added them: after a SIGKILL, nobody removed
@@ -375,8 +397,26 @@ impl Probe {
     pub fn load(timeout: Duration) -> Result<Self, ProbeError> {
         check_kernel_version()?;
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        // Parsing the kernel's BTF takes tens of MiB for a moment: a child process does it
+        // (not even netwatch's peak memory counts them). Where it cannot run, a thread of
+        // this process, with large blocks mapped apart and the heap trimmed after.
+        let layout = drops::layout_in_child()
+            .unwrap_or_else(parse_layout_here)
+            .map(|(config, enumerators)| {
+                // Named here: the names live as long as netwatch, not in the parser's arena.
+                let reasons = DropReasons::from_enumerators(
+                    enumerators
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), *value)),
+                );
+                (config, reasons)
+            });
+        let drop_config = layout
+            .as_ref()
+            .map_or(DropConfig::disabled(), |(config, _)| *config);
         let mut ebpf = EbpfLoader::new()
             .override_global(TIMEOUT_GLOBAL, &timeout_ns, true)
+            .override_global(DROP_CONFIG_GLOBAL, &drop_config, true)
             .load(EBPF_OBJECT)
             .map_err(|err| {
                 log::debug!("eBPF object load failed: {err:?}");
@@ -434,7 +474,9 @@ impl Probe {
                     source,
                 }
             })?;
+        let local_drops = layout.and_then(|(_, reasons)| load_drops(&mut ebpf, reasons));
         Ok(Self {
+            local_drops,
             ebpf,
             pending,
             pending_batch,
@@ -665,6 +707,57 @@ impl Probe {
         classifier(&mut self.ebpf, name)
     }
 
+    /// Attaches the local drop program to `skb:kfree_skb`. `Err` says, for the operator, what
+    /// netwatch cannot see and why; everything else works without it.
+    pub fn attach_drops(&mut self) -> Result<(), String> {
+        let drops = self.local_drops.as_mut().map_err(|why| why.clone())?;
+        if drops.attached {
+            return Ok(());
+        }
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(DROP_PROGRAM)
+            .ok_or_else(|| format!("program {DROP_PROGRAM} missing from the object"))?
+            .try_into()
+            .map_err(|err: aya::programs::ProgramError| first_line(&err))?;
+        match program.attach(DROP_TRACEPOINT) {
+            Ok(_link) => {
+                drops.attached = true;
+                Ok(())
+            }
+            Err(err) => {
+                let why = format!(
+                    "could not attach to the {DROP_TRACEPOINT} tracepoint ({}); it needs \
+                     CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) and a kernel with drop \
+                     reasons (5.17+)",
+                    first_line(&err)
+                );
+                self.local_drops = Err(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Whether local drops are counted, and if not, why: `available`, or
+    /// `unavailable: <why>`.
+    #[must_use]
+    pub fn local_drops_status(&self) -> String {
+        match &self.local_drops {
+            Ok(drops) if drops.attached => "available".to_owned(),
+            Ok(_) => "unavailable: the drop program is not attached".to_owned(),
+            Err(why) => format!("unavailable: {why}"),
+        }
+    }
+
+    /// The running kernel's drop reason names (empty without drop reasons).
+    #[must_use]
+    pub fn drop_reasons(&self) -> DropReasons {
+        self.local_drops
+            .as_ref()
+            .map(|drops| drops.reasons.clone())
+            .unwrap_or_default()
+    }
+
     /// The capacity of the pending table.
     #[must_use]
     pub fn pending_capacity(&self) -> usize {
@@ -830,6 +923,88 @@ impl KernelTables for Probe {
         }
         Ok(values)
     }
+
+    fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {
+        let Ok(drops) = &self.local_drops else {
+            return Ok(Vec::new());
+        };
+        let mut entries = Vec::new();
+        for entry in drops.drops.iter().take(2 * LOCAL_DROPS_CAPACITY as usize) {
+            let (key, count) = entry.map_err(|source| ProbeError::Map {
+                map: LOCAL_DROPS_MAP,
+                source,
+            })?;
+            entries.push((key, count));
+        }
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Slots the kernel created since the last read of the targets are learnt then.
+        let owners: std::collections::HashMap<u32, TargetKey> =
+            self.known_slots.iter().copied().collect();
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, count)| {
+                owners
+                    .get(&key.slot)
+                    .map(|target| (*target, key.reason, count))
+            })
+            .collect())
+    }
+}
+
+/// [`drops::layout_parts`] in this process, on a thread of its own (its own allocator
+/// arena), with large blocks mapped apart (unmapped when freed) and the heap trimmed after:
+/// the parser's memory neither stays resident nor fragments the heap the run uses.
+fn parse_layout_here() -> drops::Layout {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+    let parsed = std::thread::spawn(|| {
+        std::fs::read(drops::VMLINUX_BTF)
+            .map_err(|err| drops::LayoutError::NoBtf(err.to_string()))
+            .and_then(|btf| drops::layout_parts(&btf))
+            .map_err(|err| err.to_string())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("parsing the kernel's BTF panicked".to_owned()));
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory; mallopt puts the threshold where
+    // glibc's own adjustment takes it (32 MiB), so large buffers are reused as before.
+    unsafe {
+        libc::malloc_trim(0);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+    }
+    parsed
+}
+
+/// Loads the drop program and takes its maps; `Err` says why it cannot run here.
+fn load_drops(ebpf: &mut Ebpf, reasons: DropReasons) -> Result<LocalDrops, String> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(DROP_PROGRAM)
+        .ok_or_else(|| format!("program {DROP_PROGRAM} missing from the object"))?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| first_line(&err))?;
+    program.load().map_err(|err| {
+        log::debug!("{DROP_PROGRAM} failed to load: {err:?}");
+        format!(
+            "the kernel refused the drop program ({}); it needs raw tracepoint support \
+             (CONFIG_BPF_EVENTS)",
+            first_line(&err)
+        )
+    })?;
+    let take = |ebpf: &mut Ebpf, name: &'static str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| format!("map {name} missing from the object"))
+    };
+    let drops = HashMap::try_from(take(ebpf, LOCAL_DROPS_MAP)?).map_err(|err| err.to_string())?;
+    Ok(LocalDrops {
+        drops,
+        reasons,
+        attached: false,
+    })
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, ProbeError> {

@@ -38,6 +38,15 @@ pub struct TargetView {
     pub latency_p99_ms: Option<f64>,
     /// Seconds since a request to this target last left.
     pub last_seen_ago_s: Option<f64>,
+    /// Packets of this target this host dropped, by kernel drop reason name
+    /// (`{"NETFILTER_DROP": 3}`); empty when none, or when the kernel cannot tell.
+    pub local_drops: BTreeMap<&'static str, u64>,
+    /// Of those, requests (this host's output chain for requests it sent, its input chain
+    /// for requests it received) and answers (input for its requests, output for others').
+    #[serde(skip)]
+    pub requests_dropped_here: u64,
+    #[serde(skip)]
+    pub answers_dropped_here: u64,
     /// DNS targets: names whose queries went unanswered (a bounded sample, escaped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub names: Option<Vec<String>>,
@@ -200,6 +209,8 @@ pub struct Snapshot {
     /// Unanswered requests kept to recognise retransmits.
     pub tombstones: usize,
     pub requests_per_s: f64,
+    /// Whether the kernel reports drops on this host (the `skb:kfree_skb` program runs).
+    pub local_drops_watched: bool,
 }
 
 #[cfg(test)]
@@ -235,6 +246,9 @@ pub(crate) mod tests {
             names: None,
             latency_buckets: [0; LATENCY_BUCKETS],
             rejected_by_reason: [0; REASON_SLOTS],
+            local_drops: BTreeMap::new(),
+            requests_dropped_here: 0,
+            answers_dropped_here: 0,
         }
     }
 

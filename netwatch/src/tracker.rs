@@ -2,7 +2,7 @@
 //! out. Plain data, no I/O: the run loop feeds it, renderers read its [`Snapshot`].
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     time::Duration,
 };
 
@@ -13,8 +13,9 @@ use netwatch_common::{
 
 use crate::{
     dns,
+    drops::DropReasons,
     snapshot::{KernelStats, Rollup, Snapshot, TargetView},
-    target::Target,
+    target::{Direction, Target},
     verdict::{History, Verdict},
 };
 
@@ -42,6 +43,8 @@ pub struct TargetState {
     announced: bool,
     /// Since when the target has been blackholed without a break.
     blackholed_since_ns: Option<u64>,
+    /// Cumulative drops on this host by kernel drop reason name, as last read.
+    local_drops: BTreeMap<&'static str, u64>,
 }
 
 impl TargetState {
@@ -57,6 +60,19 @@ impl TargetState {
             names: Vec::new(),
             announced: false,
             blackholed_since_ns: None,
+            local_drops: BTreeMap::new(),
+        }
+    }
+
+    /// Answers the client got: for a request this host sent, those tc ingress counted less
+    /// those this host dropped before the socket.
+    fn answered(&self) -> u64 {
+        if self.target.direction == Direction::Egress {
+            self.kernel
+                .answered
+                .saturating_sub(self.kernel.answers_dropped_here)
+        } else {
+            self.kernel.answered
         }
     }
 
@@ -68,9 +84,10 @@ impl TargetState {
             remote: self.target.remote,
             port: self.target.port,
             requests: k.requests,
-            answered: k.answered,
+            answered: self.answered(),
             rejected: k.rejected,
-            unanswered: self.unanswered,
+            // Answers dropped here never reached the client: unanswered, to it.
+            unanswered: self.unanswered + k.answered.saturating_sub(self.answered()),
             retransmits: k.retransmits,
             verdict: self.verdict,
             reason: self.reason,
@@ -88,6 +105,9 @@ impl TargetState {
                 .is_some_and(|since| now_ns.saturating_sub(since) < grace_ns),
             latency_buckets: k.latency,
             rejected_by_reason: k.rejected_by_reason,
+            local_drops: self.local_drops.clone(),
+            requests_dropped_here: k.requests_dropped_here,
+            answers_dropped_here: k.answers_dropped_here,
         }
     }
 }
@@ -112,6 +132,8 @@ pub struct Tracker {
     tombstones: usize,
     /// (monotonic ns, total requests) over the last few seconds, for requests/s.
     rate_samples: VecDeque<(u64, u64)>,
+    /// The running kernel's drop reason names.
+    drop_reasons: DropReasons,
 }
 
 impl Tracker {
@@ -125,7 +147,15 @@ impl Tracker {
             in_flight: 0,
             tombstones: 0,
             rate_samples: VecDeque::new(),
+            drop_reasons: DropReasons::default(),
         }
+    }
+
+    /// Names local drop reasons with the running kernel's names.
+    #[must_use]
+    pub fn with_drop_reasons(mut self, reasons: DropReasons) -> Self {
+        self.drop_reasons = reasons;
+        self
     }
 
     /// A blackholed target is [`TargetView::provisional`] for this long: a remote slower
@@ -162,6 +192,15 @@ impl Tracker {
                 rejected.push((u8::try_from(code).unwrap_or(0), new - old));
             }
         }
+        // An answer to a request this host sent, dropped here after tc ingress counted it.
+        // (For a request it received, a dropped answer never left: the request times out.)
+        let answers_dropped = if state.target.direction == Direction::Egress {
+            counters
+                .answers_dropped_here
+                .saturating_sub(old.answers_dropped_here)
+        } else {
+            0
+        };
         let late_rejected = counters.late_rejected.saturating_sub(old.late_rejected);
         let late_answers = counters
             .late
@@ -174,7 +213,28 @@ impl Tracker {
             (late_answers, late_rejected),
             &rejected,
         );
+        state.history.record_local(now_ns, answers_dropped, &[]);
         state.kernel = *counters;
+    }
+
+    /// Takes in one target's cumulative count of drops on this host for the kernel drop
+    /// reason `reason`, as read at `now_ns`.
+    pub fn observe_local_drops(&mut self, now_ns: u64, key: &TargetKey, reason: u32, count: u64) {
+        let Some(target) = Target::from_key(key) else {
+            return;
+        };
+        let reason = self.drop_reasons.get(reason);
+        let window = self.window;
+        let state = self
+            .targets
+            .entry(*key)
+            .or_insert_with(|| TargetState::new(target, window));
+        let old = state.local_drops.insert(reason.name, count).unwrap_or(0);
+        if !reason.at_socket {
+            // A drop at the socket (the application gone or slow) names no failure.
+            let new = count.saturating_sub(old);
+            state.history.record_local(now_ns, 0, &[(reason.here, new)]);
+        }
     }
 
     /// Takes in a request found unanswered at `now_ns`.
@@ -283,6 +343,7 @@ impl Tracker {
             in_flight: self.in_flight,
             tombstones: self.tombstones,
             requests_per_s,
+            local_drops_watched: !self.drop_reasons.is_empty(),
         }
     }
 }
@@ -300,6 +361,8 @@ pub fn zero_counters() -> TargetCounters {
         abandoned: 0,
         last_request_ns: 0,
         last_answer_ns: 0,
+        requests_dropped_here: 0,
+        answers_dropped_here: 0,
         rejected_by_reason: [0; REASON_SLOTS],
         latency: [0; LATENCY_BUCKETS],
     }

@@ -72,6 +72,10 @@ struct Slot {
     late_rejected: u64,
     /// (reason code, count); a handful of reasons at most.
     rejected: Vec<(u8, u64)>,
+    /// Answers counted in `answered` that this host then dropped before the socket.
+    answers_dropped: u64,
+    /// Drops on this host by `here:` reason; a handful of reasons at most.
+    here: Vec<(&'static str, u64)>,
 }
 
 /// The resolved outcomes of one target over the last `window`, in slots.
@@ -105,6 +109,54 @@ impl History {
         self.record_with_late(at_ns, answered, unanswered, (0, 0), rejected);
     }
 
+    /// Records drops on this host resolved at `at_ns`: `answers_dropped` answers already
+    /// recorded as answered that never reached the socket (they count as failures), and
+    /// every local drop by `here:` reason (for the verdict's reason).
+    pub fn record_local(&mut self, at_ns: u64, answers_dropped: u64, here: &[(&'static str, u64)]) {
+        if answers_dropped == 0 && here.iter().all(|(_, n)| *n == 0) {
+            return;
+        }
+        let slot = self.slot_at(at_ns);
+        slot.answers_dropped += answers_dropped;
+        for &(reason, count) in here.iter().filter(|(_, count)| *count > 0) {
+            match slot.here.iter_mut().find(|(name, _)| *name == reason) {
+                Some((_, total)) => *total += count,
+                None => slot.here.push((reason, count)),
+            }
+        }
+        self.expire();
+    }
+
+    /// The slot for outcomes at `at_ns`: the newest one, or a new one after it.
+    fn slot_at(&mut self, at_ns: u64) -> &mut Slot {
+        let start_ns = at_ns - at_ns % self.slot_ns;
+        if self
+            .slots
+            .back()
+            .is_none_or(|last| last.start_ns < start_ns)
+        {
+            self.slots.push_back(Slot {
+                start_ns,
+                ..Slot::default()
+            });
+        }
+        self.slots.back_mut().expect("just pushed")
+    }
+
+    /// Drops the slots that fell out of the window ending at the newest one.
+    fn expire(&mut self) {
+        let Some(newest) = self.slots.back().map(|s| s.start_ns) else {
+            return;
+        };
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.start_ns + self.window_ns < newest)
+        {
+            self.slots.pop_front();
+        }
+    }
+
     /// [`History::record`], with `late` answers and `late_rejected` rejections (their
     /// reasons among `rejected`) to requests already counted unanswered.
     pub fn record_with_late(
@@ -119,17 +171,7 @@ impl History {
         if answered == 0 && unanswered == 0 && late == 0 && rejected_total == 0 {
             return;
         }
-        let start_ns = at_ns - at_ns % self.slot_ns;
-        let slot = match self.slots.back_mut() {
-            Some(last) if last.start_ns >= start_ns => last,
-            _ => {
-                self.slots.push_back(Slot {
-                    start_ns,
-                    ..Slot::default()
-                });
-                self.slots.back_mut().expect("just pushed")
-            }
-        };
+        let slot = self.slot_at(at_ns);
         slot.answered += answered;
         slot.unanswered += unanswered;
         slot.late += late;
@@ -140,14 +182,7 @@ impl History {
                 None => slot.rejected.push((reason, count)),
             }
         }
-        let newest = slot.start_ns;
-        while self
-            .slots
-            .front()
-            .is_some_and(|s| s.start_ns + self.window_ns < newest)
-        {
-            self.slots.pop_front();
-        }
+        self.expire();
     }
 
     /// Whether any outcome was ever resolved (and so is in the window).
@@ -157,16 +192,34 @@ impl History {
     }
 
     /// The verdict over the window and its reason: the most frequent rejection's name when
-    /// there were rejections, else [`LATE`] when answers came after the timeout. `None` when
-    /// nothing has resolved yet.
+    /// there were rejections, else the most frequent drop on this host (`here:…`) when the
+    /// target is not ok and this host dropped some of its packets, else [`LATE`] when answers
+    /// came after the timeout. `None` when nothing has resolved yet.
+    ///
+    /// Answers this host dropped before the socket are failures, not answers: the client
+    /// never got them.
     ///
     /// A request answered after the timeout was counted unanswered at its deadline, but it
     /// was not dropped: the remote is slow. Such a target is never blackholed (nor ok): it
     /// is degraded, whatever else its window holds.
     #[must_use]
     pub fn judge(&self) -> Option<(Verdict, Option<&'static str>)> {
-        let answered: u64 = self.slots.iter().map(|s| s.answered).sum();
-        let unanswered: u64 = self.slots.iter().map(|s| s.unanswered).sum();
+        let counted: u64 = self.slots.iter().map(|s| s.answered).sum();
+        let dropped: u64 = self.slots.iter().map(|s| s.answers_dropped).sum();
+        let answered = counted.saturating_sub(dropped);
+        let unanswered: u64 =
+            self.slots.iter().map(|s| s.unanswered).sum::<u64>() + (counted - answered);
+        let mut by_here: Vec<(&'static str, u64)> = Vec::new();
+        for &(name, count) in self.slots.iter().flat_map(|s| s.here.iter()) {
+            match by_here.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += count,
+                None => by_here.push((name, count)),
+            }
+        }
+        let here = by_here
+            .iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+            .map(|&(name, _)| name);
         let late: u64 = self.slots.iter().map(|s| s.late).sum();
         // A request refused after its deadline was counted unanswered, then refused: a
         // rejection, not a silence.
@@ -195,7 +248,12 @@ impl History {
             (false, _, true) => Verdict::Rejected,
             (true, _, _) => Verdict::Degraded,
         };
-        Some((verdict, rejection))
+        let reason = if verdict == Verdict::Ok {
+            rejection
+        } else {
+            rejection.or(here)
+        };
+        Some((verdict, reason))
     }
 }
 
@@ -322,6 +380,50 @@ mod tests {
         assert_eq!(h.judge().unwrap().0, Verdict::Degraded);
         h.record(S + 800_000_000, 1, 0, &[]);
         assert_eq!(h.judge().unwrap().0, Verdict::Ok);
+    }
+
+    #[test]
+    fn answers_dropped_here_are_failures_named_here() {
+        let mut h = history();
+        h.record(S, 3, 0, &[]);
+        assert_eq!(h.judge(), Some((Verdict::Ok, None)));
+        // All three answers died on this host before the socket: nothing got through.
+        h.record_local(S, 3, &[("here:netfilter-drop", 3)]);
+        assert_eq!(
+            h.judge(),
+            Some((Verdict::Blackholed, Some("here:netfilter-drop")))
+        );
+        // One more gets through: degraded, still named after this host's drops.
+        h.record(2 * S, 1, 0, &[]);
+        assert_eq!(
+            h.judge(),
+            Some((Verdict::Degraded, Some("here:netfilter-drop")))
+        );
+    }
+
+    #[test]
+    fn requests_dropped_here_time_out_and_are_named_here() {
+        let mut h = history();
+        // The drop is seen first; the request times out later.
+        h.record_local(S, 0, &[("here:netfilter-drop", 2)]);
+        assert_eq!(h.judge(), None, "nothing resolved yet: pending");
+        h.record(4 * S, 0, 2, &[]);
+        assert_eq!(
+            h.judge(),
+            Some((Verdict::Blackholed, Some("here:netfilter-drop")))
+        );
+    }
+
+    #[test]
+    fn a_reject_keeps_its_reject_type_and_ok_stays_unnamed() {
+        let mut h = history();
+        h.record(S, 0, 0, &[(1, 2)]);
+        h.record_local(S, 0, &[("here:no-socket", 1)]);
+        assert_eq!(h.judge(), Some((Verdict::Rejected, Some("tcp-reset"))));
+        let mut h = history();
+        h.record(S, 4, 0, &[]);
+        h.record_local(S, 0, &[("here:no-socket", 1)]);
+        assert_eq!(h.judge(), Some((Verdict::Ok, None)));
     }
 
     #[test]

@@ -83,6 +83,9 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         names: None,
         latency_buckets: [0; LATENCY_BUCKETS],
         rejected_by_reason: [0; REASON_SLOTS],
+        local_drops: std::collections::BTreeMap::new(),
+        requests_dropped_here: 0,
+        answers_dropped_here: 0,
     }
 }
 
@@ -165,6 +168,7 @@ fn run_info() -> RunInfo {
         uptime: Duration::from_hours(1),
         timeout: Duration::from_secs(3),
         window: Duration::from_mins(1),
+        local_drops: "available".to_owned(),
     }
 }
 

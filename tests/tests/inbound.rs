@@ -126,9 +126,14 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
             Some("tcp-reset"),
             1,
         );
-        // Dropped by the input policy: nothing leaves this host.
+        // Dropped by the input policy: nothing leaves this host, and the kernel says where
+        // (skb:kfree_skb, the local drops program).
         let dropped = inbound(&finished, "tcp", client, Some(5432));
-        expect(dropped, "blackholed", None, 1);
+        expect(dropped, "blackholed", Some("here:netfilter-drop"), 1);
+        assert!(
+            dropped["local_drops"]["NETFILTER_DROP"].as_u64() >= Some(2),
+            "the SYN and its retransmits dropped here: {dropped}"
+        );
         assert!(
             dropped["retransmits"].as_u64() >= Some(1),
             "the client retried its SYN: {dropped}"
@@ -136,7 +141,7 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
         expect(
             inbound(&finished, icmp, client, None),
             "blackholed",
-            None,
+            Some("here:netfilter-drop"),
             2,
         );
     }

@@ -195,6 +195,7 @@ mod tests {
             uptime: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
+            local_drops: "available".to_owned(),
         };
         writer.finish(&snapshot, &findings, &run).unwrap();
         let records = lines(&out);
@@ -238,6 +239,7 @@ mod tests {
             uptime: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
+            local_drops: "available".to_owned(),
         };
         let mut out = Vec::new();
         JsonWriter::new(&mut out)

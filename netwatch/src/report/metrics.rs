@@ -33,7 +33,8 @@
 //! | `netwatch_answer_latency_seconds` | histogram | answer latency, log2 buckets from 2 µs to 8.6 s |
 //!
 //! Process-wide: `netwatch_kernel_events_total{event}` (every kernel counter, by
-//! [`KernelCounter::name`]), `netwatch_evictions_total` (requests the kernel could not track),
+//! [`KernelCounter::name`]), `netwatch_local_drops_total{reason}` (watched packets this host
+//! dropped, by the kernel's drop reason name: bounded by the kernel's `enum skb_drop_reason`), `netwatch_evictions_total` (requests the kernel could not track),
 //! and the gauges `netwatch_in_flight_requests`, `netwatch_tombstones`,
 //! `netwatch_uptime_seconds`, `netwatch_timeout_seconds`, `netwatch_window_seconds`,
 //! `netwatch_watched_interfaces{interface, attach}` and `netwatch_build_info{version}`.
@@ -312,6 +313,8 @@ fn rows(targets: &[TargetView], limits: Cardinality) -> Vec<Row> {
 struct SnapshotCollector {
     rows: Vec<Row>,
     kernel: Vec<(&'static str, u64)>,
+    /// Drops on this host of watched packets, summed over targets, by kernel drop reason.
+    local_drops: BTreeMap<&'static str, u64>,
     evictions: u64,
     in_flight: u64,
     tombstones: u64,
@@ -336,6 +339,13 @@ impl SnapshotCollector {
                     )
                 })
                 .collect(),
+            local_drops: snapshot.targets.iter().flat_map(|t| &t.local_drops).fold(
+                BTreeMap::new(),
+                |mut sums, (reason, count)| {
+                    *sums.entry(*reason).or_insert(0) += count;
+                    sums
+                },
+            ),
             evictions: snapshot.kernel.lost_requests,
             in_flight: snapshot.in_flight as u64,
             tombstones: snapshot.tombstones as u64,
@@ -434,6 +444,16 @@ impl SnapshotCollector {
         )?;
         for &(event, value) in &self.kernel {
             counter(&mut family.encode_family(&[("event", event)])?, value)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "netwatch_local_drops",
+            "Watched packets (requests and answers) this host dropped, by the kernel's drop \
+             reason (enum skb_drop_reason, e.g. NETFILTER_DROP).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (&reason, &value) in &self.local_drops {
+            counter(&mut family.encode_family(&[("reason", reason)])?, value)?;
         }
         let mut family = encoder.encode_descriptor(
             "netwatch_evictions",
@@ -587,6 +607,7 @@ mod tests {
             uptime: Duration::from_millis(90_500),
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
+            local_drops: "available".to_owned(),
         }
     }
 
@@ -847,6 +868,31 @@ mod tests {
             )
             .is_empty(),
             "no histogram for a target without answers"
+        );
+    }
+
+    #[test]
+    fn local_drops_are_summed_by_reason() {
+        let mut snapshot = snapshot();
+        snapshot.targets[0].local_drops = BTreeMap::from([("NETFILTER_DROP", 3)]);
+        snapshot.targets[1].local_drops = BTreeMap::from([("NETFILTER_DROP", 2), ("NO_SOCKET", 1)]);
+        let text = render(&snapshot, &run(), &Cardinality::default());
+        assert!(
+            text.contains("# TYPE netwatch_local_drops_total counter\n"),
+            "{text}"
+        );
+        let s = samples(&text);
+        assert_eq!(
+            value(
+                &s,
+                "netwatch_local_drops_total",
+                &[("reason", "NETFILTER_DROP")]
+            ),
+            5.0
+        );
+        assert_eq!(
+            value(&s, "netwatch_local_drops_total", &[("reason", "NO_SOCKET")]),
+            1.0
         );
     }
 

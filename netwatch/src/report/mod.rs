@@ -22,6 +22,8 @@ pub struct RunInfo {
     pub timeout: Duration,
     #[serde(serialize_with = "as_secs")]
     pub window: Duration,
+    /// Whether drops on this host are counted: `available`, or `unavailable: <why>`.
+    pub local_drops: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

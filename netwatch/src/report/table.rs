@@ -77,6 +77,14 @@ fn target_row(t: &TargetView, remote_width: usize) -> String {
     if t.untracked > 0 {
         let _ = write!(detail, "  ({} untracked: table full)", t.untracked);
     }
+    if !t.local_drops.is_empty() {
+        let drops: Vec<String> = t
+            .local_drops
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        let _ = write!(detail, "  (dropped here: {})", drops.join(", "));
+    }
     format!(
         "{:<10}  {:<3}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {}",
         t.verdict.as_str(),
@@ -218,6 +226,25 @@ mod tests {
         );
         assert!(rollup("TCP/8080 in").ends_with("tcp-reset"), "{text}");
         assert!(rollup("ICMP in").contains(" ok"), "{text}");
+    }
+
+    #[test]
+    fn local_drops_show_beside_the_reason() {
+        let mut dns = view(Proto::Udp, "198.51.100.54", Some(53), Verdict::Blackholed);
+        dns.reason = Some("here:netfilter-drop");
+        dns.local_drops = std::collections::BTreeMap::from([("NETFILTER_DROP", 3)]);
+        let targets = vec![dns];
+        let snapshot = Snapshot {
+            rollups: Rollup::of(&targets),
+            targets,
+            ..Snapshot::default()
+        };
+        let text = render(&snapshot);
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.ends_with("here:netfilter-drop  (dropped here: NETFILTER_DROP 3)"),
+            "{row}"
+        );
     }
 
     #[test]

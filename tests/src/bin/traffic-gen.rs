@@ -5,6 +5,12 @@
 //! traffic-gen dns  ADDR:PORT SECONDS [MAX]   distinct DNS queries (new id, new source port
 //!                                            every 65,536) as fast as possible
 //! traffic-gen udp  ADDR:PORT SECONDS         64-byte frames (18 bytes of UDP payload)
+//! traffic-gen dns-same ADDR:PORT SECONDS [MAX] one DNS query (same port, same id) again
+//!                                            and again: one request, sent MAX times
+//! ```
+//! A send refused with EPERM (this host's output chain dropped the packet) counts as sent:
+//! the packet was made and dropped here.
+//! ```text
 //! ```
 //! Stops after SECONDS or MAX packets and prints one JSON line: `{"sent":N,"seconds":S}`.
 
@@ -69,6 +75,7 @@ fn main() {
                     socket.send(&dns_query(id))
                 }
                 "udp" => socket.send(&frame),
+                "dns-same" => socket.send(&dns_query(1)),
                 other => panic!("unknown mode {other}"),
             };
             match result {
@@ -76,6 +83,7 @@ fn main() {
                 // A full socket buffer or an ICMP error from an earlier send: try again.
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(err) if err.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                Err(err) if err.raw_os_error() == Some(libc::EPERM) => sent += 1,
                 Err(err) => panic!("send: {err}"),
             }
         }

@@ -1,0 +1,499 @@
+//! `skb:kfree_skb`: watched packets this host drops, counted per target and kernel drop reason.
+//!
+//! A raw tracepoint (this kernel kind has no `BPF_PROG_TYPE_TRACING`, so no `tp_btf`): its
+//! arguments are the tracepoint's `TP_PROTO` — `skb`, `location`, `reason` (5.17+) and
+//! `rx_sk` (6.11+). The `sk_buff` is read with `bpf_probe_read_kernel` at offsets userspace
+//! took from the running kernel's BTF ([`DropConfig`]); drop reason values come from there
+//! too, never from a header. The program runs on every packet the host frees with a reason,
+//! so it returns at once for reasons that are no drop and for packets that are not watched
+//! traffic; it sends no events, it only counts.
+//!
+//! What a dropped packet is, and where its drop is counted:
+//! - to one of this host's addresses ([`LOCAL_ADDRESSES`]): a request it received (the input
+//!   chain dropped it; tc ingress counted it and it stays pending) or an answer to a request
+//!   it sent (tc ingress already counted it `answered`: `answers_dropped_here` says it never
+//!   reached the socket);
+//! - from one of them: a request it sent (the output chain dropped it before tc egress saw
+//!   it: the target and its pending entry are created here, so it is counted and times out
+//!   like any other) or an answer to a request it received (dropped on the way out).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+    programs::RawTracePointContext,
+};
+use netwatch_common::{
+    DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, DropConfig, KernelCounter, LOCAL_DROPS_CAPACITY,
+    LocalDropKey, PendingRequest, RequestKey, SKB_WINDOW, TargetCounters, TargetKey, ipv4_mapped,
+    proto,
+};
+
+use crate::maps::{
+    EEXIST, LOCAL_ADDRESSES, PENDING, TARGET_SLOTS, TARGETS, add, count, target_counters,
+};
+
+/// (target slot, drop reason) → drops.
+#[map]
+static LOCAL_DROPS: HashMap<LocalDropKey, u64> = HashMap::with_max_entries(LOCAL_DROPS_CAPACITY, 0);
+
+/// Room for the pending entry of a request dropped before tc egress: 120 bytes more on the
+/// 512-byte stack do not fit beside the packet's headers.
+#[map]
+static SCRATCH: PerCpuArray<PendingRequest> = PerCpuArray::with_max_entries(1, 0);
+
+/// Set by the loader from the running kernel's BTF; disabled until then.
+#[unsafe(no_mangle)]
+static DROP_CONFIG: DropConfig = DropConfig::disabled();
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+/// `skb->network_header` when unset (`(typeof(skb->network_header))~0U`).
+const HEADER_UNSET: u16 = 0xffff;
+
+/// Bytes of the packet read from its network header: an IPv6 header (or an IPv4 one without
+/// options) and the first 16 bytes of the transport header.
+const PACKET_READ: usize = 56;
+const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+/// Transport bytes used: TCP ports, sequence, ack and flags; UDP header and DNS id and flags;
+/// ICMP type, code, checksum, identifier and sequence.
+const L4_READ: usize = 16;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// One field of [`DROP_CONFIG`]. Read field by field, never copied whole: an 80-byte copy
+/// on the 512-byte stack does not fit beside the packet's headers.
+macro_rules! config {
+    ($field:ident) => {{
+        #[allow(
+            unused_unsafe,
+            reason = "used inside unsafe blocks too, where this one is redundant"
+        )]
+        // SAFETY: reading a plain static; volatile so the compiler does not fold the default
+        // value in: the loader rewrites it in .rodata before the program is verified.
+        let value = unsafe { core::ptr::read_volatile(&raw const DROP_CONFIG.$field) };
+        value
+    }};
+}
+
+/// What a dropped packet is to netwatch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Request,
+    Answer,
+}
+
+/// The watched exchange a packet belongs to, seen from the packet: `src`/`dst` as on the wire.
+struct Packet {
+    src: [u8; 16],
+    dst: [u8; 16],
+    src_port: u16,
+    dst_port: u16,
+    /// DNS id or echo sequence (the request key's `tag`); 0 for TCP.
+    tag: u16,
+    /// TCP: the sequence number (a SYN's ISN).
+    seq: u32,
+    proto: u8,
+    kind: Kind,
+}
+
+#[inline(always)]
+pub fn on_kfree_skb(ctx: &RawTracePointContext) {
+    if config!(enabled) == 0 {
+        return;
+    }
+    let reason = ctx.arg::<u64>(2) as u32;
+    if reason == config!(consumed)
+        || reason == config!(not_specified)
+        || reason == config!(not_dropped_yet)
+    {
+        return;
+    }
+    let skb = ctx.arg::<u64>(0) as *const u8;
+    let Some(packet) = read_packet(skb) else {
+        return;
+    };
+    let netns = config!(netns);
+    if netns != 0 && netns_of(skb) != Some(netns) {
+        // Another namespace's drop: another host, as far as netwatch is concerned.
+        return;
+    }
+    let inbound = LOCAL_ADDRESSES.get_ptr(&packet.dst).is_some();
+    if !inbound && LOCAL_ADDRESSES.get_ptr(&packet.src).is_none() {
+        // Neither to nor from this host: forwarded traffic, not watched.
+        return;
+    }
+    match (inbound, packet.kind) {
+        // Received, then dropped (the input chain): tc ingress counted it and it stays
+        // pending, so it times out; only the drop is added here.
+        // Only targets that exist: tc ingress created those of the watched interfaces; a
+        // scan dropped on another one must not fill the target table.
+        (true, Kind::Request) => {
+            let target = ingress_target(&packet.src, packet.dst_port, packet.proto);
+            existing_target_drop(&target, reason, Kind::Request);
+        }
+        // An answer to a request this host sent: counted `answered` by tc ingress, then
+        // dropped before the socket. Only for targets that exist (requests were seen).
+        (true, Kind::Answer) => {
+            let target = egress_target(&packet.src, packet.src_port, packet.proto);
+            existing_target_drop(&target, reason, Kind::Answer);
+        }
+        // Sent, then dropped before it left (the output chain): tc egress never saw it.
+        // Not a looped-back copy of a broadcast or multicast (nor one to such an address):
+        // those are no request to any one target.
+        (false, Kind::Request) => {
+            if is_unicast(&packet.dst) && sent_here(skb) {
+                outbound_request(&packet, reason);
+            }
+        }
+        // This host's answer to a request it received, dropped on the way out.
+        (false, Kind::Answer) => {
+            let target = ingress_target(&packet.dst, packet.src_port, packet.proto);
+            existing_target_drop(&target, reason, Kind::Answer);
+        }
+    }
+}
+
+/// The inode number of the network namespace `skb` was dropped in: its device's, or (a
+/// packet being sent, before it has one) its socket's. Not inlined: a frame of its own keeps
+/// each under the 512-byte stack.
+#[inline(never)]
+fn netns_of(skb: *const u8) -> Option<u32> {
+    // SAFETY (all reads): bpf_probe_read_kernel checks the address; a fault is an error.
+    let dev =
+        unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(skb_dev) as usize).cast::<u64>()) }
+            .ok()?;
+    let net = if dev != 0 {
+        unsafe {
+            bpf_probe_read_kernel(
+                (dev as *const u8)
+                    .wrapping_add(config!(dev_net) as usize)
+                    .cast::<u64>(),
+            )
+        }
+        .ok()?
+    } else {
+        let sk = unsafe {
+            bpf_probe_read_kernel(skb.wrapping_add(config!(skb_sk) as usize).cast::<u64>())
+        }
+        .ok()?;
+        if sk == 0 {
+            return None;
+        }
+        unsafe {
+            bpf_probe_read_kernel(
+                (sk as *const u8)
+                    .wrapping_add(config!(sk_net) as usize)
+                    .cast::<u64>(),
+            )
+        }
+        .ok()?
+    };
+    if net == 0 {
+        return None;
+    }
+    unsafe {
+        bpf_probe_read_kernel(
+            (net as *const u8)
+                .wrapping_add(config!(net_inum) as usize)
+                .cast::<u32>(),
+        )
+    }
+    .ok()
+}
+
+/// The IP and transport headers of `skb`, if it is watched traffic.
+#[inline(always)]
+fn read_packet(skb: *const u8) -> Option<Packet> {
+    // One read for the three sk_buff fields.
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
+    let window = unsafe {
+        bpf_probe_read_kernel(
+            skb.wrapping_add(config!(skb_window) as usize)
+                .cast::<[u8; SKB_WINDOW]>(),
+        )
+    }
+    .ok()?;
+    let field = |offset: u32, dst: &mut [u8]| -> Option<()> {
+        let start = offset as usize;
+        let bytes = window.get(start..start + dst.len())?;
+        dst.copy_from_slice(bytes);
+        Some(())
+    };
+    let (mut protocol, mut network_header, mut head) = ([0u8; 2], [0u8; 2], [0u8; 8]);
+    field(config!(protocol), &mut protocol)?;
+    field(config!(network_header), &mut network_header)?;
+    field(config!(head), &mut head)?;
+    let protocol = u16::from_be_bytes(protocol);
+    let network_header = u16::from_ne_bytes(network_header);
+    if network_header == HEADER_UNSET || (protocol != ETH_P_IPV4 && protocol != ETH_P_IPV6) {
+        return None;
+    }
+    let ip = (u64::from_ne_bytes(head) as *const u8).wrapping_add(usize::from(network_header));
+    // SAFETY: as above.
+    let bytes = unsafe { bpf_probe_read_kernel(ip.cast::<[u8; PACKET_READ]>()) }.ok()?;
+    let (src, dst, proto, l4) = if protocol == ETH_P_IPV4 {
+        let version_ihl = bytes[0];
+        if version_ihl >> 4 != 4 || u16::from_be_bytes([bytes[6], bytes[7]]) & 0x1fff != 0 {
+            // Not IPv4, or a non-first fragment (no transport header).
+            return None;
+        }
+        let header_len = usize::from(version_ihl & 0x0f) * 4;
+        let l4 = if header_len == IPV4_LEN {
+            read_array::<L4_READ>(&bytes, IPV4_LEN)?
+        } else {
+            // Options: read the transport header where it is.
+            // SAFETY: as above.
+            unsafe { bpf_probe_read_kernel(ip.wrapping_add(header_len).cast::<[u8; L4_READ]>()) }
+                .ok()?
+        };
+        let src = ipv4_mapped(read_array::<4>(&bytes, 12)?);
+        let dst = ipv4_mapped(read_array::<4>(&bytes, 16)?);
+        (src, dst, bytes[9], l4)
+    } else {
+        if bytes[0] >> 4 != 6 {
+            return None;
+        }
+        // Extension headers are not walked here: requests and answers rarely carry them.
+        (
+            read_array::<16>(&bytes, 8)?,
+            read_array::<16>(&bytes, 24)?,
+            bytes[6],
+            read_array::<L4_READ>(&bytes, IPV6_LEN)?,
+        )
+    };
+    classify(src, dst, proto, &l4)
+}
+
+#[inline(always)]
+fn read_array<const N: usize>(bytes: &[u8; PACKET_READ], offset: usize) -> Option<[u8; N]> {
+    bytes.get(offset..offset + N)?.try_into().ok()
+}
+
+/// Whether the transport header is a request or an answer netwatch watches (the tc
+/// programs' rules): a SYN, an acceptable SYN-ACK, a DNS query to or response from port 53,
+/// an echo request or reply.
+#[inline(always)]
+fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Option<Packet> {
+    let src_port = u16::from_be_bytes([l4[0], l4[1]]);
+    let dst_port = u16::from_be_bytes([l4[2], l4[3]]);
+    let mut packet = Packet {
+        src,
+        dst,
+        src_port,
+        dst_port,
+        tag: 0,
+        seq: 0,
+        proto,
+        kind: Kind::Request,
+    };
+    match proto {
+        proto::TCP => {
+            let flags = l4[13] & (TCP_SYN | TCP_ACK | TCP_RST);
+            packet.kind = if flags == TCP_SYN {
+                Kind::Request
+            } else if flags == TCP_SYN | TCP_ACK {
+                Kind::Answer
+            } else {
+                return None;
+            };
+            packet.seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+        }
+        proto::UDP => {
+            // The DNS header follows the 8-byte UDP header: id, then QR in the flags.
+            let response = l4[10] & 0x80 != 0;
+            packet.kind = if dst_port == DNS_PORT && !response {
+                Kind::Request
+            } else if src_port == DNS_PORT && response {
+                Kind::Answer
+            } else {
+                return None;
+            };
+            packet.tag = u16::from_be_bytes([l4[8], l4[9]]);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let (request, reply) = if proto == proto::ICMP {
+                (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+            } else {
+                (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+            };
+            packet.kind = if l4[0] == request && l4[1] == 0 {
+                Kind::Request
+            } else if l4[0] == reply && l4[1] == 0 {
+                Kind::Answer
+            } else {
+                return None;
+            };
+            // Identifier and sequence; ICMP targets have no port.
+            packet.src_port = u16::from_be_bytes([l4[4], l4[5]]);
+            packet.dst_port = 0;
+            packet.tag = u16::from_be_bytes([l4[6], l4[7]]);
+        }
+        _ => return None,
+    }
+    Some(packet)
+}
+
+/// Whether `dst` is one host: not IPv4 multicast, reserved or limited broadcast
+/// (224.0.0.0 and up), not IPv6 multicast (`ff00::/8`).
+#[inline(always)]
+fn is_unicast(dst: &[u8; 16]) -> bool {
+    if dst[..12] == ipv4_mapped([0; 4])[..12] {
+        dst[12] < 224
+    } else {
+        dst[0] != 0xff
+    }
+}
+
+/// Whether `skb` is a packet this host sent (`pkt_type` `PACKET_HOST`), not a looped-back
+/// copy of one (`PACKET_LOOPBACK`, `PACKET_BROADCAST`…: a directed broadcast, say). Not
+/// inlined, like [`netns_of`]: its own frame keeps each under the 512-byte stack.
+#[inline(never)]
+fn sent_here(skb: *const u8) -> bool {
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
+    unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(pkt_type_byte) as usize)) }
+        .is_ok_and(|byte: u8| (byte >> config!(pkt_type_shift)) & 0x7 == 0)
+}
+
+/// The target of a request this host sent to `remote`'s `port`.
+#[inline(always)]
+fn egress_target(remote: &[u8; 16], port: u16, proto: u8) -> TargetKey {
+    TargetKey {
+        remote: *remote,
+        remote_port: if is_icmp(proto) { 0 } else { port },
+        proto,
+        direction: DIRECTION_EGRESS,
+    }
+}
+
+/// The target of a request `remote` sent to this host's `port`.
+#[inline(always)]
+fn ingress_target(remote: &[u8; 16], port: u16, proto: u8) -> TargetKey {
+    TargetKey {
+        remote: *remote,
+        remote_port: if is_icmp(proto) { 0 } else { port },
+        proto,
+        direction: DIRECTION_INGRESS,
+    }
+}
+
+#[inline(always)]
+fn is_icmp(proto: u8) -> bool {
+    proto == proto::ICMP || proto == proto::ICMPV6
+}
+
+/// Whether `reason` is a drop at the socket ([`DropConfig::socket_reasons`]).
+#[inline(always)]
+fn at_socket(reason: u32) -> bool {
+    let words = config!(socket_reasons);
+    let word = (reason / 32) as usize;
+    word < words.len() && words[word] & (1 << (reason % 32)) != 0
+}
+
+/// A request or answer dropped here, for a target netwatch already follows.
+#[inline(always)]
+fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind) {
+    // SAFETY: a map value pointer, valid for this program run.
+    let Some(slot) = TARGET_SLOTS.get_ptr(target).map(|slot| unsafe { *slot }) else {
+        return;
+    };
+    let Some(counters) = TARGETS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: an array value pointer, valid for the program run; updated only through `add`.
+    let counters = unsafe { &mut *counters };
+    if kind == Kind::Answer {
+        // An answer the application was not there (or too slow) to take is no failure of
+        // the path: counted by reason only.
+        if !at_socket(reason) {
+            add(&mut counters.answers_dropped_here, 1);
+        }
+    } else {
+        add(&mut counters.requests_dropped_here, 1);
+    }
+    count_reason(slot, reason);
+}
+
+/// A request this host sent that died before tc egress: counted and made pending here, as tc
+/// egress would have, so it is one request of its target and times out like the others.
+/// A copy already pending (a retransmit, or a request tc egress saw and something after it
+/// dropped) adds only the drop.
+#[inline(always)]
+fn outbound_request(packet: &Packet, reason: u32) {
+    let key = RequestKey {
+        remote: packet.dst,
+        local: packet.src,
+        remote_port: packet.dst_port,
+        local_port: packet.src_port,
+        tag: packet.tag,
+        proto: packet.proto,
+        direction: DIRECTION_EGRESS,
+    };
+    let Some((slot, counters)) = target_counters(&key.target()) else {
+        return;
+    };
+    let Some(request) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry, used by nothing else while the program runs
+    // (migration is disabled).
+    let request = unsafe { &mut *request };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Field by field: building a PendingRequest value would put it on the stack.
+    request.first_sent_ns = now;
+    request.last_sent_ns = now;
+    request.replaced_first_sent_ns = 0;
+    request.tcp_seq = packet.seq;
+    request.flags = 0;
+    request.ifindex = 0;
+    request.target_slot = slot;
+    request.question_len = 0;
+    request.syn_payload_len = 0;
+    match PENDING.insert(&key, request, u64::from(BPF_NOEXIST)) {
+        Ok(()) => add(&mut counters.requests, 1),
+        Err(err) if err == -EEXIST => {}
+        Err(_) => untracked(counters),
+    }
+    add(&mut counters.requests_dropped_here, 1);
+    counters.last_request_ns = now;
+    count_reason(slot, reason);
+}
+
+/// The pending table is full: counted, never mistaken for unanswered (as on tc egress).
+#[inline(always)]
+fn untracked(counters: &mut TargetCounters) {
+    add(&mut counters.requests, 1);
+    add(&mut counters.untracked, 1);
+    count(KernelCounter::PendingFull);
+}
+
+/// One more drop of `reason` for the target at `slot`.
+#[inline(always)]
+fn count_reason(slot: u32, reason: u32) {
+    let key = LocalDropKey { slot, reason };
+    if let Some(drops) = LOCAL_DROPS.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer, valid for this program run.
+        add(unsafe { &mut *drops }, 1);
+        return;
+    }
+    match LOCAL_DROPS.insert(&key, &1, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        // Another CPU inserted it in between.
+        Err(err) if err == -EEXIST => {
+            if let Some(drops) = LOCAL_DROPS.get_ptr_mut(&key) {
+                // SAFETY: as above.
+                add(unsafe { &mut *drops }, 1);
+            }
+        }
+        Err(_) => count(KernelCounter::LocalDropsFull),
+    }
+}

@@ -1,0 +1,566 @@
+//! Local drops: what the running kernel's BTF says about `struct sk_buff` and
+//! `enum skb_drop_reason`, for the `skb:kfree_skb` program, and the names of drop reasons.
+//!
+//! Nothing about the kernel is compiled in: field offsets and reason values change between
+//! kernels (and configs), so they are read from `/sys/kernel/btf/vmlinux` at start-up.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
+use netwatch_common::{DropConfig, SKB_WINDOW};
+use thiserror::Error;
+
+/// Where the running kernel describes its types.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Prefix of the `enum skb_drop_reason` enumerators, left out of the names netwatch shows.
+const PREFIX: &str = "SKB_DROP_REASON_";
+
+/// Drops *at* the socket: the application had gone (`NO_SOCKET`: typically a late answer
+/// after the client gave up; `QUEUE_PURGE`: closed with the answer unread) or did not keep
+/// up, or a socket that was not the asker's filtered out its copy (`SOCKET_FILTER`: every raw
+/// ICMP socket gets a clone of each echo reply). The path delivered; such drops are shown in
+/// `local_drops` but neither fail a target nor name its reason.
+pub const AT_SOCKET: [&str; 7] = [
+    "NO_SOCKET",
+    "QUEUE_PURGE",
+    "SOCKET_CLOSE",
+    "SOCKET_FILTER",
+    "SOCKET_RCVBUFF",
+    "SOCKET_BACKLOG",
+    "PROTO_MEM",
+];
+
+/// Why netwatch cannot count local drops on this kernel.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error("no kernel BTF ({VMLINUX_BTF}: {0}); the kernel needs CONFIG_DEBUG_INFO_BTF")]
+    NoBtf(String),
+    #[error("the kernel's BTF could not be parsed ({0})")]
+    BadBtf(String),
+    #[error(
+        "the kernel has no drop reasons (no enum skb_drop_reason in its BTF); they came in \
+         Linux 5.17"
+    )]
+    NoDropReasons,
+    #[error("struct sk_buff has no usable {0} in the kernel's BTF")]
+    SkbField(&'static str),
+    #[error("the sk_buff fields netwatch reads span more than {SKB_WINDOW} bytes on this kernel")]
+    SkbLayout,
+}
+
+/// The names of the running kernel's drop reasons, by value.
+#[derive(Clone, Debug, Default)]
+pub struct DropReasons {
+    by_value: HashMap<u32, Reason>,
+}
+
+/// One drop reason: its name as shown (`NETFILTER_DROP`) and as a target's reason
+/// (`here:netfilter-drop`). Leaked once at start-up: a kernel has a bounded set (~130), and
+/// verdict reasons are `&'static str` everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reason {
+    pub name: &'static str,
+    pub here: &'static str,
+    /// One of [`AT_SOCKET`].
+    pub at_socket: bool,
+}
+
+impl DropReasons {
+    /// From `(enumerator, value)` pairs of `enum skb_drop_reason`.
+    #[must_use]
+    pub fn from_enumerators<'a>(enumerators: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
+        let by_value = enumerators
+            .into_iter()
+            .filter_map(|(enumerator, value)| {
+                let name = reason_name(enumerator)?;
+                let here = here_reason(&name);
+                let at_socket = AT_SOCKET.contains(&name.as_str());
+                Some((
+                    value,
+                    Reason {
+                        name: Box::leak(name.into_boxed_str()),
+                        here: Box::leak(here.into_boxed_str()),
+                        at_socket,
+                    },
+                ))
+            })
+            .collect();
+        Self { by_value }
+    }
+
+    /// The reason `value`, or an `UNKNOWN_<value>` one (a subsystem's reason, or a value from
+    /// a kernel newer than its BTF... which cannot happen, but a name is always given).
+    #[must_use]
+    pub fn get(&self, value: u32) -> Reason {
+        if let Some(reason) = self.by_value.get(&value) {
+            return *reason;
+        }
+        let name = format!("UNKNOWN_{value}");
+        let here = here_reason(&name);
+        Reason {
+            name: Box::leak(name.into_boxed_str()),
+            here: Box::leak(here.into_boxed_str()),
+            at_socket: false,
+        }
+    }
+
+    /// Whether no reason is known: the kernel cannot report drop reasons (or the drop
+    /// program is not running).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_value.is_empty()
+    }
+
+    /// The value of the reason named `name` (`NETFILTER_DROP`).
+    #[must_use]
+    pub fn value_of(&self, name: &str) -> Option<u32> {
+        self.by_value
+            .iter()
+            .find(|(_, reason)| reason.name == name)
+            .map(|(value, _)| *value)
+    }
+}
+
+/// The name netwatch shows for an `enum skb_drop_reason` enumerator: the prefix dropped
+/// (`SKB_DROP_REASON_NETFILTER_DROP` → `NETFILTER_DROP`); `SKB_CONSUMED` and
+/// `SKB_NOT_DROPPED_YET` stay whole. `None` for the enum's bookkeeping (`..._MAX`,
+/// `..._SUBSYS_MASK`).
+#[must_use]
+pub fn reason_name(enumerator: &str) -> Option<String> {
+    let name = enumerator.strip_prefix(PREFIX).unwrap_or(enumerator);
+    if name == "MAX" || name.starts_with("SUBSYS_") || name.is_empty() {
+        return None;
+    }
+    Some(name.to_owned())
+}
+
+/// A target's reason for a drop on this host: `here:` and the name lower-cased with dashes
+/// (`NETFILTER_DROP` → `here:netfilter-drop`).
+#[must_use]
+pub fn here_reason(name: &str) -> String {
+    format!("here:{}", name.to_ascii_lowercase().replace('_', "-"))
+}
+
+/// The drop program's configuration and the reason names, from BTF bytes.
+pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
+    let (config, enumerators) = layout_parts(btf)?;
+    let reasons = DropReasons::from_enumerators(
+        enumerators
+            .iter()
+            .map(|(name, value)| (name.as_str(), *value)),
+    );
+    Ok((config, reasons))
+}
+
+/// [`layout`] without naming the reasons: the configuration and the `enum skb_drop_reason`
+/// enumerators. Owned values only, so a thread can parse and hand them back (see
+/// `Probe::load`).
+pub fn layout_parts(btf: &[u8]) -> Result<(DropConfig, Vec<(String, u32)>), LayoutError> {
+    let types =
+        TypeInformation::new(&Bytes(btf)).map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
+    let enumerators = drop_reason_enumerators(&types)?;
+    let value = |name: &str| {
+        enumerators
+            .iter()
+            .find(|(enumerator, _)| enumerator == name)
+            .map(|(_, value)| *value)
+    };
+    let not_specified = value("SKB_DROP_REASON_NOT_SPECIFIED").ok_or(LayoutError::NoDropReasons)?;
+    // SKB_NOT_DROPPED_YET and SKB_CONSUMED came later (6.0, 6.1) than the enum itself (5.17):
+    // where they are missing, NOT_SPECIFIED stands in (ignoring it twice costs nothing).
+    let not_dropped_yet = value("SKB_NOT_DROPPED_YET").unwrap_or(not_specified);
+    let consumed = value("SKB_CONSUMED").unwrap_or(not_specified);
+    let skb = types
+        .id_of("sk_buff")
+        .ok_or(LayoutError::SkbField("struct"))?;
+    let offset = |field: &'static str| -> Result<u32, LayoutError> {
+        match types.offset_of(skb, field) {
+            Ok((_, Offset::ByteOffset(offset))) => Ok(offset),
+            _ => Err(LayoutError::SkbField(field)),
+        }
+    };
+    let (protocol, network_header, head) = (
+        offset("protocol")?,
+        offset("network_header")?,
+        offset("head")?,
+    );
+    let config = window_config(protocol, network_header, head)?;
+    let path = |ty: &str, field: &'static str| -> Result<u32, LayoutError> {
+        let id = types.id_of(ty).ok_or(LayoutError::SkbField(field))?;
+        match types.offset_of(id, field) {
+            Ok((_, Offset::ByteOffset(offset))) => Ok(offset),
+            _ => Err(LayoutError::SkbField(field)),
+        }
+    };
+    let config = DropConfig {
+        not_dropped_yet,
+        consumed,
+        not_specified,
+        skb_dev: offset("dev")?,
+        skb_sk: offset("sk")?,
+        net_inum: path("net", "ns.inum")?,
+        ..config
+    };
+    // Without CONFIG_NET_NS there is one namespace and `possible_net_t` is empty: no check.
+    let config = match (
+        path("net_device", "nd_net.net"),
+        path("sock", "__sk_common.skc_net.net"),
+    ) {
+        (Ok(dev_net), Ok(sk_net)) => DropConfig {
+            dev_net,
+            sk_net,
+            netns: own_netns(),
+            ..config
+        },
+        _ => config,
+    };
+    let mut socket_reasons = [0u32; 4];
+    for name in AT_SOCKET {
+        if let Some(value) = value(&format!("{PREFIX}{name}"))
+            && let Some(word) = socket_reasons.get_mut(value as usize / 32)
+        {
+            *word |= 1 << (value % 32);
+        }
+    }
+    let (pkt_type_byte, pkt_type_shift) = match types.offset_of(skb, "pkt_type") {
+        Ok((_, Offset::BitOffsetAndSize(bit, 3))) => (bit / 8, bit % 8),
+        _ => return Err(LayoutError::SkbField("pkt_type")),
+    };
+    if pkt_type_shift > 5 {
+        return Err(LayoutError::SkbField("pkt_type"));
+    }
+    let config = DropConfig {
+        socket_reasons,
+        pkt_type_byte,
+        pkt_type_shift,
+        ..config
+    };
+    Ok((config, enumerators))
+}
+
+/// What parsing the kernel's BTF gives: the drop program's configuration and the
+/// `enum skb_drop_reason` enumerators (name, value); or why it cannot be had.
+pub type Layout = Result<(DropConfig, Vec<(String, u32)>), String>;
+
+/// Set in the environment of the child netwatch starts to parse the kernel's BTF (see
+/// [`layout_in_child`]); the child prints [`encode_layout`] and exits.
+pub const LAYOUT_CHILD_ENV: &str = "NETWATCH_INTERNAL_BTF_LAYOUT";
+
+/// The layout, parsed by a short-lived child process (this same executable, with
+/// [`LAYOUT_CHILD_ENV`] set): the parser's tens of MiB then never count against netwatch's
+/// own memory, not even as a peak. `None` when the child could not run (the caller parses
+/// in-process instead).
+#[must_use]
+pub fn layout_in_child() -> Option<Layout> {
+    let exe = std::env::current_exe().ok()?;
+    // Only the netwatch binary knows the variable: any other program loading the probe (a
+    // test harness, the benchmarks) would run itself again in full.
+    if exe.file_name() != Some(std::ffi::OsStr::new("netwatch")) {
+        return None;
+    }
+    let out = std::process::Command::new(exe)
+        .env(LAYOUT_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    decode_layout(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// In the child: parses the running kernel's BTF and prints the result for the parent.
+#[must_use]
+pub fn layout_child_main() -> std::process::ExitCode {
+    let result = std::fs::read(VMLINUX_BTF)
+        .map_err(|err| LayoutError::NoBtf(err.to_string()))
+        .and_then(|btf| layout_parts(&btf))
+        .map_err(|err| err.to_string());
+    print!("{}", encode_layout(&result));
+    std::process::ExitCode::SUCCESS
+}
+
+/// `ok` and the configuration's numbers on the first line, then `NAME VALUE` per
+/// enumerator; or `err` and the reason.
+#[must_use]
+pub fn encode_layout(result: &Layout) -> String {
+    match result {
+        Err(why) => format!("err {}\n", why.replace('\n', " ")),
+        Ok((c, enumerators)) => {
+            let numbers = [
+                c.enabled,
+                c.skb_window,
+                c.protocol,
+                c.network_header,
+                c.head,
+                c.not_dropped_yet,
+                c.consumed,
+                c.not_specified,
+                c.netns,
+                c.skb_dev,
+                c.skb_sk,
+                c.dev_net,
+                c.sk_net,
+                c.net_inum,
+                c.socket_reasons[0],
+                c.socket_reasons[1],
+                c.socket_reasons[2],
+                c.socket_reasons[3],
+                c.pkt_type_byte,
+                c.pkt_type_shift,
+            ];
+            let mut text = String::from("ok");
+            for n in numbers {
+                let _ = write!(text, " {n}");
+            }
+            text.push('\n');
+            for (name, value) in enumerators {
+                let _ = writeln!(text, "{name} {value}");
+            }
+            text
+        }
+    }
+}
+
+/// The inverse of [`encode_layout`]; `None` for anything else.
+#[must_use]
+pub fn decode_layout(text: &str) -> Option<Layout> {
+    let mut lines = text.lines();
+    let first = lines.next()?;
+    if let Some(why) = first.strip_prefix("err ") {
+        return Some(Err(why.to_owned()));
+    }
+    let numbers: Vec<u32> = first
+        .strip_prefix("ok ")?
+        .split(' ')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let &[
+        enabled,
+        skb_window,
+        protocol,
+        network_header,
+        head,
+        not_dropped_yet,
+        consumed,
+        not_specified,
+        netns,
+        skb_dev,
+        skb_sk,
+        dev_net,
+        sk_net,
+        net_inum,
+        s0,
+        s1,
+        s2,
+        s3,
+        pkt_type_byte,
+        pkt_type_shift,
+    ] = numbers.as_slice()
+    else {
+        return None;
+    };
+    let config = DropConfig {
+        enabled,
+        skb_window,
+        protocol,
+        network_header,
+        head,
+        not_dropped_yet,
+        consumed,
+        not_specified,
+        netns,
+        skb_dev,
+        skb_sk,
+        dev_net,
+        sk_net,
+        net_inum,
+        socket_reasons: [s0, s1, s2, s3],
+        pkt_type_byte,
+        pkt_type_shift,
+    };
+    let enumerators = lines
+        .map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Ok((config, enumerators)))
+}
+
+/// The inode number of this process's network namespace (what `net->ns.inum` holds); 0
+/// when it cannot be read, which turns the check off.
+fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .and_then(|meta| u32::try_from(meta.ino()).ok())
+        .unwrap_or(0)
+}
+
+/// Places the window the program reads over `protocol` (2 bytes), `network_header` (2) and
+/// `head` (8), given their offsets in `struct sk_buff`.
+pub fn window_config(
+    protocol: u32,
+    network_header: u32,
+    head: u32,
+) -> Result<DropConfig, LayoutError> {
+    let start = protocol.min(network_header).min(head);
+    let end = (protocol + 2).max(network_header + 2).max(head + 8);
+    if end - start > u32::try_from(SKB_WINDOW).unwrap_or(u32::MAX) {
+        return Err(LayoutError::SkbLayout);
+    }
+    Ok(DropConfig {
+        enabled: 1,
+        skb_window: start,
+        protocol: protocol - start,
+        network_header: network_header - start,
+        head: head - start,
+        ..DropConfig::disabled()
+    })
+}
+
+fn drop_reason_enumerators(types: &TypeInformation) -> Result<Vec<(String, u32)>, LayoutError> {
+    let id = types
+        .id_of("skb_drop_reason")
+        .ok_or(LayoutError::NoDropReasons)?;
+    let Some(TypeVariant::Enum(reasons)) = types.from_id(id) else {
+        return Err(LayoutError::NoDropReasons);
+    };
+    Ok(reasons
+        .named_value_list()
+        .iter()
+        .map(|value| {
+            let number = match value.value {
+                Integer32Value::Unsigned(n) => n,
+                Integer32Value::Signed(n) => n.cast_unsigned(),
+            };
+            (value.name.clone(), number)
+        })
+        .collect())
+}
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Readable for Bytes<'_> {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let short = || btfparse::Error::new(btfparse::ErrorKind::IOError, "read past the end");
+        let start = usize::try_from(offset).map_err(|_| short())?;
+        let bytes = self
+            .0
+            .get(start..start.checked_add(buffer.len()).ok_or_else(short)?)
+            .ok_or_else(short)?;
+        buffer.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enumerators_become_names_and_here_reasons() {
+        assert_eq!(
+            reason_name("SKB_DROP_REASON_NETFILTER_DROP").as_deref(),
+            Some("NETFILTER_DROP")
+        );
+        assert_eq!(reason_name("SKB_CONSUMED").as_deref(), Some("SKB_CONSUMED"));
+        assert_eq!(reason_name("SKB_DROP_REASON_MAX"), None);
+        assert_eq!(reason_name("SKB_DROP_REASON_SUBSYS_MASK"), None);
+        assert_eq!(here_reason("NETFILTER_DROP"), "here:netfilter-drop");
+        assert_eq!(here_reason("IP_RPFILTER"), "here:ip-rpfilter");
+        assert_eq!(here_reason("NO_SOCKET"), "here:no-socket");
+    }
+
+    #[test]
+    fn reasons_are_found_by_value_whatever_the_numbering() {
+        // Two kernels, two numberings: names follow values, nothing is assumed.
+        let older = DropReasons::from_enumerators([
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 0),
+            ("SKB_DROP_REASON_NETFILTER_DROP", 5),
+            ("SKB_DROP_REASON_MAX", 6),
+        ]);
+        let newer = DropReasons::from_enumerators([
+            ("SKB_NOT_DROPPED_YET", 0),
+            ("SKB_CONSUMED", 1),
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+            ("SKB_DROP_REASON_NETFILTER_DROP", 12),
+        ]);
+        assert_eq!(older.get(5).name, "NETFILTER_DROP");
+        assert_eq!(newer.get(12).here, "here:netfilter-drop");
+        assert_eq!(newer.value_of("NETFILTER_DROP"), Some(12));
+        assert_eq!(
+            older.get(6).name,
+            "UNKNOWN_6",
+            "the bookkeeping MAX is no reason"
+        );
+        assert_eq!(newer.get(0x1_0003).here, "here:unknown-65539");
+    }
+
+    #[test]
+    fn the_window_covers_the_three_fields_or_fails() {
+        // 6.18's layout: protocol 176, network_header 180, head 192.
+        let config = window_config(176, 180, 192).unwrap();
+        assert_eq!(
+            (
+                config.enabled,
+                config.skb_window,
+                config.protocol,
+                config.network_header,
+                config.head
+            ),
+            (1, 176, 0, 4, 16)
+        );
+        assert_eq!(window_config(0, 180, 192), Err(LayoutError::SkbLayout));
+    }
+
+    #[test]
+    fn the_running_kernel_layout_is_read_from_btf() {
+        let Ok(btf) = std::fs::read(VMLINUX_BTF) else {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        };
+        let (config, reasons) = layout(&btf).unwrap();
+        assert_eq!(config.enabled, 1);
+        assert_ne!(config.netns, 0, "the namespace check is on");
+        assert_ne!(config.dev_net, 0);
+        assert_ne!(config.pkt_type_byte, 0);
+        assert_ne!(config.consumed, config.not_specified);
+        let netfilter = reasons.value_of("NETFILTER_DROP").unwrap();
+        assert_eq!(reasons.get(netfilter).here, "here:netfilter-drop");
+        assert!(!config.at_socket(netfilter));
+        let no_socket = reasons.value_of("NO_SOCKET").unwrap();
+        assert!(config.at_socket(no_socket) && reasons.get(no_socket).at_socket);
+    }
+
+    #[test]
+    fn the_childs_layout_reaches_the_parent_unchanged() {
+        let config = DropConfig {
+            netns: 4_026_531_840,
+            socket_reasons: [0b1000, 0, 0, 1],
+            pkt_type_byte: 128,
+            ..window_config(176, 180, 192).unwrap()
+        };
+        let parsed = Ok((
+            config,
+            vec![
+                ("SKB_CONSUMED".to_owned(), 1),
+                ("SKB_DROP_REASON_NETFILTER_DROP".to_owned(), 12),
+            ],
+        ));
+        assert_eq!(decode_layout(&encode_layout(&parsed)), Some(parsed));
+        let failed = Err("no kernel BTF (x: y)".to_owned());
+        assert_eq!(decode_layout(&encode_layout(&failed)), Some(failed));
+        assert_eq!(decode_layout("ok 1 2 3\n"), None);
+        assert_eq!(decode_layout(""), None);
+    }
+
+    #[test]
+    fn garbage_is_not_btf() {
+        assert!(matches!(layout(b"not btf"), Err(LayoutError::BadBtf(_))));
+    }
+}
