@@ -157,9 +157,9 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let mut probe = Probe::load(args.timeout)?;
     // Before attaching: the first requests arriving must already be recognised.
     probe.set_local_addresses(all_host_addresses())?;
-    if let Err(why) = probe.attach_drops() {
-        eprintln!("netwatch: drops on this host are not counted: {why}");
-    }
+    // Said once everything else is up: a run that then fails (an interface, the metrics
+    // port) stays one line, whatever this kernel lacks.
+    let drops_unavailable = probe.attach_drops().err();
     let mut watched = Vec::new();
     for iface in &interfaces {
         let via = probe.attach(iface, args.attach)?;
@@ -204,6 +204,9 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         log::warn!("could not drop capabilities after attaching: {err}");
     }
     let names: Vec<String> = run.interfaces.iter().map(WatchedInterface::label).collect();
+    if let Some(why) = &drops_unavailable {
+        eprintln!("netwatch: drops on this host are not counted: {why}");
+    }
     eprintln!("netwatch: watching {}; Ctrl-C to stop", names.join(", "));
 
     let timeout_ns = u64::try_from(args.timeout.as_nanos()).unwrap_or(u64::MAX);
