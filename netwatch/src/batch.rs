@@ -11,8 +11,20 @@ use std::{
 };
 
 /// `bpf_cmd` values from the kernel's UAPI.
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The `map element` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -35,17 +47,11 @@ const CHUNK: usize = 4096;
 /// The opaque cursor of a hash map batch walk (a bucket index, `u32`); room to spare.
 type Cursor = [u8; 8];
 
-fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
     // SAFETY: attr is a valid, initialised bpf_attr prefix of the size passed; the pointers
-    // in it refer to buffers the callers keep alive and sized for `count` elements.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<BatchAttr>(),
-        )
-    };
+    // in it refer to buffers the callers keep alive and sized for what the command writes.
+    let result =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) };
     if result < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -139,4 +145,26 @@ pub unsafe fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<(
         }
     }
     Ok(())
+}
+
+/// Deletes `key` from the hash map `fd` and returns the value it held, in one step
+/// (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, hash maps from Linux 5.14); `None` when the key is not
+/// there.
+///
+/// # Safety
+/// `K` and `V` must be the map's key and value types.
+pub unsafe fn take<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let mut attr = ElemAttr {
+        map_fd: to_u32(usize::try_from(fd.as_raw_fd()).unwrap_or(0)),
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        // SAFETY: zeroed, then written by the kernel; `V` is plain old data.
+        Ok(()) => Ok(Some(unsafe { value.assume_init() })),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(err) => Err(err),
+    }
 }

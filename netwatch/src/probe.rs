@@ -158,6 +158,13 @@ impl Drop for CounterArray {
     }
 }
 
+/// `BPF_NOEXIST` from the kernel's UAPI: insert only where the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Removals per sweep made one entry at a time, comparing (see
+/// `Probe::remove_pending_all`); more go in batches.
+const ONE_BY_ONE_REMOVALS: usize = 1024;
+
 /// Free slots in a row, past the kernel's hint, after which no claim can lie further on.
 /// The hint is written without atomics and can move backwards; claims then land at most a
 /// few slots past a given-back slot (one per CPU racing), so 64 covers any machine.
@@ -182,6 +189,8 @@ pub struct Probe {
     scanned_slots: u32,
     counters: PerCpuArray<MapData, u64>,
     local_addresses: HashMap<MapData, [u8; 16], u8>,
+    /// Whether the kernel has lookup-and-delete for hash maps (5.14+); learnt on first use.
+    take_supported: bool,
     /// What [`Self::local_addresses`] holds.
     known_local: BTreeSet<[u8; 16]>,
     attachments: Vec<Attachment>,
@@ -208,9 +217,13 @@ pub trait KernelTables {
     fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError>;
     /// Removes a pending entry; a missing one is not an error.
     fn remove_pending(&mut self, key: &RequestKey) -> Result<(), ProbeError>;
-    /// Removes these pending entries; missing ones are not an error.
-    fn remove_pending_all(&mut self, keys: &[RequestKey]) -> Result<(), ProbeError> {
-        keys.iter().try_for_each(|key| self.remove_pending(key))
+    /// Removes these pending entries, each only if it still holds the request first sent at
+    /// the time given (the kernel may have put a new one under the key since it was read);
+    /// missing ones are not an error.
+    fn remove_pending_all(&mut self, entries: &[(RequestKey, u64)]) -> Result<(), ProbeError> {
+        entries
+            .iter()
+            .try_for_each(|(key, _)| self.remove_pending(key))
     }
     /// [`KernelCounter`]s, summed over CPUs.
     fn read_counters(&mut self) -> Result<[u64; KernelCounter::COUNT], ProbeError>;
@@ -489,6 +502,7 @@ impl Probe {
             scanned_slots: 0,
             counters,
             local_addresses,
+            take_supported: true,
             known_local: BTreeSet::new(),
             attachments: Vec::new(),
         })
@@ -826,6 +840,42 @@ impl Probe {
             })
     }
 
+    /// Takes each entry out with its value (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`) and puts it
+    /// back if it is not the request the sweep read. `false` when the kernel cannot (hash
+    /// maps before 5.14), and then nothing was removed after the first refusal.
+    fn take_compared(&mut self, entries: &[(RequestKey, u64)]) -> Result<bool, ProbeError> {
+        let Some(fd) = &self.pending_batch else {
+            return Ok(false);
+        };
+        for (key, first_sent_ns) in entries {
+            // SAFETY: the PENDING map's key and value types.
+            match unsafe { batch::take::<RequestKey, PendingRequest>(fd.as_fd(), key) } {
+                Ok(Some(taken)) if taken.first_sent_ns != *first_sent_ns => {
+                    // Not the request the sweep judged: put it back, unless the kernel has
+                    // put yet another there meanwhile.
+                    match self.pending.insert(key, taken, BPF_NOEXIST) {
+                        Ok(()) => {}
+                        Err(MapError::SyscallError(err))
+                            if err.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(source) => {
+                            return Err(ProbeError::Map {
+                                map: PENDING_MAP,
+                                source,
+                            });
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    log::debug!("lookup-and-delete failed ({err}): look, then delete");
+                    self.take_supported = false;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     fn slot_owner(&self, slot: u32) -> Result<Option<TargetKey>, ProbeError> {
         match self.slot_owners.get(&slot, 0) {
             Ok(owner) => Ok(Some(owner)),
@@ -898,10 +948,37 @@ impl KernelTables for Probe {
         }
     }
 
-    fn remove_pending_all(&mut self, keys: &[RequestKey]) -> Result<(), ProbeError> {
+    /// A few entries go one at a time, each taken out with its value and put back if the
+    /// kernel replaced it since the sweep read it (a new connection on that exact 4-tuple,
+    /// a new question on that port and id): a batch delete cannot compare. Many at once (a
+    /// storm, the table under pressure) go in batches: a syscall per entry would cost more
+    /// than the rare replacement it guards, which then loses its entry (`in_flight` is read
+    /// from the table, so nothing is left counting it).
+    fn remove_pending_all(&mut self, entries: &[(RequestKey, u64)]) -> Result<(), ProbeError> {
+        if entries.len() <= ONE_BY_ONE_REMOVALS {
+            if self.take_supported && self.take_compared(entries)? {
+                return Ok(());
+            }
+            // Look, compare, delete: the same check, with a window of a syscall between.
+            for (key, first_sent_ns) in entries {
+                match self.pending.get(key, 0) {
+                    Ok(entry) if entry.first_sent_ns != *first_sent_ns => {}
+                    Ok(_) => self.remove_pending(key)?,
+                    Err(MapError::KeyNotFound) => {}
+                    Err(source) => {
+                        return Err(ProbeError::Map {
+                            map: PENDING_MAP,
+                            source,
+                        });
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let keys: Vec<RequestKey> = entries.iter().map(|(key, _)| *key).collect();
         if let Some(fd) = &self.pending_batch {
             // SAFETY: the PENDING map's key type.
-            match unsafe { batch::delete_all(fd.as_fd(), keys) } {
+            match unsafe { batch::delete_all(fd.as_fd(), &keys) } {
                 Ok(()) => return Ok(()),
                 Err(err) => log::debug!("batch delete failed ({err}); a key at a time"),
             }

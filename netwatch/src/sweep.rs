@@ -95,8 +95,9 @@ pub fn fate(
 pub struct SweepOutcome {
     /// Requests that went unanswered since the last sweep.
     pub unanswered: Vec<(RequestKey, PendingRequest)>,
-    /// Entries to delete from the kernel table.
-    pub remove: Vec<RequestKey>,
+    /// Entries to delete from the kernel table, each with the first send time of the
+    /// request read: if the kernel put a new request under the key meanwhile, it must stay.
+    pub remove: Vec<(RequestKey, u64)>,
     /// Requests still within their deadline.
     pub in_flight: usize,
     /// The same, by target.
@@ -200,7 +201,7 @@ impl Sweeper {
                     }
                     outcome.tombstones += 1;
                 }
-                Fate::Remove => outcome.remove.push(key),
+                Fate::Remove => outcome.remove.push((key, entry.first_sent_ns)),
             }
         }
         // Forget entries that left the table (removed by us, or a key reused after removal).

@@ -2961,3 +2961,33 @@ fn targets_claimed_past_a_rewound_slot_hint_are_still_read() {
         );
     }
 }
+
+/// The sweep reads a tombstone, the kernel replaces it with a new request (a new connection
+/// on that exact 4-tuple), then the sweep removes what it read: the new request must stay.
+#[test]
+fn removing_what_a_sweep_read_spares_a_request_the_kernel_put_there_since() {
+    const NAME: &str = "removing_what_a_sweep_read_spares_a_request_the_kernel_put_there_since";
+    if !netwatch_tests::prerequisites(NAME, &[]) {
+        return;
+    }
+    let mut h = Harness::new(NAME);
+    for v6 in [false, true] {
+        let old = Flow::tcp(v6, 44_000, 5432, 1_000);
+        h.send(&[old]);
+        let read = h.entry(&old).expect("pending").first_sent_ns;
+        let new = Flow::tcp(v6, 44_000, 5432, 9_000);
+        h.send(&[new]);
+        h.probe
+            .remove_pending_all(&[(old.key(), read)])
+            .expect("remove");
+        let entry = h
+            .entry(&new)
+            .unwrap_or_else(|| panic!("{}: the new request was removed with the old", family(v6)));
+        assert_eq!(entry.tcp_seq, 9_000, "{}", family(v6));
+        // What the sweep read and nothing replaced goes.
+        h.probe
+            .remove_pending_all(&[(new.key(), entry.first_sent_ns)])
+            .expect("remove");
+        assert!(h.entry(&new).is_none(), "{}: removed", family(v6));
+    }
+}
