@@ -1004,7 +1004,12 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
             .lines()
             .any(|l| l.contains("blackholed") && l.contains(DNS_V4))
     });
-    std::thread::sleep(Duration::from_millis(1200));
+    // The diagnosis takes a blackholed target as evidence once it has been blackholed for a
+    // --timeout (a slow answer may still come): wait for it, with a bound, not a fixed time.
+    netwatch_tests::lab::wait_until(Duration::from_secs(20), "the diagnosis on screen", || {
+        let text = screen();
+        text.contains("[dns-blocked]") && text.contains("icmp-host-prohibited")
+    });
     let text = screen();
     let row = |needle: &str| {
         text.lines()
