@@ -705,6 +705,16 @@ pub fn target_id(record: &Value) -> TargetId {
     )
 }
 
+/// Whether netwatch's links and programs are back to at most `before` (from
+/// [`netwatch_bpf_objects`]). At most, not exactly: the kernel frees a program after its last
+/// descriptor closes, asynchronously, so one from an earlier run may still be counted in
+/// `before` and go meanwhile. Callers wait for it with a bound ([`wait_until`]).
+#[must_use]
+pub fn bpf_objects_back_to(before: (usize, usize)) -> bool {
+    let now = netwatch_bpf_objects();
+    now.0 <= before.0 && now.1 <= before.1
+}
+
 /// netwatch's tcx links and programs loaded in the kernel, all namespaces: (links, programs).
 #[must_use]
 pub fn netwatch_bpf_objects() -> (usize, usize) {

@@ -10,7 +10,8 @@ use std::{
 
 use netwatch_tests::{
     lab::{
-        CLIENT_IFACE, DNS_V4, Lab, SERVER_V4, netwatch_binary, netwatch_bpf_objects, wait_until,
+        CLIENT_IFACE, DNS_V4, Lab, SERVER_V4, bpf_objects_back_to, netwatch_binary,
+        netwatch_bpf_objects, wait_until,
     },
     prerequisites,
     random::{Rng, env_u64, seed},
@@ -155,7 +156,7 @@ fn random_kills_leave_nothing_attached_and_the_next_start_works() {
             wait_until(
                 Duration::from_secs(5),
                 &format!("{what}: links and programs to go"),
-                || netwatch_bpf_objects() == before,
+                || bpf_objects_back_to(before),
             );
             assert_eq!(clsact_filters(&lab), 0, "{what}: clsact filters left");
         }
@@ -191,16 +192,19 @@ fn random_kills_leave_nothing_attached_and_the_next_start_works() {
         wait_until(
             Duration::from_secs(5),
             &format!("{what}: the next run's links to go"),
-            || netwatch_bpf_objects() == before,
+            || bpf_objects_back_to(before),
         );
         restarts_ok += 1;
     }
     let left = netwatch_bpf_objects();
-    assert_eq!(left, before, "nothing left attached");
+    assert!(
+        left.0 <= before.0 && left.1 <= before.1,
+        "nothing left attached: {left:?}, before {before:?}"
+    );
     let [sigkill, sigterm, sigint] = by_signal;
     println!(
         "faults: seed=0x{seed:x} kills={kills} (sigkill={sigkill} sigterm={sigterm} sigint={sigint}) \
-         of them {before_watching} before attaching and {in_clsact} in clsact mode; left_attached=0 \
+         of them {before_watching} before attaching and {in_clsact} in clsact mode; left_attached={left:?} (before {before:?}) \
          restarts_ok={restarts_ok} in {:.0} s",
         started.elapsed().as_secs_f64()
     );

@@ -404,7 +404,7 @@ fn nothing_stays_attached_after_any_exit() {
         }
         // The kernel releases a tcx link when its last fd closes, also after SIGKILL.
         netwatch_tests::lab::wait_until(Duration::from_secs(5), "links to go", || {
-            netwatch_tests::lab::netwatch_bpf_objects() == before
+            netwatch_tests::lab::bpf_objects_back_to(before)
         });
     }
 }
@@ -652,11 +652,9 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
         1,
         "{stderr}"
     );
-    assert_eq!(
-        netwatch_tests::lab::netwatch_bpf_objects(),
-        before,
-        "nothing left attached"
-    );
+    netwatch_tests::lab::wait_until(Duration::from_secs(10), "nothing left attached", || {
+        netwatch_tests::lab::bpf_objects_back_to(before)
+    });
     // Without privileges: one line naming what is missing, nothing attached.
     let out = lab.client.run(
         "setpriv",
