@@ -1004,11 +1004,14 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
             .lines()
             .any(|l| l.contains("blackholed") && l.contains(DNS_V4))
     });
-    // The diagnosis takes a blackholed target as evidence once it has been blackholed for a
-    // --timeout (a slow answer may still come): wait for it, with a bound, not a fixed time.
-    netwatch_tests::lab::wait_until(Duration::from_secs(20), "the diagnosis on screen", || {
+    // The other rows, the rollup and the diagnosis follow within a poll or two: wait for
+    // them with a bound rather than a fixed sleep (an emulated CPU takes longer).
+    netwatch_tests::lab::wait_until(Duration::from_secs(15), "the whole screen", || {
         let text = screen();
-        text.contains("[dns-blocked]") && text.contains("icmp-host-prohibited")
+        text.contains("[dns-blocked]")
+            && text.contains("Ask the firewall team for")
+            && text.contains("icmp-host-prohibited")
+            && text.lines().any(|l| l.contains(" 80 ") && l.contains("ok"))
     });
     let text = screen();
     let row = |needle: &str| {
