@@ -755,3 +755,18 @@ pub fn netwatch_bpf_objects() -> (usize, usize) {
     };
     (count("link"), count("prog"))
 }
+
+/// setpriv arguments: user nobody with only `caps` (e.g. `bpf,net_admin,perfmon`).
+#[must_use]
+pub fn as_nobody_with(caps: &str) -> Vec<String> {
+    let list: Vec<String> = caps.split(',').map(|c| format!("+{c}")).collect();
+    let list = list.join(",");
+    vec![
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps=-all,{list}"),
+        format!("--ambient-caps=-all,{list}"),
+        format!("--bounding-set=-all,{list}"),
+    ]
+}

@@ -825,20 +825,6 @@ fn map_reads_may_need_cap_bpf() -> bool {
     disabled && before_6_5
 }
 
-/// `setpriv` arguments running a command as nobody with exactly `caps` (e.g. "bpf,net_admin").
-fn as_nobody_with(caps: &str) -> Vec<String> {
-    let list: Vec<String> = caps.split(',').map(|c| format!("+{c}")).collect();
-    let list = list.join(",");
-    vec![
-        "--reuid=65534".into(),
-        "--regid=65534".into(),
-        "--clear-groups".into(),
-        format!("--inh-caps=-all,{list}"),
-        format!("--ambient-caps=-all,{list}"),
-        format!("--bounding-set=-all,{list}"),
-    ]
-}
-
 #[test]
 fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
     if !prerequisites(
@@ -867,7 +853,7 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
     }
     let mut command = lab.client.command("setpriv");
     command
-        .args(as_nobody_with("bpf,net_admin,perfmon"))
+        .args(netwatch_tests::lab::as_nobody_with("bpf,net_admin,perfmon"))
         .arg(&binary)
         .args(["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
     let netwatch = netwatch_tests::lab::NetwatchRun::start(command);
@@ -912,7 +898,7 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
         ("bpf,perfmon", "CAP_NET_ADMIN"),
         ("bpf,net_admin", "CAP_PERFMON"),
     ] {
-        let mut args = as_nobody_with(caps);
+        let mut args = netwatch_tests::lab::as_nobody_with(caps);
         args.push(binary.to_string_lossy().into_owned());
         args.extend(["--iface".into(), CLIENT_IFACE.into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

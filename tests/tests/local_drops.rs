@@ -212,20 +212,6 @@ fn a_million_drops_in_this_hosts_output_chain_are_counted_exactly() {
     );
 }
 
-/// setpriv arguments: user nobody with only `caps` (e.g. `bpf,net_admin,perfmon`).
-fn as_nobody_with(caps: &str) -> Vec<String> {
-    let list: Vec<String> = caps.split(',').map(|c| format!("+{c}")).collect();
-    let list = list.join(",");
-    vec![
-        "--reuid=65534".into(),
-        "--regid=65534".into(),
-        "--clear-groups".into(),
-        format!("--inh-caps=-all,{list}"),
-        format!("--ambient-caps=-all,{list}"),
-        format!("--bounding-set=-all,{list}"),
-    ]
-}
-
 #[test]
 fn the_drop_program_needs_only_bpf_net_admin_and_perfmon() {
     if !prerequisites(
@@ -238,7 +224,7 @@ fn the_drop_program_needs_only_bpf_net_admin_and_perfmon() {
     host_firewall(&lab);
     let mut command = lab.client.command("setpriv");
     command
-        .args(as_nobody_with("bpf,net_admin,perfmon"))
+        .args(netwatch_tests::lab::as_nobody_with("bpf,net_admin,perfmon"))
         .arg(netwatch_tests::lab::netwatch_binary())
         .args(["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
     let netwatch = netwatch_tests::lab::NetwatchRun::start(command);
