@@ -143,6 +143,15 @@ pub fn borderline(report: &Report) -> Vec<&'static str> {
         .collect()
 }
 
+/// The local drop program: at most 100 ns added to a dropped packet, and a drop storm
+/// counted exactly.
+fn drop_goals(report: &Report) -> [GoalResult; 2] {
+    [
+        at_most("drop_program_ns", report.drop_program_ns, 100.0, fixed(1)),
+        is_true("drop_storm_count_exact", report.drop_storm_count_exact),
+    ]
+}
+
 /// Every goal of the issue, judged on `report`.
 #[must_use]
 pub fn evaluate(report: &Report) -> Vec<GoalResult> {
@@ -222,6 +231,7 @@ pub fn evaluate(report: &Report) -> Vec<GoalResult> {
         64.0,
         fixed(1),
     ));
+    goals.extend(drop_goals(report));
     let mut latency = at_most(
         "detection_latency_ms_p99",
         report.detection_latency_ms_p99,
@@ -267,6 +277,7 @@ mod tests {
             tcpdump_pps_ratio: Some(0.90),
             storm_count_exact: Some(true),
             storm_requests_per_s: Some(99_999.0),
+            drop_program_ns: Some(100.5),
             verifier_insns: Some(BTreeMap::from([
                 ("netwatch_egress".to_owned(), 2_000),
                 ("netwatch_ingress".to_owned(), 100_000),
@@ -284,6 +295,8 @@ mod tests {
         assert_eq!(find(&goals, "storm_requests_per_s").met, Some(false));
         assert_eq!(find(&goals, "storm_requests_per_s").measured, "99,999");
         assert_eq!(find(&goals, "storm_count_exact").met, Some(true));
+        assert_eq!(find(&goals, "drop_program_ns").met, Some(false));
+        assert_eq!(find(&goals, "drop_storm_count_exact").met, None);
         assert_eq!(
             find(&goals, "verifier_insns.netwatch_egress").met,
             Some(true)

@@ -431,6 +431,17 @@ impl Sender<'_> {
         NetwatchRun::start(command)
     }
 
+    /// netwatch on the sending interface with `--json` and `args`, on the monitor CPU.
+    #[must_use]
+    pub fn start_netwatch_with(&self, args: &[&str]) -> NetwatchRun {
+        let mut command = self.pinned(
+            &self.tools.netwatch.to_string_lossy(),
+            self.tools.monitor_cpu,
+        );
+        command.args(["--iface", self.iface, "--json"]).args(args);
+        NetwatchRun::start(command)
+    }
+
     /// `tcpdump -w /dev/null` with [`TCPDUMP_FILTER`] on the sending interface, listening.
     pub fn start_tcpdump(&self) -> anyhow::Result<Tcpdump> {
         let mut child = self

@@ -4,10 +4,12 @@
 //!
 //! Sections: `programs` (`BPF_PROG_TEST_RUN` against reference programs, verifier counts),
 //! `rates` (64-byte UDP packet rates across a veth pair: none / netwatch / tcpdump, and DNS
-//! floods), `storm` (a request storm through the lab: counts, CPU, memory) and `latency`
-//! (detection latency of blackholed targets). Benchmarks are not tests: a missed goal is
+//! floods), `storm` (a request storm through the lab: counts, CPU, memory), `drops` (the
+//! local drop program's cost per drop in a drop storm) and `latency` (detection latency of
+//! blackholed targets). Benchmarks are not tests: a missed goal is
 //! reported, not an error; the exit status is 1 only when a section could not run.
 
+mod drops;
 mod goals;
 mod labkit;
 mod latency;
@@ -79,6 +81,7 @@ enum Section {
     Programs,
     Rates,
     Storm,
+    Drops,
     Latency,
 }
 
@@ -88,6 +91,8 @@ struct Plan {
     programs: programs::Plan,
     rates: rates::Plan,
     storm_seconds: f64,
+    /// Copies of the watched query dropped in the drop storm.
+    drop_storm: u64,
     latency_targets: usize,
 }
 
@@ -108,6 +113,7 @@ impl Plan {
                     diagnostics: true,
                 },
                 storm_seconds: 1.0,
+                drop_storm: 20_000,
                 latency_targets: 10,
             }
         } else if quick {
@@ -125,6 +131,7 @@ impl Plan {
                     diagnostics: false,
                 },
                 storm_seconds: 5.0,
+                drop_storm: 1_000_000,
                 latency_targets: 100,
             }
         } else {
@@ -142,6 +149,7 @@ impl Plan {
                     diagnostics: true,
                 },
                 storm_seconds: 10.0,
+                drop_storm: 2_000_000,
                 latency_targets: 150,
             }
         }
@@ -181,6 +189,14 @@ impl Plan {
             (
                 "storm".to_owned(),
                 format!("{} s, netwatch --timeout 1s", self.storm_seconds),
+            ),
+            (
+                "drops".to_owned(),
+                format!(
+                    "{} copies of one DNS query dropped by the client's output chain, then UDP to an \
+                     unwatched port for as long; BPF_ENABLE_STATS on",
+                    self.drop_storm
+                ),
             ),
             (
                 "latency".to_owned(),
@@ -348,6 +364,11 @@ fn measure(args: &Args) -> anyhow::Result<Report> {
     if wanted(Section::Storm) {
         report.storm = section("storm", &mut errors, || {
             storm::run(&tools, plan.storm_seconds, &progress)
+        });
+    }
+    if wanted(Section::Drops) {
+        report.drops = section("drops", &mut errors, || {
+            drops::run(&tools, plan.drop_storm, &progress)
         });
     }
     if wanted(Section::Latency) {

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
+    drops::DropResults,
     goals::{GoalResult, fixed, thousands},
     programs::{KindCost, ProgramResults},
     rates::{Condition, RateResults, RateRun},
@@ -109,6 +110,21 @@ const ROWS: &[(&str, &str, Unit)] = &[
         Unit::Mib,
     ),
     (
+        "drop_program_ns",
+        "drop program (`skb:kfree_skb`) per watched drop, kernel run time ÷ runs",
+        Unit::Ns,
+    ),
+    (
+        "drop_unwatched_ns",
+        "drop program per drop it lets go (unwatched port)",
+        Unit::Ns,
+    ),
+    (
+        "drop_storm_cpu_pct",
+        "drop storm: drop program + netwatch CPU, % of a core",
+        Unit::Pct,
+    ),
+    (
         "detection_latency_ms_p99",
         "send → `blackholed` verdict, p99",
         Unit::Ms,
@@ -127,6 +143,9 @@ fn value_of(report: &Report, key: &str) -> Option<f64> {
         "storm_requests_per_s" => report.storm_requests_per_s,
         "storm_user_cpu_pct" => report.storm_user_cpu_pct,
         "storm_rss_mib" => report.storm_rss_mib,
+        "drop_program_ns" => report.drop_program_ns,
+        "drop_unwatched_ns" => report.drop_unwatched_ns,
+        "drop_storm_cpu_pct" => report.drop_storm_cpu_pct,
         "detection_latency_ms_p99" => report.detection_latency_ms_p99,
         _ => None,
     }
@@ -181,6 +200,14 @@ pub fn results_table(report: &Report) -> String {
                 report,
                 "dns_flood_count_exact",
                 "DNS flood: netwatch counted every request sent",
+            );
+        }
+        if *key == "drop_program_ns" {
+            exact_row(
+                &mut out,
+                report,
+                "drop_storm_count_exact",
+                "drop storm: `local_drops` = copies dropped, one request",
             );
         }
         if *key == "storm_requests_per_s" {
@@ -486,6 +513,9 @@ fn details(out: &mut String, report: &Report) {
             storm.rss_hwm_mib,
         );
     }
+    if let Some(drops) = &report.drops {
+        drop_storm(out, drops);
+    }
     if let Some(latency) = &report.latency {
         out.push_str("\n## Detection latency\n\n");
         let _ = writeln!(
@@ -502,6 +532,34 @@ fn details(out: &mut String, report: &Report) {
             latency.timeout_ms + 1_000.0,
         );
     }
+}
+
+fn drop_storm(out: &mut String, drops: &DropResults) {
+    out.push_str("\n## Drop storm\n\n");
+    let (w, u) = (&drops.watched, &drops.unwatched);
+    let _ = writeln!(
+        out,
+        "{} copies of one DNS query in {:.2} s ({}/s), each dropped by the client's own output chain: \
+         the drop program ran {} times, {:.1} ns per run (the kernel's run time ÷ run count, \
+         `BPF_ENABLE_STATS`), {:.1} % of a core; netwatch's process {:.1} % of a core. The target's \
+         `local_drops`: {} (exact: {}). Then {} UDP datagrams to an unwatched port in {:.2} s, dropped \
+         alike: {} runs, {:.1} ns per run, {:.1} % of a core; netwatch's process {:.1} %.",
+        count(w.sent),
+        w.seconds,
+        thousands(w.per_second()),
+        count(w.runs),
+        w.ns_per_run,
+        w.program_cpu_pct,
+        w.netwatch_cpu_pct,
+        drops.local_drops,
+        drops.count_exact,
+        count(u.sent),
+        u.seconds,
+        count(u.runs),
+        u.ns_per_run,
+        u.program_cpu_pct,
+        u.netwatch_cpu_pct,
+    );
 }
 
 fn missed_goals(out: &mut String, report: &Report) {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    drops::DropResults,
     goals::{self, GoalResult},
     latency::LatencyResults,
     programs::ProgramResults,
@@ -28,6 +29,12 @@ pub struct Report {
     pub storm_count_exact: Option<bool>,
     pub storm_user_cpu_pct: Option<f64>,
     pub storm_rss_mib: Option<f64>,
+    /// The drop program's kernel run time per watched drop, and per drop it lets go.
+    pub drop_program_ns: Option<f64>,
+    pub drop_unwatched_ns: Option<f64>,
+    pub drop_storm_count_exact: Option<bool>,
+    /// The drop program and netwatch's process in the drop storm, % of one core.
+    pub drop_storm_cpu_pct: Option<f64>,
     pub detection_latency_ms_p99: Option<f64>,
     /// Per program: instructions the verifier processed.
     pub verifier_insns: Option<BTreeMap<String, u32>>,
@@ -39,6 +46,7 @@ pub struct Report {
     pub programs: Option<ProgramResults>,
     pub rates: Option<RateResults>,
     pub storm: Option<StormResults>,
+    pub drops: Option<DropResults>,
     pub latency: Option<LatencyResults>,
     pub meta: Meta,
     /// Sections that failed, one line each.
@@ -107,6 +115,12 @@ impl Report {
             self.storm_user_cpu_pct = Some(s.cpu_pct());
             // The kernel's high-water mark: never below any sample.
             self.storm_rss_mib = Some(s.rss_hwm_mib.max(s.rss_peak_mib));
+        }
+        if let Some(d) = &self.drops {
+            self.drop_program_ns = Some(d.watched.ns_per_run);
+            self.drop_unwatched_ns = Some(d.unwatched.ns_per_run);
+            self.drop_storm_count_exact = Some(d.count_exact);
+            self.drop_storm_cpu_pct = Some(d.watched.program_cpu_pct + d.watched.netwatch_cpu_pct);
         }
         if let Some(l) = &self.latency {
             self.detection_latency_ms_p99 = Some(l.p99_ms);

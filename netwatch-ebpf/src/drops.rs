@@ -440,32 +440,43 @@ fn outbound_request(packet: &Packet, reason: u32) {
     let Some((slot, counters)) = target_counters(&key.target()) else {
         return;
     };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A copy of a request already pending (an application retrying into the same drop, the
+    // common case in a storm): a lookup, far cheaper than an insert the table refuses.
+    if PENDING.get_ptr(&key).is_none() {
+        insert_pending(&key, slot, packet.seq, now, counters);
+    }
+    add(&mut counters.requests_dropped_here, 1);
+    counters.last_request_ns = now;
+    count_reason(slot, reason);
+}
+
+/// Makes `key` pending as tc egress would have; counts it as a request of its target.
+#[inline(always)]
+fn insert_pending(key: &RequestKey, slot: u32, seq: u32, now: u64, counters: &mut TargetCounters) {
     let Some(request) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's scratch entry, used by nothing else while the program runs
     // (migration is disabled).
     let request = unsafe { &mut *request };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     // Field by field: building a PendingRequest value would put it on the stack.
     request.first_sent_ns = now;
     request.last_sent_ns = now;
     request.replaced_first_sent_ns = 0;
-    request.tcp_seq = packet.seq;
+    request.tcp_seq = seq;
     request.flags = 0;
     request.ifindex = 0;
     request.target_slot = slot;
     request.question_len = 0;
     request.syn_payload_len = 0;
-    match PENDING.insert(&key, request, u64::from(BPF_NOEXIST)) {
+    match PENDING.insert(key, request, u64::from(BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
+        // Another CPU made it pending in between.
         Err(err) if err == -EEXIST => {}
         Err(_) => untracked(counters),
     }
-    add(&mut counters.requests_dropped_here, 1);
-    counters.last_request_ns = now;
-    count_reason(slot, reason);
 }
 
 /// The pending table is full: counted, never mistaken for unanswered (as on tc egress).

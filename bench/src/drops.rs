@@ -1,0 +1,191 @@
+//! The local drop program (`skb:kfree_skb`) in a drop storm. The client's own output chain
+//! drops every copy of one DNS query sent again and again (one watched request, each copy a
+//! watched drop: the program's whole path, from reading the skb to counting it under its
+//! target), then UDP to a port nothing watches (drops the program reads and lets go). The
+//! kernel times every run of the program while the statistics are on (`BPF_ENABLE_STATS`):
+//! its cost per drop is the run time over the run count, read from the program's info
+//! before and after each storm. netwatch's `local_drops` must equal the copies sent.
+//!
+//! The kernel's timing brackets the program with two clock reads: the figure includes part
+//! of one (a few ns), so it errs on the high side.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use netwatch_tests::lab::{DNS2_V4, Lab};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    labkit::{self, BenchLab, Tools},
+    procfs::CpuTimes,
+};
+
+/// The drop program's name as the kernel keeps it (`netwatch-ebpf`'s `netwatch_drops`).
+const PROGRAM: &str = "netwatch_drops";
+/// A port no netwatch watches: its drops are read and let go.
+const UNWATCHED_PORT: u16 = 9;
+
+/// This host's firewall in the storm: the output chain drops the watched query and the
+/// unwatched datagrams alike.
+fn output_chain() -> String {
+    format!(
+        "table inet bench_host {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
+         ip daddr {DNS2_V4} udp dport {{ 53, {UNWATCHED_PORT} }} drop\n  }}\n}}\n"
+    )
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DropStorm {
+    /// Packets the sender made (each dropped by the output chain).
+    pub sent: u64,
+    pub seconds: f64,
+    /// Runs of the drop program during the storm (every drop on the host).
+    pub runs: u64,
+    /// The kernel's run time of the drop program over `runs`.
+    pub ns_per_run: f64,
+    /// The drop program's run time over the storm's wall time, % of one core.
+    pub program_cpu_pct: f64,
+    /// netwatch's process (user + system), % of one core, during the storm.
+    pub netwatch_cpu_pct: f64,
+}
+
+impl DropStorm {
+    #[must_use]
+    pub fn per_second(&self) -> f64 {
+        #[expect(clippy::cast_precision_loss, reason = "packet counts, far below 2^52")]
+        let sent = self.sent as f64;
+        if self.seconds > 0.0 {
+            sent / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DropResults {
+    /// Copies of one watched DNS query, each dropped here.
+    pub watched: DropStorm,
+    /// The target's `local_drops` at the end: `{"NETFILTER_DROP": N}`.
+    pub local_drops: serde_json::Value,
+    /// `local_drops` holds exactly the copies sent, and the target one request.
+    pub count_exact: bool,
+    /// UDP datagrams to a port nothing watches, each dropped here.
+    pub unwatched: DropStorm,
+}
+
+/// The drop program's cumulative (run time, run count), from the kernel.
+fn program_stats() -> anyhow::Result<(Duration, u64)> {
+    let mut found = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing the loaded BPF programs")?;
+        if info.name_as_str() == Some(PROGRAM) {
+            found.push((info.run_time(), info.run_count()));
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => bail!("no {PROGRAM} program is loaded: netwatch did not attach its drop program"),
+        _ => bail!(
+            "{} {PROGRAM} programs are loaded: another netwatch is running",
+            found.len()
+        ),
+    }
+}
+
+/// Runs `storm` and times the drop program and netwatch meanwhile.
+fn timed(
+    pid: u32,
+    storm: impl FnOnce() -> anyhow::Result<labkit::Generated>,
+) -> anyhow::Result<DropStorm> {
+    let (time_before, runs_before) = program_stats()?;
+    let cpu_before = CpuTimes::of(pid).context("netwatch's CPU times")?;
+    let started = Instant::now();
+    let generated = storm()?;
+    let wall = started.elapsed();
+    let cpu_after = CpuTimes::of(pid).context("netwatch's CPU times")?;
+    let (time_after, runs_after) = program_stats()?;
+    let runs = runs_after - runs_before;
+    ensure!(
+        runs >= generated.sent,
+        "the drop program ran {runs} times for {} drops: the kernel's statistics are off",
+        generated.sent
+    );
+    let run_ns = time_after.saturating_sub(time_before).as_secs_f64() * 1e9;
+    #[expect(clippy::cast_precision_loss, reason = "run counts far below 2^52")]
+    let ns_per_run = run_ns / runs as f64;
+    let (user, system) = cpu_after.percent_since(&cpu_before, wall);
+    Ok(DropStorm {
+        sent: generated.sent,
+        seconds: generated.seconds,
+        runs,
+        ns_per_run,
+        program_cpu_pct: run_ns / (wall.as_secs_f64() * 1e9) * 100.0,
+        netwatch_cpu_pct: user + system,
+    })
+}
+
+pub fn run(tools: &Tools, drops: u64, progress: &dyn Fn(&str)) -> anyhow::Result<DropResults> {
+    let lab = BenchLab::new()?;
+    Lab::nft_in(&lab.lab.client, &output_chain());
+    let bench = lab.sender(tools);
+    // A timeout longer than the storm: the query stays pending throughout, so every copy
+    // after the first is the same request dropped again.
+    let netwatch = bench.start_netwatch_with(&["--timeout", "120s"]);
+    let pid = netwatch.pid();
+    // Held for the section: the kernel times every program run while this is open.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS, 5.8+)")?;
+
+    progress(&format!(
+        "drops: {drops} copies of one DNS query to {DNS2_V4}:53, dropped by this host's output chain"
+    ));
+    let watched = timed(pid, || {
+        bench.generate("dns-same", &format!("{DNS2_V4}:53"), 120.0, Some(drops))
+    })?;
+    ensure!(
+        watched.sent == drops,
+        "the sender made {} of {drops} copies in 120 s",
+        watched.sent
+    );
+    progress(&format!(
+        "drops: UDP to unwatched port {UNWATCHED_PORT} for {:.1} s, dropped alike",
+        watched.seconds
+    ));
+    let unwatched = timed(pid, || {
+        bench.generate(
+            "udp",
+            &format!("{DNS2_V4}:{UNWATCHED_PORT}"),
+            watched.seconds,
+            None,
+        )
+    })?;
+
+    let finished = netwatch.stop();
+    if !finished.status.success() {
+        bail!(
+            "netwatch exited with {}: {}",
+            finished.status,
+            finished.stderr
+        );
+    }
+    let targets = finished.targets();
+    let record = targets
+        .get(&("udp".to_owned(), DNS2_V4.to_owned(), Some(53)))
+        .with_context(|| format!("netwatch reported no target {DNS2_V4}:53"))?;
+    let local_drops = record["local_drops"].clone();
+    let count_exact =
+        local_drops == serde_json::json!({ "NETFILTER_DROP": drops }) && record["requests"] == 1;
+    ensure!(
+        targets
+            .keys()
+            .all(|(_, _, port)| *port != Some(UNWATCHED_PORT.into())),
+        "netwatch made a target of the unwatched port {UNWATCHED_PORT}"
+    );
+    Ok(DropResults {
+        watched,
+        local_drops,
+        count_exact,
+        unwatched,
+    })
+}
