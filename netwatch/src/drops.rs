@@ -394,10 +394,9 @@ pub fn decode_layout(text: &str) -> Option<Layout> {
 /// The inode number of this process's network namespace (what `net->ns.inum` holds); 0
 /// when it cannot be read, which turns the check off.
 fn own_netns() -> u32 {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self/ns/net")
+    crate::lock::own_netns()
         .ok()
-        .and_then(|meta| u32::try_from(meta.ino()).ok())
+        .and_then(|inode| u32::try_from(inode).ok())
         .unwrap_or(0)
 }
 

@@ -13,6 +13,7 @@ pub mod diagnosis;
 pub mod dns;
 pub mod drops;
 pub mod interfaces;
+pub mod lock;
 pub mod output;
 pub mod privileges;
 pub mod probe;

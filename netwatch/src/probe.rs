@@ -100,6 +100,8 @@ struct Attachment {
     ifindex: u32,
     via: Attached,
     links: Vec<(&'static str, SchedClassifierLinkId)>,
+    /// Held while attached: tells other netwatch processes these filters are not orphans.
+    lock: Option<crate::lock::InterfaceLock>,
 }
 
 /// The kernel's per-target counter array, mapped read-only into this process: every
@@ -234,52 +236,35 @@ pub trait KernelTables {
     }
 }
 
-/// clsact filters outlive the process that added them: after a SIGKILL, nobody removed
-/// netwatch's, and they would keep running on every packet. When no other netwatch runs
-/// (`/proc/*/stat`, readable without privileges; zombies do not count), filters of netwatch's programs on this
-/// interface are such orphans: remove them. With another netwatch running they may be its
-/// own, so they stay.
-fn remove_orphaned_filters(iface: &str) {
-    if another_netwatch_runs() {
-        return;
-    }
-    for (name, direction) in [
-        (EGRESS_PROGRAM, TcAttachType::Egress),
-        (INGRESS_PROGRAM, TcAttachType::Ingress),
-    ] {
-        match tc::qdisc_detach_program(iface, direction, name) {
-            Ok(()) => eprintln!(
-                "netwatch: removed a {name} filter left on {iface} by a netwatch that was killed"
-            ),
-            Err(err) => log::debug!("no orphaned {name} filter on {iface}: {err}"),
+/// Claims `iface` for this netwatch (see [`crate::lock`]) and, when no other live netwatch
+/// watches it, removes filters of netwatch's programs a killed one left there. Without a
+/// claim (no /run/netwatch, say, when running unprivileged with capabilities) it cannot
+/// tell, and removes nothing.
+fn claim_and_remove_orphans(iface: &str) -> Option<crate::lock::InterfaceLock> {
+    let claim = match crate::lock::claim(iface) {
+        Ok(claim) => claim,
+        Err(err) => {
+            log::info!(
+                "cannot lock {iface} under {} ({err}): filters a killed netwatch left there stay",
+                crate::lock::LOCK_DIR
+            );
+            return None;
+        }
+    };
+    if claim.alone {
+        for (name, direction) in [
+            (EGRESS_PROGRAM, TcAttachType::Egress),
+            (INGRESS_PROGRAM, TcAttachType::Ingress),
+        ] {
+            match tc::qdisc_detach_program(iface, direction, name) {
+                Ok(()) => eprintln!(
+                    "netwatch: removed a {name} filter left on {iface} by a netwatch that was killed"
+                ),
+                Err(err) => log::debug!("no orphaned {name} filter on {iface}: {err}"),
+            }
         }
     }
-}
-
-fn another_netwatch_runs() -> bool {
-    let me = std::process::id().to_string();
-    let Ok(processes) = std::fs::read_dir("/proc") else {
-        // Cannot tell: assume it does, and remove nothing.
-        return true;
-    };
-    processes.flatten().any(|entry| {
-        let pid = entry.file_name();
-        pid.to_str()
-            .is_some_and(|pid| pid != me && pid.bytes().all(|b| b.is_ascii_digit()))
-            && std::fs::read_to_string(entry.path().join("stat"))
-                .is_ok_and(|stat| is_live_netwatch(&stat))
-    })
-}
-
-/// `/proc/PID/stat` (`PID (COMM) STATE …`) of a netwatch that is not a zombie (a zombie
-/// has closed its descriptors: its filters are orphans too).
-fn is_live_netwatch(stat: &str) -> bool {
-    let Some((head, tail)) = stat.rsplit_once(')') else {
-        return false;
-    };
-    head.split_once('(')
-        .is_some_and(|(_, comm)| comm == "netwatch")
-        && !matches!(tail.trim_start().chars().next(), Some('Z' | 'X'))
+    Some(claim.lock)
 }
 
 fn first_line(err: &dyn std::error::Error) -> String {
@@ -543,7 +528,7 @@ impl Probe {
     /// Attaches both programs to `iface`.
     pub fn attach(&mut self, iface: &Interface, mode: AttachMode) -> Result<Attached, ProbeError> {
         // Whatever this run's mode, an earlier clsact run may have been killed here.
-        remove_orphaned_filters(&iface.name);
+        let lock = claim_and_remove_orphans(&iface.name);
         let attached = match mode {
             AttachMode::Tcx => self.attach_tcx(iface).map_err(|err| {
                 match running_kernel().filter(|(_, version)| *version < TCX_KERNEL) {
@@ -574,6 +559,9 @@ impl Probe {
                     })
             }),
         }?;
+        if let Some(attachment) = self.attachments.last_mut() {
+            attachment.lock = lock;
+        }
         Ok(attached)
     }
 
@@ -640,6 +628,7 @@ impl Probe {
             ifindex: iface.index,
             via,
             links,
+            lock: None,
         });
         Ok(via)
     }
@@ -1124,7 +1113,7 @@ fn delete_clsact_if_empty(iface: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{MINIMUM_KERNEL, is_live_netwatch, kernel_version, log_tail};
+    use super::{MINIMUM_KERNEL, kernel_version, log_tail};
 
     #[test]
     fn the_end_of_a_verifier_log_is_where_the_reason_is() {
@@ -1148,20 +1137,5 @@ mod tests {
         assert!(kernel_version("5.4.0-150-generic") < kernel_version(MINIMUM_KERNEL));
         assert!(kernel_version("5.10.0-32-cloud-amd64") >= kernel_version(MINIMUM_KERNEL));
         assert_eq!(kernel_version("garbage"), None);
-    }
-
-    #[test]
-    fn live_netwatch_processes_are_told_from_zombies_and_others() {
-        assert!(is_live_netwatch(
-            "4242 (netwatch) S 1 4242 4242 0 -1 4194560 …"
-        ));
-        assert!(is_live_netwatch("4242 (netwatch) R 1 …"));
-        assert!(!is_live_netwatch("4242 (netwatch) Z 1 …"), "a zombie");
-        assert!(!is_live_netwatch("4242 (netwatch-bench) S 1 …"));
-        assert!(
-            !is_live_netwatch("4242 (a) (netwatch) S 1 …"),
-            "comm with parentheses"
-        );
-        assert!(!is_live_netwatch("garbage"));
     }
 }

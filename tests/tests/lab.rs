@@ -806,6 +806,57 @@ fn two_instances_watch_the_same_interface_side_by_side() {
     );
 }
 
+/// A netwatch's clsact filters are never taken for a killed one's orphans by another
+/// netwatch starting on the interface — whatever the first one's binary is called (a scan of
+/// /proc for the name "netwatch" missed it, and the second removed its filters).
+#[test]
+fn a_renamed_netwatch_keeps_its_filters_when_another_starts() {
+    if !prerequisites(
+        "a_renamed_netwatch_keeps_its_filters_when_another_starts",
+        &["ip", "nft", "tc", "nc"],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_listener(LISTENER);
+    let renamed = lab.dir().join("nw-renamed");
+    std::fs::copy(netwatch_tests::lab::netwatch_binary(), &renamed).expect("copying netwatch");
+    let clsact = [
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--attach",
+        "clsact",
+        "--timeout",
+        "1s",
+    ];
+    let mut command = lab.client.command(&renamed.to_string_lossy());
+    command.args(clsact);
+    let first = netwatch_tests::lab::NetwatchRun::start(command);
+    let second = lab.start_netwatch(&clsact);
+    assert!(
+        !second.stderr_text().contains("left on"),
+        "the second took the first's filters for orphans: {}",
+        second.stderr_text()
+    );
+    let finished = second.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    // The first still sees new requests.
+    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    first.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
+        r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
+    });
+    let finished = first.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let filters = lab
+        .client
+        .ok("tc", &["filter", "show", "dev", CLIENT_IFACE, "egress"]);
+    assert!(
+        !String::from_utf8_lossy(&filters.stdout).contains("netwatch"),
+        "each removed its own filters on exit"
+    );
+}
+
 /// Whether map reads on a held descriptor may need `CAP_BPF` here: kernels before 6.5 may
 /// check `kernel.unprivileged_bpf_disabled` at every bpf(2) call (Debian's 5.10 does, its
 /// 6.1 does not: the matrix saw both), 6.5 moved the check into map creation and program
