@@ -9,6 +9,7 @@ pub mod app;
 pub mod batch;
 pub mod cli;
 pub mod clock;
+pub mod clsact;
 pub mod diagnosis;
 pub mod dns;
 pub mod drops;

@@ -1,34 +1,8 @@
 //! Capabilities: checked up front so a missing one gives one clear line, not an EPERM from
 //! deep inside the loader.
 
-use std::fs;
-
 use caps::{CapSet, Capability as Cap, CapsHashSet};
 use thiserror::Error;
-
-/// A Linux capability netwatch may need.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capability {
-    pub name: &'static str,
-    pub bit: u32,
-}
-
-pub const CAP_NET_ADMIN: Capability = Capability {
-    name: "CAP_NET_ADMIN",
-    bit: 12,
-};
-pub const CAP_SYS_ADMIN: Capability = Capability {
-    name: "CAP_SYS_ADMIN",
-    bit: 21,
-};
-pub const CAP_PERFMON: Capability = Capability {
-    name: "CAP_PERFMON",
-    bit: 38,
-};
-pub const CAP_BPF: Capability = Capability {
-    name: "CAP_BPF",
-    bit: 39,
-};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PrivilegeError {
@@ -38,33 +12,24 @@ pub enum PrivilegeError {
         plural = if .missing.contains(',') { "ies" } else { "y" }
     )]
     Missing { missing: String },
-    #[error("could not read this process's capabilities from /proc/self/status")]
-    Unreadable,
-}
-
-/// The effective capability set from the text of `/proc/self/status`.
-#[must_use]
-pub fn effective_set(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    #[error("could not read this process's capabilities: {0}")]
+    Unreadable(String),
 }
 
 /// The capabilities missing from `effective` to load and attach tc programs. `CAP_SYS_ADMIN`
 /// stands in for `CAP_BPF` and `CAP_PERFMON`, as the kernel allows.
 #[must_use]
-pub fn missing(effective: u64) -> Vec<Capability> {
-    let has = |cap: Capability| effective & (1u64 << cap.bit) != 0;
+pub fn missing(effective: &CapsHashSet) -> Vec<Cap> {
+    let has = |cap: Cap| effective.contains(&cap);
     let mut missing = Vec::new();
-    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        missing.push(CAP_BPF);
+    if !has(Cap::CAP_BPF) && !has(Cap::CAP_SYS_ADMIN) {
+        missing.push(Cap::CAP_BPF);
     }
-    if !has(CAP_NET_ADMIN) {
-        missing.push(CAP_NET_ADMIN);
+    if !has(Cap::CAP_NET_ADMIN) {
+        missing.push(Cap::CAP_NET_ADMIN);
     }
-    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
-        missing.push(CAP_PERFMON);
+    if !has(Cap::CAP_PERFMON) && !has(Cap::CAP_SYS_ADMIN) {
+        missing.push(Cap::CAP_PERFMON);
     }
     missing
 }
@@ -165,13 +130,13 @@ pub fn drop_after_attach(
 
 /// Checks this process has what it needs.
 pub fn require() -> Result<(), PrivilegeError> {
-    let status = fs::read_to_string("/proc/self/status").map_err(|_| PrivilegeError::Unreadable)?;
-    let effective = effective_set(&status).ok_or(PrivilegeError::Unreadable)?;
-    let missing = missing(effective);
+    let effective = caps::read(None, CapSet::Effective)
+        .map_err(|err| PrivilegeError::Unreadable(err.to_string()))?;
+    let missing = missing(&effective);
     if missing.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = missing.iter().map(|cap| cap.name).collect();
+    let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
     Err(PrivilegeError::Missing {
         missing: names.join(", "),
     })
@@ -181,28 +146,25 @@ pub fn require() -> Result<(), PrivilegeError> {
 mod tests {
     use super::*;
 
-    fn set(caps: &[Capability]) -> u64 {
-        caps.iter().fold(0, |acc, cap| acc | (1 << cap.bit))
-    }
-
     #[test]
     fn root_has_everything() {
-        assert!(missing(0x0000_01ff_ffff_ffff).is_empty());
+        assert!(missing(&caps::all()).is_empty());
     }
 
     #[test]
     fn names_what_is_missing() {
-        assert_eq!(missing(0), vec![CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON]);
-        assert_eq!(missing(set(&[CAP_BPF, CAP_PERFMON])), vec![CAP_NET_ADMIN]);
-        assert!(missing(set(&[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON])).is_empty());
-        assert!(missing(set(&[CAP_SYS_ADMIN, CAP_NET_ADMIN])).is_empty());
-    }
-
-    #[test]
-    fn reads_the_status_line() {
-        let status = "Name:\tnetwatch\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(effective_set(status), Some(0x01ff_ffff_ffff));
-        assert_eq!(effective_set("Name: x\n"), None);
+        let set = |list: &[Cap]| list.iter().copied().collect::<CapsHashSet>();
+        assert_eq!(
+            missing(&set(&[])),
+            vec![Cap::CAP_BPF, Cap::CAP_NET_ADMIN, Cap::CAP_PERFMON]
+        );
+        assert_eq!(
+            missing(&set(&[Cap::CAP_BPF, Cap::CAP_PERFMON])),
+            vec![Cap::CAP_NET_ADMIN]
+        );
+        assert!(missing(&set(&[Cap::CAP_BPF, Cap::CAP_NET_ADMIN, Cap::CAP_PERFMON])).is_empty());
+        assert!(missing(&set(&[Cap::CAP_SYS_ADMIN, Cap::CAP_NET_ADMIN])).is_empty());
+        assert_eq!(Cap::CAP_NET_ADMIN.to_string(), "CAP_NET_ADMIN");
     }
 
     fn caps(list: &[Cap]) -> CapsHashSet {

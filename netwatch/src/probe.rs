@@ -5,7 +5,6 @@ use std::{
     collections::BTreeSet,
     net::IpAddr,
     os::fd::{AsFd as _, OwnedFd},
-    process::Command,
     time::Duration,
 };
 
@@ -36,11 +35,6 @@ use crate::{
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf"));
-
-/// The benchmarks' reference programs (`bench_floor`, `bench_track`, `bench_match`), built
-/// beside the real ones so both come from the same compiler. Only the bench harness loads it.
-pub static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-bench"));
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -107,38 +101,20 @@ struct Attachment {
 /// The kernel's per-target counter array, mapped read-only into this process: every
 /// target's counters are read without a syscall.
 struct CounterArray {
-    base: std::ptr::NonNull<TargetCounters>,
-    len: usize,
+    mapping: memmap2::Mmap,
     // Keeps the map alive as long as the mapping.
     _map: MapData,
 }
 
 impl CounterArray {
     fn map(map: MapData) -> Result<Self, ProbeError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
         let len = TARGETS_CAPACITY as usize * size_of::<TargetCounters>();
-        // SAFETY: maps a BPF_F_MMAPABLE array read-only and shared; the kernel keeps the
-        // memory valid until munmap.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(ProbeError::Mmap(std::io::Error::last_os_error()));
-        }
-        let base = std::ptr::NonNull::new(ptr.cast())
-            .ok_or_else(|| ProbeError::Mmap(std::io::Error::other("mmap returned null")))?;
-        Ok(Self {
-            base,
-            len,
-            _map: map,
-        })
+        // SAFETY: maps a BPF_F_MMAPABLE array read-only and shared, `len` bytes: exactly the
+        // array. The kernel writes it meanwhile, so it is only ever read with volatile loads
+        // (`read`), never through references to its bytes.
+        let mapping = unsafe { memmap2::MmapOptions::new().len(len).map(&map.fd().as_fd()) }
+            .map_err(ProbeError::Mmap)?;
+        Ok(Self { mapping, _map: map })
     }
 
     /// The counters at `slot` as they are now. The kernel updates each field atomically;
@@ -148,15 +124,14 @@ impl CounterArray {
         let slot = usize::try_from(slot)
             .ok()
             .filter(|s| *s < TARGETS_CAPACITY as usize)?;
-        // SAFETY: in bounds of the mapping, aligned; volatile because the kernel writes it.
-        Some(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(slot)) })
-    }
-}
-
-impl Drop for CounterArray {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mapped in `map`.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        #[expect(
+            clippy::cast_ptr_alignment,
+            reason = "an mmap is page-aligned, more than TargetCounters needs"
+        )]
+        let base = self.mapping.as_ptr().cast::<TargetCounters>();
+        // SAFETY: in bounds of the mapping (page-aligned, so aligned); volatile because the
+        // kernel writes it.
+        Some(unsafe { std::ptr::read_volatile(base.add(slot)) })
     }
 }
 
@@ -594,7 +569,7 @@ impl Probe {
             || TcAttachOptions::Netlink(NlOptions::default()),
         );
         if result.is_err() && created_qdisc {
-            delete_clsact_if_empty(&iface.name);
+            delete_clsact_if_empty(&iface.name, iface.index);
         }
         result
     }
@@ -665,7 +640,7 @@ impl Probe {
                         created_qdisc: true,
                     })
                 {
-                    delete_clsact_if_empty(&attachment.iface);
+                    delete_clsact_if_empty(&attachment.iface, attachment.ifindex);
                 }
             } else {
                 // The kernel already detached everything with the device; just release the
@@ -699,7 +674,7 @@ impl Probe {
                     created_qdisc: true,
                 })
             {
-                delete_clsact_if_empty(&attachment.iface);
+                delete_clsact_if_empty(&attachment.iface, attachment.ifindex);
             }
         }
     }
@@ -1086,28 +1061,20 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Probe
 }
 
 /// Removes the clsact qdisc netwatch added, unless someone attached other filters since.
-/// aya has no qdisc deletion, so this asks iproute2's `tc`.
-fn delete_clsact_if_empty(iface: &str) {
-    let has_filters = ["ingress", "egress"].iter().any(|direction| {
-        Command::new("tc")
-            .args(["filter", "show", "dev", iface, direction])
-            .output()
-            .map_or(true, |out| !out.stdout.is_empty())
-    });
-    if has_filters {
-        log::info!("leaving the clsact qdisc on {iface}: other filters use it");
-        return;
+fn delete_clsact_if_empty(iface: &str, ifindex: u32) {
+    match crate::clsact::has_filters(ifindex) {
+        Ok(false) => {}
+        Ok(true) => {
+            log::info!("leaving the clsact qdisc on {iface}: other filters use it");
+            return;
+        }
+        Err(err) => {
+            log::warn!("leaving the clsact qdisc on {iface}: could not list its filters: {err}");
+            return;
+        }
     }
-    match Command::new("tc")
-        .args(["qdisc", "del", "dev", iface, "clsact"])
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => log::warn!(
-            "could not remove the clsact qdisc from {iface}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(err) => log::warn!("could not run tc to remove the clsact qdisc from {iface}: {err}"),
+    if let Err(err) = crate::clsact::delete(ifindex) {
+        log::warn!("could not remove the clsact qdisc from {iface}: {err}");
     }
 }
 
