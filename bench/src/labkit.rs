@@ -160,7 +160,8 @@ static PAIRS: AtomicU32 = AtomicU32::new(0);
 /// nothing but the generator's packets crosses the pair.
 pub struct VethPair {
     sender: Namespace,
-    sink: Namespace,
+    /// Held for its `Drop`, which removes the namespace.
+    _sink: Namespace,
 }
 
 impl VethPair {
@@ -225,7 +226,10 @@ impl VethPair {
             SINK_V4,
             &mac_of(&sink.name, SINK_IFACE)?,
         )?;
-        Ok(Self { sender, sink })
+        Ok(Self {
+            sender,
+            _sink: sink,
+        })
     }
 
     #[must_use]
@@ -235,20 +239,6 @@ impl VethPair {
             iface: SENDER_IFACE,
             tools,
         }
-    }
-
-    /// Packets the sink's end of the veth pair has received so far.
-    pub fn sink_rx_packets(&self) -> anyhow::Result<u64> {
-        let out = self.sink.run(
-            "cat",
-            &[&format!(
-                "/sys/class/net/{SINK_IFACE}/statistics/rx_packets"
-            )],
-        )?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("rx_packets")
     }
 }
 
@@ -304,7 +294,7 @@ impl ReferenceProgram {
                         std::io::Error::last_os_error()
                     );
                 }
-                let mut ebpf = aya::Ebpf::load(netwatch::probe::BENCH_OBJECT)?;
+                let mut ebpf = aya::Ebpf::load(crate::BENCH_OBJECT)?;
                 let program: &mut aya::programs::SchedClassifier = ebpf
                     .program_mut(name)
                     .with_context(|| format!("{name} missing"))?

@@ -35,6 +35,12 @@ use clap::{Parser, ValueEnum};
 
 use crate::{labkit::Tools, report::Report};
 
+/// The reference programs (`bench_floor`, `bench_track`, `bench_match`), built by build.rs
+/// with the compiler that builds netwatch's own: compared with them, the figures measure
+/// netwatch's code, not a compiler's.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-bench"));
+
 #[derive(Parser)]
 #[command(
     name = "netwatch-bench",
@@ -426,7 +432,8 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     };
     println!("{}", markdown::report_md(&report));
     if let Some(path) = &args.write_benchmarks_md {
-        std::fs::write(path, markdown::benchmarks_md(&report))
+        let previous = std::fs::read_to_string(path).ok();
+        std::fs::write(path, markdown::benchmarks_md(&report, previous.as_deref()))
             .with_context(|| format!("writing {}", path.display()))?;
         progress(&format!("wrote {}", path.display()));
     }

@@ -24,7 +24,9 @@ use aya::{
     maps::HashMap as BpfHashMap,
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use netwatch::probe::{BENCH_OBJECT, KernelTables as _, Probe};
+use netwatch::probe::{KernelTables as _, Probe};
+
+use crate::BENCH_OBJECT;
 use netwatch_common::{EGRESS_PROGRAM, INGRESS_PROGRAM, PendingRequest, RequestKey};
 use serde::{Deserialize, Serialize};
 

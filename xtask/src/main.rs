@@ -125,6 +125,8 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         "xtask",
         "--package",
         "netwatch-bench",
+        "--package",
+        "netwatch-ebpf-build",
         "--all-targets",
         "--",
         "--deny",
