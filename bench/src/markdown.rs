@@ -300,7 +300,7 @@ fn rates_rows(out: &mut String, name: &str, run: &RateRun) {
         };
         let _ = writeln!(
             out,
-            "| {name} | {} | {} | {} | {ratio} |",
+            "| {name} | {} | {} | {ratio} |",
             match condition {
                 Condition::None => "none",
                 Condition::Netwatch => "netwatch",
@@ -312,8 +312,6 @@ fn rates_rows(out: &mut String, name: &str, run: &RateRun) {
             },
             run.pps(condition)
                 .map_or_else(|| "—".to_owned(), |f| range(&f, Unit::Pps)),
-            run.rx_pps(condition)
-                .map_or_else(|| "—".to_owned(), |f| range(&f, Unit::Pps)),
         );
     }
 }
@@ -321,7 +319,7 @@ fn rates_rows(out: &mut String, name: &str, run: &RateRun) {
 #[must_use]
 pub fn rates_table(rates: &RateResults) -> String {
     let mut out = String::from(
-        "| Run | Attached | Sent pps (generator) | Received pps (sink's veth) | Ratio to the baselines around it (per round) |\n| --- | --- | ---: | ---: | ---: |\n",
+        "| Run | Attached | Sent pps (generator) | Ratio to the baselines around it (per round) |\n| --- | --- | ---: | ---: |\n",
     );
     rates_rows(&mut out, "UDP, untracked port", &rates.udp);
     rates_rows(&mut out, "DNS flood", &rates.dns_flood);
@@ -363,7 +361,7 @@ pub fn report_md(report: &Report) -> String {
 
 /// BENCHMARKS.md, whole.
 #[must_use]
-pub fn benchmarks_md(report: &Report) -> String {
+pub fn benchmarks_md(report: &Report, previous: Option<&str>) -> String {
     let mut out = String::new();
     let m = &report.meta;
     out.push_str("# netwatch benchmarks\n\n");
@@ -428,6 +426,8 @@ pub fn benchmarks_md(report: &Report) -> String {
     missed_goals(&mut out, report);
     details(&mut out, report);
     out.push_str(METHODOLOGY);
+    out.push('\n');
+    out.push_str(&hand_written(previous));
     out
 }
 
@@ -571,334 +571,37 @@ fn missed_goals(out: &mut String, report: &Report) {
     if missed.is_empty() {
         return;
     }
-    out.push_str("\n## Missed goals: why, and what would close them\n\n");
+    out.push_str("\n## Missed goals\n\n");
     for goal in missed {
         let _ = writeln!(
             out,
-            "- **`{}`** ({}, goal {}): {}",
-            goal.key,
-            goal.measured,
-            goal.goal,
-            explain(report, goal)
+            "- **`{}`**: {} (goal {})",
+            goal.key, goal.measured, goal.goal
         );
     }
+    let _ = writeln!(
+        out,
+        "\nWhy, and what would close them: [{ANALYSIS_HEADING}](#{}), below.",
+        ANALYSIS_HEADING
+            .to_lowercase()
+            .replace(|c: char| !c.is_alphanumeric() && c != ' ', "")
+            .replace(' ', "-")
+    );
 }
 
-fn fresh<'a>(report: &'a Report, kind: &str) -> Option<&'a KindCost> {
-    report
-        .programs
-        .as_ref()?
-        .fresh
-        .iter()
-        .find(|k| k.kind == kind)
-}
+/// The heading of BENCHMARKS.md's last section: analysis written by hand (why a goal is
+/// missed, what would close it), dated and tied to the commit it reads. The generator keeps
+/// it as it finds it: only the report's figures are generated.
+pub const ANALYSIS_HEADING: &str = "Analysis (written by hand)";
 
-fn worst_fresh<'a>(report: &'a Report, role: &str) -> Option<&'a KindCost> {
-    report.programs.as_ref()?.worst_fresh(role)
-}
-
-/// `kind` real vs reference, e.g. "`syn_ack` 306 ns against 238 ns (1.34)".
-fn versus(cost: &KindCost) -> String {
-    format!(
-        "`{}` {:.0} ns against the reference's {:.0} ns ({:.2})",
-        cost.kind, cost.real_ns.median, cost.reference_ns.median, cost.ratio.median
-    )
-}
-
-/// The loss (1 − ratio, %) of `condition` in `run`.
-fn loss_pct(run: &RateRun, condition: Condition) -> Option<f64> {
-    run.ratio(condition).map(|f| (1.0 - f.median) * 100.0)
-}
-
-/// Why a goal was missed and what would close it, from what the report shows and what the
-/// code does on that path.
+/// The hand-written analysis at the end of `previous` (an earlier BENCHMARKS.md), heading
+/// included; a placeholder heading when there is none.
 #[must_use]
-pub fn explain(report: &Report, goal: &GoalResult) -> String {
-    match goal.key.as_str() {
-        "untracked_ns_over_floor" => explain_untracked(report),
-        "tracked_request_ratio" => explain_requests(report),
-        "answer_match_ratio" => explain_answers(report),
-        "udp_pps_ratio" => explain_udp(report),
-        "udp_loss_vs_tcpdump" => {
-            let pps_missed = report
-                .goals
-                .iter()
-                .any(|g| g.key == "udp_pps_ratio" && g.met == Some(false));
-            if pps_missed {
-                "the same loss as for `udp_pps_ratio` above, against tcpdump's.".to_owned()
-            } else {
-                explain_udp(report)
-            }
-        }
-        "dns_flood_pps_ratio" => explain_flood(report),
-        "storm_user_cpu_pct" => explain_storm_cpu(report),
-        key if key.starts_with("verifier_insns") => explain_verifier(key),
-        "storm_requests_per_s" => "the storm's sender shares its CPU with the lab's forwarding and nftables (every \
-            packet crosses two veth pairs and the firewall's forward chain, conntrack included); the rate is the \
-            generator's, so this is the lab's ceiling as much as netwatch's. A faster sender (sendmmsg batches) or \
-            a sender on its own core would close it."
-            .to_owned(),
-        "storm_count_exact" | "dns_flood_count_exact" => "a count differs from what the generator sent: see the \
-            per-round counts in report.json. Every request must be counted once, either judged unanswered or \
-            counted untracked (table full); a difference is a bug in netwatch's accounting, not a performance \
-            limit."
-            .to_owned(),
-        "storm_rss_mib" => "userspace holds a copy of the whole pending table per sweep plus the set of counted \
-            keys; with the table full that is two 65,536-entry collections. Reusing one buffer across sweeps \
-            (or batched reads into a fixed buffer) would bound it."
-            .to_owned(),
-        "detection_latency_ms_p99" => "a target turns blackholed at the first sweep after its deadline (timeout \
-            plus a 20 ms margin), and sweeps run every 250 ms, so the expected worst case is timeout + 270 ms; \
-            beyond that, netwatch's poll loop fell behind (see the storm's CPU figures)."
-            .to_owned(),
-        _ => "see the figures above.".to_owned(),
-    }
-}
-
-fn explain_untracked(report: &Report) -> String {
-    let over = report.untracked_ns_over_floor.unwrap_or(f64::NAN);
-    let spread = report
-        .ranges
-        .get("untracked_ns_over_floor")
-        .map_or_else(String::new, |r| {
-            format!(
-                " Across the {} loads it ranged from {:.0} to {:.0} ns: each load JIT-compiles the \
-             program anew, and where its code lands moves a path this short by a few nanoseconds.",
-                r.n, r.min, r.max
-            )
-        });
-    format!(
-        "a data packet costs the egress program {over:.0} ns over an empty one: five bounds-checked \
-         loads (EtherType, IPv4 version/IHL, fragment field, protocol, TCP flags) and their branches, \
-         which `BPF_PROG_TEST_RUN` resolves to the nanosecond only.{spread} Reading the first ten bytes \
-         of the IPv4 header in one load (version/IHL, fragment and protocol together) would take two \
-         loads and two bounds checks off the path."
-    )
-}
-
-fn explain_requests(report: &Report) -> String {
-    let Some(worst) = worst_fresh(report, "request") else {
-        return "see the figures above.".to_owned();
-    };
-    let syn = fresh(report, "syn")
-        .map_or_else(String::new, |c| format!(" (a SYN: {:.2})", c.ratio.median));
-    format!(
-        "the worst is {}{syn}. Beyond the minimal tracker's clock read and insert, a request looks up its \
-         target's counter slot (a second hash lookup, in `TARGET_SLOTS`), adds to the target's counters \
-         with an atomic instruction, and for DNS copies up to 76 bytes of the question into the entry with \
-         `bpf_skb_load_bytes`. Capturing fewer bytes of the question (the first labels name it well \
-         enough), or keeping the last target's slot in a per-CPU one-entry cache so that a burst to one \
-         target skips the second lookup, would close the gap.",
-        versus(worst)
-    )
-}
-
-fn explain_answers(report: &Report) -> String {
-    let Some(worst) = worst_fresh(report, "answer") else {
-        return "see the figures above.".to_owned();
-    };
-    let answers: Vec<&KindCost> = report
-        .programs
-        .as_ref()
-        .map(|p| p.fresh.iter().filter(|k| k.role == "answer").collect())
-        .unwrap_or_default();
-    let rejections: Vec<&&KindCost> = answers
-        .iter()
-        .filter(|k| k.kind.contains("unreachable") || k.kind.contains("prohibited"))
-        .collect();
-    let plain = answers
-        .iter()
-        .filter(|k| !(k.kind.contains("unreachable") || k.kind.contains("prohibited")))
-        .max_by(|a, b| a.ratio.median.total_cmp(&b.ratio.median));
-    let mut text = format!("the worst is {}.", versus(worst));
-    if !rejections.is_empty() {
-        text.push_str(
-            " A rejection (an ICMP error quoting a request) costs two to three times the matcher. It \
-             settles the request by deleting the entry and inserting it again as a tombstone (copy the \
-             112-byte value, delete, re-insert with the rejected flag, so that the retransmits the stack \
-             still sends are recognised), a second hash insert the reference does not do; and it parses \
-             a second IP header, the quoted one, in the global function `quoted_rejection` with \
-             `bpf_skb_load_bytes` (verified once for any offset, which took the ingress program from \
-             658,578 verified instructions to about 52,000, at the price of a call and helper reads). \
-             Marking the entry rejected in place (an atomic fetch-or of the flag: whoever sets it first \
-             owns the outcome; it needs BPF atomics, Linux 5.12+ and the v3 instruction set) instead of \
-             delete + insert would bring it down to the answer path's cost. Rejections are the rare path: \
-             a firewall that rejects answers once per request, never per data packet.",
-        );
-    }
-    if let Some(plain) = plain
-        && plain.ratio.median > 1.25
-    {
-        let _ = write!(
-            text,
-            " Plain answers miss too (worst {}): after the same lookup and delete, an answer reads the clock \
-             for the latency, finds the target's counters in `TARGETS` and makes three atomic updates \
-             (answered, the latency bucket, and the last-answer time). Counting answers in per-CPU counters \
-             (plain increments instead of locked ones) and keeping the last-answer time per CPU would take most \
-             of the difference.",
-            versus(plain)
-        );
-    }
-    text
-}
-
-fn explain_udp(report: &Report) -> String {
-    let Some(rates) = &report.rates else {
-        return "see the figures above.".to_owned();
-    };
-    let none = rates
-        .udp
-        .pps(Condition::None)
-        .map_or(f64::NAN, |f| f.median);
-    let budget = 1e9 / none;
-    let netwatch = loss_pct(&rates.udp, Condition::Netwatch).unwrap_or(f64::NAN);
-    let empty = loss_pct(&rates.udp, Condition::EmptyProgram);
-    let tcpdump = loss_pct(&rates.udp, Condition::Tcpdump).unwrap_or(f64::NAN);
-    let spread = |c| {
-        rates
-            .udp
-            .ratio(c)
-            .map_or_else(String::new, |f| format!("{:.3} to {:.3}", f.min, f.max))
-    };
-    let mut text = format!(
-        "at {} packets/s with nothing attached a packet takes {budget:.0} ns end to end on one CPU; netwatch \
-         took {netwatch:.1} % of that ({:.0} ns per packet), tcpdump {tcpdump:.1} %.",
-        thousands(none),
-        netwatch / 100.0 * budget
-    );
-    if let Some(empty) = empty {
-        let _ = write!(
-            text,
-            " An empty tc program attached the same way (tcx, egress and ingress) took {empty:.1} % ({:.0} ns): \
-             that much is the hook itself, not netwatch's work, and no program attached with tcx can do \
-             better.",
-            empty / 100.0 * budget
-        );
-    }
-    let _ = write!(
-        text,
-        " netwatch's per-round ratios ranged from {}{}: a percent is within the noise of this shared \
-         2-CPU virtual machine. What is netwatch's own is the work its egress program does on a packet \
-         it does not track (a header walk and a port check) and, likely, its size: it inlines every \
-         request path, which the instruction cache pays for in a real stack even when a packet takes \
-         none of them. Fewer loads before the protocol dispatch and the rare paths moved out of line \
-         (tail calls or global functions) would close the rest.",
-        spread(Condition::Netwatch),
-        if rates.udp.ratio(Condition::EmptyProgram).is_some() {
-            format!(
-                ", the empty program's from {}",
-                spread(Condition::EmptyProgram)
-            )
-        } else {
-            String::new()
-        }
-    );
-    text
-}
-
-fn explain_flood(report: &Report) -> String {
-    let Some(rates) = &report.rates else {
-        return "see the figures above.".to_owned();
-    };
-    let flood = |c| rates.dns_flood.ratio(c).map(|f| f.median);
-    let tracked = |c| rates.dns_tracked.ratio(c).map(|f| f.median);
-    let none = rates
-        .dns_flood
-        .pps(Condition::None)
-        .map_or(f64::NAN, |f| f.median);
-    let netwatch = flood(Condition::Netwatch).unwrap_or(f64::NAN);
-    let per_packet = |ratio: f64| (1.0 / ratio - 1.0) * 1e9 / none;
-    let share = rates
-        .dns_flood
-        .tracked_share()
-        .map_or(f64::NAN, |s| s * 100.0);
-    let mut text = format!(
-        "every packet here is a new request; netwatch added {:.0} ns to each ({} packets/s with nothing \
-         attached). Only {share:.0} % of the flood could be tracked: past the 65,536-entry table, the \
-         rest ran the table-full path, where a request is still counted (untracked) but not stored.",
-        per_packet(netwatch),
-        thousands(none),
-    );
-    if let (Some(minimal), Some(stopped)) = (
-        flood(Condition::MinimalTracker),
-        flood(Condition::NetwatchStopped),
-    ) {
-        let _ = write!(
-            text,
-            " With the same flood the minimal tracker (one clock read, one insert into a map like \
-             `PENDING`) reached {minimal:.2} ({:.0} ns per packet), and netwatch with its process stopped \
-             (the kernel side alone) {stopped:.2}",
-            per_packet(minimal)
-        );
-        if let Some(unpinned) = flood(Condition::NetwatchUnpinned) {
-            let _ = write!(text, "; netwatch left unpinned {unpinned:.2}");
-        }
-        text.push('.');
-        if let (Some(t_netwatch), Some(t_minimal)) = (
-            tracked(Condition::Netwatch),
-            tracked(Condition::MinimalTracker),
-        ) {
-            let _ = write!(
-                text,
-                " Within the table's capacity (every request stored) netwatch reached {t_netwatch:.2} and \
-                 the minimal tracker {t_minimal:.2}."
-            );
-        }
-        if minimal >= 0.85 {
-            text.push_str(
-                " The minimal tracker stays above the goal, so the difference is netwatch's own \
-                 per-request work, which it also does when the table is full: the target's slot lookup \
-                 (`TARGET_SLOTS`), building the 112-byte entry with the DNS question captured by \
-                 `bpf_skb_load_bytes`, then the failed insert, then two atomic counter updates. Skipping \
-                 the capture and the entry while the table is known to be full (a per-CPU hint set on \
-                 `E2BIG`, cleared by the sweep) would make the table-full path little more than a counter \
-                 update; capturing the question after a successful insert would do the same for every \
-                 request.",
-            );
-        } else {
-            text.push_str(
-                " The minimal tracker is below the goal too: one hash insert per request is more than \
-                 this machine allows for the goal, so closing it needs a cheaper structure than a hash \
-                 insert per request (appending requests to a per-CPU ring buffer and correlating in \
-                 userspace moves the cost out of the packet path).",
-            );
-        }
-    } else {
-        text.push_str(
-            " A full run also measures the minimal tracker and netwatch's kernel side alone under the \
-             same flood, which shows how much of this any per-request insert costs.",
-        );
-    }
-    text
-}
-
-fn explain_storm_cpu(report: &Report) -> String {
-    let Some(storm) = &report.storm else {
-        return "see the figures above.".to_owned();
-    };
-    format!(
-        "netwatch used {:.1} % user and {:.1} % system time of one core during the storm. With the table \
-         full, each sweep walks 65,536 entries: `BPF_MAP_LOOKUP_BATCH` moves them in 16 syscalls, but the \
-         kernel's walk costs about 250 ns an entry, and a busy table is already walked only every other \
-         poll (twice a second). The rest is counting each unanswered request in userspace. Sweeping a full \
-         table less often still (at the price of detection latency in a storm), or a smaller table, would \
-         close it.",
-        storm.cpu_user_pct, storm.cpu_system_pct,
-    )
-}
-
-fn explain_verifier(key: &str) -> String {
-    if key.ends_with("ingress") {
-        "the verifier walks every path: the ingress program parses the outer headers (up to two VLAN tags, \
-         up to six IPv6 extension headers); the quoted header of an ICMP error is parsed, and its \
-         request settled, in global functions (`quoted_rejection`, `settle`) verified once each. Making the outer \
-         header walk a global function too would cut the rest."
-            .to_owned()
-    } else {
-        "the egress program inlines every request path after the header walk (up to two VLAN tags and six \
-         IPv6 extension headers); splitting the walk into a global BPF function verified once would cut it."
-            .to_owned()
-    }
+pub fn hand_written(previous: Option<&str>) -> String {
+    let heading = format!("## {ANALYSIS_HEADING}");
+    previous
+        .and_then(|text| text.find(&heading).map(|at| text[at..].to_owned()))
+        .unwrap_or_else(|| format!("{heading}\n\nNone yet.\n"))
 }
 
 const METHODOLOGY: &str = "
@@ -931,8 +634,8 @@ const METHODOLOGY: &str = "
   dropping UDP 9 and 53: no firewall, no conntrack, no forwarding, so the rate is as high and as steady as
   the pair allows and netwatch's per-packet cost weighs the most). `traffic-gen udp` sends 64-byte frames
   to the untracked port 9; the rate is packets sent per second as the generator reports it (on a veth pair
-  the receiving softirq runs on the sender's CPU, so this is the end-to-end rate); the sink's
-  `rx_packets` is shown beside it. The generator is pinned to the last CPU, netwatch and tcpdump to the
+  the receiving softirq runs on the sender's CPU, so this is the end-to-end rate; the sink's veth counts
+  every packet sent, so its count adds nothing and is not shown). The generator is pinned to the last CPU, netwatch and tcpdump to the
   first (`taskset`), so a monitor never competes with the sender for its CPU. Conditions: nothing attached;
   `netwatch --iface nwb0 --json --timeout 1s` started in the sending namespace; `tcpdump -i nwb0 -w
   /dev/null` with the equivalent filter (DNS, TCP SYN, ICMP, ICMPv6); and, to show the floor, the empty
@@ -1000,8 +703,24 @@ mod tests {
             table.contains("`udp_pps_ratio` — 64-byte UDP pps, netwatch ÷ none | not measured |"),
             "{table}"
         );
-        let doc = benchmarks_md(&report);
+        let doc = benchmarks_md(&report, None);
         assert!(doc.contains("## Missed goals"), "{doc}");
         assert!(doc.contains("## Methodology"));
+        assert!(
+            doc.ends_with("## Analysis (written by hand)\n\nNone yet.\n"),
+            "{doc}"
+        );
+    }
+
+    #[test]
+    fn the_hand_written_analysis_is_kept_as_found() {
+        let previous = "# netwatch benchmarks\n\n## Results\n\nold figures\n\n\
+                        ## Analysis (written by hand)\n\n2026-11-26, at abc1234: why.\n";
+        let doc = benchmarks_md(&Report::default(), Some(previous));
+        assert!(!doc.contains("old figures"));
+        assert!(
+            doc.ends_with("## Analysis (written by hand)\n\n2026-11-26, at abc1234: why.\n"),
+            "{doc}"
+        );
     }
 }

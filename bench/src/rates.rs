@@ -58,8 +58,6 @@ pub struct ConditionRates {
     pub condition: Condition,
     /// Generator packets per second, per run (for `none`: every baseline run).
     pub pps: Vec<f64>,
-    /// Packets per second the sink's veth received, per run.
-    pub rx_pps: Vec<f64>,
     /// Per round: this condition's rate over the mean of the baseline runs just before and
     /// just after it (empty for `none`).
     #[serde(default)]
@@ -72,7 +70,6 @@ impl ConditionRates {
             condition,
             pps: Vec::new(),
             ratios: Vec::new(),
-            rx_pps: Vec::new(),
         }
     }
 }
@@ -114,11 +111,6 @@ impl RateRun {
     #[must_use]
     pub fn pps(&self, condition: Condition) -> Option<Figure> {
         Figure::of(&self.rates(condition)?.pps)
-    }
-
-    #[must_use]
-    pub fn rx_pps(&self, condition: Condition) -> Option<Figure> {
-        Figure::of(&self.rates(condition)?.rx_pps)
     }
 
     /// Whether netwatch counted exactly what was sent, every round.
@@ -271,7 +263,6 @@ pub fn run(tools: &Tools, plan: &Plan, progress: &dyn Fn(&str)) -> anyhow::Resul
 /// What one round under one condition gave.
 struct Measured {
     generated: Generated,
-    rx_pps: f64,
     counted: Option<CountedRound>,
 }
 
@@ -291,7 +282,6 @@ fn rounds(
     let record = |run: &mut RateRun, index: usize, measured: &Measured| {
         let rates = &mut run.conditions[index];
         rates.pps.push(measured.generated.pps());
-        rates.rx_pps.push(measured.rx_pps);
         run.counted.extend(measured.counted);
     };
     let others = conditions.len() - 1;
@@ -351,18 +341,10 @@ fn measure(
         Condition::MinimalTracker => Some(bench.attach_reference("bench_track")?),
         _ => None,
     };
-    let rx_before = pair.sink_rx_packets()?;
     let generated = bench.generate(mode, target, seconds, max)?;
-    let rx_after = pair.sink_rx_packets()?;
     if let Some(pid) = stopped {
         signal(pid, libc::SIGCONT);
     }
-    #[expect(clippy::cast_precision_loss, reason = "packet counts, far below 2^52")]
-    let rx_pps = if generated.seconds > 0.0 {
-        rx_after.saturating_sub(rx_before) as f64 / generated.seconds
-    } else {
-        0.0
-    };
     drop(reference);
     if let Some(tcpdump) = tcpdump {
         tcpdump_stats.push(tcpdump.stop());
@@ -387,11 +369,7 @@ fn measure(
         // Let what the run left (netwatch's exit, a detach, softirq backlog) settle.
         thread::sleep(Duration::from_millis(200));
     }
-    Ok(Measured {
-        generated,
-        rx_pps,
-        counted,
-    })
+    Ok(Measured { generated, counted })
 }
 
 fn signal(pid: u32, signal: i32) {
@@ -434,13 +412,11 @@ mod tests {
                 ConditionRates {
                     condition: Condition::None,
                     pps: none.to_vec(),
-                    rx_pps: vec![],
                     ratios: vec![],
                 },
                 ConditionRates {
                     condition: Condition::Netwatch,
                     pps: netwatch.to_vec(),
-                    rx_pps: vec![],
                     ratios: netwatch.iter().zip(none).map(|(n, b)| n / b).collect(),
                 },
             ],
@@ -480,7 +456,6 @@ mod tests {
             let sent = (speed * share) as u64;
             Ok(Measured {
                 generated: Generated { sent, seconds: 1.0 },
-                rx_pps: 0.0,
                 counted: None,
             })
         }

@@ -142,13 +142,11 @@ mod tests {
                 ConditionRates {
                     condition: Condition::None,
                     pps: vec![none; 4],
-                    rx_pps: vec![none; 4],
                     ratios: vec![],
                 },
                 ConditionRates {
                     condition,
                     pps: vec![with; 4],
-                    rx_pps: vec![with; 4],
                     ratios: vec![with / none; 4],
                 },
             ],
@@ -162,7 +160,6 @@ mod tests {
         udp.conditions.push(ConditionRates {
             condition: Condition::Tcpdump,
             pps: vec![80.0; 4],
-            rx_pps: vec![],
             ratios: vec![0.8; 4],
         });
         let mut report = Report {
