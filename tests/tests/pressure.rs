@@ -133,7 +133,8 @@ fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
     assert_eq!(a_unanswered + a_untracked, sent_a);
     println!(
         "pressure: {total} requests into a {capacity}-entry table: {evicted} evictions counted, \
-         {a_unanswered} unanswered, 0 misjudged"
+         {a_unanswered} unanswered, {} misjudged (untracked yet judged unanswered)",
+        b.unanswered
     );
 }
 
@@ -185,10 +186,9 @@ fn more_targets_than_the_target_table_holds_are_counted_and_never_misjudged() {
     let snapshot = tracker.snapshot(monotonic_ns());
     assert_eq!(snapshot.targets.len(), capacity, "one target per slot");
     let unanswered: u64 = snapshot.targets.iter().map(|t| t.unanswered).sum();
-    assert_eq!(
-        unanswered, capacity as u64,
-        "exactly the tracked requests went unanswered"
-    );
+    // Requests judged unanswered that were not tracked, or tracked ones that were not.
+    let misjudged = unanswered.abs_diff(capacity as u64);
+    assert_eq!(misjudged, 0, "exactly the tracked requests went unanswered");
     assert_eq!(
         snapshot.kernel.counters.get("target_table_full"),
         Some(&(extra as u64)),
@@ -197,7 +197,7 @@ fn more_targets_than_the_target_table_holds_are_counted_and_never_misjudged() {
     assert_eq!(snapshot.kernel.lost_requests, extra as u64);
     println!(
         "target table: {} targets into {capacity} slots: {overflow} requests counted as \
-         target_table_full, {unanswered} unanswered, 0 misjudged",
+         target_table_full, {unanswered} unanswered, {misjudged} misjudged",
         capacity + extra
     );
 }
