@@ -57,16 +57,30 @@ impl Client {
     /// One DNS query over TCP (a connection to port 53), one try.
     #[must_use]
     pub fn dig_tcp(server: &str, name: &str) -> Self {
+        Self::dig_tcp_waiting(server, name, 1)
+    }
+
+    /// One DNS query over TCP, one try, waiting up to `timeout_s` (a dropped SYN is sent
+    /// again after 1 s, so a longer wait sees retransmits).
+    #[must_use]
+    pub fn dig_tcp_waiting(server: &str, name: &str, timeout_s: u32) -> Self {
         Self::new(
             "dig",
             &[
                 "+tcp",
                 "+tries=1",
-                "+timeout=1",
+                &format!("+timeout={timeout_s}"),
                 &format!("@{server}"),
                 name,
             ],
         )
+    }
+
+    /// The same client with `arg` added at the end (a dig query type, say).
+    #[must_use]
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
     }
 
     /// An HTTP GET of `http://ADDR:PORT/` (IPv6 addresses bracketed), 3 s at most.
@@ -104,6 +118,22 @@ impl Client {
         Self::new(
             "nc",
             &["-z", "-w", &wait_s.to_string(), address, &port.to_string()],
+        )
+    }
+
+    /// One UDP datagram (`nc -u -z`), giving up after `wait_s`.
+    #[must_use]
+    pub fn nc_udp(address: &str, port: u16, wait_s: u32) -> Self {
+        Self::new(
+            "nc",
+            &[
+                "-u",
+                "-z",
+                "-w",
+                &wait_s.to_string(),
+                address,
+                &port.to_string(),
+            ],
         )
     }
 

@@ -5,6 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use netwatch_tests::{
+    clients::Client,
     lab::{
         CLIENT_IFACE, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, OPEN_DNS, SERVER_V4, SERVER_V6,
         TargetId, target_id,
@@ -18,17 +19,6 @@ const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
 
 fn id(proto: &str, remote: &str, port: Option<u64>) -> TargetId {
     (proto.to_owned(), remote.to_owned(), port)
-}
-
-/// Runs a client in the client namespace; its own success does not matter (blocked requests
-/// fail), only that it ran.
-fn client(lab: &Lab, program: &str, args: &[&str]) {
-    let out = lab.client.run(program, args);
-    assert!(
-        out.status.code().is_some(),
-        "{program} {args:?} was killed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn assert_target(
@@ -81,96 +71,31 @@ fn lab_verdicts_match_what_the_firewall_does() {
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
 
     // DNS by name: UDP and TCP 53, IPv4 and IPv6, to two resolvers: all dropped.
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS_V4}"),
-            "chat.example",
-        ],
-    );
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS_V4}"),
-            "api.example",
-            "AAAA",
-        ],
-    );
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS2_V4}"),
-            "chat.example",
-        ],
-    );
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS_V6}"),
-            "chat.example",
-        ],
-    );
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tcp",
-            "+tries=1",
-            "+timeout=3",
-            &format!("@{DNS_V4}"),
-            "chat.example",
-        ],
-    );
+    Client::dig(DNS_V4, "chat.example").run(&lab.client);
+    Client::dig(DNS_V4, "api.example")
+        .arg("AAAA")
+        .run(&lab.client);
+    Client::dig(DNS2_V4, "chat.example").run(&lab.client);
+    Client::dig(DNS_V6, "chat.example").run(&lab.client);
+    Client::dig_tcp_waiting(DNS_V4, "chat.example", 3).run(&lab.client);
     // TCP by address: allowed ports work.
-    client(
-        &lab,
-        "curl",
-        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
-    );
-    client(
-        &lab,
-        "curl",
-        &["-s", "-m", "3", &format!("http://{SERVER_V4}:443/")],
-    );
-    client(
-        &lab,
-        "curl",
-        &["-s", "-m", "3", &format!("http://[{SERVER_V6}]/")],
-    );
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "3306"]);
+    Client::curl(SERVER_V4, 80).run(&lab.client);
+    Client::curl(SERVER_V4, 443).run(&lab.client);
+    Client::curl(SERVER_V6, 80).run(&lab.client);
+    Client::nc(SERVER_V4, 8888, 3).run(&lab.client);
+    Client::nc(SERVER_V4, 3306, 3).run(&lab.client);
     // Rejected ports, each a different way.
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8443"]);
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V6, "8443"]);
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "7000"]);
+    Client::nc(SERVER_V4, 8443, 3).run(&lab.client);
+    Client::nc(SERVER_V6, 8443, 3).run(&lab.client);
+    Client::nc(SERVER_V4, 9000, 3).run(&lab.client);
+    Client::nc(SERVER_V4, 7000, 3).run(&lab.client);
     // A silently dropped port; the SYN is retransmitted within nc's wait.
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "5432"]);
+    Client::nc(SERVER_V4, 5432, 3).run(&lab.client);
     // ICMP echo is dropped both ways of addressing.
-    client(
-        &lab,
-        "ping",
-        &["-c", "3", "-i", "0.2", "-W", "1", SERVER_V4],
-    );
-    client(
-        &lab,
-        "ping",
-        &["-6", "-c", "2", "-i", "0.2", "-W", "1", SERVER_V6],
-    );
+    Client::ping(SERVER_V4, 3).run(&lab.client);
+    Client::ping(SERVER_V6, 2).run(&lab.client);
     // Not a request netwatch tracks: UDP to a port other than 53.
-    client(&lab, "nc", &["-u", "-z", "-w", "1", SERVER_V4, "5000"]);
+    Client::nc_udp(SERVER_V4, 5000, 1).run(&lab.client);
 
     // The last requests resolve within timeout + one poll.
     netwatch.wait_for(
@@ -309,16 +234,7 @@ fn opening_the_firewall_turns_dns_back_to_ok_while_running() {
             && r["remote"] == DNS_V4
             && r["verdict"] == verdict
     };
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS_V4}"),
-            "chat.example",
-        ],
-    );
+    Client::dig(DNS_V4, "chat.example").run(&lab.client);
     netwatch.wait_for(Duration::from_secs(5), "DNS blackholed", |r| {
         is_dns(r, "blackholed")
     });
@@ -448,12 +364,8 @@ fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
         .ok("tc", &["filter", "show", "dev", CLIENT_IFACE, "egress"]);
     assert!(String::from_utf8_lossy(&filters.stdout).contains("netwatch_egress"));
     // The clsact path works end to end like tcx.
-    client(
-        &lab,
-        "curl",
-        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
-    );
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    Client::curl(SERVER_V4, 80).run(&lab.client);
+    Client::nc(SERVER_V4, 9000, 3).run(&lab.client);
     netwatch.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
         r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
     });
@@ -725,11 +637,7 @@ fn interfaces_that_go_away_are_reported_and_attached_again_when_back() {
     );
 
     // The other interface is still watched.
-    client(
-        &lab,
-        "curl",
-        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
-    );
+    Client::curl(SERVER_V4, 80).run(&lab.client);
     netwatch.wait_for(Duration::from_secs(5), "tcp/80 ok on c0", |r| {
         r["type"] == "verdict" && r["port"] == 80 && r["verdict"] == "ok"
     });
@@ -775,12 +683,8 @@ fn two_instances_watch_the_same_interface_side_by_side() {
     lab.start_listener(LISTENER);
     let first = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
     let second = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
-    client(
-        &lab,
-        "curl",
-        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
-    );
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    Client::curl(SERVER_V4, 80).run(&lab.client);
+    Client::nc(SERVER_V4, 9000, 3).run(&lab.client);
     for run in [&first, &second] {
         run.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
             r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
@@ -789,7 +693,7 @@ fn two_instances_watch_the_same_interface_side_by_side() {
     // Stopping one leaves the other attached and working.
     let finished = first.stop();
     assert_target(&finished, &id("tcp", SERVER_V4, Some(80)), "ok", None, 1);
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
+    Client::nc(SERVER_V4, 8888, 3).run(&lab.client);
     second.wait_for(
         Duration::from_secs(5),
         "tcp/8888 ok after the first left",
@@ -842,7 +746,7 @@ fn a_renamed_netwatch_keeps_its_filters_when_another_starts() {
     let finished = second.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
     // The first still sees new requests.
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    Client::nc(SERVER_V4, 9000, 3).run(&lab.client);
     first.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
         r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
     });
@@ -934,8 +838,8 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
         field("CapEff:"),
         "nothing more stays permitted than effective: {status}"
     );
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8888"]);
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "9000"]);
+    Client::nc(SERVER_V4, 8888, 3).run(&lab.client);
+    Client::nc(SERVER_V4, 9000, 3).run(&lab.client);
     netwatch.wait_for(Duration::from_secs(5), "tcp/9000 rejected", |r| {
         r["type"] == "verdict" && r["port"] == 9000 && r["verdict"] == "rejected"
     });
@@ -1020,22 +924,9 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
         screen().contains("Targets")
     });
 
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS_V4}"),
-            "chat.example",
-        ],
-    );
-    client(
-        &lab,
-        "curl",
-        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
-    );
-    client(&lab, "nc", &["-z", "-w", "3", SERVER_V4, "8443"]);
+    Client::dig(DNS_V4, "chat.example").run(&lab.client);
+    Client::curl(SERVER_V4, 80).run(&lab.client);
+    Client::nc(SERVER_V4, 8443, 3).run(&lab.client);
     netwatch_tests::lab::wait_until(Duration::from_secs(10), "the DNS verdict on screen", || {
         screen()
             .lines()
@@ -1151,31 +1042,9 @@ fn metrics_diagnosis_and_fail_on_during_a_lab_run() {
         "{}",
         netwatch.stderr_text()
     );
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS_V4}"),
-            "chat.example",
-        ],
-    );
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS2_V4}"),
-            "chat.example",
-        ],
-    );
-    client(
-        &lab,
-        "curl",
-        &["-s", "-m", "3", &format!("http://{SERVER_V4}/")],
-    );
+    Client::dig(DNS_V4, "chat.example").run(&lab.client);
+    Client::dig(DNS2_V4, "chat.example").run(&lab.client);
+    Client::curl(SERVER_V4, 80).run(&lab.client);
     netwatch.wait_for(Duration::from_secs(5), "tcp/80 ok", |r| {
         r["type"] == "verdict" && r["port"] == 80 && r["verdict"] == "ok"
     });
@@ -1363,16 +1232,7 @@ fn names_from_the_wire_are_escaped_in_json_and_in_the_table() {
         text(&table_err).contains("watching")
     });
     // dig reads \027 as the byte 27 (ESC) and puts it in the question as such.
-    client(
-        &lab,
-        "dig",
-        &[
-            "+tries=1",
-            "+timeout=1",
-            &format!("@{DNS_V4}"),
-            r"evil\027[2J.example",
-        ],
-    );
+    Client::dig(DNS_V4, r"evil\027[2J.example").run(&lab.client);
     netwatch.wait_for(Duration::from_secs(5), "udp/53 blackholed", |r| {
         r["type"] == "verdict" && r["port"] == 53 && r["verdict"] == "blackholed"
     });

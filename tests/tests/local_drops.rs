@@ -6,6 +6,7 @@
 use std::{process::Stdio, time::Duration};
 
 use netwatch_tests::{
+    clients::Client,
     lab::{CLIENT_IFACE, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, OPEN_DNS, TargetId},
     prerequisites,
 };
@@ -71,12 +72,8 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
     // last queries are past their deadline (and swept) by the time the loop ends.
     for i in 0..3 {
         for server in [DNS2_V4, DNS_V6, DNS_V4] {
-            let name = format!("q{i}.example");
-            let at = format!("@{server}");
             // Whatever dig says (no answer, or EPERM from the output chain), it sent once.
-            let _ = lab
-                .client
-                .run("dig", &["+tries=1", "+timeout=1", &at, &name]);
+            Client::dig(server, &format!("q{i}.example")).run(&lab.client);
         }
     }
     for server in [DNS_V4, DNS2_V4, DNS_V6] {
@@ -233,10 +230,7 @@ fn the_drop_program_needs_only_bpf_net_admin_and_perfmon() {
         "{}",
         netwatch.stderr_text()
     );
-    let at = format!("@{DNS2_V4}");
-    let _ = lab
-        .client
-        .run("dig", &["+tries=1", "+timeout=1", &at, "caps.example"]);
+    Client::dig(DNS2_V4, "caps.example").run(&lab.client);
     netwatch.wait_for(Duration::from_secs(10), "the dropped query", |r| {
         r["type"] == "verdict" && r["remote"] == DNS2_V4 && r["local_drops"]["NETFILTER_DROP"] == 1
     });
