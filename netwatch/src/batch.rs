@@ -11,14 +11,16 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
-/// Entries asked for per syscall. A hash map's batch must hold a whole bucket; any bucket
-/// fits in this many.
+/// Entries asked for per syscall. A hash map's batch must hold a whole bucket (`ENOSPC`
+/// otherwise: <https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/hashtab.c>, `__htab_map_lookup_and_delete_batch`);
+/// any bucket fits in this many.
 const CHUNK: usize = 4096;
 
 /// The opaque cursor of a hash map batch walk (a bucket index, `u32`); room to spare.
 type Cursor = [u8; 8];
 
-/// A zeroed `union bpf_attr`: members not set stay zero, as the kernel requires.
+/// A zeroed `union bpf_attr`: members not set stay zero, as the kernel requires of the bytes
+/// past the command's member (<https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/syscall.c>, `CHECK_ATTR`).
 fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is a union of integer structs; all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }

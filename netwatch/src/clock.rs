@@ -5,7 +5,9 @@
 //! namespace's offset, which the kernel programs never see: without correction every
 //! request would look `offset` old (or young). The offset is read once from
 //! `/proc/self/timens_offsets` (absent: the kernel has no time namespaces, offset 0) and
-//! taken off every reading.
+//! taken off every reading (the file: <https://elixir.bootlin.com/linux/v6.12/source/kernel/time/namespace.c>,
+//! `proc_timens_show_offsets`; `bpf_ktime_get_ns` reads `ktime_get_mono_fast_ns`, no
+//! namespace: <https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/helpers.c>).
 
 use std::{fs, io, sync::OnceLock};
 

@@ -2,7 +2,10 @@
 //! `enum skb_drop_reason`, for the `skb:kfree_skb` program, and the names of drop reasons.
 //!
 //! Nothing about the kernel is compiled in: field offsets and reason values change between
-//! kernels (and configs), so they are read from `/sys/kernel/btf/vmlinux` at start-up.
+//! kernels (and configs), so they are read from `/sys/kernel/btf/vmlinux` at start-up. The
+//! reasons: `enum skb_drop_reason` (<https://elixir.bootlin.com/linux/v6.12/source/include/net/dropreason-core.h>); the
+//! tracepoint's arguments (skb, location, reason; `rx_sk` from 6.11):
+//! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/skb.h>, `TRACE_EVENT(kfree_skb`.
 
 use std::{collections::HashMap, fmt::Write as _};
 

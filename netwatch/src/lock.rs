@@ -5,7 +5,9 @@
 //! no live netwatch watches the interface — and a live one's filters must never be taken
 //! for orphans. Each netwatch holds a shared `flock` on `/run/netwatch/<iface>.net<inode>.lock`
 //! (the inode of its network namespace: an interface name is per namespace) for as long as
-//! it watches the interface; the kernel releases it when the process dies, however it dies.
+//! it watches the interface; the kernel releases it when the process dies, however it dies
+//! (its files are closed, and closing the last descriptor of an open file releases its
+//! `flock`: <https://elixir.bootlin.com/linux/v6.12/source/fs/locks.c>, `locks_remove_file`).
 //! A netwatch that can take the lock exclusively is the only one there. That holds for
 //! renamed binaries, other PID namespaces and `ProtectProc=invisible`, where a scan of /proc
 //! for a process name does not.

@@ -64,8 +64,9 @@ impl BpfProbe {
 /// Kernels before 6.5 with `kernel.unprivileged_bpf_disabled` set (Debian's default) refuse
 /// every `bpf()` call, even on a map descriptor the process already holds, without `CAP_BPF`
 /// (Linux 5.8+) or `CAP_SYS_ADMIN` (before 5.8, the only one): `__sys_bpf` checked it at
-/// entry, 6.5 moved the check into map creation and program load (in `cargo xtask vm-test`
-/// Debian's 5.10 refuses, its 6.1 does not). Distributions backport such changes, so the kernel is
+/// entry (<https://elixir.bootlin.com/linux/v6.1/source/kernel/bpf/syscall.c>, `__sys_bpf`), 6.5 moved the check into map
+/// creation and program load (<https://elixir.bootlin.com/linux/v6.6/source/kernel/bpf/syscall.c>, `map_create`,
+/// `bpf_prog_load`; in `cargo xtask vm-test` Debian's 5.10 refuses, its 6.1 does not). Distributions backport such changes, so the kernel is
 /// asked rather than guessed from its version: `probe(None)` makes a harmless `bpf()` call with only `CAP_NET_ADMIN`
 /// effective; if it is refused, `probe(Some(cap))` tries again with `cap` raised, for
 /// `CAP_BPF` then `CAP_SYS_ADMIN`, those in `permitted` only. The first that works is kept.
