@@ -52,13 +52,7 @@ pub struct DropStorm {
 impl DropStorm {
     #[must_use]
     pub fn per_second(&self) -> f64 {
-        #[expect(clippy::cast_precision_loss, reason = "packet counts, far below 2^52")]
-        let sent = self.sent as f64;
-        if self.seconds > 0.0 {
-            sent / self.seconds
-        } else {
-            0.0
-        }
+        labkit::per_second(self.sent, self.seconds)
     }
 }
 
@@ -161,14 +155,7 @@ pub fn run(tools: &Tools, drops: u64, progress: &dyn Fn(&str)) -> anyhow::Result
         )
     })?;
 
-    let finished = netwatch.stop();
-    if !finished.status.success() {
-        bail!(
-            "netwatch exited with {}: {}",
-            finished.status,
-            finished.stderr
-        );
-    }
+    let finished = labkit::stop_netwatch(netwatch)?;
     let targets = finished.targets();
     let record = targets
         .get(&("udp".to_owned(), DNS2_V4.to_owned(), Some(53)))

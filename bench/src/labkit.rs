@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use netwatch_tests::lab::{CLIENT_IFACE, Lab, NetwatchRun};
+use netwatch_tests::lab::{CLIENT_IFACE, Finished, Lab, NetwatchRun};
 use serde::Deserialize;
 
 /// The sending end's address, and the receiving end's: the sink of the rate runs.
@@ -67,14 +67,29 @@ pub struct Generated {
 impl Generated {
     #[must_use]
     pub fn pps(&self) -> f64 {
-        #[expect(clippy::cast_precision_loss, reason = "packet counts, far below 2^52")]
-        let sent = self.sent as f64;
-        if self.seconds > 0.0 {
-            sent / self.seconds
-        } else {
-            0.0
-        }
+        per_second(self.sent, self.seconds)
     }
+}
+
+/// `count` over `seconds` (0 for no time at all).
+#[must_use]
+pub fn per_second(count: u64, seconds: f64) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "packet counts, far below 2^52")]
+    let count = count as f64;
+    if seconds > 0.0 { count / seconds } else { 0.0 }
+}
+
+/// Stops netwatch and reads what it reported; an error when it did not exit cleanly.
+pub fn stop_netwatch(netwatch: NetwatchRun) -> anyhow::Result<Finished> {
+    let finished = netwatch.stop();
+    if !finished.status.success() {
+        anyhow::bail!(
+            "netwatch exited with {}: {}",
+            finished.status,
+            finished.stderr
+        );
+    }
+    Ok(finished)
 }
 
 /// `ip netns exec NS program`.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    labkit::{BenchLab, Tools},
+    labkit::{self, BenchLab, Tools},
     stats,
 };
 
@@ -68,14 +68,7 @@ pub fn run(
         }
         thread::sleep(Duration::from_millis(50));
     }
-    let finished = netwatch.stop();
-    if !finished.status.success() {
-        bail!(
-            "netwatch exited with {}: {}",
-            finished.status,
-            finished.stderr
-        );
-    }
+    let finished = labkit::stop_netwatch(netwatch)?;
     let found = first_blackholed(&finished.records);
     let latencies = latencies_ms(&sent, &found);
     let figure = |p: f64| stats::percentile(&latencies, p).context("no blackholed verdict at all");

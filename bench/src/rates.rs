@@ -9,12 +9,12 @@
 
 use std::{thread, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use netwatch_tests::lab::NetwatchRun;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    labkit::{Generated, SINK_V4, TcpdumpStats, Tools, UNTRACKED_PORT, VethPair},
+    labkit::{self, Generated, SINK_V4, TcpdumpStats, Tools, UNTRACKED_PORT, VethPair},
     stats::{self, Figure},
 };
 
@@ -351,14 +351,7 @@ fn measure(
     }
     let counted = match netwatch {
         Some(netwatch) => {
-            let finished = netwatch.stop();
-            if !finished.status.success() {
-                bail!(
-                    "netwatch exited with {}: {}",
-                    finished.status,
-                    finished.stderr
-                );
-            }
+            let finished = labkit::stop_netwatch(netwatch)?;
             (mode == "dns")
                 .then(|| counted(&finished, target, generated.sent))
                 .transpose()?

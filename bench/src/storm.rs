@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use netwatch_tests::lab::DNS_V4;
 use serde::{Deserialize, Serialize};
 
@@ -99,14 +99,7 @@ pub fn run(tools: &Tools, seconds: f64, progress: &dyn Fn(&str)) -> anyhow::Resu
     }
     let cpu_settled = CpuTimes::of(pid).context("netwatch's CPU times")?;
     let hwm = procfs::rss_kib(pid).map_or(0, |(_, hwm)| hwm);
-    let finished = netwatch.stop();
-    if !finished.status.success() {
-        bail!(
-            "netwatch exited with {}: {}",
-            finished.status,
-            finished.stderr
-        );
-    }
+    let finished = labkit::stop_netwatch(netwatch)?;
     let targets = finished.targets();
     let record = targets
         .get(&("udp".to_owned(), DNS_V4.to_owned(), Some(53)))
