@@ -1,35 +1,16 @@
 //! The crafted frames the program benchmarks run on: each request kind with the answer or
 //! rejection that settles it, numbered so that request `i` and answer `i` belong together and
 //! different `i` are different requests (for netwatch's key and for the reference programs'
-//! key, the 40 bytes after the Ethernet header).
-//!
-//! Addresses are the lab's: the client 203.0.113.2 / `2001:db8:1::2`, its router 203.0.113.1 /
-//! `2001:db8:1::1`, a web server 198.51.100.10 / `2001:db8:2::10` and a DNS server
-//! 198.51.100.53 / `2001:db8:2::53`.
+//! key, the 40 bytes after the Ethernet header). The frames come from the tests' packet
+//! factory ([`netwatch_tests::packets`]): the benchmarks time what the tests check.
 
-use etherparse::PacketBuilder;
-
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-
-const CLIENT_V4: [u8; 4] = [203, 0, 113, 2];
-const ROUTER_V4: [u8; 4] = [203, 0, 113, 1];
-const SERVER_V4: [u8; 4] = [198, 51, 100, 10];
-const DNS_V4: [u8; 4] = [198, 51, 100, 53];
-const CLIENT_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const ROUTER_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const SERVER_V6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-const DNS_V6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x53,
-];
+use etherparse::TcpHeader;
+use netwatch_tests::packets::{
+    Flow, Shape, Transport, frame, ip_packet, local, remote, unreachable,
+};
 
 const WEB_PORT: u16 = 443;
-const DNS_PORT: u16 = 53;
 const ECHO_ID: u16 = 0x4e57;
-/// `ping`'s default payload.
-const ECHO_PAYLOAD: [u8; 56] = [0x5a; 56];
 /// Client ports start here; `i` is added.
 const FIRST_PORT: u16 = 10_000;
 /// How many distinct requests of one kind the numbering gives.
@@ -162,25 +143,34 @@ impl Exchange {
     #[must_use]
     pub fn request(self, i: usize) -> Vec<u8> {
         let n = Numbered::new(i);
-        let frame = match self.request {
-            Request::Syn => syn(self.v6, &n),
-            Request::DnsQuery => dns_query(self.v6, &n),
-            Request::Echo => echo(self.v6, &n, true),
-        };
-        with_flow_label(frame, self.v6, n.index)
+        with_flow_label(self.flow(&n).request(), self.v6, n.index)
     }
 
     /// The answer to request number `i`.
     #[must_use]
     pub fn answer(self, i: usize) -> Vec<u8> {
         let n = Numbered::new(i);
-        match self.answer {
-            Answer::SynAck => syn_ack(self.v6, &n),
-            Answer::DnsResponse => dns_response(self.v6, &n),
-            Answer::EchoReply => echo(self.v6, &n, false),
-            Answer::PortUnreachable | Answer::Prohibited => {
-                icmp_error(self.v6, self.answer, &self.request(i))
+        // Destination unreachable codes: port unreachable is 3 (ICMPv6: 4), host
+        // prohibited 10 (ICMPv6: administratively prohibited, 1).
+        let code = match (self.answer, self.v6) {
+            (Answer::SynAck | Answer::DnsResponse | Answer::EchoReply, _) => {
+                return self.flow(&n).answer();
             }
+            (Answer::PortUnreachable, false) => 3,
+            (Answer::PortUnreachable, true) => 4,
+            (Answer::Prohibited, false) => 10,
+            (Answer::Prohibited, true) => 1,
+        };
+        // The request whole, flow label included, as routers quote it.
+        unreachable(self.v6, code, ip_packet(&self.request(i)), &Shape::plain())
+    }
+
+    /// Request `n`'s flow in the tests' packet factory.
+    fn flow(self, n: &Numbered) -> Flow {
+        match self.request {
+            Request::Syn => Flow::tcp(self.v6, n.port, WEB_PORT, n.seq),
+            Request::DnsQuery => Flow::dns(self.v6, n.port, n.id),
+            Request::Echo => Flow::echo(self.v6, ECHO_ID, n.id),
         }
     }
 }
@@ -207,147 +197,6 @@ impl Numbered {
     }
 }
 
-fn v4(
-    src: [u8; 4],
-    dst: [u8; 4],
-    outgoing: bool,
-) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let (from, to) = if outgoing {
-        (CLIENT_MAC, ROUTER_MAC)
-    } else {
-        (ROUTER_MAC, CLIENT_MAC)
-    };
-    PacketBuilder::ethernet2(from, to).ipv4(src, dst, 64)
-}
-
-fn v6(
-    src: [u8; 16],
-    dst: [u8; 16],
-    outgoing: bool,
-) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let (from, to) = if outgoing {
-        (CLIENT_MAC, ROUTER_MAC)
-    } else {
-        (ROUTER_MAC, CLIENT_MAC)
-    };
-    PacketBuilder::ethernet2(from, to).ipv6(src, dst, 64)
-}
-
-fn ip(
-    v6_family: bool,
-    remote4: [u8; 4],
-    remote6: [u8; 16],
-    outgoing: bool,
-) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    match (v6_family, outgoing) {
-        (false, true) => v4(CLIENT_V4, remote4, true),
-        (false, false) => v4(remote4, CLIENT_V4, false),
-        (true, true) => v6(CLIENT_V6, remote6, true),
-        (true, false) => v6(remote6, CLIENT_V6, false),
-    }
-}
-
-fn syn(v6_family: bool, n: &Numbered) -> Vec<u8> {
-    let mut frame = Vec::new();
-    ip(v6_family, SERVER_V4, SERVER_V6, true)
-        .tcp(n.port, WEB_PORT, n.seq, 64_240)
-        .syn()
-        .write(&mut frame, &[])
-        .expect("SYN");
-    frame
-}
-
-fn syn_ack(v6_family: bool, n: &Numbered) -> Vec<u8> {
-    let mut frame = Vec::new();
-    ip(v6_family, SERVER_V4, SERVER_V6, false)
-        .tcp(WEB_PORT, n.port, n.seq ^ 0x5555_5555, 65_160)
-        .syn()
-        .ack(n.seq.wrapping_add(1))
-        .write(&mut frame, &[])
-        .expect("SYN-ACK");
-    frame
-}
-
-/// `a.example` type A, class IN.
-const QUESTION: [u8; 15] = [
-    1, b'a', 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 0, 0, 1, 0, 1,
-];
-
-fn dns_query(v6_family: bool, n: &Numbered) -> Vec<u8> {
-    let [hi, lo] = n.id.to_be_bytes();
-    let mut payload = vec![hi, lo, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    payload.extend_from_slice(&QUESTION);
-    let mut frame = Vec::new();
-    ip(v6_family, DNS_V4, DNS_V6, true)
-        .udp(n.port, DNS_PORT)
-        .write(&mut frame, &payload)
-        .expect("DNS query");
-    frame
-}
-
-fn dns_response(v6_family: bool, n: &Numbered) -> Vec<u8> {
-    let [hi, lo] = n.id.to_be_bytes();
-    let mut payload = vec![hi, lo, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
-    payload.extend_from_slice(&QUESTION);
-    // Answer: a pointer to the name, A, IN, TTL 60, 198.51.100.10.
-    payload.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 51, 100, 10]);
-    let mut frame = Vec::new();
-    ip(v6_family, DNS_V4, DNS_V6, false)
-        .udp(DNS_PORT, n.port)
-        .write(&mut frame, &payload)
-        .expect("DNS response");
-    frame
-}
-
-fn echo(v6_family: bool, n: &Numbered, request: bool) -> Vec<u8> {
-    let mut frame = Vec::new();
-    let seq = n.id;
-    let step = ip(v6_family, SERVER_V4, SERVER_V6, request);
-    let step = match (v6_family, request) {
-        (false, true) => step.icmpv4_echo_request(ECHO_ID, seq),
-        (false, false) => step.icmpv4_echo_reply(ECHO_ID, seq),
-        (true, true) => return write_v6_echo(step.icmpv6_echo_request(ECHO_ID, seq)),
-        (true, false) => return write_v6_echo(step.icmpv6_echo_reply(ECHO_ID, seq)),
-    };
-    step.write(&mut frame, &ECHO_PAYLOAD).expect("echo");
-    frame
-}
-
-fn write_v6_echo(step: etherparse::PacketBuilderStep<etherparse::Icmpv6Header>) -> Vec<u8> {
-    let mut frame = Vec::new();
-    step.write(&mut frame, &ECHO_PAYLOAD).expect("ICMPv6 echo");
-    frame
-}
-
-/// An ICMP error from the router quoting `request` (whole: Linux quotes up to 576 bytes).
-fn icmp_error(v6_family: bool, answer: Answer, request: &[u8]) -> Vec<u8> {
-    let quoted = &request[14..];
-    let mut frame = Vec::new();
-    if v6_family {
-        // Destination unreachable: 4 port unreachable, 1 administratively prohibited.
-        let code = if answer == Answer::PortUnreachable {
-            4
-        } else {
-            1
-        };
-        v6(ROUTER_V6, CLIENT_V6, false)
-            .icmpv6_raw(1, code, [0; 4])
-            .write(&mut frame, quoted)
-    } else {
-        // Destination unreachable: 3 port unreachable, 10 host prohibited.
-        let code = if answer == Answer::PortUnreachable {
-            3
-        } else {
-            10
-        };
-        v4(ROUTER_V4, CLIENT_V4, false)
-            .icmpv4_raw(3, code, [0; 4])
-            .write(&mut frame, quoted)
-    }
-    .expect("ICMP error");
-    frame
-}
-
 /// Sets the IPv6 flow label (as Linux does per flow) so that the reference programs' key,
 /// which for IPv6 is the IP header alone, is distinct per request too.
 fn with_flow_label(mut frame: Vec<u8>, v6_family: bool, index: u32) -> Vec<u8> {
@@ -365,18 +214,21 @@ fn with_flow_label(mut frame: Vec<u8>, v6_family: bool, index: u32) -> Vec<u8> {
 /// packet every watched interface carries most, which netwatch must not track.
 #[must_use]
 pub fn bulk_tcp_data(outgoing: bool) -> Vec<u8> {
-    let mut frame = Vec::new();
-    let (sport, dport) = if outgoing {
-        (40_000, WEB_PORT)
+    let (source, destination, sport, dport) = if outgoing {
+        (local(false), remote(false), 40_000, WEB_PORT)
     } else {
-        (WEB_PORT, 40_000)
+        (remote(false), local(false), WEB_PORT, 40_000)
     };
-    ip(false, SERVER_V4, SERVER_V6, outgoing)
-        .tcp(sport, dport, 1_000_000, 64_240)
-        .ack(2_000_000)
-        .write(&mut frame, &[0x42; 1448])
-        .expect("TCP data");
-    frame
+    let mut tcp = TcpHeader::new(sport, dport, 1_000_000, 64_240);
+    tcp.ack = true;
+    tcp.acknowledgment_number = 2_000_000;
+    frame(
+        source,
+        destination,
+        &Shape::plain(),
+        Transport::Tcp(tcp),
+        &[0x42; 1448],
+    )
 }
 
 #[cfg(test)]
@@ -384,6 +236,8 @@ mod tests {
     use std::collections::HashSet;
 
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    use netwatch_tests::packets::ICMP_DEST_UNREACHABLE;
 
     use super::*;
 
@@ -457,7 +311,7 @@ mod tests {
         let unreachable = Exchange::ALL[3];
         let error = unreachable.answer(9);
         assert_eq!(&error[14 + 20 + 8..], &query[14..]);
-        assert_eq!(error[14 + 20], 3);
+        assert_eq!(error[14 + 20], ICMP_DEST_UNREACHABLE);
         let prohibited6 = Exchange::ALL[9];
         let error = prohibited6.answer(3);
         assert_eq!(&error[14 + 40 + 8..], &prohibited6.request(3)[14..]);
