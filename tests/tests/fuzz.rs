@@ -209,7 +209,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
 /// 53, QR clear, id and flags present) or an echo request with code 0.
 /// With what tells it from another exchange under the same key. Requests to broadcast and
 /// multicast destinations (the destination MAC's group bit, 224.0.0.0/4 and above,
-/// ff00::/8) are not requests: `Err(())` counts them.
+/// `ff00::/8`) are not requests: `Err(())` counts them.
 fn oracle_request(frame: &[u8]) -> Option<Result<(RequestKey, Exchange), ()>> {
     match oracle(frame, false)? {
         (key, Seen::Request(exchange)) => {

@@ -61,6 +61,7 @@ fn assert_target(
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn lab_verdicts_match_what_the_firewall_does() {
     if !prerequisites("lab_verdicts_match_what_the_firewall_does", LAB_TOOLS) {
         return;
@@ -326,6 +327,7 @@ fn nothing_stays_attached_after_any_exit() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
     if !prerequisites(
         "clsact_mode_removes_its_filters_and_the_qdisc_it_created",
@@ -447,6 +449,7 @@ fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn bad_input_gives_one_line_and_a_nonzero_exit() {
     if !prerequisites(
         "bad_input_gives_one_line_and_a_nonzero_exit",
@@ -761,6 +764,27 @@ fn a_renamed_netwatch_keeps_its_filters_when_another_starts() {
     );
 }
 
+/// A tmux server (by its socket name), killed when the test ends, however it ends.
+struct KillTmux(String);
+
+impl Drop for KillTmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .status();
+    }
+}
+
+/// A child process, killed and reaped when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether map reads on a held descriptor may need `CAP_BPF` here: kernels before 6.5 may
 /// check `kernel.unprivileged_bpf_disabled` at every bpf(2) call (Debian's 5.10 does, its
 /// 6.1 does not: the matrix saw both), 6.5 moved the check into map creation and program
@@ -800,11 +824,8 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
             rlim_max: libc::RLIM_INFINITY,
         };
         // SAFETY: setrlimit reads the struct it is given; the test runs as root.
-        assert_eq!(
-            unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) },
-            0,
-            "raising RLIMIT_MEMLOCK"
-        );
+        let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+        assert_eq!(raised, 0, "raising RLIMIT_MEMLOCK");
     }
     let mut command = lab.client.command("setpriv");
     command
@@ -879,6 +900,7 @@ fn tmux(socket: &str, args: &[&str]) -> String {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
     if !prerequisites(
         "the_live_view_in_a_real_terminal_shows_what_an_operator_needs",
@@ -910,14 +932,6 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
             &command,
         ],
     );
-    struct KillTmux(String);
-    impl Drop for KillTmux {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["-L", &self.0, "kill-server"])
-                .status();
-        }
-    }
     let _cleanup = KillTmux(socket.clone());
     let screen = || tmux(&socket, &["capture-pane", "-p", "-t", "nw"]);
     netwatch_tests::lab::wait_until(Duration::from_secs(20), "the live view", || {
@@ -1012,6 +1026,7 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn metrics_diagnosis_and_fail_on_during_a_lab_run() {
     if !prerequisites(
         "metrics_diagnosis_and_fail_on_during_a_lab_run",
@@ -1200,13 +1215,6 @@ fn names_from_the_wire_are_escaped_in_json_and_in_the_table() {
         .spawn()
         .expect("netwatch --plain");
     // Killed if the test fails before it ends it.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut plain = KillOnDrop(plain);
     // Conditions, not fixed sleeps: on an emulated CPU (the kernel matrix runs under TCG)
     // starting takes seconds.

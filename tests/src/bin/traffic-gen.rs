@@ -44,13 +44,11 @@ fn bind_for(target: SocketAddr) -> UdpSocket {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, target, seconds) = match &args[..] {
-        [mode, target, seconds, ..] => (mode.as_str(), target, seconds),
-        _ => {
-            eprintln!("usage: traffic-gen dns|udp ADDR:PORT SECONDS [MAX]");
-            std::process::exit(2);
-        }
+    let [mode, target, seconds, ..] = &args[..] else {
+        eprintln!("usage: traffic-gen dns|udp ADDR:PORT SECONDS [MAX]");
+        std::process::exit(2);
     };
+    let mode = mode.as_str();
     let target: SocketAddr = target.parse().expect("ADDR:PORT");
     let limit = Duration::from_secs_f64(seconds.parse().expect("SECONDS"));
     let max: u64 = args.get(3).map_or(u64::MAX, |m| m.parse().expect("MAX"));
