@@ -68,23 +68,35 @@ pub struct DropResults {
     pub unwatched: DropStorm,
 }
 
-/// The drop program's cumulative (run time, run count), from the kernel.
-fn program_stats() -> anyhow::Result<(Duration, u64)> {
-    let mut found = Vec::new();
+/// The BPF programs process `pid` holds, by id: each program descriptor's fdinfo says
+/// `prog_id:`.
+fn program_ids_of(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(
+            text.lines()
+                .filter_map(|line| line.strip_prefix("prog_id:"))
+                .filter_map(|id| id.trim().parse::<u32>().ok()),
+        );
+    }
+    Ok(ids)
+}
+
+/// The cumulative (run time, run count) of the drop program netwatch (`pid`) loaded, from
+/// the kernel. Other netwatch processes' drop programs are not it.
+fn program_stats(pid: u32) -> anyhow::Result<(Duration, u64)> {
+    let ids = program_ids_of(pid)?;
     for info in aya::programs::loaded_programs() {
         let info = info.context("listing the loaded BPF programs")?;
-        if info.name_as_str() == Some(PROGRAM) {
-            found.push((info.run_time(), info.run_count()));
+        if info.name_as_str() == Some(PROGRAM) && ids.contains(&info.id()) {
+            return Ok((info.run_time(), info.run_count()));
         }
     }
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => bail!("no {PROGRAM} program is loaded: netwatch did not attach its drop program"),
-        _ => bail!(
-            "{} {PROGRAM} programs are loaded: another netwatch is running",
-            found.len()
-        ),
-    }
+    bail!("netwatch (pid {pid}) holds no {PROGRAM} program: it did not load its drop program")
 }
 
 /// Runs `storm` and times the drop program and netwatch meanwhile.
@@ -92,13 +104,13 @@ fn timed(
     pid: u32,
     storm: impl FnOnce() -> anyhow::Result<labkit::Generated>,
 ) -> anyhow::Result<DropStorm> {
-    let (time_before, runs_before) = program_stats()?;
+    let (time_before, runs_before) = program_stats(pid)?;
     let cpu_before = CpuTimes::of(pid).context("netwatch's CPU times")?;
     let started = Instant::now();
     let generated = storm()?;
     let wall = started.elapsed();
     let cpu_after = CpuTimes::of(pid).context("netwatch's CPU times")?;
-    let (time_after, runs_after) = program_stats()?;
+    let (time_after, runs_after) = program_stats(pid)?;
     let runs = runs_after - runs_before;
     ensure!(
         runs >= generated.sent,
