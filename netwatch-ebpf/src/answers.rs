@@ -330,16 +330,18 @@ fn quoted_udp_tag(ctx: &TcContext, quoted: &Ip, service: u16) -> Option<u16> {
     // RFC 1812 routers quote more, a router quoting less leaves the request unidentifiable.
     let payload = quoted.l4 + UDP_HEADER_LEN;
     let tag = if kind == UDP_PORT_NTP {
-        let (Some(first), Some(transmit)) = (
-            Copied::get::<u8>(ctx, payload),
-            Copied::get::<[u8; 8]>(ctx, payload + NTP_TRANSMIT_OFFSET),
-        ) else {
+        let Some(first) = Copied::get::<u8>(ctx, payload) else {
             count(KernelCounter::ShortQuote);
             return None;
         };
+        // Another mode was never a request (so not one cut short either).
         if first & 0x07 != NTP_MODE_CLIENT {
             return None;
         }
+        let Some(transmit) = Copied::get::<[u8; 8]>(ctx, payload + NTP_TRANSMIT_OFFSET) else {
+            count(KernelCounter::ShortQuote);
+            return None;
+        };
         ntp_tag(transmit)
     } else {
         let Some(id) = Copied::get::<[u8; 2]>(ctx, payload) else {

@@ -3136,7 +3136,7 @@ fn ntp_requests_are_matched_by_transmit_timestamp() {
         let short = unreachable_quoting(
             &third,
             port_and_admin_codes(v6)[0],
-            third.l4() - packets::ETHERNET_LEN + packets::UDP_LEN + 8,
+            third.l4() - ETHERNET_LEN + packets::UDP_LEN + 8,
         );
         h.check(
             INGRESS_PROGRAM,
