@@ -19,7 +19,7 @@ use netwatch_tests::{
 use serde_json::Value;
 
 /// The `--udp-port` services: 5000 answers, 5001 is dropped, 5002.. are rejected.
-const UDP_PORTS: &str = "5000,5001,5002,5003,5004,5005,5006,5007";
+const UDP_PORTS: &str = "5000,5001,5002,5003,5004,5005,5006,5007,5008";
 /// A port nobody watches (the responder answers it all the same).
 const UNWATCHED: &str = "6000";
 
@@ -49,12 +49,17 @@ table inet lab {
 }
 "#;
 
-/// The client's own input chain: its service on 5001 gets requests and never answers.
+/// The client's own chains: its service on 5001 gets requests and never answers; what it
+/// sends to 5008 dies in its output chain, before tc egress (the drop program counts it).
 const CLIENT_INPUT: &str = r#"
 table inet host {
   chain input {
     type filter hook input priority 0; policy accept;
     udp dport 5001 drop
+  }
+  chain output {
+    type filter hook output priority 0; policy accept;
+    udp dport 5008 drop
   }
 }
 "#;
@@ -174,7 +179,7 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
         "--udp-port",
         "5000,5001",
         "--udp-port",
-        "5002,5003,5004,5005,5006,5007",
+        "5002,5003,5004,5005,5006,5007,5008",
     ]);
 
     // This host's requests: NTP answered, dropped, refused; the services likewise.
@@ -212,6 +217,8 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
             "{host}:{port} refused"
         );
     }
+    // Dropped by this host's own output chain (the send fails with EPERM).
+    assert_ne!(ask(client, SERVER_V4, "5008", "flow", "1", "0.5"), 0);
     // Requests this host receives: its service on 5000 answers, 5001 is dropped by its own
     // input chain, and nothing listens on its NTP port (the kernel's port unreachable).
     for (host, from) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
@@ -226,6 +233,7 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
         ("egress", DNS_V4, 123),
         ("egress", SERVER_V6, 5001),
         ("ingress", SERVER_V6, 5001),
+        ("egress", SERVER_V4, 5008),
     ] {
         netwatch.wait_for(
             Duration::from_secs(20),
@@ -274,6 +282,13 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
             0,
         );
     }
+    let here = target(&finished, "egress", SERVER_V4, 5008);
+    expect(here, "blackholed", Some("here:netfilter-drop"), 1, 0);
+    assert_eq!(
+        here["local_drops"],
+        serde_json::json!({"NETFILTER_DROP": 1}),
+        "{here}"
+    );
     let unwatched: Vec<_> = finished
         .records
         .iter()
@@ -285,12 +300,13 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
     );
     for peer in [SERVER_V4, SERVER_V6] {
         expect(target(&finished, "ingress", peer, 5000), "ok", None, 1, 0);
-        expect(
-            target(&finished, "ingress", peer, 5001),
-            "blackholed",
-            None,
-            1,
-            1,
+        // This host's input chain dropped both copies: the drop program says so.
+        let dropped = target(&finished, "ingress", peer, 5001);
+        expect(dropped, "blackholed", Some("here:netfilter-drop"), 1, 1);
+        assert_eq!(
+            dropped["local_drops"],
+            serde_json::json!({"NETFILTER_DROP": 2}),
+            "{dropped}"
         );
     }
     expect(
