@@ -1,7 +1,7 @@
 //! What a packet is to netwatch: a request, an answer, a rejection, or (the common case)
 //! nothing. One dispatch for both hooks; the hook says which way the packet goes.
 //!
-//! The common path (a TCP segment without SYN or RST, UDP to other ports) ends in
+//! The common path (a TCP segment without SYN or RST, UDP to ports nobody watches) ends in
 //! [`packet`], inline in the classifier. Everything else goes on in a global BPF function
 //! ([`exchange_egress`], [`exchange_ingress`]), which the verifier checks once for any
 //! header layout rather than once for each of the dozens the parser can find (VLAN tags,
