@@ -129,10 +129,17 @@ pub fn ntp_answer(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
 
 /// A datagram from a `--udp-port` service: the answer to what the reversed flow has
 /// outstanding. Whether there was anything to answer: a datagram that answers is not also
-/// a request.
+/// a request. `or_request`: it goes to a watched port too, so finding nothing outstanding
+/// makes it a request rather than an unmatched answer (not counted).
 // Out of line (see `requests::track`).
 #[inline(never)]
-pub fn flow_answer(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) -> bool {
+pub fn flow_answer(
+    ctx: &TcContext,
+    ip: &Ip,
+    ports: [u16; 2],
+    hook: Hook,
+    or_request: bool,
+) -> bool {
     let mut key = RequestKey::zeroed();
     if packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key).is_none() {
         count(KernelCounter::Malformed);
@@ -141,6 +148,9 @@ pub fn flow_answer(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) -> boo
     (key.local_port, key.remote_port) = hook.local_and_remote(ports[0], ports[1]);
     key.proto = proto::UDP;
     key.direction = hook.answered_direction();
+    if or_request && PENDING.get_ptr(&key).is_none() {
+        return false;
+    }
     resolve(&key, Outcome::Answer, Check::Key)
 }
 

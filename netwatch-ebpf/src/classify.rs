@@ -205,7 +205,9 @@ fn udp_service(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
         }
         return;
     }
-    if source == UDP_PORT_FLOW && answers::flow_answer(ctx, ip, ports, hook) {
+    if source == UDP_PORT_FLOW
+        && answers::flow_answer(ctx, ip, ports, hook, destination == UDP_PORT_FLOW)
+    {
         return;
     }
     if destination == UDP_PORT_FLOW {

@@ -3240,6 +3240,36 @@ fn udp_port_flows_are_requests_until_something_comes_back() {
             Change::none(),
             &format!("{fam}: a datagram cut inside its ports"),
         );
+        h.send(&[cut_flow]);
+        let ip_len = Shape::plain().ip_len(v6);
+        h.check(
+            INGRESS_PROGRAM,
+            &unreachable_quoting(&cut_flow, port_and_admin_codes(v6)[1], ip_len + 2),
+            Change::none().count(KernelCounter::ShortQuote, 1),
+            &format!("{fam}: an unreachable quoting half the ports"),
+        );
+        let unasked = Flow::numbered(Kind::Udp, v6, 31);
+        h.check(
+            INGRESS_PROGRAM,
+            &unasked.answer(),
+            Change::none().count(UnmatchedAnswer, 1),
+            &format!("{fam}: a datagram from the service on a flow that asked nothing"),
+        );
+        // Both ports watched (two peers on 51820): a datagram that answers is not also a
+        // request; one that answers nothing is a request of this host.
+        let peers = Flow::udp(v6, packets::UDP_SERVICE_PORT, packets::UDP_SERVICE_PORT);
+        h.check(
+            EGRESS_PROGRAM,
+            &peers.request(),
+            Change::none().recorded(&peers),
+            &format!("{fam}: 51820 to 51820 with nothing outstanding"),
+        );
+        h.check(
+            INGRESS_PROGRAM,
+            &peers.answer(),
+            Change::none().answered(&peers),
+            &format!("{fam}: the peer's datagram back answers it, and asks nothing"),
+        );
     }
 }
 
