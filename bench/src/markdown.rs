@@ -431,6 +431,23 @@ pub fn benchmarks_md(report: &Report, previous: Option<&str>) -> String {
     out
 }
 
+/// The UDP-not-DNS path beside the floor, when the report has it (older reports do not).
+fn udp_figures(out: &mut String, programs: &ProgramResults) {
+    if let (Some(unwatched), Some(watched)) = (
+        &programs.udp_unwatched_ns_over_floor,
+        &programs.udp_watched_ns_over_floor,
+    ) {
+        let _ = writeln!(
+            out,
+            "\nUDP that is not DNS, beside the floor (steady): a port nothing watches {} ns over the floor \
+             (one array index per port); a watched `--udp-port` service {} ns over the floor (the same \
+             datagram repeated: a retransmit of its flow).",
+            range(unwatched, Unit::Ns),
+            range(watched, Unit::Ns),
+        );
+    }
+}
+
 /// The per-section detail after the results table.
 fn details(out: &mut String, report: &Report) {
     if let Some(programs) = &report.programs {
@@ -455,6 +472,7 @@ fn details(out: &mut String, report: &Report) {
                 .collect::<Vec<_>>()
                 .join(", "),
         );
+        udp_figures(out, programs);
     }
     if let Some(rates) = &report.rates {
         out.push_str("\n## Packet rates\n\n");

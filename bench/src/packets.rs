@@ -231,6 +231,23 @@ pub fn bulk_tcp_data(outgoing: bool) -> Vec<u8> {
     )
 }
 
+/// A UDP port that is not DNS and that nothing watches: the common UDP path.
+pub const UNWATCHED_UDP_PORT: u16 = 5_000;
+/// The `--udp-port` service the benchmark watches (`WireGuard`'s port).
+pub const WATCHED_UDP_PORT: u16 = 51_820;
+
+/// A small UDP datagram (64 bytes of payload) from this host's port 40000 to the web
+/// server's `port`: UDP that is not DNS.
+#[must_use]
+pub fn udp_datagram(port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ip(false, SERVER_V4, SERVER_V6, true)
+        .udp(40_000, port)
+        .write(&mut frame, &[0x42; 64])
+        .expect("UDP datagram");
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

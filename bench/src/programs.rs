@@ -87,6 +87,14 @@ pub struct ProgramResults {
     pub ingress_data_ns: Figure,
     pub untracked_ns_over_floor: Figure,
     pub ingress_untracked_ns_over_floor: Figure,
+    /// Egress on a UDP datagram that is not DNS, to a port nothing watches, minus the floor:
+    /// the UDP common path (one array index per port).
+    #[serde(default)]
+    pub udp_unwatched_ns_over_floor: Option<Figure>,
+    /// Egress on a datagram to a watched `--udp-port` service, minus the floor. Steady: the
+    /// same datagram repeated, so every run after the first is a retransmit of its flow.
+    #[serde(default)]
+    pub udp_watched_ns_over_floor: Option<Figure>,
     /// One packet repeated (see the module docs).
     pub steady: Vec<KindCost>,
     /// Distinct requests, each once (see the module docs).
@@ -121,7 +129,11 @@ struct Programs {
 impl Programs {
     fn load() -> anyhow::Result<Self> {
         // A timeout far beyond the run: every answer here is in time.
-        let probe = Probe::load(Duration::from_hours(1)).context("loading netwatch's programs")?;
+        let mut probe =
+            Probe::load(Duration::from_hours(1)).context("loading netwatch's programs")?;
+        probe
+            .watch_udp_ports(&[packets::WATCHED_UDP_PORT])
+            .context("watching the benchmark's UDP port")?;
         let mut reference = Ebpf::load(BENCH_OBJECT).context("loading the reference programs")?;
         for name in [FLOOR, TRACK, MATCH] {
             let program: &mut SchedClassifier = reference
@@ -283,6 +295,14 @@ pub fn run(plan: &Plan, progress: &dyn Fn(&str)) -> anyhow::Result<ProgramResult
             &stats::paired_differences(&steady.ingress_data, &steady.floor),
             "ingress over floor",
         )?,
+        udp_unwatched_ns_over_floor: Some(figure(
+            &stats::paired_differences(&steady.udp_unwatched, &steady.floor),
+            "UDP not watched over floor",
+        )?),
+        udp_watched_ns_over_floor: Some(figure(
+            &stats::paired_differences(&steady.udp_watched, &steady.floor),
+            "UDP watched over floor",
+        )?),
         steady: steady.kinds,
         fresh,
         timer_overhead_ns: figure(&timer_overhead, "timer overhead")?,
@@ -326,8 +346,14 @@ struct SteadyResults {
     floor: Vec<f64>,
     egress_data: Vec<f64>,
     ingress_data: Vec<f64>,
+    udp_unwatched: Vec<f64>,
+    udp_watched: Vec<f64>,
     kinds: Vec<KindCost>,
 }
+
+/// Items of the steady method before the exchanges' pairs: the floor, egress and ingress on
+/// TCP data, egress on UDP to a port not watched and to a watched one.
+const LEADING_ITEMS: usize = 5;
 
 /// One timed item of the steady method, and its samples.
 struct Item {
@@ -355,6 +381,16 @@ impl Steady {
             Item::new(Which::Floor, packets::bulk_tcp_data(true), None),
             Item::new(Which::Egress, packets::bulk_tcp_data(true), None),
             Item::new(Which::Ingress, packets::bulk_tcp_data(false), None),
+            Item::new(
+                Which::Egress,
+                packets::udp_datagram(packets::UNWATCHED_UDP_PORT),
+                None,
+            ),
+            Item::new(
+                Which::Egress,
+                packets::udp_datagram(packets::WATCHED_UDP_PORT),
+                None,
+            ),
         ];
         let mut labels = Vec::new();
         for (number, exchange) in Exchange::ALL.into_iter().enumerate() {
@@ -399,8 +435,8 @@ impl Steady {
     fn finish(self) -> anyhow::Result<SteadyResults> {
         let mut kinds = Vec::new();
         for (index, (kind, role)) in self.labels.into_iter().enumerate() {
-            let real = &self.items[3 + 2 * index].samples;
-            let reference = &self.items[4 + 2 * index].samples;
+            let real = &self.items[LEADING_ITEMS + 2 * index].samples;
+            let reference = &self.items[LEADING_ITEMS + 1 + 2 * index].samples;
             kinds.push(KindCost {
                 kind,
                 role: role.to_owned(),
@@ -417,6 +453,8 @@ impl Steady {
             floor: next(),
             egress_data: next(),
             ingress_data: next(),
+            udp_unwatched: next(),
+            udp_watched: next(),
             kinds,
         })
     }

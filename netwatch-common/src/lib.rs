@@ -171,6 +171,46 @@ pub const DNS_PORT: u16 = 53;
 /// Bytes of a DNS query's question section (name and type) kept with the pending request.
 pub const DNS_QUESTION_CAPTURE: usize = 76;
 
+/// Array indexed by UDP port (`u8` values): how datagrams to or from the port are matched,
+/// [`UDP_PORT_NTP`] or [`UDP_PORT_FLOW`]; 0 (the default) is not watched. An array rather
+/// than a hash: the lookup on every UDP datagram that is not DNS is an index, no hashing.
+pub const UDP_PORTS_MAP: &str = "UDP_PORTS";
+/// Entries of [`UDP_PORTS_MAP`]: one per port (64 KiB).
+pub const UDP_PORTS_CAPACITY: u32 = 65_536;
+/// [`UDP_PORTS_MAP`]: NTP, a request per flow and transmit timestamp.
+pub const UDP_PORT_NTP: u8 = 1;
+/// [`UDP_PORTS_MAP`]: a request/response service matched flow by flow (`--udp-port`).
+pub const UDP_PORT_FLOW: u8 = 2;
+
+/// The well-known NTP port, watched by default.
+pub const NTP_PORT: u16 = 123;
+/// Length of an NTP message without extension fields or MAC (RFC 5905 §7.3).
+pub const NTP_LEN: usize = 48;
+/// Offsets in an NTP message of its origin timestamp (in a server's answer: the client's
+/// transmit timestamp, copied back) and of its transmit timestamp.
+pub const NTP_ORIGIN_OFFSET: usize = 24;
+pub const NTP_TRANSMIT_OFFSET: usize = 40;
+/// NTP modes (the low three bits of the first byte): a client's request, a server's answer.
+pub const NTP_MODE_CLIENT: u8 = 3;
+pub const NTP_MODE_SERVER: u8 = 4;
+
+/// The [`RequestKey::tag`] of an NTP exchange: its 64-bit timestamp folded to 16 bits
+/// (exclusive or of its four 16-bit words). The client's transmit timestamp is unique per
+/// request and the server copies it into its answer's origin timestamp, so both sides of an
+/// exchange fold to the same tag; the whole timestamp is kept with the request as well.
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where it must be inlined"
+)]
+#[inline(always)]
+#[must_use]
+pub const fn ntp_tag(timestamp: [u8; 8]) -> u16 {
+    u16::from_be_bytes([timestamp[0], timestamp[1]])
+        ^ u16::from_be_bytes([timestamp[2], timestamp[3]])
+        ^ u16::from_be_bytes([timestamp[4], timestamp[5]])
+        ^ u16::from_be_bytes([timestamp[6], timestamp[7]])
+}
+
 /// One request in flight: which flow, and which exchange within it.
 ///
 /// Addresses are 16 bytes; IPv4 ones are stored IPv4-mapped (`::ffff:a.b.c.d`).
@@ -183,7 +223,8 @@ pub struct RequestKey {
     pub remote_port: u16,
     /// Local port (TCP, UDP) or echo identifier (ICMP).
     pub local_port: u16,
-    /// DNS transaction id (UDP) or echo sequence number (ICMP); 0 for TCP.
+    /// DNS transaction id (UDP/53), NTP transmit timestamp folded by [`ntp_tag`], echo
+    /// sequence number (ICMP); 0 for TCP and for `--udp-port` flows.
     pub tag: u16,
     /// One of [`proto`].
     pub proto: u8,
@@ -259,12 +300,14 @@ pub struct PendingRequest {
     /// The target's slot in [`TARGETS_MAP`]: the answer path reaches the counters through an
     /// array index instead of a second hash lookup.
     pub target_slot: u32,
-    /// How many bytes of `question` were captured (DNS only).
+    /// How many bytes of `question` were captured (DNS; 8 for NTP).
     pub question_len: u16,
     /// TCP: bytes of data the SYN carried (TCP Fast Open): a SYN-ACK or RST may acknowledge
     /// anything from ISN + 1 to ISN + 1 + this. 0 otherwise.
     pub syn_payload_len: u16,
-    /// The DNS question section as sent on the wire (labels, then QTYPE), truncated to
+    /// NTP: the request's transmit timestamp, 8 bytes (so a new request whose timestamp
+    /// folds to the same tag is told apart from a retransmit).
+    /// DNS: the question section as sent on the wire (labels, then QTYPE), truncated to
     /// [`DNS_QUESTION_CAPTURE`] bytes. Untrusted bytes: escape before display.
     pub question: [u8; DNS_QUESTION_CAPTURE],
 }
@@ -659,6 +702,17 @@ mod tests {
         }
         assert_eq!(Reason::name(0), None);
         assert_eq!(Reason::name(REASON_SLOTS), None);
+    }
+
+    #[test]
+    fn ntp_tags_fold_the_timestamp() {
+        assert_eq!(ntp_tag([0; 8]), 0);
+        assert_eq!(ntp_tag([0x12, 0x34, 0, 0, 0, 0, 0, 0]), 0x1234);
+        assert_eq!(ntp_tag([0x12, 0x34, 0x12, 0x34, 0, 0, 0xab, 0xcd]), 0xabcd);
+        assert_ne!(
+            ntp_tag([0xe9, 0, 1, 2, 3, 4, 5, 6]),
+            ntp_tag([0xe9, 0, 1, 2, 3, 4, 5, 7])
+        );
     }
 
     #[test]

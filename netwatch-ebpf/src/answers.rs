@@ -3,12 +3,13 @@
 
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netwatch_common::{
-    DNS_PORT, KernelCounter, PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, Reason, RequestKey,
-    latency_bucket, proto,
+    DNS_PORT, KernelCounter, NTP_MODE_CLIENT, NTP_ORIGIN_OFFSET, NTP_TRANSMIT_OFFSET,
+    PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, Reason, RequestKey, UDP_PORT_FLOW, UDP_PORT_NTP,
+    latency_bucket, ntp_tag, proto,
 };
 
 use crate::{
-    maps::{PENDING, TARGETS, add, count, timeout_ns},
+    maps::{PENDING, TARGETS, add, count, timeout_ns, udp_port_kind},
     packet::{
         self, Copied, Hook, ICMP_HEADER_LEN, InPlace, Ip, Reader, UDP_HEADER_LEN, icmp, read,
         tcp_flags,
@@ -39,6 +40,9 @@ enum Check {
     AcksSyn(u32),
     /// A TCP header quoted in an ICMP error must carry our SYN's sequence number.
     QuotesSyn(u32),
+    /// An NTP answer's origin timestamp must be our request's transmit timestamp: the tag
+    /// holds 16 bits of it folded, this the low 32 bits as they are.
+    EchoesTransmit(u32),
 }
 
 /// A SYN-ACK or RST: the answer or rejection of the SYN it acknowledges. Seen at ingress it
@@ -95,6 +99,59 @@ pub fn dns_response(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
     key.proto = proto::UDP;
     key.direction = hook.answered_direction();
     resolve(&key, Outcome::Answer, Check::Key);
+}
+
+/// An NTP server answer (mode 4) from a watched NTP port: the answer to the request whose
+/// transmit timestamp it carries back as its origin timestamp.
+// Out of line (see `requests::track`).
+#[inline(never)]
+pub fn ntp_answer(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
+    let mut key = RequestKey::zeroed();
+    // Read up to the end of the 48-byte message: a shorter one answers nothing.
+    let (Some(origin), Some(_)) = (
+        read::<[u8; 8]>(ctx, ip.l4 + UDP_HEADER_LEN + NTP_ORIGIN_OFFSET),
+        read::<[u8; 8]>(ctx, ip.l4 + UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET),
+    ) else {
+        count(KernelCounter::Malformed);
+        return;
+    };
+    if packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key).is_none() {
+        count(KernelCounter::Malformed);
+        return;
+    }
+    (key.local_port, key.remote_port) = hook.local_and_remote(ports[0], ports[1]);
+    key.tag = ntp_tag(origin);
+    key.proto = proto::UDP;
+    key.direction = hook.answered_direction();
+    let low = u32::from_be_bytes([origin[4], origin[5], origin[6], origin[7]]);
+    resolve(&key, Outcome::Answer, Check::EchoesTransmit(low));
+}
+
+/// A datagram from a `--udp-port` service: the answer to what the reversed flow has
+/// outstanding. Whether there was anything to answer: a datagram that answers is not also
+/// a request. `or_request`: it goes to a watched port too, so finding nothing outstanding
+/// makes it a request rather than an unmatched answer (not counted).
+// Out of line (see `requests::track`).
+#[inline(never)]
+pub fn flow_answer(
+    ctx: &TcContext,
+    ip: &Ip,
+    ports: [u16; 2],
+    hook: Hook,
+    or_request: bool,
+) -> bool {
+    let mut key = RequestKey::zeroed();
+    if packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key).is_none() {
+        count(KernelCounter::Malformed);
+        return false;
+    }
+    (key.local_port, key.remote_port) = hook.local_and_remote(ports[0], ports[1]);
+    key.proto = proto::UDP;
+    key.direction = hook.answered_direction();
+    if or_request && PENDING.get_ptr(&key).is_none() {
+        return false;
+    }
+    resolve(&key, Outcome::Answer, Check::Key)
 }
 
 /// An echo reply: the answer to the echo request with its identifier and sequence number.
@@ -232,18 +289,13 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8, hook: Hook) {
                 count(KernelCounter::ShortQuote);
                 return;
             };
-            if u16::from_be_bytes([udp[2], udp[3]]) != DNS_PORT {
-                return;
-            }
-            // The DNS id sits just past the 8 bytes RFC 792 guarantees; Linux and RFC 1812
-            // routers quote more, a router quoting less leaves the request unidentifiable.
-            let Some(id) = Copied::get::<[u8; 2]>(ctx, quoted.l4 + UDP_HEADER_LEN) else {
-                count(KernelCounter::ShortQuote);
+            let service = u16::from_be_bytes([udp[2], udp[3]]);
+            let Some(tag) = quoted_udp_tag(ctx, quoted, service) else {
                 return;
             };
             (key.local_port, key.remote_port) =
-                request_hook.local_and_remote(u16::from_be_bytes([udp[0], udp[1]]), DNS_PORT);
-            key.tag = u16::from_be_bytes(id);
+                request_hook.local_and_remote(u16::from_be_bytes([udp[0], udp[1]]), service);
+            key.tag = tag;
             key.proto = proto::UDP;
             resolve(&key, outcome, Check::Key);
         }
@@ -270,16 +322,58 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8, hook: Hook) {
     }
 }
 
+/// The tag of the UDP request quoted at `quoted` (its destination port `service`): the DNS
+/// id, the NTP transmit timestamp folded, 0 for a `--udp-port` flow. `None` when the port is
+/// not watched, or the quote is not a request or too short to say which (counted).
+#[inline(always)]
+fn quoted_udp_tag(ctx: &TcContext, quoted: &Ip, service: u16) -> Option<u16> {
+    let kind = if service == DNS_PORT {
+        0
+    } else {
+        match udp_port_kind(service) {
+            UDP_PORT_FLOW => return Some(0),
+            UDP_PORT_NTP => UDP_PORT_NTP,
+            _ => return None,
+        }
+    };
+    // The DNS id and the NTP message sit past the 8 bytes RFC 792 guarantees; Linux and
+    // RFC 1812 routers quote more, a router quoting less leaves the request unidentifiable.
+    let payload = quoted.l4 + UDP_HEADER_LEN;
+    let tag = if kind == UDP_PORT_NTP {
+        let Some(first) = Copied::get::<u8>(ctx, payload) else {
+            count(KernelCounter::ShortQuote);
+            return None;
+        };
+        // Another mode was never a request (so not one cut short either).
+        if first & 0x07 != NTP_MODE_CLIENT {
+            return None;
+        }
+        let Some(transmit) = Copied::get::<[u8; 8]>(ctx, payload + NTP_TRANSMIT_OFFSET) else {
+            count(KernelCounter::ShortQuote);
+            return None;
+        };
+        ntp_tag(transmit)
+    } else {
+        let Some(id) = Copied::get::<[u8; 2]>(ctx, payload) else {
+            count(KernelCounter::ShortQuote);
+            return None;
+        };
+        u16::from_be_bytes(id)
+    };
+    Some(tag)
+}
+
 /// Settles the pending request `key` with `outcome`, exactly once (in [`settle`]).
 ///
 /// Whoever deletes the entry owns the outcome (a duplicate answer on another CPU loses the
 /// delete and counts nothing). After the timeout the request already is, or is about to be,
 /// counted unanswered by userspace; the answer is counted late, and the entry comes back
 /// flagged as a tombstone so retransmits are still recognised.
+/// Whether `key` was pending (settled now, or earlier: a tombstone).
 #[inline(always)]
-fn resolve(key: &RequestKey, outcome: Outcome, check: Check) {
+fn resolve(key: &RequestKey, outcome: Outcome, check: Check) -> bool {
     let (rejection, reason, check, value) = scalars(outcome, check);
-    settle(key, rejection, reason, check, value);
+    settle(key, rejection, reason, check, value) != 0
 }
 
 #[inline(always)]
@@ -292,6 +386,7 @@ fn scalars(outcome: Outcome, check: Check) -> (u32, u32, u32, u32) {
         Check::Key => (CHECK_KEY, 0),
         Check::AcksSyn(ack) => (CHECK_ACKS_SYN, ack),
         Check::QuotesSyn(seq) => (CHECK_QUOTES_SYN, seq),
+        Check::EchoesTransmit(low) => (CHECK_ECHOES_TRANSMIT, low),
     };
     (rejection, reason, check, value)
 }
@@ -299,8 +394,9 @@ fn scalars(outcome: Outcome, check: Check) -> (u32, u32, u32, u32) {
 const CHECK_KEY: u32 = 0;
 const CHECK_ACKS_SYN: u32 = 1;
 const CHECK_QUOTES_SYN: u32 = 2;
+const CHECK_ECHOES_TRANSMIT: u32 = 3;
 
-/// [`resolve`], its arguments spelled as scalars.
+/// [`resolve`], its arguments spelled as scalars; 1 when `key` was pending, 0 when not.
 ///
 /// Out of line, a static BPF function: one frame of its own (its tombstone copy stays off
 /// the classifier's frame, which [`quoted_rejection`] stacks on: 512 bytes for the whole
@@ -318,11 +414,12 @@ fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32)
         });
         return 0;
     };
+    // From here on the key was pending: 1, whatever the outcome.
     // SAFETY: a map value pointer, valid for this program run.
     let pending = unsafe { &mut *pending };
     if pending.flags & PENDING_FLAG_REJECTED != 0 {
         // Already settled by an earlier rejection; this answers a retransmit of it.
-        return 0;
+        return 1;
     }
     let valid = match check {
         // RFC 9293 §3.10.7.3 wants ack = ISN + 1; with TCP Fast Open (RFC 7413 §4.2.1) a
@@ -332,14 +429,23 @@ fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32)
                 <= u32::from(pending.syn_payload_len)
         }
         CHECK_QUOTES_SYN => value == pending.tcp_seq,
+        // The request kept its transmit timestamp in `question` (see `requests::ntp_request`).
+        CHECK_ECHOES_TRANSMIT => {
+            u32::from_be_bytes([
+                pending.question[4],
+                pending.question[5],
+                pending.question[6],
+                pending.question[7],
+            ]) == value
+        }
         _ => true,
     };
     if !valid {
         count(KernelCounter::InvalidAnswer);
-        return 0;
+        return 1;
     }
     let Some(counters) = TARGETS.get_ptr_mut(pending.target_slot) else {
-        return 0;
+        return 1;
     };
     // SAFETY: as above.
     let counters = unsafe { &mut *counters };
@@ -351,18 +457,18 @@ fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32)
     if late && pending.flags & PENDING_FLAG_LATE != 0 {
         // The request was answered late already: this answers a retransmit of it.
         count(KernelCounter::LateDuplicate);
-        return 0;
+        return 1;
     }
     if !late && rejection == 0 {
         // The common case: answered in time. Whoever deletes the entry owns the outcome.
         if PENDING.remove(key).is_err() {
-            return 0;
+            return 1;
         }
         add(&mut counters.answered, 1);
         if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
             add(bucket, 1);
         }
-        return 0;
+        return 1;
     }
     // Rejected in time, or anything after the deadline: settled, but the entry stays as a
     // tombstone (flagged) so retransmits of the request are still recognised. Copy before
@@ -374,7 +480,7 @@ fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32)
         if late {
             count(KernelCounter::LateDuplicate);
         }
-        return 0;
+        return 1;
     }
     if late {
         // Userspace counts the request unanswered (it was, by the deadline); the late
@@ -400,5 +506,5 @@ fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32)
     {
         count(KernelCounter::TombstoneLost);
     }
-    0
+    1
 }

@@ -1,18 +1,20 @@
 //! What a packet is to netwatch: a request, an answer, a rejection, or (the common case)
 //! nothing. One dispatch for both hooks; the hook says which way the packet goes.
 //!
-//! The common path (a TCP segment without SYN or RST, UDP to other ports) ends in
+//! The common path (a TCP segment without SYN or RST, UDP to ports nobody watches) ends in
 //! [`packet`], inline in the classifier. Everything else goes on in a global BPF function
 //! ([`exchange_egress`], [`exchange_ingress`]), which the verifier checks once for any
 //! header layout rather than once for each of the dozens the parser can find (VLAN tags,
 //! IPv4 options, IPv6 extension headers): that keeps verification fast on every kernel.
 
 use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
-use netwatch_common::{DNS_PORT, KernelCounter, proto};
+use netwatch_common::{
+    DNS_PORT, KernelCounter, NTP_MODE_CLIENT, NTP_MODE_SERVER, UDP_PORT_FLOW, UDP_PORT_NTP, proto,
+};
 
 use crate::{
     answers,
-    maps::count,
+    maps::{count, udp_port_kind},
     packet::{self, Hook, Ip, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, icmp, read, tcp_flags},
     requests,
 };
@@ -49,8 +51,14 @@ pub fn packet(ctx: &TcContext, hook: Hook) {
             let Some(ports) = read::<[u8; 4]>(ctx, ip.l4) else {
                 return;
             };
-            if u16::from_be_bytes([ports[0], ports[1]]) != DNS_PORT
-                && u16::from_be_bytes([ports[2], ports[3]]) != DNS_PORT
+            let source = u16::from_be_bytes([ports[0], ports[1]]);
+            let destination = u16::from_be_bytes([ports[2], ports[3]]);
+            // UDP that is not DNS: one array index per port (requests and inbound requests
+            // go to a watched port, answers come from one); ports nobody watches end here.
+            if source != DNS_PORT
+                && destination != DNS_PORT
+                && udp_port_kind(destination) == 0
+                && udp_port_kind(source) == 0
             {
                 return;
             }
@@ -139,6 +147,10 @@ fn classify(ctx: &TcContext, ip: &Ip, hook: Hook) {
                 u16::from_be_bytes([header[0], header[1]]),
                 u16::from_be_bytes([header[2], header[3]]),
             ];
+            if ports[0] != DNS_PORT && ports[1] != DNS_PORT {
+                udp_service(ctx, ip, ports, hook);
+                return;
+            }
             let Some(flags) = read::<u8>(ctx, ip.l4 + UDP_HEADER_LEN + DNS_FLAGS_OFFSET) else {
                 count(KernelCounter::Malformed);
                 return;
@@ -166,5 +178,39 @@ fn classify(ctx: &TcContext, ip: &Ip, hook: Hook) {
                 kind => answers::icmp_error(ctx, ip, kind, header[1], hook),
             }
         }
+    }
+}
+
+/// A datagram to or from a watched UDP port that is not DNS (`ports`: source, destination).
+///
+/// NTP (RFC 5905) says what a message is: mode 3 (client) to the port is a request, mode 4
+/// (server) from it an answer; any other mode (symmetric, broadcast, control) is not an
+/// exchange netwatch follows. A `--udp-port` service says nothing, so the flow does: a
+/// datagram from the port answers what the reversed flow has outstanding, one to the port
+/// asks. A datagram that answers is not also a request (both ports watched: a WireGuard
+/// peer on 51820 talking to another).
+#[inline(always)]
+fn udp_service(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
+    let (source, destination) = (udp_port_kind(ports[0]), udp_port_kind(ports[1]));
+    if source == UDP_PORT_NTP || destination == UDP_PORT_NTP {
+        let Some(first) = read::<u8>(ctx, ip.l4 + UDP_HEADER_LEN) else {
+            count(KernelCounter::Malformed);
+            return;
+        };
+        let mode = first & 0x07;
+        if mode == NTP_MODE_CLIENT && destination == UDP_PORT_NTP {
+            requests::ntp_request(ctx, ip, ports, hook);
+        } else if mode == NTP_MODE_SERVER && source == UDP_PORT_NTP {
+            answers::ntp_answer(ctx, ip, ports, hook);
+        }
+        return;
+    }
+    if source == UDP_PORT_FLOW
+        && answers::flow_answer(ctx, ip, ports, hook, destination == UDP_PORT_FLOW)
+    {
+        return;
+    }
+    if destination == UDP_PORT_FLOW {
+        requests::flow_request(ctx, ip, ports, hook);
     }
 }

@@ -26,12 +26,13 @@ use aya_ebpf::{
 };
 use netwatch_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, DropConfig, KernelCounter, LOCAL_DROPS_CAPACITY,
-    LocalDropKey, PendingRequest, RequestKey, SKB_WINDOW, TargetCounters, TargetKey, ipv4_mapped,
-    proto,
+    LocalDropKey, PendingRequest, RequestKey, SKB_WINDOW, TargetCounters, TargetKey, UDP_PORT_FLOW,
+    ipv4_mapped, proto,
 };
 
 use crate::maps::{
     EEXIST, LOCAL_ADDRESSES, PENDING, TARGET_SLOTS, TARGETS, add, count, target_counters,
+    udp_port_kind,
 };
 
 /// (target slot, drop reason) → drops.
@@ -280,7 +281,7 @@ fn read_array<const N: usize>(bytes: &[u8; PACKET_READ], offset: usize) -> Optio
 
 /// Whether the transport header is a request or an answer netwatch watches (the tc
 /// programs' rules): a SYN, an acceptable SYN-ACK, a DNS query to or response from port 53,
-/// an echo request or reply.
+/// a datagram to or from a `--udp-port` service, an echo request or reply.
 #[inline(always)]
 fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Option<Packet> {
     let src_port = u16::from_be_bytes([l4[0], l4[1]]);
@@ -310,14 +311,22 @@ fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Opti
         proto::UDP => {
             // The DNS header follows the 8-byte UDP header: id, then QR in the flags.
             let response = l4[10] & 0x80 != 0;
-            packet.kind = if dst_port == DNS_PORT && !response {
-                Kind::Request
+            if dst_port == DNS_PORT && !response {
+                packet.kind = Kind::Request;
+                packet.tag = u16::from_be_bytes([l4[8], l4[9]]);
             } else if src_port == DNS_PORT && response {
-                Kind::Answer
+                packet.kind = Kind::Answer;
+                packet.tag = u16::from_be_bytes([l4[8], l4[9]]);
+            } else if udp_port_kind(dst_port) == UDP_PORT_FLOW {
+                // A `--udp-port` flow (tag 0): to the port a request, from it an answer, as
+                // the tc programs judge it. NTP is not classified here: its key needs the
+                // transmit timestamp, past the bytes this program reads.
+                packet.kind = Kind::Request;
+            } else if udp_port_kind(src_port) == UDP_PORT_FLOW {
+                packet.kind = Kind::Answer;
             } else {
                 return None;
-            };
-            packet.tag = u16::from_be_bytes([l4[8], l4[9]]);
+            }
         }
         proto::ICMP | proto::ICMPV6 => {
             let (request, reply) = if proto == proto::ICMP {

@@ -4,7 +4,8 @@
 //! host itself drops, per target and kernel drop reason (see [`drops`]).
 //!
 //! Both hooks run the same code ([`classify::packet`]), told which way the packet goes.
-//! Requests (DNS queries, TCP SYNs, ICMP echo requests) are recorded in [`maps::PENDING`]:
+//! Requests (DNS and NTP queries, datagrams to `--udp-port` services, TCP SYNs, ICMP echo
+//! requests) are recorded in [`maps::PENDING`]:
 //! leaving, the ones this host sends; arriving, the ones it receives. Answers and rejections
 //! settle them, arriving for the first, leaving for the second, and count the outcome per
 //! target in [`maps::TARGETS`]. Requests nobody answers stay pending: userspace finds them

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use netwatch_common::{
     KernelCounter, LOCAL_ADDRESSES_CAPACITY, PENDING_CAPACITY, PendingRequest, RequestKey,
-    TARGETS_CAPACITY, TargetCounters, TargetKey,
+    TARGETS_CAPACITY, TargetCounters, TargetKey, UDP_PORTS_CAPACITY,
 };
 
 /// Requests in flight. Preallocated: inserting is the one map write on the request path
@@ -43,6 +43,18 @@ static NEXT_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static LOCAL_ADDRESSES: HashMap<[u8; 16], u8> =
     HashMap::with_max_entries(LOCAL_ADDRESSES_CAPACITY, 0);
+
+/// UDP port → how it is watched (`UDP_PORT_NTP`, `UDP_PORT_FLOW`, 0: not), kept by
+/// userspace. An array: the verifier inlines its lookup into a bounds check and an index,
+/// the cheapest test the path of every UDP datagram that is not DNS can take.
+#[map]
+pub static UDP_PORTS: Array<u8> = Array::with_max_entries(UDP_PORTS_CAPACITY, 0);
+
+/// How `port` is watched: `UDP_PORT_NTP`, `UDP_PORT_FLOW`, or 0.
+#[inline(always)]
+pub fn udp_port_kind(port: u16) -> u8 {
+    UDP_PORTS.get(u32::from(port)).copied().unwrap_or(0)
+}
 
 /// [`KernelCounter`] values, per CPU so counting needs no atomics.
 #[map]

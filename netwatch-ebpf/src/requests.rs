@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netwatch_common::{
-    DIRECTION_INGRESS, DNS_QUESTION_CAPTURE, KernelCounter, PENDING_FLAG_REJECTED, PendingRequest,
-    RequestKey, TargetCounters, proto,
+    DIRECTION_INGRESS, DNS_QUESTION_CAPTURE, KernelCounter, NTP_TRANSMIT_OFFSET,
+    PENDING_FLAG_REJECTED, PendingRequest, RequestKey, TargetCounters, ntp_tag, proto,
 };
 
 use crate::{
@@ -81,6 +81,53 @@ pub fn dns_query(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
     track(ctx, &key, &mut request);
 }
 
+/// An NTP client request (mode 3) to a watched NTP port (`ports`: source, destination):
+/// one request per flow and transmit timestamp; the same datagram again (the same
+/// timestamp) is a retransmit.
+// Out of line (see `track`).
+#[inline(never)]
+pub fn ntp_request(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
+    let mut key = RequestKey::zeroed();
+    // The transmit timestamp ends the 48-byte message: a shorter one is no NTP request.
+    let (Some(transmit), Some(())) = (
+        read::<[u8; 8]>(ctx, ip.l4 + UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET),
+        packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key),
+    ) else {
+        count(KernelCounter::Malformed);
+        return;
+    };
+    (key.local_port, key.remote_port) = hook.local_and_remote(ports[0], ports[1]);
+    key.tag = ntp_tag(transmit);
+    key.proto = proto::UDP;
+    key.direction = hook.request_direction();
+    let mut request = new_request(ctx);
+    // The whole timestamp: another request whose timestamp folds to the same tag is a new
+    // exchange (see `is_new_exchange`), not a retransmit.
+    if let Some(first) = request.question.first_chunk_mut::<8>() {
+        *first = transmit;
+        request.question_len = 8;
+    }
+    track(ctx, &key, &mut request);
+}
+
+/// A datagram to a `--udp-port` service on a flow with nothing outstanding: a request. With
+/// one outstanding it is a retransmit of it (`track` finds the key taken and the same,
+/// empty, question).
+// Out of line (see `track`).
+#[inline(never)]
+pub fn flow_request(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
+    let mut key = RequestKey::zeroed();
+    if packet::endpoints_into::<InPlace>(ctx, ip, hook, &mut key).is_none() {
+        count(KernelCounter::Malformed);
+        return;
+    }
+    (key.local_port, key.remote_port) = hook.local_and_remote(ports[0], ports[1]);
+    key.proto = proto::UDP;
+    key.direction = hook.request_direction();
+    let mut request = new_request(ctx);
+    track(ctx, &key, &mut request);
+}
+
 /// An echo request (`header`: type, code, checksum, identifier, sequence).
 // Out of line (see `track`).
 #[inline(never)]
@@ -143,7 +190,8 @@ fn is_new_exchange(key: &RequestKey, existing: &PendingRequest, request: &Pendin
     }
     if key.proto == proto::UDP {
         // A forwarder with a fixed source port reuses (port, id) for other names; a resolver
-        // retrying sends the same question again.
+        // retrying sends the same question again. NTP keeps its whole transmit timestamp
+        // here, a `--udp-port` flow nothing: every datagram on it is the same request.
         return existing.question_len != request.question_len
             || !same_question(&existing.question, &request.question);
     }

@@ -155,6 +155,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     clock::check()?;
     let interfaces = interfaces::resolve(&args.iface)?;
     let mut probe = Probe::load(args.timeout)?;
+    probe.watch_udp_ports(&args.udp_port)?;
     // Before attaching: the first requests arriving must already be recognised.
     probe.set_local_addresses(all_host_addresses())?;
     // Said once everything else is up: a run that then fails (an interface, the metrics

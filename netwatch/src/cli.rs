@@ -11,14 +11,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::verdict::Verdict;
 
 const ABOUT: &str = "Finds upstream firewall drops passively: which requests this host sends \
-                     (DNS queries, TCP SYNs, pings) never get an answer, per remote port.";
+                     (DNS and NTP queries, TCP SYNs, pings) never get an answer, per remote port.";
 
 const LONG_ABOUT: &str = "\
 Finds upstream firewall drops passively, without sending a single probe.
 
 eBPF programs on tc egress and ingress tag the requests this host already sends (DNS queries \
-on UDP/53, TCP SYNs, ICMP echo requests) and match what comes back: answers, TCP resets, ICMP \
-unreachables. Each target (proto, remote address, remote port) gets a verdict:
+on UDP/53, NTP client requests on UDP/123, TCP SYNs, ICMP echo requests, and datagrams to the \
+--udp-port services) and match what comes back: answers, TCP resets, ICMP unreachables. Each target (proto, remote address, remote port) gets a verdict:
 
   ok          every recent request was answered
   blackholed  requests go unanswered and nothing comes back (silently dropped)
@@ -88,6 +88,15 @@ pub struct Args {
     /// Inbound targets never count.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_verdict)]
     pub fail_on: Vec<Verdict>,
+
+    /// Also watch these UDP ports (comma-separated, repeatable, e.g. `51820,5000`) as
+    /// request/response services, flow by flow: the first datagram to REMOTE:PORT on a flow
+    /// with nothing outstanding is a request, more before anything comes back are
+    /// retransmits, any datagram back answers it. DNS (53) and NTP (123) are always watched.
+    /// Ports with one-way traffic (syslog 514, SNMP traps 162, NetFlow/IPFIX/sFlow, VXLAN,
+    /// Geneve, mDNS, SSDP, DHCP) are refused unless forced with `PORT!` (e.g. `514!`).
+    #[arg(long = "udp-port", value_name = "LIST", value_delimiter = ',', value_parser = crate::services::parse_udp_port)]
+    pub udp_port: Vec<u16>,
 
     /// How to attach to tc: tcx links (kernel 6.6+), clsact filters, or tcx with a clsact
     /// fallback.
@@ -306,6 +315,25 @@ mod tests {
         assert!(args.fail_on.is_empty());
         assert_eq!(args.attach, AttachMode::Auto);
         assert!(args.command.is_none());
+    }
+
+    #[test]
+    fn udp_ports_are_listed_repeated_and_checked_in_one_line() {
+        assert!(parse_ok(&[]).udp_port.is_empty());
+        assert_eq!(
+            parse_ok(&["--udp-port", "51820,5000", "--udp-port", "514!"]).udp_port,
+            vec![51820, 5000, 514]
+        );
+        for (bad, says) in [
+            ("0", "0 is not a UDP port"),
+            ("70000", "70000 is not a UDP port"),
+            ("wireguard", "'wireguard' is not a UDP port"),
+            ("514", "port 514 carries one-way traffic"),
+        ] {
+            let line = usage(&["--udp-port", bad]);
+            assert!(line.contains(says), "{bad}: {line}");
+            assert!(!line.contains('\n'), "{bad}: {line}");
+        }
     }
 
     #[test]

@@ -85,6 +85,7 @@ mod local;
 pub use local::{DROPPED_BEYOND_THIS_HOST, LOCAL_FIREWALL_DROPS};
 
 use crate::{
+    services,
     snapshot::{Snapshot, TargetView},
     target::{Direction, Proto},
     verdict::{LATE, Verdict},
@@ -476,7 +477,8 @@ fn port_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
         } else {
             ("request", "requests")
         };
-        let service = service(targets[0]);
+        let service = named_service(targets[0]);
+        let consequence = udp_consequence(proto, port);
         let request = requests(
             sources,
             at_firewall(&targets).iter().map(|t| t.remote),
@@ -491,7 +493,7 @@ fn port_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
                 None => "rejected".to_owned(),
             };
             let summary = format!(
-                "{service} to {} is {how} ({} rejected): {}.",
+                "{service} to {} is {how} ({} rejected): {}{consequence}.",
                 list(&remotes),
                 count(n, attempts.0, attempts.1),
                 reject_meaning(proto, reason),
@@ -500,7 +502,7 @@ fn port_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<
         } else {
             let n = targets.iter().map(|t| never_answered(t)).sum();
             let summary = format!(
-                "{service} to {} is silently dropped ({}, no answer, no rejection).",
+                "{service} to {} is silently dropped ({}, no answer, no rejection){consequence}.",
                 list(&remotes),
                 count(n, attempts.0, attempts.1),
             );
@@ -717,7 +719,7 @@ fn inbound_findings(inbound: &[&TargetView], findings: &mut Vec<Finding>) {
     for ((proto, port, rejected, reason), targets) in groups {
         let peers = remotes(&targets);
         let what = if proto.has_ports() {
-            service(targets[0])
+            named_service(targets[0])
         } else {
             format!("ping ({proto} echo)")
         };
@@ -1126,6 +1128,23 @@ fn service(t: &TargetView) -> String {
     match t.port {
         Some(port) => format!("{}/{port}", t.proto),
         None => t.proto.to_string(),
+    }
+}
+
+/// `udp/123 (ntp)`: [`service`] with the name of a well-known UDP service (DNS has
+/// findings of its own, and stays `udp/53`).
+fn named_service(t: &TargetView) -> String {
+    match (t.proto, t.port.and_then(services::udp_name)) {
+        (Proto::Udp, Some(name)) if !is_dns(t) => format!("{} ({name})", service(t)),
+        _ => service(t),
+    }
+}
+
+/// "; this host cannot sync its clock": what a failing UDP service means here, or "".
+fn udp_consequence(proto: Proto, port: Option<u16>) -> String {
+    match (proto, port.and_then(services::udp_consequence)) {
+        (Proto::Udp, Some(consequence)) => format!("; {consequence}"),
+        _ => String::new(),
     }
 }
 
@@ -1621,6 +1640,35 @@ mod tests {
                 "{name}: input order does not matter"
             );
         }
+    }
+
+    #[test]
+    fn udp_services_are_named_and_ntp_says_the_clock_cannot_sync() {
+        let findings = run(vec![
+            dropped(Udp, R1, 123, 3),
+            refused(Udp, R2, 51820, 2, "icmp-admin-prohibited"),
+            dropped(Udp, R1, 40_000, 2),
+        ]);
+        let summary = |id: &str, port: &str| {
+            findings
+                .iter()
+                .find(|f| f.finding == id && f.summary.contains(port))
+                .unwrap_or_else(|| panic!("no {id} for {port}: {findings:?}"))
+                .summary
+                .clone()
+        };
+        let ntp = summary(PORT_BLACKHOLED, "udp/123");
+        assert!(ntp.starts_with("udp/123 (ntp) to "), "{ntp}");
+        assert!(ntp.ends_with("; this host cannot sync its clock."), "{ntp}");
+        let wireguard = summary(PORT_REJECTED, "udp/51820");
+        assert!(
+            wireguard.starts_with("udp/51820 (wireguard) to "),
+            "{wireguard}"
+        );
+        assert!(wireguard.contains("icmp-admin-prohibited"), "{wireguard}");
+        assert!(!wireguard.contains("clock"), "{wireguard}");
+        let unknown = summary(PORT_BLACKHOLED, "udp/40000");
+        assert!(unknown.starts_with("udp/40000 to "), "{unknown}");
     }
 
     #[test]

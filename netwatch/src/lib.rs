@@ -20,6 +20,7 @@ pub mod privileges;
 pub mod probe;
 pub mod report;
 pub mod serve;
+pub mod services;
 pub mod snapshot;
 pub mod sweep;
 pub mod target;

@@ -23,6 +23,7 @@ use netwatch_common::{
     PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
     TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
 };
+use netwatch_common::{DNS_PORT, NTP_PORT, UDP_PORT_FLOW, UDP_PORT_NTP, UDP_PORTS_MAP};
 use thiserror::Error;
 
 use crate::{
@@ -448,6 +449,8 @@ impl Probe {
                 }
             })?;
         let local_drops = layout.and_then(|(_, reasons)| load_drops(&mut ebpf, reasons));
+        // NTP is watched by default, like DNS (which needs no entry: the programs know 53).
+        set_udp_port(&mut ebpf, NTP_PORT, UDP_PORT_NTP)?;
         Ok(Self {
             local_drops,
             ebpf,
@@ -496,6 +499,17 @@ impl Probe {
             }
             self.local_addresses.insert(new, 1, 0).map_err(map_error)?;
             self.known_local.insert(*new);
+        }
+        Ok(())
+    }
+
+    /// Watches `ports` (`--udp-port`) as request/response services matched flow by flow.
+    /// DNS and NTP keep their own matching: 53 and 123 are left as they are.
+    pub fn watch_udp_ports(&mut self, ports: &[u16]) -> Result<(), ProbeError> {
+        for &port in ports {
+            if port != DNS_PORT && port != NTP_PORT {
+                set_udp_port(&mut self.ebpf, port, UDP_PORT_FLOW)?;
+            }
         }
         Ok(())
     }
@@ -1046,6 +1060,19 @@ fn load_drops(ebpf: &mut Ebpf, reasons: DropReasons) -> Result<LocalDrops, Strin
         reasons,
         attached: false,
     })
+}
+
+/// Marks UDP `port` as watched the `kind` way in the programs' port array.
+fn set_udp_port(ebpf: &mut Ebpf, port: u16, kind: u8) -> Result<(), ProbeError> {
+    let map_error = |source| ProbeError::Map {
+        map: UDP_PORTS_MAP,
+        source,
+    };
+    let map = ebpf
+        .map_mut(UDP_PORTS_MAP)
+        .ok_or_else(|| ProbeError::Load(format!("map {UDP_PORTS_MAP} missing from the object")))?;
+    let mut ports: Array<&mut MapData, u8> = Array::try_from(map).map_err(map_error)?;
+    ports.set(u32::from(port), kind, 0).map_err(map_error)
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, ProbeError> {

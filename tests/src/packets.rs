@@ -16,7 +16,10 @@ use etherparse::{
     ip_number,
 };
 use netwatch::target::ip_to_key;
-use netwatch_common::{DNS_PORT, DNS_QUESTION_CAPTURE, RequestKey, TargetKey, proto};
+use netwatch_common::{
+    DNS_PORT, DNS_QUESTION_CAPTURE, NTP_LEN, NTP_ORIGIN_OFFSET, NTP_PORT, NTP_TRANSMIT_OFFSET,
+    RequestKey, TargetKey, ntp_tag, proto,
+};
 
 /// This host.
 pub const LOCAL_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -665,6 +668,11 @@ pub enum Kind {
     Tcp,
     /// An ICMP (or `ICMPv6`) echo request and its reply.
     Echo,
+    /// An NTP client request (mode 3) to port 123 and the server's answer (mode 4). Not in
+    /// [`Kind::ALL`]: the UDP service tests take it on their own.
+    Ntp,
+    /// A datagram to a `--udp-port` service and any datagram back. Not in [`Kind::ALL`].
+    Udp,
 }
 
 impl Kind {
@@ -688,6 +696,8 @@ pub struct Flow {
     pub seq: u32,
     /// DNS: the name asked about.
     pub qname: &'static str,
+    /// NTP: the request's transmit timestamp (the answer's origin timestamp).
+    pub transmit: u64,
 }
 
 impl Flow {
@@ -702,6 +712,7 @@ impl Flow {
             tag: 0,
             seq: 0,
             qname: QNAME,
+            transmit: 0,
         }
     }
 
@@ -737,6 +748,29 @@ impl Flow {
         }
     }
 
+    /// An NTP client request from `local_port` to port 123 with transmit timestamp
+    /// `transmit`: its tag is the timestamp folded, as the kernel folds it.
+    #[must_use]
+    pub fn ntp(v6: bool, local_port: u16, transmit: u64) -> Self {
+        Self {
+            local_port,
+            remote_port: NTP_PORT,
+            tag: ntp_tag(transmit.to_be_bytes()),
+            transmit,
+            ..Self::new(Kind::Ntp, v6)
+        }
+    }
+
+    /// A datagram from `local_port` to a `--udp-port` service on `remote_port`.
+    #[must_use]
+    pub fn udp(v6: bool, local_port: u16, remote_port: u16) -> Self {
+        Self {
+            local_port,
+            remote_port,
+            ..Self::new(Kind::Udp, v6)
+        }
+    }
+
     /// A flow of `kind` numbered `n`: distinct `n` give distinct keys (and, for TCP,
     /// distinct sequence numbers).
     #[must_use]
@@ -745,6 +779,12 @@ impl Flow {
             Kind::Dns => Self::dns(v6, 30_000 + n, 0x1000 + n),
             Kind::Tcp => Self::tcp(v6, 40_000 + n, 443, 0x1000_0000 + u32::from(n) * 0x0101),
             Kind::Echo => Self::echo(v6, 0x0e00 + n, n + 1),
+            Kind::Ntp => Self::ntp(
+                v6,
+                33_000 + n,
+                0xe95e_d000_0000_1000 + u64::from(n) * 0x0101,
+            ),
+            Kind::Udp => Self::udp(v6, 34_000 + n, UDP_SERVICE_PORT),
         }
     }
 
@@ -790,7 +830,7 @@ impl Flow {
     #[must_use]
     pub const fn proto(&self) -> u8 {
         match (self.kind, self.v6) {
-            (Kind::Dns, _) => proto::UDP,
+            (Kind::Dns | Kind::Ntp | Kind::Udp, _) => proto::UDP,
             (Kind::Tcp, _) => proto::TCP,
             (Kind::Echo, false) => proto::ICMP,
             (Kind::Echo, true) => proto::ICMPV6,
@@ -826,7 +866,9 @@ impl Flow {
                 question.truncate(DNS_QUESTION_CAPTURE);
                 question
             }
-            Kind::Tcp | Kind::Echo => Vec::new(),
+            // The whole transmit timestamp is kept with the request.
+            Kind::Ntp => self.transmit.to_be_bytes().to_vec(),
+            Kind::Tcp | Kind::Echo | Kind::Udp => Vec::new(),
         }
     }
 
@@ -837,6 +879,8 @@ impl Flow {
             Kind::Dns => format!("DNS id {}", self.tag),
             Kind::Tcp => format!("TCP seq {}", self.seq),
             Kind::Echo => format!("echo id {} seq {}", self.local_port, self.tag),
+            Kind::Ntp => format!("NTP transmit {:#x}", self.transmit),
+            Kind::Udp => "UDP datagram".to_owned(),
         };
         format!(
             "{what} {}:{} -> {}:{} ({})",
@@ -866,6 +910,8 @@ impl Flow {
                 frame(self.local, self.remote, shape, Transport::Tcp(header), &[])
             }
             Kind::Echo => self.echo_out(shape),
+            Kind::Ntp => self.udp_out(&ntp_message(NTP_MODE_CLIENT, 0, self.transmit), shape),
+            Kind::Udp => self.udp_out(UDP_REQUEST_PAYLOAD, shape),
         }
     }
 
@@ -890,7 +936,35 @@ impl Flow {
                 shape,
             ),
             Kind::Echo => self.echo_in(shape),
+            Kind::Ntp => self.udp_in(&self.ntp_answer_message(), shape),
+            Kind::Udp => self.udp_in(UDP_ANSWER_PAYLOAD, shape),
         }
+    }
+
+    /// The NTP server's answer message: mode 4, origin = the request's transmit timestamp.
+    #[must_use]
+    pub fn ntp_answer_message(&self) -> Vec<u8> {
+        ntp_message(NTP_MODE_SERVER, self.transmit, SERVER_TRANSMIT)
+    }
+
+    /// A UDP datagram from this host's local port to the remote's port carrying `payload`.
+    #[must_use]
+    pub fn udp_out(&self, payload: &[u8], shape: &Shape) -> Vec<u8> {
+        let transport = Transport::Udp {
+            source: self.local_port,
+            destination: self.remote_port,
+        };
+        frame(self.local, self.remote, shape, transport, payload)
+    }
+
+    /// A UDP datagram from the remote's port to this host's local port carrying `payload`.
+    #[must_use]
+    pub fn udp_in(&self, payload: &[u8], shape: &Shape) -> Vec<u8> {
+        let transport = Transport::Udp {
+            source: self.remote_port,
+            destination: self.local_port,
+        };
+        frame(self.remote, self.local, shape, transport, payload)
     }
 
     /// A TCP segment from the remote's port to the local port with `flags`.
@@ -1028,6 +1102,10 @@ impl Flow {
             Kind::Tcp => 14,
             // Type, code, checksum, identifier, sequence.
             Kind::Echo => ICMP_LEN,
+            // The whole 48-byte message (the transmit timestamp ends it).
+            Kind::Ntp => UDP_LEN + NTP_LEN,
+            // The ports.
+            Kind::Udp => 4,
         }
     }
 
@@ -1040,6 +1118,36 @@ impl Flow {
             // Ports and sequence number.
             Kind::Tcp => 8,
             Kind::Echo => ICMP_LEN,
+            Kind::Ntp => UDP_LEN + NTP_LEN,
+            Kind::Udp => 4,
         }
     }
+}
+
+/// The `--udp-port` service port the [`Kind::Udp`] flows go to (the one `WireGuard` uses).
+pub const UDP_SERVICE_PORT: u16 = 51_820;
+/// Payloads of a [`Kind::Udp`] request and answer.
+pub const UDP_REQUEST_PAYLOAD: &[u8] = b"netwatch-udp-request";
+pub const UDP_ANSWER_PAYLOAD: &[u8] = b"netwatch-udp-answer";
+/// NTP modes: client request, server answer; and symmetric active (not an exchange).
+pub const NTP_MODE_CLIENT: u8 = 3;
+pub const NTP_MODE_SERVER: u8 = 4;
+pub const NTP_MODE_SYMMETRIC: u8 = 1;
+/// The transmit timestamp of every server answer.
+const SERVER_TRANSMIT: u64 = 0xe95e_d0ff_8000_0000;
+
+/// A 48-byte NTP message (RFC 5905 §7.3): version 4 and `mode`, stratum 2 for a server, the
+/// origin and transmit timestamps given.
+#[must_use]
+pub fn ntp_message(mode: u8, origin: u64, transmit: u64) -> Vec<u8> {
+    let mut out = vec![0u8; NTP_LEN];
+    out[0] = (4 << 3) | (mode & 0x07);
+    if mode == NTP_MODE_SERVER {
+        out[1] = 2;
+    }
+    out[2] = 6; // poll 64 s
+    out[3] = 0xec; // precision 2^-20 s
+    out[NTP_ORIGIN_OFFSET..NTP_ORIGIN_OFFSET + 8].copy_from_slice(&origin.to_be_bytes());
+    out[NTP_TRANSMIT_OFFSET..NTP_TRANSMIT_OFFSET + 8].copy_from_slice(&transmit.to_be_bytes());
+    out
 }
