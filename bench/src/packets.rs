@@ -240,12 +240,16 @@ pub const WATCHED_UDP_PORT: u16 = 51_820;
 /// server's `port`: UDP that is not DNS.
 #[must_use]
 pub fn udp_datagram(port: u16) -> Vec<u8> {
-    let mut frame = Vec::new();
-    ip(false, SERVER_V4, SERVER_V6, true)
-        .udp(40_000, port)
-        .write(&mut frame, &[0x42; 64])
-        .expect("UDP datagram");
-    frame
+    frame(
+        local(false),
+        remote(false),
+        &Shape::plain(),
+        Transport::Udp {
+            source: 40_000,
+            destination: port,
+        },
+        &[0x42; 64],
+    )
 }
 
 #[cfg(test)]
