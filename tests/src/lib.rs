@@ -1,6 +1,6 @@
 //! Helpers for netwatch's privileged integration tests.
 //!
-//! Tier 2 (`tests/programs.rs`): the real eBPF programs loaded into the kernel and run on
+//! Tier 2 (`tests/programs/`, harness in [`harness`]): the real eBPF programs loaded into the kernel and run on
 //! crafted packets with `BPF_PROG_TEST_RUN`. Tier 3 (`tests/lab.rs`): the real binary in a
 //! namespace lab, driven by real clients through a real nftables firewall.
 //!
@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod clients;
 pub mod dissector;
+pub mod harness;
 pub mod lab;
 pub mod packets;
 pub mod random;

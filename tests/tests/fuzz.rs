@@ -17,13 +17,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
+use aya::programs::ProgramError;
 use netwatch::probe::{KernelTables as _, Probe};
 use netwatch_common::{
-    EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, RequestKey, TargetCounters, TargetKey,
-    ipv4_mapped, proto,
+    EGRESS_PROGRAM, INGRESS_PROGRAM, KernelCounter, RequestKey, ipv4_mapped, proto,
 };
 use netwatch_tests::{
+    harness::{PASS_THROUGH, all_targets, run_on, sum},
+    packets::{ETHERNET_LEN, IPV6_LEN},
     prerequisites,
     random::{Rng, env_u64, seed},
 };
@@ -436,43 +437,22 @@ fn oracle(frame: &[u8], inbound: bool) -> Option<(RequestKey, Seen)> {
 /// wants an Ethernet header and, untagged, a whole fixed IP header (Linux 6.18). Such a
 /// frame cannot reach the programs from a device either.
 fn run(probe: &mut Probe, program: &str, frame: &[u8]) -> bool {
-    let result = match probe
-        .classifier(program)
-        .expect("program")
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            ..TestRunOptions::default()
-        }) {
-        Ok(result) => result,
+    match run_on(probe, program, frame) {
+        Ok(ret) => {
+            assert_eq!(
+                ret, PASS_THROUGH,
+                "{program} must pass {frame:02x?} through"
+            );
+            true
+        }
         Err(ProgramError::SyscallError(err))
             if err.io_error.raw_os_error() == Some(libc::EINVAL)
                 && frame.len() < ETHERNET_LEN + IPV6_LEN =>
         {
-            return false;
+            false
         }
         Err(err) => panic!("test_run {program} on {frame:02x?}: {err}"),
-    };
-    assert_eq!(
-        result.return_value.cast_signed(),
-        -1,
-        "{program} must pass {frame:02x?} through"
-    );
-    true
-}
-
-const ETHERNET_LEN: usize = 14;
-const IPV6_LEN: usize = 40;
-
-fn targets(probe: &mut Probe) -> Vec<(TargetKey, TargetCounters)> {
-    let mut all = Vec::new();
-    probe
-        .read_targets(&mut |key, counters| all.push((*key, *counters)))
-        .expect("targets");
-    all
-}
-
-fn sum(all: &[(TargetKey, TargetCounters)], field: impl Fn(&TargetCounters) -> u64) -> u64 {
-    all.iter().map(|(_, c)| field(c)).sum()
+    }
 }
 
 #[test]
@@ -498,11 +478,14 @@ fn a_million_random_packets_fool_nothing() {
         let frame = random_frame(&mut rng);
         refused += u64::from(!run(&mut probe, INGRESS_PROGRAM, &frame));
         if n % 100_000 == 99_999 {
-            assert!(targets(&mut probe).is_empty(), "ingress created a target");
+            assert!(
+                all_targets(&mut probe).is_empty(),
+                "ingress created a target"
+            );
         }
     }
     // What ingress alone made of nothing: targets or pending requests, none expected.
-    let phantom = targets(&mut probe).len() + probe.read_pending().expect("pending").len();
+    let phantom = all_targets(&mut probe).len() + probe.read_pending().expect("pending").len();
     assert_eq!(
         phantom, 0,
         "ingress alone created targets or pending requests"
@@ -560,7 +543,7 @@ fn a_million_random_packets_fool_nothing() {
         );
     }
     assert_eq!(pending.len(), expected.len(), "every request is pending");
-    let all = targets(&mut probe);
+    let all = all_targets(&mut probe);
     let requests = sum(&all, |c| c.requests);
     let retransmits = sum(&all, |c| c.retransmits);
     assert_eq!(sum(&all, |c| c.untracked), 0, "the table had room");
@@ -605,7 +588,7 @@ fn a_million_random_packets_fool_nothing() {
         }
         open.remove(&key);
     }
-    let all = targets(&mut probe);
+    let all = all_targets(&mut probe);
     let answered = sum(&all, |c| c.answered);
     let rejected = sum(&all, |c| c.rejected);
     assert_eq!(
@@ -647,7 +630,7 @@ fn a_million_random_packets_fool_nothing() {
     reply.extend(key.local_port.to_be_bytes());
     reply.extend(key.tag.to_be_bytes());
     assert!(run(&mut probe, INGRESS_PROGRAM, &reply));
-    let after = sum(&targets(&mut probe), |c| c.answered);
+    let after = sum(&all_targets(&mut probe), |c| c.answered);
     assert_eq!(
         after,
         answered + 1,

@@ -1,9 +1,8 @@
 //! More distinct requests than the kernel's pending table holds: evictions are counted,
 //! nothing evicted is ever called unanswered, and memory stays bounded.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use netwatch::{
     app::{monotonic_ns, poll},
     probe::{KernelTables as _, Probe},
@@ -13,25 +12,21 @@ use netwatch::{
 };
 use netwatch_common::{EGRESS_PROGRAM, KernelCounter, PENDING_CAPACITY, TARGETS_CAPACITY};
 use netwatch_tests::{
+    harness::{PASS_THROUGH, run_on},
     lab::{CLIENT_IFACE, DNS_V4, Lab},
+    packets::Flow,
     prerequisites,
 };
 use serde_json::Value;
 
-/// An Ethernet + IPv4 + TCP SYN from 203.0.113.2:`sport` to `remote`:`dport`.
+/// A TCP SYN from this host's `sport` to `remote`:`dport` (the tests' packet factory).
 fn syn(remote: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut packet = Vec::new();
-    etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
-        .ipv4([203, 0, 113, 2], remote, 64)
-        .tcp(sport, dport, 1_000, 64_240)
-        .syn()
-        .write(&mut packet, &[])
-        .expect("build SYN");
-    packet
+    Flow::tcp(false, sport, dport, 1_000)
+        .with_remote(Ipv4Addr::from(remote).into())
+        .request()
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
     if !prerequisites(
         "ten_times_the_table_counts_evictions_and_never_calls_them_unanswered",
@@ -58,14 +53,10 @@ fn ten_times_the_table_counts_evictions_and_never_calls_them_unanswered() {
             [198, 51, 100, 10]
         };
         let packet = syn(remote, sport, if to_b { 443 } else { dport });
-        let program = probe.classifier(EGRESS_PROGRAM).expect("egress");
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(&packet),
-                ..TestRunOptions::default()
-            })
-            .expect("test_run");
-        assert_eq!(result.return_value.cast_signed(), -1);
+        assert_eq!(
+            run_on(&mut probe, EGRESS_PROGRAM, &packet).expect("test_run"),
+            PASS_THROUGH
+        );
         if to_b {
             sent_b += 1;
         } else {
@@ -161,14 +152,10 @@ fn more_targets_than_the_target_table_holds_are_counted_and_never_misjudged() {
             1 + (i % 65_000) as u16,
         );
         let packet = syn(remote, 40_000, dport);
-        let program = probe.classifier(EGRESS_PROGRAM).expect("egress");
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(&packet),
-                ..TestRunOptions::default()
-            })
-            .expect("test_run");
-        assert_eq!(result.return_value.cast_signed(), -1);
+        assert_eq!(
+            run_on(&mut probe, EGRESS_PROGRAM, &packet).expect("test_run"),
+            PASS_THROUGH
+        );
     }
     let counters = probe.read_counters().expect("counters");
     let overflow = counters[KernelCounter::TargetsFull as usize];

@@ -51,7 +51,7 @@ table inet lab {
 
 /// The client's own chains: its service on 5001 gets requests and never answers; what it
 /// sends to 5008 dies in its output chain, before tc egress (the drop program counts it).
-const CLIENT_INPUT: &str = r#"
+const CLIENT_INPUT: &str = r"
 table inet host {
   chain input {
     type filter hook input priority 0; policy accept;
@@ -62,7 +62,7 @@ table inet host {
     udp dport 5008 drop
   }
 }
-"#;
+";
 
 /// (family's server, port, expected reason) for each refused `--udp-port` service.
 const REJECTIONS: [(&str, u64, &str); 10] = [
@@ -154,6 +154,7 @@ fn expect(record: &Value, verdict: &str, reason: Option<&str>, requests: u64, re
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn ntp_and_udp_port_services_are_judged_like_every_target() {
     const NAME: &str = "ntp_and_udp_port_services_are_judged_like_every_target";
     if !prerequisites(NAME, &["ip", "nft", "python3"]) {
