@@ -112,9 +112,8 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
 
     say("style: rustfmt, and clippy (pedantic, as configured) on the userspace crates");
     cmd::run(cargo().args(["fmt", "--all", "--check"]))?;
-    // The eBPF crate builds for the BPF target only (build-std); its warnings surface in the
-    // build itself. The privileged test targets are not linted yet: their pedantic warnings
-    // are still to be cleared.
+    // Every userspace crate, the privileged tests included. The eBPF crate builds for the
+    // BPF target only (build-std).
     cmd::run(cargo().args([
         "clippy",
         "--package",
@@ -127,6 +126,8 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         "netwatch-bench",
         "--package",
         "netwatch-ebpf-build",
+        "--package",
+        "netwatch-tests",
         "--all-targets",
         "--",
         "--deny",
