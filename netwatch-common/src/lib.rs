@@ -627,6 +627,23 @@ pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// Whether `addr` is an IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`, see
+/// [`ipv4_mapped`]). Compared as two words: a slice comparison compiles, in the eBPF
+/// programs, to a call to `memcmp`, one more BPF function frame on the deepest call chain.
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where it must be inlined"
+)]
+#[inline(always)]
+#[must_use]
+pub const fn is_ipv4_mapped(addr: &[u8; 16]) -> bool {
+    let head = u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let prefix = u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]);
+    head == 0 && prefix == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data: repr(C), integer fields only, padding is explicit.
@@ -646,6 +663,20 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_mapped_addresses_are_told_from_ipv6_ones() {
+        assert!(is_ipv4_mapped(&ipv4_mapped([198, 51, 100, 10])));
+        assert!(is_ipv4_mapped(&ipv4_mapped([0; 4])));
+        let v6 = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4,
+        ];
+        assert!(!is_ipv4_mapped(&v6));
+        let mut almost = ipv4_mapped([1, 2, 3, 4]);
+        almost[9] = 1;
+        assert!(!is_ipv4_mapped(&almost));
+        assert!(!is_ipv4_mapped(&[0; 16]), "::, not mapped");
+    }
 
     #[test]
     fn latency_buckets_are_log2_from_2us() {

@@ -355,7 +355,7 @@ fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Opti
 /// (224.0.0.0 and up), not IPv6 multicast (`ff00::/8`).
 #[inline(always)]
 fn is_unicast(dst: &[u8; 16]) -> bool {
-    if dst[..12] == ipv4_mapped([0; 4])[..12] {
+    if netwatch_common::is_ipv4_mapped(dst) {
         dst[12] < 224
     } else {
         dst[0] != 0xff
