@@ -458,6 +458,9 @@ fn outbound_request(packet: &Packet, reason: u32) {
     request.target_slot = slot;
     request.question_len = 0;
     request.syn_payload_len = 0;
+    // No socket cookie here: such a request is not attributed (never wrongly).
+    request.socket_cookie = 0;
+    request.cgroup_id = 0;
     match PENDING.insert(&key, request, u64::from(BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
         Err(err) if err == -EEXIST => {}

@@ -187,6 +187,8 @@ fn track(ctx: &TcContext, key: &RequestKey, request: &mut PendingRequest) {
     } else if !is_unicast(ctx, &key.remote) {
         count(KernelCounter::NotUnicast);
         return;
+    } else {
+        crate::owners::tag(ctx, request);
     }
     let now = request.first_sent_ns;
     let Some((target_slot, counters)) = target_counters(&key.target()) else {

@@ -13,7 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{
-        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, RawTracePoint, SchedClassifier,
+        TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
 };
@@ -23,6 +24,10 @@ use netwatch_common::{
     LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP, LocalDropKey, NEXT_SLOT_MAP, PENDING_CAPACITY,
     PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
     TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
+};
+use netwatch_common::{
+    CONNECT4_PROGRAM, CONNECT6_PROGRAM, SENDMSG4_PROGRAM, SENDMSG6_PROGRAM, SOCK_CREATE_PROGRAM,
+    SOCK_RELEASE_PROGRAM, SOCKET_OWNERS_MAP, SocketOwner,
 };
 use thiserror::Error;
 
@@ -197,6 +202,9 @@ pub struct Probe {
     /// The `skb:kfree_skb` program's state: its maps and the kernel's reason names, or why
     /// this kernel cannot have it.
     local_drops: Result<LocalDrops, String>,
+    /// The socket owner map, once the cgroup socket programs are attached, or why they are
+    /// not.
+    owners: Result<HashMap<MapData, u64, SocketOwner>, String>,
 }
 
 /// The local drop program's maps, once it is loaded.
@@ -231,6 +239,19 @@ pub trait KernelTables {
     /// drop program is not running.
     fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {
         Ok(Vec::new())
+    }
+    /// The owner the cgroup socket programs recorded for a socket cookie, if any.
+    fn socket_owner(&mut self, _cookie: u64) -> Option<SocketOwner> {
+        None
+    }
+}
+
+/// The kernel's owner map as the attribution join sees it.
+pub struct Owners<'a>(pub &'a mut dyn KernelTables);
+
+impl crate::attribution::OwnerLookup for Owners<'_> {
+    fn socket_owner(&mut self, cookie: u64) -> Option<SocketOwner> {
+        self.0.socket_owner(cookie)
     }
 }
 
@@ -505,6 +526,7 @@ impl Probe {
             take_supported: true,
             known_local: BTreeSet::new(),
             attachments: Vec::new(),
+            owners: Err("not attached yet".to_owned()),
         })
     }
 
@@ -749,6 +771,80 @@ impl Probe {
                 self.local_drops = Err(why.clone());
                 Err(why)
             }
+        }
+    }
+
+    /// Loads the socket owner programs and attaches them to the cgroup2 root at `cgroup2`
+    /// (alongside any others there: `AllowMultiple`). They are links held by this process: the
+    /// kernel detaches them when it exits. `Err` says, for the operator, why processes
+    /// cannot be named; everything else works without them.
+    pub fn attach_owners(&mut self, cgroup2: Option<&std::path::Path>) -> Result<(), String> {
+        let result = self.try_attach_owners(cgroup2);
+        if let Err(why) = &result {
+            self.owners = Err(why.clone());
+        }
+        result
+    }
+
+    fn try_attach_owners(&mut self, cgroup2: Option<&std::path::Path>) -> Result<(), String> {
+        if self.owners.is_ok() {
+            return Ok(());
+        }
+        let root = cgroup2.ok_or_else(|| "no cgroup2 mount in /proc/mounts".to_owned())?;
+        let cgroup = std::fs::File::open(root)
+            .map_err(|err| format!("cannot open the cgroup2 root {}: {err}", root.display()))?;
+        let refused = |name: &str, err: &aya::programs::ProgramError| {
+            log::debug!("{name}: {err:?}");
+            format!(
+                "the kernel refused the socket owner program {name} ({}); it needs cgroup \
+                 socket programs (CONFIG_CGROUP_BPF, Linux 5.9+) and CAP_BPF with \
+                 CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
+                first_line(err)
+            )
+        };
+        for name in [SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM] {
+            let program: &mut CgroupSock = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .map_err(|err| refused(name, &err))?;
+            program.load().map_err(|err| refused(name, &err))?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|err| refused(name, &err))?;
+        }
+        for name in [
+            CONNECT4_PROGRAM,
+            CONNECT6_PROGRAM,
+            SENDMSG4_PROGRAM,
+            SENDMSG6_PROGRAM,
+        ] {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .map_err(|err| refused(name, &err))?;
+            program.load().map_err(|err| refused(name, &err))?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|err| refused(name, &err))?;
+        }
+        let map = self
+            .ebpf
+            .take_map(SOCKET_OWNERS_MAP)
+            .ok_or_else(|| format!("map {SOCKET_OWNERS_MAP} missing from the object"))?;
+        self.owners = Ok(HashMap::try_from(map).map_err(|err| err.to_string())?);
+        Ok(())
+    }
+
+    /// Whether processes are named, and if not, why: `available`, or `unavailable: <why>`.
+    #[must_use]
+    pub fn attribution_status(&self) -> String {
+        match &self.owners {
+            Ok(_) => "available".to_owned(),
+            Err(why) => format!("unavailable: {why}"),
         }
     }
 
@@ -999,6 +1095,10 @@ impl KernelTables for Probe {
             *value = per_cpu.iter().fold(0u64, |sum, v| sum.saturating_add(*v));
         }
         Ok(values)
+    }
+
+    fn socket_owner(&mut self, cookie: u64) -> Option<SocketOwner> {
+        self.owners.as_ref().ok()?.get(&cookie, 0).ok()
     }
 
     fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {

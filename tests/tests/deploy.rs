@@ -86,6 +86,7 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         local_drops: std::collections::BTreeMap::new(),
         requests_dropped_here: 0,
         answers_dropped_here: 0,
+        processes: Vec::new(),
     }
 }
 
