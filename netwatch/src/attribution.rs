@@ -352,8 +352,7 @@ mod tests {
             self.sockets.clone()
         }
         fn process_name(&mut self, tgid: u32, tid: u32, thread_comm: &str) -> Option<String> {
-            (tgid == 1234 && tid == 1235 && thread_comm == "isc-net-0000")
-                .then(|| "dig".to_owned())
+            (tgid == 1234 && tid == 1235 && thread_comm == "isc-net-0000").then(|| "dig".to_owned())
         }
     }
 
@@ -405,7 +404,8 @@ mod tests {
     #[test]
     fn kernel_owners_are_joined_with_cgroup_paths() {
         let mut host = FakeHost::default();
-        host.cgroups.insert(77, "/system.slice/payments.service".into());
+        host.cgroups
+            .insert(77, "/system.slice/payments.service".into());
         let mut owners = FakeOwners::default();
         owners.0.insert(5, owner(1234, "curl", 77));
         let mut attribution = Attribution::new();
@@ -541,7 +541,11 @@ mod tests {
         assert_eq!(who(&[process(1, "dig", "/lab/a")]), "dig");
         let id = "0123456789abcdef".repeat(4);
         assert_eq!(
-            who(&[process(1, "nginx", &format!("/system.slice/docker-{id}.scope"))]),
+            who(&[process(
+                1,
+                "nginx",
+                &format!("/system.slice/docker-{id}.scope")
+            )]),
             "docker:0123456789ab"
         );
         assert_eq!(

@@ -58,7 +58,10 @@ pub fn unified_cgroup(proc_cgroup: &str) -> Option<String> {
 /// The inode of a `/proc/PID/fd/N` link to a socket (`socket:[12345]`).
 #[must_use]
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// The host itself.
@@ -148,7 +151,11 @@ fn socket_owners_from_proc() -> HashMap<u64, SocketProcess> {
         return out;
     };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
@@ -322,7 +329,10 @@ mod tests {
             cgroup2_mount("none /a\\040b cgroup2 rw 0 0\n"),
             Some(PathBuf::from("/a b"))
         );
-        assert_eq!(cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"), None);
+        assert_eq!(
+            cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
     }
 
     #[test]
@@ -346,7 +356,8 @@ mod tests {
         m[0..4].copy_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
         m[4..6].copy_from_slice(&kind.to_ne_bytes());
         let msg = NLMSG_HDR_LEN;
-        m[msg + 44..msg + 48].copy_from_slice(&u32::try_from(cookie & 0xffff_ffff).unwrap().to_ne_bytes());
+        m[msg + 44..msg + 48]
+            .copy_from_slice(&u32::try_from(cookie & 0xffff_ffff).unwrap().to_ne_bytes());
         m[msg + 48..msg + 52].copy_from_slice(&u32::try_from(cookie >> 32).unwrap().to_ne_bytes());
         m[msg + 68..msg + 72].copy_from_slice(&inode.to_ne_bytes());
         m

@@ -196,7 +196,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
-        attribution: "available".to_owned(),
+            attribution: "available".to_owned(),
         };
         writer.finish(&snapshot, &findings, &run).unwrap();
         let records = lines(&out);
@@ -241,7 +241,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
-        attribution: "available".to_owned(),
+            attribution: "available".to_owned(),
         };
         let mut out = Vec::new();
         JsonWriter::new(&mut out)

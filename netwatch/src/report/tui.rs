@@ -558,7 +558,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
-        attribution: "available".to_owned(),
+            attribution: "available".to_owned(),
         };
         let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
         terminal
