@@ -67,8 +67,13 @@ pub fn poll_with(
     }
     if sweeper.due() {
         let entries = kernel.read_pending()?;
-        if let Some(Attributing { attribution, host }) = attributing {
-            let found = attribution.attribute(&mut Owners(kernel), *host, &entries, now_ns);
+        if let Some(attributing) = attributing {
+            let found = attributing.attribution.attribute(
+                &mut Owners(kernel),
+                attributing.host,
+                &entries,
+                now_ns,
+            );
             for (target, process) in found {
                 tracker.observe_process(&target, process);
             }

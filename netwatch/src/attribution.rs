@@ -12,7 +12,7 @@
 
 pub mod host;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use netwatch_common::{DIRECTION_EGRESS, PendingRequest, RequestKey, SocketOwner, TargetKey};
 use serde::Serialize;
@@ -55,9 +55,9 @@ pub trait Host {
     fn cgroup_paths(&mut self) -> HashMap<u64, String>;
     /// Socket cookie → process holding it, for the sockets open now.
     fn socket_processes(&mut self) -> HashMap<u64, SocketProcess>;
-    /// The name (escaped) of process `tgid`, provided its thread `tid` is still there and
+    /// The name (escaped) of process `tgid`, provided its thread `thread` is still there and
     /// still called `thread_comm` (escaped): the same process, not a reused id.
-    fn process_name(&mut self, tgid: u32, tid: u32, thread_comm: &str) -> Option<String>;
+    fn process_name(&mut self, tgid: u32, thread: u32, thread_comm: &str) -> Option<String>;
 }
 
 /// Where a socket's owner comes from, the kernel's owner map first.
@@ -106,7 +106,7 @@ pub fn escape(bytes: &[u8]) -> String {
         if b.is_ascii_graphic() && b != b'\\' || b == b' ' {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("\\x{b:02x}"));
+            let _ = write!(out, "\\x{b:02x}");
         }
     }
     out
@@ -351,8 +351,9 @@ mod tests {
             self.dumps += 1;
             self.sockets.clone()
         }
-        fn process_name(&mut self, tgid: u32, tid: u32, thread_comm: &str) -> Option<String> {
-            (tgid == 1234 && tid == 1235 && thread_comm == "isc-net-0000").then(|| "dig".to_owned())
+        fn process_name(&mut self, tgid: u32, thread: u32, thread_comm: &str) -> Option<String> {
+            (tgid == 1234 && thread == 1235 && thread_comm == "isc-net-0000")
+                .then(|| "dig".to_owned())
         }
     }
 

@@ -31,15 +31,12 @@ fn unescape_mount(field: &str) -> String {
     while let Some(at) = rest.find('\\') {
         out.push_str(&rest[..at]);
         let code = rest.get(at + 1..at + 4);
-        match code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
-            Some(byte) => {
-                out.push(char::from(byte));
-                rest = &rest[at + 4..];
-            }
-            None => {
-                out.push('\\');
-                rest = &rest[at + 1..];
-            }
+        if let Some(byte) = code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
+            out.push(char::from(byte));
+            rest = &rest[at + 4..];
+        } else {
+            out.push('\\');
+            rest = &rest[at + 1..];
         }
     }
     out.push_str(rest);
@@ -100,13 +97,13 @@ impl Host for RealHost {
             .collect()
     }
 
-    fn process_name(&mut self, tgid: u32, tid: u32, thread_comm: &str) -> Option<String> {
+    fn process_name(&mut self, tgid: u32, thread: u32, thread_comm: &str) -> Option<String> {
         let read = |path: String| {
             fs::read(path)
                 .ok()
                 .map(|c| escape(c.strip_suffix(b"\n").unwrap_or(&c)))
         };
-        (read(format!("/proc/{tgid}/task/{tid}/comm"))? == thread_comm)
+        (read(format!("/proc/{tgid}/task/{thread}/comm"))? == thread_comm)
             .then(|| read(format!("/proc/{tgid}/comm")))
             .flatten()
     }
@@ -189,6 +186,12 @@ fn socket_owners_from_proc() -> HashMap<u64, SocketProcess> {
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_HDR_LEN: usize = 16;
+/// `NLMSG_ERROR`, `NLMSG_DONE` (linux/netlink.h).
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// `AF_INET`, `AF_INET6`, `IPPROTO_TCP`, `IPPROTO_UDP` as the request's bytes.
+const FAMILIES: [u8; 2] = [2, 10];
+const PROTOCOLS: [u8; 2] = [6, 17];
 /// `struct inet_diag_req_v2`.
 const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg`: the cookie at 44..52, the inode at 68..72.
@@ -197,10 +200,9 @@ const MSG_LEN: usize = 72;
 /// Every TCP and UDP socket of this network namespace: (cookie, inode).
 fn inet_sockets() -> std::io::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        for protocol in [libc::IPPROTO_TCP, libc::IPPROTO_UDP] {
-            #[expect(clippy::cast_possible_truncation, reason = "small constants")]
-            out.extend(dump(family as u8, protocol as u8)?);
+    for family in FAMILIES {
+        for protocol in PROTOCOLS {
+            out.extend(dump(family, protocol)?);
         }
     }
     Ok(out)
@@ -236,14 +238,14 @@ fn dump(family: u8, protocol: u8) -> std::io::Result<Vec<(u64, u64)>> {
     // SAFETY: sends the request buffer; the kernel address is zeroed (pid 0, no groups).
     let sent = unsafe {
         let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        kernel.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).unwrap_or_default();
         libc::sendto(
             socket.as_raw_fd(),
             request.as_ptr().cast(),
             request.len(),
             0,
             (&raw const kernel).cast(),
-            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            libc::socklen_t::try_from(size_of::<libc::sockaddr_nl>()).unwrap_or_default(),
         )
     };
     if sent < 0 {
@@ -288,9 +290,8 @@ pub fn parse_messages(bytes: &[u8], out: &mut Vec<(u64, u64)>) -> bool {
         if len < NLMSG_HDR_LEN || offset + len > bytes.len() {
             return true;
         }
-        #[expect(clippy::cast_sign_loss, reason = "netlink message types")]
         match kind {
-            k if k == libc::NLMSG_DONE as u16 || k == libc::NLMSG_ERROR as u16 => return true,
+            NLMSG_DONE | NLMSG_ERROR => return true,
             SOCK_DIAG_BY_FAMILY if len >= NLMSG_HDR_LEN + MSG_LEN => {
                 let msg = offset + NLMSG_HDR_LEN;
                 let cookie = u64::from(word(msg + 44)) | (u64::from(word(msg + 48)) << 32);
@@ -370,8 +371,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(!parse_messages(&bytes, &mut out), "no NLMSG_DONE yet");
         assert_eq!(out, vec![(0x1_0000_0002, 77)]);
-        #[expect(clippy::cast_sign_loss, reason = "constant")]
-        let done = message(libc::NLMSG_DONE as u16, 0, 0);
+        let done = message(NLMSG_DONE, 0, 0);
         assert!(parse_messages(&done, &mut out));
         // A truncated message ends the parse without reading past it.
         let mut short = message(SOCK_DIAG_BY_FAMILY, 1, 1);
