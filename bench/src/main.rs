@@ -5,9 +5,11 @@
 //! Sections: `programs` (`BPF_PROG_TEST_RUN` against reference programs, verifier counts),
 //! `rates` (64-byte UDP packet rates across a veth pair: none / netwatch / tcpdump, and DNS
 //! floods), `storm` (a request storm through the lab: counts, CPU, memory) and `latency`
-//! (detection latency of blackholed targets). Benchmarks are not tests: a missed goal is
+//! (detection latency of blackholed targets) and `connects` (`connect()` rate with and
+//! without the socket owner programs). Benchmarks are not tests: a missed goal is
 //! reported, not an error; the exit status is 1 only when a section could not run.
 
+mod connects;
 mod goals;
 mod labkit;
 mod latency;
@@ -80,6 +82,7 @@ enum Section {
     Rates,
     Storm,
     Latency,
+    Connects,
 }
 
 /// Every section's parameters.
@@ -89,6 +92,8 @@ struct Plan {
     rates: rates::Plan,
     storm_seconds: f64,
     latency_targets: usize,
+    /// Rounds and seconds per condition of the `connect()` rate.
+    connects: (usize, f64),
 }
 
 impl Plan {
@@ -109,6 +114,7 @@ impl Plan {
                 },
                 storm_seconds: 1.0,
                 latency_targets: 10,
+                connects: (1, 0.3),
             }
         } else if quick {
             Self {
@@ -126,6 +132,7 @@ impl Plan {
                 },
                 storm_seconds: 5.0,
                 latency_targets: 100,
+                connects: (3, 1.0),
             }
         } else {
             Self {
@@ -143,6 +150,7 @@ impl Plan {
                 },
                 storm_seconds: 10.0,
                 latency_targets: 150,
+                connects: (7, 2.0),
             }
         }
     }
@@ -185,6 +193,13 @@ impl Plan {
             (
                 "latency".to_owned(),
                 format!("{} targets, netwatch --timeout 1s", self.latency_targets),
+            ),
+            (
+                "connects".to_owned(),
+                format!(
+                    "{} rounds of {} s without, then with netwatch",
+                    self.connects.0, self.connects.1
+                ),
             ),
         ])
     }
@@ -353,6 +368,11 @@ fn measure(args: &Args) -> anyhow::Result<Report> {
     if wanted(Section::Latency) {
         report.latency = section("latency", &mut errors, || {
             latency::run(&tools, plan.latency_targets, &progress)
+        });
+    }
+    if wanted(Section::Connects) {
+        report.connects = section("connects", &mut errors, || {
+            connects::run(&tools, plan.connects.0, plan.connects.1, &progress)
         });
     }
     report.errors = errors;

@@ -113,6 +113,11 @@ const ROWS: &[(&str, &str, Unit)] = &[
         "send → `blackholed` verdict, p99",
         Unit::Ms,
     ),
+    (
+        "connect_rate_ratio",
+        "UDP socket/connect/close rate, netwatch ÷ none",
+        Unit::FineRatio,
+    ),
 ];
 
 fn value_of(report: &Report, key: &str) -> Option<f64> {
@@ -128,6 +133,7 @@ fn value_of(report: &Report, key: &str) -> Option<f64> {
         "storm_user_cpu_pct" => report.storm_user_cpu_pct,
         "storm_rss_mib" => report.storm_rss_mib,
         "detection_latency_ms_p99" => report.detection_latency_ms_p99,
+        "connect_rate_ratio" => report.connect_rate_ratio,
         _ => None,
     }
 }
@@ -500,6 +506,25 @@ fn details(out: &mut String, report: &Report) {
             latency.min_ms,
             latency.max_ms,
             latency.timeout_ms + 1_000.0,
+        );
+    }
+    connects_section(out, report);
+}
+
+fn connects_section(out: &mut String, report: &Report) {
+    if let Some(connects) = &report.connects {
+        out.push_str("\n## connect() rate\n\n");
+        let median = |v: &[f64]| Figure::of(v).map_or(f64::NAN, |f| f.median);
+        let _ = writeln!(
+            out,
+            "UDP socket + connect(127.0.0.1:9) + close in the lab's client namespace, {} rounds of {} s: \
+             {:.0}/s without netwatch, {:.0}/s with it (its socket owner programs on the cgroup2 root: \
+             sock_create, connect4, sock_release run on each); ratio {:.4} (goal ≥ 0.97).",
+            connects.ratios.len(),
+            connects.seconds_per_round,
+            median(&connects.without),
+            median(&connects.with),
+            connects.ratio().map_or(f64::NAN, |f| f.median),
         );
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     goals::{self, GoalResult},
+    connects::ConnectResults,
     latency::LatencyResults,
     programs::ProgramResults,
     rates::{Condition, RateResults},
@@ -29,6 +30,9 @@ pub struct Report {
     pub storm_user_cpu_pct: Option<f64>,
     pub storm_rss_mib: Option<f64>,
     pub detection_latency_ms_p99: Option<f64>,
+    /// UDP `socket()` + `connect()` + `close()` rate, netwatch ÷ none (its socket owner
+    /// programs on the cgroup2 root).
+    pub connect_rate_ratio: Option<f64>,
     /// Per program: instructions the verifier processed.
     pub verifier_insns: Option<BTreeMap<String, u32>>,
     /// The largest of `verifier_insns`, as one number.
@@ -40,6 +44,7 @@ pub struct Report {
     pub rates: Option<RateResults>,
     pub storm: Option<StormResults>,
     pub latency: Option<LatencyResults>,
+    pub connects: Option<ConnectResults>,
     pub meta: Meta,
     /// Sections that failed, one line each.
     pub errors: Vec<String>,
@@ -110,6 +115,9 @@ impl Report {
         }
         if let Some(l) = &self.latency {
             self.detection_latency_ms_p99 = Some(l.p99_ms);
+        }
+        if let Some(c) = &self.connects {
+            self.connect_rate_ratio = put("connect_rate_ratio", c.ratio());
         }
         self.ranges = ranges;
         self.goals = goals::evaluate(self);

@@ -790,7 +790,11 @@ impl Probe {
         if self.owners.is_ok() {
             return Ok(());
         }
-        let root = cgroup2.ok_or_else(|| "no cgroup2 mount in /proc/mounts".to_owned())?;
+        let root = cgroup2.ok_or_else(|| {
+            "no cgroup2 mount in /proc/mounts (`ip netns exec` hides it: mount it there with \
+             `mount -t cgroup2 none /sys/fs/cgroup`)"
+                .to_owned()
+        })?;
         let cgroup = std::fs::File::open(root)
             .map_err(|err| format!("cannot open the cgroup2 root {}: {err}", root.display()))?;
         let refused = |name: &str, err: &aya::programs::ProgramError| {
