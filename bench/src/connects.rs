@@ -4,6 +4,11 @@
 //! fast as it can (no packet leaves: a UDP connect sends nothing), first with nothing
 //! attached, then with netwatch running (its programs on the cgroup2 root), round after
 //! round. Ratio = with ÷ without, per round; the figure is their median.
+//!
+//! A UDP connect is the cheapest `connect()` there is, so this is the programs' worst case
+//! relative cost. TCP connections on loopback were tried first: on this two-core machine
+//! their rate swung twentyfold between rounds of one condition (the accepting thread's
+//! scheduling), hiding the programs' cost entirely.
 
 use std::{
     fs::File,
@@ -115,8 +120,7 @@ fn connects_per_s(namespace: &str, length: Duration) -> anyhow::Result<f64> {
                     if fd < 0 {
                         bail!("socket: {}", std::io::Error::last_os_error());
                     }
-                    let connected =
-                        libc::connect(fd, (&raw const address).cast(), length_of);
+                    let connected = libc::connect(fd, (&raw const address).cast(), length_of);
                     let error = std::io::Error::last_os_error();
                     libc::close(fd);
                     if connected != 0 {

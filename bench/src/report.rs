@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    goals::{self, GoalResult},
     connects::ConnectResults,
+    goals::{self, GoalResult},
     latency::LatencyResults,
     programs::ProgramResults,
     rates::{Condition, RateResults},

@@ -66,7 +66,7 @@ pub fn netwatch_drops(ctx: RawTracePointContext) -> i32 {
 
 #[cgroup_sock(sock_create)]
 pub fn netwatch_sock_create(ctx: SockContext) -> i32 {
-    owners::record(&ctx);
+    owners::created(&ctx);
     owners::ALLOW
 }
 

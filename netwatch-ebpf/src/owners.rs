@@ -14,7 +14,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::LruHashMap,
-    programs::TcContext,
+    programs::{SockContext, TcContext},
 };
 use netwatch_common::{KernelCounter, PendingRequest, SOCKET_OWNERS_CAPACITY, SocketOwner};
 
@@ -23,10 +23,28 @@ use crate::maps::count;
 /// What a cgroup socket program returns to let the operation go on.
 pub const ALLOW: i32 = 1;
 
-/// Socket cookie → owner.
+/// Socket cookie → owner. An insert is the programs' one map write: about 1.4 µs on this
+/// machine kind (`bpf_stats`), whether the map is full or not; lookups about 0.2 µs.
 #[map]
 static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> =
     LruHashMap::with_max_entries(SOCKET_OWNERS_CAPACITY, 0);
+
+/// `IPPROTO_TCP`, `IPPROTO_UDP`.
+const TCP: u32 = 6;
+const UDP: u32 = 17;
+
+/// A socket is created: recorded only when nothing later will record it. TCP and UDP
+/// sockets are recorded when they connect or send without a connection (the only ways they
+/// send a request), so a server's sockets and sockets that never send cost no map update;
+/// ping and raw sockets send with no hook of their own, so they are recorded here.
+#[inline(always)]
+pub fn created(ctx: &SockContext) {
+    // SAFETY: the context pointer the kernel passed in; `protocol` is readable here.
+    let protocol = unsafe { (*ctx.sock).protocol };
+    if protocol != TCP && protocol != UDP {
+        record(ctx);
+    }
+}
 
 /// Records the current process as the owner of the socket behind `ctx` (a `bpf_sock` or a
 /// `bpf_sock_addr`: both have a cookie helper). Called in process context only.
@@ -60,8 +78,10 @@ pub fn record(ctx: &impl aya_ebpf::EbpfContext) {
 }
 
 /// A socket is released: its owner is stamped with the time rather than forgotten, so a
-/// request it sent just before (a client giving up, `dig` exiting) is still named when
-/// userspace next reads the pending table. The LRU evicts it later.
+/// request it sent just before closing (a client giving up, `dig` exiting, a refused `curl`)
+/// is still named when userspace next reads the pending table; the LRU evicts it later.
+/// (Forgetting owners here to keep the map from filling was measured: a delete cost more at
+/// release than it saved at insert.)
 #[inline(always)]
 pub fn released(ctx: &impl aya_ebpf::EbpfContext) {
     // SAFETY: as in `record`.

@@ -20,7 +20,7 @@ use aya::{
 };
 use netwatch_common::{
     CONNECT4_PROGRAM, CONNECT6_PROGRAM, SENDMSG4_PROGRAM, SENDMSG6_PROGRAM, SOCK_CREATE_PROGRAM,
-    SOCK_RELEASE_PROGRAM, SOCKET_OWNERS_MAP, SocketOwner,
+    SOCK_RELEASE_PROGRAM, SOCKET_OWNERS_CAPACITY_ENV, SOCKET_OWNERS_MAP, SocketOwner,
 };
 use netwatch_common::{
     COUNTERS_MAP, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, EGRESS_PROGRAM,
@@ -448,14 +448,21 @@ impl Probe {
         let drop_config = layout
             .as_ref()
             .map_or(DropConfig::disabled(), |(config, _)| *config);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(TIMEOUT_GLOBAL, &timeout_ns, true)
-            .override_global(DROP_CONFIG_GLOBAL, &drop_config, true)
-            .load(EBPF_OBJECT)
-            .map_err(|err| {
-                log::debug!("eBPF object load failed: {err:?}");
-                ProbeError::Load(with_memlock_hint(first_line(&err)))
-            })?;
+            .override_global(DROP_CONFIG_GLOBAL, &drop_config, true);
+        // Test-only: a small socket owner map that a test can fill.
+        if let Some(capacity) = std::env::var(SOCKET_OWNERS_CAPACITY_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            loader.set_max_entries(SOCKET_OWNERS_MAP, capacity);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|err| {
+            log::debug!("eBPF object load failed: {err:?}");
+            ProbeError::Load(with_memlock_hint(first_line(&err)))
+        })?;
         for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
             let program = classifier(&mut ebpf, name)?;
             program.load().map_err(|err| {

@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use netwatch_common::SOCKET_OWNERS_CAPACITY_ENV;
 use netwatch_tests::{
     lab::{
         CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, Netns, NetwatchRun, SERVER_V4, TargetId,
@@ -138,7 +139,15 @@ impl Drop for Cgroups {
 /// its own, which hides the host's cgroup2 mount: it is mounted again there, at
 /// `/sys/fs/cgroup` (the same hierarchy, so the same paths, at another mount point).
 fn start_netwatch(ns: &Netns, iface: &str) -> NetwatchRun {
+    start_netwatch_with(ns, iface, None)
+}
+
+/// [`start_netwatch`], with a socket owner map of `owners_capacity` entries when given.
+fn start_netwatch_with(ns: &Netns, iface: &str, owners_capacity: Option<u32>) -> NetwatchRun {
     let mut command = ns.command("sh");
+    if let Some(capacity) = owners_capacity {
+        command.env(SOCKET_OWNERS_CAPACITY_ENV, capacity.to_string());
+    }
     command
         .args([
             "-c",
@@ -395,14 +404,17 @@ fn failing_targets_name_the_process_and_cgroup_behind_them() {
     drop(cgroups);
 }
 
-/// Fills the owner map past its capacity with short-lived sockets, then connects over TCP
+/// Fills the owner map (64 entries in this test) many times over with sockets that connect,
+/// then connects over TCP
 /// and UDP (IPv4 and IPv6) and sends without a connection, thousands of times each, on
 /// loopback in the client namespace. Prints `OK FAILED`.
 const CONNECT_STORM: &str = r"
 import socket, threading
 fails, ok = 0, 0
-for _ in range(40000):
-    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+for _ in range(2000):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(('127.0.0.1', 9))
+    u.close()
 server = socket.socket()
 server.bind(('127.0.0.1', 0))
 server.listen(4096)
@@ -448,7 +460,7 @@ fn owner_programs_never_refuse_a_connect_even_with_their_map_full() {
     }
     let lab = Lab::new();
     let cgroups = Cgroups::new(&["storm"]);
-    let run = start_netwatch(&lab.client, CLIENT_IFACE);
+    let run = start_netwatch_with(&lab.client, CLIENT_IFACE, Some(64));
     let out = cgroups
         .command("storm", &lab.client, "python3", &["-c", CONNECT_STORM])
         .stdout(Stdio::piped())
