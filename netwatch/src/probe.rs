@@ -452,13 +452,7 @@ impl Probe {
         loader
             .override_global(TIMEOUT_GLOBAL, &timeout_ns, true)
             .override_global(DROP_CONFIG_GLOBAL, &drop_config, true);
-        // Test-only: a small socket owner map that a test can fill.
-        if let Some(capacity) = std::env::var(SOCKET_OWNERS_CAPACITY_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-        {
-            loader.set_max_entries(SOCKET_OWNERS_MAP, capacity);
-        }
+        with_test_capacities(&mut loader);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|err| {
             log::debug!("eBPF object load failed: {err:?}");
             ProbeError::Load(with_memlock_hint(first_line(&err)))
@@ -1166,6 +1160,17 @@ fn parse_layout_here() -> drops::Layout {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
     }
     parsed
+}
+
+/// Test-only: a small socket owner map that a test can fill
+/// ([`SOCKET_OWNERS_CAPACITY_ENV`]).
+fn with_test_capacities(loader: &mut EbpfLoader<'_>) {
+    if let Some(capacity) = std::env::var(SOCKET_OWNERS_CAPACITY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        loader.map_max_entries(SOCKET_OWNERS_MAP, capacity);
+    }
 }
 
 /// Loads the drop program and takes its maps; `Err` says why it cannot run here.
