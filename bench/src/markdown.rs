@@ -115,7 +115,7 @@ const ROWS: &[(&str, &str, Unit)] = &[
     ),
     (
         "connect_rate_ratio",
-        "UDP socket/connect/close rate, netwatch ÷ none",
+        "TCP connect rate on loopback, netwatch ÷ none",
         Unit::FineRatio,
     ),
 ];
@@ -517,14 +517,19 @@ fn connects_section(out: &mut String, report: &Report) {
         let median = |v: &[f64]| Figure::of(v).map_or(f64::NAN, |f| f.median);
         let _ = writeln!(
             out,
-            "UDP socket + connect(127.0.0.1:9) + close in the lab's client namespace, {} rounds of {} s: \
-             {:.0}/s without netwatch, {:.0}/s with it (its socket owner programs on the cgroup2 root: \
-             sock_create, connect4, sock_release run on each); ratio {:.4} (goal ≥ 0.97).",
-            connects.ratios.len(),
+            "One thread in the lab's client namespace, {} rounds of {} s per condition; netwatch's \
+             socket owner programs on the cgroup2 root run on each socket(), connect() and close(). \
+             TCP (connect to 127.0.0.1, accept, both closed): {:.0}/s without netwatch, {:.0}/s with it, \
+             ratio {:.4} (goal ≥ 0.97). UDP socket + connect + close (no packet: the cheapest connect(), \
+             the programs' worst case): {:.0}/s and {:.0}/s, ratio {:.4}.",
+            connects.tcp.ratios.len(),
             connects.seconds_per_round,
-            median(&connects.without),
-            median(&connects.with),
-            connects.ratio().map_or(f64::NAN, |f| f.median),
+            median(&connects.tcp.without),
+            median(&connects.tcp.with),
+            connects.tcp.ratio().map_or(f64::NAN, |f| f.median),
+            median(&connects.udp.without),
+            median(&connects.udp.with),
+            connects.udp.ratio().map_or(f64::NAN, |f| f.median),
         );
     }
 }

@@ -30,7 +30,7 @@ pub struct Report {
     pub storm_user_cpu_pct: Option<f64>,
     pub storm_rss_mib: Option<f64>,
     pub detection_latency_ms_p99: Option<f64>,
-    /// UDP `socket()` + `connect()` + `close()` rate, netwatch ÷ none (its socket owner
+    /// TCP `connect()` rate on loopback, netwatch ÷ none (its socket owner
     /// programs on the cgroup2 root).
     pub connect_rate_ratio: Option<f64>,
     /// Per program: instructions the verifier processed.
