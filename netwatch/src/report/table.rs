@@ -281,6 +281,31 @@ mod tests {
     }
 
     #[test]
+    fn the_who_column_names_the_unit_or_process() {
+        let process = |comm: &str, cgroup: &str| attribution::Process {
+            pid: 1,
+            comm: comm.into(),
+            cgroup: cgroup.into(),
+        };
+        let mut unit = view(Proto::Tcp, "198.51.100.10", Some(8443), Verdict::Rejected);
+        unit.processes = vec![process("curl", "/system.slice/payments.service")];
+        let mut bare = view(Proto::Udp, "198.51.100.53", Some(53), Verdict::Blackholed);
+        bare.processes = vec![process("dig", "/user.slice/session-1.scope")];
+        let unknown = view(Proto::Tcp, "198.51.100.11", Some(443), Verdict::Blackholed);
+        let text = render(&Snapshot {
+            targets: vec![unit, bare, unknown],
+            ..Snapshot::default()
+        });
+        let header = text.lines().next().unwrap();
+        let who = header.find("WHO").expect("a WHO column");
+        assert!(header[who..].starts_with("WHO"), "{text}");
+        let row = |needle: &str| text.lines().find(|l| l.contains(needle)).unwrap();
+        assert_eq!(&row("8443")[who..who + 16], "payments.service", "{text}");
+        assert_eq!(row(" 53 ")[who..].trim_end(), "dig", "{text}");
+        assert_eq!(row(" 443 ")[who..].trim_end(), "-", "{text}");
+    }
+
+    #[test]
     fn empty_snapshot_says_what_will_appear() {
         assert!(render(&Snapshot::default()).starts_with("No requests seen yet"));
     }
