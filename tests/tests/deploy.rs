@@ -170,6 +170,7 @@ fn run_info() -> RunInfo {
         timeout: Duration::from_secs(3),
         window: Duration::from_mins(1),
         local_drops: "available".to_owned(),
+        attribution: "available".to_owned(),
     }
 }
 
