@@ -12,7 +12,10 @@
 
 pub mod host;
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+};
 
 use netwatch_common::{DIRECTION_EGRESS, PendingRequest, RequestKey, SocketOwner, TargetKey};
 use serde::Serialize;
@@ -26,6 +29,9 @@ const CACHE_LIMIT: usize = 65_536;
 const RETRY_LIMIT: usize = 1_024;
 /// Polls a request is retried before it stays unattributed.
 const RETRY_POLLS: u8 = 8;
+/// How much earlier than the latest request read a request may be put in the pending table
+/// after the read: another CPU stamps it, then inserts it, while the table is being read.
+const LATE_INSERT_NS: u64 = 100_000_000;
 /// Least time between two walks of the cgroup tree or two `sock_diag` dumps.
 const REFRESH_NS: u64 = 1_000_000_000;
 
@@ -195,11 +201,15 @@ pub struct Attribution {
     /// Sockets open when last dumped.
     sockets: HashMap<u64, SocketProcess>,
     sockets_dumped_ns: Option<u64>,
-    /// Cookies joined.
-    joined: HashMap<u64, Process>,
+    /// Cookies joined, with when: reused for [`REFRESH_NS`] only, since a socket passed to
+    /// another process that then connects or sends is recorded again under its new owner.
+    joined: HashMap<u64, (Process, u64)>,
     waiting: Vec<Waiting>,
-    /// The latest `last_sent_ns` of the entries looked at: older ones were seen.
+    /// The latest `last_sent_ns` of the entries looked at: older ones were seen, except
+    /// within [`LATE_INSERT_NS`] of it.
     seen_upto_ns: u64,
+    /// Requests looked at within [`LATE_INSERT_NS`] of `seen_upto_ns`: (key, `last_sent_ns`).
+    seen_lately: HashSet<(RequestKey, u64)>,
 }
 
 impl Attribution {
@@ -228,12 +238,14 @@ impl Attribution {
         if self.joined.len() > CACHE_LIMIT {
             self.joined.clear();
         }
+        let since = self.seen_upto_ns.saturating_sub(LATE_INSERT_NS);
         let mut fresh: Vec<(u64, Waiting)> = entries
             .iter()
             .filter(|(key, request)| {
                 key.direction == DIRECTION_EGRESS
                     && request.socket_cookie != 0
-                    && request.last_sent_ns > self.seen_upto_ns
+                    && request.last_sent_ns > since
+                    && !self.seen_lately.contains(&(*key, request.last_sent_ns))
             })
             .map(|(key, request)| {
                 (
@@ -247,9 +259,16 @@ impl Attribution {
                 )
             })
             .collect();
-        if let Some(latest) = fresh.iter().map(|(sent, _)| *sent).max() {
-            self.seen_upto_ns = latest;
+        for (key, request) in entries {
+            if request.last_sent_ns > since {
+                self.seen_lately.insert((*key, request.last_sent_ns));
+            }
         }
+        if let Some(latest) = fresh.iter().map(|(sent, _)| *sent).max() {
+            self.seen_upto_ns = self.seen_upto_ns.max(latest);
+        }
+        let since = self.seen_upto_ns.saturating_sub(LATE_INSERT_NS);
+        self.seen_lately.retain(|(_, sent)| *sent > since);
         fresh.sort_by_key(|(sent, _)| *sent);
         let mut todo = std::mem::take(&mut self.waiting);
         todo.extend(fresh.into_iter().map(|(_, w)| w));
@@ -277,7 +296,9 @@ impl Attribution {
         cgroup_id: u64,
         now_ns: u64,
     ) -> Option<Process> {
-        if let Some(process) = self.joined.get(&cookie) {
+        if let Some((process, at)) = self.joined.get(&cookie)
+            && now_ns.saturating_sub(*at) < REFRESH_NS
+        {
             return Some(process.clone());
         }
         let process = if let Some(owner) = owners.socket_owner(cookie) {
@@ -296,7 +317,7 @@ impl Attribution {
                 from_socket_process(&found, cgroup.as_deref())
             })
         }?;
-        self.joined.insert(cookie, process.clone());
+        self.joined.insert(cookie, (process.clone(), now_ns));
         Some(process)
     }
 
@@ -425,6 +446,41 @@ mod tests {
                 .attribute(&mut owners, &mut host, &entries, 3 * S)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_request_inserted_after_a_later_one_was_read_is_still_seen() {
+        let mut host = FakeHost::default();
+        let mut owners = FakeOwners::default();
+        owners.0.insert(5, owner(10, "curl", 0));
+        owners.0.insert(6, owner(11, "dig", 0));
+        let mut attribution = Attribution::new();
+        let later = request(443, 5, 0, S + 1_000);
+        assert_eq!(
+            attribution
+                .attribute(&mut owners, &mut host, &[later], S + 2_000)
+                .len(),
+            1
+        );
+        // Sent a microsecond earlier on another CPU, in the table only by the next read.
+        let earlier = request(53, 6, 0, S);
+        let found = attribution.attribute(&mut owners, &mut host, &[later, earlier], S + 5_000);
+        assert_eq!(found.len(), 1, "the earlier one, once; not the later again");
+        assert_eq!(found[0].1.pid, 11);
+    }
+
+    #[test]
+    fn a_socket_passed_to_another_process_is_named_after_its_new_owner() {
+        let mut host = FakeHost::default();
+        let mut owners = FakeOwners::default();
+        owners.0.insert(5, owner(10, "parent", 0));
+        let mut attribution = Attribution::new();
+        let first = attribution.attribute(&mut owners, &mut host, &[request(53, 5, 0, S)], S);
+        assert_eq!(first[0].1.pid, 10);
+        owners.0.insert(5, owner(11, "child", 0));
+        let later =
+            attribution.attribute(&mut owners, &mut host, &[request(53, 5, 0, 3 * S)], 3 * S);
+        assert_eq!(later[0].1.pid, 11, "the cached join expired");
     }
 
     #[test]

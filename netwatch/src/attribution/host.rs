@@ -43,13 +43,14 @@ fn unescape_mount(field: &str) -> String {
     out
 }
 
-/// The cgroup v2 path of a process from `/proc/PID/cgroup` (its `0::` line).
+/// The cgroup v2 path of a process from `/proc/PID/cgroup` (its `0::` line), escaped as
+/// the names of the cgroup tree are.
 #[must_use]
 pub fn unified_cgroup(proc_cgroup: &str) -> Option<String> {
     proc_cgroup
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
-        .map(|path| path.trim_end_matches(" (deleted)").to_owned())
+        .map(|path| escape(path.trim_end_matches(" (deleted)").as_bytes()))
 }
 
 /// The inode of a `/proc/PID/fd/N` link to a socket (`socket:[12345]`).
