@@ -197,7 +197,7 @@ impl Plan {
             (
                 "connects".to_owned(),
                 format!(
-                    "{} rounds of {} s without, then with netwatch",
+                    "{} rounds of {} s, netwatch without, then with its socket owner programs",
                     self.connects.0, self.connects.1
                 ),
             ),

@@ -115,7 +115,7 @@ const ROWS: &[(&str, &str, Unit)] = &[
     ),
     (
         "connect_rate_ratio",
-        "TCP connect rate on loopback, netwatch ÷ none",
+        "TCP connect rate on loopback, socket owner programs ÷ none",
         Unit::FineRatio,
     ),
 ];
@@ -517,11 +517,12 @@ fn connects_section(out: &mut String, report: &Report) {
         let median = |v: &[f64]| Figure::of(v).map_or(f64::NAN, |f| f.median);
         let _ = writeln!(
             out,
-            "One thread in the lab's client namespace, {} rounds of {} s per condition; netwatch's \
-             socket owner programs on the cgroup2 root run on each socket(), connect() and close(). \
-             TCP (connect to 127.0.0.1, accept, both closed): {:.0}/s without netwatch, {:.0}/s with it, \
-             ratio {:.4} (goal ≥ 0.97). UDP socket + connect + close (no packet: the cheapest connect(), \
-             the programs' worst case): {:.0}/s and {:.0}/s, ratio {:.4}.",
+            "One thread in the lab's client namespace, {} rounds of {} s per condition, netwatch \
+             running without, then with, its socket owner programs on the cgroup2 root (they run on \
+             each socket(), connect() and close()). TCP (connect to 127.0.0.1, accept, both closed): \
+             {:.0}/s without them, {:.0}/s with them, ratio {:.4} (goal ≥ 0.97). UDP socket + connect + \
+             close (no packet: the cheapest connect(), the programs' worst case): {:.0}/s and {:.0}/s, \
+             ratio {:.4}.",
             connects.tcp.ratios.len(),
             connects.seconds_per_round,
             median(&connects.tcp.without),

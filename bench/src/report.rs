@@ -30,8 +30,8 @@ pub struct Report {
     pub storm_user_cpu_pct: Option<f64>,
     pub storm_rss_mib: Option<f64>,
     pub detection_latency_ms_p99: Option<f64>,
-    /// TCP `connect()` rate on loopback, netwatch ÷ none (its socket owner
-    /// programs on the cgroup2 root).
+    /// TCP `connect()` rate on loopback with netwatch's socket owner programs on the
+    /// cgroup2 root ÷ netwatch without them.
     pub connect_rate_ratio: Option<f64>,
     /// Per program: instructions the verifier processed.
     pub verifier_insns: Option<BTreeMap<String, u32>>,
