@@ -1,7 +1,8 @@
 //! Who sent it (issue 13): the process and cgroup behind every failing request.
 //!
-//! Clients run in cgroups this test makes under the cgroup2 mount (found in `/proc/mounts`:
-//! `/sys/fs/cgroup/unified` on this hybrid host), inside the client namespace; netwatch names
+//! Clients (dig, curl, nc, ping, python) run in cgroups this test makes under the cgroup2
+//! mount (found in `/proc/mounts`: `/sys/fs/cgroup/unified` on this hybrid host), inside the
+//! client namespace; netwatch names
 //! each failing target's process and cgroup. A socket opened before netwatch started is named
 //! through `sock_diag` and `/proc`; forwarded traffic (netwatch on the firewall) stays
 //! unattributed. The socket owner programs sit on every `connect()` of the host: with them
@@ -255,12 +256,12 @@ fn failing_targets_name_the_process_and_cgroup_behind_them() {
     const NAME: &str = "failing_targets_name_the_process_and_cgroup_behind_them";
     if !prerequisites(
         NAME,
-        &["ip", "nft", "mount", "dig", "curl", "nc", "python3"],
+        &["ip", "nft", "mount", "dig", "curl", "nc", "ping", "python3"],
     ) {
         return;
     }
     let lab = Lab::new();
-    let cgroups = Cgroups::new(&["dig", "curl", "nc", "python", "early"]);
+    let cgroups = Cgroups::new(&["dig", "curl", "nc", "python", "early", "ping"]);
     let mut children = Children(Vec::new());
     let scratch = std::env::temp_dir().join(format!("netwatch-attribution-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
@@ -314,6 +315,14 @@ fn failing_targets_name_the_process_and_cgroup_behind_them() {
         "python3",
         &["-c", PYTHON_CONNECT, DNS2_V4, "5432"],
     ));
+    // Echo requests are dropped: a ping socket is recorded when it is made (it sends with no
+    // connect() or sendmsg() hook of its own).
+    let ping_pid = children.spawn(cgroups.command(
+        "ping",
+        &lab.client,
+        "ping",
+        &["-c", "2", "-i", "0.5", "-W", "1", DNS_V4],
+    ));
     let forwarded_pid = children.spawn(cgroups.command(
         "curl",
         &lab.client,
@@ -328,6 +337,12 @@ fn failing_targets_name_the_process_and_cgroup_behind_them() {
         (tcp(DNS2_V4, 5432), python_pid, "python3", "python"),
         (udp(DNS2_V4, 53), early_pid, "python3", "early"),
         (tcp(SERVER_V4, 80), forwarded_pid, "curl", "curl"),
+        (
+            ("icmp".into(), DNS_V4.into(), None),
+            ping_pid,
+            "ping",
+            "ping",
+        ),
     ];
     for (target, ..) in &expected {
         client_run.wait_for(
