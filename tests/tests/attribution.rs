@@ -2,9 +2,8 @@
 //!
 //! Clients (dig, curl, nc, ping, python) run in cgroups this test makes under the cgroup2
 //! mount (found in `/proc/mounts`: `/sys/fs/cgroup/unified` on this hybrid host), inside the
-//! client namespace; netwatch names
-//! each failing target's process and cgroup. A socket opened before netwatch started is named
-//! through `sock_diag` and `/proc`; forwarded traffic (netwatch on the firewall) stays
+//! client namespace; netwatch names each failing target's process and cgroup. A socket
+//! opened before netwatch started is named through `sock_diag` and `/proc`; forwarded traffic (netwatch on the firewall) stays
 //! unattributed. The socket owner programs sit on every `connect()` of the host: with them
 //! attached, and their map overflowed, not one `connect()` or `sendto()` fails.
 //!
