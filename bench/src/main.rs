@@ -5,10 +5,12 @@
 //! Sections: `programs` (`BPF_PROG_TEST_RUN` against reference programs, verifier counts),
 //! `rates` (64-byte UDP packet rates across a veth pair: none / netwatch / tcpdump, and DNS
 //! floods), `storm` (a request storm through the lab: counts, CPU, memory), `drops` (the
-//! local drop program's cost per drop in a drop storm) and `latency` (detection latency of
-//! blackholed targets). Benchmarks are not tests: a missed goal is
-//! reported, not an error; the exit status is 1 only when a section could not run.
+//! local drop program's cost per drop in a drop storm), `latency` (detection latency of
+//! blackholed targets) and `connects` (`connect()` rate with and without the socket owner
+//! programs). Benchmarks are not tests: a missed goal is reported, not an error; the exit
+//! status is 1 only when a section could not run.
 
+mod connects;
 mod drops;
 mod goals;
 mod labkit;
@@ -89,6 +91,7 @@ enum Section {
     Storm,
     Drops,
     Latency,
+    Connects,
 }
 
 /// Every section's parameters.
@@ -100,6 +103,8 @@ struct Plan {
     /// Copies of the watched query dropped in the drop storm.
     drop_storm: u64,
     latency_targets: usize,
+    /// Rounds and seconds per condition of the `connect()` rate.
+    connects: (usize, f64),
 }
 
 impl Plan {
@@ -121,6 +126,7 @@ impl Plan {
                 storm_seconds: 1.0,
                 drop_storm: 20_000,
                 latency_targets: 10,
+                connects: (1, 0.3),
             }
         } else if quick {
             Self {
@@ -139,6 +145,7 @@ impl Plan {
                 storm_seconds: 5.0,
                 drop_storm: 1_000_000,
                 latency_targets: 100,
+                connects: (3, 1.0),
             }
         } else {
             Self {
@@ -157,6 +164,7 @@ impl Plan {
                 storm_seconds: 10.0,
                 drop_storm: 2_000_000,
                 latency_targets: 150,
+                connects: (7, 2.0),
             }
         }
     }
@@ -207,6 +215,13 @@ impl Plan {
             (
                 "latency".to_owned(),
                 format!("{} targets, netwatch --timeout 1s", self.latency_targets),
+            ),
+            (
+                "connects".to_owned(),
+                format!(
+                    "{} rounds of {} s, netwatch without, then with its socket owner programs",
+                    self.connects.0, self.connects.1
+                ),
             ),
         ])
     }
@@ -380,6 +395,11 @@ fn measure(args: &Args) -> anyhow::Result<Report> {
     if wanted(Section::Latency) {
         report.latency = section("latency", &mut errors, || {
             latency::run(&tools, plan.latency_targets, &progress)
+        });
+    }
+    if wanted(Section::Connects) {
+        report.connects = section("connects", &mut errors, || {
+            connects::run(&tools, plan.connects.0, plan.connects.1, &progress)
         });
     }
     report.errors = errors;

@@ -129,6 +129,11 @@ const ROWS: &[(&str, &str, Unit)] = &[
         "send → `blackholed` verdict, p99",
         Unit::Ms,
     ),
+    (
+        "connect_rate_ratio",
+        "TCP connect rate on loopback, socket owner programs ÷ none",
+        Unit::FineRatio,
+    ),
 ];
 
 fn value_of(report: &Report, key: &str) -> Option<f64> {
@@ -147,6 +152,7 @@ fn value_of(report: &Report, key: &str) -> Option<f64> {
         "drop_unwatched_ns" => report.drop_unwatched_ns,
         "drop_storm_cpu_pct" => report.drop_storm_cpu_pct,
         "detection_latency_ms_p99" => report.detection_latency_ms_p99,
+        "connect_rate_ratio" => report.connect_rate_ratio,
         _ => None,
     }
 }
@@ -508,28 +514,7 @@ fn details(out: &mut String, report: &Report) {
         );
     }
     if let Some(storm) = &report.storm {
-        out.push_str("\n## Storm\n\n");
-        let _ = writeln!(
-            out,
-            "{} distinct DNS queries in {:.2} s ({}/s) to a blackholed lab target. netwatch counted {} requests: \
-             {} unanswered, {} untracked (table full; the summary's `lost_requests`: {}), {} still in flight at the end. \
-             CPU during the storm: {:.1} % user + {:.1} % system of one core ({:.1} % in the {:.0} s after it, \
-             judging what was left). Memory: peak RSS sampled every 100 ms {:.1} MiB, VmHWM {:.1} MiB.",
-            count(storm.sent),
-            storm.seconds,
-            thousands(storm.requests_per_s),
-            count(storm.requests),
-            count(storm.unanswered),
-            count(storm.untracked),
-            count(storm.lost_requests),
-            storm.in_flight,
-            storm.cpu_user_pct,
-            storm.cpu_system_pct,
-            storm.settle_cpu_pct,
-            crate::storm::SETTLE.as_secs_f64(),
-            storm.rss_peak_mib,
-            storm.rss_hwm_mib,
-        );
+        storm_details(out, storm);
     }
     if let Some(drops) = &report.drops {
         drop_storm(out, drops);
@@ -550,6 +535,56 @@ fn details(out: &mut String, report: &Report) {
             latency.timeout_ms + 1_000.0,
         );
     }
+    connects_section(out, report);
+}
+
+fn connects_section(out: &mut String, report: &Report) {
+    if let Some(connects) = &report.connects {
+        out.push_str("\n## connect() rate\n\n");
+        let median = |v: &[f64]| Figure::of(v).map_or(f64::NAN, |f| f.median);
+        let _ = writeln!(
+            out,
+            "One thread in the lab's client namespace, {} rounds of {} s per condition, netwatch \
+             running without, then with, its socket owner programs on the cgroup2 root (they run on \
+             each socket(), connect() and close()). TCP (connect to 127.0.0.1, accept, both closed): \
+             {:.0}/s without them, {:.0}/s with them, ratio {:.4} (goal ≥ 0.97). UDP socket + connect + \
+             close (no packet: the cheapest connect(), the programs' worst case): {:.0}/s and {:.0}/s, \
+             ratio {:.4}.",
+            connects.tcp.ratios.len(),
+            connects.seconds_per_round,
+            median(&connects.tcp.without),
+            median(&connects.tcp.with),
+            connects.tcp.ratio().map_or(f64::NAN, |f| f.median),
+            median(&connects.udp.without),
+            median(&connects.udp.with),
+            connects.udp.ratio().map_or(f64::NAN, |f| f.median),
+        );
+    }
+}
+
+fn storm_details(out: &mut String, storm: &crate::storm::StormResults) {
+    out.push_str("\n## Storm\n\n");
+    let _ = writeln!(
+        out,
+        "{} distinct DNS queries in {:.2} s ({}/s) to a blackholed lab target. netwatch counted {} requests: \
+         {} unanswered, {} untracked (table full; the summary's `lost_requests`: {}), {} still in flight at the end. \
+         CPU during the storm: {:.1} % user + {:.1} % system of one core ({:.1} % in the {:.0} s after it, \
+         judging what was left). Memory: peak RSS sampled every 100 ms {:.1} MiB, VmHWM {:.1} MiB.",
+        count(storm.sent),
+        storm.seconds,
+        thousands(storm.requests_per_s),
+        count(storm.requests),
+        count(storm.unanswered),
+        count(storm.untracked),
+        count(storm.lost_requests),
+        storm.in_flight,
+        storm.cpu_user_pct,
+        storm.cpu_system_pct,
+        storm.settle_cpu_pct,
+        crate::storm::SETTLE.as_secs_f64(),
+        storm.rss_peak_mib,
+        storm.rss_hwm_mib,
+    );
 }
 
 fn drop_storm(out: &mut String, drops: &DropResults) {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    connects::ConnectResults,
     drops::DropResults,
     goals::{self, GoalResult},
     latency::LatencyResults,
@@ -36,6 +37,9 @@ pub struct Report {
     /// The drop program and netwatch's process in the drop storm, % of one core.
     pub drop_storm_cpu_pct: Option<f64>,
     pub detection_latency_ms_p99: Option<f64>,
+    /// TCP `connect()` rate on loopback with netwatch's socket owner programs on the
+    /// cgroup2 root ÷ netwatch without them.
+    pub connect_rate_ratio: Option<f64>,
     /// Per program: instructions the verifier processed.
     pub verifier_insns: Option<BTreeMap<String, u32>>,
     /// The largest of `verifier_insns`, as one number.
@@ -48,6 +52,7 @@ pub struct Report {
     pub storm: Option<StormResults>,
     pub drops: Option<DropResults>,
     pub latency: Option<LatencyResults>,
+    pub connects: Option<ConnectResults>,
     pub meta: Meta,
     /// Sections that failed, one line each.
     pub errors: Vec<String>,
@@ -124,6 +129,9 @@ impl Report {
         }
         if let Some(l) = &self.latency {
             self.detection_latency_ms_p99 = Some(l.p99_ms);
+        }
+        if let Some(c) = &self.connects {
+            self.connect_rate_ratio = put("connect_rate_ratio", c.ratio());
         }
         self.ranges = ranges;
         self.goals = goals::evaluate(self);

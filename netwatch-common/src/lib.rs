@@ -39,6 +39,45 @@ pub const PENDING_CAPACITY: u32 = 65_536;
 /// never reused: a target keeps its counters for the life of the programs.
 pub const TARGETS_CAPACITY: u32 = 16_384;
 
+/// Programs on the cgroup2 root that record which process owns each socket (see
+/// [`SocketOwner`]). All of them always allow: they only observe.
+pub const SOCK_CREATE_PROGRAM: &str = "netwatch_sock_create";
+pub const SOCK_RELEASE_PROGRAM: &str = "netwatch_sock_release";
+pub const CONNECT4_PROGRAM: &str = "netwatch_connect4";
+pub const CONNECT6_PROGRAM: &str = "netwatch_connect6";
+pub const SENDMSG4_PROGRAM: &str = "netwatch_sendmsg4";
+pub const SENDMSG6_PROGRAM: &str = "netwatch_sendmsg6";
+/// LRU hash of socket cookie → [`SocketOwner`], written by the cgroup socket programs.
+pub const SOCKET_OWNERS_MAP: &str = "SOCKET_OWNERS";
+/// Capacity of [`SOCKET_OWNERS_MAP`]. An LRU: when full, the least recently used owner
+/// (usually a socket long closed) is evicted, never refused; a socket whose owner was
+/// evicted is attributed from `/proc` or not at all.
+pub const SOCKET_OWNERS_CAPACITY: u32 = 16_384;
+/// Test-only: an environment variable that sets a smaller capacity of [`SOCKET_OWNERS_MAP`],
+/// so that tests can fill it.
+pub const SOCKET_OWNERS_CAPACITY_ENV: &str = "NETWATCH_TEST_SOCKET_OWNERS_CAPACITY";
+
+/// Who last connected a socket, or sent on it without a connection (TCP, UDP), or created it
+/// (ping and raw sockets), as the cgroup socket programs saw it in process context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOwner {
+    /// `bpf_get_current_cgroup_id()`: the cgroup v2 id (the inode number of its directory
+    /// under the cgroup2 mount).
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` when the socket was released; 0 while it is open.
+    pub released_ns: u64,
+    /// The process (thread group) id and the thread's id, as seen from the initial pid
+    /// namespace.
+    pub tgid: u32,
+    pub tid: u32,
+    /// `bpf_get_current_comm()`: the *thread's* name (dig sends from `isc-net-0000`),
+    /// NUL-padded; userspace names the process from `/proc` when the thread is still there.
+    /// Untrusted: escape it.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<SocketOwner>() == 40);
+
 /// Name of the read-only global holding `--timeout` in nanoseconds, set at load time.
 pub const TIMEOUT_GLOBAL: &str = "TIMEOUT_NS";
 
@@ -310,8 +349,14 @@ pub struct PendingRequest {
     /// DNS: the question section as sent on the wire (labels, then QTYPE), truncated to
     /// [`DNS_QUESTION_CAPTURE`] bytes. Untrusted bytes: escape before display.
     pub question: [u8; DNS_QUESTION_CAPTURE],
+    /// Requests this host sent: the sending socket's cookie (`bpf_get_socket_cookie`) and
+    /// cgroup v2 id (`bpf_skb_cgroup_id`), for userspace to name the process behind it
+    /// ([`SOCKET_OWNERS_MAP`]). 0 when the packet had no socket (forwarded traffic) and for
+    /// requests this host received.
+    pub socket_cookie: u64,
+    pub cgroup_id: u64,
 }
-const _: () = assert!(size_of::<PendingRequest>() == 120);
+const _: () = assert!(size_of::<PendingRequest>() == 136);
 
 impl PendingRequest {
     /// A request first sent at `now_ns`, everything else zero, to be filled in place.
@@ -328,6 +373,8 @@ impl PendingRequest {
             question_len: 0,
             syn_payload_len: 0,
             question: [0; DNS_QUESTION_CAPTURE],
+            socket_cookie: 0,
+            cgroup_id: 0,
         }
     }
 }
@@ -560,10 +607,13 @@ pub enum KernelCounter {
     /// A local drop of a watched packet whose (target, reason) pair did not fit in the
     /// local drops map: the drop is not counted by reason.
     LocalDropsFull = 15,
+    /// A socket's owner could not be recorded in the socket owners map (an LRU: only
+    /// contention makes an update fail). The socket is attributed from `/proc` or not at all.
+    SocketOwnerLost = 16,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -581,6 +631,7 @@ impl KernelCounter {
         Self::PathMtu,
         Self::NotForThisHost,
         Self::LocalDropsFull,
+        Self::SocketOwnerLost,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -603,6 +654,7 @@ impl KernelCounter {
             Self::PathMtu => "path_mtu",
             Self::NotForThisHost => "not_for_this_host",
             Self::LocalDropsFull => "local_drops_full",
+            Self::SocketOwnerLost => "socket_owner_lost",
         }
     }
 
@@ -658,6 +710,8 @@ mod user {
     unsafe impl aya::Pod for super::DropConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocalDropKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketOwner {}
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use netwatch_common::{
 };
 
 use crate::{
-    maps::{PENDING, TARGETS, add, count, timeout_ns, udp_port_kind},
+    maps::{PENDING, PENDING_SCRATCH, TARGETS, add, count, timeout_ns, udp_port_kind},
     packet::{
         self, Copied, Hook, ICMP_HEADER_LEN, InPlace, Ip, Reader, UDP_HEADER_LEN, icmp, read,
         tcp_flags,
@@ -475,7 +475,12 @@ fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32)
     // the delete frees the value; the delete makes the outcome exactly-once across CPUs. A
     // retransmit in the nanoseconds between the delete and the insert would count as a new
     // request; retransmits come seconds apart.
-    let mut tombstone = *pending;
+    let Some(tombstone) = PENDING_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch entry, used by nothing else until the program ends.
+    let tombstone = unsafe { &mut *tombstone };
+    *tombstone = *pending;
     if PENDING.remove(key).is_err() {
         if late {
             count(KernelCounter::LateDuplicate);
@@ -501,7 +506,7 @@ fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32)
         tombstone.flags |= PENDING_FLAG_REJECTED;
     }
     if PENDING
-        .insert(key, &tombstone, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
+        .insert(key, tombstone, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
         .is_err()
     {
         count(KernelCounter::TombstoneLost);

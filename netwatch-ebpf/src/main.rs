@@ -1,5 +1,8 @@
 //! netwatch's tc classifiers.
 //!
+//! `netwatch_sock_*`, `netwatch_connect*` and `netwatch_sendmsg*`, on the cgroup2 root,
+//! record which process owns each socket (see [`owners`]).
+//!
 //! `netwatch_drops`, on the `skb:kfree_skb` raw tracepoint, counts the watched packets this
 //! host itself drops, per target and kernel drop reason (see [`drops`]).
 //!
@@ -27,12 +30,13 @@ mod answers;
 mod classify;
 mod drops;
 mod maps;
+mod owners;
 mod packet;
 mod requests;
 
 use aya_ebpf::{
-    macros::{classifier, raw_tracepoint},
-    programs::{RawTracePointContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, raw_tracepoint},
+    programs::{RawTracePointContext, SockAddrContext, SockContext, TcContext},
 };
 use packet::Hook;
 
@@ -56,6 +60,45 @@ pub fn netwatch_ingress(ctx: TcContext) -> i32 {
 pub fn netwatch_drops(ctx: RawTracePointContext) -> i32 {
     drops::on_kfree_skb(&ctx);
     0
+}
+
+// The socket owner programs, attached to the cgroup2 root: they only observe, and always
+// allow (see `owners`).
+
+#[cgroup_sock(sock_create)]
+pub fn netwatch_sock_create(ctx: SockContext) -> i32 {
+    owners::created(&ctx);
+    owners::ALLOW
+}
+
+#[cgroup_sock(sock_release)]
+pub fn netwatch_sock_release(ctx: SockContext) -> i32 {
+    owners::released(&ctx);
+    owners::ALLOW
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn netwatch_connect4(ctx: SockAddrContext) -> i32 {
+    owners::record(&ctx);
+    owners::ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn netwatch_connect6(ctx: SockAddrContext) -> i32 {
+    owners::record(&ctx);
+    owners::ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn netwatch_sendmsg4(ctx: SockAddrContext) -> i32 {
+    owners::record(&ctx);
+    owners::ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn netwatch_sendmsg6(ctx: SockAddrContext) -> i32 {
+    owners::record(&ctx);
+    owners::ALLOW
 }
 
 // A panic path that survives optimisation fails verification at load time instead of

@@ -56,12 +56,14 @@ pub fn udp_port_kind(port: u16) -> u8 {
     UDP_PORTS.get(u32::from(port)).copied().unwrap_or(0)
 }
 
-/// The request a handler is building, per CPU: 120 bytes off the handler's stack frame. The
-/// deepest call chain (classifier, exchange, request handler, `track`) must fit 512 bytes,
-/// and Linux 5.10 rounds every frame up to 32 bytes. A tc program runs to its end before the
-/// packet moves on, so no other use of this CPU's entry can come in between.
+/// A pending entry being built, per CPU: a request a handler fills in, or the tombstone an
+/// answer leaves. Its 136 bytes stay off the stack frames of the deepest call chains
+/// (classifier, exchange, request handler, `track`; or answer handler, `settle`), which
+/// must fit 512 bytes, Linux 5.10 rounding every frame up to 32. A packet is a request or an
+/// answer, never both, and a tc program runs to its end before the packet moves on, so no
+/// other use of this CPU's entry can come in between.
 #[map]
-pub static REQUEST_SCRATCH: PerCpuArray<PendingRequest> = PerCpuArray::with_max_entries(1, 0);
+pub static PENDING_SCRATCH: PerCpuArray<PendingRequest> = PerCpuArray::with_max_entries(1, 0);
 
 /// [`KernelCounter`] values, per CPU so counting needs no atomics.
 #[map]

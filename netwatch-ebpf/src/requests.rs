@@ -14,7 +14,7 @@ use netwatch_common::{
 
 use crate::{
     maps::{
-        EEXIST, LOCAL_ADDRESSES, PENDING, REQUEST_SCRATCH, add, count, target_counters, timeout_ns,
+        EEXIST, LOCAL_ADDRESSES, PENDING, PENDING_SCRATCH, add, count, target_counters, timeout_ns,
     },
     packet::{
         self, DNS_HEADER_LEN, Hook, InPlace, Ip, TCP_DATA_OFFSET_OFFSET, UDP_HEADER_LEN, read,
@@ -161,11 +161,11 @@ pub fn echo_request(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
 }
 
 /// The pending entry for a request seen now, for the protocol handler to fill in: this
-/// CPU's [`REQUEST_SCRATCH`], every field reset. Field by field: building a
+/// CPU's [`PENDING_SCRATCH`], every field reset. Field by field: building a
 /// `PendingRequest` value would put its 120 bytes on the handler's stack frame.
 #[inline(always)]
 fn new_request(ctx: &TcContext) -> Option<&'static mut PendingRequest> {
-    let request = REQUEST_SCRATCH.get_ptr_mut(0)?;
+    let request = PENDING_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's entry, used by nothing else until the program ends.
     let request = unsafe { &mut *request };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -180,6 +180,9 @@ fn new_request(ctx: &TcContext) -> Option<&'static mut PendingRequest> {
     request.target_slot = 0;
     request.question_len = 0;
     request.syn_payload_len = 0;
+    // Set by `track` for requests this host sends (`owners::tag`); 0 for received ones.
+    request.socket_cookie = 0;
+    request.cgroup_id = 0;
     // Word by word: `[0; N]` compiles to a call to `memset`, a frame more on the chain.
     let question = request.question.as_mut_ptr();
     let mut offset = 0;
@@ -284,6 +287,8 @@ fn track(ctx: &TcContext, key: &RequestKey, request: &mut PendingRequest) {
     } else if !is_unicast(ctx, &key.remote) {
         count(KernelCounter::NotUnicast);
         return;
+    } else {
+        crate::owners::tag(ctx, request);
     }
     let now = request.first_sent_ns;
     let Some((target_slot, counters)) = target_counters(&key.target()) else {

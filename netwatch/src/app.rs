@@ -12,12 +12,13 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    attribution::{Attribution, Host, host::RealHost},
     cli::{Args, AttachMode},
     clock, diagnosis,
     interfaces::{self, Interface, LinkState},
     output::{Mode, Output, View},
     privileges,
-    probe::{KernelTables, Probe, ProbeError},
+    probe::{KernelTables, Owners, Probe, ProbeError},
     report::{RunInfo, WatchedInterface, tui::Action},
     serve,
     snapshot::{Snapshot, TargetView},
@@ -42,12 +43,42 @@ pub fn poll(
     sweeper: &mut Sweeper,
     now_ns: u64,
 ) -> Result<Vec<TargetView>, ProbeError> {
+    poll_with(kernel, tracker, sweeper, None, now_ns)
+}
+
+/// The join of requests to the processes behind them, and the host it reads.
+pub struct Attributing<'a> {
+    pub attribution: &'a mut Attribution,
+    pub host: &'a mut dyn Host,
+}
+
+/// [`poll`], naming the processes behind the requests in the pending table when
+/// `attributing` is given.
+pub fn poll_with(
+    kernel: &mut dyn KernelTables,
+    tracker: &mut Tracker,
+    sweeper: &mut Sweeper,
+    attributing: Option<&mut Attributing<'_>>,
+    now_ns: u64,
+) -> Result<Vec<TargetView>, ProbeError> {
     kernel.read_targets(&mut |key, counters| tracker.observe_counters(now_ns, key, counters))?;
     for (key, reason, count) in kernel.read_local_drops()? {
         tracker.observe_local_drops(now_ns, &key, reason, count);
     }
     if sweeper.due() {
-        let swept = sweeper.sweep(now_ns, kernel.read_pending()?);
+        let entries = kernel.read_pending()?;
+        if let Some(attributing) = attributing {
+            let found = attributing.attribution.attribute(
+                &mut Owners(kernel),
+                attributing.host,
+                &entries,
+                now_ns,
+            );
+            for (target, process) in found {
+                tracker.observe_process(&target, process);
+            }
+        }
+        let swept = sweeper.sweep(now_ns, entries);
         for (key, request) in &swept.unanswered {
             tracker.observe_unanswered(now_ns, key, request);
         }
@@ -161,6 +192,15 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     // Said once everything else is up: a run that then fails (an interface, the metrics
     // port) stays one line, whatever this kernel lacks.
     let drops_unavailable = probe.attach_drops().err();
+    let cgroup2 = std::fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|mounts| crate::attribution::host::cgroup2_mount(&mounts));
+    let attribution_unavailable = probe.attach_owners(cgroup2.as_deref()).err();
+    let mut host = RealHost::new(cgroup2);
+    let mut attribution = Attribution::new();
+    if attribution_unavailable.is_none() {
+        attribution.prime(&mut host, monotonic_ns());
+    }
     let mut watched = Vec::new();
     for iface in &interfaces {
         let via = probe.attach(iface, args.attach)?;
@@ -178,6 +218,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         timeout: args.timeout,
         window: args.window,
         local_drops: probe.local_drops_status(),
+        attribution: probe.attribution_status(),
     };
     // Listening sockets are bound before privileges go.
     let published: Option<serve::Shared> = match args.metrics {
@@ -208,6 +249,13 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     if let Some(why) = &drops_unavailable {
         eprintln!("netwatch: drops on this host are not counted: {why}");
     }
+    if let Some(why) = &attribution_unavailable {
+        eprintln!("netwatch: processes behind requests are not named: {why}");
+    }
+    let mut attributing = attribution_unavailable.is_none().then_some(Attributing {
+        attribution: &mut attribution,
+        host: &mut host,
+    });
     eprintln!("netwatch: watching {}; Ctrl-C to stop", names.join(", "));
 
     let timeout_ns = u64::try_from(args.timeout.as_nanos()).unwrap_or(u64::MAX);
@@ -246,7 +294,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
                     probe.set_local_addresses(all_host_addresses())?;
                 }
                 let now_ns = monotonic_ns();
-                let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
+                let changes = poll_with(&mut probe, &mut tracker, &mut sweeper, attributing.as_mut(), now_ns)?;
                 run.uptime = started.elapsed();
                 let snapshot = tracker.snapshot(now_ns);
                 let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);
@@ -272,7 +320,13 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
 
     // A last look, so the exit records count everything seen until now.
     let now_ns = monotonic_ns();
-    let changes = poll(&mut probe, &mut tracker, &mut sweeper, now_ns)?;
+    let changes = poll_with(
+        &mut probe,
+        &mut tracker,
+        &mut sweeper,
+        attributing.as_mut(),
+        now_ns,
+    )?;
     run.uptime = started.elapsed();
     let snapshot = tracker.snapshot(now_ns);
     let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);

@@ -161,6 +161,10 @@ pub struct FirewallRequest {
     pub direction: &'static str,
     /// Always [`ALLOW`].
     pub action: &'static str,
+    /// The processes whose requests need this rule (`curl (payments.service)`), from the
+    /// evidence. Left out of the JSON when unknown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needed_by: Vec<String>,
 }
 
 /// What a finding is about, without its counters: equal keys from one poll to the next
@@ -197,6 +201,19 @@ impl Finding {
         let mut evidence: Vec<TargetView> = evidence.iter().map(|&t| t.clone()).collect();
         evidence.sort_by_key(identity);
         evidence.dedup_by(|a, b| identity(a) == identity(b));
+        let mut request = request;
+        for rule in &mut request {
+            rule.needed_by = senders(evidence.iter().filter(|t| {
+                t.proto == rule.proto
+                    && t.port == rule.port
+                    && rule.destinations.contains(&t.remote)
+            }));
+        }
+        let mut summary = summary;
+        let sent_by = senders(evidence.iter());
+        if !sent_by.is_empty() {
+            let _ = write!(summary, " Sent by {}.", list(&sent_by));
+        }
         Self {
             finding,
             summary: one_line(summary),
@@ -1232,7 +1249,21 @@ fn requests(
                 port,
                 direction: OUTBOUND,
                 action: ALLOW,
+                needed_by: Vec::new(),
             });
+        }
+    }
+    out
+}
+
+/// The processes behind `targets`' requests, most recent first per target, deduplicated
+/// (`curl (payments.service)`).
+fn senders<'a>(targets: impl Iterator<Item = &'a TargetView>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for process in targets.flat_map(|t| &t.processes) {
+        let name = crate::attribution::describe(process);
+        if !out.contains(&name) {
+            out.push(name);
         }
     }
     out
@@ -1378,6 +1409,7 @@ mod tests {
             port,
             direction: "outbound",
             action: "allow",
+            needed_by: Vec::new(),
         }
     }
 
@@ -2542,6 +2574,48 @@ iptables -I INPUT -s 203.0.113.9 -p tcp --dport 25 -j ACCEPT
                 "{timeout:?} {p99:?}"
             );
         }
+    }
+
+    #[test]
+    fn findings_and_requests_name_the_processes_behind_them() {
+        let process = |pid, comm: &str, cgroup: &str| crate::attribution::Process {
+            pid,
+            comm: comm.into(),
+            cgroup: cgroup.into(),
+        };
+        let mut https = dropped(Tcp, "198.51.100.10", 8443, 3);
+        https.processes = vec![
+            process(10, "curl", "/system.slice/payments.service"),
+            process(11, "python3", "/lab/b"),
+        ];
+        let mut other = dropped(Tcp, "198.51.100.11", 8443, 3);
+        other.processes = vec![process(10, "curl", "/system.slice/payments.service")];
+        let unknown = dropped(Tcp, "198.51.100.12", 9000, 2);
+        let findings = run(vec![https, other, unknown]);
+        let blackholed: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.finding == PORT_BLACKHOLED)
+            .collect();
+        let with = blackholed
+            .iter()
+            .find(|f| f.evidence[0].port == Some(8443))
+            .expect("the 8443 finding");
+        assert!(
+            with.summary
+                .ends_with("Sent by curl (payments.service), python3 (/lab/b)."),
+            "{}",
+            with.summary
+        );
+        assert_eq!(
+            with.request[0].needed_by,
+            ["curl (payments.service)", "python3 (/lab/b)"]
+        );
+        let without = blackholed
+            .iter()
+            .find(|f| f.evidence[0].port == Some(9000))
+            .expect("the 9000 finding");
+        assert!(!without.summary.contains("Sent by"), "{}", without.summary);
+        assert!(without.request[0].needed_by.is_empty());
     }
 
     #[test]

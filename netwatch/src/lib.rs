@@ -6,6 +6,7 @@
 //! together; `main.rs` only parses the command line and maps errors to exit codes.
 
 pub mod app;
+pub mod attribution;
 pub mod batch;
 pub mod cli;
 pub mod clock;

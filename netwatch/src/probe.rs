@@ -12,9 +12,14 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{
-        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, RawTracePoint, SchedClassifier,
+        TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
+};
+use netwatch_common::{
+    CONNECT4_PROGRAM, CONNECT6_PROGRAM, SENDMSG4_PROGRAM, SENDMSG6_PROGRAM, SOCK_CREATE_PROGRAM,
+    SOCK_RELEASE_PROGRAM, SOCKET_OWNERS_CAPACITY_ENV, SOCKET_OWNERS_MAP, SocketOwner,
 };
 use netwatch_common::{
     COUNTERS_MAP, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, EGRESS_PROGRAM,
@@ -175,6 +180,9 @@ pub struct Probe {
     /// The `skb:kfree_skb` program's state: its maps and the kernel's reason names, or why
     /// this kernel cannot have it.
     local_drops: Result<LocalDrops, String>,
+    /// The socket owner map, once the cgroup socket programs are attached, or why they are
+    /// not.
+    owners: Result<HashMap<MapData, u64, SocketOwner>, String>,
 }
 
 /// The local drop program's maps, once it is loaded.
@@ -209,6 +217,19 @@ pub trait KernelTables {
     /// drop program is not running.
     fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {
         Ok(Vec::new())
+    }
+    /// The owner the cgroup socket programs recorded for a socket cookie, if any.
+    fn socket_owner(&mut self, _cookie: u64) -> Option<SocketOwner> {
+        None
+    }
+}
+
+/// The kernel's owner map as the attribution join sees it.
+pub struct Owners<'a>(pub &'a mut dyn KernelTables);
+
+impl crate::attribution::OwnerLookup for Owners<'_> {
+    fn socket_owner(&mut self, cookie: u64) -> Option<SocketOwner> {
+        self.0.socket_owner(cookie)
     }
 }
 
@@ -388,14 +409,15 @@ impl Probe {
         let drop_config = layout
             .as_ref()
             .map_or(DropConfig::disabled(), |(config, _)| *config);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(TIMEOUT_GLOBAL, &timeout_ns, true)
-            .override_global(DROP_CONFIG_GLOBAL, &drop_config, true)
-            .load(EBPF_OBJECT)
-            .map_err(|err| {
-                log::debug!("eBPF object load failed: {err:?}");
-                ProbeError::Load(with_memlock_hint(first_line(&err)))
-            })?;
+            .override_global(DROP_CONFIG_GLOBAL, &drop_config, true);
+        with_test_capacities(&mut loader);
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|err| {
+            log::debug!("eBPF object load failed: {err:?}");
+            ProbeError::Load(with_memlock_hint(first_line(&err)))
+        })?;
         for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
             let program = classifier(&mut ebpf, name)?;
             program.load().map_err(|err| {
@@ -468,6 +490,7 @@ impl Probe {
             take_supported: true,
             known_local: BTreeSet::new(),
             attachments: Vec::new(),
+            owners: Err("not attached yet".to_owned()),
         })
     }
 
@@ -730,6 +753,84 @@ impl Probe {
         }
     }
 
+    /// Loads the socket owner programs and attaches them to the cgroup2 root at `cgroup2`
+    /// (alongside any others there: `AllowMultiple`). They are links held by this process: the
+    /// kernel detaches them when it exits. `Err` says, for the operator, why processes
+    /// cannot be named; everything else works without them.
+    pub fn attach_owners(&mut self, cgroup2: Option<&std::path::Path>) -> Result<(), String> {
+        let result = self.try_attach_owners(cgroup2);
+        if let Err(why) = &result {
+            self.owners = Err(why.clone());
+        }
+        result
+    }
+
+    fn try_attach_owners(&mut self, cgroup2: Option<&std::path::Path>) -> Result<(), String> {
+        if self.owners.is_ok() {
+            return Ok(());
+        }
+        let root = cgroup2.ok_or_else(|| {
+            "no cgroup2 mount in /proc/mounts (`ip netns exec` hides it: mount it there with \
+             `mount -t cgroup2 none /sys/fs/cgroup`)"
+                .to_owned()
+        })?;
+        let cgroup = std::fs::File::open(root)
+            .map_err(|err| format!("cannot open the cgroup2 root {}: {err}", root.display()))?;
+        let refused = |name: &str, err: &aya::programs::ProgramError| {
+            log::debug!("{name}: {err:?}");
+            format!(
+                "the kernel refused the socket owner program {name} ({}); it needs cgroup \
+                 socket programs (CONFIG_CGROUP_BPF, Linux 5.9+) and CAP_BPF with \
+                 CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
+                first_line(err)
+            )
+        };
+        for name in [SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM] {
+            let program: &mut CgroupSock = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .map_err(|err| refused(name, &err))?;
+            program.load().map_err(|err| refused(name, &err))?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|err| refused(name, &err))?;
+        }
+        for name in [
+            CONNECT4_PROGRAM,
+            CONNECT6_PROGRAM,
+            SENDMSG4_PROGRAM,
+            SENDMSG6_PROGRAM,
+        ] {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .map_err(|err| refused(name, &err))?;
+            program.load().map_err(|err| refused(name, &err))?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|err| refused(name, &err))?;
+        }
+        let map = self
+            .ebpf
+            .take_map(SOCKET_OWNERS_MAP)
+            .ok_or_else(|| format!("map {SOCKET_OWNERS_MAP} missing from the object"))?;
+        self.owners = Ok(HashMap::try_from(map).map_err(|err| err.to_string())?);
+        Ok(())
+    }
+
+    /// Whether processes are named, and if not, why: `available`, or `unavailable: <why>`.
+    #[must_use]
+    pub fn attribution_status(&self) -> String {
+        match &self.owners {
+            Ok(_) => "available".to_owned(),
+            Err(why) => format!("unavailable: {why}"),
+        }
+    }
+
     /// Whether local drops are counted, and if not, why: `available`, or
     /// `unavailable: <why>`.
     #[must_use]
@@ -979,6 +1080,10 @@ impl KernelTables for Probe {
         Ok(values)
     }
 
+    fn socket_owner(&mut self, cookie: u64) -> Option<SocketOwner> {
+        self.owners.as_ref().ok()?.get(&cookie, 0).ok()
+    }
+
     fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {
         let Ok(drops) = &self.local_drops else {
             return Ok(Vec::new());
@@ -1033,6 +1138,17 @@ fn parse_layout_here() -> drops::Layout {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
     }
     parsed
+}
+
+/// Test-only: a small socket owner map that a test can fill
+/// ([`SOCKET_OWNERS_CAPACITY_ENV`]).
+fn with_test_capacities(loader: &mut EbpfLoader<'_>) {
+    if let Some(capacity) = std::env::var(SOCKET_OWNERS_CAPACITY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        loader.map_max_entries(SOCKET_OWNERS_MAP, capacity);
+    }
 }
 
 /// Loads the drop program and takes its maps; `Err` says why it cannot run here.

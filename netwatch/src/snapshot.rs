@@ -58,6 +58,9 @@ pub struct TargetView {
     pub latency_buckets: [u64; LATENCY_BUCKETS],
     #[serde(skip)]
     pub rejected_by_reason: [u64; REASON_SLOTS],
+    /// Requests this host sent: the processes behind them, most recent first (at most
+    /// [`crate::attribution::PROCESSES_PER_TARGET`]); empty when unknown.
+    pub processes: Vec<crate::attribution::Process>,
 }
 
 impl TargetView {
@@ -249,6 +252,7 @@ pub(crate) mod tests {
             local_drops: BTreeMap::new(),
             requests_dropped_here: 0,
             answers_dropped_here: 0,
+            processes: Vec::new(),
         }
     }
 

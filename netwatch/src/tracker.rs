@@ -12,6 +12,7 @@ use netwatch_common::{
 };
 
 use crate::{
+    attribution::{self, Process},
     dns,
     drops::DropReasons,
     snapshot::{KernelStats, Rollup, Snapshot, TargetView},
@@ -45,6 +46,8 @@ pub struct TargetState {
     blackholed_since_ns: Option<u64>,
     /// Cumulative drops on this host by kernel drop reason name, as last read.
     local_drops: BTreeMap<&'static str, u64>,
+    /// The processes behind its requests, most recent first (bounded).
+    processes: Vec<Process>,
 }
 
 impl TargetState {
@@ -61,6 +64,7 @@ impl TargetState {
             announced: false,
             blackholed_since_ns: None,
             local_drops: BTreeMap::new(),
+            processes: Vec::new(),
         }
     }
 
@@ -108,6 +112,7 @@ impl TargetState {
             local_drops: self.local_drops.clone(),
             requests_dropped_here: k.requests_dropped_here,
             answers_dropped_here: k.answers_dropped_here,
+            processes: self.processes.clone(),
         }
     }
 }
@@ -258,6 +263,19 @@ impl Tracker {
                 state.names.push(question.name);
             }
         }
+    }
+
+    /// Takes in a process found behind a request of the target `key`.
+    pub fn observe_process(&mut self, key: &TargetKey, process: Process) {
+        let Some(target) = Target::from_key(key) else {
+            return;
+        };
+        let window = self.window;
+        let state = self
+            .targets
+            .entry(*key)
+            .or_insert_with(|| TargetState::new(target, window));
+        attribution::remember(&mut state.processes, process);
     }
 
     /// Takes in the kernel's per-CPU counters (summed) and the pending table's make-up.

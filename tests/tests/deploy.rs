@@ -86,6 +86,7 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         local_drops: std::collections::BTreeMap::new(),
         requests_dropped_here: 0,
         answers_dropped_here: 0,
+        processes: Vec::new(),
     }
 }
 
@@ -169,6 +170,7 @@ fn run_info() -> RunInfo {
         timeout: Duration::from_secs(3),
         window: Duration::from_mins(1),
         local_drops: "available".to_owned(),
+        attribution: "available".to_owned(),
     }
 }
 

@@ -170,6 +170,31 @@ mod tests {
         assert_eq!(r["reason"], Value::Null);
         assert_eq!(r["names"][0], "chat.example.com");
         assert_eq!(r["time"], "2026-11-24T22:00:00.000Z");
+        assert_eq!(
+            r["processes"],
+            serde_json::json!([]),
+            "always there, empty: unknown"
+        );
+    }
+
+    #[test]
+    fn target_records_name_their_processes() {
+        let mut target = view(Proto::Tcp, "198.51.100.10", Some(8443), Verdict::Rejected);
+        target.processes = vec![crate::attribution::Process {
+            pid: 4242,
+            comm: "curl".into(),
+            cgroup: "/system.slice/payments.service".into(),
+        }];
+        let mut out = Vec::new();
+        JsonWriter::new(&mut out)
+            .verdicts(&[target], "2026-11-24T22:00:00.000Z")
+            .unwrap();
+        assert_eq!(
+            lines(&out)[0]["processes"],
+            serde_json::json!([
+                {"pid": 4242, "comm": "curl", "cgroup": "/system.slice/payments.service"}
+            ])
+        );
     }
 
     #[test]
@@ -196,6 +221,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
+            attribution: "available".to_owned(),
         };
         writer.finish(&snapshot, &findings, &run).unwrap();
         let records = lines(&out);
@@ -240,6 +266,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
+            attribution: "available".to_owned(),
         };
         let mut out = Vec::new();
         JsonWriter::new(&mut out)

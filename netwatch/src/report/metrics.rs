@@ -608,6 +608,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
+            attribution: "available".to_owned(),
         }
     }
 

@@ -24,6 +24,9 @@ pub struct RunInfo {
     pub window: Duration,
     /// Whether drops on this host are counted: `available`, or `unavailable: <why>`.
     pub local_drops: String,
+    /// Whether the processes behind requests are named: `available`, or
+    /// `unavailable: <why>`.
+    pub attribution: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

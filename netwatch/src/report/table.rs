@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use super::{RunInfo, short_duration};
 use crate::{
+    attribution,
     snapshot::{Rollup, Snapshot, TargetView},
     verdict::Verdict,
 };
@@ -50,13 +51,25 @@ pub fn render(snapshot: &Snapshot) -> String {
         .max()
         .unwrap_or(6)
         .max(6);
+    let who_width = snapshot
+        .targets
+        .iter()
+        .map(|t| attribution::who(&t.processes).len())
+        .max()
+        .unwrap_or(0)
+        .clamp(3, WHO_WIDTH);
     let _ = writeln!(
         out,
-        "{:<10}  {:<3}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  REASON",
-        "VERDICT", "DIR", "PROTO", "REMOTE", "PORT", "REQ", "ANS", "REJ", "UNANS", "RETX",
+        "{:<10}  {:<3}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  \
+         {:<who_width$}  REASON",
+        "VERDICT", "DIR", "PROTO", "REMOTE", "PORT", "REQ", "ANS", "REJ", "UNANS", "RETX", "WHO",
     );
     for target in &snapshot.targets {
-        let _ = writeln!(out, "{}", target_row(target, remote_width).trim_end());
+        let _ = writeln!(
+            out,
+            "{}",
+            target_row(target, remote_width, who_width).trim_end()
+        );
     }
     out.push_str("\nPER PORT\n");
     for rollup in &snapshot.rollups {
@@ -65,7 +78,25 @@ pub fn render(snapshot: &Snapshot) -> String {
     out
 }
 
-fn target_row(t: &TargetView, remote_width: usize) -> String {
+/// The WHO column's widest.
+const WHO_WIDTH: usize = 24;
+
+/// The WHO cell: the unit, container or process behind the target's requests (see
+/// [`attribution::who`]), `-` when unknown, cut to `width`.
+#[must_use]
+pub fn who_cell(t: &TargetView, width: usize) -> String {
+    let who = attribution::who(&t.processes);
+    if who.is_empty() {
+        "-".to_owned()
+    } else if who.chars().count() > width {
+        let cut: String = who.chars().take(width.saturating_sub(1)).collect();
+        format!("{cut}~")
+    } else {
+        who
+    }
+}
+
+fn target_row(t: &TargetView, remote_width: usize, who_width: usize) -> String {
     let port = t.port.map_or_else(|| "-".to_owned(), |p| p.to_string());
     let mut detail = t.reason.unwrap_or_default().to_owned();
     if let Some(names) = t.names.as_ref().filter(|n| !n.is_empty()) {
@@ -86,7 +117,8 @@ fn target_row(t: &TargetView, remote_width: usize) -> String {
         let _ = write!(detail, "  (dropped here: {})", drops.join(", "));
     }
     format!(
-        "{:<10}  {:<3}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {}",
+        "{:<10}  {:<3}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  \
+         {:<who_width$}  {}",
         t.verdict.as_str(),
         t.direction.short(),
         t.proto.as_str(),
@@ -97,6 +129,7 @@ fn target_row(t: &TargetView, remote_width: usize) -> String {
         t.rejected,
         t.unanswered,
         t.retransmits,
+        who_cell(t, who_width),
         detail,
     )
 }
@@ -245,6 +278,31 @@ mod tests {
             row.ends_with("here:netfilter-drop  (dropped here: NETFILTER_DROP 3)"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn the_who_column_names_the_unit_or_process() {
+        let process = |comm: &str, cgroup: &str| attribution::Process {
+            pid: 1,
+            comm: comm.into(),
+            cgroup: cgroup.into(),
+        };
+        let mut unit = view(Proto::Tcp, "198.51.100.10", Some(8443), Verdict::Rejected);
+        unit.processes = vec![process("curl", "/system.slice/payments.service")];
+        let mut bare = view(Proto::Udp, "198.51.100.53", Some(53), Verdict::Blackholed);
+        bare.processes = vec![process("dig", "/user.slice/session-1.scope")];
+        let unknown = view(Proto::Tcp, "198.51.100.11", Some(443), Verdict::Blackholed);
+        let text = render(&Snapshot {
+            targets: vec![unit, bare, unknown],
+            ..Snapshot::default()
+        });
+        let header = text.lines().next().unwrap();
+        let who = header.find("WHO").expect("a WHO column");
+        assert!(header[who..].starts_with("WHO"), "{text}");
+        let row = |needle: &str| text.lines().find(|l| l.contains(needle)).unwrap();
+        assert_eq!(&row("8443")[who..who + 16], "payments.service", "{text}");
+        assert_eq!(row(" 53 ")[who..].trim_end(), "dig", "{text}");
+        assert_eq!(row(" 443 ")[who..].trim_end(), "-", "{text}");
     }
 
     #[test]

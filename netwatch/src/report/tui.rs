@@ -192,6 +192,9 @@ fn matches_filter(target: &TargetView, filter: &str) -> bool {
     for name in target.names.iter().flatten() {
         let _ = write!(text, " {name}");
     }
+    for process in &target.processes {
+        let _ = write!(text, " {} {}", process.comm, process.cgroup);
+    }
     text.to_lowercase().contains(&filter.to_lowercase())
 }
 
@@ -369,6 +372,7 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
         "p50",
         "p99",
         "LAST SEEN",
+        "WHO",
         "REASON / UNANSWERED NAMES",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
@@ -387,6 +391,7 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
             Cell::from(ms(t.latency_p50_ms)),
             Cell::from(ms(t.latency_p99_ms)),
             Cell::from(ago(t.last_seen_ago_s)),
+            Cell::from(super::table::who_cell(t, 16)),
             Cell::from(detail),
         ])
     });
@@ -395,7 +400,7 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
 }
 
 /// Column widths of the targets table; REMOTE fits the longest address shown.
-fn target_widths(targets: &[&TargetView]) -> [Constraint; 13] {
+fn target_widths(targets: &[&TargetView]) -> [Constraint; 14] {
     [
         Constraint::Length(10),
         Constraint::Length(3),
@@ -419,6 +424,7 @@ fn target_widths(targets: &[&TargetView]) -> [Constraint; 13] {
         Constraint::Length(7),
         Constraint::Length(7),
         Constraint::Length(10),
+        Constraint::Length(16),
         Constraint::Min(10),
     ]
 }
@@ -500,6 +506,11 @@ and what answers them.
   degraded    some answered, some not
   pending     seen, not resolved yet
 
+WHO: the unit (payments.service), container or process (comm) behind the requests this
+host sent, +N for others. Empty for forwarded traffic, kernel sockets and inbound
+requests; a query through a local stub resolver (systemd-resolved, dnsmasq, nscd) names
+the resolver. Sockets older than netwatch: TCP and UDP only, via sock_diag and /proc.
+
 Keys: q quit · ↑/↓ or j/k scroll · PgUp/PgDn · s cycle sort · / filter (Esc clears)
       p pause the display (counting goes on) · ? this help
 
@@ -507,7 +518,7 @@ Press any key to close.";
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {
     let width = area.width.saturating_sub(4).min(90);
-    let height = area.height.saturating_sub(2).min(18);
+    let height = area.height.saturating_sub(2).min(23);
     let popup = Rect {
         x: area.x + (area.width.saturating_sub(width)) / 2,
         y: area.y + (area.height.saturating_sub(height)) / 2,
@@ -547,6 +558,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
+            attribution: "available".to_owned(),
         };
         let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
         terminal

@@ -42,6 +42,7 @@ mod query_or_response;
 mod rejections;
 mod requests;
 mod reuse;
+mod socket_owners;
 mod spoofs;
 mod truncations;
 mod udp_services;
