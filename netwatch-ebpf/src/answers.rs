@@ -78,7 +78,7 @@ pub fn tcp_answer(ctx: &TcContext, ip: &Ip, flags: u8, hook: Hook) {
     key.proto = proto::TCP;
     key.direction = hook.answered_direction();
     let ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-    resolve(&key, outcome, Check::AcksSyn(ack));
+    settle(&key, outcome, Check::AcksSyn(ack));
 }
 
 /// A DNS response (QR set): the answer to the query with its port and id.
@@ -98,7 +98,7 @@ pub fn dns_response(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
     key.tag = u16::from_be_bytes(id);
     key.proto = proto::UDP;
     key.direction = hook.answered_direction();
-    resolve(&key, Outcome::Answer, Check::Key);
+    settle(&key, Outcome::Answer, Check::Key);
 }
 
 /// An NTP server answer (mode 4) from a watched NTP port: the answer to the request whose
@@ -124,7 +124,7 @@ pub fn ntp_answer(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
     key.proto = proto::UDP;
     key.direction = hook.answered_direction();
     let low = u32::from_be_bytes([origin[4], origin[5], origin[6], origin[7]]);
-    resolve(&key, Outcome::Answer, Check::EchoesTransmit(low));
+    settle(&key, Outcome::Answer, Check::EchoesTransmit(low));
 }
 
 /// A datagram from a `--udp-port` service: the answer to what the reversed flow has
@@ -151,7 +151,7 @@ pub fn flow_answer(
     if or_request && PENDING.get_ptr(&key).is_none() {
         return false;
     }
-    resolve(&key, Outcome::Answer, Check::Key)
+    settle(&key, Outcome::Answer, Check::Key)
 }
 
 /// An echo reply: the answer to the echo request with its identifier and sequence number.
@@ -167,7 +167,7 @@ pub fn echo_reply(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
     key.tag = u16::from_be_bytes([header[6], header[7]]);
     key.proto = ip.proto;
     key.direction = hook.answered_direction();
-    resolve(&key, Outcome::Answer, Check::Key);
+    settle(&key, Outcome::Answer, Check::Key);
 }
 
 /// An ICMP or `ICMPv6` error of `kind` and `code`: the rejection of the request it quotes,
@@ -282,7 +282,7 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8, hook: Hook) {
             key.tag = 0;
             key.proto = proto::TCP;
             let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-            resolve(&key, outcome, Check::QuotesSyn(seq));
+            settle(&key, outcome, Check::QuotesSyn(seq));
         }
         proto::UDP => {
             let Some(udp) = Copied::get::<[u8; 4]>(ctx, quoted.l4) else {
@@ -297,7 +297,7 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8, hook: Hook) {
                 request_hook.local_and_remote(u16::from_be_bytes([udp[0], udp[1]]), service);
             key.tag = tag;
             key.proto = proto::UDP;
-            resolve(&key, outcome, Check::Key);
+            settle(&key, outcome, Check::Key);
         }
         proto::ICMP | proto::ICMPV6 => {
             let Some(echo) = Copied::get::<[u8; 8]>(ctx, quoted.l4) else {
@@ -316,7 +316,7 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8, hook: Hook) {
             key.local_port = u16::from_be_bytes([echo[4], echo[5]]);
             key.tag = u16::from_be_bytes([echo[6], echo[7]]);
             key.proto = quoted.proto;
-            resolve(&key, outcome, Check::Key);
+            settle(&key, outcome, Check::Key);
         }
         _ => {}
     }
@@ -363,21 +363,17 @@ fn quoted_udp_tag(ctx: &TcContext, quoted: &Ip, service: u16) -> Option<u16> {
     Some(tag)
 }
 
-/// Settles the pending request `key` with `outcome`, exactly once (in [`settle`]).
+/// Settles the pending request `key` with `outcome`, exactly once (in [`settle_pending`]):
+/// whether `key` was pending (settled now, or earlier: a tombstone).
 ///
 /// Whoever deletes the entry owns the outcome (a duplicate answer on another CPU loses the
 /// delete and counts nothing). After the timeout the request already is, or is about to be,
 /// counted unanswered by userspace; the answer is counted late, and the entry comes back
 /// flagged as a tombstone so retransmits are still recognised.
-/// Whether `key` was pending (settled now, or earlier: a tombstone).
 #[inline(always)]
-fn resolve(key: &RequestKey, outcome: Outcome, check: Check) -> bool {
-    let (rejection, reason, check, value) = scalars(outcome, check);
-    settle(key, rejection, reason, check, value) != 0
-}
-
-#[inline(always)]
-fn scalars(outcome: Outcome, check: Check) -> (u32, u32, u32, u32) {
+fn settle(key: &RequestKey, outcome: Outcome, check: Check) -> bool {
+    // Scalars for the out-of-line function: its arguments must be what a BPF call passes in
+    // registers.
     let (rejection, reason) = match outcome {
         Outcome::Answer => (0, 0),
         Outcome::Reject(reason) => (1, u32::from(reason)),
@@ -388,7 +384,7 @@ fn scalars(outcome: Outcome, check: Check) -> (u32, u32, u32, u32) {
         Check::QuotesSyn(seq) => (CHECK_QUOTES_SYN, seq),
         Check::EchoesTransmit(low) => (CHECK_ECHOES_TRANSMIT, low),
     };
-    (rejection, reason, check, value)
+    settle_pending(key, rejection, reason, check, value) != 0
 }
 
 const CHECK_KEY: u32 = 0;
@@ -396,7 +392,7 @@ const CHECK_ACKS_SYN: u32 = 1;
 const CHECK_QUOTES_SYN: u32 = 2;
 const CHECK_ECHOES_TRANSMIT: u32 = 3;
 
-/// [`resolve`], its arguments spelled as scalars; 1 when `key` was pending, 0 when not.
+/// [`settle`], its arguments spelled as scalars; 1 when `key` was pending, 0 when not.
 ///
 /// Out of line, a static BPF function: one frame of its own (its tombstone copy stays off
 /// the classifier's frame, which [`quoted_rejection`] stacks on: 512 bytes for the whole
@@ -405,7 +401,7 @@ const CHECK_ECHOES_TRANSMIT: u32 = 3;
 /// ("Unrecognized arg#0 type PTR" on 5.10), and before 6.2 the pointer it gets
 /// (`PTR_TO_MEM`) cannot be a map key ("R2 type=mem expected=fp, …" on 6.1).
 #[inline(never)]
-fn settle(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32) -> i32 {
+fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32) -> i32 {
     let Some(pending) = PENDING.get_ptr_mut(key) else {
         count(if rejection == 0 {
             KernelCounter::UnmatchedAnswer
