@@ -6,6 +6,19 @@
 //! get a key of the real key's width out of a packet.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::inline_always,
+    reason = "BPF: a helper call is a frame on a 512-byte call chain; what must be inlined says so"
+)]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "BPF: a map key or value passed by reference goes as a pointer; by value it is \
+              copied onto the caller's frame first, and the 512-byte chain counts it"
+)]
+#![allow(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,

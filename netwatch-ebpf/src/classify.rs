@@ -187,7 +187,7 @@ fn classify(ctx: &TcContext, ip: &Ip, hook: Hook) {
 /// (server) from it an answer; any other mode (symmetric, broadcast, control) is not an
 /// exchange netwatch follows. A `--udp-port` service says nothing, so the flow does: a
 /// datagram from the port answers what the reversed flow has outstanding, one to the port
-/// asks. A datagram that answers is not also a request (both ports watched: a WireGuard
+/// asks. A datagram that answers is not also a request (both ports watched: a `WireGuard`
 /// peer on 51820 talking to another).
 #[inline(always)]
 fn udp_service(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {

@@ -111,6 +111,10 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
     if config!(enabled) == 0 {
         return;
     }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the tracepoint passes an enum skb_drop_reason widened to 64 bits"
+    )]
     let reason = ctx.arg::<u64>(2) as u32;
     if reason == config!(consumed)
         || reason == config!(not_specified)
@@ -167,12 +171,17 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
 /// packet being sent, before it has one) its socket's. Not inlined: a frame of its own keeps
 /// each under the 512-byte stack.
 #[inline(never)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "kernel structure fields, aligned; read through the helper, never dereferenced"
+)]
 fn netns_of(skb: *const u8) -> Option<u32> {
-    // SAFETY (all reads): bpf_probe_read_kernel checks the address; a fault is an error.
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error (every read here).
     let dev =
         unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(skb_dev) as usize).cast::<u64>()) }
             .ok()?;
     let net = if dev != 0 {
+        // SAFETY: as above.
         unsafe {
             bpf_probe_read_kernel(
                 (dev as *const u8)
@@ -182,6 +191,7 @@ fn netns_of(skb: *const u8) -> Option<u32> {
         }
         .ok()?
     } else {
+        // SAFETY: as above.
         let sk = unsafe {
             bpf_probe_read_kernel(skb.wrapping_add(config!(skb_sk) as usize).cast::<u64>())
         }
@@ -189,6 +199,7 @@ fn netns_of(skb: *const u8) -> Option<u32> {
         if sk == 0 {
             return None;
         }
+        // SAFETY: as above.
         unsafe {
             bpf_probe_read_kernel(
                 (sk as *const u8)
@@ -201,6 +212,7 @@ fn netns_of(skb: *const u8) -> Option<u32> {
     if net == 0 {
         return None;
     }
+    // SAFETY: as above.
     unsafe {
         bpf_probe_read_kernel(
             (net as *const u8)
@@ -366,6 +378,10 @@ fn is_unicast(dst: &[u8; 16]) -> bool {
 /// copy of one (`PACKET_LOOPBACK`, `PACKET_BROADCAST`…: a directed broadcast, say). Not
 /// inlined, like [`netns_of`]: its own frame keeps each under the 512-byte stack.
 #[inline(never)]
+#[expect(
+    clippy::verbose_bit_mask,
+    reason = "the three bits of pkt_type, spelled as the kernel spells them"
+)]
 fn sent_here(skb: *const u8) -> bool {
     // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
     unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(pkt_type_byte) as usize)) }

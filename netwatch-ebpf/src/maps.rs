@@ -66,6 +66,7 @@ pub fn udp_port_kind(port: u16) -> u8 {
 pub static PENDING_SCRATCH: PerCpuArray<PendingRequest> = PerCpuArray::with_max_entries(1, 0);
 
 /// [`KernelCounter`] values, per CPU so counting needs no atomics.
+#[expect(clippy::cast_possible_truncation, reason = "a few dozen counters")]
 #[map]
 pub static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(KernelCounter::COUNT as u32, 0);

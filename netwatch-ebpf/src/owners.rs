@@ -64,6 +64,10 @@ pub fn record(ctx: &impl aya_ebpf::EbpfContext) {
             return;
         }
     }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the low half of pid_tgid is the thread id"
+    )]
     let owner = SocketOwner {
         // SAFETY: no preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },

@@ -14,7 +14,7 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 
-/// VLAN tags walked in the frame (QinQ is two); more is not parsed.
+/// VLAN tags walked in the frame (`QinQ` is two); more is not parsed.
 const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked before giving up (counted).
 const MAX_EXTENSION_HEADERS: usize = 6;

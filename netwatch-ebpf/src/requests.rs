@@ -242,7 +242,7 @@ fn same_question(a: &[u8; DNS_QUESTION_CAPTURE], b: &[u8; DNS_QUESTION_CAPTURE])
     // Whole words only: a slice comparison of the rest compiles to a call to `memcmp`, a BPF
     // function of its own, and a frame more on the deepest call chain (5.10 rounds every
     // frame up to 32 bytes and refuses a chain over 512).
-    const _: () = assert!(DNS_QUESTION_CAPTURE % 4 == 0);
+    const _: () = assert!(DNS_QUESTION_CAPTURE.is_multiple_of(4));
     let mut offset = 0;
     while offset + 8 <= DNS_QUESTION_CAPTURE {
         // SAFETY: offset + 8 <= len for both arrays; unaligned reads of plain bytes.
@@ -377,6 +377,10 @@ fn capture(ctx: &TcContext, offset: usize, out: &mut [u8; DNS_QUESTION_CAPTURE])
         return 0;
     }
     let wanted = below + 1;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "offsets within a packet and at most DNS_QUESTION_CAPTURE bytes"
+    )]
     // SAFETY: `out` has room for `wanted` bytes; the helper bounds-checks the packet side.
     let copied = unsafe {
         bpf_skb_load_bytes(

@@ -105,15 +105,12 @@ fn build_release() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/netwatch"))
 }
 
-fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
-    setup::ensure_build_toolchain()?;
-    setup::ensure_packages(setup::LAB_PACKAGES)?;
-    setup::ensure_packages(setup::BENCH_PACKAGES)?;
-
-    say("style: rustfmt, and clippy (pedantic, as configured) on the userspace crates");
+/// `cargo fmt --check`, and clippy (pedantic, as configured, warnings denied) on every
+/// crate, the eBPF one for the BPF target.
+fn style() -> anyhow::Result<()> {
+    say("style: rustfmt, and clippy (pedantic, as configured) on every crate");
     cmd::run(cargo().args(["fmt", "--all", "--check"]))?;
-    // Every userspace crate, the privileged tests included. The eBPF crate builds for the
-    // BPF target only (build-std).
+    // Every userspace crate, the privileged tests included; the eBPF crate below.
     cmd::run(cargo().args([
         "clippy",
         "--package",
@@ -133,6 +130,40 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         "--deny",
         "warnings",
     ]))?;
+    // The eBPF crate as it is built: for the BPF target (build-std, with the cfg aya's
+    // helpers need), in a target directory of its own.
+    let root = workspace_root();
+    cmd::run(
+        cargo()
+            .current_dir(root.join("netwatch-ebpf"))
+            .args([
+                "clippy",
+                "--package",
+                "netwatch-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--target-dir",
+            ])
+            .arg(root.join("target/clippy-ebpf"))
+            .args(["--", "--deny", "warnings"])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+            ),
+    )?;
+    Ok(())
+}
+
+fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
+    setup::ensure_build_toolchain()?;
+    setup::ensure_packages(setup::LAB_PACKAGES)?;
+    setup::ensure_packages(setup::BENCH_PACKAGES)?;
+
+    style()?;
 
     say("unit tests (no kernel needed)");
     cmd::run(cargo().args([
