@@ -785,35 +785,39 @@ impl Probe {
                 first_line(err)
             )
         };
-        for name in [SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM] {
-            let program: &mut CgroupSock = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| format!("program {name} missing from the object"))?
-                .try_into()
-                .map_err(|err| refused(name, &err))?;
-            program.load().map_err(|err| refused(name, &err))?;
-            program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|err| refused(name, &err))?;
+        // The socket and the socket-address programs are different aya types, with the
+        // same three steps.
+        macro_rules! load_and_attach {
+            ($probe:expr, $kind:ty, $names:expr) => {
+                for name in $names {
+                    let program: &mut $kind = $probe
+                        .ebpf
+                        .program_mut(name)
+                        .ok_or_else(|| format!("program {name} missing from the object"))?
+                        .try_into()
+                        .map_err(|err| refused(name, &err))?;
+                    program.load().map_err(|err| refused(name, &err))?;
+                    program
+                        .attach(&cgroup, CgroupAttachMode::Single)
+                        .map_err(|err| refused(name, &err))?;
+                }
+            };
         }
-        for name in [
-            CONNECT4_PROGRAM,
-            CONNECT6_PROGRAM,
-            SENDMSG4_PROGRAM,
-            SENDMSG6_PROGRAM,
-        ] {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| format!("program {name} missing from the object"))?
-                .try_into()
-                .map_err(|err| refused(name, &err))?;
-            program.load().map_err(|err| refused(name, &err))?;
-            program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|err| refused(name, &err))?;
-        }
+        load_and_attach!(
+            self,
+            CgroupSock,
+            [SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM]
+        );
+        load_and_attach!(
+            self,
+            CgroupSockAddr,
+            [
+                CONNECT4_PROGRAM,
+                CONNECT6_PROGRAM,
+                SENDMSG4_PROGRAM,
+                SENDMSG6_PROGRAM
+            ]
+        );
         let map = self
             .ebpf
             .take_map(SOCKET_OWNERS_MAP)
