@@ -19,6 +19,28 @@ fn port_and_admin_codes(v6: bool) -> [u8; 2] {
     if v6 { [4, 1] } else { [3, 13] }
 }
 
+/// A port unreachable and an admin prohibited quoting a request of `kind` each reject it
+/// with its reason; the request sent again after that is a retransmit of it.
+fn rejections_settle_and_retransmits_follow(h: &mut Harness, kind: Kind, v6: bool) {
+    let fam = family(v6);
+    for (n, code) in port_and_admin_codes(v6).into_iter().enumerate() {
+        let flow = Flow::numbered(kind, v6, 10 + u16::try_from(n).unwrap());
+        h.send(&[flow]);
+        h.check(
+            INGRESS_PROGRAM,
+            &flow.unreachable(code),
+            Change::none().rejected(&flow, unreachable_reason(v6, code)),
+            &format!("{fam}: an unreachable of code {code} quoting the request rejects it"),
+        );
+        h.check(
+            EGRESS_PROGRAM,
+            &flow.request(),
+            Change::none().retransmitted(&flow),
+            &format!("{fam}: the rejected request sent again is a retransmit"),
+        );
+    }
+}
+
 #[test]
 #[expect(
     clippy::too_many_lines,
@@ -83,22 +105,7 @@ fn ntp_requests_are_matched_by_transmit_timestamp() {
             &format!("{fam}: an answer whose origin only folds like the request's"),
         );
         // Rejections: port unreachable and admin prohibited, each with its reason.
-        for (n, code) in port_and_admin_codes(v6).into_iter().enumerate() {
-            let flow = Flow::numbered(Kind::Ntp, v6, 10 + u16::try_from(n).unwrap());
-            h.send(&[flow]);
-            h.check(
-                INGRESS_PROGRAM,
-                &flow.unreachable(code),
-                Change::none().rejected(&flow, unreachable_reason(v6, code)),
-                &format!("{fam}: an unreachable of code {code} quoting the request"),
-            );
-            h.check(
-                EGRESS_PROGRAM,
-                &flow.request(),
-                Change::none().retransmitted(&flow),
-                &format!("{fam}: the rejected request sent again is a retransmit"),
-            );
-        }
+        rejections_settle_and_retransmits_follow(&mut h, Kind::Ntp, v6);
         // Not exchanges: symmetric mode, a client-mode datagram *from* port 123, a server
         // answer *to* port 123 that nobody asked.
         let symmetric = first.udp_out(
@@ -164,10 +171,6 @@ fn ntp_requests_are_matched_by_transmit_timestamp() {
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one table of cases, read top to bottom"
-)]
 fn udp_port_flows_are_requests_until_something_comes_back() {
     const NAME: &str = "udp_port_flows_are_requests_until_something_comes_back";
     if !netwatch_tests::prerequisites(NAME, &[]) {
@@ -229,22 +232,7 @@ fn udp_port_flows_are_requests_until_something_comes_back() {
             Change::none(),
             &format!("{fam}: another port is still not watched"),
         );
-        for (n, code) in port_and_admin_codes(v6).into_iter().enumerate() {
-            let refused = Flow::numbered(Kind::Udp, v6, 10 + u16::try_from(n).unwrap());
-            h.send(&[refused]);
-            h.check(
-                INGRESS_PROGRAM,
-                &refused.unreachable(code),
-                Change::none().rejected(&refused, unreachable_reason(v6, code)),
-                &format!("{fam}: an unreachable of code {code} quoting the flow rejects it"),
-            );
-            h.check(
-                EGRESS_PROGRAM,
-                &refused.request(),
-                Change::none().retransmitted(&refused),
-                &format!("{fam}: the rejected flow's next datagram is a retransmit"),
-            );
-        }
+        rejections_settle_and_retransmits_follow(&mut h, Kind::Udp, v6);
         let cut_flow = Flow::numbered(Kind::Udp, v6, 30);
         let mut cut = cut_flow.request();
         cut.truncate(cut_flow.l4() + 2);
