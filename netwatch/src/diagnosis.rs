@@ -502,6 +502,15 @@ fn source_for(sources: &[IpAddr], destination: IpAddr) -> IpAddr {
         })
 }
 
+/// How a rejection was made: "refused with tcp-reset", "rejected with icmp-…".
+fn rejected_how(reason: Option<&str>) -> String {
+    match reason {
+        Some("tcp-reset") => "refused with tcp-reset".to_owned(),
+        Some(reason) => format!("rejected with {reason}"),
+        None => "rejected".to_owned(),
+    }
+}
+
 /// "3 queries", "1 query".
 fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

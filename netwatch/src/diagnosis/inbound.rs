@@ -1,4 +1,5 @@
-//! Inbound to this host: requests its own firewall drops or refuses, and the local rules that would let them in.
+//! Inbound to this host: requests its own firewall drops or refuses, and the local rules
+//! that would let them in.
 
 use super::*;
 
@@ -32,11 +33,7 @@ pub(super) fn inbound_findings(inbound: &[&TargetView], findings: &mut Vec<Findi
         };
         let mut finding = if rejected {
             let n = targets.iter().map(|t| t.rejected).sum();
-            let how = match reason {
-                Some("tcp-reset") => "refused with tcp-reset".to_owned(),
-                Some(reason) => format!("rejected with {reason}"),
-                None => "rejected".to_owned(),
-            };
+            let how = rejected_how(reason);
             let summary = format!(
                 "Inbound to this host: {what} from {} is {how} ({}): {}.",
                 list(&peers),

@@ -2,7 +2,7 @@
 
 use super::{
     BTreeMap, Finding, IpAddr, PORT_BLACKHOLED, PORT_REJECTED, Proto, TargetView, Verdict, count,
-    is_dns, list, named_service, never_answered, remotes, requests, udp_consequence,
+    is_dns, list, named_service, never_answered, rejected_how, remotes, requests, udp_consequence,
 };
 
 pub(super) fn port_findings(
@@ -38,11 +38,7 @@ pub(super) fn port_findings(
         );
         let finding = if rejected {
             let n = targets.iter().map(|t| t.rejected).sum();
-            let how = match reason {
-                Some("tcp-reset") => "refused with tcp-reset".to_owned(),
-                Some(reason) => format!("rejected with {reason}"),
-                None => "rejected".to_owned(),
-            };
+            let how = rejected_how(reason);
             let summary = format!(
                 "{service} to {} is {how} ({} rejected): {}{consequence}.",
                 list(&remotes),
