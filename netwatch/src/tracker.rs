@@ -173,17 +173,24 @@ impl Tracker {
         self
     }
 
+    /// The state of the target `key`, made on first sight; `None` for a key that names no
+    /// target (an unknown protocol).
+    fn state_of(&mut self, key: &TargetKey) -> Option<&mut TargetState> {
+        let target = Target::from_key(key)?;
+        let window = self.window;
+        Some(
+            self.targets
+                .entry(*key)
+                .or_insert_with(|| TargetState::new(target, window)),
+        )
+    }
+
     /// Takes in one target's cumulative kernel counters as read at `now_ns`; the increase
     /// since the last read becomes outcomes resolved at `now_ns`.
     pub fn observe_counters(&mut self, now_ns: u64, key: &TargetKey, counters: &TargetCounters) {
-        let Some(target) = Target::from_key(key) else {
+        let Some(state) = self.state_of(key) else {
             return;
         };
-        let window = self.window;
-        let state = self
-            .targets
-            .entry(*key)
-            .or_insert_with(|| TargetState::new(target, window));
         let old = &state.kernel;
         let answered = counters.answered.saturating_sub(old.answered);
         let mut rejected = Vec::new();
@@ -225,15 +232,10 @@ impl Tracker {
     /// Takes in one target's cumulative count of drops on this host for the kernel drop
     /// reason `reason`, as read at `now_ns`.
     pub fn observe_local_drops(&mut self, now_ns: u64, key: &TargetKey, reason: u32, count: u64) {
-        let Some(target) = Target::from_key(key) else {
+        let reason = self.drop_reasons.get(reason);
+        let Some(state) = self.state_of(key) else {
             return;
         };
-        let reason = self.drop_reasons.get(reason);
-        let window = self.window;
-        let state = self
-            .targets
-            .entry(*key)
-            .or_insert_with(|| TargetState::new(target, window));
         let old = state.local_drops.insert(reason.name, count).unwrap_or(0);
         if !reason.at_socket {
             // A drop at the socket (the application gone or slow) names no failure.
@@ -245,14 +247,9 @@ impl Tracker {
     /// Takes in a request found unanswered at `now_ns`.
     pub fn observe_unanswered(&mut self, now_ns: u64, key: &RequestKey, request: &PendingRequest) {
         let target_key = key.target();
-        let Some(target) = Target::from_key(&target_key) else {
+        let Some(state) = self.state_of(&target_key) else {
             return;
         };
-        let window = self.window;
-        let state = self
-            .targets
-            .entry(target_key)
-            .or_insert_with(|| TargetState::new(target, window));
         state.unanswered += 1;
         state.history.record(now_ns, 0, 1, &[]);
         if is_dns(&state.target) && state.names.len() < NAMES_PER_TARGET {
@@ -267,14 +264,9 @@ impl Tracker {
 
     /// Takes in a process found behind a request of the target `key`.
     pub fn observe_process(&mut self, key: &TargetKey, process: Process) {
-        let Some(target) = Target::from_key(key) else {
+        let Some(state) = self.state_of(key) else {
             return;
         };
-        let window = self.window;
-        let state = self
-            .targets
-            .entry(*key)
-            .or_insert_with(|| TargetState::new(target, window));
         attribution::remember(&mut state.processes, process);
     }
 
