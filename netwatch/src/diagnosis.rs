@@ -502,6 +502,27 @@ fn source_for(sources: &[IpAddr], destination: IpAddr) -> IpAddr {
         })
 }
 
+/// Blackholed and rejected targets grouped by (proto, port, rejected, reason): blackholed
+/// before rejected, rejections apart by reason. Other verdicts are left out.
+#[expect(
+    clippy::type_complexity,
+    reason = "the grouping key, spelled where it is made"
+)]
+fn failing_by_service<'a>(
+    targets: impl Iterator<Item = &'a TargetView>,
+) -> BTreeMap<(Proto, Option<u16>, bool, Option<&'static str>), Vec<&'a TargetView>> {
+    let mut groups: BTreeMap<_, Vec<&TargetView>> = BTreeMap::new();
+    for target in targets {
+        let key = match target.verdict {
+            Verdict::Blackholed => (target.proto, target.port, false, None),
+            Verdict::Rejected => (target.proto, target.port, true, target.reason),
+            _ => continue,
+        };
+        groups.entry(key).or_default().push(target);
+    }
+    groups
+}
+
 /// How a rejection was made: "refused with tcp-reset", "rejected with icmp-…".
 fn rejected_how(reason: Option<&str>) -> String {
     match reason {

@@ -7,17 +7,7 @@ use super::*;
 /// those that are rejected; ICMP echo has no port. Degraded inbound targets (slow or not)
 /// are no evidence here.
 pub(super) fn inbound_findings(inbound: &[&TargetView], findings: &mut Vec<Finding>) {
-    /// (proto, port, rejected: blackholed first, reason).
-    type Group = (Proto, Option<u16>, bool, Option<&'static str>);
-    let mut groups: BTreeMap<Group, Vec<&TargetView>> = BTreeMap::new();
-    for &target in inbound {
-        let key = match target.verdict {
-            Verdict::Blackholed => (target.proto, target.port, false, None),
-            Verdict::Rejected => (target.proto, target.port, true, target.reason),
-            _ => continue,
-        };
-        groups.entry(key).or_default().push(target);
-    }
+    let groups = failing_by_service(inbound.iter().copied());
     for ((proto, port, rejected, reason), targets) in groups {
         let peers = remotes(&targets);
         let what = if proto.has_ports() {

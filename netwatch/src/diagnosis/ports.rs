@@ -1,8 +1,9 @@
 //! TCP and UDP ports: blackholed or refused, and by whom.
 
 use super::{
-    BTreeMap, Finding, IpAddr, PORT_BLACKHOLED, PORT_REJECTED, Proto, TargetView, Verdict, count,
-    is_dns, list, named_service, never_answered, rejected_how, remotes, requests, udp_consequence,
+    Finding, IpAddr, PORT_BLACKHOLED, PORT_REJECTED, Proto, TargetView, Verdict, count,
+    failing_by_service, is_dns, list, named_service, never_answered, rejected_how, remotes,
+    requests, udp_consequence,
 };
 
 pub(super) fn port_findings(
@@ -10,17 +11,12 @@ pub(super) fn port_findings(
     sources: &[IpAddr],
     findings: &mut Vec<Finding>,
 ) {
-    /// (proto, port, rejected: blackholed first, reason).
-    type Group = (Proto, Option<u16>, bool, Option<&'static str>);
-    let mut groups: BTreeMap<Group, Vec<&TargetView>> = BTreeMap::new();
-    for &target in judged.iter().filter(|t| t.proto.has_ports() && !is_dns(t)) {
-        let key = match target.verdict {
-            Verdict::Blackholed => (target.proto, target.port, false, None),
-            Verdict::Rejected => (target.proto, target.port, true, target.reason),
-            _ => continue,
-        };
-        groups.entry(key).or_default().push(target);
-    }
+    let groups = failing_by_service(
+        judged
+            .iter()
+            .copied()
+            .filter(|t| t.proto.has_ports() && !is_dns(t)),
+    );
     for ((proto, port, rejected, reason), targets) in groups {
         let remotes = remotes(&targets);
         let attempts = if proto == Proto::Tcp {
