@@ -1078,13 +1078,22 @@ fn metrics_diagnosis_and_fail_on_during_a_lab_run() {
     netwatch.wait_for(Duration::from_secs(5), "the dns-blocked diagnosis", |r| {
         r["type"] == "diagnosis" && r["finding"] == "dns-blocked"
     });
-    // The endpoint serves the state of the last poll.
-    std::thread::sleep(Duration::from_millis(600));
-    // Scrape while it runs, from inside the client namespace (loopback there).
-    let scrape = lab
-        .client
-        .ok("curl", &["-s", "-m", "3", "http://127.0.0.1:9464/metrics"]);
-    let text = String::from_utf8_lossy(&scrape.stdout).into_owned();
+    // Scrape while it runs, from inside the client namespace (loopback there). The endpoint
+    // serves the state of the last poll, which may not yet be the one that printed the
+    // diagnosis: scrape until it shows the blackholed resolver, within a bound.
+    let dns = format!("{{direction=\"egress\",proto=\"udp\",remote=\"{DNS_V4}\",port=\"53\"");
+    let blackholed = format!("netwatch_target_verdict{dns},verdict=\"blackholed\"}} 1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let scrape = lab
+            .client
+            .ok("curl", &["-s", "-m", "3", "http://127.0.0.1:9464/metrics"]);
+        let text = String::from_utf8_lossy(&scrape.stdout).into_owned();
+        if text.lines().any(|l| l == blackholed) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -1100,7 +1109,6 @@ fn metrics_diagnosis_and_fail_on_during_a_lab_run() {
             .find(|l| l.starts_with(line_start))
             .map(str::to_owned)
     };
-    let dns = format!("{{direction=\"egress\",proto=\"udp\",remote=\"{DNS_V4}\",port=\"53\"");
     assert_eq!(
         series(&format!("netwatch_requests_total{dns}}}")).as_deref(),
         Some(&*format!("netwatch_requests_total{dns}}} 1"))
