@@ -26,14 +26,16 @@ use aya_ebpf::{
 };
 use netwatch_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, DropConfig, KernelCounter, LOCAL_DROPS_CAPACITY,
-    LocalDropKey, PendingRequest, RequestKey, SKB_WINDOW, TargetCounters, TargetKey, UDP_PORT_FLOW,
-    ipv4_mapped, proto,
+    LocalDropKey, NTP_MODE_CLIENT, NTP_MODE_SERVER, NTP_TRANSMIT_OFFSET, PendingRequest,
+    RequestKey, SKB_WINDOW, TargetCounters, TargetKey, UDP_PORT_FLOW, UDP_PORT_NTP, ipv4_mapped,
+    ntp_tag, proto,
 };
 
 use crate::maps::{
     EEXIST, LOCAL_ADDRESSES, PENDING, TARGET_SLOTS, TARGETS, add, count, target_counters,
     udp_port_kind,
 };
+use crate::packet::UDP_HEADER_LEN;
 
 /// (target slot, drop reason) → drops.
 #[map]
@@ -98,8 +100,11 @@ struct Packet {
     dst: [u8; 16],
     src_port: u16,
     dst_port: u16,
-    /// DNS id or echo sequence (the request key's `tag`); 0 for TCP.
+    /// DNS id, echo sequence or folded NTP transmit timestamp (the request key's `tag`); 0
+    /// for TCP and `--udp-port` flows.
     tag: u16,
+    /// An NTP request: its tag is the transmit timestamp, past [`L4_READ`], read separately.
+    ntp_request: bool,
     /// TCP: the sequence number (a SYN's ISN).
     seq: u32,
     proto: u8,
@@ -253,7 +258,7 @@ fn read_packet(skb: *const u8) -> Option<Packet> {
     let ip = (u64::from_ne_bytes(head) as *const u8).wrapping_add(usize::from(network_header));
     // SAFETY: as above.
     let bytes = unsafe { bpf_probe_read_kernel(ip.cast::<[u8; PACKET_READ]>()) }.ok()?;
-    let (src, dst, proto, l4) = if protocol == ETH_P_IPV4 {
+    let (src, dst, proto, l4, header_len) = if protocol == ETH_P_IPV4 {
         let version_ihl = bytes[0];
         if version_ihl >> 4 != 4 || u16::from_be_bytes([bytes[6], bytes[7]]) & 0x1fff != 0 {
             // Not IPv4, or a non-first fragment (no transport header).
@@ -270,7 +275,7 @@ fn read_packet(skb: *const u8) -> Option<Packet> {
         };
         let src = ipv4_mapped(read_array::<4>(&bytes, 12)?);
         let dst = ipv4_mapped(read_array::<4>(&bytes, 16)?);
-        (src, dst, bytes[9], l4)
+        (src, dst, bytes[9], l4, header_len)
     } else {
         if bytes[0] >> 4 != 6 {
             return None;
@@ -281,9 +286,18 @@ fn read_packet(skb: *const u8) -> Option<Packet> {
             read_array::<16>(&bytes, 24)?,
             bytes[6],
             read_array::<L4_READ>(&bytes, IPV6_LEN)?,
+            IPV6_LEN,
         )
     };
-    classify(src, dst, proto, &l4)
+    let mut packet = classify(src, dst, proto, &l4)?;
+    if packet.ntp_request {
+        // The request's key holds its transmit timestamp, folded (`ntp_tag`), as on tc egress.
+        let at = header_len + UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET;
+        // SAFETY: as above.
+        let transmit = unsafe { bpf_probe_read_kernel(ip.wrapping_add(at).cast::<[u8; 8]>()) };
+        packet.tag = ntp_tag(transmit.ok()?);
+    }
+    Some(packet)
 }
 
 #[inline(always)]
@@ -304,6 +318,7 @@ fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Opti
         src_port,
         dst_port,
         tag: 0,
+        ntp_request: false,
         seq: 0,
         proto,
         kind: Kind::Request,
@@ -329,15 +344,28 @@ fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Opti
             } else if src_port == DNS_PORT && response {
                 packet.kind = Kind::Answer;
                 packet.tag = u16::from_be_bytes([l4[8], l4[9]]);
-            } else if udp_port_kind(dst_port) == UDP_PORT_FLOW {
-                // A `--udp-port` flow (tag 0): to the port a request, from it an answer, as
-                // the tc programs judge it. NTP is not classified here: its key needs the
-                // transmit timestamp, past the bytes this program reads.
-                packet.kind = Kind::Request;
-            } else if udp_port_kind(src_port) == UDP_PORT_FLOW {
-                packet.kind = Kind::Answer;
             } else {
-                return None;
+                // NTP and `--udp-port` flows, as the tc programs judge them (`classify.rs`):
+                // NTP by its mode (a client's message to the port is a request, a server's
+                // from it an answer), a flow by direction (tag 0).
+                let mode = l4[UDP_HEADER_LEN] & 0x07;
+                let (to, from) = (udp_port_kind(dst_port), udp_port_kind(src_port));
+                // The transmit timestamp ends the 48-byte message (the UDP length says
+                // whether it is there): a shorter one is no NTP request on tc egress either.
+                let whole = usize::from(u16::from_be_bytes([l4[4], l4[5]]))
+                    >= UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET + 8;
+                if to == UDP_PORT_NTP && mode == NTP_MODE_CLIENT && whole {
+                    packet.kind = Kind::Request;
+                    packet.ntp_request = true;
+                } else if from == UDP_PORT_NTP && mode == NTP_MODE_SERVER {
+                    packet.kind = Kind::Answer;
+                } else if to == UDP_PORT_FLOW {
+                    packet.kind = Kind::Request;
+                } else if from == UDP_PORT_FLOW {
+                    packet.kind = Kind::Answer;
+                } else {
+                    return None;
+                }
             }
         }
         proto::ICMP | proto::ICMPV6 => {

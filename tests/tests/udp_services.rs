@@ -11,7 +11,7 @@ use std::{
 
 use netwatch_tests::{
     lab::{
-        CLIENT_V4, CLIENT_V6, DNS_V4, DNS2_V4, Finished, Lab, Netns, SERVER_V4, SERVER_V6,
+        CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, Netns, SERVER_V4, SERVER_V6,
         netwatch_binary, target_id, wait_until,
     },
     prerequisites,
@@ -50,7 +50,8 @@ table inet lab {
 "#;
 
 /// The client's own chains: its service on 5001 gets requests and never answers; what it
-/// sends to 5008 dies in its output chain, before tc egress (the drop program counts it).
+/// sends to 5008, and NTP to the IPv6 resolver's address, dies in its output chain, before
+/// tc egress (the drop program counts it).
 const CLIENT_INPUT: &str = r"
 table inet host {
   chain input {
@@ -60,6 +61,7 @@ table inet host {
   chain output {
     type filter hook output priority 0; policy accept;
     udp dport 5008 drop
+    ip6 daddr 2001:db8:2::53 udp dport 123 drop
   }
 }
 ";
@@ -220,6 +222,11 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
     }
     // Dropped by this host's own output chain (the send fails with EPERM).
     assert_ne!(ask(client, SERVER_V4, "5008", "flow", "1", "0.5"), 0);
+    assert_ne!(
+        ask(client, DNS_V6, "123", "ntp", "1", "0.5"),
+        0,
+        "NTP dropped here"
+    );
     // Requests this host receives: its service on 5000 answers, 5001 is dropped by its own
     // input chain, and nothing listens on its NTP port (the kernel's port unreachable).
     for (host, from) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
@@ -235,6 +242,7 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
         ("egress", SERVER_V6, 5001),
         ("ingress", SERVER_V6, 5001),
         ("egress", SERVER_V4, 5008),
+        ("egress", DNS_V6, 123),
     ] {
         netwatch.wait_for(
             Duration::from_secs(20),
@@ -283,13 +291,15 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
             0,
         );
     }
-    let here = target(&finished, "egress", SERVER_V4, 5008);
-    expect(here, "blackholed", Some("here:netfilter-drop"), 1, 0);
-    assert_eq!(
-        here["local_drops"],
-        serde_json::json!({"NETFILTER_DROP": 1}),
-        "{here}"
-    );
+    for (remote, port) in [(SERVER_V4, 5008), (DNS_V6, 123)] {
+        let here = target(&finished, "egress", remote, port);
+        expect(here, "blackholed", Some("here:netfilter-drop"), 1, 0);
+        assert_eq!(
+            here["local_drops"],
+            serde_json::json!({"NETFILTER_DROP": 1}),
+            "{here}"
+        );
+    }
     let unwatched: Vec<_> = finished
         .records
         .iter()
