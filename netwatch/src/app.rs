@@ -66,7 +66,8 @@ pub fn poll_with(
         tracker.observe_local_drops(now_ns, &key, reason, count);
     }
     if sweeper.due() {
-        let entries = kernel.read_pending()?;
+        let mut entries = sweeper.table_buffer();
+        kernel.read_pending_into(&mut entries)?;
         if let Some(attributing) = attributing {
             let found = attributing.attribution.attribute(
                 &mut Owners(kernel),
@@ -78,7 +79,8 @@ pub fn poll_with(
                 tracker.observe_process(&target, process);
             }
         }
-        let swept = sweeper.sweep(now_ns, entries);
+        let swept = sweeper.sweep(now_ns, entries.drain(..));
+        sweeper.keep_table_buffer(entries);
         for (key, request) in &swept.unanswered {
             tracker.observe_unanswered(now_ns, key, request);
         }
@@ -422,8 +424,13 @@ mod tests {
             self.targets.iter().for_each(|(k, v)| each(k, v));
             Ok(())
         }
-        fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError> {
-            Ok(self.pending.iter().map(|(k, v)| (*k, *v)).collect())
+        fn read_pending_into(
+            &mut self,
+            entries: &mut Vec<(RequestKey, PendingRequest)>,
+        ) -> Result<(), ProbeError> {
+            entries.clear();
+            entries.extend(self.pending.iter().map(|(k, v)| (*k, *v)));
+            Ok(())
         }
         fn remove_pending(&mut self, key: &RequestKey) -> Result<(), ProbeError> {
             self.pending.remove(key);

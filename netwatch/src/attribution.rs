@@ -235,6 +235,9 @@ impl Attribution {
         entries: &[(RequestKey, PendingRequest)],
         now_ns: u64,
     ) -> Vec<(TargetKey, Process)> {
+        // A join is reused for `REFRESH_NS` only: older ones would never be read again.
+        self.joined
+            .retain(|_, (_, at)| now_ns.saturating_sub(*at) < REFRESH_NS);
         if self.joined.len() > CACHE_LIMIT {
             self.joined.clear();
         }
@@ -273,7 +276,15 @@ impl Attribution {
         let mut todo = std::mem::take(&mut self.waiting);
         todo.extend(fresh.into_iter().map(|(_, w)| w));
         let mut out = Vec::new();
+        let mut previous = None;
         for mut request in todo {
+            // A burst from one socket is thousands of requests of one target and cookie in a
+            // row: the first says it all (the process would only be remembered again).
+            if previous.replace((request.target, request.cookie))
+                == Some((request.target, request.cookie))
+            {
+                continue;
+            }
             match self.join(owners, host, request.cookie, request.cgroup_id, now_ns) {
                 Some(process) => out.push((request.target, process)),
                 None if request.polls < RETRY_POLLS && self.waiting.len() < RETRY_LIMIT => {

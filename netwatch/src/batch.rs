@@ -52,58 +52,82 @@ fn map_fd(fd: BorrowedFd<'_>) -> u32 {
     u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX)
 }
 
-/// Every entry of the hash map `fd`, at most about `limit` of them. Fails with `EINVAL` on
-/// kernels without batch operations.
-///
-/// # Safety
-/// `K` and `V` must be the map's key and value types (the kernel writes their bytes).
-pub unsafe fn lookup_all<K: Pod, V: Pod>(
-    fd: BorrowedFd<'_>,
-    limit: usize,
-) -> io::Result<Vec<(K, V)>> {
-    let mut entries = Vec::new();
-    // SAFETY: Pod types are plain bytes, valid when zeroed.
-    let (mut keys, mut values) = unsafe {
-        (
-            vec![std::mem::zeroed::<K>(); CHUNK],
-            vec![std::mem::zeroed::<V>(); CHUNK],
-        )
-    };
-    let mut cursor: Cursor = [0; 8];
-    let mut first = true;
-    loop {
-        let mut next: Cursor = [0; 8];
-        let mut attr = zeroed_attr();
-        attr.batch.in_batch = if first {
-            0
-        } else {
-            std::ptr::from_ref(&cursor) as u64
+/// The buffers one batch walk fills, kept across walks: the pending table is read four
+/// times a second, and buffers allocated and freed each time (hundreds of KiB for the chunks,
+/// megabytes for the entries while a burst is pending) left holes that grew the heap with
+/// each burst (the soak test saw it).
+pub struct Lookup<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+}
+
+impl<K: Pod, V: Pod> Default for Lookup<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Pod, V: Pod> Lookup<K, V> {
+    #[must_use]
+    pub fn new() -> Self {
+        // SAFETY: Pod types are plain bytes, valid when zeroed.
+        let (keys, values) = unsafe {
+            (
+                vec![std::mem::zeroed::<K>(); CHUNK],
+                vec![std::mem::zeroed::<V>(); CHUNK],
+            )
         };
-        attr.batch.out_batch = std::ptr::from_mut(&mut next) as u64;
-        attr.batch.keys = keys.as_mut_ptr() as u64;
-        attr.batch.values = values.as_mut_ptr() as u64;
-        attr.batch.count = to_u32(CHUNK);
-        attr.batch.map_fd = map_fd(fd);
-        let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // The kernel reports how many it filled, also with ENOENT (the walk's end).
-        // SAFETY: reading the member the kernel wrote, a plain integer.
-        let filled = (unsafe { attr.batch.count } as usize).min(CHUNK);
-        entries.extend(
-            keys[..filled]
-                .iter()
-                .copied()
-                .zip(values[..filled].iter().copied()),
-        );
-        match result {
-            Ok(()) => {}
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
-            Err(err) => return Err(err),
+        Self { keys, values }
+    }
+
+    /// Replaces `entries` with every entry of the hash map `fd`, at most about `limit` of
+    /// them. Fails with `EINVAL` on kernels without batch operations.
+    ///
+    /// # Safety
+    /// `K` and `V` must be the map's key and value types (the kernel writes their bytes).
+    pub unsafe fn all(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        limit: usize,
+        entries: &mut Vec<(K, V)>,
+    ) -> io::Result<()> {
+        entries.clear();
+        let mut cursor: Cursor = [0; 8];
+        let mut first = true;
+        loop {
+            let mut next: Cursor = [0; 8];
+            let mut attr = zeroed_attr();
+            attr.batch.in_batch = if first {
+                0
+            } else {
+                std::ptr::from_ref(&cursor) as u64
+            };
+            attr.batch.out_batch = std::ptr::from_mut(&mut next) as u64;
+            attr.batch.keys = self.keys.as_mut_ptr() as u64;
+            attr.batch.values = self.values.as_mut_ptr() as u64;
+            attr.batch.count = to_u32(CHUNK);
+            attr.batch.map_fd = map_fd(fd);
+            let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+            // The kernel reports how many it filled, also with ENOENT (the walk's end).
+            // SAFETY: reading the member the kernel wrote, a plain integer.
+            let filled = (unsafe { attr.batch.count } as usize).min(CHUNK);
+            entries.extend(
+                self.keys[..filled]
+                    .iter()
+                    .copied()
+                    .zip(self.values[..filled].iter().copied()),
+            );
+            match result {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+            if entries.len() >= limit {
+                return Ok(());
+            }
+            cursor = next;
+            first = false;
         }
-        if entries.len() >= limit {
-            return Ok(entries);
-        }
-        cursor = next;
-        first = false;
     }
 }
 

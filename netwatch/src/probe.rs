@@ -160,6 +160,8 @@ pub struct Probe {
     /// The pending table's descriptor again, for the batch operations aya does not wrap;
     /// `None` once they failed (a kernel before 5.6): then a key at a time.
     pending_batch: Option<OwnedFd>,
+    /// The batch walk's chunk buffers, kept across polls.
+    pending_lookup: batch::Lookup<RequestKey, PendingRequest>,
     target_slots: HashMap<MapData, TargetKey, u32>,
     slot_owners: HashMap<MapData, u32, TargetKey>,
     next_slot: Array<MapData, u32>,
@@ -199,8 +201,17 @@ pub trait KernelTables {
         &mut self,
         each: &mut dyn FnMut(&TargetKey, &TargetCounters),
     ) -> Result<(), ProbeError>;
-    /// Every entry of the pending table.
-    fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError>;
+    /// Replaces `entries` with the pending table's entries (a buffer kept across polls).
+    fn read_pending_into(
+        &mut self,
+        entries: &mut Vec<(RequestKey, PendingRequest)>,
+    ) -> Result<(), ProbeError>;
+    /// The pending table's entries, in a new buffer.
+    fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError> {
+        let mut entries = Vec::new();
+        self.read_pending_into(&mut entries)?;
+        Ok(entries)
+    }
     /// Removes a pending entry; a missing one is not an error.
     fn remove_pending(&mut self, key: &RequestKey) -> Result<(), ProbeError>;
     /// Removes these pending entries, each only if it still holds the request first sent at
@@ -478,6 +489,7 @@ impl Probe {
             ebpf,
             pending,
             pending_batch,
+            pending_lookup: batch::Lookup::new(),
             target_slots,
             slot_owners,
             next_slot,
@@ -991,18 +1003,22 @@ impl KernelTables for Probe {
         Ok(())
     }
 
-    fn read_pending(&mut self) -> Result<Vec<(RequestKey, PendingRequest)>, ProbeError> {
+    fn read_pending_into(
+        &mut self,
+        entries: &mut Vec<(RequestKey, PendingRequest)>,
+    ) -> Result<(), ProbeError> {
         if let Some(fd) = &self.pending_batch {
+            let limit = PENDING_CAPACITY as usize;
             // SAFETY: the PENDING map's key and value types.
-            match unsafe { batch::lookup_all(fd.as_fd(), PENDING_CAPACITY as usize) } {
-                Ok(entries) => return Ok(entries),
+            match unsafe { self.pending_lookup.all(fd.as_fd(), limit, entries) } {
+                Ok(()) => return Ok(()),
                 Err(err) => {
                     log::debug!("batch lookup failed ({err}); reading a key at a time");
                     self.pending_batch = None;
                 }
             }
         }
-        let mut entries = Vec::new();
+        entries.clear();
         for entry in &self.pending {
             entries.push(entry.map_err(|source| ProbeError::Map {
                 map: PENDING_MAP,
@@ -1013,7 +1029,7 @@ impl KernelTables for Probe {
                 break;
             }
         }
-        Ok(entries)
+        Ok(())
     }
 
     fn remove_pending(&mut self, key: &RequestKey) -> Result<(), ProbeError> {

@@ -118,6 +118,12 @@ pub struct Sweeper {
     /// [`PendingRequest::replaced_first_sent_ns`]) and that were counted from the entry that
     /// replaced them: key → the replaced request's first send time.
     counted_replaced: HashMap<RequestKey, u64, RandomState>,
+    /// The next sweep's `counted`, its capacity kept: the two maps trade places each sweep
+    /// rather than one of tens of thousands of entries being built and freed four times a
+    /// second (holes that grew the heap with each burst).
+    spare_counted: HashMap<RequestKey, u64, RandomState>,
+    /// The buffer the table is read into, its capacity kept for the same reason.
+    table: Vec<(RequestKey, PendingRequest)>,
     last_size: usize,
     /// Whether the last [`Sweeper::due`] skipped a busy table's walk.
     skipped: bool,
@@ -133,6 +139,8 @@ impl Sweeper {
             policy,
             counted: HashMap::default(),
             counted_replaced: HashMap::default(),
+            spare_counted: HashMap::default(),
+            table: Vec::new(),
             last_size: 0,
             skipped: false,
             last_in_flight: 0,
@@ -151,6 +159,18 @@ impl Sweeper {
         !self.skipped
     }
 
+    /// An empty buffer to read the table into, with the capacity the last table needed;
+    /// give it back with [`Sweeper::keep_table_buffer`].
+    pub fn table_buffer(&mut self) -> Vec<(RequestKey, PendingRequest)> {
+        let mut table = std::mem::take(&mut self.table);
+        table.clear();
+        table
+    }
+
+    pub fn keep_table_buffer(&mut self, table: Vec<(RequestKey, PendingRequest)>) {
+        self.table = table;
+    }
+
     /// In-flight requests and tombstones as of the last sweep.
     #[must_use]
     pub const fn last_counts(&self) -> (usize, usize) {
@@ -165,8 +185,8 @@ impl Sweeper {
     ) -> SweepOutcome {
         let under_pressure = self.last_size * 100 >= self.policy.capacity * PRESSURE_PERCENT;
         let mut outcome = SweepOutcome::default();
-        let mut still_counted =
-            HashMap::with_capacity_and_hasher(self.counted.len(), RandomState::default());
+        let mut still_counted = std::mem::take(&mut self.spare_counted);
+        still_counted.clear();
         let mut still_replaced = HashMap::default();
         let mut size = 0;
         for (key, entry) in entries {
@@ -205,7 +225,7 @@ impl Sweeper {
             }
         }
         // Forget entries that left the table (removed by us, or a key reused after removal).
-        self.counted = still_counted;
+        self.spare_counted = std::mem::replace(&mut self.counted, still_counted);
         self.counted_replaced = still_replaced;
         self.last_size = size;
         self.last_in_flight = outcome.in_flight;
