@@ -340,7 +340,8 @@ fn ten_minutes_of_mixed_traffic_keep_memory_flat_and_counts_exact() {
     assert_eq!(untracked, 0, "every request was tracked");
     println!(
         "soak: secs={secs} rounds={round} requests={total} targets={} rss_first={first}KiB \
-         rss_steady={low}..{high}KiB rss_last={last}KiB pending_max={pending_max} exact=true",
+         rss_steady={low}..{high}KiB rss_last={last}KiB pending_max={pending_max} exact=true \
+         rss_samples={rss:?}",
         sent.len()
     );
 }
