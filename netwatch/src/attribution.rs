@@ -460,6 +460,38 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_from_one_socket_is_one_pair_and_another_socket_between_is_kept() {
+        let mut host = FakeHost::default();
+        let mut owners = FakeOwners::default();
+        owners.0.insert(5, owner(10, "traffic-gen", 0));
+        owners.0.insert(6, owner(11, "dig", 0));
+        let mut attribution = Attribution::new();
+        // 1,000 requests from socket 5 (distinct local ports: distinct entries), then one
+        // from socket 6, then socket 5 again: the most recent process is remembered last.
+        let mut entries: Vec<_> = (0..1_000u16)
+            .map(|i| {
+                let (mut key, request) = request(53, 5, 0, S + u64::from(i));
+                key.local_port = 20_000 + i;
+                (key, request)
+            })
+            .collect();
+        entries.push(request(53, 6, 0, S + 2_000));
+        let (mut key, last) = request(53, 5, 0, S + 3_000);
+        key.local_port = 30_000;
+        entries.push((key, last));
+        let found = attribution.attribute(&mut owners, &mut host, &entries, 2 * S);
+        let target = entries[0].0.target();
+        assert_eq!(
+            found,
+            vec![
+                (target, process(10, "traffic-gen", "")),
+                (target, process(11, "dig", "")),
+                (target, process(10, "traffic-gen", "")),
+            ]
+        );
+    }
+
+    #[test]
     fn a_request_inserted_after_a_later_one_was_read_is_still_seen() {
         let mut host = FakeHost::default();
         let mut owners = FakeOwners::default();
