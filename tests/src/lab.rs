@@ -756,6 +756,23 @@ pub fn netwatch_bpf_objects() -> (usize, usize) {
     (count("link"), count("prog"))
 }
 
+/// Gives a netwatch about to run without root what the systemd unit gives it
+/// (`LimitMEMLOCK=infinity`): kernels before 5.11 (the matrix's 5.10) charge BPF maps to
+/// `RLIMIT_MEMLOCK`, which netwatch cannot raise without `CAP_SYS_RESOURCE`. The limit is
+/// raised in this (root) test process, and children inherit it; newer kernels ignore it.
+pub fn unlimited_memlock_for_old_kernels() {
+    if crate::kernel_version() >= (5, 11) {
+        return;
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given; the test runs as root.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+    assert_eq!(raised, 0, "raising RLIMIT_MEMLOCK");
+}
+
 /// setpriv arguments: user nobody with only `caps` (e.g. `bpf,net_admin,perfmon`).
 #[must_use]
 pub fn as_nobody_with(caps: &str) -> Vec<String> {

@@ -61,15 +61,31 @@ pub fn on_path(tool: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
-/// How netwatch's `--attach auto` attaches on the running kernel: `tcx` from Linux 6.6,
-/// `clsact` filters before (the kernel matrix boots 5.10 and 6.1).
+/// The running kernel's (major, minor) version; (0, 0) if unreadable.
 #[must_use]
-pub fn auto_attach() -> &'static str {
+pub fn kernel_version() -> (u32, u32) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = release
         .trim()
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().unwrap_or(0));
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if version >= (6, 6) { "tcx" } else { "clsact" }
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// How netwatch's `--attach auto` attaches on the running kernel: `tcx` from Linux 6.6,
+/// `clsact` filters before (the kernel matrix boots 5.10 and 6.1).
+#[must_use]
+pub fn auto_attach() -> &'static str {
+    if kernel_version() >= (6, 6) {
+        "tcx"
+    } else {
+        "clsact"
+    }
+}
+
+/// Whether the running kernel says why it drops a packet (`skb:kfree_skb`'s `reason`,
+/// Linux 5.17): netwatch's local drops need it (the matrix's 5.10 has none).
+#[must_use]
+pub fn kernel_has_drop_reasons() -> bool {
+    kernel_version() >= (5, 17)
 }

@@ -799,16 +799,7 @@ impl Drop for KillOnDrop {
 fn map_reads_may_need_cap_bpf() -> bool {
     let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
         .is_ok_and(|v| v.trim() != "0");
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().ok());
-    let before_6_5 = match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) < (6, 5),
-        _ => false,
-    };
-    disabled && before_6_5
+    disabled && netwatch_tests::kernel_version() < (6, 5)
 }
 
 #[test]
@@ -822,18 +813,7 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
     let mut lab = Lab::new();
     lab.start_listener(LISTENER);
     let binary = netwatch_tests::lab::netwatch_binary();
-    if netwatch_tests::auto_attach() == "clsact" {
-        // Kernels before 5.11 (the matrix's 5.10) charge BPF maps to RLIMIT_MEMLOCK, which
-        // netwatch cannot raise without CAP_SYS_RESOURCE: give it what the systemd unit
-        // gives it (LimitMEMLOCK=infinity). Harmless on 6.1.
-        let unlimited = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        // SAFETY: setrlimit reads the struct it is given; the test runs as root.
-        let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
-        assert_eq!(raised, 0, "raising RLIMIT_MEMLOCK");
-    }
+    netwatch_tests::lab::unlimited_memlock_for_old_kernels();
     let mut command = lab.client.command("setpriv");
     command
         .args(netwatch_tests::lab::as_nobody_with("bpf,net_admin,perfmon"))

@@ -44,8 +44,8 @@ enum Task {
         no_vm: bool,
     },
     /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels in QEMU and run the program tests, the
-    /// fuzz test and the namespace lab inside each (and on this machine's kernel); one line
-    /// `kernel VERSION: N passed, M failed` per kernel.
+    /// fuzz test, the namespace lab and the local-drops tests inside each (and on this
+    /// machine's kernel); one line `kernel VERSION: N passed, M failed` per kernel.
     VmTest {
         /// Only these kernels: a series of the matrix (5.10, 6.1, 6.12) or `host`; repeatable.
         #[arg(long = "kernel", value_name = "VERSION")]
