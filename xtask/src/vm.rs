@@ -1090,7 +1090,9 @@ mount -t tmpfs tmpfs /run
 mkdir -p /run/netns /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
+# A fresh /tmp, unless the workspace or the results lie beneath it (a clone in /tmp): a
+# tmpfs there would hide the test executables and the results share.
+case "@ROOT@/" in /tmp/*) ;; *) case "$R/" in /tmp/*) ;; *) mount -t tmpfs tmpfs /tmp ;; esac ;; esac
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
