@@ -181,6 +181,294 @@ impl DropConfig {
     }
 }
 
+/// Name of the raw tracepoint program on `tcp:tcp_retransmit_skb` that follows TCP
+/// connections whose segments are retransmitted (see [`Retransmits`]).
+pub const RETRANSMIT_PROGRAM: &str = "netwatch_retransmits";
+/// The tracepoint it attaches to (`TP_PROTO(sk, skb[, err])`: `err` from 6.13 on).
+pub const RETRANSMIT_TRACEPOINT: &str = "tcp_retransmit_skb";
+/// Name of the read-only global holding the [`RetransmitConfig`], set at load time.
+pub const RETRANSMIT_CONFIG_GLOBAL: &str = "RETRANSMIT_CONFIG";
+/// Map of connections with retransmissions: the kernel's socket address (`u64`) →
+/// [`Retransmits`].
+pub const RETRANSMITS_MAP: &str = "RETRANSMITS";
+/// Capacity of [`RETRANSMITS_MAP`]. A plain preallocated hash: userspace removes the
+/// connections it is done with; a connection that does not fit is counted in
+/// [`KernelCounter::RetransmitsFull`].
+pub const RETRANSMITS_CAPACITY: u32 = 8_192;
+/// Retransmissions of one segment in a row, with nothing acknowledged in between, that
+/// make it lost rather than unlucky. With Linux's minimum RTO (200 ms) and its exponential
+/// backoff the fourth comes about 3 s after the first loss; random loss of 20 % loses a
+/// segment four times in a row once in 625 losses (and then the segment gets through, which
+/// clears it).
+pub const STALL_RETRANSMITS: u16 = 4;
+
+/// Where the retransmission program finds what it reads, taken from the running kernel's
+/// BTF at start-up (offsets in bytes; `sock_common` fields are read from the start of
+/// `struct sock`, `tcp_sock` ones from the same address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitConfig {
+    /// 0: the program returns at once.
+    pub enabled: u32,
+    /// As [`DropConfig::netns`]: the inode of netwatch's network namespace; 0, no check.
+    pub netns: u32,
+    /// `sock.__sk_common.skc_net.net` and `net.ns.inum`.
+    pub sk_net: u32,
+    pub net_inum: u32,
+    /// `struct sock_common`: `skc_daddr`, `skc_rcv_saddr` (IPv4), `skc_dport` (network
+    /// order), `skc_num` (host order), `skc_family`, `skc_v6_daddr`, `skc_v6_rcv_saddr`.
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+    pub dport: u32,
+    pub num: u32,
+    pub family: u32,
+    pub v6_daddr: u32,
+    pub v6_rcv_saddr: u32,
+    /// `struct sk_buff`: `len` (a queued TCP segment's payload) and `cb` (its
+    /// `struct tcp_skb_cb`, whose first field is the segment's sequence number).
+    pub skb_len: u32,
+    pub skb_cb: u32,
+    /// `struct tcp_sock`: `snd_una`, `snd_wnd`, `mss_cache`, `tcp_header_len` (`u16`),
+    /// `delivered`, `bytes_acked` (`u64`).
+    pub snd_una: u32,
+    pub snd_wnd: u32,
+    pub mss_cache: u32,
+    pub tcp_header_len: u32,
+    pub delivered: u32,
+    pub bytes_acked: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RetransmitConfig>() == 80);
+
+impl RetransmitConfig {
+    /// The program does nothing.
+    #[must_use]
+    pub const fn disabled() -> Self {
+        Self {
+            enabled: 0,
+            netns: 0,
+            sk_net: 0,
+            net_inum: 0,
+            daddr: 0,
+            rcv_saddr: 0,
+            dport: 0,
+            num: 0,
+            family: 0,
+            v6_daddr: 0,
+            v6_rcv_saddr: 0,
+            skb_len: 0,
+            skb_cb: 0,
+            snd_una: 0,
+            snd_wnd: 0,
+            mss_cache: 0,
+            tcp_header_len: 0,
+            delivered: 0,
+            bytes_acked: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// What the retransmission program knows of one TCP connection whose segments were
+/// retransmitted. Sizes are bytes on the wire (IP and TCP headers and payload) of one
+/// segment. The *head* is the first unacknowledged segment: the one TCP retransmits when
+/// its timer runs out, again and again while nothing gets through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retransmits {
+    /// The peer and this host (IPv4 ones mapped), the peer's port and this host's.
+    pub remote: [u8; 16],
+    pub local: [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+    /// Size of the head as last retransmitted.
+    pub head_size: u16,
+    /// Retransmissions of the head at that size in a row, nothing acknowledged in between.
+    pub head_count: u16,
+    /// Sequence number of the head.
+    pub head_seq: u32,
+    /// Head retransmissions the peer's window could not take (a zero window: window probes,
+    /// not loss); they count for nothing else.
+    pub window_limited: u32,
+    /// `bpf_ktime_get_ns()` of the first and the last retransmission seen.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Every retransmission seen (head or not).
+    pub retransmits: u32,
+    /// Heads that reached [`STALL_RETRANSMITS`] retransmissions at one size.
+    pub stalls: u16,
+    /// Of those, the ones then acknowledged (at that size, or smaller after the stack
+    /// lowered its segment size).
+    pub recoveries: u16,
+    /// The smallest size retransmitted [`STALL_RETRANSMITS`] times in a row without getting
+    /// through; 0: none.
+    pub smallest_lost: u16,
+    /// The largest size of a retransmitted head later acknowledged; 0: none.
+    pub largest_delivered: u16,
+    /// `tcp_sock.mss_cache` at the last retransmission.
+    pub mss: u32,
+    /// IP and TCP header bytes of this connection's segments.
+    pub header_len: u16,
+    /// 1 when the head, at any size, reached [`STALL_RETRANSMITS`]: its acknowledgement is
+    /// then a recovery.
+    pub head_stalled: u16,
+    /// `tcp_sock.delivered` (data segments acknowledged, the handshake's one included) and
+    /// `tcp_sock.bytes_acked` at the last retransmission.
+    pub delivered: u32,
+    pub bytes_acked: u64,
+}
+const _: () = assert!(size_of::<Retransmits>() == 96);
+
+/// One retransmission as the retransmission program reads it off the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retransmission {
+    /// The segment's sequence number and size (bytes on the wire).
+    pub seq: u32,
+    pub size: u16,
+    /// The first unacknowledged sequence number: the segment is the head when equal.
+    pub snd_una: u32,
+    /// The peer's window cannot take the segment: a window probe, not a loss.
+    pub window_limited: bool,
+    pub now_ns: u64,
+    pub mss: u32,
+    pub delivered: u32,
+    pub bytes_acked: u64,
+}
+
+impl Retransmits {
+    /// A connection first seen retransmitting at `now_ns`, everything else zero.
+    #[must_use]
+    pub const fn new(
+        remote: [u8; 16],
+        local: [u8; 16],
+        ports: (u16, u16),
+        header_len: u16,
+        now_ns: u64,
+    ) -> Self {
+        Self {
+            remote,
+            local,
+            remote_port: ports.0,
+            local_port: ports.1,
+            head_size: 0,
+            head_count: 0,
+            head_seq: 0,
+            window_limited: 0,
+            first_ns: now_ns,
+            last_ns: now_ns,
+            retransmits: 0,
+            stalls: 0,
+            recoveries: 0,
+            smallest_lost: 0,
+            largest_delivered: 0,
+            mss: 0,
+            header_len,
+            head_stalled: 0,
+            delivered: 0,
+            bytes_acked: 0,
+        }
+    }
+
+    /// Whether this entry is the connection (`remote`, `local`, ports): a socket's address is
+    /// reused by a later one once it is freed.
+    #[expect(
+        clippy::inline_always,
+        reason = "shared with the eBPF programs, where it must be inlined"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub fn is(&self, remote: &[u8; 16], local: &[u8; 16], ports: (u16, u16)) -> bool {
+        self.remote_port == ports.0
+            && self.local_port == ports.1
+            && same_address(&self.remote, remote)
+            && same_address(&self.local, local)
+    }
+
+    /// Takes in one retransmission of this connection. Run by the kernel for every
+    /// retransmission, in order (TCP holds the socket's lock while it retransmits); pure, so
+    /// userspace tests run the very rules the kernel runs.
+    ///
+    /// Only the head tells a stall: a retransmission past it (fast retransmit, a tail loss
+    /// probe) is counted and nothing more. The head retransmitted again at the same size adds
+    /// to its count; at another size (the stack lowered, or raised, its segment size) starts
+    /// a new count. A new head means the old one was acknowledged: its size got through, and
+    /// if it had stalled, the connection recovered.
+    #[expect(
+        clippy::inline_always,
+        reason = "shared with the eBPF programs, where it must be inlined"
+    )]
+    #[inline(always)]
+    pub fn record(&mut self, r: &Retransmission) {
+        self.retransmits = self.retransmits.wrapping_add(1);
+        self.last_ns = r.now_ns;
+        self.mss = r.mss;
+        self.delivered = r.delivered;
+        self.bytes_acked = r.bytes_acked;
+        if r.seq != r.snd_una {
+            return;
+        }
+        if r.window_limited {
+            self.window_limited = self.window_limited.wrapping_add(1);
+            return;
+        }
+        if self.head_count != 0 && self.head_seq == r.seq {
+            if r.size != self.head_size {
+                self.head_size = r.size;
+                self.head_count = 1;
+                return;
+            }
+            self.head_count = self.head_count.saturating_add(1);
+            if self.head_count == STALL_RETRANSMITS {
+                self.stalls = self.stalls.saturating_add(1);
+                self.head_stalled = 1;
+                if self.smallest_lost == 0 || self.head_size < self.smallest_lost {
+                    self.smallest_lost = self.head_size;
+                }
+            }
+            return;
+        }
+        #[expect(
+            clippy::cast_possible_wrap,
+            reason = "sequence numbers compare modulo 2^32 (RFC 9293 §3.4)"
+        )]
+        let after = (r.seq.wrapping_sub(self.head_seq) as i32) > 0;
+        if self.head_count != 0 && after {
+            if self.head_size > self.largest_delivered {
+                self.largest_delivered = self.head_size;
+            }
+            self.recoveries = self.recoveries.saturating_add(self.head_stalled);
+        }
+        self.head_seq = r.seq;
+        self.head_size = r.size;
+        self.head_count = 1;
+        self.head_stalled = 0;
+    }
+}
+
+/// Two addresses compared as two words each (see [`is_ipv4_mapped`] for why not a slice).
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where it must be inlined"
+)]
+#[inline(always)]
+#[must_use]
+pub const fn same_address(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (halves(a), halves(b));
+    a.0 == b.0 && a.1 == b.1
+}
+
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where it must be inlined"
+)]
+#[inline(always)]
+const fn halves(x: &[u8; 16]) -> (u64, u64) {
+    (
+        u64::from_ne_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]),
+        u64::from_ne_bytes([x[8], x[9], x[10], x[11], x[12], x[13], x[14], x[15]]),
+    )
+}
+
 /// Key of [`LOCAL_DROPS_MAP`]: a target's slot in [`TARGETS_MAP`] and an
 /// `enum skb_drop_reason` value of the running kernel.
 #[repr(C)]
@@ -437,12 +725,24 @@ pub struct TargetCounters {
     /// ingress counted in `answered` and that then died before the socket; for one it
     /// received, its answer dropped on the way out (tc egress never saw it).
     pub answers_dropped_here: u64,
+    /// ICMP "fragmentation needed" and `ICMPv6` "packet too big" quoting a packet this host
+    /// sent to this target (or, for a target of requests it received, to that peer), seen
+    /// arriving: path-MTU discovery at work (RFC 1191, RFC 8201), not a rejection.
+    pub path_mtu_signals: u64,
+    /// The smallest MTU those reported; 0 when none came.
+    pub path_mtu: u64,
+    /// Of those signals, the ones this host then dropped (`skb:kfree_skb`): its own input
+    /// chain keeping its TCP from learning the path MTU.
+    pub path_mtu_dropped_here: u64,
+    /// DNS answers that arrived in fragments (their first fragment seen): answers too large
+    /// for the path, which a firewall that drops fragments loses.
+    pub fragmented_answers: u64,
     /// `rejected` and `late_rejected`, split by [`Reason`] code.
     pub rejected_by_reason: [u64; REASON_SLOTS],
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (12 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (16 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.
@@ -610,10 +910,13 @@ pub enum KernelCounter {
     /// A socket's owner could not be recorded in the socket owners map (an LRU: only
     /// contention makes an update fail). The socket is attributed from `/proc` or not at all.
     SocketOwnerLost = 16,
+    /// A connection with retransmissions could not be followed: the retransmissions map
+    /// was full. Its stalls go unseen (never blamed).
+    RetransmitsFull = 17,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -632,6 +935,7 @@ impl KernelCounter {
         Self::NotForThisHost,
         Self::LocalDropsFull,
         Self::SocketOwnerLost,
+        Self::RetransmitsFull,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -655,6 +959,7 @@ impl KernelCounter {
             Self::NotForThisHost => "not_for_this_host",
             Self::LocalDropsFull => "local_drops_full",
             Self::SocketOwnerLost => "socket_owner_lost",
+            Self::RetransmitsFull => "retransmits_table_full",
         }
     }
 
@@ -712,6 +1017,10 @@ mod user {
     unsafe impl aya::Pod for super::LocalDropKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RetransmitConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Retransmits {}
 }
 
 #[cfg(test)]

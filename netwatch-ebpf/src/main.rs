@@ -1,10 +1,13 @@
-//! netwatch's tc classifiers.
+//! netwatch's kernel programs: tc classifiers, tracepoint programs and cgroup socket programs.
 //!
 //! `netwatch_sock_*`, `netwatch_connect*` and `netwatch_sendmsg*`, on the cgroup2 root,
 //! record which process owns each socket (see [`owners`]).
 //!
 //! `netwatch_drops`, on the `skb:kfree_skb` raw tracepoint, counts the watched packets this
 //! host itself drops, per target and kernel drop reason (see [`drops`]).
+//!
+//! `netwatch_retransmits`, on the `tcp:tcp_retransmit_skb` raw tracepoint, follows the TCP
+//! connections whose segments are retransmitted, for path-MTU stalls (see [`retransmits`]).
 //!
 //! Both hooks run the same code ([`classify::packet`]), told which way the packet goes.
 //! Requests (DNS and NTP queries, datagrams to `--udp-port` services, TCP SYNs, ICMP echo
@@ -46,6 +49,7 @@ mod maps;
 mod owners;
 mod packet;
 mod requests;
+mod retransmits;
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier, raw_tracepoint},
@@ -72,6 +76,14 @@ pub fn netwatch_ingress(ctx: TcContext) -> i32 {
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn netwatch_drops(ctx: RawTracePointContext) -> i32 {
     drops::on_kfree_skb(&ctx);
+    0
+}
+
+/// `tcp:tcp_retransmit_skb`: follows connections whose segments are retransmitted (path-MTU
+/// stalls after the handshake).
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn netwatch_retransmits(ctx: RawTracePointContext) -> i32 {
+    retransmits::on_retransmit(&ctx);
     0
 }
 

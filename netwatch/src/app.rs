@@ -87,6 +87,11 @@ pub fn poll_with(
         tracker.observe_in_flight(&swept.in_flight_by_target);
         kernel.remove_pending_all(&swept.remove)?;
     }
+    let connections = kernel.read_retransmits()?;
+    if !connections.is_empty() {
+        let forget = tracker.observe_retransmits(now_ns, &connections, |c| kernel.acked_since(c));
+        kernel.forget_retransmits(&forget);
+    }
     let (in_flight, tombstones) = sweeper.last_counts();
     tracker.observe_kernel(kernel.read_counters()?, in_flight, tombstones);
     Ok(tracker.judge(now_ns))
@@ -194,6 +199,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     // Said once everything else is up: a run that then fails (an interface, the metrics
     // port) stays one line, whatever this kernel lacks.
     let drops_unavailable = probe.attach_drops().err();
+    let stalls_unavailable = probe.attach_retransmits().err();
     let cgroup2 = std::fs::read_to_string("/proc/mounts")
         .ok()
         .and_then(|mounts| crate::attribution::host::cgroup2_mount(&mounts));
@@ -221,6 +227,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         window: args.window,
         local_drops: probe.local_drops_status(),
         attribution: probe.attribution_status(),
+        path_mtu: probe.path_mtu_status(),
     };
     // Listening sockets are bound before privileges go.
     let published: Option<serve::Shared> = match args.metrics {
@@ -250,6 +257,9 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let names: Vec<String> = run.interfaces.iter().map(WatchedInterface::label).collect();
     if let Some(why) = &drops_unavailable {
         eprintln!("netwatch: drops on this host are not counted: {why}");
+    }
+    if let Some(why) = &stalls_unavailable {
+        eprintln!("netwatch: connections that stall after the handshake are not followed: {why}");
     }
     if let Some(why) = &attribution_unavailable {
         eprintln!("netwatch: processes behind requests are not named: {why}");

@@ -2,19 +2,18 @@
 //! `enum skb_drop_reason`, for the `skb:kfree_skb` program, and the names of drop reasons.
 //!
 //! Nothing about the kernel is compiled in: field offsets and reason values change between
-//! kernels (and configs), so they are read from `/sys/kernel/btf/vmlinux` at start-up. The
+//! kernels (and configs), so they are read from its BTF at start-up ([`crate::btf`]). The
 //! reasons: `enum skb_drop_reason` (<https://elixir.bootlin.com/linux/v6.12/source/include/net/dropreason-core.h>); the
 //! tracepoint's arguments (skb, location, reason; `rx_sk` from 6.11):
 //! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/skb.h>, `TRACE_EVENT(kfree_skb`.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::collections::HashMap;
 
-use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
+use btfparse::{Integer32Value, Offset, TypeInformation, TypeVariant};
 use netwatch_common::{DropConfig, SKB_WINDOW};
 use thiserror::Error;
 
-/// Where the running kernel describes its types.
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+use crate::btf::{self, VMLINUX_BTF};
 
 /// Prefix of the `enum skb_drop_reason` enumerators, left out of the names netwatch shows.
 const PREFIX: &str = "SKB_DROP_REASON_";
@@ -147,7 +146,9 @@ pub fn here_reason(name: &str) -> String {
 
 /// The drop program's configuration and the reason names, from BTF bytes.
 pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
-    let (config, enumerators) = layout_parts(btf)?;
+    let types = TypeInformation::new(&btf::Bytes(btf))
+        .map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
+    let (config, enumerators) = layout_parts(&types)?;
     let reasons = DropReasons::from_enumerators(
         enumerators
             .iter()
@@ -157,12 +158,12 @@ pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
 }
 
 /// [`layout`] without naming the reasons: the configuration and the `enum skb_drop_reason`
-/// enumerators. Owned values only, so a thread can parse and hand them back (see
-/// `Probe::load`).
-pub fn layout_parts(btf: &[u8]) -> Result<(DropConfig, Vec<(String, u32)>), LayoutError> {
-    let types =
-        TypeInformation::new(&Bytes(btf)).map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
-    let enumerators = drop_reason_enumerators(&types)?;
+/// enumerators. Owned values only, so a child process can parse and hand them back (see
+/// [`btf::layout_in_child`]).
+pub fn layout_parts(
+    types: &TypeInformation,
+) -> Result<(DropConfig, Vec<(String, u32)>), LayoutError> {
+    let enumerators = drop_reason_enumerators(types)?;
     let value = |name: &str| {
         enumerators
             .iter()
@@ -213,7 +214,7 @@ pub fn layout_parts(btf: &[u8]) -> Result<(DropConfig, Vec<(String, u32)>), Layo
         (Ok(dev_net), Ok(sk_net)) => DropConfig {
             dev_net,
             sk_net,
-            netns: own_netns(),
+            netns: btf::own_netns(),
             ..config
         },
         _ => config,
@@ -240,167 +241,6 @@ pub fn layout_parts(btf: &[u8]) -> Result<(DropConfig, Vec<(String, u32)>), Layo
         ..config
     };
     Ok((config, enumerators))
-}
-
-/// What parsing the kernel's BTF gives: the drop program's configuration and the
-/// `enum skb_drop_reason` enumerators (name, value); or why it cannot be had.
-pub type Layout = Result<(DropConfig, Vec<(String, u32)>), String>;
-
-/// Set in the environment of the child netwatch starts to parse the kernel's BTF (see
-/// [`layout_in_child`]); the child prints [`encode_layout`] and exits.
-pub const LAYOUT_CHILD_ENV: &str = "NETWATCH_INTERNAL_BTF_LAYOUT";
-
-/// The layout, parsed by a short-lived child process (this same executable, with
-/// [`LAYOUT_CHILD_ENV`] set): the parser's tens of MiB then never count against netwatch's
-/// own memory, not even as a peak. `None` when the child could not run (the caller parses
-/// in-process instead).
-#[must_use]
-pub fn layout_in_child() -> Option<Layout> {
-    let exe = std::env::current_exe().ok()?;
-    // Only the netwatch binary knows the variable: any other program loading the probe (a
-    // test harness, the benchmarks) would run itself again in full.
-    if exe.file_name() != Some(std::ffi::OsStr::new("netwatch")) {
-        return None;
-    }
-    let out = std::process::Command::new(exe)
-        .env(LAYOUT_CHILD_ENV, "1")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    decode_layout(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// In the child: parses the running kernel's BTF and prints the result for the parent.
-#[must_use]
-pub fn layout_child_main() -> std::process::ExitCode {
-    let result = std::fs::read(VMLINUX_BTF)
-        .map_err(|err| LayoutError::NoBtf(err.to_string()))
-        .and_then(|btf| layout_parts(&btf))
-        .map_err(|err| err.to_string());
-    print!("{}", encode_layout(&result));
-    std::process::ExitCode::SUCCESS
-}
-
-/// `ok` and the configuration's numbers on the first line, then `NAME VALUE` per
-/// enumerator; or `err` and the reason.
-#[must_use]
-pub fn encode_layout(result: &Layout) -> String {
-    match result {
-        Err(why) => format!("err {}\n", why.replace('\n', " ")),
-        Ok((c, enumerators)) => {
-            let numbers = [
-                c.enabled,
-                c.skb_window,
-                c.protocol,
-                c.network_header,
-                c.head,
-                c.not_dropped_yet,
-                c.consumed,
-                c.not_specified,
-                c.netns,
-                c.skb_dev,
-                c.skb_sk,
-                c.dev_net,
-                c.sk_net,
-                c.net_inum,
-                c.socket_reasons[0],
-                c.socket_reasons[1],
-                c.socket_reasons[2],
-                c.socket_reasons[3],
-                c.pkt_type_byte,
-                c.pkt_type_shift,
-            ];
-            let mut text = String::from("ok");
-            for n in numbers {
-                let _ = write!(text, " {n}");
-            }
-            text.push('\n');
-            for (name, value) in enumerators {
-                let _ = writeln!(text, "{name} {value}");
-            }
-            text
-        }
-    }
-}
-
-/// The inverse of [`encode_layout`]; `None` for anything else.
-#[must_use]
-pub fn decode_layout(text: &str) -> Option<Layout> {
-    let mut lines = text.lines();
-    let first = lines.next()?;
-    if let Some(why) = first.strip_prefix("err ") {
-        return Some(Err(why.to_owned()));
-    }
-    let numbers: Vec<u32> = first
-        .strip_prefix("ok ")?
-        .split(' ')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let &[
-        enabled,
-        skb_window,
-        protocol,
-        network_header,
-        head,
-        not_dropped_yet,
-        consumed,
-        not_specified,
-        netns,
-        skb_dev,
-        skb_sk,
-        dev_net,
-        sk_net,
-        net_inum,
-        s0,
-        s1,
-        s2,
-        s3,
-        pkt_type_byte,
-        pkt_type_shift,
-    ] = numbers.as_slice()
-    else {
-        return None;
-    };
-    let config = DropConfig {
-        enabled,
-        skb_window,
-        protocol,
-        network_header,
-        head,
-        not_dropped_yet,
-        consumed,
-        not_specified,
-        netns,
-        skb_dev,
-        skb_sk,
-        dev_net,
-        sk_net,
-        net_inum,
-        socket_reasons: [s0, s1, s2, s3],
-        pkt_type_byte,
-        pkt_type_shift,
-    };
-    let enumerators = lines
-        .map(|line| {
-            let (name, value) = line.split_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(Ok((config, enumerators)))
-}
-
-/// The inode number of this process's network namespace (what `net->ns.inum` holds); 0
-/// when it cannot be read, which turns the check off.
-fn own_netns() -> u32 {
-    crate::lock::own_netns()
-        .ok()
-        .and_then(|inode| u32::try_from(inode).ok())
-        .unwrap_or(0)
 }
 
 /// Places the window the program reads over `protocol` (2 bytes), `network_header` (2) and
@@ -443,21 +283,6 @@ fn drop_reason_enumerators(types: &TypeInformation) -> Result<Vec<(String, u32)>
             (value.name.clone(), number)
         })
         .collect())
-}
-
-struct Bytes<'a>(&'a [u8]);
-
-impl Readable for Bytes<'_> {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let short = || btfparse::Error::new(btfparse::ErrorKind::IOError, "read past the end");
-        let start = usize::try_from(offset).map_err(|_| short())?;
-        let bytes = self
-            .0
-            .get(start..start.checked_add(buffer.len()).ok_or_else(short)?)
-            .ok_or_else(short)?;
-        buffer.copy_from_slice(bytes);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -537,28 +362,6 @@ mod tests {
         assert!(!config.at_socket(netfilter));
         let no_socket = reasons.value_of("NO_SOCKET").unwrap();
         assert!(config.at_socket(no_socket) && reasons.get(no_socket).at_socket);
-    }
-
-    #[test]
-    fn the_childs_layout_reaches_the_parent_unchanged() {
-        let config = DropConfig {
-            netns: 4_026_531_840,
-            socket_reasons: [0b1000, 0, 0, 1],
-            pkt_type_byte: 128,
-            ..window_config(176, 180, 192).unwrap()
-        };
-        let parsed = Ok((
-            config,
-            vec![
-                ("SKB_CONSUMED".to_owned(), 1),
-                ("SKB_DROP_REASON_NETFILTER_DROP".to_owned(), 12),
-            ],
-        ));
-        assert_eq!(decode_layout(&encode_layout(&parsed)), Some(parsed));
-        let failed = Err("no kernel BTF (x: y)".to_owned());
-        assert_eq!(decode_layout(&encode_layout(&failed)), Some(failed));
-        assert_eq!(decode_layout("ok 1 2 3\n"), None);
-        assert_eq!(decode_layout(""), None);
     }
 
     #[test]

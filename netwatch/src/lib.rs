@@ -8,6 +8,7 @@
 pub mod app;
 pub mod attribution;
 pub mod batch;
+pub mod btf;
 pub mod cli;
 pub mod clock;
 pub mod clsact;
@@ -23,6 +24,7 @@ pub mod report;
 pub mod serve;
 pub mod services;
 pub mod snapshot;
+pub mod stalls;
 pub mod sweep;
 pub mod target;
 pub mod tracker;

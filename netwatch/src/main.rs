@@ -22,8 +22,8 @@ fn keep_large_buffers_out_of_the_heap() {
 fn main() -> ExitCode {
     keep_large_buffers_out_of_the_heap();
     // The child netwatch starts to parse the kernel's BTF away from its own memory.
-    if std::env::var_os(netwatch::drops::LAYOUT_CHILD_ENV).is_some() {
-        return netwatch::drops::layout_child_main();
+    if std::env::var_os(netwatch::btf::LAYOUT_CHILD_ENV).is_some() {
+        return netwatch::btf::layout_child_main();
     }
     // A bug must not print a backtrace over the operator's terminal: one line, then the
     // unwinding drops the probe, which detaches everything.

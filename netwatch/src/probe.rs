@@ -25,18 +25,16 @@ use netwatch_common::{
     COUNTERS_MAP, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, EGRESS_PROGRAM,
     INGRESS_PROGRAM, KernelCounter, LOCAL_ADDRESSES_CAPACITY, LOCAL_ADDRESSES_MAP,
     LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP, LocalDropKey, NEXT_SLOT_MAP, PENDING_CAPACITY,
-    PENDING_MAP, PendingRequest, RequestKey, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY,
-    TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
+    PENDING_MAP, PendingRequest, RETRANSMIT_CONFIG_GLOBAL, RETRANSMIT_PROGRAM,
+    RETRANSMIT_TRACEPOINT, RETRANSMITS_CAPACITY, RETRANSMITS_MAP, RequestKey, RetransmitConfig,
+    Retransmits, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY, TARGETS_MAP, TIMEOUT_GLOBAL,
+    TargetCounters, TargetKey,
 };
 use netwatch_common::{DNS_PORT, NTP_PORT, UDP_PORT_FLOW, UDP_PORT_NTP, UDP_PORTS_MAP};
 use thiserror::Error;
 
 use crate::{
-    batch,
-    cli::AttachMode,
-    drops::{self, DropReasons},
-    interfaces::Interface,
-    target::ip_to_key,
+    batch, btf, cli::AttachMode, drops::DropReasons, interfaces::Interface, target::ip_to_key,
 };
 
 /// The eBPF object built by build.rs.
@@ -185,6 +183,14 @@ pub struct Probe {
     /// The socket owner map, once the cgroup socket programs are attached, or why they are
     /// not.
     owners: Result<HashMap<MapData, u64, SocketOwner>, String>,
+    /// The `tcp:tcp_retransmit_skb` program's map, or why this kernel cannot have it.
+    retransmits: Result<Retransmitting, String>,
+}
+
+/// The retransmission program's map, once it is loaded.
+struct Retransmitting {
+    connections: HashMap<MapData, u64, Retransmits>,
+    attached: bool,
 }
 
 /// The local drop program's maps, once it is loaded.
@@ -232,6 +238,19 @@ pub trait KernelTables {
     /// The owner the cgroup socket programs recorded for a socket cookie, if any.
     fn socket_owner(&mut self, _cookie: u64) -> Option<SocketOwner> {
         None
+    }
+    /// The connections the retransmission program follows: (kernel socket address, what
+    /// its retransmissions showed). Empty when the program is not running.
+    fn read_retransmits(&mut self) -> Result<Vec<(u64, Retransmits)>, ProbeError> {
+        Ok(Vec::new())
+    }
+    /// Stops following these connections (done with, or gone); missing ones are no error.
+    fn forget_retransmits(&mut self, _sockets: &[u64]) {}
+    /// Whether the socket of a connection that stalled reports bytes acknowledged since the
+    /// retransmission program last saw it (its head got through with no retransmission to
+    /// show it). `false` when the socket is gone or cannot be asked.
+    fn acked_since(&mut self, _connection: &Retransmits) -> bool {
+        false
     }
 }
 
@@ -406,24 +425,29 @@ impl Probe {
         // Parsing the kernel's BTF takes tens of MiB for a moment: a child process does it
         // (not even netwatch's peak memory counts them). Where it cannot run, a thread of
         // this process, with large blocks mapped apart and the heap trimmed after.
-        let layout = drops::layout_in_child()
-            .unwrap_or_else(parse_layout_here)
-            .map(|(config, enumerators)| {
-                // Named here: the names live as long as netwatch, not in the parser's arena.
-                let reasons = DropReasons::from_enumerators(
-                    enumerators
-                        .iter()
-                        .map(|(name, value)| (name.as_str(), *value)),
-                );
-                (config, reasons)
-            });
+        let layout = btf::layout_in_child().unwrap_or_else(parse_layout_here);
         let drop_config = layout
+            .drops
             .as_ref()
             .map_or(DropConfig::disabled(), |(config, _)| *config);
+        let retransmit_config = layout
+            .retransmits
+            .as_ref()
+            .map_or(RetransmitConfig::disabled(), |config| *config);
+        let drops = layout.drops.map(|(config, enumerators)| {
+            // Named here: the names live as long as netwatch, not in the parser's arena.
+            let reasons = DropReasons::from_enumerators(
+                enumerators
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), *value)),
+            );
+            (config, reasons)
+        });
         let mut loader = EbpfLoader::new();
         loader
             .override_global(TIMEOUT_GLOBAL, &timeout_ns, true)
-            .override_global(DROP_CONFIG_GLOBAL, &drop_config, true);
+            .override_global(DROP_CONFIG_GLOBAL, &drop_config, true)
+            .override_global(RETRANSMIT_CONFIG_GLOBAL, &retransmit_config, true);
         with_test_capacities(&mut loader);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|err| {
             log::debug!("eBPF object load failed: {err:?}");
@@ -481,7 +505,8 @@ impl Probe {
                     source,
                 }
             })?;
-        let local_drops = layout.and_then(|(_, reasons)| load_drops(&mut ebpf, reasons));
+        let local_drops = drops.and_then(|(_, reasons)| load_drops(&mut ebpf, reasons));
+        let retransmits = layout.retransmits.and_then(|_| load_retransmits(&mut ebpf));
         // NTP is watched by default, like DNS (which needs no entry: the programs know 53).
         set_udp_port(&mut ebpf, NTP_PORT, UDP_PORT_NTP)?;
         Ok(Self {
@@ -503,6 +528,7 @@ impl Probe {
             known_local: BTreeSet::new(),
             attachments: Vec::new(),
             owners: Err("not attached yet".to_owned()),
+            retransmits,
         })
     }
 
@@ -765,6 +791,36 @@ impl Probe {
         }
     }
 
+    /// Attaches the retransmission program to `tcp:tcp_retransmit_skb`. `Err` says, for the
+    /// operator, what netwatch cannot see and why; everything else works without it.
+    pub fn attach_retransmits(&mut self) -> Result<(), String> {
+        let retransmits = self.retransmits.as_mut().map_err(|why| why.clone())?;
+        if retransmits.attached {
+            return Ok(());
+        }
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(RETRANSMIT_PROGRAM)
+            .ok_or_else(|| format!("program {RETRANSMIT_PROGRAM} missing from the object"))?
+            .try_into()
+            .map_err(|err: aya::programs::ProgramError| first_line(&err))?;
+        match program.attach(RETRANSMIT_TRACEPOINT) {
+            Ok(_link) => {
+                retransmits.attached = true;
+                Ok(())
+            }
+            Err(err) => {
+                let why = format!(
+                    "could not attach to the {RETRANSMIT_TRACEPOINT} tracepoint ({}); it needs \
+                     CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+                    first_line(&err)
+                );
+                self.retransmits = Err(why.clone());
+                Err(why)
+            }
+        }
+    }
+
     /// Loads the socket owner programs and attaches them to the cgroup2 root at `cgroup2`
     /// (alongside any others there: `AllowMultiple`). They are links held by this process: the
     /// kernel detaches them when it exits. `Err` says, for the operator, why processes
@@ -854,6 +910,17 @@ impl Probe {
         match &self.local_drops {
             Ok(drops) if drops.attached => "available".to_owned(),
             Ok(_) => "unavailable: the drop program is not attached".to_owned(),
+            Err(why) => format!("unavailable: {why}"),
+        }
+    }
+
+    /// Whether connections that stall after the handshake are followed, and if not, why:
+    /// `available`, or `unavailable: <why>`.
+    #[must_use]
+    pub fn path_mtu_status(&self) -> String {
+        match &self.retransmits {
+            Ok(retransmits) if retransmits.attached => "available".to_owned(),
+            Ok(_) => "unavailable: the retransmission program is not attached".to_owned(),
             Err(why) => format!("unavailable: {why}"),
         }
     }
@@ -1104,6 +1171,35 @@ impl KernelTables for Probe {
         self.owners.as_ref().ok()?.get(&cookie, 0).ok()
     }
 
+    fn read_retransmits(&mut self) -> Result<Vec<(u64, Retransmits)>, ProbeError> {
+        let Ok(retransmits) = &self.retransmits else {
+            return Ok(Vec::new());
+        };
+        // A walk restarted by concurrent deletions must still end.
+        retransmits
+            .connections
+            .iter()
+            .take(2 * RETRANSMITS_CAPACITY as usize)
+            .map(|entry| {
+                entry.map_err(|source| ProbeError::Map {
+                    map: RETRANSMITS_MAP,
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    fn forget_retransmits(&mut self, sockets: &[u64]) {
+        if let Ok(retransmits) = &mut self.retransmits {
+            for socket in sockets {
+                // Already gone is fine; anything else only delays the forgetting.
+                if let Err(err) = retransmits.connections.remove(socket) {
+                    log::debug!("could not forget connection {socket:#x}: {err}");
+                }
+            }
+        }
+    }
+
     fn read_local_drops(&mut self) -> Result<Vec<(TargetKey, u32, u64)>, ProbeError> {
         let Ok(drops) = &self.local_drops else {
             return Ok(Vec::new());
@@ -1133,23 +1229,18 @@ impl KernelTables for Probe {
     }
 }
 
-/// [`drops::layout_parts`] in this process, on a thread of its own (its own allocator
+/// [`btf::read_and_parse`] in this process, on a thread of its own (its own allocator
 /// arena), with large blocks mapped apart (unmapped when freed) and the heap trimmed after:
 /// the parser's memory neither stays resident nor fragments the heap the run uses.
-fn parse_layout_here() -> drops::Layout {
+fn parse_layout_here() -> btf::Layout {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes the allocator.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
-    let parsed = std::thread::spawn(|| {
-        std::fs::read(drops::VMLINUX_BTF)
-            .map_err(|err| drops::LayoutError::NoBtf(err.to_string()))
-            .and_then(|btf| drops::layout_parts(&btf))
-            .map_err(|err| err.to_string())
-    })
-    .join()
-    .unwrap_or_else(|_| Err("parsing the kernel's BTF panicked".to_owned()));
+    let parsed = std::thread::spawn(btf::read_and_parse)
+        .join()
+        .unwrap_or_else(|_| btf::Layout::unavailable("parsing the kernel's BTF panicked"));
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap memory; mallopt puts the threshold where
     // glibc's own adjustment takes it (32 MiB), so large buffers are reused as before.
@@ -1199,6 +1290,30 @@ fn load_drops(ebpf: &mut Ebpf, reasons: DropReasons) -> Result<LocalDrops, Strin
 }
 
 /// Marks UDP `port` as watched the `kind` way in the programs' port array.
+/// Loads the retransmission program and takes its map; `Err` says why it cannot run here.
+fn load_retransmits(ebpf: &mut Ebpf) -> Result<Retransmitting, String> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(RETRANSMIT_PROGRAM)
+        .ok_or_else(|| format!("program {RETRANSMIT_PROGRAM} missing from the object"))?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| first_line(&err))?;
+    program.load().map_err(|err| {
+        log::debug!("{RETRANSMIT_PROGRAM} failed to load: {err:?}");
+        format!(
+            "the kernel refused the retransmission program ({}); it needs raw tracepoint \
+             support (CONFIG_BPF_EVENTS)",
+            first_line(&err)
+        )
+    })?;
+    let map = ebpf
+        .take_map(RETRANSMITS_MAP)
+        .ok_or_else(|| format!("map {RETRANSMITS_MAP} missing from the object"))?;
+    Ok(Retransmitting {
+        connections: HashMap::try_from(map).map_err(|err| err.to_string())?,
+        attached: false,
+    })
+}
+
 fn set_udp_port(ebpf: &mut Ebpf, port: u16, kind: u8) -> Result<(), ProbeError> {
     let map_error = |source| ProbeError::Map {
         map: UDP_PORTS_MAP,

@@ -61,6 +61,23 @@ pub struct TargetView {
     /// Requests this host sent: the processes behind them, most recent first (at most
     /// [`crate::attribution::PROCESSES_PER_TARGET`]); empty when unknown.
     pub processes: Vec<crate::attribution::Process>,
+    /// TCP: connections that opened and then stalled, large segments dying while small ones
+    /// got through (path MTU; see [`crate::stalls`]), and how many of them recovered.
+    pub mtu_stalls: u64,
+    pub mtu_recoveries: u64,
+    /// Over those connections, bytes on the wire of the largest segment known to have got
+    /// through (`None`: nothing with data did, only the handshake) and of the smallest that
+    /// never did (`None` without stalls).
+    pub largest_delivered: Option<u16>,
+    pub smallest_lost: Option<u16>,
+    /// The smallest MTU a "fragmentation needed" / "packet too big" reported for this
+    /// target's path, when one arrived.
+    pub path_mtu: Option<u64>,
+    /// Those signals that arrived, and of them, those this host then dropped.
+    pub path_mtu_signals: u64,
+    pub path_mtu_dropped_here: u64,
+    /// DNS answers that arrived in fragments.
+    pub fragmented_answers: u64,
 }
 
 impl TargetView {
@@ -253,6 +270,14 @@ pub(crate) mod tests {
             requests_dropped_here: 0,
             answers_dropped_here: 0,
             processes: Vec::new(),
+            mtu_stalls: 0,
+            mtu_recoveries: 0,
+            largest_delivered: None,
+            smallest_lost: None,
+            path_mtu: None,
+            path_mtu_signals: 0,
+            path_mtu_dropped_here: 0,
+            fragmented_answers: 0,
         }
     }
 

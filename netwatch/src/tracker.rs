@@ -7,8 +7,8 @@ use std::{
 };
 
 use netwatch_common::{
-    KernelCounter, LATENCY_BUCKETS, PendingRequest, REASON_SLOTS, RequestKey, TargetCounters,
-    TargetKey, latency_bucket_upper_ns, proto,
+    KernelCounter, LATENCY_BUCKETS, PendingRequest, REASON_SLOTS, RequestKey, Retransmits,
+    TargetCounters, TargetKey, latency_bucket_upper_ns, proto,
 };
 
 use crate::{
@@ -16,6 +16,7 @@ use crate::{
     dns,
     drops::DropReasons,
     snapshot::{KernelStats, Rollup, Snapshot, TargetView},
+    stalls::{Change, Sizes, Stalls},
     target::{Direction, Target},
     verdict::{History, Verdict},
 };
@@ -48,6 +49,32 @@ pub struct TargetState {
     local_drops: BTreeMap<&'static str, u64>,
     /// The processes behind its requests, most recent first (bounded).
     processes: Vec<Process>,
+    /// Its connections that stalled after the handshake (path MTU).
+    mtu: MtuStalls,
+}
+
+/// What a target's connections that stalled after the handshake showed (see
+/// [`crate::stalls`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MtuStalls {
+    /// Connections that stalled (a stall taken back is not counted).
+    pub stalls: u64,
+    /// Of those, the ones that recovered.
+    pub recoveries: u64,
+    /// Over those connections: the largest segment known to have got through, and the
+    /// smallest that never did (bytes on the wire).
+    pub largest_delivered: Option<u16>,
+    pub smallest_lost: Option<u16>,
+}
+
+impl MtuStalls {
+    fn add(&mut self, sizes: Sizes) {
+        self.largest_delivered = self.largest_delivered.max(sizes.largest_delivered);
+        self.smallest_lost = Some(
+            self.smallest_lost
+                .map_or(sizes.smallest_lost, |s| s.min(sizes.smallest_lost)),
+        );
+    }
 }
 
 impl TargetState {
@@ -65,6 +92,7 @@ impl TargetState {
             blackholed_since_ns: None,
             local_drops: BTreeMap::new(),
             processes: Vec::new(),
+            mtu: MtuStalls::default(),
         }
     }
 
@@ -113,6 +141,14 @@ impl TargetState {
             requests_dropped_here: k.requests_dropped_here,
             answers_dropped_here: k.answers_dropped_here,
             processes: self.processes.clone(),
+            mtu_stalls: self.mtu.stalls,
+            mtu_recoveries: self.mtu.recoveries,
+            largest_delivered: self.mtu.largest_delivered,
+            smallest_lost: self.mtu.smallest_lost,
+            path_mtu: (k.path_mtu > 0).then_some(k.path_mtu),
+            path_mtu_signals: k.path_mtu_signals,
+            path_mtu_dropped_here: k.path_mtu_dropped_here,
+            fragmented_answers: k.fragmented_answers,
         }
     }
 }
@@ -139,6 +175,8 @@ pub struct Tracker {
     rate_samples: VecDeque<(u64, u64)>,
     /// The running kernel's drop reason names.
     drop_reasons: DropReasons,
+    /// The connections the retransmission program follows.
+    stalls: Stalls,
 }
 
 impl Tracker {
@@ -153,6 +191,7 @@ impl Tracker {
             tombstones: 0,
             rate_samples: VecDeque::new(),
             drop_reasons: DropReasons::default(),
+            stalls: Stalls::new(),
         }
     }
 
@@ -260,6 +299,43 @@ impl Tracker {
                 state.names.push(question.name);
             }
         }
+    }
+
+    /// Takes in the retransmission program's connections as read at `now_ns` (see
+    /// [`crate::stalls`]); `progressed` says whether a still stalled connection's socket
+    /// reports bytes acknowledged since. Returns the sockets to stop following.
+    pub fn observe_retransmits(
+        &mut self,
+        now_ns: u64,
+        entries: &[(u64, Retransmits)],
+        progressed: impl FnMut(&Retransmits) -> bool,
+    ) -> Vec<u64> {
+        let targets = &self.targets;
+        let polled = self
+            .stalls
+            .poll(now_ns, entries, |key| targets.contains_key(key), progressed);
+        for (key, change) in polled.changes {
+            let Some(state) = self.targets.get_mut(&key) else {
+                continue;
+            };
+            match change {
+                Change::Stalled(sizes) => {
+                    state.mtu.stalls += 1;
+                    state.mtu.add(sizes);
+                    state.history.record_mtu(now_ns, 1, 0);
+                }
+                Change::Recovered(sizes) => {
+                    state.mtu.recoveries += 1;
+                    state.mtu.add(sizes);
+                    state.history.record_mtu(now_ns, 0, 1);
+                }
+                Change::TakenBack => {
+                    state.mtu.stalls = state.mtu.stalls.saturating_sub(1);
+                    state.history.record_mtu(now_ns, 0, 1);
+                }
+            }
+        }
+        polled.forget
     }
 
     /// Takes in a process found behind a request of the target `key`.
@@ -373,6 +449,10 @@ pub fn zero_counters() -> TargetCounters {
         last_answer_ns: 0,
         requests_dropped_here: 0,
         answers_dropped_here: 0,
+        path_mtu_signals: 0,
+        path_mtu: 0,
+        path_mtu_dropped_here: 0,
+        fragmented_answers: 0,
         rejected_by_reason: [0; REASON_SLOTS],
         latency: [0; LATENCY_BUCKETS],
     }

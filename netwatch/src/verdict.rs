@@ -7,6 +7,9 @@ use serde::Serialize;
 
 /// The reason of a target whose failures include answers that came after the timeout.
 pub const LATE: &str = "late";
+/// The reason of a target whose connections open and then stall: segments above the path's
+/// MTU die (see [`crate::stalls`]).
+pub const PATH_MTU: &str = "path-mtu";
 
 /// The judgement on one target, from worst to best.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -76,6 +79,10 @@ struct Slot {
     answers_dropped: u64,
     /// Drops on this host by `here:` reason; a handful of reasons at most.
     here: Vec<(&'static str, u64)>,
+    /// Connections that stalled after the handshake (path MTU), and stalls taken back
+    /// (recovered, or found to be loss).
+    mtu_stalls: u64,
+    mtu_cleared: u64,
 }
 
 /// The resolved outcomes of one target over the last `window`, in slots.
@@ -125,6 +132,25 @@ impl History {
             }
         }
         self.expire();
+    }
+
+    /// Records, at `at_ns`, connections that stalled after the handshake and stalls taken
+    /// back (the connection recovered, or what died was loss after all).
+    pub fn record_mtu(&mut self, at_ns: u64, stalls: u64, cleared: u64) {
+        if stalls == 0 && cleared == 0 {
+            return;
+        }
+        let slot = self.slot_at(at_ns);
+        slot.mtu_stalls += stalls;
+        slot.mtu_cleared += cleared;
+        self.expire();
+    }
+
+    /// Whether connections stalled in the window and were not all taken back.
+    fn stalled(&self) -> bool {
+        let stalls: u64 = self.slots.iter().map(|s| s.mtu_stalls).sum();
+        let cleared: u64 = self.slots.iter().map(|s| s.mtu_cleared).sum();
+        stalls > cleared
     }
 
     /// The slot for outcomes at `at_ns`: the newest one, or a new one after it.
@@ -202,8 +228,25 @@ impl History {
     /// A request answered after the timeout was counted unanswered at its deadline, but it
     /// was not dropped: the remote is slow. Such a target is never blackholed (nor ok): it
     /// is degraded, whatever else its window holds.
+    ///
+    /// A connection that stalled after its handshake was answered makes the target
+    /// `degraded` for [`PATH_MTU`], whatever its requests say, unless they fail outright
+    /// (blackholed, rejected: new connections cannot even open).
     #[must_use]
     pub fn judge(&self) -> Option<(Verdict, Option<&'static str>)> {
+        let judged = self.judge_outcomes();
+        if !self.stalled() {
+            return judged;
+        }
+        match judged {
+            None | Some((Verdict::Ok | Verdict::Degraded | Verdict::Pending, _)) => {
+                Some((Verdict::Degraded, Some(PATH_MTU)))
+            }
+            failing => failing,
+        }
+    }
+
+    fn judge_outcomes(&self) -> Option<(Verdict, Option<&'static str>)> {
         let counted: u64 = self.slots.iter().map(|s| s.answered).sum();
         let dropped: u64 = self.slots.iter().map(|s| s.answers_dropped).sum();
         let answered = counted.saturating_sub(dropped);
@@ -274,6 +317,27 @@ mod tests {
         h.record(5 * S, 0, 0, &[]);
         assert_eq!(h.judge(), None);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_stalled_connection_degrades_an_answering_target_for_path_mtu() {
+        let mut h = history();
+        h.record(S, 3, 0, &[]);
+        h.record_mtu(2 * S, 1, 0);
+        assert_eq!(h.judge(), Some((Verdict::Degraded, Some(PATH_MTU))));
+        // It recovered: no blame left.
+        h.record_mtu(3 * S, 0, 1);
+        assert_eq!(h.judge(), Some((Verdict::Ok, None)));
+        // Failing targets keep their verdict: new connections cannot even open.
+        let mut failing = history();
+        failing.record(S, 0, 4, &[]);
+        failing.record_mtu(2 * S, 1, 0);
+        assert_eq!(failing.judge(), Some((Verdict::Blackholed, None)));
+        // A stall out of the window is forgotten like any outcome.
+        let mut old = history();
+        old.record_mtu(S, 1, 0);
+        old.record(100 * S, 2, 0, &[]);
+        assert_eq!(old.judge(), Some((Verdict::Ok, None)));
     }
 
     #[test]

@@ -171,6 +171,7 @@ fn run_info() -> RunInfo {
         window: Duration::from_mins(1),
         local_drops: "available".to_owned(),
         attribution: "available".to_owned(),
+        path_mtu: "available".to_owned(),
     }
 }
 

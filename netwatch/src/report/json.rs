@@ -222,6 +222,7 @@ mod tests {
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
+            path_mtu: "available".to_owned(),
         };
         writer.finish(&snapshot, &findings, &run).unwrap();
         let records = lines(&out);
@@ -267,6 +268,7 @@ mod tests {
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
+            path_mtu: "available".to_owned(),
         };
         let mut out = Vec::new();
         JsonWriter::new(&mut out)

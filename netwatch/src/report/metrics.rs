@@ -609,6 +609,7 @@ mod tests {
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
+            path_mtu: "available".to_owned(),
         }
     }
 

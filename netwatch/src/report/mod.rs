@@ -27,6 +27,9 @@ pub struct RunInfo {
     /// Whether the processes behind requests are named: `available`, or
     /// `unavailable: <why>`.
     pub attribution: String,
+    /// Whether TCP connections that stall after the handshake (path MTU) are followed:
+    /// `available`, or `unavailable: <why>`.
+    pub path_mtu: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

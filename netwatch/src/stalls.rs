@@ -1,0 +1,527 @@
+//! Connections that open and then hang: path-MTU blackholes told apart from loss.
+//!
+//! Where a hop carries less than the segments this host sends and the ICMP "fragmentation
+//! needed" / "packet too big" that would say so is filtered, TCP retransmits its large
+//! segments again and again while small ones get through: the handshake was answered, the
+//! connection hangs. The retransmission program (`netwatch-ebpf`'s `retransmits`) follows
+//! each connection with retransmissions ([`Retransmits`]); this module judges them. Pure: the
+//! kernel's entries and what the socket says now go in, judgements come out.
+//!
+//! A connection is a **path-MTU stall** when its head segment was retransmitted
+//! [`STALL_RETRANSMITS`] times in a row at one size without getting through (`smallest_lost`),
+//! that size is above the smallest MTU every path carries (576 bytes for IPv4, 1280 for
+//! IPv6), and nothing that large ever got through on it (`largest_delivered`, see
+//! [`largest_delivered`]). Everything else is not one:
+//! - loss of every size (congestion, a lossy link, a peer that vanished): segments as large
+//!   as those lost were acknowledged before, or small ones die too;
+//! - a zero window (a receiver that stopped reading): the retransmissions are window probes,
+//!   which the program does not count;
+//! - a "packet too big" that arrived and was honoured: TCP lowers its segment size at once,
+//!   and nothing stalls.
+//!
+//! A stalled connection whose head is then acknowledged (TCP lowered its segment size: its
+//! own MTU probing, `tcp_mtu_probing=1`, or a late "packet too big") has **recovered**: it
+//! is reported, and blames nobody.
+
+use std::collections::HashMap;
+
+use netwatch_common::{
+    DIRECTION_EGRESS, DIRECTION_INGRESS, Retransmits, STALL_RETRANSMITS, TargetKey, proto,
+};
+
+/// The smallest MTU every IPv4 path must carry (RFC 791: every host accepts 576-byte
+/// datagrams) and every IPv6 path (RFC 8200 §5: 1280). A segment no larger dies of
+/// something else.
+pub const MIN_MTU_V4: u16 = 576;
+pub const MIN_MTU_V6: u16 = 1280;
+
+/// A connection idle this long (no retransmission) is forgotten once judged: TCP gives up
+/// on a stalled connection after about 15 minutes (`tcp_retries2`), and a finished one
+/// retransmits nothing more.
+pub const FORGET_AFTER_NS: u64 = 20 * 60 * 1_000_000_000;
+
+/// What a connection's retransmissions say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// Nothing lost often enough to say anything.
+    Undecided,
+    /// Segments died, but not by size: loss, or a peer gone.
+    NotPathMtu,
+    /// Segments above a size die, smaller ones get through, and the head is still stuck.
+    Stalled(Sizes),
+    /// It stalled so, then its head got through (TCP lowered its segment size).
+    Recovered(Sizes),
+}
+
+/// Sizes on the wire (IP and TCP headers and payload) of one segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// The largest known to have been acknowledged; `None` when no segment with data was
+    /// (only the handshake got through).
+    pub largest_delivered: Option<u16>,
+    /// The smallest that never got through.
+    pub smallest_lost: u16,
+}
+
+/// The largest segment known to have been acknowledged on the connection: the largest
+/// retransmitted one acknowledged later, or a lower bound from its totals, whichever is
+/// larger. The bound: `bytes_acked` (the handshake's sequence number included when this host
+/// opened the connection, hence the 1 taken off) over `delivered` data segments (the
+/// handshake's segment counted in it on both sides, hence the 1 taken off): at least one
+/// segment was at least the average.
+#[must_use]
+pub fn largest_delivered(c: &Retransmits) -> Option<u16> {
+    let average = if c.delivered > 1 && c.bytes_acked > 1 {
+        let payload = (c.bytes_acked - 1) / u64::from(c.delivered - 1);
+        u16::try_from(payload)
+            .ok()
+            .filter(|p| *p > 0)
+            .map(|p| p.saturating_add(c.header_len))
+    } else {
+        None
+    };
+    let retransmitted = (c.largest_delivered > 0).then_some(c.largest_delivered);
+    average.max(retransmitted)
+}
+
+/// The smallest MTU a path of the connection's family must carry.
+#[must_use]
+pub fn min_mtu(remote: &[u8; 16]) -> u16 {
+    if netwatch_common::is_ipv4_mapped(remote) {
+        MIN_MTU_V4
+    } else {
+        MIN_MTU_V6
+    }
+}
+
+/// Judges one connection; `progressed` when the socket says bytes were acknowledged since
+/// the program last saw a retransmission (its head got through without a retransmission
+/// to show it).
+#[must_use]
+pub fn judge(c: &Retransmits, progressed: bool) -> Judgement {
+    if c.stalls == 0 || c.smallest_lost == 0 {
+        return Judgement::Undecided;
+    }
+    let largest_delivered = largest_delivered(c);
+    let lost = c.smallest_lost;
+    if lost <= min_mtu(&c.remote) || largest_delivered.is_some_and(|d| d >= lost) {
+        return Judgement::NotPathMtu;
+    }
+    let sizes = Sizes {
+        largest_delivered,
+        smallest_lost: lost,
+    };
+    if c.head_stalled != 0 && !progressed {
+        Judgement::Stalled(sizes)
+    } else if c.recoveries > 0 || progressed {
+        Judgement::Recovered(sizes)
+    } else {
+        // A stall whose head was dropped by the stack (the connection reset, say) without
+        // being acknowledged: it stalled, and never recovered.
+        Judgement::Stalled(sizes)
+    }
+}
+
+/// Whether the connection still stalls, so that its socket is worth asking about.
+#[must_use]
+pub fn worth_asking(c: &Retransmits) -> bool {
+    c.head_stalled != 0 && c.head_count >= STALL_RETRANSMITS
+}
+
+/// The target a connection counts towards: the one of requests this host received (`remote`
+/// asked for this host's `local_port`) when netwatch saw that handshake, else the one of
+/// requests it sent. `None` when netwatch follows neither: a connection opened before it
+/// started, or over an interface it does not watch.
+#[must_use]
+pub fn target_of(c: &Retransmits, exists: impl Fn(&TargetKey) -> bool) -> Option<TargetKey> {
+    let inbound = TargetKey {
+        remote: c.remote,
+        remote_port: c.local_port,
+        proto: proto::TCP,
+        direction: DIRECTION_INGRESS,
+    };
+    let outbound = TargetKey {
+        remote: c.remote,
+        remote_port: c.remote_port,
+        proto: proto::TCP,
+        direction: DIRECTION_EGRESS,
+    };
+    [inbound, outbound].into_iter().find(|key| exists(key))
+}
+
+/// A change in a connection's judgement that its target must count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A connection of the target stalled (counted once per connection).
+    Stalled(Sizes),
+    /// A stalled connection of the target recovered.
+    Recovered(Sizes),
+    /// A connection counted as stalled turned out not to be one: the size that died later
+    /// got through (loss, not the path's MTU). Its stall is taken back.
+    TakenBack,
+}
+
+/// What is remembered of a connection between polls.
+#[derive(Clone, Copy, Debug)]
+struct Followed {
+    /// The program's `first_ns`: a new connection at a reused socket address has another.
+    first_ns: u64,
+    target: Option<TargetKey>,
+    stalled: bool,
+    recovered: bool,
+}
+
+/// The connections followed, and what has been counted of each.
+#[derive(Debug, Default)]
+pub struct Stalls {
+    followed: HashMap<u64, Followed>,
+}
+
+/// What one poll of the connections gives: changes to count per target, and the sockets to
+/// stop following.
+#[derive(Debug, Default, PartialEq)]
+pub struct Polled {
+    pub changes: Vec<(TargetKey, Change)>,
+    pub forget: Vec<u64>,
+}
+
+impl Stalls {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes in the program's entries at `now_ns`. `exists` says which targets netwatch
+    /// follows; `progressed` whether a still stalled connection's socket reports bytes
+    /// acknowledged since the entry's last retransmission.
+    pub fn poll(
+        &mut self,
+        now_ns: u64,
+        entries: &[(u64, Retransmits)],
+        exists: impl Fn(&TargetKey) -> bool,
+        mut progressed: impl FnMut(&Retransmits) -> bool,
+    ) -> Polled {
+        let mut polled = Polled::default();
+        for (socket, c) in entries {
+            let known = self
+                .followed
+                .get(socket)
+                .filter(|f| f.first_ns == c.first_ns)
+                .copied();
+            let mut followed = known.unwrap_or(Followed {
+                first_ns: c.first_ns,
+                target: None,
+                stalled: false,
+                recovered: false,
+            });
+            if followed.target.is_none() {
+                followed.target = target_of(c, &exists);
+            }
+            let asked = !followed.recovered && worth_asking(c) && progressed(c);
+            let judgement = judge(c, asked);
+            if let Some(target) = followed.target {
+                let (stalled, recovered) = match judgement {
+                    Judgement::Stalled(sizes) => (Some(sizes), None),
+                    Judgement::Recovered(sizes) => (Some(sizes), Some(sizes)),
+                    Judgement::NotPathMtu if followed.stalled => {
+                        followed.stalled = false;
+                        followed.recovered = false;
+                        polled.changes.push((target, Change::TakenBack));
+                        (None, None)
+                    }
+                    Judgement::Undecided | Judgement::NotPathMtu => (None, None),
+                };
+                if let Some(sizes) = stalled.filter(|_| !followed.stalled) {
+                    followed.stalled = true;
+                    polled.changes.push((target, Change::Stalled(sizes)));
+                }
+                if let Some(sizes) = recovered.filter(|_| !followed.recovered) {
+                    followed.recovered = true;
+                    polled.changes.push((target, Change::Recovered(sizes)));
+                }
+            }
+            if now_ns.saturating_sub(c.last_ns) > FORGET_AFTER_NS {
+                polled.forget.push(*socket);
+                self.followed.remove(socket);
+            } else {
+                self.followed.insert(*socket, followed);
+            }
+        }
+        // Entries gone from the kernel's map (forgotten, or replaced) are gone here too.
+        if self.followed.len() > entries.len() {
+            let present: std::collections::HashSet<u64> =
+                entries.iter().map(|(socket, _)| *socket).collect();
+            self.followed.retain(|socket, _| present.contains(socket));
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netwatch_common::{Retransmission, ipv4_mapped};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    /// IPv4 with timestamps: 20 + 32 bytes of headers, 1448 of payload.
+    const HEADERS: u16 = 52;
+    const FULL: u16 = 1500;
+
+    fn connection() -> Retransmits {
+        Retransmits::new(
+            ipv4_mapped([198, 51, 100, 10]),
+            ipv4_mapped([203, 0, 113, 2]),
+            (5001, 40_000),
+            HEADERS,
+            S,
+        )
+    }
+
+    /// A retransmission of `seq` at `size`, with `snd_una` and the socket's totals.
+    fn event(seq: u32, size: u16, snd_una: u32, acked: u64, delivered: u32) -> Retransmission {
+        Retransmission {
+            seq,
+            size,
+            snd_una,
+            window_limited: false,
+            now_ns: 2 * S,
+            mss: 1448,
+            delivered,
+            bytes_acked: acked,
+        }
+    }
+
+    /// "hello" got through, then every full-size segment dies at the head.
+    fn stalled_upload() -> Retransmits {
+        let mut c = connection();
+        for _ in 0..5 {
+            c.record(&event(1006, FULL, 1006, 6, 2));
+        }
+        c
+    }
+
+    #[test]
+    fn large_segments_dying_while_small_ones_passed_are_a_stall() {
+        let c = stalled_upload();
+        assert_eq!((c.stalls, c.head_stalled, c.smallest_lost), (1, 1, FULL));
+        assert_eq!(
+            judge(&c, false),
+            Judgement::Stalled(Sizes {
+                largest_delivered: Some(5 + HEADERS),
+                smallest_lost: FULL
+            })
+        );
+    }
+
+    #[test]
+    fn three_losses_in_a_row_are_not_yet_a_stall() {
+        let mut c = connection();
+        for _ in 0..STALL_RETRANSMITS - 1 {
+            c.record(&event(1006, FULL, 1006, 6, 2));
+        }
+        assert_eq!(judge(&c, false), Judgement::Undecided);
+    }
+
+    #[test]
+    fn nothing_but_the_handshake_through_is_a_stall_with_no_delivered_size() {
+        let mut c = connection();
+        for _ in 0..4 {
+            c.record(&event(1, FULL, 1, 0, 1));
+        }
+        assert_eq!(
+            judge(&c, false),
+            Judgement::Stalled(Sizes {
+                largest_delivered: None,
+                smallest_lost: FULL
+            })
+        );
+    }
+
+    #[test]
+    fn a_peer_gone_after_large_segments_got_through_is_no_stall() {
+        // 100 full segments acknowledged (and the SYN), then everything dies.
+        let mut c = connection();
+        for _ in 0..6 {
+            c.record(&event(144_801, FULL, 144_801, 144_801, 101));
+        }
+        assert_eq!(largest_delivered(&c), Some(1448 + HEADERS));
+        assert_eq!(judge(&c, false), Judgement::NotPathMtu);
+    }
+
+    #[test]
+    fn small_segments_dying_are_no_path_mtu_problem() {
+        let mut c = connection();
+        for _ in 0..6 {
+            c.record(&event(6, 300, 6, 6, 2));
+        }
+        assert_eq!(c.stalls, 1);
+        assert_eq!(judge(&c, false), Judgement::NotPathMtu, "300 < 576");
+        let mut v6 = Retransmits::new([0x20; 16], [0x20; 16], (443, 50_000), 72, S);
+        for _ in 0..6 {
+            v6.record(&event(6, 1200, 6, 0, 1));
+        }
+        assert_eq!(judge(&v6, false), Judgement::NotPathMtu, "1200 < 1280");
+    }
+
+    #[test]
+    fn a_zero_window_is_probed_not_lost() {
+        let mut c = connection();
+        for _ in 0..10 {
+            c.record(&Retransmission {
+                window_limited: true,
+                ..event(1006, FULL, 1006, 6, 2)
+            });
+        }
+        assert_eq!((c.window_limited, c.stalls, c.head_count), (10, 0, 0));
+        assert_eq!(judge(&c, false), Judgement::Undecided);
+    }
+
+    #[test]
+    fn retransmissions_past_the_head_say_nothing_of_it() {
+        let mut c = connection();
+        for seq in [2454, 3902, 5350, 6798, 8246] {
+            c.record(&event(seq, FULL, 1006, 6, 2));
+        }
+        assert_eq!((c.retransmits, c.head_count, c.stalls), (5, 0, 0));
+    }
+
+    #[test]
+    fn the_stack_lowering_its_segment_size_then_getting_through_is_a_recovery() {
+        // tcp_mtu_probing=1: four full-size attempts, then 1076 bytes, acknowledged: the next
+        // head is further on.
+        let mut c = stalled_upload();
+        c.record(&event(1006, 1076, 1006, 6, 2));
+        assert_eq!((c.head_size, c.head_count, c.head_stalled), (1076, 1, 1));
+        c.record(&event(2030, 1076, 2030, 1030, 3));
+        assert_eq!(
+            (c.recoveries, c.largest_delivered, c.head_stalled),
+            (1, 1076, 0)
+        );
+        assert_eq!(
+            judge(&c, false),
+            Judgement::Recovered(Sizes {
+                largest_delivered: Some(1076),
+                smallest_lost: FULL
+            })
+        );
+    }
+
+    #[test]
+    fn the_socket_showing_progress_is_a_recovery_too() {
+        let c = stalled_upload();
+        assert!(worth_asking(&c));
+        assert!(matches!(judge(&c, true), Judgement::Recovered(_)));
+    }
+
+    #[test]
+    fn a_head_lost_four_times_then_delivered_at_the_same_size_was_loss() {
+        // Random loss: the fifth attempt gets through; the size that "died" got through.
+        let mut c = stalled_upload();
+        c.record(&event(2454, FULL, 2454, 1454, 3));
+        assert_eq!((c.recoveries, c.largest_delivered), (1, FULL));
+        assert_eq!(judge(&c, false), Judgement::NotPathMtu);
+    }
+
+    #[test]
+    fn connections_count_towards_the_target_netwatch_follows() {
+        let c = connection();
+        let outbound = TargetKey {
+            remote: c.remote,
+            remote_port: 5001,
+            proto: proto::TCP,
+            direction: DIRECTION_EGRESS,
+        };
+        let inbound = TargetKey {
+            remote_port: 40_000,
+            direction: DIRECTION_INGRESS,
+            ..outbound
+        };
+        assert_eq!(target_of(&c, |k| *k == outbound), Some(outbound));
+        assert_eq!(target_of(&c, |k| *k == inbound), Some(inbound));
+        assert_eq!(target_of(&c, |_| false), None);
+    }
+
+    #[test]
+    fn each_connection_stalls_once_and_recovers_once() {
+        let mut stalls = Stalls::new();
+        let c = stalled_upload();
+        let target = target_of(&c, |_| true).unwrap();
+        let first = stalls.poll(3 * S, &[(0xabc, c)], |_| true, |_| false);
+        assert_eq!(first.changes.len(), 1);
+        assert!(matches!(first.changes[0], (t, Change::Stalled(_)) if t == target));
+        let again = stalls.poll(4 * S, &[(0xabc, c)], |_| true, |_| false);
+        assert!(again.changes.is_empty(), "{again:?}");
+        let recovered = stalls.poll(5 * S, &[(0xabc, c)], |_| true, |_| true);
+        assert!(matches!(recovered.changes[..], [(_, Change::Recovered(_))]));
+        let after = stalls.poll(6 * S, &[(0xabc, c)], |_| true, |_| false);
+        assert!(after.changes.is_empty(), "{after:?}");
+        // Idle for longer than TCP keeps trying: forgotten.
+        let late = stalls.poll(
+            c.last_ns + FORGET_AFTER_NS + 1,
+            &[(0xabc, c)],
+            |_| true,
+            |_| false,
+        );
+        assert_eq!(late.forget, vec![0xabc]);
+    }
+
+    #[test]
+    fn a_stall_that_turns_out_to_be_loss_is_taken_back() {
+        let mut stalls = Stalls::new();
+        let mut c = stalled_upload();
+        assert_eq!(
+            stalls
+                .poll(3 * S, &[(1, c)], |_| true, |_| false)
+                .changes
+                .len(),
+            1
+        );
+        c.record(&event(2454, FULL, 2454, 1454, 3));
+        let polled = stalls.poll(4 * S, &[(1, c)], |_| true, |_| false);
+        assert!(
+            matches!(polled.changes[..], [(_, Change::TakenBack)]),
+            "{polled:?}"
+        );
+    }
+
+    #[test]
+    fn a_stall_and_its_recovery_between_two_polls_both_count() {
+        let mut c = stalled_upload();
+        c.record(&event(1006, 1076, 1006, 6, 2));
+        c.record(&event(2030, 1076, 2030, 1030, 3));
+        let polled = Stalls::new().poll(3 * S, &[(1, c)], |_| true, |_| false);
+        assert!(matches!(
+            polled.changes[..],
+            [(_, Change::Stalled(_)), (_, Change::Recovered(_))]
+        ));
+    }
+
+    #[test]
+    fn a_new_connection_at_a_reused_socket_address_is_judged_anew() {
+        let mut stalls = Stalls::new();
+        let c = stalled_upload();
+        assert_eq!(
+            stalls
+                .poll(3 * S, &[(7, c)], |_| true, |_| false)
+                .changes
+                .len(),
+            1
+        );
+        let mut newer = stalled_upload();
+        newer.first_ns = 10 * S;
+        assert_eq!(
+            stalls
+                .poll(11 * S, &[(7, newer)], |_| true, |_| false)
+                .changes
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn connections_netwatch_does_not_follow_count_nowhere() {
+        let polled = Stalls::new().poll(3 * S, &[(1, stalled_upload())], |_| false, |_| false);
+        assert!(polled.changes.is_empty());
+    }
+}
