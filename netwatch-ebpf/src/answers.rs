@@ -3,13 +3,15 @@
 
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netwatch_common::{
-    DNS_PORT, KernelCounter, NTP_MODE_CLIENT, NTP_ORIGIN_OFFSET, NTP_TRANSMIT_OFFSET,
-    PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, Reason, RequestKey, UDP_PORT_FLOW, UDP_PORT_NTP,
-    latency_bucket, ntp_tag, proto,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, KernelCounter, NTP_MODE_CLIENT,
+    NTP_ORIGIN_OFFSET, NTP_TRANSMIT_OFFSET, PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, Reason,
+    RequestKey, TargetKey, UDP_PORT_FLOW, UDP_PORT_NTP, latency_bucket, ntp_tag, proto,
 };
 
 use crate::{
-    maps::{PENDING, PENDING_SCRATCH, TARGETS, add, count, timeout_ns, udp_port_kind},
+    maps::{
+        PENDING, PENDING_SCRATCH, TARGET_SLOTS, TARGETS, add, count, timeout_ns, udp_port_kind,
+    },
     packet::{
         self, Copied, Hook, ICMP_HEADER_LEN, InPlace, Ip, Reader, UDP_HEADER_LEN, icmp, read,
         tcp_flags,
@@ -27,6 +29,8 @@ const ICMPV6_ECHO_REQUEST: u8 = icmp::V6_ECHO_REQUEST;
 #[derive(Clone, Copy)]
 enum Outcome {
     Answer,
+    /// An answer whose first fragment arrived (the rest follows, or is lost).
+    FragmentedAnswer,
     /// A rejection with its [`Reason`] code.
     Reject(u8),
 }
@@ -98,7 +102,14 @@ pub fn dns_response(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
     key.tag = u16::from_be_bytes(id);
     key.proto = proto::UDP;
     key.direction = hook.answered_direction();
-    settle(&key, Outcome::Answer, Check::Key);
+    // An answer in fragments is an answer once reassembled; where the rest never comes,
+    // the drop program sees the reassembly time out and takes the answer back.
+    let outcome = if ip.first_fragment {
+        Outcome::FragmentedAnswer
+    } else {
+        Outcome::Answer
+    };
+    settle(&key, outcome, Check::Key);
 }
 
 /// An NTP server answer (mode 4) from a watched NTP port: the answer to the request whose
@@ -170,17 +181,33 @@ pub fn echo_reply(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
     settle(&key, Outcome::Answer, Check::Key);
 }
 
-/// An ICMP or `ICMPv6` error of `kind` and `code`: the rejection of the request it quotes,
-/// unless it is path-MTU signalling.
+/// An ICMP or `ICMPv6` error (`header`: type, code, checksum, then four bytes that depend on
+/// the type): the rejection of the request it quotes, unless it is path-MTU signalling.
 // Out of line (see `requests::track`).
 #[inline(never)]
-pub fn icmp_error(ctx: &TcContext, ip: &Ip, kind: u8, code: u8, hook: Hook) {
+pub fn icmp_error(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
+    let (kind, code) = (header[0], header[1]);
     if (!ip.v6 && kind == ICMP_DEST_UNREACHABLE && code == ICMP_FRAG_NEEDED)
         || (ip.v6 && kind == ICMPV6_PACKET_TOO_BIG)
     {
         // Path-MTU discovery at work (RFC 1191, RFC 8201): the sender retries smaller, the
         // request is not refused.
         count(KernelCounter::PathMtu);
+        if hook == Hook::Ingress {
+            // The MTU: the next-hop MTU in the low half of the second word (RFC 1191 §4),
+            // all of it for ICMPv6 (RFC 4443 §3.2).
+            let mtu = if ip.v6 {
+                u32::from_be_bytes([header[4], header[5], header[6], header[7]])
+            } else {
+                u32::from(u16::from_be_bytes([header[6], header[7]]))
+            };
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "offsets are below 64 KiB, and quoted_path_mtu bounds them"
+            )]
+            let quoted_at = (ip.l4 + ICMP_HEADER_LEN) as u32;
+            quoted_path_mtu(ctx.skb.skb, quoted_at, u32::from(ip.v6), mtu);
+        }
         return;
     }
     let unreachable = if ip.v6 {
@@ -252,6 +279,85 @@ pub extern "C" fn quoted_rejection(
     )]
     rejected(&ctx, &quoted, reason as u8, Hook::from_u32(hook));
     0
+}
+
+/// A "fragmentation needed" / "packet too big" arriving, quoting at `quoted_at` a TCP or UDP
+/// packet this host sent: counted, with the MTU it reports, for the target of that packet's
+/// flow (the peer's port when this host opened it, this host's port when the peer did).
+/// Nothing is settled: the sender retries smaller.
+///
+/// A global BPF function, like [`quoted_rejection`]: verified once, for any offset.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn quoted_path_mtu(skb: *mut __sk_buff, quoted_at: u32, v6: u32, mtu: u32) -> i32 {
+    if quoted_at > MAX_QUOTE_OFFSET {
+        return 0;
+    }
+    let ctx = TcContext::new(skb);
+    let quoted_at = quoted_at as usize;
+    let quoted = if v6 != 0 {
+        packet::ipv6::<Copied>(&ctx, quoted_at)
+    } else {
+        packet::ipv4::<Copied>(&ctx, quoted_at)
+    };
+    let Some(quoted) = quoted else {
+        count(KernelCounter::ShortQuote);
+        return 0;
+    };
+    if quoted.proto != proto::TCP && quoted.proto != proto::UDP {
+        return 0;
+    }
+    let mut key = RequestKey::zeroed();
+    // The quoted packet left this host: seen as at egress, its destination is the peer.
+    let (Some(()), Some(ports)) = (
+        packet::endpoints_into::<Copied>(&ctx, &quoted, Hook::Egress, &mut key),
+        Copied::get::<[u8; 4]>(&ctx, quoted.l4),
+    ) else {
+        count(KernelCounter::ShortQuote);
+        return 0;
+    };
+    let local_port = u16::from_be_bytes([ports[0], ports[1]]);
+    let remote_port = u16::from_be_bytes([ports[2], ports[3]]);
+    path_mtu_signal(&key.remote, quoted.proto, local_port, remote_port, mtu);
+    0
+}
+
+/// Counts a path-MTU signal for the target of the flow (`remote`, `proto`, ports): the one
+/// of requests this host sent to `remote_port`, else the one of requests `remote` sent to
+/// `local_port`. A flow of neither (opened before netwatch, or over another interface)
+/// counts nowhere but in the kernel counter.
+#[inline(never)]
+fn path_mtu_signal(remote: &[u8; 16], proto: u8, local_port: u16, remote_port: u16, mtu: u32) {
+    let mut target = TargetKey {
+        remote: *remote,
+        remote_port,
+        proto,
+        direction: DIRECTION_EGRESS,
+    };
+    let slot = match TARGET_SLOTS.get_ptr(&target) {
+        Some(slot) => slot,
+        None => {
+            target.remote_port = local_port;
+            target.direction = DIRECTION_INGRESS;
+            let Some(slot) = TARGET_SLOTS.get_ptr(&target) else {
+                return;
+            };
+            slot
+        }
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let Some(counters) = TARGETS.get_ptr_mut(unsafe { *slot }) else {
+        return;
+    };
+    // SAFETY: an array value pointer, valid for the program run.
+    let counters = unsafe { &mut *counters };
+    add(&mut counters.path_mtu_signals, 1);
+    // The smallest reported; a racing signal on another CPU may win with a larger one, which
+    // the next signal corrects. 0 (an RFC 792 router that does not say) reports nothing.
+    let mtu = u64::from(mtu);
+    if mtu != 0 && (counters.path_mtu == 0 || mtu < counters.path_mtu) {
+        counters.path_mtu = mtu;
+    }
 }
 
 /// An ICMP error seen at `hook` quoting `quoted`, the header of a request: the request it
@@ -376,6 +482,7 @@ fn settle(key: &RequestKey, outcome: Outcome, check: Check) -> bool {
     // registers.
     let (rejection, reason) = match outcome {
         Outcome::Answer => (0, 0),
+        Outcome::FragmentedAnswer => (0, ANSWER_FRAGMENTED),
         Outcome::Reject(reason) => (1, u32::from(reason)),
     };
     let (check, value) = match check {
@@ -386,6 +493,9 @@ fn settle(key: &RequestKey, outcome: Outcome, check: Check) -> bool {
     };
     settle_pending(key, rejection, reason, check, value) != 0
 }
+
+/// `reason` of an answer (`rejection` 0) that arrived in fragments.
+const ANSWER_FRAGMENTED: u32 = 1;
 
 const CHECK_KEY: u32 = 0;
 const CHECK_ACKS_SYN: u32 = 1;
@@ -461,6 +571,9 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
             return 1;
         }
         add(&mut counters.answered, 1);
+        if reason == ANSWER_FRAGMENTED {
+            add(&mut counters.fragmented_answers, 1);
+        }
         if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
             add(bucket, 1);
         }

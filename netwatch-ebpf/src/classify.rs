@@ -72,7 +72,7 @@ pub fn packet(ctx: &TcContext, hook: Hook) {
         reason = "header offsets, bounded in the callee"
     )]
     let (l3, l4) = (ip.l3 as u32, ip.l4 as u32);
-    let kind = u32::from(ip.proto) | (u32::from(ip.v6) << 8);
+    let kind = u32::from(ip.proto) | (u32::from(ip.v6) << 8) | (u32::from(ip.first_fragment) << 9);
     match hook {
         Hook::Egress => exchange_egress(ctx.skb.skb, l3, l4, kind),
         Hook::Ingress => exchange_ingress(ctx.skb.skb, l3, l4, kind),
@@ -95,7 +95,7 @@ pub extern "C" fn exchange_ingress(skb: *mut __sk_buff, l3: u32, l4: u32, kind: 
 }
 
 /// A packet that may be a request, an answer or a rejection: the transport header at `l4`,
-/// the IP header at `l3`, `kind` = IANA protocol | IPv6 << 8.
+/// the IP header at `l3`, `kind` = IANA protocol | IPv6 << 8 | first fragment << 9.
 #[inline(always)]
 fn exchange(skb: *mut __sk_buff, l3: u32, l4: u32, kind: u32, hook: Hook) -> i32 {
     // verifier: the offsets are unknown here; bound them so packet pointers stay in range.
@@ -117,10 +117,11 @@ fn exchange(skb: *mut __sk_buff, l3: u32, l4: u32, kind: u32, hook: Hook) -> i32
         reason = "the low byte is the protocol"
     )]
     let ip = Ip {
-        v6: kind >> 8 != 0,
+        v6: kind & (1 << 8) != 0,
         l3: l3 as usize,
         proto: kind as u8,
         l4: l4 as usize,
+        first_fragment: kind & (1 << 9) != 0,
     };
     classify(&ctx, &ip, hook);
     0
@@ -175,7 +176,7 @@ fn classify(ctx: &TcContext, ip: &Ip, hook: Hook) {
             match header[0] {
                 kind if kind == echo_request => requests::echo_request(ctx, ip, header, hook),
                 kind if kind == echo_reply => answers::echo_reply(ctx, ip, header, hook),
-                kind => answers::icmp_error(ctx, ip, kind, header[1], hook),
+                _ => answers::icmp_error(ctx, ip, header, hook),
             }
         }
     }

@@ -60,6 +60,15 @@ const HEADER_UNSET: u16 = 0xffff;
 const PACKET_READ: usize = 56;
 const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_FRAGMENT_LEN: usize = 8;
+/// An ICMP error's header, before the packet it quotes.
+const ICMP_LEN: usize = 8;
+/// Bytes of a quoted packet's IP header read (IPv6's; IPv4's within it).
+const QUOTE_READ: usize = 40;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 /// Transport bytes used: TCP ports, sequence, ack and flags; UDP header and DNS id and flags;
 /// ICMP type, code, checksum, identifier and sequence.
 const L4_READ: usize = 16;
@@ -92,6 +101,9 @@ macro_rules! config {
 enum Kind {
     Request,
     Answer,
+    /// An ICMP "fragmentation needed" or `ICMPv6` "packet too big" (`classify` says so; the
+    /// quoted packet is read apart).
+    PathMtu,
 }
 
 /// The watched exchange a packet belongs to, seen from the packet: `src`/`dst` as on the wire.
@@ -111,6 +123,13 @@ struct Packet {
     kind: Kind,
 }
 
+/// What `read_packet` found: a packet of a watched exchange, or a path-MTU signal whose
+/// quoted packet is at that kernel address, read apart (see [`path_mtu_drop`]).
+enum Found {
+    Exchange(Packet),
+    PathMtu { quote: u64 },
+}
+
 #[inline(always)]
 pub fn on_kfree_skb(ctx: &RawTracePointContext) {
     if config!(enabled) == 0 {
@@ -128,18 +147,35 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
         return;
     }
     let skb = ctx.arg::<u64>(0) as *const u8;
-    let Some(packet) = read_packet(skb) else {
-        return;
+    // Two calls side by side, each with its own frame: the packet's (a few hundred bytes)
+    // and, for a path-MTU signal, its quote's. Nested, they would not fit 512 bytes.
+    let quote = watched_drop(skb, reason);
+    if quote != 0 {
+        path_mtu_drop(quote, reason);
+    }
+}
+
+/// Counts the drop of `skb` for `reason` if it is watched traffic of this namespace. A
+/// path-MTU signal is left to the caller: its quoted packet's address is returned (0 for
+/// anything else).
+#[inline(never)]
+fn watched_drop(skb: *const u8, reason: u32) -> u64 {
+    let Some(found) = read_packet(skb) else {
+        return 0;
     };
     let netns = config!(netns);
     if netns != 0 && netns_of(skb) != Some(netns) {
         // Another namespace's drop: another host, as far as netwatch is concerned.
-        return;
+        return 0;
     }
+    let packet = match found {
+        Found::Exchange(packet) => packet,
+        Found::PathMtu { quote } => return quote,
+    };
     let inbound = LOCAL_ADDRESSES.get_ptr(&packet.dst).is_some();
     if !inbound && LOCAL_ADDRESSES.get_ptr(&packet.src).is_none() {
         // Neither to nor from this host: forwarded traffic, not watched.
-        return;
+        return 0;
     }
     match (inbound, packet.kind) {
         // Received, then dropped (the input chain): tc ingress counted it and it stays
@@ -169,7 +205,61 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
             let target = ingress_target(&packet.dst, packet.src_port, packet.proto);
             existing_target_drop(&target, reason, Kind::Answer);
         }
+        (_, Kind::PathMtu) => {}
     }
+    0
+}
+
+/// A path-MTU signal dropped here (this host's input chain keeping its TCP from learning the
+/// path's MTU), quoting at `quote` a packet this host sent: counted for the target of that
+/// packet's flow (the peer's port when this host opened it, this host's port when the peer
+/// did), when netwatch follows it. Only TCP and UDP quotes, without IPv6 extension headers.
+/// Out of line, scalars in: the quote's bytes get a frame of their own.
+#[inline(never)]
+fn path_mtu_drop(quote: u64, reason: u32) {
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
+    let Ok(bytes) = (unsafe { bpf_probe_read_kernel((quote as *const u8).cast::<[u8; QUOTE_READ]>()) })
+    else {
+        return;
+    };
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    let (proto, ports_at) = if bytes[0] >> 4 == 6 {
+        src.copy_from_slice(&bytes[8..24]);
+        dst.copy_from_slice(&bytes[24..40]);
+        (bytes[6], IPV6_LEN)
+    } else {
+        src[10] = 0xff;
+        src[11] = 0xff;
+        src[12..16].copy_from_slice(&bytes[12..16]);
+        dst[10] = 0xff;
+        dst[11] = 0xff;
+        dst[12..16].copy_from_slice(&bytes[16..20]);
+        (bytes[9], usize::from(bytes[0] & 0x0f) * 4)
+    };
+    if proto != proto::TCP && proto != proto::UDP {
+        return;
+    }
+    // A packet this host sent, quoted back to it.
+    if LOCAL_ADDRESSES.get_ptr(&src).is_none() {
+        return;
+    }
+    // verifier: read where the header says, not at a variable offset into the stack copy.
+    // SAFETY: as above.
+    let Ok(ports) = (unsafe {
+        bpf_probe_read_kernel((quote as *const u8).wrapping_add(ports_at).cast::<[u8; 4]>())
+    }) else {
+        return;
+    };
+    let local_port = u16::from_be_bytes([ports[0], ports[1]]);
+    let remote_port = u16::from_be_bytes([ports[2], ports[3]]);
+    let outbound = egress_target(&dst, remote_port, proto);
+    let target = if TARGET_SLOTS.get_ptr(&outbound).is_some() {
+        outbound
+    } else {
+        ingress_target(&dst, local_port, proto)
+    };
+    existing_target_drop(&target, reason, Kind::PathMtu);
 }
 
 /// The inode number of the network namespace `skb` was dropped in: its device's, or (a
@@ -230,7 +320,7 @@ fn netns_of(skb: *const u8) -> Option<u32> {
 
 /// The IP and transport headers of `skb`, if it is watched traffic.
 #[inline(always)]
-fn read_packet(skb: *const u8) -> Option<Packet> {
+fn read_packet(skb: *const u8) -> Option<Found> {
     // One read for the three sk_buff fields.
     // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
     let window = unsafe {
@@ -280,16 +370,30 @@ fn read_packet(skb: *const u8) -> Option<Packet> {
         if bytes[0] >> 4 != 6 {
             return None;
         }
-        // Extension headers are not walked here: requests and answers rarely carry them.
-        (
-            read_array::<16>(&bytes, 8)?,
-            read_array::<16>(&bytes, 24)?,
-            bytes[6],
-            read_array::<L4_READ>(&bytes, IPV6_LEN)?,
-            IPV6_LEN,
-        )
+        let (src, dst) = (read_array::<16>(&bytes, 8)?, read_array::<16>(&bytes, 24)?);
+        // Extension headers are not walked here (requests and answers rarely carry them),
+        // but for a fragment header: the first fragment of a large answer whose reassembly
+        // timed out is an answer lost.
+        if bytes[6] == IPV6_FRAGMENT {
+            let [next, _, offset_hi, offset_lo] = read_array::<4>(&bytes, IPV6_LEN)?;
+            if u16::from_be_bytes([offset_hi, offset_lo]) & 0xfff8 != 0 {
+                return None;
+            }
+            let at = IPV6_LEN + IPV6_FRAGMENT_LEN;
+            // SAFETY: as above.
+            let l4 = unsafe { bpf_probe_read_kernel(ip.wrapping_add(at).cast::<[u8; L4_READ]>()) }
+                .ok()?;
+            (src, dst, next, l4, at)
+        } else {
+            (src, dst, bytes[6], read_array::<L4_READ>(&bytes, IPV6_LEN)?, IPV6_LEN)
+        }
     };
     let mut packet = classify(src, dst, proto, &l4)?;
+    if packet.kind == Kind::PathMtu {
+        return Some(Found::PathMtu {
+            quote: ip.wrapping_add(header_len + ICMP_LEN) as u64,
+        });
+    }
     if packet.ntp_request {
         // The request's key holds its transmit timestamp, folded (`ntp_tag`), as on tc egress.
         let at = header_len + UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET;
@@ -297,7 +401,7 @@ fn read_packet(skb: *const u8) -> Option<Packet> {
         let transmit = unsafe { bpf_probe_read_kernel(ip.wrapping_add(at).cast::<[u8; 8]>()) };
         packet.tag = ntp_tag(transmit.ok()?);
     }
-    Some(packet)
+    Some(Found::Exchange(packet))
 }
 
 #[inline(always)]
@@ -378,6 +482,14 @@ fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Opti
                 Kind::Request
             } else if l4[0] == reply && l4[1] == 0 {
                 Kind::Answer
+            } else if (proto == proto::ICMP && l4[0] == ICMP_DEST_UNREACHABLE && l4[1] == ICMP_FRAG_NEEDED)
+                || (proto == proto::ICMPV6 && l4[0] == ICMPV6_PACKET_TOO_BIG)
+            {
+                // The rest is the quoted packet's (see `quoted`).
+                return Some(Packet {
+                    kind: Kind::PathMtu,
+                    ..packet
+                });
             } else {
                 return None;
             };
@@ -446,9 +558,20 @@ fn is_icmp(proto: u8) -> bool {
 /// Whether `reason` is a drop at the socket ([`DropConfig::socket_reasons`]).
 #[inline(always)]
 fn at_socket(reason: u32) -> bool {
-    let words = config!(socket_reasons);
-    let word = (reason / 32) as usize;
-    word < words.len() && words[word] & (1 << (reason % 32)) != 0
+    // verifier: each word read in place at a constant offset, never indexed by a variable
+    // (a copy on the stack then cannot be indexed, and LLVM hoists the pointer arithmetic of
+    // an indexed read above its bounds check).
+    // SAFETY: reading a plain static, volatile as for `config!`.
+    let bits = unsafe {
+        match reason / 32 {
+            0 => core::ptr::read_volatile(&raw const DROP_CONFIG.socket_reasons[0]),
+            1 => core::ptr::read_volatile(&raw const DROP_CONFIG.socket_reasons[1]),
+            2 => core::ptr::read_volatile(&raw const DROP_CONFIG.socket_reasons[2]),
+            3 => core::ptr::read_volatile(&raw const DROP_CONFIG.socket_reasons[3]),
+            _ => return false,
+        }
+    };
+    bits & (1 << (reason % 32)) != 0
 }
 
 /// A request or answer dropped here, for a target netwatch already follows.
@@ -463,14 +586,16 @@ fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind) {
     };
     // SAFETY: an array value pointer, valid for the program run; updated only through `add`.
     let counters = unsafe { &mut *counters };
-    if kind == Kind::Answer {
+    match kind {
         // An answer the application was not there (or too slow) to take is no failure of
         // the path: counted by reason only.
-        if !at_socket(reason) {
-            add(&mut counters.answers_dropped_here, 1);
+        Kind::Answer => {
+            if !at_socket(reason) {
+                add(&mut counters.answers_dropped_here, 1);
+            }
         }
-    } else {
-        add(&mut counters.requests_dropped_here, 1);
+        Kind::Request => add(&mut counters.requests_dropped_here, 1),
+        Kind::PathMtu => add(&mut counters.path_mtu_dropped_here, 1),
     }
     count_reason(slot, reason);
 }

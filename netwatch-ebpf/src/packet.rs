@@ -24,6 +24,10 @@ const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
+/// IPv4's "more fragments" flag in the flags and fragment offset word; IPv6's M flag in
+/// the fragment header's offset word.
+const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
+const IPV6_MORE_FRAGMENTS: u8 = 0x01;
 
 /// How header fields are read: [`InPlace`] on the paths the programs take per packet,
 /// [`Copied`] where the offset is only known as a range (see `answers::quoted_rejection`).
@@ -197,6 +201,10 @@ pub struct Ip {
     pub proto: u8,
     /// Offset of the transport header.
     pub l4: usize,
+    /// The first fragment of a datagram split on the way (IPv4 MF, or an IPv6 fragment
+    /// header's M flag, at offset 0): the rest follows in fragments that carry no transport
+    /// header.
+    pub first_fragment: bool,
 }
 
 /// Finds the IP and transport headers of an Ethernet frame. `None` for anything that is not
@@ -255,6 +263,7 @@ pub fn ipv4<R: Reader>(ctx: &TcContext, offset: usize) -> Option<Ip> {
         l3: offset,
         proto,
         l4: offset + header_len,
+        first_fragment: fragment & IPV4_MORE_FRAGMENTS != 0,
     })
 }
 
@@ -268,6 +277,7 @@ pub fn ipv6<R: Reader>(ctx: &TcContext, offset: usize) -> Option<Ip> {
     }
     let mut next = R::get::<u8>(ctx, offset + 6)?;
     let mut l4 = offset + Ipv6Hdr::LEN;
+    let mut first_fragment = false;
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
@@ -286,6 +296,7 @@ pub fn ipv6<R: Reader>(ctx: &TcContext, offset: usize) -> Option<Ip> {
                     count(KernelCounter::Fragment);
                     return None;
                 }
+                first_fragment = offset_lo & IPV6_MORE_FRAGMENTS != 0;
                 next = following;
                 l4 += 8;
             }
@@ -295,6 +306,7 @@ pub fn ipv6<R: Reader>(ctx: &TcContext, offset: usize) -> Option<Ip> {
                     l3: offset,
                     proto: next,
                     l4,
+                    first_fragment,
                 });
             }
         }
@@ -311,6 +323,7 @@ pub fn ipv6<R: Reader>(ctx: &TcContext, offset: usize) -> Option<Ip> {
         l3: offset,
         proto: next,
         l4,
+        first_fragment,
     })
 }
 
