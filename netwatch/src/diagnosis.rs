@@ -39,6 +39,8 @@
 //! | `icmp-filtered` | ICMP/ICMPv6 echo targets fail; one finding for the remotes that answer other traffic on a TCP/UDP port (the host is up), then one for the rest | icmp/icmpv6 to those remotes whose failure points at a firewall |
 //! | `inbound-blackholed` | an inbound target is blackholed: requests from peers to this host's proto/port (or pings to it) got nothing back, nothing left this host; one per (proto, port) | none; local rule: accept them from those peers in this host's input chain |
 //! | `inbound-rejected` | an inbound target is rejected: this host refused them; one per (proto, port, reason) | none; local rule: as above, unless a TCP reset or a UDP port-unreachable says nothing may listen there |
+//! | `path-mtu-blackhole` | TCP targets (either direction) degraded for `path-mtu`: connections open, then segments above a size die and no ICMP says why | upstream: ICMP type 3 code 4 and ICMPv6 type 2 to this host (`direction` `inbound`, `icmp_type`); dropped by this host's input chain: none, local rules accept them |
+//! | `dns-fragments-lost` | DNS answers arrived in fragments and never reassembled (the kernel reported it) | none (an EDNS buffer of 1232 bytes, or letting fragments through) |
 //! | `ipv6-broken` | an IPv6 target fails while an IPv4 target of the same service (proto, port; icmpv6 pairs with icmp) is ok, and no IPv6 target answers | none |
 //! | `slow-answers` | targets are slow (`degraded`, reason `late`); one finding for all of them, with their latency and a `--timeout` long enough for them (the slowest p99 times 1.5, at least twice the timeout, in whole seconds) | none |
 //! | `partial-loss` | a target is degraded, not slow; one per target | none |
@@ -85,6 +87,7 @@ mod dns;
 mod icmp;
 mod inbound;
 mod local;
+mod path;
 mod ports;
 mod quality;
 #[cfg(test)]
@@ -99,6 +102,7 @@ use self::{
 };
 pub use inbound::render_local_rules;
 pub use local::{DROPPED_BEYOND_THIS_HOST, LOCAL_FIREWALL_DROPS};
+pub use path::{DNS_FRAGMENTS_LOST, PATH_MTU_BLACKHOLE};
 
 use crate::{
     services,
@@ -173,10 +177,15 @@ pub struct FirewallRequest {
     pub proto: Proto,
     /// `None` (JSON `null`) for ICMP.
     pub port: Option<u16>,
-    /// Always [`OUTBOUND`].
+    /// [`OUTBOUND`] for the requests this host sends; `inbound` for ICMP that must reach it
+    /// (path-MTU signals).
     pub direction: &'static str,
     /// Always [`ALLOW`].
     pub action: &'static str,
+    /// ICMP: the message type to let through (`fragmentation-needed`, `packet-too-big`);
+    /// left out of the JSON for the others (echo, as the target says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<&'static str>,
     /// The processes whose requests need this rule (`curl (payments.service)`), from the
     /// evidence. Left out of the JSON when unknown.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -257,14 +266,20 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
         judged
     };
     let mut judged = judged_in(Direction::Egress);
+    let inbound = judged_in(Direction::Ingress);
     let mut findings = Vec::new();
     // Drops on this host are for this host's rules, not the upstream firewall team's.
     local::local_drop_findings(&judged, snapshot.local_drops_watched, &mut findings);
     judged.retain(|t| !local::dropped_here(t));
+    // What dies by size (after the handshake, or in fragments) is neither blocked nor lost
+    // at random.
+    let both: Vec<&TargetView> = judged.iter().chain(&inbound).copied().collect();
+    path::path_findings(&both, sources, &mut findings);
+    judged.retain(|t| !path::stalls_for_mtu(t) && !path::loses_fragments(t));
     dns_findings(&judged, sources, &mut findings);
     port_findings(&judged, sources, &mut findings);
     icmp_findings(&judged, sources, &mut findings);
-    inbound_findings(&judged_in(Direction::Ingress), &mut findings);
+    inbound_findings(&inbound, &mut findings);
     ipv6_finding(&judged, &mut findings);
     slow_answers_finding(&judged, timeout, &mut findings);
     partial_loss_findings(&judged, &mut findings);
@@ -277,12 +292,20 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
 /// merged into one row. Empty when there is nothing to ask for.
 #[must_use]
 pub fn render_requests(findings: &[Finding]) -> String {
-    type RuleKey = (IpAddr, Proto, Option<u16>, &'static str, &'static str);
+    type RuleKey = (
+        IpAddr,
+        Proto,
+        Option<&'static str>,
+        Option<u16>,
+        &'static str,
+        &'static str,
+    );
     let mut rules: Vec<(RuleKey, BTreeSet<IpAddr>)> = Vec::new();
     for request in findings.iter().flat_map(|f| &f.request) {
         let key = (
             request.source,
             request.proto,
+            request.icmp_type,
             request.port,
             request.direction,
             request.action,
@@ -306,12 +329,17 @@ pub fn render_requests(findings: &[Finding]) -> String {
         ]
         .map(str::to_owned),
     ];
-    for ((source, proto, port, direction, action), destinations) in rules {
+    for ((source, proto, icmp_type, port, direction, action), destinations) in rules {
         let destinations: Vec<String> = destinations.iter().map(IpAddr::to_string).collect();
+        let source = if source.is_unspecified() {
+            "any".to_owned()
+        } else {
+            source.to_string()
+        };
         rows.push([
-            source.to_string(),
+            source,
             destinations.join(","),
-            proto.as_str().to_owned(),
+            icmp_type.map_or_else(|| proto.as_str().to_owned(), |t| format!("{proto}/{t}")),
             port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             direction.to_owned(),
             action.to_owned(),
@@ -470,6 +498,7 @@ fn requests(
                 port,
                 direction: OUTBOUND,
                 action: ALLOW,
+                icmp_type: None,
                 needed_by: Vec::new(),
             });
         }

@@ -28,7 +28,10 @@ const NETFILTER: &str = "here:netfilter-drop";
 pub fn dropped_here(t: &TargetView) -> bool {
     t.direction == Direction::Egress
         && t.verdict != Verdict::Ok
-        && t.reason.is_some_and(|r| r.starts_with("here:"))
+        && t.reason.is_some_and(|r| {
+            // A reassembly given up: the fragments were lost before this host (`path`).
+            r.starts_with("here:") && !super::path::is_reassembly_failure(r)
+        })
 }
 
 /// One `local-firewall-drops` finding per target failing because of this host, then one

@@ -96,6 +96,7 @@ fn request(
         port,
         direction: "outbound",
         action: "allow",
+        icmp_type: None,
         needed_by: Vec::new(),
     }
 }
