@@ -236,7 +236,8 @@ pub struct RetransmitConfig {
     pub tcp_header_len: u32,
     pub delivered: u32,
     pub bytes_acked: u32,
-    pub _pad: u32,
+    /// Padding to a multiple of 8 bytes; 0.
+    pub reserved: u32,
 }
 const _: () = assert!(size_of::<RetransmitConfig>() == 80);
 
@@ -264,7 +265,7 @@ impl RetransmitConfig {
             tcp_header_len: 0,
             delivered: 0,
             bytes_acked: 0,
-            _pad: 0,
+            reserved: 0,
         }
     }
 }

@@ -218,7 +218,8 @@ fn watched_drop(skb: *const u8, reason: u32) -> u64 {
 #[inline(never)]
 fn path_mtu_drop(quote: u64, reason: u32) {
     // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
-    let Ok(bytes) = (unsafe { bpf_probe_read_kernel((quote as *const u8).cast::<[u8; QUOTE_READ]>()) })
+    let Ok(bytes) =
+        (unsafe { bpf_probe_read_kernel((quote as *const u8).cast::<[u8; QUOTE_READ]>()) })
     else {
         return;
     };
@@ -247,7 +248,11 @@ fn path_mtu_drop(quote: u64, reason: u32) {
     // verifier: read where the header says, not at a variable offset into the stack copy.
     // SAFETY: as above.
     let Ok(ports) = (unsafe {
-        bpf_probe_read_kernel((quote as *const u8).wrapping_add(ports_at).cast::<[u8; 4]>())
+        bpf_probe_read_kernel(
+            (quote as *const u8)
+                .wrapping_add(ports_at)
+                .cast::<[u8; 4]>(),
+        )
     }) else {
         return;
     };
@@ -385,7 +390,13 @@ fn read_packet(skb: *const u8) -> Option<Found> {
                 .ok()?;
             (src, dst, next, l4, at)
         } else {
-            (src, dst, bytes[6], read_array::<L4_READ>(&bytes, IPV6_LEN)?, IPV6_LEN)
+            (
+                src,
+                dst,
+                bytes[6],
+                read_array::<L4_READ>(&bytes, IPV6_LEN)?,
+                IPV6_LEN,
+            )
         }
     };
     let mut packet = classify(src, dst, proto, &l4)?;
@@ -482,7 +493,9 @@ fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Opti
                 Kind::Request
             } else if l4[0] == reply && l4[1] == 0 {
                 Kind::Answer
-            } else if (proto == proto::ICMP && l4[0] == ICMP_DEST_UNREACHABLE && l4[1] == ICMP_FRAG_NEEDED)
+            } else if (proto == proto::ICMP
+                && l4[0] == ICMP_DEST_UNREACHABLE
+                && l4[1] == ICMP_FRAG_NEEDED)
                 || (proto == proto::ICMPV6 && l4[0] == ICMPV6_PACKET_TOO_BIG)
             {
                 // The rest is the quoted packet's (see `quoted`).

@@ -110,7 +110,7 @@ pub fn retransmit_config(
         tcp_header_len: tcp("tcp_header_len")?,
         delivered: tcp("delivered")?,
         bytes_acked: tcp("bytes_acked")?,
-        _pad: 0,
+        reserved: 0,
     };
     // Without CONFIG_NET_NS there is one namespace and `possible_net_t` is empty: no check.
     Ok(match sock("__sk_common.skc_net.net") {

@@ -434,14 +434,13 @@ impl Probe {
             .retransmits
             .as_ref()
             .map_or(RetransmitConfig::disabled(), |config| *config);
-        let drops = layout.drops.map(|(config, enumerators)| {
-            // Named here: the names live as long as netwatch, not in the parser's arena.
-            let reasons = DropReasons::from_enumerators(
+        // Named here: the names live as long as netwatch, not in the parser's arena.
+        let reasons = layout.drops.map(|(_, enumerators)| {
+            DropReasons::from_enumerators(
                 enumerators
                     .iter()
                     .map(|(name, value)| (name.as_str(), *value)),
-            );
-            (config, reasons)
+            )
         });
         let mut loader = EbpfLoader::new();
         loader
@@ -469,43 +468,16 @@ impl Probe {
             map: PENDING_MAP,
             source,
         })?;
-        let target_slots =
-            HashMap::try_from(take_map(&mut ebpf, TARGET_SLOTS_MAP)?).map_err(|source| {
-                ProbeError::Map {
-                    map: TARGET_SLOTS_MAP,
-                    source,
-                }
-            })?;
-        let slot_owners =
-            HashMap::try_from(take_map(&mut ebpf, SLOT_OWNERS_MAP)?).map_err(|source| {
-                ProbeError::Map {
-                    map: SLOT_OWNERS_MAP,
-                    source,
-                }
-            })?;
-        let next_slot = Array::try_from(take_map(&mut ebpf, NEXT_SLOT_MAP)?).map_err(|source| {
-            ProbeError::Map {
-                map: NEXT_SLOT_MAP,
-                source,
-            }
-        })?;
+        let target_slots = typed_map(&mut ebpf, TARGET_SLOTS_MAP)?;
+        let slot_owners = typed_map(&mut ebpf, SLOT_OWNERS_MAP)?;
+        let next_slot = typed_map(&mut ebpf, NEXT_SLOT_MAP)?;
         let targets = match take_map(&mut ebpf, TARGETS_MAP)? {
             aya::maps::Map::Array(data) => CounterArray::map(data)?,
             _ => return Err(ProbeError::Load(format!("{TARGETS_MAP} is not an array"))),
         };
-        let local_addresses = HashMap::try_from(take_map(&mut ebpf, LOCAL_ADDRESSES_MAP)?)
-            .map_err(|source| ProbeError::Map {
-                map: LOCAL_ADDRESSES_MAP,
-                source,
-            })?;
-        let counters =
-            PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?).map_err(|source| {
-                ProbeError::Map {
-                    map: COUNTERS_MAP,
-                    source,
-                }
-            })?;
-        let local_drops = drops.and_then(|(_, reasons)| load_drops(&mut ebpf, reasons));
+        let local_addresses = typed_map(&mut ebpf, LOCAL_ADDRESSES_MAP)?;
+        let counters = typed_map(&mut ebpf, COUNTERS_MAP)?;
+        let local_drops = reasons.and_then(|reasons| load_drops(&mut ebpf, reasons));
         let retransmits = layout.retransmits.and_then(|_| load_retransmits(&mut ebpf));
         // NTP is watched by default, like DNS (which needs no entry: the programs know 53).
         set_udp_port(&mut ebpf, NTP_PORT, UDP_PORT_NTP)?;
@@ -1336,6 +1308,14 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name)
         .ok_or_else(|| ProbeError::Load(format!("map {name} missing from the object")))
+}
+
+/// The map `name`, taken out of the object as the typed map `T`.
+fn typed_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    T::try_from(take_map(ebpf, name)?).map_err(|source| ProbeError::Map { map: name, source })
 }
 
 /// Removes the clsact qdisc netwatch added, unless someone attached other filters since.

@@ -4,7 +4,7 @@
 //!
 //! | ID | fires when | says |
 //! | --- | --- | --- |
-//! | `path-mtu-blackhole` | TCP targets are degraded for `path-mtu` (their connections open, then segments above a size die); one finding per direction and cause | the sizes that pass and die; upstream: a request to let ICMP "fragmentation needed" (type 3 code 4) and ICMPv6 "packet too big" (type 2) reach this host; here (this host's input chain dropped them): the local rules that accept them; and a workaround on this host |
+//! | `path-mtu-blackhole` | TCP targets are degraded for `path-mtu` (their connections open, then segments above a size die); one finding per direction and cause | the sizes that pass and die; upstream: a request to let ICMP "fragmentation needed" (type 3 code 4) and `ICMPv6` "packet too big" (type 2) reach this host; here (this host's input chain dropped them): the local rules that accept them; and a workaround on this host |
 //! | `dns-fragments-lost` | DNS targets whose answers arrived in fragments and were never reassembled (the kernel reported the reassembly timing out) | large answers are lost to fragments dropped on the way, small ones arrive: an EDNS buffer of 1232 bytes, or letting fragments through, fixes it |
 //!
 //! Targets these findings explain feed no other finding: a resolver whose large answers are
@@ -57,15 +57,20 @@ pub fn is_reassembly_failure(here: &str) -> bool {
 
 /// The findings, for the targets of both directions in `judged` (pending and provisional
 /// ones already left out); `sources` are this host's addresses, global ones first.
-pub(super) fn path_findings(judged: &[&TargetView], sources: &[IpAddr], findings: &mut Vec<Finding>) {
+pub(super) fn path_findings(
+    judged: &[&TargetView],
+    sources: &[IpAddr],
+    findings: &mut Vec<Finding>,
+) {
     for direction in [Direction::Egress, Direction::Ingress] {
         let stalling: Vec<&TargetView> = judged
             .iter()
             .copied()
             .filter(|t| t.direction == direction && stalls_for_mtu(t))
             .collect();
-        let (here, upstream): (Vec<&TargetView>, Vec<&TargetView>) =
-            stalling.into_iter().partition(|t| t.path_mtu_dropped_here > 0);
+        let (here, upstream): (Vec<&TargetView>, Vec<&TargetView>) = stalling
+            .into_iter()
+            .partition(|t| t.path_mtu_dropped_here > 0);
         if !upstream.is_empty() {
             findings.push(mtu_finding(&upstream, sources, false));
         }
@@ -182,7 +187,7 @@ fn workaround(targets: &[&TargetView], delivered: Option<u16>, lost: u16) -> Str
     }
 }
 
-/// Let ICMP "fragmentation needed" and ICMPv6 "packet too big" reach this host's addresses
+/// Let ICMP "fragmentation needed" and `ICMPv6` "packet too big" reach this host's addresses
 /// of each family among `targets`, from anywhere (any router on the path may send them).
 fn icmp_requests(targets: &[&TargetView], sources: &[IpAddr]) -> Vec<FirewallRequest> {
     let mut requests = Vec::new();
@@ -254,7 +259,10 @@ fn fragments_finding(targets: &[&TargetView]) -> Finding {
         .map(|t| t.answered.saturating_sub(t.fragmented_answers))
         .sum();
     let small = if whole > 0 {
-        format!("; {} that fit in one packet arrived", count(whole, "answer", "answers"))
+        format!(
+            "; {} that fit in one packet arrived",
+            count(whole, "answer", "answers")
+        )
     } else {
         String::new()
     };
@@ -290,7 +298,10 @@ mod tests {
     }
 
     fn sources() -> Vec<IpAddr> {
-        vec!["203.0.113.2".parse().unwrap(), "2001:db8:1::2".parse().unwrap()]
+        vec![
+            "203.0.113.2".parse().unwrap(),
+            "2001:db8:1::2".parse().unwrap(),
+        ]
     }
 
     #[test]
@@ -318,7 +329,10 @@ mod tests {
             (r.proto, r.port, r.direction, r.icmp_type),
             (Proto::Icmp, None, INBOUND, Some(FRAGMENTATION_NEEDED))
         );
-        assert_eq!(r.destinations, vec!["203.0.113.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            r.destinations,
+            vec!["203.0.113.2".parse::<IpAddr>().unwrap()]
+        );
         assert!(f.local_rules.is_empty());
     }
 
@@ -328,9 +342,9 @@ mod tests {
         let mut findings = Vec::new();
         path_findings(&[&t], &sources(), &mut findings);
         assert!(
-            findings[0].summary.contains(
-                "`ip route add 198.51.100.10 via GATEWAY mtu lock 1400 advmss 1360`"
-            ),
+            findings[0]
+                .summary
+                .contains("`ip route add 198.51.100.10 via GATEWAY mtu lock 1400 advmss 1360`"),
             "{}",
             findings[0].summary
         );
@@ -339,8 +353,15 @@ mod tests {
         let mut findings = Vec::new();
         path_findings(&[&v6], &sources(), &mut findings);
         let f = &findings[0];
-        assert!(f.summary.contains("nothing larger than the handshake gets through"));
-        assert!(f.summary.contains("mtu lock 1280 advmss 1220"), "{}", f.summary);
+        assert!(
+            f.summary
+                .contains("nothing larger than the handshake gets through")
+        );
+        assert!(
+            f.summary.contains("mtu lock 1280 advmss 1220"),
+            "{}",
+            f.summary
+        );
         assert_eq!(f.request[0].icmp_type, Some(PACKET_TOO_BIG));
         assert_eq!(f.request[0].proto, Proto::Icmpv6);
     }
@@ -353,7 +374,11 @@ mod tests {
         let mut findings = Vec::new();
         path_findings(&[&t], &sources(), &mut findings);
         let f = &findings[0];
-        assert!(f.summary.contains("this host's own input chain drops it"), "{}", f.summary);
+        assert!(
+            f.summary.contains("this host's own input chain drops it"),
+            "{}",
+            f.summary
+        );
         assert!(f.request.is_empty());
         assert_eq!(
             f.local_rules[0].nft,

@@ -10,6 +10,60 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::snapshot::TargetView;
+
+/// The REASON cell of a target, the same in the plain table and the live view: the reason,
+/// unanswered names, requests netwatch could not track, what stalled after the handshake,
+/// the path MTU reported, fragmented answers, and drops on this host.
+#[must_use]
+pub fn detail(t: &TargetView) -> String {
+    let mut detail = t.reason.unwrap_or_default().to_owned();
+    let mut note = |text: String| {
+        if !detail.is_empty() {
+            detail.push_str("  ");
+        }
+        detail.push_str(&text);
+    };
+    if let Some(names) = t.names.as_ref().filter(|n| !n.is_empty()) {
+        note(format!("unanswered: {}", names.join(", ")));
+    }
+    if t.untracked > 0 {
+        note(format!("({} untracked: table full)", t.untracked));
+    }
+    if t.mtu_stalls > 0 {
+        let through = t
+            .largest_delivered
+            .map_or_else(|| "only the handshake".to_owned(), |b| format!("{b} B"));
+        let lost = t
+            .smallest_lost
+            .map_or_else(String::new, |b| format!("{b} B lost, "));
+        let recovered = if t.mtu_recoveries > 0 {
+            format!(", {} recovered", t.mtu_recoveries)
+        } else {
+            String::new()
+        };
+        note(format!(
+            "({} stalled after the handshake: {lost}{through} through{recovered})",
+            t.mtu_stalls
+        ));
+    }
+    if let Some(mtu) = t.path_mtu {
+        note(format!("(path MTU {mtu})"));
+    }
+    if t.fragmented_answers > 0 {
+        note(format!("({} answers in fragments)", t.fragmented_answers));
+    }
+    if !t.local_drops.is_empty() {
+        let drops: Vec<String> = t
+            .local_drops
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        note(format!("(dropped here: {})", drops.join(", ")));
+    }
+    detail
+}
+
 /// The run's context shown beside the data: what is watched, for how long, with which
 /// settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]

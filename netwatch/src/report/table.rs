@@ -98,24 +98,7 @@ pub fn who_cell(t: &TargetView, width: usize) -> String {
 
 fn target_row(t: &TargetView, remote_width: usize, who_width: usize) -> String {
     let port = t.port.map_or_else(|| "-".to_owned(), |p| p.to_string());
-    let mut detail = t.reason.unwrap_or_default().to_owned();
-    if let Some(names) = t.names.as_ref().filter(|n| !n.is_empty()) {
-        if !detail.is_empty() {
-            detail.push_str("  ");
-        }
-        let _ = write!(detail, "unanswered: {}", names.join(", "));
-    }
-    if t.untracked > 0 {
-        let _ = write!(detail, "  ({} untracked: table full)", t.untracked);
-    }
-    if !t.local_drops.is_empty() {
-        let drops: Vec<String> = t
-            .local_drops
-            .iter()
-            .map(|(reason, count)| format!("{reason} {count}"))
-            .collect();
-        let _ = write!(detail, "  (dropped here: {})", drops.join(", "));
-    }
+    let detail = super::detail(t);
     format!(
         "{:<10}  {:<3}  {:<6}  {:<remote_width$}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  \
          {:<who_width$}  {}",

@@ -302,30 +302,6 @@ pub fn draw(frame: &mut Frame<'_>, state: &UiState, screen: &Screen<'_>) {
     }
 }
 
-/// The REASON / UNANSWERED NAMES cell: the reason, unanswered names, untracked requests and
-/// drops on this host.
-fn detail(t: &TargetView) -> String {
-    let mut detail = t.reason.unwrap_or_default().to_owned();
-    if let Some(names) = t.names.as_ref().filter(|n| !n.is_empty()) {
-        if !detail.is_empty() {
-            detail.push_str("  ");
-        }
-        detail.push_str(&names.join(", "));
-    }
-    if t.untracked > 0 {
-        let _ = write!(detail, " ({} untracked)", t.untracked);
-    }
-    if !t.local_drops.is_empty() {
-        let drops: Vec<String> = t
-            .local_drops
-            .iter()
-            .map(|(reason, count)| format!("{reason} {count}"))
-            .collect();
-        let _ = write!(detail, " (dropped here: {})", drops.join(", "));
-    }
-    detail
-}
-
 fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &Snapshot) {
     let mut targets: Vec<&TargetView> = snapshot
         .targets
@@ -377,7 +353,7 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
     let rows = targets.iter().skip(scroll).map(|t| {
-        let detail = detail(t);
+        let detail = super::detail(t);
         Row::new([
             Cell::from(t.verdict.as_str()).style(verdict_style(t.verdict)),
             Cell::from(t.direction.short()),
