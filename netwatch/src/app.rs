@@ -89,7 +89,9 @@ pub fn poll_with(
     }
     let connections = kernel.read_retransmits()?;
     if !connections.is_empty() {
-        let forget = tracker.observe_retransmits(now_ns, &connections, |c| kernel.acked_since(c));
+        let probing = kernel.mtu_probing();
+        let forget =
+            tracker.observe_retransmits(now_ns, &connections, |c| kernel.acked_since(c), probing);
         kernel.forget_retransmits(&forget);
     }
     let (in_flight, tombstones) = sweeper.last_counts();

@@ -24,6 +24,7 @@ pub mod report;
 pub mod serve;
 pub mod services;
 pub mod snapshot;
+pub mod sock_diag;
 pub mod stalls;
 pub mod sweep;
 pub mod target;

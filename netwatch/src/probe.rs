@@ -34,7 +34,12 @@ use netwatch_common::{DNS_PORT, NTP_PORT, UDP_PORT_FLOW, UDP_PORT_NTP, UDP_PORTS
 use thiserror::Error;
 
 use crate::{
-    batch, btf, cli::AttachMode, drops::DropReasons, interfaces::Interface, target::ip_to_key,
+    batch, btf,
+    cli::AttachMode,
+    drops::DropReasons,
+    interfaces::Interface,
+    sock_diag::SockDiag,
+    target::{ip_from_key, ip_to_key},
 };
 
 /// The eBPF object built by build.rs.
@@ -185,6 +190,9 @@ pub struct Probe {
     owners: Result<HashMap<MapData, u64, SocketOwner>, String>,
     /// The `tcp:tcp_retransmit_skb` program's map, or why this kernel cannot have it.
     retransmits: Result<Retransmitting, String>,
+    /// Asks stalled connections' sockets whether their head got through; opened on first
+    /// use, `Err` (said once at debug level) when it cannot be.
+    sock_diag: Option<Result<SockDiag, ()>>,
 }
 
 /// The retransmission program's map, once it is loaded.
@@ -250,6 +258,11 @@ pub trait KernelTables {
     /// retransmission program last saw it (its head got through with no retransmission to
     /// show it). `false` when the socket is gone or cannot be asked.
     fn acked_since(&mut self, _connection: &Retransmits) -> bool {
+        false
+    }
+    /// Whether TCP's black-hole detection (`net.ipv4.tcp_mtu_probing`, IPv4 and IPv6) is on
+    /// in netwatch's network namespace: stalls then recover by themselves, mostly.
+    fn mtu_probing(&mut self) -> bool {
         false
     }
 }
@@ -501,6 +514,7 @@ impl Probe {
             attachments: Vec::new(),
             owners: Err("not attached yet".to_owned()),
             retransmits,
+            sock_diag: None,
         })
     }
 
@@ -1159,6 +1173,30 @@ impl KernelTables for Probe {
                 })
             })
             .collect()
+    }
+
+    fn acked_since(&mut self, connection: &Retransmits) -> bool {
+        let diag = self.sock_diag.get_or_insert_with(|| {
+            SockDiag::new().map_err(|err| log::debug!("no sock_diag socket: {err}"))
+        });
+        let Ok(diag) = diag else {
+            return false;
+        };
+        let local = (ip_from_key(connection.local), connection.local_port);
+        let remote = (ip_from_key(connection.remote), connection.remote_port);
+        match diag.tcp(local, remote) {
+            Ok(Some(state)) => state.bytes_acked > connection.bytes_acked,
+            Ok(None) => false,
+            Err(err) => {
+                log::debug!("sock_diag: {err}");
+                false
+            }
+        }
+    }
+
+    fn mtu_probing(&mut self) -> bool {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mtu_probing")
+            .is_ok_and(|value| value.trim() != "0")
     }
 
     fn forget_retransmits(&mut self, sockets: &[u64]) {

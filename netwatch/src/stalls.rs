@@ -94,11 +94,20 @@ pub fn min_mtu(remote: &[u8; 16]) -> u16 {
     }
 }
 
+/// How many more retransmissions at the stalled size TCP's own black-hole detection
+/// (`net.ipv4.tcp_mtu_probing`) needs to lower its segment size: it acts once the
+/// retransmissions have lasted as long as `tcp_retries1` (3) would take, which is about when
+/// [`STALL_RETRANSMITS`] have happened; the next one goes out smaller.
+pub const PROBING_GRACE: u16 = 2;
+
 /// Judges one connection; `progressed` when the socket says bytes were acknowledged since
 /// the program last saw a retransmission (its head got through without a retransmission
-/// to show it).
+/// to show it). `probing`: the host has TCP's black-hole detection on
+/// (`net.ipv4.tcp_mtu_probing`), so a stall is only one once TCP had its chance to lower
+/// the segment size and did not get through either: before that it is [`Judgement::Undecided`],
+/// and a recovery reports the stall with it.
 #[must_use]
-pub fn judge(c: &Retransmits, progressed: bool) -> Judgement {
+pub fn judge(c: &Retransmits, progressed: bool, probing: bool) -> Judgement {
     if c.stalls == 0 || c.smallest_lost == 0 {
         return Judgement::Undecided;
     }
@@ -112,7 +121,15 @@ pub fn judge(c: &Retransmits, progressed: bool) -> Judgement {
         smallest_lost: lost,
     };
     if c.head_stalled != 0 && !progressed {
-        Judgement::Stalled(sizes)
+        let tcp_still_trying = probing
+            && c.stalls < 2
+            && c.head_size == lost
+            && c.head_count < STALL_RETRANSMITS + PROBING_GRACE;
+        if tcp_still_trying {
+            Judgement::Undecided
+        } else {
+            Judgement::Stalled(sizes)
+        }
     } else if c.recoveries > 0 || progressed {
         Judgement::Recovered(sizes)
     } else {
@@ -193,13 +210,15 @@ impl Stalls {
 
     /// Takes in the program's entries at `now_ns`. `exists` says which targets netwatch
     /// follows; `progressed` whether a still stalled connection's socket reports bytes
-    /// acknowledged since the entry's last retransmission.
+    /// acknowledged since the entry's last retransmission; `probing` whether TCP's black-hole
+    /// detection is on (see [`judge`]).
     pub fn poll(
         &mut self,
         now_ns: u64,
         entries: &[(u64, Retransmits)],
         exists: impl Fn(&TargetKey) -> bool,
         mut progressed: impl FnMut(&Retransmits) -> bool,
+        probing: bool,
     ) -> Polled {
         let mut polled = Polled::default();
         for (socket, c) in entries {
@@ -218,7 +237,7 @@ impl Stalls {
                 followed.target = target_of(c, &exists);
             }
             let asked = !followed.recovered && worth_asking(c) && progressed(c);
-            let judgement = judge(c, asked);
+            let judgement = judge(c, asked, probing);
             if let Some(target) = followed.target {
                 let (stalled, recovered) = match judgement {
                     Judgement::Stalled(sizes) => (Some(sizes), None),
@@ -306,7 +325,7 @@ mod tests {
         let c = stalled_upload();
         assert_eq!((c.stalls, c.head_stalled, c.smallest_lost), (1, 1, FULL));
         assert_eq!(
-            judge(&c, false),
+            judge(&c, false, false),
             Judgement::Stalled(Sizes {
                 largest_delivered: Some(5 + HEADERS),
                 smallest_lost: FULL
@@ -320,7 +339,7 @@ mod tests {
         for _ in 0..STALL_RETRANSMITS - 1 {
             c.record(&event(1006, FULL, 1006, 6, 2));
         }
-        assert_eq!(judge(&c, false), Judgement::Undecided);
+        assert_eq!(judge(&c, false, false), Judgement::Undecided);
     }
 
     #[test]
@@ -330,7 +349,7 @@ mod tests {
             c.record(&event(1, FULL, 1, 0, 1));
         }
         assert_eq!(
-            judge(&c, false),
+            judge(&c, false, false),
             Judgement::Stalled(Sizes {
                 largest_delivered: None,
                 smallest_lost: FULL
@@ -346,7 +365,7 @@ mod tests {
             c.record(&event(144_801, FULL, 144_801, 144_801, 101));
         }
         assert_eq!(largest_delivered(&c), Some(1448 + HEADERS));
-        assert_eq!(judge(&c, false), Judgement::NotPathMtu);
+        assert_eq!(judge(&c, false, false), Judgement::NotPathMtu);
     }
 
     #[test]
@@ -356,12 +375,16 @@ mod tests {
             c.record(&event(6, 300, 6, 6, 2));
         }
         assert_eq!(c.stalls, 1);
-        assert_eq!(judge(&c, false), Judgement::NotPathMtu, "300 < 576");
+        assert_eq!(judge(&c, false, false), Judgement::NotPathMtu, "300 < 576");
         let mut v6 = Retransmits::new([0x20; 16], [0x20; 16], (443, 50_000), 72, S);
         for _ in 0..6 {
             v6.record(&event(6, 1200, 6, 0, 1));
         }
-        assert_eq!(judge(&v6, false), Judgement::NotPathMtu, "1200 < 1280");
+        assert_eq!(
+            judge(&v6, false, false),
+            Judgement::NotPathMtu,
+            "1200 < 1280"
+        );
     }
 
     #[test]
@@ -374,7 +397,7 @@ mod tests {
             });
         }
         assert_eq!((c.window_limited, c.stalls, c.head_count), (10, 0, 0));
-        assert_eq!(judge(&c, false), Judgement::Undecided);
+        assert_eq!(judge(&c, false, false), Judgement::Undecided);
     }
 
     #[test]
@@ -399,7 +422,7 @@ mod tests {
             (1, 1076, 0)
         );
         assert_eq!(
-            judge(&c, false),
+            judge(&c, false, false),
             Judgement::Recovered(Sizes {
                 largest_delivered: Some(1076),
                 smallest_lost: FULL
@@ -408,10 +431,37 @@ mod tests {
     }
 
     #[test]
+    fn with_tcp_probing_on_a_stall_waits_for_tcp_to_try_smaller() {
+        let mut c = stalled_upload();
+        assert_eq!(c.head_count, 5);
+        assert_eq!(judge(&c, false, true), Judgement::Undecided);
+        // TCP lowered its size and got through: the stall and the recovery, no blame left.
+        let mut recovered = c;
+        recovered.record(&event(1006, 1076, 1006, 6, 2));
+        recovered.record(&event(2030, 1076, 2030, 1030, 3));
+        assert!(matches!(
+            judge(&recovered, false, true),
+            Judgement::Recovered(_)
+        ));
+        // It did not lower it: a stall after all.
+        c.record(&event(1006, FULL, 1006, 6, 2));
+        assert!(matches!(judge(&c, false, true), Judgement::Stalled(_)));
+        // Smaller did not get through either: a stall.
+        let mut smaller = stalled_upload();
+        for _ in 0..4 {
+            smaller.record(&event(1006, 1076, 1006, 6, 2));
+        }
+        assert!(matches!(
+            judge(&smaller, false, true),
+            Judgement::Stalled(_)
+        ));
+    }
+
+    #[test]
     fn the_socket_showing_progress_is_a_recovery_too() {
         let c = stalled_upload();
         assert!(worth_asking(&c));
-        assert!(matches!(judge(&c, true), Judgement::Recovered(_)));
+        assert!(matches!(judge(&c, true, false), Judgement::Recovered(_)));
     }
 
     #[test]
@@ -420,7 +470,7 @@ mod tests {
         let mut c = stalled_upload();
         c.record(&event(2454, FULL, 2454, 1454, 3));
         assert_eq!((c.recoveries, c.largest_delivered), (1, FULL));
-        assert_eq!(judge(&c, false), Judgement::NotPathMtu);
+        assert_eq!(judge(&c, false, false), Judgement::NotPathMtu);
     }
 
     #[test]
@@ -447,14 +497,14 @@ mod tests {
         let mut stalls = Stalls::new();
         let c = stalled_upload();
         let target = target_of(&c, |_| true).unwrap();
-        let first = stalls.poll(3 * S, &[(0xabc, c)], |_| true, |_| false);
+        let first = stalls.poll(3 * S, &[(0xabc, c)], |_| true, |_| false, false);
         assert_eq!(first.changes.len(), 1);
         assert!(matches!(first.changes[0], (t, Change::Stalled(_)) if t == target));
-        let again = stalls.poll(4 * S, &[(0xabc, c)], |_| true, |_| false);
+        let again = stalls.poll(4 * S, &[(0xabc, c)], |_| true, |_| false, false);
         assert!(again.changes.is_empty(), "{again:?}");
-        let recovered = stalls.poll(5 * S, &[(0xabc, c)], |_| true, |_| true);
+        let recovered = stalls.poll(5 * S, &[(0xabc, c)], |_| true, |_| true, false);
         assert!(matches!(recovered.changes[..], [(_, Change::Recovered(_))]));
-        let after = stalls.poll(6 * S, &[(0xabc, c)], |_| true, |_| false);
+        let after = stalls.poll(6 * S, &[(0xabc, c)], |_| true, |_| false, false);
         assert!(after.changes.is_empty(), "{after:?}");
         // Idle for longer than TCP keeps trying: forgotten.
         let late = stalls.poll(
@@ -462,6 +512,7 @@ mod tests {
             &[(0xabc, c)],
             |_| true,
             |_| false,
+            false,
         );
         assert_eq!(late.forget, vec![0xabc]);
     }
@@ -472,13 +523,13 @@ mod tests {
         let mut c = stalled_upload();
         assert_eq!(
             stalls
-                .poll(3 * S, &[(1, c)], |_| true, |_| false)
+                .poll(3 * S, &[(1, c)], |_| true, |_| false, false)
                 .changes
                 .len(),
             1
         );
         c.record(&event(2454, FULL, 2454, 1454, 3));
-        let polled = stalls.poll(4 * S, &[(1, c)], |_| true, |_| false);
+        let polled = stalls.poll(4 * S, &[(1, c)], |_| true, |_| false, false);
         assert!(
             matches!(polled.changes[..], [(_, Change::TakenBack)]),
             "{polled:?}"
@@ -490,7 +541,7 @@ mod tests {
         let mut c = stalled_upload();
         c.record(&event(1006, 1076, 1006, 6, 2));
         c.record(&event(2030, 1076, 2030, 1030, 3));
-        let polled = Stalls::new().poll(3 * S, &[(1, c)], |_| true, |_| false);
+        let polled = Stalls::new().poll(3 * S, &[(1, c)], |_| true, |_| false, false);
         assert!(matches!(
             polled.changes[..],
             [(_, Change::Stalled(_)), (_, Change::Recovered(_))]
@@ -503,7 +554,7 @@ mod tests {
         let c = stalled_upload();
         assert_eq!(
             stalls
-                .poll(3 * S, &[(7, c)], |_| true, |_| false)
+                .poll(3 * S, &[(7, c)], |_| true, |_| false, false)
                 .changes
                 .len(),
             1
@@ -512,7 +563,7 @@ mod tests {
         newer.first_ns = 10 * S;
         assert_eq!(
             stalls
-                .poll(11 * S, &[(7, newer)], |_| true, |_| false)
+                .poll(11 * S, &[(7, newer)], |_| true, |_| false, false)
                 .changes
                 .len(),
             1
@@ -521,7 +572,8 @@ mod tests {
 
     #[test]
     fn connections_netwatch_does_not_follow_count_nowhere() {
-        let polled = Stalls::new().poll(3 * S, &[(1, stalled_upload())], |_| false, |_| false);
+        let polled =
+            Stalls::new().poll(3 * S, &[(1, stalled_upload())], |_| false, |_| false, false);
         assert!(polled.changes.is_empty());
     }
 }

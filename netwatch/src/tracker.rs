@@ -303,17 +303,23 @@ impl Tracker {
 
     /// Takes in the retransmission program's connections as read at `now_ns` (see
     /// [`crate::stalls`]); `progressed` says whether a still stalled connection's socket
-    /// reports bytes acknowledged since. Returns the sockets to stop following.
+    /// reports bytes acknowledged since, `probing` whether TCP's black-hole detection is on.
+    /// Returns the sockets to stop following.
     pub fn observe_retransmits(
         &mut self,
         now_ns: u64,
         entries: &[(u64, Retransmits)],
         progressed: impl FnMut(&Retransmits) -> bool,
+        probing: bool,
     ) -> Vec<u64> {
         let targets = &self.targets;
-        let polled = self
-            .stalls
-            .poll(now_ns, entries, |key| targets.contains_key(key), progressed);
+        let polled = self.stalls.poll(
+            now_ns,
+            entries,
+            |key| targets.contains_key(key),
+            progressed,
+            probing,
+        );
         for (key, change) in polled.changes {
             let Some(state) = self.targets.get_mut(&key) else {
                 continue;

@@ -29,6 +29,8 @@
 //! | `netwatch_retransmits_total` | counter | retransmitted requests (not new requests) |
 //! | `netwatch_untracked_total` | counter | requests not tracked: the kernel's pending table was full |
 //! | `netwatch_late_total` | counter | answers or rejections after the timeout |
+//! | `netwatch_mtu_stalls_total` | counter | TCP connections that opened, then stalled: large segments dying, small ones passing (path MTU) |
+//! | `netwatch_path_mtu_signals_total` | counter | ICMP "fragmentation needed" / `ICMPv6` "packet too big" that reached this host about the target's packets |
 //! | `netwatch_target_verdict` | gauge | extra label `verdict`: 1 for the current verdict, 0 for the other four |
 //! | `netwatch_answer_latency_seconds` | histogram | answer latency, log2 buckets from 2 µs to 8.6 s |
 //!
@@ -136,6 +138,8 @@ struct Row {
     retransmits: u64,
     untracked: u64,
     late: u64,
+    mtu_stalls: u64,
+    path_mtu_signals: u64,
     verdict: Verdict,
     rejected_by_reason: [u64; REASON_SLOTS],
     latency_buckets: [u64; LATENCY_BUCKETS],
@@ -155,6 +159,8 @@ impl Row {
             retransmits: target.retransmits,
             untracked: target.untracked,
             late: target.late,
+            mtu_stalls: target.mtu_stalls,
+            path_mtu_signals: target.path_mtu_signals,
             verdict: target.verdict,
             rejected_by_reason: target.rejected_by_reason,
             latency_buckets: target.latency_buckets,
@@ -170,6 +176,8 @@ impl Row {
         self.retransmits += target.retransmits;
         self.untracked += target.untracked;
         self.late += target.late;
+        self.mtu_stalls += target.mtu_stalls;
+        self.path_mtu_signals += target.path_mtu_signals;
         // Verdicts order worst first.
         self.verdict = self.verdict.min(target.verdict);
         for (sum, n) in self
@@ -537,7 +545,7 @@ fn counter(encoder: &mut MetricEncoder<'_>, value: u64) -> fmt::Result {
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        let counters: [TargetCounter; 6] = [
+        let counters: [TargetCounter; 8] = [
             (
                 "netwatch_requests",
                 "Distinct requests: sent by this host (direction=\"egress\") or received by it \
@@ -567,6 +575,18 @@ impl Collector for SnapshotCollector {
                 "netwatch_late",
                 "Answers or rejections that came after the timeout.",
                 |r| r.late,
+            ),
+            (
+                "netwatch_mtu_stalls",
+                "TCP connections that opened and then stalled: segments above a size \
+                 retransmitted again and again while smaller ones got through (path MTU).",
+                |r| r.mtu_stalls,
+            ),
+            (
+                "netwatch_path_mtu_signals",
+                "ICMP \"fragmentation needed\" / ICMPv6 \"packet too big\" that reached this \
+                 host about the target's packets.",
+                |r| r.path_mtu_signals,
             ),
         ];
         for (name, help, value) in counters {
