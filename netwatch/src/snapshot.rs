@@ -231,6 +231,8 @@ pub struct Snapshot {
     pub requests_per_s: f64,
     /// Whether the kernel reports drops on this host (the `skb:kfree_skb` program runs).
     pub local_drops_watched: bool,
+    /// What became of the TCP connections with retransmissions (path MTU).
+    pub retransmitting_connections: crate::stalls::StallStats,
 }
 
 #[cfg(test)]

@@ -186,12 +186,29 @@ struct Followed {
     target: Option<TargetKey>,
     stalled: bool,
     recovered: bool,
+    /// Judged not a path-MTU problem (counted once).
+    loss: bool,
+}
+
+/// What became of the connections with retransmissions, since the start (each counted
+/// once): the summary shows them, so that "no stall" can be told from "nothing seen".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StallStats {
+    /// Connections the retransmission program followed (in netwatch's namespace, watched
+    /// interfaces or not).
+    pub followed: u64,
+    /// Of those, the ones counted towards a target: stalled for the path's MTU, recovered,
+    /// and lost segments for other reasons (loss, a peer gone).
+    pub path_mtu_stalls: u64,
+    pub recovered: u64,
+    pub not_path_mtu: u64,
 }
 
 /// The connections followed, and what has been counted of each.
 #[derive(Debug, Default)]
 pub struct Stalls {
     followed: HashMap<u64, Followed>,
+    stats: StallStats,
 }
 
 /// What one poll of the connections gives: changes to count per target, and the sockets to
@@ -206,6 +223,12 @@ impl Stalls {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What became of the connections followed so far.
+    #[must_use]
+    pub fn stats(&self) -> StallStats {
+        self.stats
     }
 
     /// Takes in the program's entries at `now_ns`. `exists` says which targets netwatch
@@ -227,11 +250,15 @@ impl Stalls {
                 .get(socket)
                 .filter(|f| f.first_ns == c.first_ns)
                 .copied();
+            if known.is_none() {
+                self.stats.followed += 1;
+            }
             let mut followed = known.unwrap_or(Followed {
                 first_ns: c.first_ns,
                 target: None,
                 stalled: false,
                 recovered: false,
+                loss: false,
             });
             if followed.target.is_none() {
                 followed.target = target_of(c, &exists);
@@ -242,20 +269,29 @@ impl Stalls {
                 let (stalled, recovered) = match judgement {
                     Judgement::Stalled(sizes) => (Some(sizes), None),
                     Judgement::Recovered(sizes) => (Some(sizes), Some(sizes)),
-                    Judgement::NotPathMtu if followed.stalled => {
-                        followed.stalled = false;
-                        followed.recovered = false;
-                        polled.changes.push((target, Change::TakenBack));
+                    Judgement::NotPathMtu => {
+                        if followed.stalled {
+                            followed.stalled = false;
+                            followed.recovered = false;
+                            self.stats.path_mtu_stalls -= 1;
+                            polled.changes.push((target, Change::TakenBack));
+                        }
+                        if !followed.loss {
+                            followed.loss = true;
+                            self.stats.not_path_mtu += 1;
+                        }
                         (None, None)
                     }
-                    Judgement::Undecided | Judgement::NotPathMtu => (None, None),
+                    Judgement::Undecided => (None, None),
                 };
                 if let Some(sizes) = stalled.filter(|_| !followed.stalled) {
                     followed.stalled = true;
+                    self.stats.path_mtu_stalls += 1;
                     polled.changes.push((target, Change::Stalled(sizes)));
                 }
                 if let Some(sizes) = recovered.filter(|_| !followed.recovered) {
                     followed.recovered = true;
+                    self.stats.recovered += 1;
                     polled.changes.push((target, Change::Recovered(sizes)));
                 }
             }

@@ -436,6 +436,7 @@ impl Tracker {
             tombstones: self.tombstones,
             requests_per_s,
             local_drops_watched: !self.drop_reasons.is_empty(),
+            retransmitting_connections: self.stalls.stats(),
         }
     }
 }

@@ -47,6 +47,8 @@ struct Summary<'a> {
     /// Requests that could not be tracked (table full).
     lost_requests: u64,
     kernel: &'a KernelStats,
+    /// TCP connections with retransmissions, and what they were judged (path MTU).
+    retransmitting_connections: &'a crate::stalls::StallStats,
 }
 
 /// Writes NDJSON records to `out`.
@@ -110,6 +112,7 @@ impl<W: Write> JsonWriter<W> {
             tombstones: snapshot.tombstones,
             lost_requests: snapshot.kernel.lost_requests,
             kernel: &snapshot.kernel,
+            retransmitting_connections: &snapshot.retransmitting_connections,
         }))?;
         self.out.flush()
     }
