@@ -68,9 +68,11 @@ pub(super) fn path_findings(
             .copied()
             .filter(|t| t.direction == direction && stalls_for_mtu(t))
             .collect();
+        // Signals that reached this host and still did not help: this host lost them after
+        // tc ingress saw them (proven where the kernel reports the drop).
         let (here, upstream): (Vec<&TargetView>, Vec<&TargetView>) = stalling
             .into_iter()
-            .partition(|t| t.path_mtu_dropped_here > 0);
+            .partition(|t| t.path_mtu_dropped_here > 0 || t.path_mtu_signals > 0);
         if !upstream.is_empty() {
             findings.push(mtu_finding(&upstream, sources, false));
         }
@@ -119,9 +121,14 @@ fn mtu_finding(targets: &[&TargetView], sources: &[IpAddr], here: bool) -> Findi
         Some(bytes) => format!("packets of {bytes} bytes get through"),
         None => "nothing larger than the handshake gets through".to_owned(),
     };
-    let signal = if here {
+    let proven = targets.iter().any(|t| t.path_mtu_dropped_here > 0);
+    let signal = if here && proven {
         "the \"fragmentation needed\" / \"packet too big\" that would tell this host arrives \
          and this host's own input chain drops it"
+    } else if here {
+        "the \"fragmentation needed\" / \"packet too big\" that would tell this host arrives \
+         (netwatch saw it) and TCP does not act on it: something on this host drops it after \
+         netwatch saw it, its input chain most likely (this kernel does not report the drop)"
     } else {
         "no \"fragmentation needed\" / \"packet too big\" reaches this host to say the path \
          carries less (path-MTU discovery is blackholed on the way)"
@@ -389,6 +396,23 @@ mod tests {
             f.local_rules[0].iptables,
             "iptables -I INPUT -p icmp --icmp-type fragmentation-needed -j ACCEPT"
         );
+    }
+
+    #[test]
+    fn signals_seen_arriving_that_did_not_help_were_lost_here() {
+        // A kernel without drop reasons: tc ingress saw the signals, the stall went on.
+        let mut t = stalling("198.51.100.10", Some(57), 1500);
+        t.path_mtu_signals = 3;
+        let mut findings = Vec::new();
+        path_findings(&[&t], &sources(), &mut findings);
+        let f = &findings[0];
+        assert!(
+            f.summary.contains("its input chain most likely"),
+            "{}",
+            f.summary
+        );
+        assert!(f.request.is_empty());
+        assert_eq!(f.local_rules.len(), 1);
     }
 
     #[test]
