@@ -317,8 +317,13 @@ pub struct Retransmits {
     /// `tcp_sock.bytes_acked` at the last retransmission.
     pub delivered: u32,
     pub bytes_acked: u64,
+    /// The same when the first stall was recorded: what got through before the trouble.
+    pub stall_delivered: u32,
+    /// Padding to a multiple of 8 bytes; 0.
+    pub reserved: u32,
+    pub stall_bytes_acked: u64,
 }
-const _: () = assert!(size_of::<Retransmits>() == 96);
+const _: () = assert!(size_of::<Retransmits>() == 112);
 
 /// One retransmission as the retransmission program reads it off the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,6 +372,9 @@ impl Retransmits {
             head_stalled: 0,
             delivered: 0,
             bytes_acked: 0,
+            stall_delivered: 0,
+            reserved: 0,
+            stall_bytes_acked: 0,
         }
     }
 
@@ -420,6 +428,10 @@ impl Retransmits {
             }
             self.head_count = self.head_count.saturating_add(1);
             if self.head_count == STALL_RETRANSMITS {
+                if self.stalls == 0 {
+                    self.stall_delivered = r.delivered;
+                    self.stall_bytes_acked = r.bytes_acked;
+                }
                 self.stalls = self.stalls.saturating_add(1);
                 self.head_stalled = 1;
                 if self.smallest_lost == 0 || self.head_size < self.smallest_lost {

@@ -63,25 +63,61 @@ pub struct Sizes {
     pub smallest_lost: u16,
 }
 
+/// Who opened a connection, which its totals depend on: `bytes_acked` counts this host's
+/// SYN when it opened the connection, not its SYN-ACK when the peer did (the passive side
+/// sets `snd_una` past it without counting); `delivered` counts the handshake's segment on
+/// both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    Here,
+    ByPeer,
+}
+
+/// Data acknowledged on the connection: (bytes, segments). Not knowing who opened it, the
+/// handshake's byte is taken off (the smaller count).
+fn acknowledged(c: &Retransmits, opened: Option<Opened>) -> (u64, u64) {
+    let handshake = u64::from(opened != Some(Opened::ByPeer));
+    (
+        c.bytes_acked.saturating_sub(handshake),
+        u64::from(c.delivered.saturating_sub(1)),
+    )
+}
+
 /// The largest segment known to have been acknowledged on the connection: the largest
 /// retransmitted one acknowledged later, or a lower bound from its totals, whichever is
-/// larger. The bound: `bytes_acked` (the handshake's sequence number included when this host
-/// opened the connection, hence the 1 taken off) over `delivered` data segments (the
-/// handshake's segment counted in it on both sides, hence the 1 taken off): at least one
-/// segment was at least the average.
+/// larger (at least one data segment was at least their average).
 #[must_use]
-pub fn largest_delivered(c: &Retransmits) -> Option<u16> {
-    let average = if c.delivered > 1 && c.bytes_acked > 1 {
-        let payload = (c.bytes_acked - 1) / u64::from(c.delivered - 1);
-        u16::try_from(payload)
-            .ok()
-            .filter(|p| *p > 0)
-            .map(|p| p.saturating_add(c.header_len))
-    } else {
-        None
-    };
+pub fn largest_delivered(c: &Retransmits, opened: Option<Opened>) -> Option<u16> {
+    let (bytes, segments) = acknowledged(c, opened);
+    let average = (segments > 0)
+        .then(|| bytes / segments)
+        .and_then(|payload| u16::try_from(payload).ok())
+        .filter(|payload| *payload > 0)
+        .map(|payload| payload.saturating_add(c.header_len));
     let retransmitted = (c.largest_delivered > 0).then_some(c.largest_delivered);
     average.max(retransmitted)
+}
+
+/// Data segments acknowledged from which a bulk transfer is told.
+pub const BULK_SEGMENTS: u64 = 8;
+
+/// Whether the connection moved bulk data at close to the size that later died: at least
+/// [`BULK_SEGMENTS`] segments averaging 90 % of it. The average alone proves no segment that
+/// large got through (a greeting drags it down), but a path whose MTU is below `lost` never
+/// carried such a transfer: TCP sends its full segments first, and they would have died
+/// then. What dies after it is a path or a peer that changed (a firewall that forgot the
+/// connection, a peer gone), not the MTU.
+fn bulk_got_through(c: &Retransmits, opened: Option<Opened>, lost: u16) -> bool {
+    // What got through before the first stall: after a recovery, TCP moves the rest at the
+    // sizes that pass, which says nothing of the path before.
+    let before = Retransmits {
+        bytes_acked: c.stall_bytes_acked,
+        delivered: c.stall_delivered,
+        ..*c
+    };
+    let (bytes, segments) = acknowledged(&before, opened);
+    let lost_payload = u64::from(lost.saturating_sub(c.header_len));
+    segments >= BULK_SEGMENTS && bytes * 10 >= segments * lost_payload * 9
 }
 
 /// The smallest MTU a path of the connection's family must carry.
@@ -107,13 +143,21 @@ pub const PROBING_GRACE: u16 = 2;
 /// the segment size and did not get through either: before that it is [`Judgement::Undecided`],
 /// and a recovery reports the stall with it.
 #[must_use]
-pub fn judge(c: &Retransmits, progressed: bool, probing: bool) -> Judgement {
+pub fn judge(
+    c: &Retransmits,
+    opened: Option<Opened>,
+    progressed: bool,
+    probing: bool,
+) -> Judgement {
     if c.stalls == 0 || c.smallest_lost == 0 {
         return Judgement::Undecided;
     }
-    let largest_delivered = largest_delivered(c);
+    let largest_delivered = largest_delivered(c, opened);
     let lost = c.smallest_lost;
-    if lost <= min_mtu(&c.remote) || largest_delivered.is_some_and(|d| d >= lost) {
+    if lost <= min_mtu(&c.remote)
+        || largest_delivered.is_some_and(|d| d >= lost)
+        || bulk_got_through(c, opened, lost)
+    {
         return Judgement::NotPathMtu;
     }
     let sizes = Sizes {
@@ -121,10 +165,11 @@ pub fn judge(c: &Retransmits, progressed: bool, probing: bool) -> Judgement {
         smallest_lost: lost,
     };
     if c.head_stalled != 0 && !progressed {
+        // TCP's probing has yet to lower the size, or its smaller try has yet to fail.
         let tcp_still_trying = probing
             && c.stalls < 2
-            && c.head_size == lost
-            && c.head_count < STALL_RETRANSMITS + PROBING_GRACE;
+            && ((c.head_size == lost && c.head_count < STALL_RETRANSMITS + PROBING_GRACE)
+                || (c.head_size < lost && c.head_count < STALL_RETRANSMITS));
         if tcp_still_trying {
             Judgement::Undecided
         } else {
@@ -264,7 +309,14 @@ impl Stalls {
                 followed.target = target_of(c, &exists);
             }
             let asked = !followed.recovered && worth_asking(c) && progressed(c);
-            let judgement = judge(c, asked, probing);
+            let opened = followed.target.map(|t| {
+                if t.direction == DIRECTION_INGRESS {
+                    Opened::ByPeer
+                } else {
+                    Opened::Here
+                }
+            });
+            let judgement = judge(c, opened, asked, probing);
             if let Some(target) = followed.target {
                 let (stalled, recovered) = match judgement {
                     Judgement::Stalled(sizes) => (Some(sizes), None),
@@ -361,7 +413,7 @@ mod tests {
         let c = stalled_upload();
         assert_eq!((c.stalls, c.head_stalled, c.smallest_lost), (1, 1, FULL));
         assert_eq!(
-            judge(&c, false, false),
+            judge(&c, Some(Opened::Here), false, false),
             Judgement::Stalled(Sizes {
                 largest_delivered: Some(5 + HEADERS),
                 smallest_lost: FULL
@@ -375,7 +427,10 @@ mod tests {
         for _ in 0..STALL_RETRANSMITS - 1 {
             c.record(&event(1006, FULL, 1006, 6, 2));
         }
-        assert_eq!(judge(&c, false, false), Judgement::Undecided);
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, false),
+            Judgement::Undecided
+        );
     }
 
     #[test]
@@ -385,7 +440,7 @@ mod tests {
             c.record(&event(1, FULL, 1, 0, 1));
         }
         assert_eq!(
-            judge(&c, false, false),
+            judge(&c, Some(Opened::Here), false, false),
             Judgement::Stalled(Sizes {
                 largest_delivered: None,
                 smallest_lost: FULL
@@ -400,8 +455,47 @@ mod tests {
         for _ in 0..6 {
             c.record(&event(144_801, FULL, 144_801, 144_801, 101));
         }
-        assert_eq!(largest_delivered(&c), Some(1448 + HEADERS));
-        assert_eq!(judge(&c, false, false), Judgement::NotPathMtu);
+        assert_eq!(
+            largest_delivered(&c, Some(Opened::Here)),
+            Some(1448 + HEADERS)
+        );
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, false),
+            Judgement::NotPathMtu
+        );
+    }
+
+    #[test]
+    fn a_peer_gone_after_a_bulk_transfer_is_no_stall_even_with_a_greeting_first() {
+        // "hello" and 300,000 bytes in full segments got through (the average is below a
+        // full segment), then the peer vanished.
+        let mut c = connection();
+        for _ in 0..6 {
+            c.record(&event(300_008, FULL, 300_008, 300_007, 209));
+        }
+        assert!(largest_delivered(&c, Some(Opened::Here)) < Some(FULL));
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, false),
+            Judgement::NotPathMtu
+        );
+    }
+
+    #[test]
+    fn a_connection_this_host_accepted_counts_no_handshake_byte() {
+        // A server's "ok\n" got through: 3 bytes acknowledged, the SYN-ACK not counted.
+        let mut c = connection();
+        for _ in 0..4 {
+            c.record(&event(4, FULL, 4, 3, 2));
+        }
+        assert_eq!(
+            largest_delivered(&c, Some(Opened::ByPeer)),
+            Some(3 + HEADERS)
+        );
+        assert_eq!(
+            largest_delivered(&c, None),
+            Some(2 + HEADERS),
+            "the smaller, unknowing"
+        );
     }
 
     #[test]
@@ -411,13 +505,17 @@ mod tests {
             c.record(&event(6, 300, 6, 6, 2));
         }
         assert_eq!(c.stalls, 1);
-        assert_eq!(judge(&c, false, false), Judgement::NotPathMtu, "300 < 576");
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, false),
+            Judgement::NotPathMtu,
+            "300 < 576"
+        );
         let mut v6 = Retransmits::new([0x20; 16], [0x20; 16], (443, 50_000), 72, S);
         for _ in 0..6 {
             v6.record(&event(6, 1200, 6, 0, 1));
         }
         assert_eq!(
-            judge(&v6, false, false),
+            judge(&v6, Some(Opened::Here), false, false),
             Judgement::NotPathMtu,
             "1200 < 1280"
         );
@@ -433,7 +531,10 @@ mod tests {
             });
         }
         assert_eq!((c.window_limited, c.stalls, c.head_count), (10, 0, 0));
-        assert_eq!(judge(&c, false, false), Judgement::Undecided);
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, false),
+            Judgement::Undecided
+        );
     }
 
     #[test]
@@ -458,7 +559,7 @@ mod tests {
             (1, 1076, 0)
         );
         assert_eq!(
-            judge(&c, false, false),
+            judge(&c, Some(Opened::Here), false, false),
             Judgement::Recovered(Sizes {
                 largest_delivered: Some(1076),
                 smallest_lost: FULL
@@ -470,25 +571,36 @@ mod tests {
     fn with_tcp_probing_on_a_stall_waits_for_tcp_to_try_smaller() {
         let mut c = stalled_upload();
         assert_eq!(c.head_count, 5);
-        assert_eq!(judge(&c, false, true), Judgement::Undecided);
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, true),
+            Judgement::Undecided
+        );
         // TCP lowered its size and got through: the stall and the recovery, no blame left.
         let mut recovered = c;
         recovered.record(&event(1006, 1076, 1006, 6, 2));
+        assert_eq!(
+            judge(&recovered, Some(Opened::Here), false, true),
+            Judgement::Undecided,
+            "the smaller try is on its way"
+        );
         recovered.record(&event(2030, 1076, 2030, 1030, 3));
         assert!(matches!(
-            judge(&recovered, false, true),
+            judge(&recovered, Some(Opened::Here), false, true),
             Judgement::Recovered(_)
         ));
         // It did not lower it: a stall after all.
         c.record(&event(1006, FULL, 1006, 6, 2));
-        assert!(matches!(judge(&c, false, true), Judgement::Stalled(_)));
+        assert!(matches!(
+            judge(&c, Some(Opened::Here), false, true),
+            Judgement::Stalled(_)
+        ));
         // Smaller did not get through either: a stall.
         let mut smaller = stalled_upload();
         for _ in 0..4 {
             smaller.record(&event(1006, 1076, 1006, 6, 2));
         }
         assert!(matches!(
-            judge(&smaller, false, true),
+            judge(&smaller, Some(Opened::Here), false, true),
             Judgement::Stalled(_)
         ));
     }
@@ -497,7 +609,10 @@ mod tests {
     fn the_socket_showing_progress_is_a_recovery_too() {
         let c = stalled_upload();
         assert!(worth_asking(&c));
-        assert!(matches!(judge(&c, true, false), Judgement::Recovered(_)));
+        assert!(matches!(
+            judge(&c, Some(Opened::Here), true, false),
+            Judgement::Recovered(_)
+        ));
     }
 
     #[test]
@@ -506,7 +621,10 @@ mod tests {
         let mut c = stalled_upload();
         c.record(&event(2454, FULL, 2454, 1454, 3));
         assert_eq!((c.recoveries, c.largest_delivered), (1, FULL));
-        assert_eq!(judge(&c, false, false), Judgement::NotPathMtu);
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, false),
+            Judgement::NotPathMtu
+        );
     }
 
     #[test]

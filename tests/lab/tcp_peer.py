@@ -12,12 +12,13 @@ serve READY_FILE PORT MODE
                 reading);
       send:N    sends N bytes, then reads until the client closes.
 
-upload HOST PORT BYTES SECONDS [PAUSE_FILE]
+upload HOST PORT BYTES SECONDS [PAUSE_FILE [small]]
     Greets, then writes BYTES bytes as fast as the socket takes them, and keeps the
     connection open until everything sent is acknowledged or SECONDS have passed. With
     PAUSE_FILE, it first writes BYTES, waits until they are all acknowledged (at most
     SECONDS), creates PAUSE_FILE, waits until PAUSE_FILE is removed (the test changed the
-    path), then writes BYTES more. Exit 0: all acknowledged; 1: not within SECONDS.
+    path), then writes BYTES more (with `small`: a 5-byte message first, on its own).
+    Exit 0: all acknowledged; 1: not within SECONDS.
 
 download HOST PORT SECONDS
     Greets, then reads until the server closes or SECONDS have passed. Prints the bytes
@@ -75,7 +76,7 @@ def drained(sock, deadline):
     return False
 
 
-def upload(host, port, size, seconds, pause_file=None):
+def upload(host, port, size, seconds, pause_file=None, small=None):
     deadline = time.monotonic() + seconds
     sock = socket.create_connection((host, port), timeout=seconds)
     greet(sock, deadline)
@@ -85,6 +86,9 @@ def upload(host, port, size, seconds, pause_file=None):
             return 1
         open(pause_file, "w").close()
         while os.path.exists(pause_file) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if small == "small":
+            sock.sendall(b"ping\n")
             time.sleep(0.05)
         ok = write_all(sock, size, deadline) and drained(sock, deadline)
     sock.close()
@@ -148,7 +152,7 @@ def main(args):
     if args[:1] == ["serve"] and len(args) == 4:
         serve(args[1], int(args[2]), args[3])
         return 0
-    if args[:1] == ["upload"] and len(args) in (5, 6):
+    if args[:1] == ["upload"] and len(args) in (5, 6, 7):
         return upload(args[1], int(args[2]), int(args[3]), float(args[4]), *args[5:])
     if args[:1] == ["download"] and len(args) == 4:
         return download(args[1], int(args[2]), float(args[3]))

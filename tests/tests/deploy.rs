@@ -87,6 +87,14 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         requests_dropped_here: 0,
         answers_dropped_here: 0,
         processes: Vec::new(),
+        mtu_stalls: 0,
+        mtu_recoveries: 0,
+        largest_delivered: None,
+        smallest_lost: None,
+        path_mtu: None,
+        path_mtu_signals: 0,
+        path_mtu_dropped_here: 0,
+        fragmented_answers: 0,
     }
 }
 
