@@ -259,7 +259,11 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
     let mut judged = judged_in(Direction::Egress);
     let mut findings = Vec::new();
     // Drops on this host are for this host's rules, not the upstream firewall team's.
-    local::local_drop_findings(&judged, snapshot.local_drops_watched, &mut findings);
+    local::local_drop_findings(
+        &judged,
+        (snapshot.local_drops_watched, snapshot.rules_traced),
+        &mut findings,
+    );
     judged.retain(|t| !local::dropped_here(t));
     dns_findings(&judged, sources, &mut findings);
     port_findings(&judged, sources, &mut findings);

@@ -266,7 +266,7 @@ impl Tracker {
         } else if state.rule_drops.len() < RULES_PER_TARGET {
             state.rule_drops.push(drop);
         }
-        state.rule_drops.sort_by(|a, b| b.count.cmp(&a.count));
+        state.rule_drops.sort_by_key(|r| std::cmp::Reverse(r.count));
     }
 
     fn marks(&self, now_ns: u64) -> Vec<RulesetMark> {
@@ -817,7 +817,7 @@ mod tests {
     fn traced_drops_add_up_per_rule_most_first_and_bounded() {
         let mut tracker = Tracker::new(Duration::from_mins(1));
         tracker.observe_counters(S, &dns_key(), &counters(1, 0));
-        let rule = |handle: u64| crate::firewall::RuleDrops {
+        let rule = |handle: u64| RuleDrops {
             family: crate::firewall::netlink::Family::Inet,
             table: "host".into(),
             chain: "output".into(),

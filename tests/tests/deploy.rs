@@ -171,6 +171,8 @@ fn run_info() -> RunInfo {
         window: Duration::from_mins(1),
         local_drops: "available".to_owned(),
         attribution: "available".to_owned(),
+        ruleset: "followed".to_owned(),
+        trace_rules: "off".to_owned(),
     }
 }
 

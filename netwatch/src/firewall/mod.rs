@@ -1,7 +1,7 @@
 //! This host's own firewall: which ruleset change came before a failure, and which rule drops
 //! a target's packets.
 //!
-//! - **Changes** ([`changes`]): netwatch listens to the nf_tables announcements of its network
+//! - **Changes** ([`changes`]): netwatch listens to the `nf_tables` announcements of its network
 //!   namespace (netlink, group `NFNLGRP_NFTABLES`, what `nft monitor` reads): every committed
 //!   generation's rule and chain changes become a `ruleset` record, with each rule's text as
 //!   `nft -a list` prints it (asked of nft, which turns the kernel's expressions into text).
@@ -434,29 +434,26 @@ impl Firewall {
         let hits = std::mem::take(&mut self.hits);
         let mut drops = Vec::with_capacity(hits.len());
         for hit in hits {
-            let text = match hit.handle {
-                Some(handle) => {
-                    let rule = RuleRef {
-                        chain: hit.chain.clone(),
-                        handle,
-                    };
-                    if self.texts.get(&rule).is_none() {
-                        self.refresh(&hit.chain);
-                    }
-                    self.texts
-                        .get(&rule)
-                        .unwrap_or(changes::UNKNOWN_TEXT)
-                        .to_owned()
+            let text = if let Some(handle) = hit.handle {
+                let rule = RuleRef {
+                    chain: hit.chain.clone(),
+                    handle,
+                };
+                if self.texts.get(&rule).is_none() {
+                    self.refresh(&hit.chain);
                 }
-                None => {
-                    if self.texts.policy_line(&hit.chain).is_none() {
-                        self.refresh(&hit.chain);
-                    }
-                    self.texts
-                        .policy_line(&hit.chain)
-                        .unwrap_or("policy drop")
-                        .to_owned()
+                self.texts
+                    .get(&rule)
+                    .unwrap_or(changes::UNKNOWN_TEXT)
+                    .to_owned()
+            } else {
+                if self.texts.policy_line(&hit.chain).is_none() {
+                    self.refresh(&hit.chain);
                 }
+                self.texts
+                    .policy_line(&hit.chain)
+                    .unwrap_or("policy drop")
+                    .to_owned()
             };
             drops.push((
                 hit.target,

@@ -1,4 +1,4 @@
-//! The few nf_tables netlink messages netwatch reads, typed: rule, chain and table changes and
+//! The few `nf_tables` netlink messages netwatch reads, typed: rule, chain and table changes and
 //! the generation that commits them (group `NFNLGRP_NFTABLES`, what `nft monitor` listens to),
 //! and packet trace events (group `NFNLGRP_NFTRACE`, what `nft monitor trace` reads).
 //!
@@ -13,7 +13,7 @@ use netlink_packet_core::{NLA_TYPE_MASK, NetlinkBuffer, NlaBuffer, NlasIterator}
 use serde::Serialize;
 use thiserror::Error;
 
-/// `NFNL_SUBSYS_NFTABLES`: the high byte of an nf_tables message's type.
+/// `NFNL_SUBSYS_NFTABLES`: the high byte of an `nf_tables` message's type.
 const SUBSYS_NFTABLES: u16 = 10;
 /// Group numbers (`enum nfnetlink_groups`), for `NETLINK_ADD_MEMBERSHIP`.
 pub const GROUP_NFTABLES: u32 = 7;
@@ -148,7 +148,7 @@ pub struct RuleRef {
     pub handle: u64,
 }
 
-/// One nf_tables message, as far as netwatch cares.
+/// One `nf_tables` message, as far as netwatch cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Table {

@@ -122,10 +122,10 @@ pub fn update_script(from: &BTreeSet<Target>, to: &BTreeSet<Target>) -> Option<S
 /// The targets to trace: those failing with drops on this host (or dropped here while still
 /// pending), most recent first, at most [`MAX_TRACED`].
 #[must_use]
-pub fn wanted<'a>(candidates: impl Iterator<Item = (&'a Target, bool)>) -> BTreeSet<Target> {
+pub fn wanted(candidates: impl Iterator<Item = (Target, bool)>) -> BTreeSet<Target> {
     candidates
         .filter(|(_, dropped_here)| *dropped_here)
-        .map(|(target, _)| *target)
+        .map(|(target, _)| target)
         .take(MAX_TRACED)
         .collect()
 }
@@ -173,7 +173,7 @@ pub fn flow_of(network: &[u8], transport: Option<&[u8]>) -> Option<Flow> {
     };
     let ports = Proto::from_iana(proto)
         .filter(|p| p.has_ports())
-        .and_then(|_| transport)
+        .and(transport)
         .filter(|t| t.len() >= 4)
         .map_or((0, 0), |t| {
             (
@@ -381,10 +381,10 @@ mod tests {
             .collect();
         let wanted = wanted(
             many.iter()
-                .map(|t| (t, t.remote.to_string().ends_with('7'))),
+                .map(|t| (*t, t.remote.to_string().ends_with('7'))),
         );
         assert_eq!(wanted.len(), 10);
-        let all = super::wanted(many.iter().map(|t| (t, true)));
+        let all = super::wanted(many.iter().map(|t| (*t, true)));
         assert_eq!(all.len(), MAX_TRACED);
     }
 

@@ -27,6 +27,11 @@ pub struct RunInfo {
     /// Whether the processes behind requests are named: `available`, or
     /// `unavailable: <why>`.
     pub attribution: String,
+    /// Whether this host's nftables ruleset changes are followed: `followed`, or
+    /// `unavailable: <why>`.
+    pub ruleset: String,
+    /// `--trace-rules`: `off`, `available`, or `unavailable: <why>`.
+    pub trace_rules: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

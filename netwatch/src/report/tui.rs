@@ -559,6 +559,8 @@ mod tests {
             window: Duration::from_mins(1),
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
+            ruleset: "followed".to_owned(),
+            trace_rules: "off".to_owned(),
         };
         let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
         terminal
