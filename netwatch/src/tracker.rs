@@ -64,6 +64,8 @@ pub struct TargetState {
     timeline: Timeline,
     /// Traced drops by rule, most first (bounded).
     rule_drops: Vec<RuleDrops>,
+    /// How many of them its last verdict record named.
+    announced_rules: usize,
 }
 
 impl TargetState {
@@ -86,6 +88,7 @@ impl TargetState {
             after_change: None,
             timeline: Timeline::default(),
             rule_drops: Vec::new(),
+            announced_rules: 0,
         }
     }
 
@@ -442,7 +445,8 @@ impl Tracker {
         }
     }
 
-    /// Re-judges every target; returns those whose verdict or reason changed, and new
+    /// Re-judges every target; returns those whose verdict or reason changed or whose
+    /// dropping rule tracing newly named, and new
     /// targets (their first verdict, usually `pending`).
     pub fn judge(&mut self, now_ns: u64) -> Vec<VerdictChange> {
         let total: u64 = self.targets.values().map(|s| s.kernel.requests).sum();
@@ -473,12 +477,15 @@ impl Tracker {
             } else {
                 state.blackholed_since_ns = None;
             }
-            if !state.announced || verdict != state.verdict || reason != state.reason {
+            // A rule newly named by tracing is news too: a record says which.
+            let named = state.rule_drops.len() != state.announced_rules;
+            if !state.announced || verdict != state.verdict || reason != state.reason || named {
+                state.announced_rules = state.rule_drops.len();
                 let started = state.failing_since_ns.unwrap_or(now_ns).min(now_ns);
                 if !state.announced || verdict != state.verdict {
                     state.since_ns = match verdict {
-                        Verdict::Blackholed | Verdict::Rejected => started,
-                        _ => now_ns,
+                        Verdict::Blackholed | Verdict::Rejected | Verdict::Degraded => started,
+                        Verdict::Ok | Verdict::Pending => now_ns,
                     };
                 }
                 // Only drops on this host can follow from this host's ruleset.

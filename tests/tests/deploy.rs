@@ -87,6 +87,11 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         requests_dropped_here: 0,
         answers_dropped_here: 0,
         processes: Vec::new(),
+        since: std::time::SystemTime::UNIX_EPOCH,
+        after_change: None,
+        change: None,
+        local_drops_rules: Vec::new(),
+        timeline: Vec::new(),
     }
 }
 
