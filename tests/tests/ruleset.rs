@@ -12,7 +12,7 @@
 //! netwatch can still say: the records, and no `after_change` nor rule it cannot know.
 
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -20,7 +20,7 @@ use netwatch_tests::{
     clients::Client,
     kernel_has_drop_reasons,
     lab::{
-        CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, NetwatchRun, Netns, OPEN_DNS, SERVER_V4,
+        CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, Netns, NetwatchRun, OPEN_DNS, SERVER_V4,
         TargetId, wait_until,
     },
     prerequisites,
@@ -86,7 +86,9 @@ fn text_of(ns: &Netns, chain: &[&str], needle: &str) -> String {
 }
 
 fn time_of(record: &Value, field: &str) -> SystemTime {
-    let text = record[field].as_str().unwrap_or_else(|| panic!("{field} in {record}"));
+    let text = record[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {record}"));
     humantime::parse_rfc3339(text).unwrap_or_else(|err| panic!("{field} {text:?}: {err}"))
 }
 
@@ -108,7 +110,14 @@ fn added_in(run: &NetwatchRun, chain: [&str; 3], handle: u64) -> Value {
 
 /// Runs `client` until netwatch's `done` holds (each run's packets are traced from the first
 /// drop on), at most `limit`.
-fn until(run: &NetwatchRun, lab: &Lab, client: &Client, limit: Duration, what: &str, done: impl Fn(&Value) -> bool) {
+fn until(
+    run: &NetwatchRun,
+    lab: &Lab,
+    client: &Client,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) {
     let start = Instant::now();
     loop {
         client.run(&lab.client);
@@ -122,6 +131,21 @@ fn until(run: &NetwatchRun, lab: &Lab, client: &Client, limit: Duration, what: &
             run.stderr_text()
         );
     }
+}
+
+/// Waits for the `local-firewall-drops` finding about `remote`: a target blackholed for less
+/// than a timeout is no evidence yet, so the finding comes a moment after the verdict.
+fn wait_for_finding(run: &NetwatchRun, remote: &str) {
+    run.wait_for(
+        Duration::from_secs(10),
+        "the local-firewall-drops finding",
+        |r| {
+            r["type"] == "diagnosis"
+                && r["finding"] == "local-firewall-drops"
+                && r["evidence"][0]["remote"] == remote
+                && r["evidence"][0]["verdict"] == "blackholed"
+        },
+    );
 }
 
 #[test]
@@ -156,7 +180,16 @@ fn an_output_rule_that_drops_a_working_connection_is_named_with_its_change() {
     lab.client.ok(
         "nft",
         &[
-            "add", "rule", "inet", "host", "output", "tcp", "dport", "3306", "drop", "comment",
+            "add",
+            "rule",
+            "inet",
+            "host",
+            "output",
+            "tcp",
+            "dport",
+            "3306",
+            "drop",
+            "comment",
             "\"mysql closed by change 1234\"",
         ],
     );
@@ -183,28 +216,38 @@ fn an_output_rule_that_drops_a_working_connection_is_named_with_its_change() {
             .contains("comment \"mysql closed by change 1234\""),
         "{record}"
     );
-    assert!(time_of(&record, "time") >= changed_at - Duration::from_secs(1), "{record}");
+    assert!(
+        time_of(&record, "time") >= changed_at - Duration::from_secs(1),
+        "{record}"
+    );
 
     if !kernel_has_drop_reasons() {
         // The requests die before tc and no drop is reported: nothing to tie or trace.
         let finished = netwatch.stop();
         assert!(finished.status.success(), "{}", finished.stderr);
-        assert!(finished.records.iter().all(|r| r.get("after_change").is_none()));
+        assert!(
+            finished
+                .records
+                .iter()
+                .all(|r| r.get("after_change").is_none())
+        );
         return;
     }
     let nc = Client::nc(SERVER_V4, 3306, 1);
-    until(&netwatch, &lab, &nc, Duration::from_secs(30), "the traced rule, blackholed", |r| {
-        r["type"] == "verdict"
-            && r["port"] == 3306
-            && r["verdict"] == "blackholed"
-            && r["local_drops_rules"][0]["handle"] == handle
-    });
-    // Blackholed for a timeout, the silence is evidence: the finding comes.
-    netwatch.wait_for(Duration::from_secs(10), "the finding", |r| {
-        r["type"] == "diagnosis"
-            && r["finding"] == "local-firewall-drops"
-            && r["evidence"][0]["verdict"] == "blackholed"
-    });
+    until(
+        &netwatch,
+        &lab,
+        &nc,
+        Duration::from_secs(30),
+        "the traced rule, blackholed",
+        |r| {
+            r["type"] == "verdict"
+                && r["port"] == 3306
+                && r["verdict"] == "blackholed"
+                && r["local_drops_rules"][0]["handle"] == handle
+        },
+    );
+    wait_for_finding(&netwatch, SERVER_V4);
     let finished = netwatch.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
 
@@ -218,7 +261,9 @@ fn an_output_rule_that_drops_a_working_connection_is_named_with_its_change() {
         since + Duration::from_secs(1) >= changed && since <= changed + Duration::from_secs(5),
         "since {t} vs the change {record}"
     );
-    let rules = t["local_drops_rules"].as_array().expect("local_drops_rules");
+    let rules = t["local_drops_rules"]
+        .as_array()
+        .expect("local_drops_rules");
     let rule = &rules[0];
     assert_eq!(
         (
@@ -264,5 +309,569 @@ fn an_output_rule_that_drops_a_working_connection_is_named_with_its_change() {
         !String::from_utf8_lossy(&tables.stdout).contains("netwatch_trace"),
         "{}",
         String::from_utf8_lossy(&tables.stdout)
+    );
+}
+
+#[test]
+fn an_input_policy_that_drops_a_resolvers_answers_is_named_as_the_policy() {
+    if !prerequisites(
+        "an_input_policy_that_drops_a_resolvers_answers_is_named_as_the_policy",
+        &["ip", "nft", "dnsmasq", "dig"],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.nft(OPEN_DNS);
+    lab.start_dns();
+    Lab::nft_in(&lab.client, HOST_FIREWALL);
+    let netwatch = lab.start_netwatch(&[
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--timeout",
+        "1s",
+        "--window",
+        "3s",
+        "--trace-rules",
+    ]);
+    Client::dig(DNS_V4, "before.example").run(&lab.client);
+    netwatch.wait_for(Duration::from_secs(10), "the resolver ok", |r| {
+        r["type"] == "verdict" && r["remote"] == DNS_V4 && r["verdict"] == "ok"
+    });
+    // The tightened input chain: default drop, and no rule for the answers.
+    Lab::nft_in(
+        &lab.client,
+        "table inet host {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n",
+    );
+    let record = netwatch.wait_for(Duration::from_secs(10), "the policy change", |r| {
+        r["type"] == "ruleset"
+            && r["chains"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["chain"] == "input" && c["policy"] == "drop")
+            })
+    });
+    if !kernel_has_drop_reasons() {
+        let finished = netwatch.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        return;
+    }
+    let dig = Client::dig(DNS_V4, "after.example");
+    until(
+        &netwatch,
+        &lab,
+        &dig,
+        Duration::from_secs(30),
+        "the policy traced",
+        |r| {
+            r["type"] == "verdict"
+                && r["remote"] == DNS_V4
+                && r["verdict"] == "blackholed"
+                && r["local_drops_rules"][0]["verdict"] == "policy"
+        },
+    );
+    wait_for_finding(&netwatch, DNS_V4);
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let t = target(&finished, &dns(DNS_V4));
+    assert_eq!(t["reason"], "here:netfilter-drop", "{t}");
+    assert_eq!(t["after_change"], record["generation"], "{t} {record}");
+    let rule = &t["local_drops_rules"][0];
+    assert_eq!(
+        (
+            &rule["family"],
+            &rule["table"],
+            &rule["chain"],
+            &rule["handle"]
+        ),
+        (
+            &Value::from("inet"),
+            &Value::from("host"),
+            &Value::from("input"),
+            &Value::Null
+        ),
+        "the chain's policy, not a rule: {t}"
+    );
+    assert!(
+        rule["rule"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("policy drop"),
+        "{t}"
+    );
+    let summary = finished
+        .exit_findings()
+        .into_iter()
+        .find(|f| f["finding"] == "local-firewall-drops")
+        .map(|f| f["summary"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(
+        summary.contains(&format!("The answers from {DNS_V4} udp/53 are dropped by the policy of this host's chain inet host input"))
+            && summary.contains("nft insert rule inet host input ct state established,related accept")
+            && summary.contains("after this host's ruleset changed: chain inet host input policy drop"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn an_iptables_nft_rule_is_named_the_same_way() {
+    if !prerequisites(
+        "an_iptables_nft_rule_is_named_the_same_way",
+        &["ip", "nft", "iptables-nft", "dnsmasq", "dig"],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.nft(OPEN_DNS);
+    lab.start_dns();
+    let netwatch = lab.start_netwatch(&[
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--timeout",
+        "1s",
+        "--trace-rules",
+    ]);
+    lab.client.ok(
+        "iptables-nft",
+        &[
+            "-A", "OUTPUT", "-p", "udp", "-d", DNS2_V4, "--dport", "53", "-j", "DROP",
+        ],
+    );
+    let chain = ["ip", "filter", "OUTPUT"];
+    let handle = handle_of(&lab.client, &chain, DNS2_V4);
+    let record = added_in(&netwatch, chain, handle);
+    let listed = record["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["handle"] == handle)
+        .unwrap()["rule"]
+        .clone();
+    assert_eq!(listed, text_of(&lab.client, &chain, DNS2_V4), "{record}");
+    assert_eq!(record["process"], "iptables-nft", "{record}");
+    if !kernel_has_drop_reasons() {
+        let finished = netwatch.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        return;
+    }
+    let dig = Client::dig(DNS2_V4, "iptables.example");
+    until(
+        &netwatch,
+        &lab,
+        &dig,
+        Duration::from_secs(30),
+        "the iptables rule traced",
+        |r| {
+            r["type"] == "verdict"
+                && r["remote"] == DNS2_V4
+                && r["local_drops_rules"][0]["handle"] == handle
+        },
+    );
+    wait_for_finding(&netwatch, DNS2_V4);
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let t = target(&finished, &dns(DNS2_V4));
+    let rule = &t["local_drops_rules"][0];
+    assert_eq!(
+        (
+            &rule["family"],
+            &rule["table"],
+            &rule["chain"],
+            &rule["verdict"]
+        ),
+        (
+            &Value::from("ip"),
+            &Value::from("filter"),
+            &Value::from("OUTPUT"),
+            &Value::from("drop")
+        ),
+        "{t}"
+    );
+    assert_eq!(t["after_change"], record["generation"], "{t}");
+    let summary = finished
+        .exit_findings()
+        .into_iter()
+        .find(|f| f["finding"] == "local-firewall-drops")
+        .map(|f| f["summary"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(
+        summary.contains(&format!("nft delete rule ip filter OUTPUT handle {handle}")),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_reject_rule_is_named_as_a_reject() {
+    if !prerequisites("a_reject_rule_is_named_as_a_reject", &["ip", "nft", "nc"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_listener(LISTENER);
+    Lab::nft_in(&lab.client, HOST_FIREWALL);
+    let netwatch = lab.start_netwatch(&[
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--timeout",
+        "1s",
+        "--trace-rules",
+    ]);
+    lab.client.ok(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "host",
+            "output",
+            "tcp",
+            "dport",
+            "8888",
+            "reject",
+            "with",
+            "tcp",
+            "reset",
+            "comment",
+            "\"no proxy\"",
+        ],
+    );
+    let chain = ["inet", "host", "output"];
+    let handle = handle_of(&lab.client, &chain, "no proxy");
+    let record = added_in(&netwatch, chain, handle);
+    if !kernel_has_drop_reasons() {
+        let finished = netwatch.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        return;
+    }
+    let nc = Client::nc(SERVER_V4, 8888, 1);
+    until(
+        &netwatch,
+        &lab,
+        &nc,
+        Duration::from_secs(30),
+        "the reject rule traced",
+        |r| {
+            r["type"] == "verdict"
+                && r["port"] == 8888
+                && r["local_drops_rules"][0]["handle"] == handle
+        },
+    );
+    wait_for_finding(&netwatch, SERVER_V4);
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let t = target(&finished, &tcp(8888));
+    let rule = &t["local_drops_rules"][0];
+    assert_eq!(rule["verdict"], "reject", "{t}");
+    assert_eq!(
+        rule["rule"],
+        text_of(&lab.client, &chain, "no proxy"),
+        "{t}"
+    );
+    assert_eq!(t["after_change"], record["generation"], "{t}");
+    let summary = finished
+        .exit_findings()
+        .into_iter()
+        .find(|f| f["finding"] == "local-firewall-drops")
+        .map(|f| f["summary"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(
+        summary.contains("are rejected by this host's rule `tcp dport 8888 reject with tcp reset comment \"no proxy\"`")
+            && summary.contains(&format!("nft delete rule inet host output handle {handle}")),
+        "{summary}"
+    );
+}
+
+/// The counter of ruleset changes, scraped from netwatch's metrics in the client namespace.
+fn ruleset_changes_metric(ns: &Netns, port: u16) -> Option<u64> {
+    let out = ns.run(
+        "curl",
+        &["-s", "-m", "3", &format!("http://127.0.0.1:{port}/metrics")],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("netwatch_ruleset_changes_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_burst_of_500_rule_changes_is_summarized_and_every_one_counted() {
+    if !prerequisites(
+        "a_burst_of_500_rule_changes_is_summarized_and_every_one_counted",
+        &["ip", "nft", "curl"],
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    Lab::nft_in(&lab.client, HOST_FIREWALL);
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--metrics", "9464"]);
+    // One rule a commit, as a script loading rules one by one does: 500 generations.
+    let script: String = (0..500)
+        .map(|i| format!("add rule inet host output tcp dport {} drop\n", 20_000 + i))
+        .collect();
+    let started = Instant::now();
+    let mut nft = lab
+        .client
+        .command("nft")
+        .arg("-i")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nft -i");
+    std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), script.as_bytes())
+        .expect("the script");
+    assert!(nft.wait().expect("nft").success());
+    eprintln!("500 commits in {:.2} s", started.elapsed().as_secs_f64());
+
+    let counted = |records: &[Value]| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["type"] == "ruleset")
+            .map(|r| {
+                r["summarized"]["total_changes"]
+                    .as_u64()
+                    .unwrap_or_else(|| {
+                        (r["changes"].as_array().map_or(0, Vec::len)
+                            + r["chains"].as_array().map_or(0, Vec::len))
+                            as u64
+                    })
+            })
+            .sum()
+    };
+    wait_until(Duration::from_secs(20), "500 changes in records", || {
+        counted(&netwatch.records()) >= 500
+    });
+    // Then all 500 deleted in one commit.
+    lab.client
+        .ok("nft", &["flush", "chain", "inet", "host", "output"]);
+    wait_until(Duration::from_secs(20), "1,000 changes in records", || {
+        counted(&netwatch.records()) >= 1000
+    });
+    wait_until(Duration::from_secs(10), "the metric", || {
+        ruleset_changes_metric(&lab.client, 9464) == Some(1000)
+    });
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let records: Vec<&Value> = finished
+        .records
+        .iter()
+        .filter(|r| r["type"] == "ruleset")
+        .collect();
+    assert_eq!(counted(&finished.records), 1000, "{records:#?}");
+    assert!(
+        records.len() <= 60,
+        "summarized, not one record per change: {} records",
+        records.len()
+    );
+    for record in &records {
+        let listed = record["changes"].as_array().map_or(0, Vec::len);
+        assert!(listed <= 16, "a record lists 16 changes at most: {record}");
+    }
+    let flush = records
+        .iter()
+        .find(|r| r["changes"][0]["op"] == "delete")
+        .expect("the flush's record");
+    assert_eq!(flush["summarized"]["generations"], 1, "{flush}");
+    assert_eq!(flush["summarized"]["total_changes"], 500, "{flush}");
+    assert_eq!(flush["summarized"]["omitted"], 484, "{flush}");
+    assert_eq!(
+        flush["changes"][0]["rule"], "tcp dport 20000 drop",
+        "a deleted rule named by the text it had: {flush}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["summarized"]["generations"].as_u64() > Some(1)),
+        "{records:#?}"
+    );
+}
+
+#[test]
+fn a_killed_tracing_netwatch_leaves_a_table_the_next_start_removes() {
+    if !prerequisites(
+        "a_killed_tracing_netwatch_leaves_a_table_the_next_start_removes",
+        &["ip", "nft"],
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    let has_table = || {
+        String::from_utf8_lossy(&lab.client.ok("nft", &["list", "tables"]).stdout)
+            .contains("table inet netwatch_trace")
+    };
+    let first = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--trace-rules"]);
+    assert!(has_table(), "{}", first.stderr_text());
+    let killed = first.stop_with(libc::SIGKILL);
+    assert!(!killed.status.success());
+    assert!(has_table(), "nobody removes it after a SIGKILL");
+    let second = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json"]);
+    assert!(!has_table(), "{}", second.stderr_text());
+    assert!(
+        second.stderr_text().contains(
+            "removed table inet netwatch_trace, left behind by a netwatch that was killed"
+        ),
+        "{}",
+        second.stderr_text()
+    );
+    // A live tracing netwatch's table is not another one's to remove.
+    let tracing = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--trace-rules"]);
+    let third = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json"]);
+    assert!(has_table(), "{}", third.stderr_text());
+    assert!(
+        !third.stderr_text().contains("removed table"),
+        "{}",
+        third.stderr_text()
+    );
+    let finished = tracing.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(!has_table(), "removed at exit");
+    for run in [second, third] {
+        let finished = run.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+    }
+}
+
+#[test]
+fn with_least_privilege_the_trace_table_is_added_and_removed_at_exit() {
+    if !prerequisites(
+        "with_least_privilege_the_trace_table_is_added_and_removed_at_exit",
+        &["ip", "nft", "setpriv"],
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    netwatch_tests::lab::unlimited_memlock_for_old_kernels();
+    let mut command = lab.client.command("setpriv");
+    command
+        .args(netwatch_tests::lab::as_nobody_with("bpf,net_admin,perfmon"))
+        .arg(netwatch_tests::lab::netwatch_binary())
+        .args(["--iface", CLIENT_IFACE, "--json", "--trace-rules"]);
+    let netwatch = NetwatchRun::start(command);
+    let tables =
+        || String::from_utf8_lossy(&lab.client.ok("nft", &["list", "tables"]).stdout).into_owned();
+    assert!(
+        tables().contains("netwatch_trace"),
+        "{}",
+        netwatch.stderr_text()
+    );
+    // Its capabilities are down to CAP_NET_ADMIN by now: the nft it runs must still work.
+    Lab::nft_in(
+        &lab.client,
+        "table inet late {\n chain c {\n  tcp dport 7 drop\n }\n}\n",
+    );
+    let record = netwatch.wait_for(Duration::from_secs(10), "a change read", |r| {
+        r["type"] == "ruleset"
+    });
+    assert_eq!(record["changes"][0]["rule"], "tcp dport 7 drop", "{record}");
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(
+        finished.summary()["trace_rules"],
+        "available",
+        "{}",
+        finished.stderr
+    );
+    assert!(!tables().contains("netwatch_trace"), "{}", finished.stderr);
+    assert!(
+        !finished.stderr.contains("could not"),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[test]
+fn without_nft_rules_are_not_traced_everything_else_works_and_it_is_said_once() {
+    if !prerequisites(
+        "without_nft_rules_are_not_traced_everything_else_works_and_it_is_said_once",
+        &["ip", "nft", "dnsmasq", "dig"],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.nft(OPEN_DNS);
+    lab.start_dns();
+    Lab::nft_in(&lab.client, HOST_FIREWALL);
+    // nft is in /usr/sbin: a PATH without it is a host without nft.
+    let mut command = lab.client.command("env");
+    command
+        .arg("PATH=/usr/bin:/bin")
+        .arg(netwatch_tests::lab::netwatch_binary())
+        .args([
+            "--iface",
+            CLIENT_IFACE,
+            "--json",
+            "--timeout",
+            "1s",
+            "--trace-rules",
+        ]);
+    let netwatch = NetwatchRun::start(command);
+    Client::dig(DNS_V4, "still.example").run(&lab.client);
+    netwatch.wait_for(Duration::from_secs(10), "the resolver ok", |r| {
+        r["type"] == "verdict" && r["remote"] == DNS_V4 && r["verdict"] == "ok"
+    });
+    lab.client.ok(
+        "nft",
+        &[
+            "add", "rule", "inet", "host", "output", "tcp", "dport", "7", "drop",
+        ],
+    );
+    let record = netwatch.wait_for(
+        Duration::from_secs(10),
+        "the change, without its text",
+        |r| r["type"] == "ruleset",
+    );
+    assert_eq!(record["changes"][0]["rule"], "(text unknown)", "{record}");
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let said: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| l.contains("--trace-rules"))
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            "netwatch: rules that drop packets are not named (--trace-rules): nft is not installed"
+        ],
+        "once: {}",
+        finished.stderr
+    );
+    assert_eq!(
+        finished.summary()["trace_rules"],
+        "unavailable: nft is not installed"
+    );
+    assert_eq!(finished.summary()["ruleset"], "followed");
+    let tables = lab.client.ok("nft", &["list", "tables"]);
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("netwatch_trace"));
+}
+
+#[test]
+fn legacy_iptables_rules_are_said_once_to_be_unfollowed() {
+    if !prerequisites(
+        "legacy_iptables_rules_are_said_once_to_be_unfollowed",
+        &["ip", "nft", "iptables-legacy"],
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    lab.client.ok(
+        "iptables-legacy",
+        &["-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP"],
+    );
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--duration", "1s"]);
+    let finished = netwatch.wait_exit(Duration::from_secs(20));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let said: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| l.contains("legacy iptables"))
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            "netwatch: legacy iptables tables are loaded here (filter): their changes are not \
+             followed (only nftables, iptables-nft included, announces changes)"
+        ],
+        "{}",
+        finished.stderr
     );
 }

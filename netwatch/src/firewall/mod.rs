@@ -64,11 +64,10 @@ pub struct RuleDrops {
     pub count: u64,
 }
 
-/// Where the nft command is; `None` when it is not installed.
+/// Where the nft command is on `PATH`; `None` when it is not installed (or not on it).
 fn find_nft() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
         .map(|dir| dir.join("nft"))
         .find(|candidate| candidate.is_file())
 }
@@ -406,12 +405,24 @@ impl Firewall {
     /// The `ruleset` records due at `now_ns`, with the texts of added rules asked of nft.
     pub fn flush(&mut self, now_ns: u64) -> Vec<RulesetRecord> {
         let groups = self.pacer.flush(now_ns);
+        // Chains with rules added, and chains added or given a new policy.
         let chains: BTreeSet<ChainRef> = groups
             .iter()
             .flatten()
-            .flat_map(|commit| &commit.rules)
-            .filter(|(op, _)| *op == netlink::Op::Add)
-            .map(|(_, rule)| rule.chain.clone())
+            .flat_map(|commit| {
+                let rules = commit
+                    .rules
+                    .iter()
+                    .filter(|(op, _)| *op == netlink::Op::Add)
+                    .map(|(_, rule)| &rule.chain);
+                let chains = commit
+                    .chains
+                    .iter()
+                    .filter(|(op, _, _)| *op == netlink::Op::Add)
+                    .map(|(_, chain, _)| chain);
+                rules.chain(chains)
+            })
+            .cloned()
             .collect();
         // Bounded: one listing per chain changed, at most a handful per flush.
         for chain in chains.iter().take(8) {
