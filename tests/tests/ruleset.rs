@@ -12,6 +12,7 @@
 //! netwatch can still say: the records, and no `after_change` nor rule it cannot know.
 
 use std::{
+    fmt::Write as _,
     process::Stdio,
     time::{Duration, Instant, SystemTime},
 };
@@ -31,7 +32,7 @@ const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
 
 /// The client's own firewall before the change: everything allowed, in chains an operator
 /// would have.
-const HOST_FIREWALL: &str = r#"
+const HOST_FIREWALL: &str = r"
 table inet host {
   chain input {
     type filter hook input priority 0; policy accept;
@@ -40,7 +41,7 @@ table inet host {
     type filter hook output priority 0; policy accept;
   }
 }
-"#;
+";
 
 fn tcp(port: u16) -> TargetId {
     ("tcp".into(), SERVER_V4.into(), Some(u64::from(port)))
@@ -81,8 +82,10 @@ fn text_of(ns: &Netns, chain: &[&str], needle: &str) -> String {
         .lines()
         .find(|l| l.contains(needle))
         .and_then(|l| l.rsplit_once(" # handle "))
-        .map(|(text, _)| text.trim().to_owned())
-        .unwrap_or_else(|| panic!("no rule with {needle:?}"))
+        .map_or_else(
+            || panic!("no rule with {needle:?}"),
+            |(text, _)| text.trim().to_owned(),
+        )
 }
 
 fn time_of(record: &Value, field: &str) -> SystemTime {
@@ -149,6 +152,7 @@ fn wait_for_finding(run: &NetwatchRun, remote: &str) {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn an_output_rule_that_drops_a_working_connection_is_named_with_its_change() {
     if !prerequisites(
         "an_output_rule_that_drops_a_working_connection_is_named_with_its_change",
@@ -605,9 +609,14 @@ fn a_burst_of_500_rule_changes_is_summarized_and_every_one_counted() {
     Lab::nft_in(&lab.client, HOST_FIREWALL);
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--metrics", "9464"]);
     // One rule a commit, as a script loading rules one by one does: 500 generations.
-    let script: String = (0..500)
-        .map(|i| format!("add rule inet host output tcp dport {} drop\n", 20_000 + i))
-        .collect();
+    let script = (0..500).fold(String::new(), |mut script, i| {
+        let _ = writeln!(
+            script,
+            "add rule inet host output tcp dport {} drop",
+            20_000 + i
+        );
+        script
+    });
     let started = Instant::now();
     let mut nft = lab
         .client
@@ -874,4 +883,93 @@ fn legacy_iptables_rules_are_said_once_to_be_unfollowed() {
         "{}",
         finished.stderr
     );
+}
+
+#[test]
+fn the_live_view_marks_the_ruleset_change_on_each_targets_timeline() {
+    if !prerequisites(
+        "the_live_view_marks_the_ruleset_change_on_each_targets_timeline",
+        &["ip", "nft", "tmux", "nc"],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_listener(LISTENER);
+    Lab::nft_in(&lab.client, HOST_FIREWALL);
+    let command = format!(
+        "ip netns exec {} {} --iface {CLIENT_IFACE} --timeout 1s; echo EXITED-$?; sleep 60",
+        lab.client.name,
+        netwatch_tests::lab::netwatch_binary().display()
+    );
+    let terminal = netwatch_tests::terminal::Tmux::start(&command, 200, 40);
+    wait_until(Duration::from_secs(20), "the live view", || {
+        terminal.screen().contains("Targets")
+    });
+    let row = |text: &str| -> Vec<char> {
+        text.lines()
+            .find(|l| l.contains(SERVER_V4) && l.contains(" 3306 "))
+            .unwrap_or_default()
+            .chars()
+            .collect()
+    };
+    // Answered for a few seconds (two intervals at least), then the change.
+    let answered_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < answered_until {
+        Client::nc(SERVER_V4, 3306, 1).run(&lab.client);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until(Duration::from_secs(10), "answers on the timeline", || {
+        row(&terminal.screen()).contains(&'▁')
+    });
+    lab.client.ok(
+        "nft",
+        &[
+            "add", "rule", "inet", "host", "output", "tcp", "dport", "3306", "drop",
+        ],
+    );
+    let failed_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < failed_until {
+        Client::nc(SERVER_V4, 3306, 1).run(&lab.client);
+    }
+    let check = || -> Result<String, String> {
+        let text = terminal.screen();
+        let header = text
+            .lines()
+            .find(|l| l.contains("VERDICT"))
+            .ok_or("no header")?;
+        let marker = header
+            .chars()
+            .position(|c| c == '▼')
+            .ok_or("no ▼ in the header")?;
+        // Only the history column draws these glyphs: left of the mark is before the
+        // change, right of it after.
+        let cells = row(&text);
+        let before = cells.get(..marker).ok_or("row too short")?;
+        let after = cells.get(marker + 1..).ok_or("row too short")?;
+        if !before.contains(&'▁') {
+            return Err(format!("no answers before the change:\n{text}"));
+        }
+        if !after.contains(&'█') {
+            return Err(format!("no failures after the change:\n{text}"));
+        }
+        if !text.contains("This host's ruleset changes")
+            || !text.contains("rule added to inet host output: `tcp dport 3306 drop`")
+        {
+            return Err(format!("the change is not listed:\n{text}"));
+        }
+        Ok(text)
+    };
+    let start = Instant::now();
+    let seen = loop {
+        match check() {
+            Ok(text) => break text,
+            Err(why) => assert!(start.elapsed() < Duration::from_secs(20), "{why}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("{seen}");
+    terminal.keys(&["q"]);
+    wait_until(Duration::from_secs(10), "exit", || {
+        terminal.screen().contains("EXITED-0")
+    });
 }
