@@ -136,6 +136,37 @@ fn until(
     }
 }
 
+/// netwatch tracing rules in the client namespace: JSON, a one-second timeout, and `extra`.
+fn tracing(lab: &Lab, extra: &[&str]) -> NetwatchRun {
+    let mut args = vec![
+        "--iface",
+        CLIENT_IFACE,
+        "--json",
+        "--timeout",
+        "1s",
+        "--trace-rules",
+    ];
+    args.extend_from_slice(extra);
+    lab.start_netwatch(&args)
+}
+
+/// Stops netwatch, which must end well.
+fn stopped(run: NetwatchRun) -> Finished {
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    finished
+}
+
+/// The `local-firewall-drops` summary written at exit.
+fn local_finding(finished: &Finished) -> String {
+    finished
+        .exit_findings()
+        .into_iter()
+        .find(|f| f["finding"] == "local-firewall-drops")
+        .and_then(|f| f["summary"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no local-firewall-drops at exit: {:#?}", finished.records))
+}
+
 /// Waits for the `local-firewall-drops` finding about `remote`: a target blackholed for less
 /// than a timeout is no evidence yet, so the finding comes a moment after the verdict.
 fn wait_for_finding(run: &NetwatchRun, remote: &str) {
@@ -165,16 +196,7 @@ fn an_output_rule_that_drops_a_working_connection_is_named_with_its_change() {
     Lab::nft_in(&lab.client, HOST_FIREWALL);
     // A short window: the answer before the change leaves it soon, and the verdict is
     // blackholed rather than degraded.
-    let netwatch = lab.start_netwatch(&[
-        "--iface",
-        CLIENT_IFACE,
-        "--json",
-        "--timeout",
-        "1s",
-        "--window",
-        "3s",
-        "--trace-rules",
-    ]);
+    let netwatch = tracing(&lab, &["--window", "3s"]);
     Client::nc(SERVER_V4, 3306, 2).run(&lab.client);
     netwatch.wait_for(Duration::from_secs(10), "tcp/3306 ok", |r| {
         r["type"] == "verdict" && r["port"] == 3306 && r["verdict"] == "ok"
@@ -252,8 +274,7 @@ fn an_output_rule_that_drops_a_working_connection_is_named_with_its_change() {
         },
     );
     wait_for_finding(&netwatch, SERVER_V4);
-    let finished = netwatch.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = stopped(netwatch);
 
     let t = target(&finished, &tcp(3306));
     assert_eq!(t["verdict"], "blackholed", "{t}");
@@ -289,12 +310,7 @@ fn an_output_rule_that_drops_a_working_connection_is_named_with_its_change() {
     assert_eq!(rule["rule"], change["rule"], "{t}");
     assert!(rule["count"].as_u64().unwrap_or(0) >= 1, "{t}");
 
-    let finding = finished
-        .exit_findings()
-        .into_iter()
-        .find(|f| f["finding"] == "local-firewall-drops")
-        .expect("local-firewall-drops");
-    let summary = finding["summary"].as_str().unwrap();
+    let summary = local_finding(&finished);
     assert!(
         summary.starts_with("Blackholed since ")
             && summary.contains(" s after this host's ruleset changed: rule added to inet host output: `tcp dport 3306 drop comment \"mysql closed by change 1234\"`"),
@@ -328,16 +344,7 @@ fn an_input_policy_that_drops_a_resolvers_answers_is_named_as_the_policy() {
     lab.nft(OPEN_DNS);
     lab.start_dns();
     Lab::nft_in(&lab.client, HOST_FIREWALL);
-    let netwatch = lab.start_netwatch(&[
-        "--iface",
-        CLIENT_IFACE,
-        "--json",
-        "--timeout",
-        "1s",
-        "--window",
-        "3s",
-        "--trace-rules",
-    ]);
+    let netwatch = tracing(&lab, &["--window", "3s"]);
     Client::dig(DNS_V4, "before.example").run(&lab.client);
     netwatch.wait_for(Duration::from_secs(10), "the resolver ok", |r| {
         r["type"] == "verdict" && r["remote"] == DNS_V4 && r["verdict"] == "ok"
@@ -355,8 +362,7 @@ fn an_input_policy_that_drops_a_resolvers_answers_is_named_as_the_policy() {
             })
     });
     if !kernel_has_drop_reasons() {
-        let finished = netwatch.stop();
-        assert!(finished.status.success(), "{}", finished.stderr);
+        stopped(netwatch);
         return;
     }
     let dig = Client::dig(DNS_V4, "after.example");
@@ -374,8 +380,7 @@ fn an_input_policy_that_drops_a_resolvers_answers_is_named_as_the_policy() {
         },
     );
     wait_for_finding(&netwatch, DNS_V4);
-    let finished = netwatch.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = stopped(netwatch);
     let t = target(&finished, &dns(DNS_V4));
     assert_eq!(t["reason"], "here:netfilter-drop", "{t}");
     assert_eq!(t["after_change"], record["generation"], "{t} {record}");
@@ -402,12 +407,7 @@ fn an_input_policy_that_drops_a_resolvers_answers_is_named_as_the_policy() {
             .contains("policy drop"),
         "{t}"
     );
-    let summary = finished
-        .exit_findings()
-        .into_iter()
-        .find(|f| f["finding"] == "local-firewall-drops")
-        .map(|f| f["summary"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or_default();
+    let summary = local_finding(&finished);
     assert!(
         summary.contains(&format!("The answers from {DNS_V4} udp/53 are dropped by the policy of this host's chain inet host input"))
             && summary.contains("nft insert rule inet host input ct state established,related accept")
@@ -427,14 +427,7 @@ fn an_iptables_nft_rule_is_named_the_same_way() {
     let mut lab = Lab::new();
     lab.nft(OPEN_DNS);
     lab.start_dns();
-    let netwatch = lab.start_netwatch(&[
-        "--iface",
-        CLIENT_IFACE,
-        "--json",
-        "--timeout",
-        "1s",
-        "--trace-rules",
-    ]);
+    let netwatch = tracing(&lab, &[]);
     lab.client.ok(
         "iptables-nft",
         &[
@@ -454,8 +447,7 @@ fn an_iptables_nft_rule_is_named_the_same_way() {
     assert_eq!(listed, text_of(&lab.client, &chain, DNS2_V4), "{record}");
     assert_eq!(record["process"], "iptables-nft", "{record}");
     if !kernel_has_drop_reasons() {
-        let finished = netwatch.stop();
-        assert!(finished.status.success(), "{}", finished.stderr);
+        stopped(netwatch);
         return;
     }
     let dig = Client::dig(DNS2_V4, "iptables.example");
@@ -472,8 +464,7 @@ fn an_iptables_nft_rule_is_named_the_same_way() {
         },
     );
     wait_for_finding(&netwatch, DNS2_V4);
-    let finished = netwatch.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = stopped(netwatch);
     let t = target(&finished, &dns(DNS2_V4));
     let rule = &t["local_drops_rules"][0];
     assert_eq!(
@@ -492,12 +483,7 @@ fn an_iptables_nft_rule_is_named_the_same_way() {
         "{t}"
     );
     assert_eq!(t["after_change"], record["generation"], "{t}");
-    let summary = finished
-        .exit_findings()
-        .into_iter()
-        .find(|f| f["finding"] == "local-firewall-drops")
-        .map(|f| f["summary"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or_default();
+    let summary = local_finding(&finished);
     assert!(
         summary.contains(&format!("nft delete rule ip filter OUTPUT handle {handle}")),
         "{summary}"
@@ -512,14 +498,7 @@ fn a_reject_rule_is_named_as_a_reject() {
     let mut lab = Lab::new();
     lab.start_listener(LISTENER);
     Lab::nft_in(&lab.client, HOST_FIREWALL);
-    let netwatch = lab.start_netwatch(&[
-        "--iface",
-        CLIENT_IFACE,
-        "--json",
-        "--timeout",
-        "1s",
-        "--trace-rules",
-    ]);
+    let netwatch = tracing(&lab, &[]);
     lab.client.ok(
         "nft",
         &[
@@ -543,8 +522,7 @@ fn a_reject_rule_is_named_as_a_reject() {
     let handle = handle_of(&lab.client, &chain, "no proxy");
     let record = added_in(&netwatch, chain, handle);
     if !kernel_has_drop_reasons() {
-        let finished = netwatch.stop();
-        assert!(finished.status.success(), "{}", finished.stderr);
+        stopped(netwatch);
         return;
     }
     let nc = Client::nc(SERVER_V4, 8888, 1);
@@ -561,8 +539,7 @@ fn a_reject_rule_is_named_as_a_reject() {
         },
     );
     wait_for_finding(&netwatch, SERVER_V4);
-    let finished = netwatch.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = stopped(netwatch);
     let t = target(&finished, &tcp(8888));
     let rule = &t["local_drops_rules"][0];
     assert_eq!(rule["verdict"], "reject", "{t}");
@@ -572,12 +549,7 @@ fn a_reject_rule_is_named_as_a_reject() {
         "{t}"
     );
     assert_eq!(t["after_change"], record["generation"], "{t}");
-    let summary = finished
-        .exit_findings()
-        .into_iter()
-        .find(|f| f["finding"] == "local-firewall-drops")
-        .map(|f| f["summary"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or_default();
+    let summary = local_finding(&finished);
     assert!(
         summary.contains("are rejected by this host's rule `tcp dport 8888 reject with tcp reset comment \"no proxy\"`")
             && summary.contains(&format!("nft delete rule inet host output handle {handle}")),
@@ -658,8 +630,7 @@ fn a_burst_of_500_rule_changes_is_summarized_and_every_one_counted() {
     wait_until(Duration::from_secs(10), "the metric", || {
         ruleset_changes_metric(&lab.client, 9464) == Some(1000)
     });
-    let finished = netwatch.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = stopped(netwatch);
     let records: Vec<&Value> = finished
         .records
         .iter()
@@ -771,8 +742,7 @@ fn with_least_privilege_the_trace_table_is_added_and_removed_at_exit() {
         r["type"] == "ruleset"
     });
     assert_eq!(record["changes"][0]["rule"], "tcp dport 7 drop", "{record}");
-    let finished = netwatch.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = stopped(netwatch);
     assert_eq!(
         finished.summary()["trace_rules"],
         "available",
@@ -829,8 +799,7 @@ fn without_nft_rules_are_not_traced_everything_else_works_and_it_is_said_once() 
         |r| r["type"] == "ruleset",
     );
     assert_eq!(record["changes"][0]["rule"], "(text unknown)", "{record}");
-    let finished = netwatch.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = stopped(netwatch);
     let said: Vec<&str> = finished
         .stderr
         .lines()

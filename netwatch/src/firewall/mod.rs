@@ -351,6 +351,7 @@ impl Firewall {
 
     /// Reads everything waiting, at `now_ns`.
     pub fn drain(&mut self, now_ns: u64) {
+        let mut buffer = std::mem::take(&mut self.buffer);
         for which in [Which::Monitor, Which::Tracing] {
             loop {
                 let socket = match which {
@@ -358,11 +359,8 @@ impl Firewall {
                     Which::Tracing => self.tracing.as_ref(),
                 };
                 let Some(socket) = socket else { break };
-                match socket.get_ref().recv(&mut &mut self.buffer[..], 0) {
-                    Ok(size) => {
-                        let datagram = self.buffer[..size].to_vec();
-                        self.take_in(&datagram, now_ns);
-                    }
+                match socket.get_ref().recv(&mut &mut buffer[..], 0) {
+                    Ok(size) => self.take_in(&buffer[..size], now_ns),
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                     Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
                         self.lost += 1;
@@ -382,6 +380,7 @@ impl Firewall {
                 }
             }
         }
+        self.buffer = buffer;
     }
 
     fn take_in(&mut self, datagram: &[u8], now_ns: u64) {
