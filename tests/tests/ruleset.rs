@@ -97,7 +97,7 @@ fn time_of(record: &Value, field: &str) -> SystemTime {
 
 /// The `ruleset` record that added the rule with `handle` to `chain`.
 fn added_in(run: &NetwatchRun, chain: [&str; 3], handle: u64) -> Value {
-    run.wait_for(Duration::from_secs(10), "the ruleset record", |r| {
+    run.wait_for(Duration::from_secs(20), "the ruleset record", |r| {
         r["type"] == "ruleset"
             && r["changes"].as_array().is_some_and(|changes| {
                 changes.iter().any(|c| {
@@ -171,7 +171,7 @@ fn local_finding(finished: &Finished) -> String {
 /// than a timeout is no evidence yet, so the finding comes a moment after the verdict.
 fn wait_for_finding(run: &NetwatchRun, remote: &str) {
     run.wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "the local-firewall-drops finding",
         |r| {
             r["type"] == "diagnosis"
@@ -601,7 +601,8 @@ fn a_burst_of_500_rule_changes_is_summarized_and_every_one_counted() {
     std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), script.as_bytes())
         .expect("the script");
     assert!(nft.wait().expect("nft").success());
-    eprintln!("500 commits in {:.2} s", started.elapsed().as_secs_f64());
+    let burst = started.elapsed();
+    eprintln!("500 commits in {:.2} s", burst.as_secs_f64());
 
     let counted = |records: &[Value]| -> u64 {
         records
@@ -637,10 +638,14 @@ fn a_burst_of_500_rule_changes_is_summarized_and_every_one_counted() {
         .filter(|r| r["type"] == "ruleset")
         .collect();
     assert_eq!(counted(&finished.records), 1000, "{records:#?}");
+    // At most 4 records a second while the burst lasts (and one for the flush, one for the
+    // poll that straddles its end): far fewer than one per change.
+    let bound = usize::try_from(4 * (burst.as_secs() + 1) + 2).unwrap_or(usize::MAX);
     assert!(
-        records.len() <= 60,
-        "summarized, not one record per change: {} records",
-        records.len()
+        records.len() <= bound.min(100),
+        "summarized, not one record per change: {} records for a {:.2} s burst",
+        records.len(),
+        burst.as_secs_f64()
     );
     for record in &records {
         let listed = record["changes"].as_array().map_or(0, Vec::len);
