@@ -161,6 +161,8 @@ pub struct Firewall {
     /// Held while this netwatch's trace table exists.
     trace_lock: Option<lock::Claim>,
     table_added: bool,
+    /// The traced set an update failed to install: not tried again every poll.
+    refused: Option<BTreeSet<Target>>,
     hits: Vec<Hit>,
     /// `followed`, or `unavailable: <why>`.
     pub ruleset_status: String,
@@ -192,6 +194,7 @@ impl Firewall {
             tracer: Tracer::default(),
             trace_lock: None,
             table_added: false,
+            refused: None,
             hits: Vec::new(),
             ruleset_status: "followed".to_owned(),
             trace_status: "off".to_owned(),
@@ -483,15 +486,21 @@ impl Firewall {
 
     /// Traces exactly `wanted` (see [`trace::wanted`]) from now on.
     pub fn trace(&mut self, wanted: BTreeSet<Target>) {
-        if !self.table_added {
+        if !self.table_added || self.refused.as_ref() == Some(&wanted) {
             return;
         }
         let Some(script) = trace::update_script(&self.tracer.traced, &wanted) else {
             return;
         };
         match self.run_nft(&["-f", "-"], Some(&script)) {
-            Ok(_) => self.tracer.traced = wanted,
-            Err(err) => log::warn!("updating what is traced: {err}"),
+            Ok(_) => {
+                self.tracer.traced = wanted;
+                self.refused = None;
+            }
+            Err(err) => {
+                log::warn!("updating what is traced: {err}");
+                self.refused = Some(wanted);
+            }
         }
     }
 
