@@ -74,10 +74,9 @@ pub struct TargetView {
     pub change: Option<RulesetMark>,
     /// With `--trace-rules`: the rules (or policies) that dropped its packets, most first.
     pub local_drops_rules: Vec<crate::firewall::RuleDrops>,
-    /// Answered and failed per interval, oldest first ([`crate::timeline::SLOTS`] of them,
-    /// ending now).
+    /// Answered, failed, both or quiet per interval, oldest first, ending now.
     #[serde(skip)]
-    pub timeline: Vec<crate::timeline::Cell>,
+    pub timeline: [crate::timeline::Outcome; crate::timeline::SLOTS],
 }
 
 /// A ruleset change as the live view and the diagnosis show it.
@@ -299,7 +298,7 @@ pub(crate) mod tests {
             after_change: None,
             change: None,
             local_drops_rules: Vec::new(),
-            timeline: Vec::new(),
+            timeline: Default::default(),
         }
     }
 

@@ -91,7 +91,7 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         after_change: None,
         change: None,
         local_drops_rules: Vec::new(),
-        timeline: Vec::new(),
+        timeline: Default::default(),
     }
 }
 

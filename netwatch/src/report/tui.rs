@@ -18,7 +18,7 @@ use super::{RunInfo, short_duration};
 use crate::{
     diagnosis::{Finding, render_local_rules, render_requests},
     snapshot::{Rollup, RulesetMark, Snapshot, TargetView},
-    timeline::{self, Cell as Slot},
+    timeline::{self, Outcome},
     verdict::Verdict,
 };
 
@@ -480,7 +480,7 @@ fn axis(marks: &[RulesetMark], shown: usize) -> Line<'static> {
 
 /// One character per interval of the last `shown`: `▁` answered, `█` failed, `▄` both, `┊`
 /// a ruleset change with nothing else.
-fn history(cells: &[Slot], marks: &[RulesetMark], shown: usize) -> Line<'static> {
+fn history(cells: &[Outcome], marks: &[RulesetMark], shown: usize) -> Line<'static> {
     let marked = shown_marks(marks, shown);
     Line::from(
         cells
@@ -488,12 +488,12 @@ fn history(cells: &[Slot], marks: &[RulesetMark], shown: usize) -> Line<'static>
             .skip(cells.len().saturating_sub(shown))
             .enumerate()
             .map(|(i, cell)| {
-                let (glyph, color) = match (cell.answered > 0, cell.failed > 0) {
-                    (true, false) => ("▁", Color::Green),
-                    (false, true) => ("█", Color::Red),
-                    (true, true) => ("▄", Color::Yellow),
-                    (false, false) if marked.contains(&i) => ("┊", Color::Cyan),
-                    (false, false) => (" ", Color::Reset),
+                let (glyph, color) = match cell {
+                    Outcome::Answered => ("▁", Color::Green),
+                    Outcome::Failed => ("█", Color::Red),
+                    Outcome::Both => ("▄", Color::Yellow),
+                    Outcome::Quiet if marked.contains(&i) => ("┊", Color::Cyan),
+                    Outcome::Quiet => (" ", Color::Reset),
                 };
                 Span::styled(glyph, Style::default().fg(color))
             })
@@ -872,13 +872,9 @@ mod tests {
     #[test]
     fn history_shows_answers_then_failures_under_the_ruleset_change() {
         let mut snapshot = snapshot();
-        let mut cells = vec![Slot::default(); timeline::SLOTS];
-        for cell in &mut cells[10..20] {
-            cell.answered = 2;
-        }
-        for cell in &mut cells[21..] {
-            cell.failed = 1;
-        }
+        let mut cells = [Outcome::Quiet; timeline::SLOTS];
+        cells[10..20].fill(Outcome::Answered);
+        cells[21..].fill(Outcome::Failed);
         let dns = snapshot
             .targets
             .iter_mut()
