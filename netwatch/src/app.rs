@@ -5,7 +5,7 @@ use std::{
     io,
     net::IpAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -15,6 +15,7 @@ use crate::{
     attribution::{Attribution, Host, host::RealHost},
     cli::{Args, AttachMode},
     clock, diagnosis,
+    firewall::{self, Firewall},
     interfaces::{self, Interface, LinkState},
     output::{Mode, Output, View},
     privileges,
@@ -23,8 +24,9 @@ use crate::{
     serve,
     snapshot::{Snapshot, TargetView},
     sweep::{SweepPolicy, Sweeper},
-    target::Direction,
+    target::{Direction, Target},
     tracker::Tracker,
+    verdict::Verdict,
 };
 
 /// How often the kernel tables are read. Unanswered requests are found at most this long
@@ -206,6 +208,8 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         .ok()
         .and_then(|mounts| crate::attribution::host::cgroup2_mount(&mounts));
     let attribution_unavailable = probe.attach_owners(cgroup2.as_deref()).err();
+    // While every capability is there: the announcements need CAP_NET_ADMIN to listen.
+    let mut firewall = Firewall::start(args.trace_rules);
     let mut host = RealHost::new(cgroup2);
     let mut attribution = Attribution::new();
     if attribution_unavailable.is_none() {
@@ -230,6 +234,8 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         local_drops: probe.local_drops_status(),
         attribution: probe.attribution_status(),
         path_mtu: probe.path_mtu_status(),
+        ruleset: firewall.ruleset_status.clone(),
+        trace_rules: firewall.trace_status.clone(),
     };
     // Listening sockets are bound before privileges go.
     let published: Option<serve::Shared> = match args.metrics {
@@ -266,6 +272,9 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     if let Some(why) = &attribution_unavailable {
         eprintln!("netwatch: processes behind requests are not named: {why}");
     }
+    for note in firewall.take_notes() {
+        eprintln!("netwatch: {note}");
+    }
     let mut attributing = attribution_unavailable.is_none().then_some(Attributing {
         attribution: &mut attribution,
         host: &mut host,
@@ -279,7 +288,8 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     });
     let mut tracker = Tracker::new(args.window)
         .with_blackhole_grace(args.timeout)
-        .with_drop_reasons(probe.drop_reasons());
+        .with_drop_reasons(probe.drop_reasons())
+        .with_rules_traced(firewall.tracing());
     let mut sources = host_addresses(&run.interfaces);
     let mut output =
         Output::new(Mode::choose(args.json, args.plain)).context("setting up the terminal")?;
@@ -308,11 +318,21 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
                     probe.set_local_addresses(all_host_addresses())?;
                 }
                 let now_ns = monotonic_ns();
+                if polls.is_multiple_of(20) {
+                    firewall.check_legacy();
+                }
+                let records = follow_firewall(&mut firewall, &mut tracker, now_ns);
                 let changes = poll_with(&mut probe, &mut tracker, &mut sweeper, attributing.as_mut(), now_ns)?;
                 run.uptime = started.elapsed();
                 let snapshot = tracker.snapshot(now_ns);
+                firewall.trace(firewall::trace::wanted(snapshot.targets.iter().map(|t| (target_of(t), dropped_here(t)))));
                 let findings = diagnosis::diagnose(&snapshot, &sources, args.timeout);
-                let written = output.interfaces_changed(&moved).and_then(|()| {
+                if output.is_plain_or_json() {
+                    for note in firewall.take_notes() {
+                        eprintln!("netwatch: {note}");
+                    }
+                }
+                let written = output.ruleset(&records).and_then(|()| output.interfaces_changed(&moved)).and_then(|()| {
                     output.on_poll(&View { changes: &changes, snapshot: &snapshot, findings: &findings, run: &run })
                 });
                 publish(published.as_ref(), snapshot, &run);
@@ -321,6 +341,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
                     break;
                 }
             }
+            () = firewall.readable() => firewall.drain(monotonic_ns()),
             action = output.next_action() => match action {
                 Action::Quit => break,
                 Action::Redraw => output.redraw().context("drawing the terminal")?,
@@ -334,6 +355,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
 
     // A last look, so the exit records count everything seen until now.
     let now_ns = monotonic_ns();
+    let records = follow_firewall(&mut firewall, &mut tracker, now_ns);
     let changes = poll_with(
         &mut probe,
         &mut tracker,
@@ -351,7 +373,10 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         run: &run,
     };
     if stdout_open {
-        let written = output.on_poll(&view).and_then(|()| output.finish(&view));
+        let written = output
+            .ruleset(&records)
+            .and_then(|()| output.on_poll(&view))
+            .and_then(|()| output.finish(&view));
         if let Err(err) = written {
             closed_stdout(err)?;
         }
@@ -359,6 +384,8 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         drop(output);
     }
     probe.detach_all();
+    // The trace table goes now, not after the exit status is worked out.
+    drop(firewall);
     // Requests this host sent only: on a host open to the internet, a scanner knocking on a
     // port the input chain drops would make every run "fail" (the inbound findings say so).
     let matched = snapshot.targets.iter().any(|target| {
@@ -369,6 +396,44 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     } else {
         Ending::Normal
     })
+}
+
+/// Reads what the ruleset announced and what was traced, at `now_ns`, into the tracker;
+/// returns the `ruleset` records due.
+fn follow_firewall(
+    firewall: &mut Firewall,
+    tracker: &mut Tracker,
+    now_ns: u64,
+) -> Vec<firewall::changes::RulesetRecord> {
+    tracker.observe_wall_clock(now_ns, SystemTime::now());
+    firewall.drain(now_ns);
+    let records = firewall.flush(now_ns);
+    for record in &records {
+        tracker.observe_ruleset_change(
+            record.at_ns,
+            record.generation,
+            record.describe(),
+            record.total_changes(),
+        );
+    }
+    for (target, drop) in firewall.take_drops() {
+        tracker.observe_rule_drop(&target.key(), drop);
+    }
+    records
+}
+
+fn target_of(t: &TargetView) -> Target {
+    Target {
+        direction: t.direction,
+        proto: t.proto,
+        remote: t.remote,
+        port: t.port,
+    }
+}
+
+/// Whether this host drops packets of `t` and it fails (or is still pending): worth tracing.
+fn dropped_here(t: &TargetView) -> bool {
+    t.verdict != Verdict::Ok && !t.local_drops.is_empty()
 }
 
 /// The errno of a failed map read, when a syscall failed.

@@ -98,6 +98,13 @@ pub struct Args {
     #[arg(long = "udp-port", value_name = "LIST", value_delimiter = ',', value_parser = crate::services::parse_udp_port)]
     pub udp_port: Vec<u16>,
 
+    /// Name the rule (or chain policy) of this host's nftables ruleset that drops each
+    /// target's packets. netwatch adds its own table, `inet netwatch_trace`, whose chains only
+    /// set `meta nftrace` for the flows of targets dropped on this host (they accept or drop
+    /// nothing), reads the kernel's trace events, and removes the table at exit.
+    #[arg(long)]
+    pub trace_rules: bool,
+
     /// How to attach to tc: tcx links (kernel 6.6+), clsact filters, or tcx with a clsact
     /// fallback.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = AttachMode::Auto)]

@@ -269,7 +269,11 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
     let inbound = judged_in(Direction::Ingress);
     let mut findings = Vec::new();
     // Drops on this host are for this host's rules, not the upstream firewall team's.
-    local::local_drop_findings(&judged, snapshot.local_drops_watched, &mut findings);
+    local::local_drop_findings(
+        &judged,
+        (snapshot.local_drops_watched, snapshot.rules_traced),
+        &mut findings,
+    );
     judged.retain(|t| !local::dropped_here(t));
     // What dies by size (after the handshake, or in fragments) is neither blocked nor lost
     // at random.

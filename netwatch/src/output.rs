@@ -16,6 +16,7 @@ use ratatui::{
 
 use crate::{
     diagnosis::{Finding, FindingKey, render_local_rules, render_requests},
+    firewall::changes::RulesetRecord,
     interfaces::LinkState,
     report::{
         RunInfo, WatchedInterface,
@@ -231,6 +232,31 @@ impl Output {
     /// Redraws after a key press.
     pub fn redraw(&mut self) -> io::Result<()> {
         self.draw()
+    }
+
+    /// Whether lines on stderr are seen as they come (not under the full-screen view).
+    #[must_use]
+    pub fn is_plain_or_json(&self) -> bool {
+        !matches!(self, Self::Tui { .. })
+    }
+
+    /// Ruleset changes as they are committed: a record, or a line of the plain output (the
+    /// live view shows them from the snapshot, on its timeline).
+    pub fn ruleset(&mut self, records: &[RulesetRecord]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Json { writer, .. } => writer.ruleset(records, &now_rfc3339()),
+            Self::Tui { .. } => Ok(()),
+            Self::Plain { .. } => {
+                let mut out = io::stdout().lock();
+                for record in records {
+                    writeln!(out, "{}", record.line())?;
+                }
+                out.flush()
+            }
+        }
     }
 
     pub fn interfaces_changed(&mut self, changed: &[WatchedInterface]) -> io::Result<()> {

@@ -104,7 +104,10 @@ pub fn keep_after_attach<E>(
 }
 
 /// Once the programs are loaded and attached, drops every capability the kernel does not
-/// need for the rest of the run (see [`keep_after_attach`]) for good. `bpf_call` makes a
+/// need for the rest of the run (see [`keep_after_attach`]) for good. `CAP_NET_ADMIN` stays
+/// inheritable and ambient too: the nft netwatch runs (rule texts, the `--trace-rules` table,
+/// removed at exit) reads and changes this namespace's ruleset, and a netwatch that is not
+/// root passes it on only that way. `bpf_call` makes a
 /// harmless `bpf()` call on one of netwatch's maps with the effective set as it is.
 /// Capabilities are first lowered in the effective set only (still permitted, so they can be
 /// raised again), then the permitted set follows.
@@ -126,7 +129,12 @@ pub fn drop_after_attach(
         Ok(bpf_call())
     })?;
     caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)
+    caps::set(None, CapSet::Permitted, &keep)?;
+    if keep.contains(&Cap::CAP_NET_ADMIN) {
+        caps::raise(None, CapSet::Inheritable, Cap::CAP_NET_ADMIN)?;
+        caps::raise(None, CapSet::Ambient, Cap::CAP_NET_ADMIN)?;
+    }
+    Ok(())
 }
 
 /// Checks this process has what it needs.

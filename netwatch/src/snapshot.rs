@@ -1,7 +1,7 @@
 //! What the renderers (table, JSON, metrics, TUI) see: one plain-data snapshot of the
 //! tracker. Renderers do no I/O of their own beyond writing what they are given.
 
-use std::{cmp::Ordering, collections::BTreeMap, net::IpAddr};
+use std::{cmp::Ordering, collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use netwatch_common::{KernelCounter, LATENCY_BUCKETS, REASON_SLOTS};
 use serde::Serialize;
@@ -78,6 +78,38 @@ pub struct TargetView {
     pub path_mtu_dropped_here: u64,
     /// DNS answers that arrived in fragments.
     pub fragmented_answers: u64,
+    /// When its current verdict began (RFC 3339): for a failure, its first failed request
+    /// since the target last answered.
+    #[serde(serialize_with = "rfc3339")]
+    pub since: SystemTime,
+    /// The generation of the ruleset change its failure began after (within a few seconds),
+    /// when its failures are drops on this host; left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_change: Option<u32>,
+    /// That change, for the diagnosis.
+    #[serde(skip)]
+    pub change: Option<RulesetMark>,
+    /// With `--trace-rules`: the rules (or policies) that dropped its packets, most first.
+    pub local_drops_rules: Vec<crate::firewall::RuleDrops>,
+    /// Answered, failed, both or quiet per interval, oldest first, ending now.
+    #[serde(skip)]
+    pub timeline: [crate::timeline::Outcome; crate::timeline::SLOTS],
+}
+
+/// A ruleset change as the live view and the diagnosis show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RulesetMark {
+    pub generation: u32,
+    /// When netwatch read it.
+    pub at: SystemTime,
+    /// Its interval on the timeline, when within it.
+    pub position: Option<usize>,
+    /// "rule added to inet host output: `tcp dport 3306 drop`".
+    pub what: String,
+}
+
+fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 
 impl TargetView {
@@ -233,6 +265,15 @@ pub struct Snapshot {
     pub local_drops_watched: bool,
     /// What became of the TCP connections with retransmissions (path MTU).
     pub retransmitting_connections: crate::stalls::StallStats,
+    /// Recent ruleset changes, oldest first.
+    #[serde(skip)]
+    pub ruleset: Vec<RulesetMark>,
+    /// Rule and chain changes announced since the start.
+    #[serde(skip)]
+    pub ruleset_changes_total: u64,
+    /// Whether `--trace-rules` names the rules that drop packets in this run.
+    #[serde(skip)]
+    pub rules_traced: bool,
 }
 
 #[cfg(test)]
@@ -280,6 +321,11 @@ pub(crate) mod tests {
             path_mtu_signals: 0,
             path_mtu_dropped_here: 0,
             fragmented_answers: 0,
+            since: SystemTime::UNIX_EPOCH,
+            after_change: None,
+            change: None,
+            local_drops_rules: Vec::new(),
+            timeline: Default::default(),
         }
     }
 

@@ -120,6 +120,20 @@ impl Target {
         })
     }
 
+    /// The kernel's key of this target.
+    #[must_use]
+    pub fn key(&self) -> TargetKey {
+        TargetKey {
+            remote: ip_to_key(self.remote),
+            remote_port: self.port.unwrap_or(0),
+            proto: self.proto.iana(),
+            direction: match self.direction {
+                Direction::Egress => DIRECTION_EGRESS,
+                Direction::Ingress => DIRECTION_INGRESS,
+            },
+        }
+    }
+
     /// The rollup this target belongs to: `TCP/443`, `ICMP`, `TCP/22 in`.
     #[must_use]
     pub fn service(&self) -> Service {

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use netwatch_common::{
@@ -15,11 +15,18 @@ use crate::{
     attribution::{self, Process},
     dns,
     drops::DropReasons,
-    snapshot::{KernelStats, Rollup, Snapshot, TargetView},
+    firewall::{RuleDrops, changes::change_behind},
+    snapshot::{KernelStats, Rollup, RulesetMark, Snapshot, TargetView},
     stalls::{Change, Sizes, Stalls},
     target::{Direction, Target},
+    timeline::{self, Timeline},
     verdict::{History, Verdict},
 };
+
+/// Ruleset changes kept for the timeline and for tying failures to them.
+pub const RULESET_MARKS: usize = 64;
+/// Rules (or policies) kept per target.
+pub const RULES_PER_TARGET: usize = 8;
 
 /// Unanswered DNS names kept per target.
 pub const NAMES_PER_TARGET: usize = 8;
@@ -51,6 +58,17 @@ pub struct TargetState {
     processes: Vec<Process>,
     /// Its connections that stalled after the handshake (path MTU).
     mtu: MtuStalls,
+    /// When its current verdict began (monotonic).
+    since_ns: u64,
+    /// Its earliest failure since it last answered (monotonic).
+    failing_since_ns: Option<u64>,
+    /// The ruleset change its failure followed.
+    after_change: Option<u32>,
+    timeline: Timeline,
+    /// Traced drops by rule, most first (bounded).
+    rule_drops: Vec<RuleDrops>,
+    /// How many of them its last verdict record named.
+    announced_rules: usize,
 }
 
 /// What a target's connections that stalled after the handshake showed (see
@@ -93,7 +111,21 @@ impl TargetState {
             local_drops: BTreeMap::new(),
             processes: Vec::new(),
             mtu: MtuStalls::default(),
+            since_ns: 0,
+            failing_since_ns: None,
+            after_change: None,
+            timeline: Timeline::default(),
+            rule_drops: Vec::new(),
+            announced_rules: 0,
         }
+    }
+
+    /// A failure seen at `at_ns` (its request's time when known).
+    fn failed_at(&mut self, at_ns: u64) {
+        let earliest = self
+            .failing_since_ns
+            .map_or(at_ns, |since| since.min(at_ns));
+        self.failing_since_ns = Some(earliest);
     }
 
     /// Answers the client got: for a request this host sent, those tc ingress counted less
@@ -108,7 +140,7 @@ impl TargetState {
         }
     }
 
-    fn view(&self, now_ns: u64, grace_ns: u64) -> TargetView {
+    fn view(&self, now_ns: u64, grace_ns: u64, clock: &Clock<'_>) -> TargetView {
         let k = &self.kernel;
         TargetView {
             direction: self.target.direction,
@@ -149,6 +181,33 @@ impl TargetState {
             path_mtu_signals: k.path_mtu_signals,
             path_mtu_dropped_here: k.path_mtu_dropped_here,
             fragmented_answers: k.fragmented_answers,
+            since: clock.wall(self.since_ns),
+            after_change: self.after_change,
+            change: self
+                .after_change
+                .and_then(|generation| clock.marks.iter().find(|m| m.generation == generation))
+                .cloned(),
+            local_drops_rules: self.rule_drops.clone(),
+            timeline: self.timeline.recent(now_ns),
+        }
+    }
+}
+
+/// Monotonic time turned into wall-clock time, and the ruleset changes, for views.
+struct Clock<'a> {
+    /// (monotonic ns, wall clock) read together.
+    anchor: (u64, SystemTime),
+    marks: &'a [RulesetMark],
+}
+
+impl Clock<'_> {
+    fn wall(&self, at_ns: u64) -> SystemTime {
+        let (mono, wall) = self.anchor;
+        if at_ns >= mono {
+            wall + Duration::from_nanos(at_ns - mono)
+        } else {
+            wall.checked_sub(Duration::from_nanos(mono - at_ns))
+                .unwrap_or(SystemTime::UNIX_EPOCH)
         }
     }
 }
@@ -177,6 +236,13 @@ pub struct Tracker {
     drop_reasons: DropReasons,
     /// The connections the retransmission program follows.
     stalls: Stalls,
+    /// (monotonic ns, wall clock) read together: until told, monotonic time is taken for
+    /// time since the epoch (tests).
+    wall_anchor: (u64, SystemTime),
+    /// Recent ruleset changes: (read at, generation, what), oldest first.
+    ruleset: VecDeque<(u64, u32, String)>,
+    ruleset_changes_total: u64,
+    rules_traced: bool,
 }
 
 impl Tracker {
@@ -192,7 +258,73 @@ impl Tracker {
             rate_samples: VecDeque::new(),
             drop_reasons: DropReasons::default(),
             stalls: Stalls::new(),
+            wall_anchor: (0, SystemTime::UNIX_EPOCH),
+            ruleset: VecDeque::new(),
+            ruleset_changes_total: 0,
+            rules_traced: false,
         }
+    }
+
+    /// Whether `--trace-rules` names rules in this run (the diagnosis says how otherwise).
+    #[must_use]
+    pub fn with_rules_traced(mut self, traced: bool) -> Self {
+        self.rules_traced = traced;
+        self
+    }
+
+    /// The wall clock at monotonic `now_ns`, for `since` times.
+    pub fn observe_wall_clock(&mut self, now_ns: u64, wall: SystemTime) {
+        self.wall_anchor = (now_ns, wall);
+    }
+
+    /// A ruleset change read at `at_ns`: `changes` rule and chain changes up to `generation`.
+    pub fn observe_ruleset_change(
+        &mut self,
+        at_ns: u64,
+        generation: u32,
+        what: String,
+        changes: u64,
+    ) {
+        if self.ruleset.len() >= RULESET_MARKS {
+            self.ruleset.pop_front();
+        }
+        self.ruleset.push_back((at_ns, generation, what));
+        self.ruleset_changes_total = self.ruleset_changes_total.saturating_add(changes);
+    }
+
+    /// One packet of target `key` dropped by the rule (or policy) `drop` (its `count`).
+    pub fn observe_rule_drop(&mut self, key: &TargetKey, drop: RuleDrops) {
+        let Some(state) = self.state_of(key) else {
+            return;
+        };
+        let same = |r: &RuleDrops| {
+            (r.family, &r.table, &r.chain, r.handle)
+                == (drop.family, &drop.table, &drop.chain, drop.handle)
+        };
+        if let Some(known) = state.rule_drops.iter_mut().find(|r| same(r)) {
+            known.count = known.count.saturating_add(drop.count);
+            known.rule = drop.rule;
+            known.verdict = drop.verdict;
+        } else if state.rule_drops.len() < RULES_PER_TARGET {
+            state.rule_drops.push(drop);
+        }
+        state.rule_drops.sort_by_key(|r| std::cmp::Reverse(r.count));
+    }
+
+    fn marks(&self, now_ns: u64) -> Vec<RulesetMark> {
+        let clock = Clock {
+            anchor: self.wall_anchor,
+            marks: &[],
+        };
+        self.ruleset
+            .iter()
+            .map(|(at_ns, generation, what)| RulesetMark {
+                generation: *generation,
+                at: clock.wall(*at_ns),
+                position: timeline::position(*at_ns, now_ns),
+                what: what.clone(),
+            })
+            .collect()
     }
 
     /// Names local drop reasons with the running kernel's names.
@@ -265,6 +397,17 @@ impl Tracker {
             &rejected,
         );
         state.history.record_local(now_ns, answers_dropped, &[]);
+        let rejected_now: u64 = rejected.iter().map(|(_, n)| n).sum();
+        let answered_net = answered.saturating_sub(answers_dropped);
+        if answered_net > 0 {
+            state.failing_since_ns = None;
+        }
+        if rejected_now + answers_dropped > 0 {
+            state.failed_at(now_ns);
+        }
+        state
+            .timeline
+            .record(now_ns, answered_net, rejected_now + answers_dropped);
         state.kernel = *counters;
     }
 
@@ -280,6 +423,9 @@ impl Tracker {
             // A drop at the socket (the application gone or slow) names no failure.
             let new = count.saturating_sub(old);
             state.history.record_local(now_ns, 0, &[(reason.here, new)]);
+            if new > 0 {
+                state.failed_at(now_ns);
+            }
         }
     }
 
@@ -291,6 +437,13 @@ impl Tracker {
         };
         state.unanswered += 1;
         state.history.record(now_ns, 0, 1, &[]);
+        // When the request left: the failure began then.
+        let sent_ns = match request.first_sent_ns {
+            0 => now_ns,
+            sent => sent.min(now_ns),
+        };
+        state.failed_at(sent_ns);
+        state.timeline.record(sent_ns, 0, 1);
         if is_dns(&state.target) && state.names.len() < NAMES_PER_TARGET {
             let captured = usize::from(request.question_len).min(request.question.len());
             if let Some(question) = dns::parse_question(&request.question[..captured])
@@ -374,7 +527,8 @@ impl Tracker {
         }
     }
 
-    /// Re-judges every target; returns those whose verdict or reason changed, and new
+    /// Re-judges every target; returns those whose verdict or reason changed or whose
+    /// dropping rule tracing newly named, and new
     /// targets (their first verdict, usually `pending`).
     pub fn judge(&mut self, now_ns: u64) -> Vec<VerdictChange> {
         let total: u64 = self.targets.values().map(|s| s.kernel.requests).sum();
@@ -388,6 +542,13 @@ impl Tracker {
             self.rate_samples.pop_front();
         }
         let mut changes = Vec::new();
+        let ruleset: VecDeque<(u64, u32)> =
+            self.ruleset.iter().map(|(at, g, _)| (*at, *g)).collect();
+        let marks = self.marks(now_ns);
+        let clock = Clock {
+            anchor: self.wall_anchor,
+            marks: &marks,
+        };
         for state in self.targets.values_mut() {
             if state.kernel.requests == 0 && state.unanswered == 0 {
                 continue;
@@ -398,11 +559,30 @@ impl Tracker {
             } else {
                 state.blackholed_since_ns = None;
             }
-            if !state.announced || verdict != state.verdict || reason != state.reason {
+            // A rule newly named by tracing is news too: a record says which.
+            let named = state.rule_drops.len() != state.announced_rules;
+            if !state.announced || verdict != state.verdict || reason != state.reason || named {
+                state.announced_rules = state.rule_drops.len();
+                let started = state.failing_since_ns.unwrap_or(now_ns).min(now_ns);
+                if !state.announced || verdict != state.verdict {
+                    state.since_ns = match verdict {
+                        Verdict::Blackholed | Verdict::Rejected | Verdict::Degraded => started,
+                        Verdict::Ok | Verdict::Pending => now_ns,
+                    };
+                }
+                // Only drops on this host can follow from this host's ruleset.
+                let dropped_here = verdict != Verdict::Ok
+                    && verdict != Verdict::Pending
+                    && reason.is_some_and(|r| r.starts_with("here:"));
+                state.after_change = if dropped_here {
+                    change_behind(started, &ruleset)
+                } else {
+                    None
+                };
                 state.verdict = verdict;
                 state.reason = reason;
                 state.announced = true;
-                changes.push(state.view(now_ns, self.grace_ns));
+                changes.push(state.view(now_ns, self.grace_ns, &clock));
             }
         }
         changes.sort_by(TargetView::worst_first);
@@ -412,11 +592,16 @@ impl Tracker {
     /// The current state for renderers.
     #[must_use]
     pub fn snapshot(&self, now_ns: u64) -> Snapshot {
+        let marks = self.marks(now_ns);
+        let clock = Clock {
+            anchor: self.wall_anchor,
+            marks: &marks,
+        };
         let mut targets: Vec<TargetView> = self
             .targets
             .values()
             .filter(|s| s.announced)
-            .map(|s| s.view(now_ns, self.grace_ns))
+            .map(|s| s.view(now_ns, self.grace_ns, &clock))
             .collect();
         targets.sort_by(TargetView::worst_first);
         let rollups = Rollup::of(&targets);
@@ -437,6 +622,9 @@ impl Tracker {
             requests_per_s,
             local_drops_watched: !self.drop_reasons.is_empty(),
             retransmitting_connections: self.stalls.stats(),
+            ruleset: marks,
+            ruleset_changes_total: self.ruleset_changes_total,
+            rules_traced: self.rules_traced,
         }
     }
 }
@@ -642,6 +830,108 @@ mod tests {
         assert!(p99 < 2.1, "99 of 101 are fast: {p99}");
         let p100 = latency_percentile_ms(&buckets, 1.0).unwrap();
         assert!(p100 > 1000.0, "the slow one: {p100}");
+    }
+
+    fn drop_reasons() -> DropReasons {
+        DropReasons::from_enumerators([
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+            ("SKB_DROP_REASON_NETFILTER_DROP", 12),
+        ])
+    }
+
+    #[test]
+    fn a_failure_dropped_here_right_after_a_ruleset_change_names_it() {
+        // A short window: the answer before the change is out of it by the failure.
+        let mut tracker = Tracker::new(Duration::from_secs(5)).with_drop_reasons(drop_reasons());
+        tracker.observe_wall_clock(0, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+        tracker.observe_counters(S, &dns_key(), &counters(1, 1));
+        tracker.judge(S);
+        assert_eq!(tracker.snapshot(S).targets[0].verdict, Verdict::Ok);
+        tracker.observe_ruleset_change(10 * S, 42, "rule added".into(), 1);
+        // Dropped by the output chain at 11.4 s (counted at the next poll), unanswered at its
+        // deadline.
+        let (key, mut pending) = request("after.example");
+        pending.first_sent_ns = 11 * S + 400_000_000;
+        tracker.observe_local_drops(11 * S + 500_000_000, &dns_key(), 12, 1);
+        tracker.observe_counters(14 * S, &dns_key(), &counters(2, 1));
+        tracker.observe_unanswered(14 * S + 500_000_000, &key, &pending);
+        let change = &tracker.judge(14 * S + 500_000_000)[0];
+        assert_eq!(change.verdict, Verdict::Blackholed);
+        assert_eq!(change.reason, Some("here:netfilter-drop"));
+        assert_eq!(change.after_change, Some(42));
+        assert_eq!(
+            change.since,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_011_400),
+            "when the first failed request left"
+        );
+        let mark = change.change.as_ref().unwrap();
+        assert_eq!((mark.generation, mark.what.as_str()), (42, "rule added"));
+        let snapshot = tracker.snapshot(15 * S);
+        assert_eq!(snapshot.ruleset_changes_total, 1);
+        assert_eq!(snapshot.targets[0].after_change, Some(42));
+        let json = serde_json::to_value(&snapshot.targets[0]).unwrap();
+        assert_eq!(json["since"], "1970-01-01T00:16:51.400Z");
+        assert_eq!(json["after_change"], 42);
+    }
+
+    #[test]
+    fn upstream_failures_and_late_ones_are_never_tied_to_a_change() {
+        let mut tracker = Tracker::new(Duration::from_mins(1)).with_drop_reasons(drop_reasons());
+        tracker.observe_ruleset_change(10 * S, 7, "rule added".into(), 1);
+        tracker.observe_counters(10 * S, &dns_key(), &counters(1, 0));
+        let (key, mut pending) = request("upstream.example");
+        pending.first_sent_ns = 10 * S + S / 2;
+        tracker.observe_unanswered(14 * S, &key, &pending);
+        let change = &tracker.judge(14 * S)[0];
+        assert_eq!(change.verdict, Verdict::Blackholed);
+        assert_eq!(change.after_change, None, "nothing dropped here");
+        let json = serde_json::to_value(change).unwrap();
+        assert!(json.get("after_change").is_none(), "{json}");
+        assert_eq!(json["local_drops_rules"], serde_json::json!([]));
+
+        // Dropped here, but 20 s after the change.
+        let other = target_key(Proto::Udp, "198.51.100.54".parse().unwrap(), 53);
+        tracker.observe_counters(30 * S, &other, &counters(1, 0));
+        tracker.observe_local_drops(30 * S, &other, 12, 1);
+        let mut late = pending;
+        late.first_sent_ns = 30 * S;
+        let mut late_key = key;
+        late_key.remote = other.remote;
+        tracker.observe_unanswered(34 * S, &late_key, &late);
+        let changes = tracker.judge(34 * S);
+        let late_view = changes
+            .iter()
+            .find(|t| t.remote.to_string() == "198.51.100.54")
+            .unwrap();
+        assert_eq!(late_view.reason, Some("here:netfilter-drop"));
+        assert_eq!(late_view.after_change, None);
+    }
+
+    #[test]
+    fn traced_drops_add_up_per_rule_most_first_and_bounded() {
+        let mut tracker = Tracker::new(Duration::from_mins(1));
+        tracker.observe_counters(S, &dns_key(), &counters(1, 0));
+        let rule = |handle: u64| RuleDrops {
+            family: crate::firewall::netlink::Family::Inet,
+            table: "host".into(),
+            chain: "output".into(),
+            handle: Some(handle),
+            rule: format!("drop # {handle}"),
+            verdict: "drop",
+            count: 1,
+        };
+        tracker.observe_rule_drop(&dns_key(), rule(7));
+        for _ in 0..3 {
+            tracker.observe_rule_drop(&dns_key(), rule(9));
+        }
+        for handle in 100..120 {
+            tracker.observe_rule_drop(&dns_key(), rule(handle));
+        }
+        tracker.judge(S);
+        let rules = &tracker.snapshot(S).targets[0].local_drops_rules;
+        assert_eq!(rules.len(), RULES_PER_TARGET);
+        assert_eq!((rules[0].handle, rules[0].count), (Some(9), 3));
+        assert_eq!((rules[1].handle, rules[1].count), (Some(7), 1));
     }
 
     #[test]

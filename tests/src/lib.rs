@@ -15,6 +15,7 @@ pub mod harness;
 pub mod lab;
 pub mod packets;
 pub mod random;
+pub mod terminal;
 
 use std::path::Path;
 

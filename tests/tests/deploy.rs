@@ -95,6 +95,11 @@ fn target(proto: Proto, remote: &str, port: Option<u16>, verdict: Verdict) -> Ta
         path_mtu_signals: 0,
         path_mtu_dropped_here: 0,
         fragmented_answers: 0,
+        since: std::time::SystemTime::UNIX_EPOCH,
+        after_change: None,
+        change: None,
+        local_drops_rules: Vec::new(),
+        timeline: Default::default(),
     }
 }
 
@@ -180,6 +185,8 @@ fn run_info() -> RunInfo {
         local_drops: "available".to_owned(),
         attribution: "available".to_owned(),
         path_mtu: "available".to_owned(),
+        ruleset: "followed".to_owned(),
+        trace_rules: "off".to_owned(),
     }
 }
 

@@ -771,17 +771,6 @@ fn a_renamed_netwatch_keeps_its_filters_when_another_starts() {
     );
 }
 
-/// A tmux server (by its socket name), killed when the test ends, however it ends.
-struct KillTmux(String);
-
-impl Drop for KillTmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.0, "kill-server"])
-            .status();
-    }
-}
-
 /// A child process, killed and reaped when the test ends, however it ends.
 struct KillOnDrop(std::process::Child);
 
@@ -876,18 +865,7 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
     }
 }
 
-/// Runs `tmux` with this lab's private socket.
-fn tmux(socket: &str, args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .args(["-L", socket])
-        .args(args)
-        .output()
-        .expect("tmux");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
     if !prerequisites(
         "the_live_view_in_a_real_terminal_shows_what_an_operator_needs",
@@ -898,29 +876,14 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
     let mut lab = Lab::new();
     lab.start_dns();
     lab.start_listener(LISTENER);
-    let socket = format!("netwatch-test-{}", std::process::id());
     let binary = netwatch_tests::lab::netwatch_binary();
     let command = format!(
         "ip netns exec {} {} --iface {CLIENT_IFACE} --timeout 1s; echo EXITED-$?; sleep 60",
         lab.client.name,
         binary.display()
     );
-    tmux(
-        &socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "nw",
-            "-x",
-            "180",
-            "-y",
-            "50",
-            &command,
-        ],
-    );
-    let _cleanup = KillTmux(socket.clone());
-    let screen = || tmux(&socket, &["capture-pane", "-p", "-t", "nw"]);
+    let terminal = netwatch_tests::terminal::Tmux::start(&command, 180, 50);
+    let screen = || terminal.screen();
     netwatch_tests::lab::wait_until(Duration::from_secs(20), "the live view", || {
         screen().contains("Targets")
     });
@@ -987,20 +950,17 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
     );
 
     // Keys: help, filter, then quit; the terminal comes back with the plain report.
-    tmux(&socket, &["send-keys", "-t", "nw", "?"]);
+    terminal.keys(&["?"]);
     netwatch_tests::lab::wait_until(Duration::from_secs(5), "help", || {
         screen().contains("nothing left this host (in)")
     });
-    tmux(&socket, &["send-keys", "-t", "nw", "Escape"]);
-    tmux(
-        &socket,
-        &["send-keys", "-t", "nw", "/", "8", "4", "4", "3", "Enter"],
-    );
+    terminal.keys(&["Escape"]);
+    terminal.keys(&["/", "8", "4", "4", "3", "Enter"]);
     netwatch_tests::lab::wait_until(Duration::from_secs(5), "filter", || {
         let s = screen();
         s.contains("filter: 8443") && !s.lines().any(|l| l.contains(DNS_V4) && l.contains(" out "))
     });
-    tmux(&socket, &["send-keys", "-t", "nw", "q"]);
+    terminal.keys(&["q"]);
     netwatch_tests::lab::wait_until(Duration::from_secs(10), "exit", || {
         screen().contains("EXITED-0")
     });

@@ -35,6 +35,11 @@ pub const LAB_PACKAGES: &[Package] = &[
         why: "the lab firewall",
     },
     Package {
+        name: "iptables",
+        provides: "/usr/sbin/iptables-nft",
+        why: "iptables-nft and legacy iptables rules in the ruleset tests",
+    },
+    Package {
         name: "dnsmasq-base",
         provides: "/usr/sbin/dnsmasq",
         why: "the lab DNS server",

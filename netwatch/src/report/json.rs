@@ -1,8 +1,9 @@
 //! NDJSON output: one record per line, flushed as it is written so pipes see it at once.
 //!
 //! Record types: `verdict` (a target's verdict changed), `target` (per target, at exit),
-//! `diagnosis` (a finding appeared or changed, and at exit), `interface`, `summary` (at
-//! exit). Readers skip types they don't know.
+//! `diagnosis` (a finding appeared or changed, and at exit), `interface`, `ruleset` (this
+//! host's nftables ruleset changed: see [`crate::firewall::changes::RulesetRecord`]),
+//! `summary` (at exit). Readers skip types they don't know.
 //!
 //! Every target, whether in a `verdict` or `target` record or in a finding's `evidence`,
 //! carries its `direction`: `"egress"` for requests this host sent (`remote` is where they
@@ -16,6 +17,7 @@ use serde::Serialize;
 use super::{RunInfo, WatchedInterface};
 use crate::{
     diagnosis::Finding,
+    firewall::changes::RulesetRecord,
     snapshot::{KernelStats, Snapshot, TargetView},
 };
 
@@ -25,6 +27,7 @@ enum Record<'a> {
     Verdict(Stamped<'a, TargetView>),
     Diagnosis(&'a Finding),
     Interface(Stamped<'a, WatchedInterface>),
+    Ruleset(Stamped<'a, RulesetRecord>),
     Target(&'a TargetView),
     Summary(Summary<'a>),
 }
@@ -80,6 +83,17 @@ impl<W: Write> JsonWriter<W> {
             time: time.to_owned(),
             inner: interface,
         }))?;
+        self.out.flush()
+    }
+
+    /// A `ruleset` record per committed change (or summary of several), stamped with `time`.
+    pub fn ruleset(&mut self, records: &[RulesetRecord], time: &str) -> io::Result<()> {
+        for record in records {
+            self.line(&Record::Ruleset(Stamped {
+                time: time.to_owned(),
+                inner: record,
+            }))?;
+        }
         self.out.flush()
     }
 
@@ -226,6 +240,8 @@ mod tests {
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
             path_mtu: "available".to_owned(),
+            ruleset: "followed".to_owned(),
+            trace_rules: "off".to_owned(),
         };
         writer.finish(&snapshot, &findings, &run).unwrap();
         let records = lines(&out);
@@ -257,6 +273,43 @@ mod tests {
     }
 
     #[test]
+    fn ruleset_records_carry_the_generation_and_each_rule() {
+        use crate::firewall::{
+            changes::RuleChange,
+            netlink::{Family, Op},
+        };
+        let record = RulesetRecord {
+            generation: 42,
+            changes: vec![RuleChange {
+                op: Op::Add,
+                family: Family::Inet,
+                table: "host".into(),
+                chain: "output".into(),
+                handle: 7,
+                rule: "tcp dport 3306 drop comment \"no mysql\"".into(),
+            }],
+            chains: Vec::new(),
+            process: Some("nft".into()),
+            summarized: None,
+            at_ns: 0,
+        };
+        let mut out = Vec::new();
+        JsonWriter::new(&mut out)
+            .ruleset(&[record], "2026-11-24T22:00:00.000Z")
+            .unwrap();
+        assert_eq!(
+            lines(&out)[0],
+            serde_json::json!({
+                "type": "ruleset", "time": "2026-11-24T22:00:00.000Z", "generation": 42,
+                "changes": [{"op": "add", "family": "inet", "table": "host",
+                             "chain": "output", "handle": 7,
+                             "rule": "tcp dport 3306 drop comment \"no mysql\""}],
+                "process": "nft"
+            })
+        );
+    }
+
+    #[test]
     fn icmp_has_a_null_port_and_ipv6_is_canonical() {
         let mut target = view(Proto::Icmpv6, "2001:0db8:0:0::1", None, Verdict::Rejected);
         target.reason = Some("icmp6-adm-prohibited");
@@ -272,6 +325,8 @@ mod tests {
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
             path_mtu: "available".to_owned(),
+            ruleset: "followed".to_owned(),
+            trace_rules: "off".to_owned(),
         };
         let mut out = Vec::new();
         JsonWriter::new(&mut out)

@@ -37,6 +37,8 @@
 //! Process-wide: `netwatch_kernel_events_total{event}` (every kernel counter, by
 //! [`KernelCounter::name`]), `netwatch_local_drops_total{reason}` (watched packets this host
 //! dropped, by the kernel's drop reason name: bounded by the kernel's `enum skb_drop_reason`), `netwatch_evictions_total` (requests the kernel could not track),
+//! `netwatch_ruleset_changes_total` (rule and chain changes of this host's nftables ruleset
+//! announced since the start, summarized ones included),
 //! and the gauges `netwatch_in_flight_requests`, `netwatch_tombstones`,
 //! `netwatch_uptime_seconds`, `netwatch_timeout_seconds`, `netwatch_window_seconds`,
 //! `netwatch_watched_interfaces{interface, attach}` and `netwatch_build_info{version}`.
@@ -324,6 +326,7 @@ struct SnapshotCollector {
     /// Drops on this host of watched packets, summed over targets, by kernel drop reason.
     local_drops: BTreeMap<&'static str, u64>,
     evictions: u64,
+    ruleset_changes: u64,
     in_flight: u64,
     tombstones: u64,
     uptime_s: f64,
@@ -355,6 +358,7 @@ impl SnapshotCollector {
                 },
             ),
             evictions: snapshot.kernel.lost_requests,
+            ruleset_changes: snapshot.ruleset_changes_total,
             in_flight: snapshot.in_flight as u64,
             tombstones: snapshot.tombstones as u64,
             uptime_s: run.uptime.as_secs_f64(),
@@ -470,7 +474,15 @@ impl SnapshotCollector {
             None,
             MetricType::Counter,
         )?;
-        counter(&mut family, self.evictions)
+        counter(&mut family, self.evictions)?;
+        let mut family = encoder.encode_descriptor(
+            "netwatch_ruleset_changes",
+            "Rule and chain changes of this host's nftables ruleset (iptables-nft included) \
+             announced since netwatch started, summarized ones included.",
+            None,
+            MetricType::Counter,
+        )?;
+        counter(&mut family, self.ruleset_changes)
     }
 
     fn gauges(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
@@ -630,6 +642,8 @@ mod tests {
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
             path_mtu: "available".to_owned(),
+            ruleset: "followed".to_owned(),
+            trace_rules: "off".to_owned(),
         }
     }
 

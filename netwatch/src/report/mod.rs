@@ -84,6 +84,11 @@ pub struct RunInfo {
     /// Whether TCP connections that stall after the handshake (path MTU) are followed:
     /// `available`, or `unavailable: <why>`.
     pub path_mtu: String,
+    /// Whether this host's nftables ruleset changes are followed: `followed`, or
+    /// `unavailable: <why>`.
+    pub ruleset: String,
+    /// `--trace-rules`: `off`, `available`, or `unavailable: <why>`.
+    pub trace_rules: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

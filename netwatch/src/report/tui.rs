@@ -1,5 +1,6 @@
-//! The full-screen live view: targets (worst first), the per-port rollup, the diagnosis and
-//! the firewall request, and a status line. Drawing is a pure function of [`UiState`] and
+//! The full-screen live view: targets (worst first) with their recent history, this host's
+//! ruleset changes marked on the same time axis, the per-port rollup, the diagnosis and the
+//! firewall request, and a status line. Drawing is a pure function of [`UiState`] and
 //! [`Screen`], so tests render it into ratatui's `TestBackend`.
 
 use std::{cmp::Ordering, fmt::Write as _};
@@ -16,9 +17,29 @@ use ratatui::{
 use super::{RunInfo, short_duration};
 use crate::{
     diagnosis::{Finding, render_local_rules, render_requests},
-    snapshot::{Rollup, Snapshot, TargetView},
+    snapshot::{Rollup, RulesetMark, Snapshot, TargetView},
+    timeline::{self, Outcome},
     verdict::Verdict,
 };
+
+/// Ruleset changes listed under the targets, at most.
+const RULESET_LINES: usize = 3;
+/// Columns the targets table needs besides HISTORY and REASON (borders and gaps included).
+const OTHER_COLUMNS: u16 = 117;
+/// REASON keeps this much before HISTORY gets any.
+const REASON_MIN: u16 = 30;
+/// HISTORY narrower than this is left out.
+const HISTORY_MIN: usize = 8;
+
+/// How many intervals of history fit beside the other columns (the most recent ones), 0 when
+/// too few fit to be worth showing.
+fn history_width(width: u16) -> usize {
+    let room = usize::from(width.saturating_sub(OTHER_COLUMNS + REASON_MIN));
+    match room.min(timeline::SLOTS) {
+        n if n < HISTORY_MIN => 0,
+        n => n,
+    }
+}
 
 /// What the view shows, as of the last poll.
 pub struct Screen<'a> {
@@ -274,13 +295,19 @@ pub fn draw(frame: &mut Frame<'_>, state: &UiState, screen: &Screen<'_>) {
         .unwrap_or(u16::MAX)
         .saturating_add(2)
         .clamp(5, (area.height / 2).max(5));
-    let [status, targets, bottom, keys] = Layout::vertical([
+    let ruleset_height = match screen.snapshot.ruleset.len().min(RULESET_LINES) {
+        0 => 0,
+        lines => u16::try_from(lines).unwrap_or(0) + 2,
+    };
+    let [status, targets, ruleset, bottom, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(5),
+        Constraint::Length(ruleset_height),
         Constraint::Length(bottom_height),
         Constraint::Length(1),
     ])
     .areas(area);
+    draw_ruleset(frame, ruleset, &screen.snapshot.ruleset);
     frame.render_widget(
         Paragraph::new(status_text(screen, state))
             .style(Style::default().add_modifier(Modifier::REVERSED)),
@@ -309,11 +336,19 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
         .filter(|t| matches_filter(t, &state.filter))
         .collect();
     targets.sort_by(|a, b| state.sort.compare(a, b));
+    let shown = history_width(area.width);
     let mut title = format!(
         " Targets ({}) · sort: {} ",
         targets.len(),
         state.sort.label()
     );
+    if shown > 0 {
+        let seconds = shown as u64 * timeline::SLOT_NS / 1_000_000_000;
+        let _ = write!(
+            title,
+            "· history: the last {seconds} s, ▼ this host's ruleset changed "
+        );
+    }
     if !state.filter.is_empty() {
         let _ = write!(title, "· filter: {} ", state.filter);
     }
@@ -335,22 +370,29 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
     let scroll = state
         .scroll
         .min(targets.len().saturating_sub(visible.max(1)));
-    let header = Row::new([
-        "VERDICT",
-        "DIR",
-        "PROTO",
-        "REMOTE",
-        "PORT",
-        "REQ",
-        "ANS",
-        "REJ",
-        "UNANS",
-        "p50",
-        "p99",
-        "LAST SEEN",
-        "WHO",
-        "REASON / UNANSWERED NAMES",
-    ])
+    let header = Row::new(
+        [
+            "VERDICT",
+            "DIR",
+            "PROTO",
+            "REMOTE",
+            "PORT",
+            "REQ",
+            "ANS",
+            "REJ",
+            "UNANS",
+            "p50",
+            "p99",
+            "LAST SEEN",
+            "WHO",
+        ]
+        .into_iter()
+        .map(Cell::from)
+        .chain([
+            Cell::from(axis(&snapshot.ruleset, shown)),
+            Cell::from("REASON / UNANSWERED NAMES"),
+        ]),
+    )
     .style(Style::default().add_modifier(Modifier::BOLD));
     let rows = targets.iter().skip(scroll).map(|t| {
         let detail = super::detail(t);
@@ -368,15 +410,104 @@ fn draw_targets(frame: &mut Frame<'_>, area: Rect, state: &UiState, snapshot: &S
             Cell::from(ms(t.latency_p99_ms)),
             Cell::from(ago(t.last_seen_ago_s)),
             Cell::from(super::table::who_cell(t, 16)),
+            Cell::from(history(&t.timeline, &snapshot.ruleset, shown)),
             Cell::from(detail),
         ])
     });
-    let widths = target_widths(&targets);
+    let widths = target_widths(&targets, shown);
     frame.render_widget(Table::new(rows, widths).header(header).block(block), area);
 }
 
+/// The positions of ruleset changes among the last `shown` intervals.
+fn shown_marks(marks: &[RulesetMark], shown: usize) -> Vec<usize> {
+    marks
+        .iter()
+        .filter_map(|m| m.position)
+        .filter_map(|p| p.checked_sub(timeline::SLOTS - shown))
+        .collect()
+}
+
+/// The HISTORY header over the last `shown` intervals: `▼` where the ruleset changed, the
+/// column's name elsewhere.
+fn axis(marks: &[RulesetMark], shown: usize) -> Line<'static> {
+    let mut cells: Vec<char> = format!("{:·<shown$}", "HISTORY")
+        .chars()
+        .take(shown)
+        .collect();
+    for position in shown_marks(marks, shown) {
+        if let Some(cell) = cells.get_mut(position) {
+            *cell = '▼';
+        }
+    }
+    Line::from(
+        cells
+            .into_iter()
+            .map(|c| {
+                let style = if c == '▼' {
+                    Style::default().fg(Color::Cyan)
+                } else {
+                    Style::default()
+                };
+                Span::styled(c.to_string(), style)
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// One character per interval of the last `shown`: `▁` answered, `█` failed, `▄` both, `┊`
+/// a ruleset change with nothing else.
+fn history(cells: &[Outcome], marks: &[RulesetMark], shown: usize) -> Line<'static> {
+    let marked = shown_marks(marks, shown);
+    Line::from(
+        cells
+            .iter()
+            .skip(cells.len().saturating_sub(shown))
+            .enumerate()
+            .map(|(i, cell)| {
+                let (glyph, color) = match cell {
+                    Outcome::Answered => ("▁", Color::Green),
+                    Outcome::Failed => ("█", Color::Red),
+                    Outcome::Both => ("▄", Color::Yellow),
+                    Outcome::Quiet if marked.contains(&i) => ("┊", Color::Cyan),
+                    Outcome::Quiet => (" ", Color::Reset),
+                };
+                Span::styled(glyph, Style::default().fg(color))
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The latest ruleset changes, newest last.
+fn draw_ruleset(frame: &mut Frame<'_>, area: Rect, marks: &[RulesetMark]) {
+    if area.height == 0 {
+        return;
+    }
+    let lines: Vec<Line<'_>> = marks
+        .iter()
+        .skip(marks.len().saturating_sub(RULESET_LINES))
+        .map(|mark| {
+            let time = humantime::format_rfc3339_seconds(mark.at).to_string();
+            Line::from(vec![
+                Span::styled(
+                    format!("▼ {} ", time.get(11..19).unwrap_or(&time)),
+                    Style::default().fg(Color::Cyan),
+                ),
+                Span::raw(format!("generation {}: {}", mark.generation, mark.what)),
+            ])
+        })
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" This host's ruleset changes "),
+        ),
+        area,
+    );
+}
+
 /// Column widths of the targets table; REMOTE fits the longest address shown.
-fn target_widths(targets: &[&TargetView]) -> [Constraint; 14] {
+fn target_widths(targets: &[&TargetView], history: usize) -> [Constraint; 15] {
     [
         Constraint::Length(10),
         Constraint::Length(3),
@@ -401,6 +532,7 @@ fn target_widths(targets: &[&TargetView]) -> [Constraint; 14] {
         Constraint::Length(7),
         Constraint::Length(10),
         Constraint::Length(16),
+        Constraint::Length(u16::try_from(history).unwrap_or(0)),
         Constraint::Min(10),
     ]
 }
@@ -536,6 +668,8 @@ mod tests {
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
             path_mtu: "available".to_owned(),
+            ruleset: "followed".to_owned(),
+            trace_rules: "off".to_owned(),
         };
         let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
         terminal
@@ -710,6 +844,43 @@ mod tests {
             ),
             Action::Quit
         );
+    }
+
+    #[test]
+    fn history_shows_answers_then_failures_under_the_ruleset_change() {
+        let mut snapshot = snapshot();
+        let mut cells = [Outcome::Quiet; timeline::SLOTS];
+        cells[10..20].fill(Outcome::Answered);
+        cells[21..].fill(Outcome::Failed);
+        let dns = snapshot
+            .targets
+            .iter_mut()
+            .find(|t| t.port == Some(53))
+            .unwrap();
+        dns.timeline = cells;
+        snapshot.ruleset = vec![RulesetMark {
+            generation: 42,
+            at: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(36_153),
+            position: Some(20),
+            what: "rule added to inet host output: `udp dport 53 drop`".into(),
+        }];
+        let text = screen_text(&UiState::default(), &snapshot, &[]);
+        let header = text.lines().find(|l| l.contains("VERDICT")).unwrap();
+        let marker = header.chars().position(|c| c == '▼').expect(header);
+        let row: Vec<char> = text
+            .lines()
+            .find(|l| l.contains("198.51.100.53"))
+            .unwrap()
+            .chars()
+            .collect();
+        assert_eq!(row[marker], '┊', "{text}");
+        assert_eq!(row[marker - 1], '▁', "answered before: {text}");
+        assert_eq!(row[marker + 1], '█', "failed after: {text}");
+        assert!(
+            text.contains("▼ 10:02:33 generation 42: rule added to inet host output"),
+            "{text}"
+        );
+        assert!(text.contains("▼ this host's ruleset changed"), "{text}");
     }
 
     #[test]
