@@ -68,28 +68,10 @@ pub struct DropResults {
     pub unwatched: DropStorm,
 }
 
-/// The BPF programs process `pid` holds, by id: each program descriptor's fdinfo says
-/// `prog_id:`.
-fn program_ids_of(pid: u32) -> anyhow::Result<Vec<u32>> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
-            continue;
-        };
-        ids.extend(
-            text.lines()
-                .filter_map(|line| line.strip_prefix("prog_id:"))
-                .filter_map(|id| id.trim().parse::<u32>().ok()),
-        );
-    }
-    Ok(ids)
-}
-
 /// The cumulative (run time, run count) of the drop program netwatch (`pid`) loaded, from
 /// the kernel. Other netwatch processes' drop programs are not it.
 fn program_stats(pid: u32) -> anyhow::Result<(Duration, u64)> {
-    let ids = program_ids_of(pid)?;
+    let ids = labkit::program_ids_of(pid)?;
     for info in aya::programs::loaded_programs() {
         let info = info.context("listing the loaded BPF programs")?;
         if info.name_as_str() == Some(PROGRAM) && ids.contains(&info.id()) {

@@ -153,6 +153,19 @@ fn drop_goals(report: &Report) -> [GoalResult; 2] {
     ]
 }
 
+/// The retransmission program at most 1.5 times the minimal follower (issue 18).
+fn retransmit_goal(report: &Report) -> GoalResult {
+    at_most(
+        "retransmit_ratio",
+        report.retransmit_ratio,
+        RETRANSMIT_RATIO_BOUND,
+        fixed(3),
+    )
+}
+
+/// The bound of `retransmit_ratio`.
+pub const RETRANSMIT_RATIO_BOUND: f64 = 1.5;
+
 /// The socket owner programs cost `connect()` at most 3 % (issue 13).
 fn connect_goal(report: &Report) -> GoalResult {
     at_least(
@@ -214,6 +227,7 @@ pub fn evaluate(report: &Report) -> Vec<GoalResult> {
         met: losses.map(|(n, t)| n <= t / 5.0),
     });
     goals.push(connect_goal(report));
+    goals.push(retransmit_goal(report));
     goals.push(at_least(
         "dns_flood_pps_ratio",
         report.dns_flood_pps_ratio,

@@ -589,6 +589,24 @@ pub fn parse_tcpdump_stats(stderr: &str) -> TcpdumpStats {
     }
 }
 
+/// The BPF programs process `pid` holds, by id: each program descriptor's fdinfo says
+/// `prog_id:`.
+pub fn program_ids_of(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(
+            text.lines()
+                .filter_map(|line| line.strip_prefix("prog_id:"))
+                .filter_map(|id| id.trim().parse::<u32>().ok()),
+        );
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

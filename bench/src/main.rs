@@ -5,7 +5,8 @@
 //! Sections: `programs` (`BPF_PROG_TEST_RUN` against reference programs, verifier counts),
 //! `rates` (64-byte UDP packet rates across a veth pair: none / netwatch / tcpdump, and DNS
 //! floods), `storm` (a request storm through the lab: counts, CPU, memory), `drops` (the
-//! local drop program's cost per drop in a drop storm), `latency` (detection latency of
+//! local drop program's cost per drop in a drop storm), `retransmits` (the retransmission
+//! program's cost per retransmission beside its references), `latency` (detection latency of
 //! blackholed targets) and `connects` (`connect()` rate with and without the socket owner
 //! programs). Benchmarks are not tests: a missed goal is reported, not an error; the exit
 //! status is 1 only when a section could not run.
@@ -21,6 +22,7 @@ mod procfs;
 mod programs;
 mod rates;
 mod report;
+mod retransmits;
 mod stats;
 mod storm;
 
@@ -90,6 +92,7 @@ enum Section {
     Rates,
     Storm,
     Drops,
+    Retransmits,
     Latency,
     Connects,
 }
@@ -102,6 +105,8 @@ struct Plan {
     storm_seconds: f64,
     /// Copies of the watched query dropped in the drop storm.
     drop_storm: u64,
+    /// Seconds of lossy uploads for the retransmission program.
+    retransmit_seconds: f64,
     latency_targets: usize,
     /// Rounds and seconds per condition of the `connect()` rate.
     connects: (usize, f64),
@@ -125,6 +130,7 @@ impl Plan {
                 },
                 storm_seconds: 1.0,
                 drop_storm: 20_000,
+                retransmit_seconds: 1.0,
                 latency_targets: 10,
                 connects: (1, 0.3),
             }
@@ -144,6 +150,7 @@ impl Plan {
                 },
                 storm_seconds: 5.0,
                 drop_storm: 1_000_000,
+                retransmit_seconds: 5.0,
                 latency_targets: 100,
                 connects: (3, 1.0),
             }
@@ -163,6 +170,7 @@ impl Plan {
                 },
                 storm_seconds: 10.0,
                 drop_storm: 2_000_000,
+                retransmit_seconds: 10.0,
                 latency_targets: 150,
                 connects: (7, 2.0),
             }
@@ -210,6 +218,15 @@ impl Plan {
                     "{} copies of one DNS query dropped by the client's output chain, then UDP to an \
                      unwatched port for as long; BPF_ENABLE_STATS on",
                     self.drop_storm
+                ),
+            ),
+            (
+                "retransmits".to_owned(),
+                format!(
+                    "4 TCP uploads for {} s through a router dropping 20 % of their segments; \
+                     netwatch's program, an empty one and a minimal follower on \
+                     tcp_retransmit_skb together; BPF_ENABLE_STATS on",
+                    self.retransmit_seconds
                 ),
             ),
             (
@@ -390,6 +407,11 @@ fn measure(args: &Args) -> anyhow::Result<Report> {
     if wanted(Section::Drops) {
         report.drops = section("drops", &mut errors, || {
             drops::run(&tools, plan.drop_storm, &progress)
+        });
+    }
+    if wanted(Section::Retransmits) {
+        report.retransmits = section("retransmits", &mut errors, || {
+            retransmits::run(&tools, plan.retransmit_seconds, &progress)
         });
     }
     if wanted(Section::Latency) {

@@ -125,6 +125,26 @@ const ROWS: &[(&str, &str, Unit)] = &[
         Unit::Pct,
     ),
     (
+        "retransmit_program_ns",
+        "retransmission program (`tcp:tcp_retransmit_skb`) per retransmission, kernel run time ÷ runs",
+        Unit::Ns,
+    ),
+    (
+        "retransmit_floor_ns",
+        "empty program on the same tracepoint, same retransmissions",
+        Unit::Ns,
+    ),
+    (
+        "retransmit_minimal_ns",
+        "minimal follower (the same fields read, one map update), same retransmissions",
+        Unit::Ns,
+    ),
+    (
+        "retransmit_ratio",
+        "retransmission program ÷ minimal follower",
+        Unit::Ratio,
+    ),
+    (
         "detection_latency_ms_p99",
         "send → `blackholed` verdict, p99",
         Unit::Ms,
@@ -151,6 +171,10 @@ fn value_of(report: &Report, key: &str) -> Option<f64> {
         "drop_program_ns" => report.drop_program_ns,
         "drop_unwatched_ns" => report.drop_unwatched_ns,
         "drop_storm_cpu_pct" => report.drop_storm_cpu_pct,
+        "retransmit_program_ns" => report.retransmit_program_ns,
+        "retransmit_floor_ns" => report.retransmit_floor_ns,
+        "retransmit_minimal_ns" => report.retransmit_minimal_ns,
+        "retransmit_ratio" => report.retransmit_ratio,
         "detection_latency_ms_p99" => report.detection_latency_ms_p99,
         "connect_rate_ratio" => report.connect_rate_ratio,
         _ => None,

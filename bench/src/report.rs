@@ -12,6 +12,7 @@ use crate::{
     latency::LatencyResults,
     programs::ProgramResults,
     rates::{Condition, RateResults},
+    retransmits::RetransmitResults,
     stats::Figure,
     storm::StormResults,
 };
@@ -36,6 +37,13 @@ pub struct Report {
     pub drop_storm_count_exact: Option<bool>,
     /// The drop program and netwatch's process in the drop storm, % of one core.
     pub drop_storm_cpu_pct: Option<f64>,
+    /// The retransmission program's kernel run time per retransmission, an empty program's
+    /// on the same tracepoint and the minimal follower's, in the same run, and the first
+    /// over the last.
+    pub retransmit_program_ns: Option<f64>,
+    pub retransmit_floor_ns: Option<f64>,
+    pub retransmit_minimal_ns: Option<f64>,
+    pub retransmit_ratio: Option<f64>,
     pub detection_latency_ms_p99: Option<f64>,
     /// TCP `connect()` rate on loopback with netwatch's socket owner programs on the
     /// cgroup2 root ÷ netwatch without them.
@@ -51,6 +59,7 @@ pub struct Report {
     pub rates: Option<RateResults>,
     pub storm: Option<StormResults>,
     pub drops: Option<DropResults>,
+    pub retransmits: Option<RetransmitResults>,
     pub latency: Option<LatencyResults>,
     pub connects: Option<ConnectResults>,
     pub meta: Meta,
@@ -126,6 +135,12 @@ impl Report {
             self.drop_unwatched_ns = Some(d.unwatched.ns_per_run);
             self.drop_storm_count_exact = Some(d.count_exact);
             self.drop_storm_cpu_pct = Some(d.watched.program_cpu_pct + d.watched.netwatch_cpu_pct);
+        }
+        if let Some(r) = &self.retransmits {
+            self.retransmit_program_ns = Some(r.program.ns_per_run);
+            self.retransmit_floor_ns = Some(r.floor.ns_per_run);
+            self.retransmit_minimal_ns = Some(r.minimal.ns_per_run);
+            self.retransmit_ratio = r.ratio();
         }
         if let Some(l) = &self.latency {
             self.detection_latency_ms_p99 = Some(l.p99_ms);

@@ -1,5 +1,7 @@
 //! Reference programs for `cargo xtask bench`: what any request tracker must pay at the
-//! least, measured beside the real programs in the same run. Never attached anywhere.
+//! least, measured beside the real programs in the same run. The classifiers are only run
+//! with `BPF_PROG_TEST_RUN` (or attached to the bench's own veth pair); the
+//! `tcp_retransmit_skb` ones are attached beside netwatch's for one bench section.
 //!
 //! Their key is the 40 bytes after the Ethernet header (an IPv4 + TCP header: addresses,
 //! ports and sequence number make it distinct per packet), copied as is: the cheapest way to
@@ -21,12 +23,15 @@
 )]
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{classifier, map},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{classifier, map, raw_tracepoint},
     maps::HashMap,
-    programs::TcContext,
+    programs::{RawTracePointContext, TcContext},
 };
-use netwatch_common::{PENDING_CAPACITY, PendingRequest, RequestKey};
+use netwatch_common::{
+    PENDING_CAPACITY, PendingRequest, RETRANSMITS_CAPACITY, RequestKey, RetransmitConfig,
+    Retransmits,
+};
 
 const PASS_THROUGH: i32 = -1;
 const ETH_HEADER_LEN: usize = 14;
@@ -73,6 +78,75 @@ pub fn bench_match(ctx: TcContext) -> i32 {
         let _ = REFERENCE.remove(&key);
     }
     PASS_THROUGH
+}
+
+/// As netwatch's `RETRANSMIT_CONFIG`, set by the bench from the same BTF.
+#[unsafe(no_mangle)]
+static RETRANSMIT_CONFIG: RetransmitConfig = RetransmitConfig::disabled();
+
+/// Same type, size, key and value as netwatch's `RETRANSMITS`.
+#[map]
+static RETRANSMIT_REFERENCE: HashMap<u64, Retransmits> =
+    HashMap::with_max_entries(RETRANSMITS_CAPACITY, 0);
+
+/// An empty program on `tcp:tcp_retransmit_skb`: the cost of running any program there.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn bench_retransmit_floor(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// The least a follower of retransmissions pays: the fields netwatch's program reads (the
+/// socket's addresses, ports, family and namespace, the segment's length and sequence, the
+/// five `tcp_sock` fields), read the same way, and one update of a map like its own.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn bench_retransmit_minimal(ctx: RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0) as *const u8;
+    let skb = ctx.arg::<u64>(1) as *const u8;
+    let _ = minimal_update(sk, skb);
+    0
+}
+
+macro_rules! config {
+    ($field:ident) => {{
+        // SAFETY: reading a plain static; volatile: the loader rewrites it.
+        unsafe { core::ptr::read_volatile(&raw const RETRANSMIT_CONFIG.$field) }
+    }};
+}
+
+#[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "kernel structure fields, read through the helper"
+)]
+fn field<T>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
+}
+
+#[inline(always)]
+fn minimal_update(sk: *const u8, skb: *const u8) -> Option<()> {
+    let len = field::<u32>(skb, config!(skb_len))?;
+    let family = field::<u16>(sk, config!(family))?;
+    let net = field::<u64>(sk, config!(sk_net))?;
+    let inum = field::<u32>(net as *const u8, config!(net_inum))?;
+    let remote_port = field::<u16>(sk, config!(dport))?;
+    let local_port = field::<u16>(sk, config!(num))?;
+    let remote = field::<[u8; 16]>(sk, config!(v6_daddr))?;
+    let local = field::<[u8; 16]>(sk, config!(v6_rcv_saddr))?;
+    let seq = field::<u32>(skb, config!(skb_cb))?;
+    let snd_una = field::<u32>(sk, config!(snd_una))?;
+    let snd_wnd = field::<u32>(sk, config!(snd_wnd))?;
+    let mss = field::<u32>(sk, config!(mss_cache))?;
+    let header = field::<u16>(sk, config!(tcp_header_len))?;
+    let delivered = field::<u32>(sk, config!(delivered))?;
+    let bytes_acked = field::<u64>(sk, config!(bytes_acked))?;
+    let mut value = Retransmits::new(remote, local, (remote_port, local_port), header, 0);
+    value.head_seq = seq;
+    value.mss = mss;
+    value.delivered = delivered;
+    value.bytes_acked = bytes_acked;
+    value.window_limited = snd_wnd ^ snd_una ^ len ^ inum ^ u32::from(family);
+    RETRANSMIT_REFERENCE.insert(&(sk as u64), &value, 0).ok()
 }
 
 #[cfg(not(test))]

@@ -57,8 +57,8 @@ enum Task {
         /// Fewer repetitions and shorter runs (within two minutes); BENCHMARKS.md is left alone.
         #[arg(long)]
         quick: bool,
-        /// Only these sections (comma-separated: programs, rates, storm, latency); BENCHMARKS.md
-        /// is left alone.
+        /// Only these sections (comma-separated: programs, rates, storm, drops, retransmits,
+        /// latency, connects); BENCHMARKS.md is left alone.
         #[arg(long)]
         only: Option<String>,
     },
