@@ -223,7 +223,7 @@ impl Plan {
             (
                 "retransmits".to_owned(),
                 format!(
-                    "4 TCP uploads for {} s through a router dropping 20 % of their segments; \
+                    "4 TCP uploads for {} s through a router dropping 5 % of their segments; \
                      netwatch's program, an empty one and a minimal follower on \
                      tcp_retransmit_skb together; BPF_ENABLE_STATS on",
                     self.retransmit_seconds

@@ -1,5 +1,5 @@
 //! The retransmission program (`tcp:tcp_retransmit_skb`, path-MTU stalls) against its
-//! references, in one run: TCP uploads through a router that drops a fifth of their data
+//! references, in one run: TCP uploads through a router that drops one in twenty of their data
 //! segments retransmit all the time, and three programs see every retransmission at once:
 //! netwatch's own (loaded by a netwatch watching the client), an empty program on the same
 //! tracepoint (the floor: what running any program there costs) and a minimal follower (the
@@ -31,12 +31,12 @@ const MINIMAL: &str = "bench_retransmit_minimal";
 const UPLOADS: usize = 4;
 const PORT: &str = "5001";
 
-/// The router drops a fifth of the uploads' data segments (not their handshakes).
+/// The router drops one in twenty of the uploads' data segments (not their handshakes).
 const LOSSY_ROUTER: &str = "flush ruleset
 table inet bench_loss {
   chain forward {
     type filter hook forward priority 0; policy accept;
-    tcp dport 5001 tcp flags & syn == 0 numgen random mod 5 == 0 drop
+    tcp dport 5001 tcp flags & syn == 0 numgen random mod 20 == 0 drop
   }
 }
 ";
@@ -198,7 +198,7 @@ pub fn run(
         references.stats(MINIMAL)?,
     );
     progress(&format!(
-        "retransmits: {UPLOADS} uploads for {seconds} s through a router dropping 20 % of their segments"
+        "retransmits: {UPLOADS} uploads for {seconds} s through a router dropping 5 % of their segments"
     ));
     let wall = Instant::now();
     let uploads: Vec<Reaped> = (0..UPLOADS)
