@@ -110,7 +110,8 @@ pub struct Suite {
 /// host's own drops (the drop program reads the `sk_buff` at offsets and reasons each kernel's
 /// BTF gives; before 5.17 there are none, and netwatch must say so), its storm shortened, and
 /// this host's ruleset followed (the `nf_tables` announcements and trace events each kernel
-/// sends; the live view's timeline is left to the host, where tmux drives it).
+/// sends; the live view's timeline is left to the host, where tmux drives it), and what
+/// stalls after the handshake.
 ///
 /// The program tests each load their own programs and maps and share nothing, so the guest
 /// runs them on both its CPUs (under TCG they are the matrix's longest part: about 580 s on
@@ -143,6 +144,24 @@ pub const SUITES: &[Suite] = &[
     Suite {
         test: "ruleset",
         args: &["--skip", "the_live_view"],
+        env: &[],
+        guest_threads: 1,
+    },
+    // What a kernel changes after the handshake: the retransmission program (its tracepoint
+    // and the socket's layout), the drop program's path-MTU signals and fragments (drop
+    // reasons from 5.17). The controls and the server's side run the same programs: the host.
+    Suite {
+        test: "path_mtu",
+        args: &[
+            "--skip",
+            "a_server_names",
+            "--skip",
+            "loss_a_closed_window",
+            "--skip",
+            "signals_let_through",
+            "--skip",
+            "tcp_mtu_probing",
+        ],
         env: &[],
         guest_threads: 1,
     },
