@@ -2,6 +2,7 @@
 //! netwatch. Each command first installs whatever is missing (and says so).
 
 mod cmd;
+mod package;
 mod setup;
 mod vm;
 
@@ -34,6 +35,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package `target/debian/netwatch_VERSION_ARCH.deb` (the release binary
+    /// with its eBPF programs, the systemd unit, the man page, shell completions, the
+    /// Prometheus rules and Grafana dashboard) and check it with lintian.
+    Package,
     /// Run every test: unit tests, the eBPF programs on crafted packets, the namespace lab.
     Test {
         /// Only the tests whose name contains this (passed to the test harness); skips the
@@ -409,6 +414,9 @@ fn main() -> ExitCode {
             let err = as_root(&binary).args(&args).exec();
             Err(err).context("could not start netwatch")
         }),
+        Task::Package => {
+            build_release().and_then(|binary| package::build(&workspace_root(), &binary).map(drop))
+        }
         Task::Test { filter, no_vm } => test(filter.as_deref(), no_vm),
         Task::VmTest { kernels } => vm_test(&kernels),
         Task::Bench { quick, only } => bench(quick, only.as_deref()),
