@@ -14,6 +14,7 @@ pub mod clsact;
 pub mod diagnosis;
 pub mod dns;
 pub mod drops;
+pub mod exit;
 pub mod interfaces;
 pub mod lock;
 pub mod output;
