@@ -3,6 +3,7 @@
 
 mod cmd;
 mod package;
+mod service_vm;
 mod setup;
 mod vm;
 
@@ -44,7 +45,7 @@ enum Task {
         /// Only the tests whose name contains this (passed to the test harness); skips the
         /// benchmark smoke run and the kernel matrix.
         filter: Option<String>,
-        /// Skip the kernel matrix (`vm-test`) at the end.
+        /// Skip the guests at the end: the service test and the kernel matrix (`vm-test`).
         #[arg(long)]
         no_vm: bool,
     },
@@ -56,6 +57,10 @@ enum Task {
         #[arg(long = "kernel", value_name = "VERSION")]
         kernels: Vec<String>,
     },
+    /// Build the Debian package, boot Debian's 6.12 kernel in QEMU with systemd as PID 1,
+    /// and check there that the package installs, runs and is removed cleanly, and that its
+    /// unit starts, attaches, judges real clients, stops and restarts as it should.
+    ServiceTest,
     /// Run the benchmark suite as root: writes target/bench/report.json and report.md, prints
     /// the table, and (full runs only) rewrites BENCHMARKS.md from the report.
     Bench {
@@ -210,8 +215,13 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
     }
     bench_smoke(&netwatch)?;
     if no_vm {
-        say("kernel matrix skipped (--no-vm)");
+        say("service test and kernel matrix skipped (--no-vm)");
         return Ok(());
+    }
+    // A failure here is reported after the matrix has run too.
+    let service = service_test();
+    if let Err(err) = &service {
+        say(&format!("service test: {err:#}"));
     }
     // This machine's kernel is the matrix's first entry: every suite above ran on it.
     let host = vm::Outcome {
@@ -227,7 +237,15 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         tests: binaries,
     };
     outcomes.extend(vm::run_matrix(&series, &executables, &workspace_root())?);
-    vm::conclude(&outcomes)
+    vm::conclude(&outcomes)?;
+    service.context("the service test failed")
+}
+
+/// `cargo xtask service-test`: the package, then its unit under systemd in a guest.
+fn service_test() -> anyhow::Result<()> {
+    let binary = build_release()?;
+    let deb = package::build(&workspace_root(), &binary)?;
+    service_vm::run(&workspace_root(), &deb)
 }
 
 /// `cargo xtask vm-test`: the suites on this machine's kernel and in QEMU on each kernel of
@@ -419,6 +437,7 @@ fn main() -> ExitCode {
         }
         Task::Test { filter, no_vm } => test(filter.as_deref(), no_vm),
         Task::VmTest { kernels } => vm_test(&kernels),
+        Task::ServiceTest => service_test(),
         Task::Bench { quick, only } => bench(quick, only.as_deref()),
     };
     match result {
