@@ -427,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn the_unit_runs_the_packaged_binary() {
+    fn the_unit_the_package_and_the_readmes_agree_on_the_command() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let unit = fs::read_to_string(root.join("deploy/systemd/netwatch.service")).unwrap();
         let exec: Vec<&str> = unit
@@ -436,6 +436,16 @@ mod tests {
             .collect();
         assert_eq!(exec.len(), 1, "{exec:?}");
         assert!(exec[0].starts_with(&format!("{BINARY} ")), "{exec:?}");
+        // Markdown wraps lines: compare with the whitespace folded.
+        for readme in ["README.md", "deploy/README.md"] {
+            let text = fs::read_to_string(root.join(readme)).unwrap();
+            let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                folded.contains(&format!("`{}`", exec[0])),
+                "{readme} does not quote the unit's command `{}`",
+                exec[0]
+            );
+        }
     }
 
     #[test]
