@@ -42,8 +42,8 @@ pub const SERVICE_PACKAGES: &[setup::Package] = &[
     },
 ];
 
-/// The guest is stopped (and the test failed) after this long. It takes about N minutes
-/// under TCG; see README.
+/// The guest is stopped (and the test failed) after this long: it boots and checks in about
+/// two minutes under TCG (README, "The systemd service").
 const TIMEOUT: Duration = Duration::from_mins(12);
 
 /// Units of the host that must not run in the guest: timesyncd would send NTP queries
