@@ -185,11 +185,11 @@ pub fn build(root: &Path, binary: &Path) -> anyhow::Result<PathBuf> {
 
     say("writing the man page and shell completions (from the binary itself)");
     let generated = Generated {
-        man: gzip(&cmd_stdout(Command::new(binary).arg("man"))?)?,
+        man: gzip(&cmd::output_bytes(Command::new(binary).arg("man"))?)?,
         completions: COMPLETIONS
             .iter()
             .map(|(shell, _)| {
-                cmd_stdout(Command::new(binary).args(["completions", shell]))
+                cmd::output_bytes(Command::new(binary).args(["completions", shell]))
                     .map(|text| (*shell, text))
             })
             .collect::<anyhow::Result<_>>()?,
@@ -299,21 +299,6 @@ fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     writer.join().expect("the writer does not panic")?;
     if !out.status.success() {
         bail!("gzip failed ({})", out.status);
-    }
-    Ok(out.stdout)
-}
-
-fn cmd_stdout(command: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = command
-        .output()
-        .with_context(|| format!("could not run {}", command.get_program().display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            command.get_program().display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
     }
     Ok(out.stdout)
 }

@@ -606,10 +606,10 @@ impl Kernel {
                 }
                 // busybox's insmod may not read compressed modules: unpack them here.
                 if file.ends_with(".xz") {
-                    let bytes = cmd_bytes(Command::new("xz").arg("-dc").arg(path))?;
+                    let bytes = cmd::output_bytes(Command::new("xz").arg("-dc").arg(path))?;
                     fs::write(&target, bytes)?;
                 } else if file.ends_with(".zst") {
-                    let bytes = cmd_bytes(Command::new("zstd").arg("-dc").arg(path))?;
+                    let bytes = cmd::output_bytes(Command::new("zstd").arg("-dc").arg(path))?;
                     fs::write(&target, bytes)?;
                 } else {
                     fs::copy(path, &target)?;
@@ -961,20 +961,6 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
         let name = name.to_string_lossy();
         (name.starts_with(&prefix) && name.ends_with(".deb")).then(|| entry.path())
     })
-}
-
-fn cmd_bytes(command: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = command
-        .output()
-        .with_context(|| format!("could not run {}", command.get_program().display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({})",
-            command.get_program().display(),
-            out.status
-        );
-    }
-    Ok(out.stdout)
 }
 
 pub(crate) fn set_executable(path: &Path) -> anyhow::Result<()> {
