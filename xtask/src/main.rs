@@ -218,11 +218,6 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         say("service test and kernel matrix skipped (--no-vm)");
         return Ok(());
     }
-    // A failure here is reported after the matrix has run too.
-    let service = service_test();
-    if let Err(err) = &service {
-        say(&format!("service test: {err:#}"));
-    }
     // This machine's kernel is the matrix's first entry: every suite above ran on it.
     let host = vm::Outcome {
         version: vm::host_kernel(),
@@ -230,6 +225,11 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         elapsed: started.elapsed(),
     };
     println!("{}", vm::result_line(&host));
+    // A failure here is reported after the matrix has run too.
+    let service = service_test();
+    if let Err(err) = &service {
+        say(&format!("service test: {err:#}"));
+    }
     let mut outcomes = vec![host];
     let series: Vec<String> = vm::MATRIX.iter().map(|&s| s.to_owned()).collect();
     let executables = vm::Executables {
