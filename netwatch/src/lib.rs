@@ -15,6 +15,7 @@ pub mod clsact;
 pub mod diagnosis;
 pub mod dns;
 pub mod drops;
+pub mod exit;
 pub mod firewall;
 pub mod interfaces;
 pub mod lock;

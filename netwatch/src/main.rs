@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::CommandFactory as _;
-use netwatch::cli::{self, Args, Parsed, Tool};
+use netwatch::{
+    cli::{self, Args, Parsed, Tool},
+    exit,
+};
 
 /// Buffers of 256 KiB and more get pages of their own, returned when freed. A burst of
 /// requests makes megabyte buffers for one poll (the requests that went unanswered, the
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
         }
         Parsed::Usage(line) => {
             eprintln!("netwatch: error: {line}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     if let Some(tool) = &args.command {
@@ -67,10 +70,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(netwatch::app::run(*args)) {
         Ok(netwatch::app::Ending::Normal) => ExitCode::SUCCESS,
-        Ok(netwatch::app::Ending::FailOnMatched) => ExitCode::from(3),
+        Ok(netwatch::app::Ending::FailOnMatched) => ExitCode::from(exit::FAIL_ON_MATCHED),
         Err(err) => {
             eprintln!("netwatch: error: {}", one_line(&format!("{err:#}")));
-            ExitCode::FAILURE
+            ExitCode::from(exit::status_of(&err))
         }
     }
 }

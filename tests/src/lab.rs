@@ -89,6 +89,20 @@ impl Netns {
         ns
     }
 
+    /// A name for the network namespace this process runs in (`ip netns attach`), so that
+    /// a lab can put this host itself in the client's place. Dropping it removes the name,
+    /// not the namespace.
+    fn this_host(name: String) -> Self {
+        let ns = Self { name };
+        run_ok(Command::new("ip").args([
+            "netns",
+            "attach",
+            &ns.name,
+            &std::process::id().to_string(),
+        ]));
+        ns
+    }
+
     /// `program args…` inside this namespace.
     #[must_use]
     pub fn command(&self, program: &str) -> Command {
@@ -163,17 +177,36 @@ impl Lab {
     /// Builds the topology and loads [`INHERITED_FIREWALL`].
     #[must_use]
     pub fn new() -> Self {
-        let id = format!(
+        let id = Self::unique_id();
+        Self::around(Netns::create(format!("nwlab-c{id}")), &id)
+    }
+
+    /// The same lab with this host in the client's place: `c0`, its addresses and the
+    /// default routes are in the namespace this process runs in, where a service (netwatch
+    /// under systemd) watches the default-route interface. Only for a host of its own (the
+    /// systemd guest of `cargo xtask service-test`): the default route must be free, and
+    /// this host's traffic to anywhere but the lab then goes nowhere.
+    #[must_use]
+    pub fn around_this_host() -> Self {
+        let id = Self::unique_id();
+        Self::around(Netns::this_host(format!("nwlab-h{id}")), &id)
+    }
+
+    fn unique_id() -> String {
+        format!(
             "{}x{}",
             std::process::id(),
             LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        )
+    }
+
+    fn around(client: Netns, id: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("netwatch-lab-{id}"));
         std::fs::create_dir_all(&dir).expect("lab temp dir");
         let lab = Self {
             children: Vec::new(),
             dir,
-            client: Netns::create(format!("nwlab-c{id}")),
+            client,
             firewall: Netns::create(format!("nwlab-f{id}")),
             server: Netns::create(format!("nwlab-s{id}")),
         };

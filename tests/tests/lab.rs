@@ -496,12 +496,12 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
         (
             vec!["--iface", "nw-missing0"],
             "no such interface: nw-missing0",
-            1,
+            4,
         ),
         (
             vec!["--iface", "nw-elsewhere0"],
             "no such interface: nw-elsewhere0",
-            1,
+            4,
         ),
         (vec!["--iface", ""], "interface name is empty", 2),
         (
@@ -591,7 +591,7 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("missing capabilities CAP_BPF, CAP_NET_ADMIN"),
@@ -856,7 +856,7 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = lab.client.run("setpriv", &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{caps}: {stderr}");
+        assert_eq!(out.status.code(), Some(4), "{caps}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{caps}: {stderr}");
         assert!(
             stderr.contains(&format!("missing capability {missing}")),

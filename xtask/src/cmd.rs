@@ -26,6 +26,11 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
 
 /// Runs `command` and returns its stdout.
 pub fn output(command: &mut Command) -> anyhow::Result<String> {
+    output_bytes(command).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Runs `command` and returns its stdout as it is (a compressed file, a man page).
+pub fn output_bytes(command: &mut Command) -> anyhow::Result<Vec<u8>> {
     let out = command
         .output()
         .with_context(|| format!("could not run `{}`", describe(command)))?;
@@ -37,5 +42,5 @@ pub fn output(command: &mut Command) -> anyhow::Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }

@@ -2,6 +2,8 @@
 //! netwatch. Each command first installs whatever is missing (and says so).
 
 mod cmd;
+mod package;
+mod service_vm;
 mod setup;
 mod vm;
 
@@ -34,12 +36,16 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package `target/debian/netwatch_VERSION_ARCH.deb` (the release binary
+    /// with its eBPF programs, the systemd unit, the man page, shell completions, the
+    /// Prometheus rules and Grafana dashboard) and check it with lintian.
+    Package,
     /// Run every test: unit tests, the eBPF programs on crafted packets, the namespace lab.
     Test {
         /// Only the tests whose name contains this (passed to the test harness); skips the
         /// benchmark smoke run and the kernel matrix.
         filter: Option<String>,
-        /// Skip the kernel matrix (`vm-test`) at the end.
+        /// Skip the guests at the end: the service test and the kernel matrix (`vm-test`).
         #[arg(long)]
         no_vm: bool,
     },
@@ -51,6 +57,10 @@ enum Task {
         #[arg(long = "kernel", value_name = "VERSION")]
         kernels: Vec<String>,
     },
+    /// Build the Debian package, boot Debian's 6.12 kernel in QEMU with systemd as PID 1,
+    /// and check there that the package installs, runs and is removed cleanly, and that its
+    /// unit starts, attaches, judges real clients, stops and restarts as it should.
+    ServiceTest,
     /// Run the benchmark suite as root: writes target/bench/report.json and report.md, prints
     /// the table, and (full runs only) rewrites BENCHMARKS.md from the report.
     Bench {
@@ -205,7 +215,7 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
     }
     bench_smoke(&netwatch)?;
     if no_vm {
-        say("kernel matrix skipped (--no-vm)");
+        say("service test and kernel matrix skipped (--no-vm)");
         return Ok(());
     }
     // This machine's kernel is the matrix's first entry: every suite above ran on it.
@@ -215,6 +225,11 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         elapsed: started.elapsed(),
     };
     println!("{}", vm::result_line(&host));
+    // A failure here is reported after the matrix has run too.
+    let service = service_test();
+    if let Err(err) = &service {
+        say(&format!("service test: {err:#}"));
+    }
     let mut outcomes = vec![host];
     let series: Vec<String> = vm::MATRIX.iter().map(|&s| s.to_owned()).collect();
     let executables = vm::Executables {
@@ -222,7 +237,15 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         tests: binaries,
     };
     outcomes.extend(vm::run_matrix(&series, &executables, &workspace_root())?);
-    vm::conclude(&outcomes)
+    vm::conclude(&outcomes)?;
+    service.context("the service test failed")
+}
+
+/// `cargo xtask service-test`: the package, then its unit under systemd in a guest.
+fn service_test() -> anyhow::Result<()> {
+    let binary = build_release()?;
+    let deb = package::build(&workspace_root(), &binary)?;
+    service_vm::run(&workspace_root(), &deb)
 }
 
 /// `cargo xtask vm-test`: the suites on this machine's kernel and in QEMU on each kernel of
@@ -409,8 +432,12 @@ fn main() -> ExitCode {
             let err = as_root(&binary).args(&args).exec();
             Err(err).context("could not start netwatch")
         }),
+        Task::Package => {
+            build_release().and_then(|binary| package::build(&workspace_root(), &binary).map(drop))
+        }
         Task::Test { filter, no_vm } => test(filter.as_deref(), no_vm),
         Task::VmTest { kernels } => vm_test(&kernels),
+        Task::ServiceTest => service_test(),
         Task::Bench { quick, only } => bench(quick, only.as_deref()),
     };
     match result {

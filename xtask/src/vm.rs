@@ -383,7 +383,7 @@ pub fn conclude(outcomes: &[Outcome]) -> anyhow::Result<()> {
 
 /// apt-get and apt-cache with their own sources, lists and cache: the host's apt
 /// configuration and state are neither read nor changed.
-struct PrivateApt {
+pub(crate) struct PrivateApt {
     dir: PathBuf,
 }
 
@@ -391,7 +391,7 @@ impl PrivateApt {
     /// The lists are refreshed when older than this.
     const MAX_AGE: Duration = Duration::from_hours(24);
 
-    fn new(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn new(dir: &Path) -> anyhow::Result<Self> {
         let sources = dir.join("sources");
         for sub in ["sources", "lists/partial", "cache/archives/partial"] {
             fs::create_dir_all(dir.join(sub))
@@ -529,18 +529,18 @@ fn version_key(version: &str) -> Vec<u64> {
 }
 
 /// A fetched kernel: its package unpacked under `target/vm/kernels/ABI`, with an initramfs.
-struct Kernel {
+pub(crate) struct Kernel {
     /// Upstream version, e.g. 6.1.192: the name in the result line.
-    version: String,
+    pub(crate) version: String,
     /// `uname -r`, e.g. 6.1.0-56-cloud-amd64: the modules directory.
-    abi: String,
+    pub(crate) abi: String,
     dir: PathBuf,
     vmlinuz: PathBuf,
     initramfs: PathBuf,
 }
 
 impl Kernel {
-    fn fetch(apt: &PrivateApt, series: &str, vm_dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn fetch(apt: &PrivateApt, series: &str, vm_dir: &Path) -> anyhow::Result<Self> {
         let (package, version) = apt.resolve(series)?;
         let abi = package
             .strip_prefix("linux-image-")
@@ -633,10 +633,10 @@ impl Kernel {
                 }
                 // busybox's insmod may not read compressed modules: unpack them here.
                 if file.ends_with(".xz") {
-                    let bytes = cmd_bytes(Command::new("xz").arg("-dc").arg(path))?;
+                    let bytes = cmd::output_bytes(Command::new("xz").arg("-dc").arg(path))?;
                     fs::write(&target, bytes)?;
                 } else if file.ends_with(".zst") {
-                    let bytes = cmd_bytes(Command::new("zstd").arg("-dc").arg(path))?;
+                    let bytes = cmd::output_bytes(Command::new("zstd").arg("-dc").arg(path))?;
                     fs::write(&target, bytes)?;
                 } else {
                     fs::copy(path, &target)?;
@@ -781,7 +781,7 @@ impl Kernel {
         clippy::too_many_arguments,
         reason = "one call site per use, all paths"
     )]
-    fn boot(
+    pub(crate) fn boot(
         &self,
         accel: Accel,
         run_dir: &Path,
@@ -875,9 +875,9 @@ impl Kernel {
     }
 }
 
-struct Booted {
-    finished: bool,
-    why: String,
+pub(crate) struct Booted {
+    pub(crate) finished: bool,
+    pub(crate) why: String,
 }
 
 /// Child processes killed (and reaped) when dropped, on success and on error alike.
@@ -975,7 +975,7 @@ fn follow(console: &Path, stop: &AtomicBool) {
     }
 }
 
-fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+pub(crate) fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<String> = text.lines().map(|l| l.replace('\r', "")).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
@@ -990,50 +990,42 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
     })
 }
 
-fn cmd_bytes(command: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = command
-        .output()
-        .with_context(|| format!("could not run {}", command.get_program().display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({})",
-            command.get_program().display(),
-            out.status
-        );
-    }
-    Ok(out.stdout)
-}
-
-fn set_executable(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn set_executable(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("could not make {} executable", path.display()))
 }
 
 /// Single-quotes `text` for sh.
-fn shell_quote(text: &str) -> String {
+pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// KVM when it really works, TCG otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Accel {
+pub(crate) enum Accel {
     Kvm,
     Tcg,
 }
 
 impl Accel {
-    const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Self::Kvm => "KVM",
             Self::Tcg => "TCG (emulation)",
         }
     }
 
+    /// [`Accel::probe`], once per xtask run: the service test and the matrix share it.
+    pub(crate) fn choose(kernel: &Kernel, vm_dir: &Path) -> Self {
+        static CHOSEN: std::sync::OnceLock<Accel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| Self::probe(kernel, vm_dir))
+    }
+
     /// `NETWATCH_VM_ACCEL=kvm|tcg` decides; otherwise KVM only if `/dev/kvm` exists and a
     /// probe boot under it reaches the initramfs and powers off within 30 s (nested KVM
     /// such as PVM can hang or crash stock kernels).
-    fn choose(kernel: &Kernel, vm_dir: &Path) -> Self {
+    fn probe(kernel: &Kernel, vm_dir: &Path) -> Self {
         match std::env::var("NETWATCH_VM_ACCEL").as_deref() {
             Ok("tcg") => return Self::Tcg,
             Ok("kvm") => return Self::Kvm,
