@@ -1262,6 +1262,14 @@ fn differential_round(lab: &Lab, round: usize, seed: u64) {
 /// independent dissector of the capture (tshark's fields and the protocols' rules:
 /// `netwatch_tests::dissector`) must give exactly netwatch's per-target requests, answered,
 /// rejected, unanswered, retransmits, late answers, verdicts and reasons.
+///
+/// What is independent, and what is not: the counts are the dissector's own, from the
+/// packets and the protocols' rules. The verdict is not: `dissector::Counts::verdict` turns
+/// counts into a verdict by the README's table, the same five-arm rule as netwatch's
+/// `verdict.rs`, shared by definition (the table *is* the contract). So the verdicts can only
+/// disagree where the counts (or which of them were late) do; the comparison of verdicts
+/// checks that netwatch applies its table to the counts it reports, not the table itself,
+/// which `verdict.rs`'s unit tests cover.
 #[test]
 fn trust_netwatch_agrees_with_an_independent_dissector() {
     if !prerequisites(
