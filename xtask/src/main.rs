@@ -185,8 +185,8 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let mut host = vm::Counts::default();
+    let filters: Vec<&str> = filter.into_iter().collect();
     for (name, binary) in &binaries {
-        let filters: Vec<&str> = filter.into_iter().collect();
         let listed = vm::listed_tests(binary, &filters)?;
         if listed == 0 && filter.is_some() {
             continue; // the filter matches none of its tests
