@@ -57,8 +57,13 @@ fn met_mark(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "✅ met",
         Some(false) => "❌ missed",
-        None => "—",
+        None => "❔ not measured",
     }
+}
+
+/// The mark of a figure's goal, if it has one.
+fn goal_mark(goal: Option<&GoalResult>) -> &'static str {
+    goal.map_or("—", |g| met_mark(g.met))
 }
 
 /// (key, what it is, unit): the rows of the results table, in the issue's order.
@@ -185,88 +190,85 @@ fn goal_of<'a>(report: &'a Report, key: &str) -> Option<&'a GoalResult> {
     report.goals.iter().find(|g| g.key == key)
 }
 
-/// The table of every contract figure beside its goal.
+/// The table of every contract figure beside its goal, and a row for every goal: met,
+/// missed or not measured.
 #[must_use]
 pub fn results_table(report: &Report) -> String {
     let mut out = String::from(
         "| Figure | Measured (median) | Min | Max | Goal | |\n| --- | ---: | ---: | ---: | --- | --- |\n",
     );
+    let mut shown: Vec<&str> = Vec::new();
     for (key, what, unit) in ROWS {
         let value = value_of(report, key);
-        let range = report.ranges.get(*key);
-        let (min, max) = range.filter(|r| r.n > 1).map_or(("", ""), |_| ("x", "x"));
-        let min = if min.is_empty() {
-            "—".to_owned()
-        } else {
-            bare(range.map_or(0.0, |r| r.min), *unit)
-        };
-        let max = if max.is_empty() {
-            "—".to_owned()
-        } else {
-            bare(range.map_or(0.0, |r| r.max), *unit)
-        };
+        let (min, max) = spread_cells(report, key, value, *unit);
         let goal = goal_of(report, key);
         let _ = writeln!(
             out,
             "| `{key}` — {what} | {} | {min} | {max} | {} | {} |",
             value.map_or_else(|| "not measured".to_owned(), |v| show(v, *unit)),
             goal.map_or("—", |g| g.goal.as_str()),
-            met_mark(goal.and_then(|g| g.met)),
+            goal_mark(goal),
         );
-        if *key == "tcpdump_pps_ratio"
-            && let Some(goal) = goal_of(report, "udp_loss_vs_tcpdump")
-        {
-            let _ = writeln!(
-                out,
-                "| netwatch's loss vs tcpdump's | {} | | | {} | {} |",
-                goal.measured,
-                goal.goal,
-                met_mark(goal.met)
-            );
-        }
-        if *key == "dns_flood_pps_ratio" {
-            exact_row(
-                &mut out,
-                report,
+        shown.push(key);
+        let after: &[(&str, &str)] = match *key {
+            "tcpdump_pps_ratio" => &[(crate::goals::LOSS_KEY, "netwatch's loss vs tcpdump's")],
+            "dns_flood_pps_ratio" => &[(
                 "dns_flood_count_exact",
                 "DNS flood: netwatch counted every request sent",
-            );
-        }
-        if *key == "drop_program_ns" {
-            exact_row(
-                &mut out,
-                report,
+            )],
+            "drop_program_ns" => &[(
                 "drop_storm_count_exact",
                 "drop storm: `local_drops` = copies dropped, one request",
-            );
-        }
-        if *key == "storm_requests_per_s" {
-            exact_row(
-                &mut out,
-                report,
+            )],
+            "storm_requests_per_s" => &[(
                 "storm_count_exact",
                 "storm: requests = sent, unanswered + untracked = sent",
-            );
+            )],
+            _ => &[],
+        };
+        for (goal_key, what) in after {
+            goal_row(&mut out, report, goal_key, what);
+            shown.push(goal_key);
         }
     }
+    // The verifier's goals, then any goal without a figure row of its own.
     for goal in report
         .goals
         .iter()
         .filter(|g| g.key.starts_with("verifier_insns"))
     {
-        let _ = writeln!(
-            out,
-            "| `{}` — instructions the verifier processed | {} | | | {} | {} |",
-            goal.key,
-            goal.measured,
-            goal.goal,
-            met_mark(goal.met)
+        goal_row(
+            &mut out,
+            report,
+            &goal.key,
+            "instructions the verifier processed",
         );
+    }
+    for goal in report
+        .goals
+        .iter()
+        .filter(|g| !g.key.starts_with("verifier_insns") && !shown.contains(&g.key.as_str()))
+    {
+        goal_row(&mut out, report, &goal.key, "goal");
     }
     out
 }
 
-fn exact_row(out: &mut String, report: &Report, key: &str, what: &str) {
+/// The Min and Max cells: the rounds' range; "one run" for a figure measured once (no
+/// spread is known, so none is shown as if it were); "—" when not measured.
+fn spread_cells(report: &Report, key: &str, value: Option<f64>, unit: Unit) -> (String, String) {
+    match (report.ranges.get(key).filter(|r| r.n > 1), value) {
+        (Some(range), _) => (bare(range.min, unit), bare(range.max, unit)),
+        (None, Some(_)) => (ONE_RUN.to_owned(), ONE_RUN.to_owned()),
+        (None, None) => ("—".to_owned(), "—".to_owned()),
+    }
+}
+
+/// What the Min and Max cells of a figure measured once say.
+const ONE_RUN: &str = "one run";
+
+/// A row for the goal `key`, as judged (every goal is, measured or not).
+fn goal_row(out: &mut String, report: &Report, key: &str, what: &str) {
     if let Some(goal) = goal_of(report, key) {
         let _ = writeln!(
             out,
@@ -276,6 +278,16 @@ fn exact_row(out: &mut String, report: &Report, key: &str, what: &str) {
             met_mark(goal.met)
         );
     }
+}
+
+/// The judged goals whose figure was measured once: no rounds, so no spread to tell whether
+/// another run would land on the other side of the goal.
+fn measured_once(report: &Report) -> Vec<&'static str> {
+    ROWS.iter()
+        .map(|(key, _, _)| *key)
+        .filter(|key| goal_of(report, key).is_some_and(|g| g.met.is_some()))
+        .filter(|key| report.ranges.get(*key).is_none_or(|r| r.n <= 1))
+        .collect()
 }
 
 fn range(figure: &Figure, unit: Unit) -> String {
@@ -448,6 +460,18 @@ pub fn benchmarks_md(report: &Report, previous: Option<&str>) -> String {
              may well land on the other side.",
             borderline
                 .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let once = measured_once(report);
+    if !once.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n**Measured once:** {} — one run each (Min and Max say so), so no spread is known: \
+             whether another run would land on the other side of the goal cannot be told from this one.",
+            once.iter()
                 .map(|k| format!("`{k}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -639,21 +663,25 @@ fn drop_storm(out: &mut String, drops: &DropResults) {
     );
 }
 
+/// The goals not met: missed, and not measured (a goal nobody measured is not met either).
 fn missed_goals(out: &mut String, report: &Report) {
-    let missed: Vec<&GoalResult> = report
+    let open: Vec<&GoalResult> = report
         .goals
         .iter()
-        .filter(|g| g.met == Some(false))
+        .filter(|g| g.met != Some(true))
         .collect();
-    if missed.is_empty() {
+    if open.is_empty() {
         return;
     }
-    out.push_str("\n## Missed goals\n\n");
-    for goal in missed {
+    out.push_str("\n## Missed goals\n\nMissed, or not measured in this run.\n\n");
+    for goal in open {
         let _ = writeln!(
             out,
-            "- **`{}`**: {} (goal {})",
-            goal.key, goal.measured, goal.goal
+            "- **`{}`** ({}): {} (goal {})",
+            goal.key,
+            met_mark(goal.met),
+            goal.measured,
+            goal.goal
         );
     }
     let _ = writeln!(
@@ -742,6 +770,14 @@ const METHODOLOGY: &str = "
   198.51.100.100 and up, 13 ms apart, recording each send's wall-clock time; latency is the `time` of the
   target's first `blackholed` verdict record minus that.
 - **Verifier**: `verified_instruction_count` of each loaded program (`bpf_prog_info.verified_insns`).
+- **Goals** are judged on the medians: met, missed, or not measured (a section that did not run, or
+  a figure it could not give); a goal not measured is not met, and is listed with the missed ones.
+  A ranged figure whose rounds fell on both sides of its goal is called borderline; a figure measured
+  once (the storm, the drop storm, the detection latency) has no spread to tell, and says so.
+  netwatch's loss against tcpdump's (`udp_loss_vs_tcpdump`) counts a ratio above 1 as no loss (never
+  as a negative one, which would meet the goal by its sign alone), is judged only where tcpdump lost
+  something (a fifth of nothing is not measurable here), and is borderline when netwatch's rounds lost
+  both more and less than its bound.
 ";
 
 #[cfg(test)]
@@ -773,8 +809,8 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("| 6.0 ns | — | — | ≤ 5.0 | ❌ missed |"),
-            "{table}"
+            table.contains("| 6.0 ns | one run | one run | ≤ 5.0 | ❌ missed |"),
+            "measured once: no spread, and it says so: {table}"
         );
         assert!(
             table.contains("`udp_pps_ratio` — 64-byte UDP pps, netwatch ÷ none | not measured |"),
@@ -785,6 +821,127 @@ mod tests {
         assert!(doc.contains("## Methodology"));
         assert!(
             doc.ends_with("## Analysis (written by hand)\n\nNone yet.\n"),
+            "{doc}"
+        );
+    }
+
+    /// The table's row of goal `key` and its mark.
+    fn goal_row_of<'a>(table: &'a str, key: &str) -> Option<&'a str> {
+        table
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{key}` —")))
+    }
+
+    #[test]
+    fn every_goal_gets_a_row_met_missed_or_not_measured() {
+        for report in [
+            Report::default(),
+            Report {
+                udp_pps_ratio: Some(0.99),
+                tcpdump_pps_ratio: Some(0.9),
+                storm_requests_per_s: Some(120_000.0),
+                storm_count_exact: Some(false),
+                verifier_insns: Some(std::collections::BTreeMap::from([(
+                    "netwatch_egress".to_owned(),
+                    20_000,
+                )])),
+                ..Report::default()
+            },
+        ] {
+            let mut report = report;
+            report.goals = crate::goals::evaluate(&report);
+            let table = results_table(&report);
+            for goal in &report.goals {
+                let row = goal_row_of(&table, &goal.key)
+                    .unwrap_or_else(|| panic!("no row for {}: {table}", goal.key));
+                assert!(
+                    row.ends_with(&format!("| {} |", met_mark(goal.met))),
+                    "{row}"
+                );
+            }
+        }
+        let unmeasured = results_table(&{
+            let mut report = Report::default();
+            report.goals = crate::goals::evaluate(&report);
+            report
+        });
+        assert!(
+            goal_row_of(&unmeasured, "storm_count_exact")
+                .is_some_and(|row| row.ends_with("| ❔ not measured |")),
+            "{unmeasured}"
+        );
+        assert!(
+            goal_row_of(&unmeasured, "verifier_insns").is_some(),
+            "no verifier figures: still a row: {unmeasured}"
+        );
+    }
+
+    #[test]
+    fn goals_not_measured_are_listed_with_the_missed_ones() {
+        let mut report = Report {
+            untracked_ns_over_floor: Some(6.0),
+            tracked_request_ratio: Some(1.0),
+            ..Report::default()
+        };
+        report.goals = crate::goals::evaluate(&report);
+        let doc = benchmarks_md(&report, None);
+        let missed = &doc[doc.find("## Missed goals").expect("the section")..];
+        let missed = &missed[..missed.find("\n## ").unwrap_or(missed.len())];
+        assert!(
+            missed.contains("- **`untracked_ns_over_floor`** (❌ missed): 6.0"),
+            "{missed}"
+        );
+        assert!(
+            missed.contains("- **`answer_match_ratio`** (❔ not measured): not measured"),
+            "{missed}"
+        );
+        assert!(
+            missed.contains("- **`storm_count_exact`** (❔ not measured)"),
+            "{missed}"
+        );
+        assert!(!missed.contains("`tracked_request_ratio`"), "met: {missed}");
+    }
+
+    #[test]
+    fn figures_measured_once_say_they_have_no_spread() {
+        let mut report = Report {
+            storm_requests_per_s: Some(120_000.0),
+            drop_program_ns: Some(90.0),
+            detection_latency_ms_p99: Some(1_300.0),
+            udp_pps_ratio: Some(0.985),
+            tcpdump_pps_ratio: Some(0.9),
+            ..Report::default()
+        };
+        report.ranges.insert(
+            "udp_pps_ratio".to_owned(),
+            Figure {
+                median: 0.985,
+                min: 0.96,
+                max: 1.01,
+                n: 8,
+            },
+        );
+        report.goals = crate::goals::evaluate(&report);
+        let table = results_table(&report);
+        for key in [
+            "storm_requests_per_s",
+            "drop_program_ns",
+            "detection_latency_ms_p99",
+        ] {
+            let row = goal_row_of(&table, key).expect("a row");
+            assert!(row.contains("| one run | one run |"), "{row}");
+        }
+        let doc = benchmarks_md(&report, None);
+        assert!(
+            doc.contains(
+                "**Measured once:** `storm_requests_per_s`, `drop_program_ns`, \
+                 `detection_latency_ms_p99` — one run each"
+            ),
+            "{doc}"
+        );
+        // udp_pps_ratio's rounds straddle both its own goal and the loss goal's 2 %.
+        assert!(
+            doc.contains("**Borderline:** `udp_pps_ratio`, `udp_loss_vs_tcpdump` —"),
             "{doc}"
         );
     }

@@ -26,7 +26,9 @@
 //! Each request is resolved by its first answer or rejection within `timeout` of its first
 //! transmission; a request with neither is `unanswered`, and the first answer or rejection
 //! after that is `late`. A target is (proto, remote, remote port); its verdict follows the
-//! README's table and issue 9's contract (see [`Counts::verdict`]).
+//! README's table and issue 9's contract (see [`Counts::verdict`]). That rule is the one
+//! netwatch's `verdict.rs` implements, shared by definition rather than derived anew: only
+//! the counts here are independent of netwatch.
 
 use std::{
     collections::{BTreeMap, HashMap},

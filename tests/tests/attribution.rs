@@ -12,14 +12,14 @@
 //! namespace.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use netwatch_common::SOCKET_OWNERS_CAPACITY_ENV;
+use netwatch_common::{SOCKET_OWNERS_CAPACITY_ENV, SocketOwner};
 use netwatch_tests::{
     lab::{
         CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, Netns, NetwatchRun, SERVER_V4, TargetId,
@@ -467,21 +467,96 @@ for family, address in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1'))
 print(ok, fails)
 ";
 
+/// One UDP socket connected on loopback (its owner recorded), closed; prints its cookie
+/// (`SO_COOKIE`).
+const ONE_SOCKET: &str = r"
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(('127.0.0.1', 9))
+print(int.from_bytes(u.getsockopt(socket.SOL_SOCKET, 57, 8), 'little'))
+u.close()
+";
+
+/// The socket cookies in netwatch's (`pid`'s) socket owner map, and the map's capacity. The
+/// map is found through the process's own descriptors (`map_id:` in their fdinfo), so
+/// another netwatch on the machine is not it.
+fn owner_map_cookies(pid: u32) -> (u32, BTreeSet<u64>) {
+    use aya::maps::{HashMap, Map, MapData, MapInfo};
+    let ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("netwatch's fdinfo")
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("map_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
+    let id = ids
+        .into_iter()
+        .find(|&id| {
+            MapInfo::from_id(id).is_ok_and(|info| info.name_as_str() == Some("SOCKET_OWNERS"))
+        })
+        .unwrap_or_else(|| panic!("netwatch (pid {pid}) holds no SOCKET_OWNERS map"));
+    let data = MapData::from_id(id).expect("opening SOCKET_OWNERS by id");
+    let capacity = MapInfo::from_id(id).expect("SOCKET_OWNERS").max_entries();
+    let map: HashMap<MapData, u64, SocketOwner> =
+        HashMap::try_from(Map::from_map_data(data).expect("a map")).expect("an LRU hash map");
+    let cookies = map.keys().map(|key| key.expect("a key")).collect();
+    (capacity, cookies)
+}
+
 #[test]
 fn owner_programs_never_refuse_a_connect_even_with_their_map_full() {
     const NAME: &str = "owner_programs_never_refuse_a_connect_even_with_their_map_full";
-    if !prerequisites(NAME, &["ip", "mount", "python3"]) {
+    if !prerequisites(NAME, &["ip", "mount", "python3", "taskset"]) {
         return;
     }
     let lab = Lab::new();
     let cgroups = Cgroups::new(&["storm"]);
     let run = start_netwatch_with(&lab.client, CLIENT_IFACE, Some(64));
-    let out = cgroups
-        .command("storm", &lab.client, "python3", &["-c", CONNECT_STORM])
+    // A first socket, whose owner the map holds until the storm evicts it. Both on one CPU:
+    // the LRU keeps new entries in per-CPU lists, and a storm on the other CPU could fill
+    // the map without ever reaching this one.
+    let first = cgroups
+        .command(
+            "storm",
+            &lab.client,
+            "taskset",
+            &["-c", "0", "python3", "-c", ONE_SOCKET],
+        )
         .stdout(Stdio::piped())
         .output()
         .expect("python3");
+    let first: u64 = String::from_utf8_lossy(&first.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|err| panic!("the first socket's cookie: {err}: {first:?}"));
+    let (capacity, before) = owner_map_cookies(run.pid());
+    assert_eq!(capacity, 64, "the test's small owner map");
+    assert!(
+        before.contains(&first),
+        "the first socket's owner ({first}) was not recorded: {before:?}"
+    );
+    let out = cgroups
+        .command(
+            "storm",
+            &lab.client,
+            "taskset",
+            &["-c", "0", "python3", "-c", CONNECT_STORM],
+        )
+        .stdout(Stdio::piped())
+        .output()
+        .expect("python3");
+    // The map overflowed: the first owner was evicted (an LRU evicts only when full).
+    let (_, after) = owner_map_cookies(run.pid());
+    assert!(
+        !after.contains(&first) && !after.is_empty(),
+        "the storm did not fill the owner map: the first socket ({first}) is still there among \
+         {} of {capacity} entries",
+        after.len()
+    );
     let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
     assert_eq!(
         finished.summary()["attribution"],
         "available",
@@ -492,5 +567,9 @@ fn owner_programs_never_refuse_a_connect_even_with_their_map_full() {
     let last = text.lines().last().unwrap_or_default();
     assert!(out.status.success(), "the storm failed: {text}");
     assert_eq!(last, "10000 0", "connect()/sendto() refused: {text}");
+    eprintln!(
+        "the owner map held {} of {capacity} entries after the storm, the first socket's evicted",
+        after.len()
+    );
     drop(cgroups);
 }

@@ -110,6 +110,12 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
             && r["verdict"] == "blackholed"
     });
     let finished = netwatch.stop();
+    assert!(
+        finished.status.success(),
+        "netwatch exit: {:?}: {}",
+        finished.status,
+        finished.stderr
+    );
 
     for (client, icmp) in [(CLIENT_V4, "icmp"), (CLIENT_V6, "icmpv6")] {
         expect(inbound(&finished, "tcp", client, Some(80)), "ok", None, 1);

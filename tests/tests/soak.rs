@@ -39,16 +39,18 @@ struct Sent {
     unanswered: u64,
 }
 
+/// netwatch's resident memory; a sample that cannot be read fails the test (netwatch gone, or
+/// `/proc` not what it was), never a zero that would pass the flatness check.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("netwatch's RSS: reading {path}: {err}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .filter(|&kib: &u64| kib > 0)
+        .unwrap_or_else(|| panic!("netwatch's RSS: no VmRSS in {path}: {status}"))
 }
 
 /// In-flight requests plus tombstones, from netwatch's own metrics.
@@ -276,10 +278,15 @@ fn ten_minutes_of_mixed_traffic_keep_memory_flat_and_counts_exact() {
             _ => entry.unanswered += 1,
         }
     }
-    // Let the last requests time out (2 s) and be swept.
-    std::thread::sleep(Duration::from_secs(4));
+    // Until every request sent so far has been judged: the sentinel's verdict comes after
+    // theirs (one timeout for all). It is a request the test sent, unanswered.
+    let sentinel = lab.wait_for_sentinel(&netwatch);
+    let entry = sent.entry(sentinel).or_default();
+    entry.requests += 1;
+    entry.unanswered += 1;
     let finished = netwatch.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(finished.summary()["in_flight"], 0, "nothing left in flight");
 
     // Counts: exactly what was sent, target by target.
     let targets = finished.targets();
@@ -288,7 +295,11 @@ fn ten_minutes_of_mixed_traffic_keep_memory_flat_and_counts_exact() {
         let record = targets
             .get(target)
             .unwrap_or_else(|| panic!("no target record for {target:?}"));
-        let field = |name: &str| record[name].as_u64().unwrap_or(u64::MAX);
+        let field = |name: &str| {
+            record[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{target:?}: no counter `{name}`: {record}"))
+        };
         assert_eq!(field("requests"), expected.requests, "{target:?}: {record}");
         assert_eq!(field("answered"), expected.answered, "{target:?}: {record}");
         assert_eq!(field("rejected"), expected.rejected, "{target:?}: {record}");
@@ -317,17 +328,18 @@ fn ten_minutes_of_mixed_traffic_keep_memory_flat_and_counts_exact() {
         .collect();
     let first = rss.first().map_or(0, |(_, kib)| *kib);
     let last = rss.last().map_or(0, |(_, kib)| *kib);
-    let (low, high) = (
-        steady.iter().copied().min().unwrap_or(0),
-        steady.iter().copied().max().unwrap_or(0),
-    );
+    let steady_range = steady.iter().min().zip(steady.iter().max());
     if secs >= 300 {
-        assert!(!steady.is_empty(), "RSS samples after the warm-up");
+        let (low, high) = steady_range.expect("RSS samples after the warm-up");
         assert!(
             high * 10 <= low * 11,
             "RSS flat within 10 % after {warm_up} s: {low}..{high} KiB; samples {rss:?}"
         );
     }
+    let steady_range = steady_range.map_or_else(
+        || format!("none(run shorter than the {warm_up} s warm-up)"),
+        |(low, high)| format!("{low}..{high}KiB"),
+    );
     // Pending state: bounded far below the table (tombstones live 70 s).
     assert!(
         pending_max < u64::from(PENDING_CAPACITY) / 2,
@@ -335,12 +347,16 @@ fn ten_minutes_of_mixed_traffic_keep_memory_flat_and_counts_exact() {
     );
     let untracked: u64 = targets
         .values()
-        .filter_map(|t| t["untracked"].as_u64())
+        .map(|t| {
+            t["untracked"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no counter `untracked`: {t}"))
+        })
         .sum();
     assert_eq!(untracked, 0, "every request was tracked");
     println!(
         "soak: secs={secs} rounds={round} requests={total} targets={} rss_first={first}KiB \
-         rss_steady={low}..{high}KiB rss_last={last}KiB pending_max={pending_max} exact=true \
+         rss_steady={steady_range} rss_last={last}KiB pending_max={pending_max} exact=true \
          rss_samples={rss:?}",
         sent.len()
     );

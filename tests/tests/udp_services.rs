@@ -256,6 +256,12 @@ fn ntp_and_udp_port_services_are_judged_like_every_target() {
         );
     }
     let finished = netwatch.stop();
+    assert!(
+        finished.status.success(),
+        "netwatch exit: {:?}: {}",
+        finished.status,
+        finished.stderr
+    );
 
     for server in [SERVER_V4, SERVER_V6] {
         expect(target(&finished, "egress", server, 123), "ok", None, 1, 0);

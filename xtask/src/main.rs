@@ -42,8 +42,9 @@ enum Task {
     Package,
     /// Run every test: unit tests, the eBPF programs on crafted packets, the namespace lab.
     Test {
-        /// Only the tests whose name contains this (passed to the test harness); skips the
-        /// benchmark smoke run and the kernel matrix.
+        /// Only the privileged tests whose name contains this (passed to the test harness;
+        /// the unit tests run whole); fails when it matches none. Skips the benchmark smoke
+        /// run and the kernel matrix.
         filter: Option<String>,
         /// Skip the guests at the end: the service test and the kernel matrix (`vm-test`).
         #[arg(long)]
@@ -194,23 +195,35 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let mut host = vm::Counts::default();
-    for (_, binary) in &binaries {
+    let filters: Vec<&str> = filter.into_iter().collect();
+    for (name, binary) in &binaries {
+        let listed = vm::listed_tests(binary, &filters)?;
+        if listed == 0 && filter.is_some() {
+            continue; // the filter matches none of its tests
+        }
         let mut command = as_root(binary);
         command
             .arg("--test-threads=1")
+            .args(&filters)
             .env("NETWATCH_BIN", &netwatch)
             .env("NETWATCH_TEST_STRICT", "1")
             .current_dir(workspace_root());
-        if let Some(filter) = filter {
-            command.arg(filter);
-        }
-        let counts = vm::run_counted(&mut command)?;
-        if counts.failed > 0 {
-            bail!("{} failed", binary.display());
+        let counts = vm::run_counted(&mut command)?.expecting(listed);
+        if counts.failing() {
+            bail!(
+                "{name} ({}): {}, of the {listed} tests it lists",
+                binary.display(),
+                counts.brief()
+            );
         }
         host.passed += counts.passed;
     }
-    if filter.is_some() {
+    if let Some(filter) = filter {
+        if host.passed == 0 {
+            bail!(
+                "no privileged test matches {filter:?}: nothing was run (the unit tests above run whole)"
+            );
+        }
         return Ok(());
     }
     bench_smoke(&netwatch)?;
@@ -223,6 +236,7 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         version: vm::host_kernel(),
         counts: host,
         elapsed: started.elapsed(),
+        narrowed: None,
     };
     println!("{}", vm::result_line(&host));
     // A failure here is reported after the matrix has run too.
@@ -398,7 +412,8 @@ fn sudo(program: &str) -> Command {
     command
 }
 
-/// Builds the integration tests and returns their names and executables.
+/// Builds the integration tests and returns their names and executables: the test targets
+/// and the library's unit tests, not the helper programs' (`src/bin`, no tests of their own).
 fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let out = cmd::output(cargo().args([
         "test",
@@ -412,7 +427,10 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let is_test = message["profile"]["test"].as_bool() == Some(true);
+        let is_test = message["profile"]["test"].as_bool() == Some(true)
+            && message["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "test" || k == "lib"));
         if let (true, Some(executable), Some(name)) = (
             is_test,
             message["executable"].as_str(),

@@ -10,7 +10,10 @@
 //! namespaces they create.
 //!
 //! Each kernel ends with one line, `kernel VERSION: N passed, M failed`; a kernel that cannot
-//! be fetched or booted counts as failed, never as skipped.
+//! be fetched or booted counts as failed, never as skipped. Every suite must run every test
+//! its executable lists (`--list`): one that did not report is counted `not run`, and fails
+//! the kernel as a failed test does. `NETWATCH_VM_SUITES` narrowing the suites is said on
+//! the line too.
 
 use std::{
     fmt::Write as _,
@@ -168,27 +171,75 @@ pub const SUITES: &[Suite] = &[
 ];
 
 /// [`SUITES`], or only those named in `NETWATCH_VM_SUITES` (comma-separated), for working
-/// on one suite.
-fn suites() -> Vec<&'static Suite> {
+/// on one suite; a name that is no suite is an error (a typo would otherwise run nothing).
+fn suites() -> anyhow::Result<Vec<&'static Suite>> {
     let only = std::env::var("NETWATCH_VM_SUITES").unwrap_or_default();
     let only: Vec<&str> = only.split(',').filter(|s| !s.is_empty()).collect();
-    SUITES
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !SUITES.iter().any(|suite| suite.test == **name))
+    {
+        bail!(
+            "NETWATCH_VM_SUITES names {unknown:?}: the suites are {}",
+            SUITES.iter().map(|s| s.test).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(SUITES
         .iter()
         .filter(|suite| only.is_empty() || only.contains(&suite.test))
-        .collect()
+        .collect())
 }
 
-/// Passed and failed tests of one kernel.
+/// What the kernel's line says when `NETWATCH_VM_SUITES` left suites out: which ran.
+fn narrowed(suites: &[&Suite]) -> Option<String> {
+    (suites.len() < SUITES.len()).then(|| {
+        let names: Vec<&str> = suites.iter().map(|s| s.test).collect();
+        format!("only {}: NETWATCH_VM_SUITES", names.join(", "))
+    })
+}
+
+/// Passed and failed tests of one kernel, and the tests its executables list that never
+/// reported (a suite that exited 0 having run nothing, a crash before the end).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub passed: u32,
     pub failed: u32,
+    pub not_run: u32,
 }
 
 impl Counts {
     fn add(&mut self, other: Self) {
         self.passed += other.passed;
         self.failed += other.failed;
+        self.not_run += other.not_run;
+    }
+
+    /// These counts of a run that had `listed` tests to run: those that reported neither
+    /// pass nor failure were not run. A run that lists no test at all ran nothing that can
+    /// pass: one not run.
+    #[must_use]
+    pub fn expecting(mut self, listed: u32) -> Self {
+        let reported = self.passed + self.failed;
+        self.not_run = if listed == 0 {
+            1
+        } else {
+            listed.saturating_sub(reported)
+        };
+        self
+    }
+
+    /// Whether these counts fail the kernel (or the host's run).
+    pub const fn failing(self) -> bool {
+        self.failed > 0 || self.not_run > 0 || self.passed == 0
+    }
+
+    /// `N passed, M failed`, and `, K not run` when some were not.
+    pub fn brief(self) -> String {
+        let mut text = format!("{} passed, {} failed", self.passed, self.failed);
+        if self.not_run > 0 {
+            let _ = write!(text, ", {} not run", self.not_run);
+        }
+        text
     }
 }
 
@@ -197,25 +248,30 @@ pub struct Outcome {
     pub version: String,
     pub counts: Counts,
     pub elapsed: Duration,
+    /// Which suites ran, when `NETWATCH_VM_SUITES` left some out.
+    pub narrowed: Option<String>,
 }
 
 /// The line that ends each kernel.
 pub fn result_line(outcome: &Outcome) -> String {
-    format!(
-        "kernel {}: {} passed, {} failed",
-        outcome.version, outcome.counts.passed, outcome.counts.failed
-    )
+    let mut line = format!("kernel {}: {}", outcome.version, outcome.counts.brief());
+    if let Some(narrowed) = &outcome.narrowed {
+        let _ = write!(line, " ({narrowed})");
+    }
+    line
 }
 
-/// Counts libtest's per-test lines (`test NAME ... ok` / `... FAILED`) in `output`, and
-/// whether the harness got to its summary (`test result:`).
+/// Counts libtest's results in `output`, and whether the harness got to its summary
+/// (`test result:`). The summary's numbers are taken when it is there: in the guest the
+/// log has stderr merged in, and a child's line can split a `test NAME ... ok` line;
+/// otherwise the per-test lines (`test NAME ... ok` / `... FAILED`) up to where it stopped.
 fn count_tests(output: &str) -> (Counts, bool) {
     let mut counts = Counts::default();
-    let mut finished = false;
+    let mut summary = None;
     for line in output.lines() {
         let line = line.trim_end();
-        if line.starts_with("test result:") {
-            finished = true;
+        if let Some(rest) = line.strip_prefix("test result:") {
+            summary = Some(summary_counts(rest));
         } else if line.starts_with("test ") {
             if line.ends_with(" ... ok") {
                 counts.passed += 1;
@@ -224,7 +280,34 @@ fn count_tests(output: &str) -> (Counts, bool) {
             }
         }
     }
-    (counts, finished)
+    match summary {
+        Some(summary) => (summary, true),
+        None => (counts, false),
+    }
+}
+
+/// `ok. 12 passed; 1 failed; 0 ignored; …`: the passed and failed numbers.
+fn summary_counts(summary: &str) -> Counts {
+    let number = |name: &str| {
+        summary
+            .split(';')
+            .find_map(|part| part.trim().strip_suffix(name))
+            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Counts {
+        passed: number(" passed"),
+        failed: number(" failed"),
+        not_run: 0,
+    }
+}
+
+/// The tests `executable` lists with `args` (libtest's `--list`, the same filters): what a
+/// run of it with those arguments must report.
+pub fn listed_tests(executable: &Path, args: &[&str]) -> anyhow::Result<u32> {
+    let out = cmd::output(Command::new(executable).arg("--list").args(args))?;
+    let listed = out.lines().filter(|l| l.ends_with(": test")).count();
+    u32::try_from(listed).context("more tests than a u32 counts")
 }
 
 /// Runs a test executable on the host, its stdout copied through while its tests are
@@ -274,9 +357,12 @@ pub fn run_host(executables: &Executables, root: &Path) -> anyhow::Result<Outcom
     say(&format!(
         "kernel {version} (this machine's): the suites run directly"
     ));
+    let suites = suites()?;
     let mut counts = Counts::default();
-    for suite in suites() {
-        let mut command = crate::as_root(executables.get(suite.test)?);
+    for suite in &suites {
+        let executable = executables.get(suite.test)?;
+        let listed = listed_tests(executable, suite.args)?;
+        let mut command = crate::as_root(executable);
         command
             .arg("--test-threads=1")
             .args(suite.args)
@@ -284,13 +370,31 @@ pub fn run_host(executables: &Executables, root: &Path) -> anyhow::Result<Outcom
             .env("NETWATCH_BIN", &executables.netwatch)
             .env("NETWATCH_TEST_STRICT", "1")
             .current_dir(root);
-        counts.add(run_counted(&mut command)?);
+        counts.add(checked(
+            &version,
+            suite.test,
+            run_counted(&mut command)?,
+            listed,
+        ));
     }
     Ok(Outcome {
         version,
         counts,
         elapsed: started.elapsed(),
+        narrowed: narrowed(&suites),
     })
+}
+
+/// A suite's counts against the tests it lists; says so when some never reported.
+fn checked(version: &str, suite: &str, counts: Counts, listed: u32) -> Counts {
+    let counts = counts.expecting(listed);
+    if counts.not_run > 0 {
+        say(&format!(
+            "kernel {version}: {suite} reported {} of the {listed} tests it lists",
+            counts.passed + counts.failed
+        ));
+    }
+    counts
 }
 
 /// This machine's kernel release (`uname -r`).
@@ -313,6 +417,7 @@ pub fn run_matrix(
         );
     }
     setup::ensure_packages(VM_PACKAGES)?;
+    let narrowed = narrowed(&suites()?);
     let vm_dir = root.join("target/vm");
     let apt = PrivateApt::new(&vm_dir.join("apt"))?;
     let mut accel: Option<Accel> = None;
@@ -325,10 +430,11 @@ pub fn run_matrix(
                 Outcome {
                     version: name.clone(),
                     counts: Counts {
-                        passed: 0,
                         failed: 1,
+                        ..Counts::default()
                     },
                     elapsed: started.elapsed(),
+                    narrowed: narrowed.clone(),
                 }
             }
             Ok(kernel) => {
@@ -338,14 +444,15 @@ pub fn run_matrix(
                     .unwrap_or_else(|err| {
                         say(&format!("kernel {}: {err:#}", kernel.version));
                         Counts {
-                            passed: 0,
                             failed: 1,
+                            ..Counts::default()
                         }
                     });
                 Outcome {
                     version: kernel.version,
                     counts,
                     elapsed: started.elapsed(),
+                    narrowed: narrowed.clone(),
                 }
             }
         };
@@ -372,7 +479,7 @@ pub fn conclude(outcomes: &[Outcome]) -> anyhow::Result<()> {
     }
     let failed: Vec<&str> = outcomes
         .iter()
-        .filter(|o| o.counts.failed > 0 || o.counts.passed == 0)
+        .filter(|o| o.counts.failing())
         .map(|o| o.version.as_str())
         .collect();
     if !failed.is_empty() {
@@ -679,7 +786,8 @@ impl Kernel {
             .replace("@RESULTS@", &results.display().to_string())
             .replace("@NETWATCH@", &executables.netwatch.display().to_string())
             .replace("@TEST_MODULES@", &TEST_MODULES.join(" "));
-        for suite in suites() {
+        let suites = suites()?;
+        for suite in &suites {
             let executable = executables.get(suite.test)?;
             let mut line = String::new();
             for (key, value) in suite.env {
@@ -706,11 +814,7 @@ impl Kernel {
             self.version,
             self.abi,
             accel.name(),
-            suites()
-                .iter()
-                .map(|s| s.test)
-                .collect::<Vec<_>>()
-                .join(", ")
+            suites.iter().map(|s| s.test).collect::<Vec<_>>().join(", ")
         ));
         let console = run_dir.join("console.log");
         let append = format!(
@@ -729,7 +833,8 @@ impl Kernel {
         )?;
 
         let mut counts = Counts::default();
-        for suite in suites() {
+        for suite in &suites {
+            let listed = listed_tests(executables.get(suite.test)?, suite.args)?;
             let log =
                 fs::read_to_string(results.join(format!("{}.log", suite.test))).unwrap_or_default();
             let rc = fs::read_to_string(results.join(format!("{}.rc", suite.test)))
@@ -759,7 +864,7 @@ impl Kernel {
                     found.failed += 1;
                 }
             }
-            counts.add(found);
+            counts.add(checked(&self.version, suite.test, found, listed));
         }
         if !booted.finished {
             say(&format!(
@@ -1173,12 +1278,71 @@ mod tests {
             (
                 Counts {
                     passed: 2,
-                    failed: 1
+                    failed: 1,
+                    not_run: 0
                 },
                 true
             )
         );
         assert!(!count_tests("running 1 test\ntest a ... ok\n").1);
+        // In the guest's log a child's stderr can split a test's line: the summary counts.
+        let split = "running 2 tests\ntest a ... ok\ntest b ... listener: ready\nok\n\n\
+                     test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; \
+                     finished in 1.00s\n";
+        assert_eq!(count_tests(split).0.passed, 2);
+    }
+
+    #[test]
+    fn a_run_that_reports_fewer_tests_than_it_lists_fails() {
+        let ran = |passed, failed| Counts {
+            passed,
+            failed,
+            not_run: 0,
+        };
+        // Exited 0 having run nothing: hidden no longer by the other suites' passes.
+        let none = ran(0, 0).expecting(12);
+        assert_eq!(none.not_run, 12);
+        assert!(none.failing());
+        let mut kernel = ran(31, 0).expecting(31);
+        assert!(!kernel.failing());
+        kernel.add(none);
+        assert!(kernel.failing(), "{kernel:?}");
+        // Stopped half way without naming a failure.
+        assert_eq!(ran(5, 1).expecting(12).not_run, 6);
+        // A filter that matches nothing lists nothing: nothing ran that can pass.
+        assert!(ran(0, 0).expecting(0).failing());
+        assert!(!ran(12, 0).expecting(12).failing());
+    }
+
+    #[test]
+    fn the_kernel_line_says_what_did_not_run_and_which_suites_ran() {
+        let outcome = Outcome {
+            version: "6.12.117".to_owned(),
+            counts: Counts {
+                passed: 43,
+                failed: 0,
+                not_run: 3,
+            },
+            elapsed: Duration::ZERO,
+            narrowed: narrowed(&[&SUITES[2], &SUITES[3]]),
+        };
+        assert_eq!(
+            result_line(&outcome),
+            "kernel 6.12.117: 43 passed, 0 failed, 3 not run (only lab, local_drops: NETWATCH_VM_SUITES)"
+        );
+        let all: Vec<&Suite> = SUITES.iter().collect();
+        let outcome = Outcome {
+            counts: Counts {
+                passed: 47,
+                ..Counts::default()
+            },
+            narrowed: narrowed(&all),
+            ..outcome
+        };
+        assert_eq!(
+            result_line(&outcome),
+            "kernel 6.12.117: 47 passed, 0 failed"
+        );
     }
 
     #[test]
