@@ -85,16 +85,27 @@ pub fn on_retransmit(ctx: &RawTracePointContext) {
         return;
     }
     let netns = config!(netns);
-    if netns != 0 && netns_of(sk) != Some(netns) {
+    if netns != 0 && netns_of(sk as u64) != netns {
         // Another namespace's connection: another host, as far as netwatch is concerned.
         return;
     }
-    record(sk, skb, len, family == AF_INET6);
+    record(sk as u64, skb as u64, len, u32::from(family == AF_INET6));
 }
 
-/// The inode number of `sk`'s network namespace. Out of line: a frame of its own.
+// The out-of-line functions take kernel addresses as integers, not pointers: Linux 5.10's
+// verifier checks a subprogram's pointer arguments against its BTF and refuses the load
+// ("arg#0 type is not a struct") where the caller passes what a raw tracepoint hands over
+// (a scalar).
+
+/// The inode number of `sk`'s network namespace (0 when it cannot be read). Out of line: a
+/// frame of its own.
 #[inline(never)]
-fn netns_of(sk: *const u8) -> Option<u32> {
+fn netns_of(sk: u64) -> u32 {
+    net_inum(sk as *const u8).unwrap_or(0)
+}
+
+#[inline(always)]
+fn net_inum(sk: *const u8) -> Option<u32> {
     let net = field::<u64>(sk, config!(sk_net))?;
     if net == 0 {
         return None;
@@ -105,7 +116,8 @@ fn netns_of(sk: *const u8) -> Option<u32> {
 /// Reads the connection and the segment, and records the retransmission. Out of line: the
 /// entry being built stays off the caller's frame.
 #[inline(never)]
-fn record(sk: *const u8, skb: *const u8, len: u32, v6: bool) {
+fn record(sk: u64, skb: u64, len: u32, v6: u32) {
+    let (sk, skb, v6) = (sk as *const u8, skb as *const u8, v6 != 0);
     let (Some(remote_port), Some(local_port)) = (
         field::<u16>(sk, config!(dport)),
         field::<u16>(sk, config!(num)),

@@ -361,6 +361,37 @@ fn load_error(program: &'static str, err: aya::programs::ProgramError) -> ProbeE
 }
 
 /// The last `n` non-empty lines of `log`, indented.
+/// Why the kernel refused to load a program, in one line: the error, and where the verifier
+/// left a log, the line of it that says why. That is the last line before the statistics
+/// it appends, never the first (a note on the program's BTF, say, that the verifier goes
+/// past).
+fn refusal(err: &aya::programs::ProgramError) -> String {
+    let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = err
+    else {
+        return first_line(err);
+    };
+    let log = verifier_log.to_string();
+    match verifier_reason(&log) {
+        Some(reason) => format!("{io_error}: {reason}"),
+        None => io_error.to_string(),
+    }
+}
+
+/// The line of a verifier log that says why it refused the program: the last one that is
+/// not one of its closing statistics.
+fn verifier_reason(log: &str) -> Option<&str> {
+    log.lines().map(str::trim).rev().find(|line| {
+        !line.is_empty()
+            && !line.starts_with("processed ")
+            && !line.starts_with("verification time")
+            && !line.starts_with("stack depth")
+            && !line.starts_with("-- END PROG LOAD LOG --")
+    })
+}
+
 fn log_tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log
         .lines()
@@ -1284,7 +1315,7 @@ fn load_drops(ebpf: &mut Ebpf, reasons: DropReasons) -> Result<LocalDrops, Strin
         format!(
             "the kernel refused the drop program ({}); it needs raw tracepoint support \
              (CONFIG_BPF_EVENTS)",
-            first_line(&err)
+            refusal(&err)
         )
     })?;
     let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -1312,7 +1343,7 @@ fn load_retransmits(ebpf: &mut Ebpf) -> Result<Retransmitting, String> {
         format!(
             "the kernel refused the retransmission program ({}); it needs raw tracepoint \
              support (CONFIG_BPF_EVENTS)",
-            first_line(&err)
+            refusal(&err)
         )
     })?;
     let map = ebpf
@@ -1376,7 +1407,20 @@ fn delete_clsact_if_empty(iface: &str, ifindex: u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{MINIMUM_KERNEL, kernel_version, log_tail};
+    use super::{MINIMUM_KERNEL, kernel_version, log_tail, verifier_reason};
+
+    #[test]
+    fn a_refusal_names_the_verifiers_reason_not_its_first_note() {
+        let log = "0: R1=ctx() R10=fp0\narg#0 type is not a struct\n; code\n12: (85) call \
+                   bpf_probe_read_kernel#113\ncombined stack size of 3 calls is 544. Too large\n\
+                   processed 20 insns (limit 1000000) max_states_per_insn 0 total_states 1\n\
+                   stack depth 480+32\n";
+        assert_eq!(
+            verifier_reason(log),
+            Some("combined stack size of 3 calls is 544. Too large")
+        );
+        assert_eq!(verifier_reason("processed 1 insns\n"), None);
+    }
 
     #[test]
     fn the_end_of_a_verifier_log_is_where_the_reason_is() {
