@@ -259,18 +259,8 @@ pub extern "C" fn quoted_rejection(
     reason: u32,
     hook: u32,
 ) -> i32 {
-    if quoted_at > MAX_QUOTE_OFFSET {
-        return 0;
-    }
     let ctx = TcContext::new(skb);
-    let quoted_at = quoted_at as usize;
-    let quoted = if v6 != 0 {
-        packet::ipv6::<Copied>(&ctx, quoted_at)
-    } else {
-        packet::ipv4::<Copied>(&ctx, quoted_at)
-    };
-    let Some(quoted) = quoted else {
-        count(KernelCounter::ShortQuote);
+    let Some(quoted) = quoted_header(&ctx, quoted_at, v6) else {
         return 0;
     };
     #[expect(
@@ -279,6 +269,25 @@ pub extern "C" fn quoted_rejection(
     )]
     rejected(&ctx, &quoted, reason as u8, Hook::from_u32(hook));
     0
+}
+
+/// The IP header an ICMP error quotes at `quoted_at` (`v6`: an `ICMPv6` error), read with
+/// [`Copied`] (the offset is a range here); `None`, counted, when it is cut short.
+#[inline(always)]
+fn quoted_header(ctx: &TcContext, quoted_at: u32, v6: u32) -> Option<Ip> {
+    if quoted_at > MAX_QUOTE_OFFSET {
+        return None;
+    }
+    let quoted_at = quoted_at as usize;
+    let quoted = if v6 != 0 {
+        packet::ipv6::<Copied>(ctx, quoted_at)
+    } else {
+        packet::ipv4::<Copied>(ctx, quoted_at)
+    };
+    if quoted.is_none() {
+        count(KernelCounter::ShortQuote);
+    }
+    quoted
 }
 
 /// A "fragmentation needed" / "packet too big" arriving, quoting at `quoted_at` a TCP or UDP
@@ -290,18 +299,8 @@ pub extern "C" fn quoted_rejection(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn quoted_path_mtu(skb: *mut __sk_buff, quoted_at: u32, v6: u32, mtu: u32) -> i32 {
-    if quoted_at > MAX_QUOTE_OFFSET {
-        return 0;
-    }
     let ctx = TcContext::new(skb);
-    let quoted_at = quoted_at as usize;
-    let quoted = if v6 != 0 {
-        packet::ipv6::<Copied>(&ctx, quoted_at)
-    } else {
-        packet::ipv4::<Copied>(&ctx, quoted_at)
-    };
-    let Some(quoted) = quoted else {
-        count(KernelCounter::ShortQuote);
+    let Some(quoted) = quoted_header(&ctx, quoted_at, v6) else {
         return 0;
     };
     if quoted.proto != proto::TCP && quoted.proto != proto::UDP {

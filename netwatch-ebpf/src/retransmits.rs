@@ -17,7 +17,7 @@
 //! header.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::BPF_ANY,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
     maps::HashMap,
@@ -140,7 +140,7 @@ fn record(sk: u64, skb: u64, len: u32, v6: u32) {
         ) else {
             return;
         };
-        (ipv4_mapped(remote), ipv4_mapped(local))
+        (mapped(remote), mapped(local))
     };
     let (Some(seq), Some(snd_una), Some(snd_wnd), Some(mss), Some(tcp_header_len)) = (
         field::<u32>(skb, config!(skb_cb)),
@@ -183,25 +183,47 @@ fn record(sk: u64, skb: u64, len: u32, v6: u32) {
         bytes_acked,
     };
     let key = sk as u64;
-    if let Some(entry) = RETRANSMITS.get_ptr_mut(&key) {
+    let entry = match RETRANSMITS.get_ptr_mut(&key) {
         // SAFETY: a map value pointer, valid for this program run; TCP retransmits a
         // connection's segments one at a time, under its socket lock.
-        let entry = unsafe { &mut *entry };
-        if entry.is(&remote, &local, ports) {
-            entry.record(&event);
-            return;
+        Some(entry) if unsafe { (*entry).is(&remote, &local, ports) } => entry,
+        // A connection seen retransmitting for the first time, or a new one at a freed
+        // socket's address (replacing the old entry): an empty entry put in from .rodata and
+        // filled in place, so nothing of its 112 bytes is built on the stack (nor zeroed by a
+        // call to `memset`, which 5.10's verifier refuses: it masks pointers).
+        _ => {
+            if RETRANSMITS
+                .insert(&key, &EMPTY, u64::from(BPF_ANY))
+                .is_err()
+            {
+                count(KernelCounter::RetransmitsFull);
+                return;
+            }
+            let Some(entry) = RETRANSMITS.get_ptr_mut(&key) else {
+                return;
+            };
+            // SAFETY: as above.
+            let fresh = unsafe { &mut *entry };
+            fresh.remote = remote;
+            fresh.local = local;
+            (fresh.remote_port, fresh.local_port) = ports;
+            fresh.header_len = header_len;
+            fresh.first_ns = now_ns;
+            entry
         }
-    }
-    // A connection seen retransmitting for the first time, or a new one at a freed socket's
-    // address (replacing the old entry).
-    let mut entry = Retransmits::new(remote, local, ports, header_len, now_ns);
-    entry.record(&event);
-    let flags = if RETRANSMITS.get_ptr(&key).is_some() {
-        BPF_ANY
-    } else {
-        BPF_NOEXIST
     };
-    if RETRANSMITS.insert(&key, &entry, u64::from(flags)).is_err() {
-        count(KernelCounter::RetransmitsFull);
-    }
+    // SAFETY: as above.
+    unsafe { (*entry).record(&event) };
+}
+
+/// An entry before its first retransmission: where new entries start from.
+static EMPTY: Retransmits = Retransmits::new([0; 16], [0; 16], (0, 0), 0, 0);
+
+/// An IPv4 address as keys store it (`netwatch_common::ipv4_mapped`), built as two words:
+/// the byte-by-byte form zeroes its first ten bytes with a call to `memset`.
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    let low = u64::from_ne_bytes([0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]);
+    // SAFETY: two u64 are 16 initialised bytes, any of which is a valid u8.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([0, low]) }
 }

@@ -313,6 +313,11 @@ impl Lab {
     /// Starts dnsmasq on the server's DNS addresses, answering for `*.example`, and waits
     /// until it answers (asked from inside the server namespace, not through the firewall).
     pub fn start_dns(&mut self) {
+        self.start_dns_with(&[]);
+    }
+
+    /// [`Lab::start_dns`], with more of dnsmasq's options (`--txt-record=…`).
+    pub fn start_dns_with(&mut self, options: &[String]) {
         let pid_file = self.dir.join("dnsmasq.pid");
         let mut command = self.server.command("dnsmasq");
         command
@@ -339,6 +344,7 @@ impl Lab {
                 "--address=/example/198.51.100.10",
                 "--address=/example/2001:db8:2::10",
             ])
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.spawn(command);
@@ -681,6 +687,36 @@ impl Finished {
             .filter(|r| r["type"] == "target")
             .map(|r| (target_id(r), r.clone()))
             .collect()
+    }
+
+    /// The exit `target` record of (`direction`, `proto`, `remote`, `port`); panics, listing
+    /// the targets there are, when there is none.
+    #[must_use]
+    pub fn target_record(
+        &self,
+        direction: &str,
+        proto: &str,
+        remote: &str,
+        port: Option<u64>,
+    ) -> &Value {
+        self.records
+            .iter()
+            .find(|r| {
+                r["type"] == "target"
+                    && r["direction"] == direction
+                    && r["proto"] == proto
+                    && r["remote"] == remote
+                    && r["port"].as_u64() == port
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {direction} target {proto} {remote} {port:?}; targets: {:#?}",
+                    self.records
+                        .iter()
+                        .filter(|r| r["type"] == "target")
+                        .collect::<Vec<_>>()
+                )
+            })
     }
 
     /// The `summary` record.

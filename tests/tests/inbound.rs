@@ -33,26 +33,7 @@ table inet host {
 
 /// The exit `target` record of the inbound target (`remote` asked this host's `port`).
 fn inbound<'a>(finished: &'a Finished, proto: &str, remote: &str, port: Option<u64>) -> &'a Value {
-    finished
-        .records
-        .iter()
-        .find(|r| {
-            r["type"] == "target"
-                && r["direction"] == "ingress"
-                && r["proto"] == proto
-                && r["remote"] == remote
-                && r["port"].as_u64() == port
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no inbound target {proto} {remote} {port:?}; targets: {:#?}",
-                finished
-                    .records
-                    .iter()
-                    .filter(|r| r["type"] == "target")
-                    .collect::<Vec<_>>()
-            )
-        })
+    finished.target_record("ingress", proto, remote, port)
 }
 
 fn expect(record: &Value, verdict: &str, reason: Option<&str>, requests: u64) {

@@ -179,26 +179,7 @@ fn stop(run: NetwatchRun) -> Finished {
 }
 
 fn tcp_target<'a>(finished: &'a Finished, direction: &str, remote: &str, port: u64) -> &'a Value {
-    finished
-        .records
-        .iter()
-        .find(|r| {
-            r["type"] == "target"
-                && r["direction"] == direction
-                && r["proto"] == "tcp"
-                && r["remote"] == remote
-                && r["port"] == port
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no {direction} tcp target {remote}:{port}; targets: {:#?}",
-                finished
-                    .records
-                    .iter()
-                    .filter(|r| r["type"] == "target")
-                    .collect::<Vec<_>>()
-            )
-        })
+    finished.target_record(direction, "tcp", remote, Some(port))
 }
 
 /// Waits until netwatch calls (`direction`, `remote`, `port`) degraded for path-mtu.
@@ -588,48 +569,15 @@ fn tcp_mtu_probing_recovers_a_stall_and_nothing_is_blamed() {
     assert!(findings(&finished, "path-mtu-blackhole").is_empty());
 }
 
-/// dnsmasq on the DNS addresses with a TXT record too large for one packet
-/// (`big.example`, 15 strings of 200 bytes) and a small one, answering EDNS up to 4096.
+/// The lab's dnsmasq with a TXT record too large for one packet (`big.example`, 15 strings
+/// of 200 bytes) and a small one, answering EDNS up to 4096 bytes.
 fn start_big_dns(lab: &mut Lab) {
     let big = vec![format!("\"{}\"", "x".repeat(200)); 15].join(",");
-    let mut command = lab.server.command("dnsmasq");
-    command
-        .args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-            "--group=root",
-            "--port=53",
-            "--log-facility=/dev/null",
-            "--edns-packet-max=4096",
-        ])
-        .arg(format!("--listen-address={DNS_V4}"))
-        .arg(format!("--listen-address={DNS_V6}"))
-        .arg(format!("--txt-record=big.example,{big}"))
-        .arg("--txt-record=small.example,hello")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    lab.spawn(command);
-    wait_until(Duration::from_secs(10), "dnsmasq answering", || {
-        lab.server
-            .run(
-                "dig",
-                &[
-                    "+time=1",
-                    "+tries=1",
-                    "+short",
-                    &format!("@{DNS_V4}"),
-                    "small.example",
-                    "TXT",
-                ],
-            )
-            .stdout
-            .starts_with(b"\"hello\"")
-    });
+    lab.start_dns_with(&[
+        "--edns-packet-max=4096".to_owned(),
+        format!("--txt-record=big.example,{big}"),
+        "--txt-record=small.example,hello".to_owned(),
+    ]);
 }
 
 #[test]
@@ -705,12 +653,8 @@ fn dns_answers_lost_to_dropped_fragments_are_named_not_blocked() {
 fn assert_fragments_named(finished: &Finished) {
     for server in [DNS_V4, DNS_V6] {
         let record = finished
-            .targets()
-            .into_iter()
-            .find(|((proto, remote, port), _)| {
-                proto == "udp" && remote == server && *port == Some(53)
-            })
-            .map_or_else(|| panic!("no udp/53 target for {server}"), |(_, r)| r);
+            .target_record("egress", "udp", server, Some(53))
+            .clone();
         assert_eq!(count(&record, "requests"), 2, "{record}");
         assert_eq!(count(&record, "fragmented_answers"), 1, "{record}");
         if kernel_has_drop_reasons() {

@@ -129,22 +129,7 @@ fn ask_from(
 }
 
 fn target<'a>(finished: &'a Finished, direction: &str, remote: &str, port: u64) -> &'a Value {
-    finished
-        .records
-        .iter()
-        .find(|r| {
-            r["type"] == "target"
-                && r["direction"] == direction
-                && r["proto"] == "udp"
-                && r["remote"] == remote
-                && r["port"] == port
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no {direction} target udp {remote}:{port}; targets: {:#?}",
-                finished.targets().keys().collect::<Vec<_>>()
-            )
-        })
+    finished.target_record(direction, "udp", remote, Some(port))
 }
 
 fn expect(record: &Value, verdict: &str, reason: Option<&str>, requests: u64, retransmits: u64) {
