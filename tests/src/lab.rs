@@ -177,8 +177,17 @@ impl Lab {
     /// Builds the topology and loads [`INHERITED_FIREWALL`].
     #[must_use]
     pub fn new() -> Self {
+        Self::with_firewall(INHERITED_FIREWALL)
+    }
+
+    /// The topology with `rules` in the firewall namespace instead of the inherited ones: a
+    /// firewall namespace that never tracked connections (the inherited rules do, and a
+    /// namespace that ever did keeps reassembling fragments on Linux 5.10 and 6.1, ruleset
+    /// flushed or not).
+    #[must_use]
+    pub fn with_firewall(rules: &str) -> Self {
         let id = Self::unique_id();
-        Self::around(Netns::create(format!("nwlab-c{id}")), &id)
+        Self::around(Netns::create(format!("nwlab-c{id}")), &id, rules)
     }
 
     /// The same lab with this host in the client's place: `c0`, its addresses and the
@@ -189,7 +198,11 @@ impl Lab {
     #[must_use]
     pub fn around_this_host() -> Self {
         let id = Self::unique_id();
-        Self::around(Netns::this_host(format!("nwlab-h{id}")), &id)
+        Self::around(
+            Netns::this_host(format!("nwlab-h{id}")),
+            &id,
+            INHERITED_FIREWALL,
+        )
     }
 
     fn unique_id() -> String {
@@ -200,7 +213,7 @@ impl Lab {
         )
     }
 
-    fn around(client: Netns, id: &str) -> Self {
+    fn around(client: Netns, id: &str, rules: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("netwatch-lab-{id}"));
         std::fs::create_dir_all(&dir).expect("lab temp dir");
         let lab = Self {
@@ -268,7 +281,7 @@ impl Lab {
                 "net.ipv6.conf.all.forwarding=1",
             ],
         );
-        lab.nft(INHERITED_FIREWALL);
+        lab.nft(rules);
         lab
     }
 
