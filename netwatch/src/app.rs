@@ -234,6 +234,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         local_drops: probe.local_drops_status(),
         attribution: probe.attribution_status(),
         path_mtu: probe.path_mtu_status(),
+        fragments: probe.fragments_status(),
         ruleset: firewall.ruleset_status.clone(),
         trace_rules: firewall.trace_status.clone(),
     };
@@ -265,6 +266,11 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     let names: Vec<String> = run.interfaces.iter().map(WatchedInterface::label).collect();
     if let Some(why) = &drops_unavailable {
         eprintln!("netwatch: drops on this host are not counted: {why}");
+    }
+    if let Some(why) = run.fragments.strip_prefix("unavailable: ")
+        && drops_unavailable.is_none()
+    {
+        eprintln!("netwatch: DNS answers lost to fragments count as answered: {why}");
     }
     if let Some(why) = &stalls_unavailable {
         eprintln!("netwatch: connections that stall after the handshake are not followed: {why}");

@@ -42,6 +42,9 @@ use crate::{
     target::{ip_from_key, ip_to_key},
 };
 
+/// The kernel's drop reason for a datagram whose fragments never all arrived.
+const FRAGMENT_REASON: &str = "FRAG_REASM_TIMEOUT";
+
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf"));
 
@@ -928,6 +931,27 @@ impl Probe {
             Ok(drops) if drops.attached => "available".to_owned(),
             Ok(_) => "unavailable: the drop program is not attached".to_owned(),
             Err(why) => format!("unavailable: {why}"),
+        }
+    }
+
+    /// Whether DNS answers lost to fragments are told from answers that arrived: `available`
+    /// where the drop program runs and the kernel reports a reassembly timing out
+    /// (`FRAG_REASM_TIMEOUT`), else `unavailable: <why>` (their first fragment counts as an
+    /// answer).
+    #[must_use]
+    pub fn fragments_status(&self) -> String {
+        match &self.local_drops {
+            Ok(drops) if drops.attached => {
+                if drops.reasons.value_of(FRAGMENT_REASON).is_some() {
+                    "available".to_owned()
+                } else {
+                    format!(
+                        "unavailable: this kernel reports no reassembly timing out (no {FRAGMENT_REASON} \
+                         drop reason)"
+                    )
+                }
+            }
+            _ => "unavailable: drops on this host are not counted".to_owned(),
         }
     }
 

@@ -240,6 +240,7 @@ mod tests {
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
             path_mtu: "available".to_owned(),
+            fragments: "available".to_owned(),
             ruleset: "followed".to_owned(),
             trace_rules: "off".to_owned(),
         };
@@ -325,6 +326,7 @@ mod tests {
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
             path_mtu: "available".to_owned(),
+            fragments: "available".to_owned(),
             ruleset: "followed".to_owned(),
             trace_rules: "off".to_owned(),
         };

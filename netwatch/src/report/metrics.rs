@@ -642,6 +642,7 @@ mod tests {
             local_drops: "available".to_owned(),
             attribution: "available".to_owned(),
             path_mtu: "available".to_owned(),
+            fragments: "available".to_owned(),
             ruleset: "followed".to_owned(),
             trace_rules: "off".to_owned(),
         }

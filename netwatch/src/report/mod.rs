@@ -84,6 +84,9 @@ pub struct RunInfo {
     /// Whether TCP connections that stall after the handshake (path MTU) are followed:
     /// `available`, or `unavailable: <why>`.
     pub path_mtu: String,
+    /// Whether DNS answers lost to fragments are told from answers that arrived:
+    /// `available`, or `unavailable: <why>`.
+    pub fragments: String,
     /// Whether this host's nftables ruleset changes are followed: `followed`, or
     /// `unavailable: <why>`.
     pub ruleset: String,
