@@ -363,7 +363,7 @@ fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
         "1s",
     ]);
     assert!(
-        netwatch.stderr_text().contains("c0 (clsact)"),
+        netwatch.stderr_text().contains("c0 (ethernet, clsact)"),
         "{}",
         netwatch.stderr_text()
     );
