@@ -51,7 +51,11 @@ fn path_mtu_signals_reject_nothing() {
         let counters = h.target(&flow);
         let reported = if v6 { 1280 } else { 1500 };
         assert_eq!(
-            (counters.path_mtu_signals, counters.path_mtu, counters.rejected),
+            (
+                counters.path_mtu_signals,
+                counters.path_mtu,
+                counters.rejected
+            ),
             (1, reported, 0),
             "{}: the signal counted for the SYN's target, with the MTU it reports",
             family(v6)
