@@ -77,6 +77,8 @@ const BOOT_MODULES: &[&str] = &["virtio_pci", "virtiofs", "overlay"];
 /// e.g. nftables expressions, the kernel loads on demand through the same modprobe).
 const TEST_MODULES: &[&str] = &[
     "veth",
+    // The lab's VPN (`lab-vpn`): /dev/net/tun appears with the module.
+    "tun",
     "nf_tables",
     "nft_reject_inet",
     "nft_ct",
