@@ -979,7 +979,7 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("c0 ({})", netwatch_tests::auto_attach()))
+        text.contains(&format!("c0 (ethernet, {})", netwatch_tests::auto_attach()))
             && text.contains("evictions 0"),
         "status line: {text}"
     );
