@@ -334,16 +334,15 @@ fn path_mtu_signal(remote: &[u8; 16], proto: u8, local_port: u16, remote_port: u
         proto,
         direction: DIRECTION_EGRESS,
     };
-    let slot = match TARGET_SLOTS.get_ptr(&target) {
-        Some(slot) => slot,
-        None => {
-            target.remote_port = local_port;
-            target.direction = DIRECTION_INGRESS;
-            let Some(slot) = TARGET_SLOTS.get_ptr(&target) else {
-                return;
-            };
-            slot
-        }
+    let slot = if let Some(slot) = TARGET_SLOTS.get_ptr(&target) {
+        slot
+    } else {
+        target.remote_port = local_port;
+        target.direction = DIRECTION_INGRESS;
+        let Some(slot) = TARGET_SLOTS.get_ptr(&target) else {
+            return;
+        };
+        slot
     };
     // SAFETY: a map value pointer, valid for this program run.
     let Some(counters) = TARGETS.get_ptr_mut(unsafe { *slot }) else {

@@ -114,10 +114,6 @@ macro_rules! config {
 }
 
 #[inline(always)]
-#[expect(
-    clippy::cast_ptr_alignment,
-    reason = "kernel structure fields, read through the helper"
-)]
 fn field<T>(base: *const u8, offset: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
