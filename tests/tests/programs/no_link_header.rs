@@ -151,12 +151,41 @@ fn scenario() -> Vec<Step> {
 /// counters. And it is not nothing: the totals are the scenario's.
 #[test]
 fn packets_without_a_link_header_are_judged_as_in_ethernet_frames() {
-    const NAME: &str = "packets_without_a_link_header_are_judged_as_in_ethernet_frames";
-    if !netwatch_tests::prerequisites(NAME, &[]) {
+    judged_as_in_ethernet_frames(
+        "packets_without_a_link_header_are_judged_as_in_ethernet_frames",
+        Arriving::Bare,
+    );
+}
+
+/// The same when the packets arriving come behind outer headers, as the kernel's own tunnels
+/// (ipip, sit, gre, ip6tnl, ip6gre) of older kernels (5.10) hand them to tc ingress: the L3
+/// ingress classifier reads them at the kernel's network header.
+#[test]
+fn packets_arriving_behind_a_tunnels_outer_headers_are_judged_as_in_ethernet_frames() {
+    judged_as_in_ethernet_frames(
+        "packets_arriving_behind_a_tunnels_outer_headers_are_judged_as_in_ethernet_frames",
+        Arriving::BehindOuterHeaders,
+    );
+}
+
+/// How the L3 ingress classifier is given a packet arriving.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arriving {
+    /// The IP packet alone, as tun and `WireGuard` devices (and every device on 6.1)
+    /// hand it.
+    Bare,
+    /// The whole Ethernet frame: 14 bytes before the IP header, and `BPF_PROG_TEST_RUN`
+    /// puts the kernel's network header at 14, where a tunnel's inner one would be. (Leaving
+    /// packets are bare either way: the outer headers are only ever before those arriving.)
+    BehindOuterHeaders,
+}
+
+fn judged_as_in_ethernet_frames(name: &'static str, arriving: Arriving) {
+    if !netwatch_tests::prerequisites(name, &[]) {
         return;
     }
-    let mut ethernet = Harness::new(NAME);
-    let mut l3 = Harness::with_both_pairs(NAME);
+    let mut ethernet = Harness::new(name);
+    let mut l3 = Harness::with_both_pairs(name);
     for h in [&mut ethernet, &mut l3] {
         h.probe
             .set_local_addresses([packets::local(false), packets::local(true)])
@@ -170,9 +199,13 @@ fn packets_without_a_link_header_are_judged_as_in_ethernet_frames() {
             (EGRESS_PROGRAM, L3_EGRESS_PROGRAM)
         };
         let expected = ethernet.change_by(on_ethernet, &step.frame, &step.what);
-        let packet = packets::ip_packet(&step.frame);
+        let packet = if step.ingress && arriving == Arriving::BehindOuterHeaders {
+            &step.frame[..]
+        } else {
+            packets::ip_packet(&step.frame)
+        };
         let found = l3.change_by(on_l3, packet, &step.what);
-        assert_eq!(found, expected, "{NAME}: {} (L3, then Ethernet)", step.what);
+        assert_eq!(found, expected, "{name}: {} (L3, then Ethernet)", step.what);
     }
     let all = all_targets(&mut l3.probe);
     let totals = (
@@ -194,13 +227,13 @@ fn packets_without_a_link_header_are_judged_as_in_ethernet_frames() {
             2 * (2 * 3 + 1),
             2 * 2
         ),
-        "{NAME}: requests, retransmits, answered, rejected, path-MTU signals"
+        "{name}: requests, retransmits, answered, rejected, path-MTU signals"
     );
     let counters = l3.probe.read_counters().expect("counters");
     assert_eq!(
         counters[KernelCounter::NotUnicast as usize],
         2,
-        "{NAME}: the two requests to a group, and no other: an IPv4 header's first byte \
+        "{name}: the two requests to a group, and no other: an IPv4 header's first byte \
          (0x45) is no destination MAC with its group bit set"
     );
 }
@@ -219,22 +252,26 @@ fn what_is_not_ip_changes_nothing_without_a_link_header() {
             let flow = Flow::numbered(kind, v6, 7);
             let frame = flow.request();
             let packet = packets::ip_packet(&frame).to_vec();
-            for version in [0u8, 5, 7, 15] {
-                let mut other = packet.clone();
-                other[0] = (version << 4) | (other[0] & 0x0f);
-                let what = format!("{} as IP version {version}", flow.describe());
-                h.check(L3_EGRESS_PROGRAM, &other, Change::none(), &what);
-            }
-            // Cut inside the IP header (the kernel runs programs on nothing shorter than 14
-            // bytes).
-            let header = if v6 { 40 } else { 20 };
-            for cut in [14, 19, header - 1] {
-                let what = format!("{} cut to {cut} bytes", flow.describe());
-                let change = h.change_by(L3_EGRESS_PROGRAM, &packet[..cut], &what);
-                assert!(
-                    change.recorded.is_empty() && change.targets.is_empty(),
-                    "{NAME}: {what}: {change:?}"
-                );
+            // Both hooks: arriving, the classifier also looks for the IP header behind
+            // outer headers, and must not find one in these either.
+            for program in [L3_EGRESS_PROGRAM, L3_INGRESS_PROGRAM] {
+                for version in [0u8, 5, 7, 15] {
+                    let mut other = packet.clone();
+                    other[0] = (version << 4) | (other[0] & 0x0f);
+                    let what = format!("{} as IP version {version} ({program})", flow.describe());
+                    h.check(program, &other, Change::none(), &what);
+                }
+                // Cut inside the IP header (the kernel runs programs on nothing shorter than
+                // 14 bytes).
+                let header = if v6 { 40 } else { 20 };
+                for cut in [14, 19, header - 1] {
+                    let what = format!("{} cut to {cut} bytes ({program})", flow.describe());
+                    let change = h.change_by(program, &packet[..cut], &what);
+                    assert!(
+                        change.recorded.is_empty() && change.targets.is_empty(),
+                        "{NAME}: {what}: {change:?}"
+                    );
+                }
             }
         }
     }
