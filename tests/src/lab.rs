@@ -94,7 +94,9 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn create(name: String) -> Self {
+    /// A new namespace `name` (unique per run: the caller's business), deleted on drop.
+    #[must_use]
+    pub fn create(name: String) -> Self {
         let ns = Self { name };
         run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
         ns
