@@ -348,6 +348,13 @@ fn nothing_stays_attached_after_any_exit() {
                 .stderr_text()
                 .contains("drops on this host are not counted"),
         );
+        // The tcp:tcp_retransmit_skb raw tracepoint link of the retransmission program,
+        // likewise.
+        let retransmits = usize::from(
+            !netwatch
+                .stderr_text()
+                .contains("stall after the handshake are not followed"),
+        );
         // And the six socket owner programs, each with its cgroup link, where netwatch sees
         // a cgroup2 mount (under `ip netns exec` it does not, and says so).
         let owners = 6 * usize::from(
@@ -357,13 +364,15 @@ fn nothing_stays_attached_after_any_exit() {
         );
         assert_eq!(
             during.0,
-            before.0 + if tcx { 2 } else { 0 } + drops + owners,
-            "tcx links and the drop program's link while running (signal {signal})"
+            before.0 + if tcx { 2 } else { 0 } + drops + retransmits + owners,
+            "tcx links and the drop and retransmission programs' links while running \
+             (signal {signal})"
         );
         assert_eq!(
             during.1,
-            before.1 + 2 + drops + owners,
-            "two tc programs and the drop program while running (signal {signal})"
+            before.1 + 2 + drops + retransmits + owners,
+            "two tc programs, the drop and retransmission programs while running (signal \
+             {signal})"
         );
         let finished = netwatch.stop_with(signal);
         if signal != libc::SIGKILL {
