@@ -146,12 +146,6 @@ impl Netns {
     /// (`TUNSETLINK`): a device of any `ARPHRD_*` type, for the kinds this kernel cannot
     /// make (a CAN bus, say). It goes with the namespace.
     pub fn tun_of_link_type(&self, name: &str, link_type: u16) {
-        #[repr(C)]
-        struct IfReq {
-            name: [u8; libc::IFNAMSIZ],
-            flags: libc::c_short,
-            _union_rest: [u8; 22],
-        }
         let netns = std::fs::File::open(Path::new("/run/netns").join(&self.name))
             .unwrap_or_else(|err| panic!("opening the namespace {}: {err}", self.name));
         let name = name.to_owned();
@@ -161,27 +155,10 @@ impl Netns {
             // SAFETY: setns on this thread only, with a namespace descriptor we hold.
             let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-            let tun = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/net/tun")
-                .expect("/dev/net/tun");
-            let mut request = IfReq {
-                name: [0; libc::IFNAMSIZ],
-                flags: libc::c_short::try_from(libc::IFF_TUN | libc::IFF_NO_PI)
-                    .expect("small flags"),
-                _union_rest: [0; 22],
-            };
-            request.name[..name.len()].copy_from_slice(name.as_bytes());
+            let tun = crate::tun::open(&name).unwrap_or_else(|err| panic!("tun {name}: {err}"));
             let fd = tun.as_raw_fd();
-            // SAFETY: TUNSETIFF reads and writes the 40-byte ifreq; TUNSETLINK and
-            // TUNSETPERSIST take an integer argument.
+            // SAFETY: TUNSETLINK and TUNSETPERSIST take an integer argument.
             unsafe {
-                assert_eq!(
-                    libc::ioctl(fd, libc::TUNSETIFF, &raw mut request),
-                    0,
-                    "TUNSETIFF"
-                );
                 assert_eq!(
                     libc::ioctl(fd, libc::TUNSETLINK, libc::c_ulong::from(link_type)),
                     0,
@@ -207,7 +184,9 @@ impl Drop for Netns {
     }
 }
 
-fn run_ok(command: &mut Command) -> Output {
+/// Runs `command` (not in any namespace of the lab's); panics, with its stderr, unless it
+/// succeeds.
+pub fn run_ok(command: &mut Command) -> Output {
     let out = command
         .output()
         .unwrap_or_else(|err| panic!("could not run {command:?}: {err}"));

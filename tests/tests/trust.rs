@@ -1190,30 +1190,19 @@ fn differential_round(lab: &Lab, round: usize, seed: u64) {
 /// rejected, unanswered, retransmits, late answers, verdicts and reasons.
 #[test]
 fn trust_netwatch_agrees_with_an_independent_dissector() {
-    if !prerequisites(
+    let seeds = netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED").map_or_else(
+        || {
+            let mut seeds = DIFF_SEEDS.to_vec();
+            seeds.push(netwatch_tests::random::seed("NETWATCH_TRUST_SEED"));
+            seeds
+        },
+        |seed| vec![seed],
+    );
+    differential(
         "trust_netwatch_agrees_with_an_independent_dissector",
-        &[
-            "ip", "nft", "dig", "dnsmasq", "curl", "nc", "ping", "ss", "tcpdump", "tshark",
-        ],
-    ) {
-        return;
-    }
-    let seeds: Vec<u64> = if let Some(seed) = netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED")
-    {
-        vec![seed]
-    } else {
-        let mut seeds = DIFF_SEEDS.to_vec();
-        seeds.push(netwatch_tests::random::seed("NETWATCH_TRUST_SEED"));
-        seeds
-    };
-    let mut lab = Lab::new();
-    differential_servers(&mut lab);
-    for (round, &seed) in seeds.iter().enumerate() {
-        eprintln!(
-            "differential round {round}: seed {seed:#x} (NETWATCH_TRUST_SEED={seed:#x} replays it)"
-        );
-        differential_round(&lab, round, seed);
-    }
+        Lab::new,
+        &seeds,
+    );
 }
 
 /// Case 8, over a VPN: the client's link is a tun device (raw IP packets, no link-layer
@@ -1222,21 +1211,30 @@ fn trust_netwatch_agrees_with_an_independent_dissector() {
 /// and unreachables of most types (`NETWATCH_TRUST_SEED` replays any seed instead).
 #[test]
 fn trust_netwatch_agrees_with_an_independent_dissector_over_a_vpn() {
-    if !prerequisites(
+    let seeds = netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED")
+        .map_or_else(|| DIFF_SEEDS[1..].to_vec(), |seed| vec![seed]);
+    differential(
         "trust_netwatch_agrees_with_an_independent_dissector_over_a_vpn",
+        || Lab::over_a_tunnel(VPN),
+        &seeds,
+    );
+}
+
+/// The differential rounds of `seeds` in the lab `build` makes, its servers started.
+fn differential(name: &str, build: impl FnOnce() -> Lab, seeds: &[u64]) {
+    if !prerequisites(
+        name,
         &[
             "ip", "nft", "dig", "dnsmasq", "curl", "nc", "ping", "ss", "tcpdump", "tshark",
         ],
     ) {
         return;
     }
-    let seeds = netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED")
-        .map_or_else(|| DIFF_SEEDS[1..].to_vec(), |seed| vec![seed]);
-    let mut lab = Lab::over_a_tunnel(VPN);
+    let mut lab = build();
     differential_servers(&mut lab);
     for (round, &seed) in seeds.iter().enumerate() {
         eprintln!(
-            "differential round {round} over a VPN: seed {seed:#x} (NETWATCH_TRUST_SEED={seed:#x} \
+            "{name}: differential round {round}: seed {seed:#x} (NETWATCH_TRUST_SEED={seed:#x} \
              replays it)"
         );
         differential_round(&lab, round, seed);

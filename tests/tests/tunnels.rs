@@ -18,7 +18,7 @@ use std::{
 
 use netwatch_tests::{
     clients::Client,
-    lab::{Finished, Netns, NetwatchRun, TargetId, netwatch_binary, wait_until},
+    lab::{Finished, Netns, NetwatchRun, TargetId, netwatch_binary, run_ok, wait_until},
     prerequisites,
 };
 
@@ -133,15 +133,7 @@ const WIREGUARD_PORT: &str = "51820";
 
 fn load_modules() {
     for module in MODULES {
-        let out = Command::new("modprobe")
-            .arg(module)
-            .output()
-            .unwrap_or_else(|err| panic!("modprobe {module}: {err}"));
-        assert!(
-            out.status.success(),
-            "modprobe {module}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new("modprobe").arg(module));
     }
 }
 
@@ -152,15 +144,10 @@ fn tunnels() -> (Netns, Netns) {
         Netns::create(format!("nwtun-a{id}")),
         Netns::create(format!("nwtun-b{id}")),
     );
-    let out = Command::new("ip")
-        .args(["link", "add", "u0", "netns", &a.name, "type", "veth"])
-        .args(["peer", "name", "u0", "netns", &b.name])
-        .output()
-        .expect("ip");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("ip")
+            .args(["link", "add", "u0", "netns", &a.name, "type", "veth"])
+            .args(["peer", "name", "u0", "netns", &b.name]),
     );
     let [(a4, b4), (a6, b6)] = UNDERLAY;
     for (ns, v4, v6) in [(&a, a4, a6), (&b, b4, b6)] {

@@ -8,48 +8,14 @@
 //! the process: run it until killed.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Read as _, Write as _},
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd as _,
     process::ExitCode,
 };
 
-/// `struct ifreq` as `TUNSETIFF` reads it: the name, then the flags (a `short`) at the
-/// start of the union (40 bytes in all on 64-bit Linux).
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _union_rest: [u8; 22],
-}
-const _: () = assert!(size_of::<IfReq>() == 40);
-
-/// Opens a new tun device `name`: IP packets, without the packet information header.
-fn open_tun(name: &str) -> io::Result<File> {
-    let tun = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")?;
-    let mut request = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: libc::c_short::try_from(libc::IFF_TUN | libc::IFF_NO_PI).expect("small flags"),
-        _union_rest: [0; 22],
-    };
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "a device name of 1 to 15 bytes",
-        ));
-    }
-    request.name[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: TUNSETIFF reads (and writes back) the 40-byte ifreq it is given.
-    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &raw mut request) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(tun)
-}
+use netwatch_tests::tun;
 
 /// Forwards packets both ways until an error other than the ones a tunnel lives with.
 fn forward(tun: &mut File, socket: &UdpSocket, peer: SocketAddr) -> io::Error {
@@ -119,7 +85,7 @@ fn main() -> ExitCode {
         eprintln!("lab-vpn: addresses are ADDRESS:PORT");
         return ExitCode::from(2);
     };
-    let mut tun = match open_tun(device) {
+    let mut tun = match tun::open(device) {
         Ok(tun) => tun,
         Err(err) => {
             eprintln!("lab-vpn: cannot create tun device {device}: {err}");
