@@ -75,6 +75,11 @@ const ROWS: &[(&str, &str, Unit)] = &[
         Unit::Ns,
     ),
     (
+        "l3_untracked_ns_over_floor",
+        "the same without a link-layer header (tun, `WireGuard`: the L3 classifier), minus the floor",
+        Unit::Ns,
+    ),
+    (
         "tracked_request_ratio",
         "new request ÷ minimal tracker (worst kind)",
         Unit::Ratio,
@@ -165,6 +170,7 @@ fn value_of(report: &Report, key: &str) -> Option<f64> {
     match key {
         "floor_ns" => report.floor_ns,
         "untracked_ns_over_floor" => report.untracked_ns_over_floor,
+        "l3_untracked_ns_over_floor" => report.l3_untracked_ns_over_floor,
         "tracked_request_ratio" => report.tracked_request_ratio,
         "answer_match_ratio" => report.answer_match_ratio,
         "udp_pps_ratio" => report.udp_pps_ratio,
@@ -502,6 +508,22 @@ fn udp_figures(out: &mut String, programs: &ProgramResults) {
     }
 }
 
+/// The L3 classifiers' common path beside the floor, when the report has it.
+fn l3_figures(out: &mut String, programs: &ProgramResults) {
+    if let (Some(egress), Some(ingress)) = (
+        &programs.l3_untracked_ns_over_floor,
+        &programs.l3_ingress_untracked_ns_over_floor,
+    ) {
+        let _ = writeln!(
+            out,
+            "\nWithout a link-layer header (tun, `WireGuard`, PPP, ipip, gre, sit: the L3 classifiers, on the \
+             bulk TCP data packet as the IP packet alone): egress {} ns, ingress {} ns over the floor (steady).",
+            range(egress, Unit::Ns),
+            range(ingress, Unit::Ns),
+        );
+    }
+}
+
 /// The per-section detail after the results table.
 fn details(out: &mut String, report: &Report) {
     if let Some(programs) = &report.programs {
@@ -527,6 +549,7 @@ fn details(out: &mut String, report: &Report) {
                 .join(", "),
         );
         udp_figures(out, programs);
+        l3_figures(out, programs);
     }
     if let Some(rates) = &report.rates {
         out.push_str("\n## Packet rates\n\n");

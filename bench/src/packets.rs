@@ -231,6 +231,13 @@ pub fn bulk_tcp_data(outgoing: bool) -> Vec<u8> {
     )
 }
 
+/// [`bulk_tcp_data`] as a device without a link-layer header (tun, `WireGuard`) carries it:
+/// the IP packet alone.
+#[must_use]
+pub fn bulk_tcp_data_l3(outgoing: bool) -> Vec<u8> {
+    ip_packet(&bulk_tcp_data(outgoing)).to_vec()
+}
+
 /// A UDP port that is not DNS and that nothing watches: the common UDP path.
 pub const UNWATCHED_UDP_PORT: u16 = 5_000;
 /// The `--udp-port` service the benchmark watches (`WireGuard`'s port).

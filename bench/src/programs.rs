@@ -24,10 +24,13 @@ use aya::{
     maps::HashMap as BpfHashMap,
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use netwatch::probe::{KernelTables as _, Probe};
+use netwatch::probe::{Classifiers, KernelTables as _, Probe};
 
 use crate::BENCH_OBJECT;
-use netwatch_common::{EGRESS_PROGRAM, INGRESS_PROGRAM, PendingRequest, RequestKey};
+use netwatch_common::{
+    EGRESS_PROGRAM, INGRESS_PROGRAM, L3_EGRESS_PROGRAM, L3_INGRESS_PROGRAM, PendingRequest,
+    RequestKey,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -95,6 +98,13 @@ pub struct ProgramResults {
     /// same datagram repeated, so every run after the first is a retransmit of its flow.
     #[serde(default)]
     pub udp_watched_ns_over_floor: Option<Figure>,
+    /// The L3 classifiers (devices without a link-layer header: tun, `WireGuard`) on the
+    /// bulk TCP data packet as such a device carries it (the IP packet alone), minus the
+    /// floor: their common path. Egress, then ingress.
+    #[serde(default)]
+    pub l3_untracked_ns_over_floor: Option<Figure>,
+    #[serde(default)]
+    pub l3_ingress_untracked_ns_over_floor: Option<Figure>,
     /// One packet repeated (see the module docs).
     pub steady: Vec<KindCost>,
     /// Distinct requests, each once (see the module docs).
@@ -129,8 +139,8 @@ struct Programs {
 impl Programs {
     fn load() -> anyhow::Result<Self> {
         // A timeout far beyond the run: every answer here is in time.
-        let mut probe =
-            Probe::load(Duration::from_hours(1)).context("loading netwatch's programs")?;
+        let mut probe = Probe::load_with(Duration::from_hours(1), Classifiers::ALL)
+            .context("loading netwatch's programs")?;
         probe
             .watch_udp_ports(&[packets::WATCHED_UDP_PORT])
             .context("watching the benchmark's UDP port")?;
@@ -163,6 +173,14 @@ impl Programs {
         let result = match which {
             Which::Egress => self.probe.classifier(EGRESS_PROGRAM)?.test_run(options)?,
             Which::Ingress => self.probe.classifier(INGRESS_PROGRAM)?.test_run(options)?,
+            Which::L3Egress => self
+                .probe
+                .classifier(L3_EGRESS_PROGRAM)?
+                .test_run(options)?,
+            Which::L3Ingress => self
+                .probe
+                .classifier(L3_INGRESS_PROGRAM)?
+                .test_run(options)?,
             Which::Floor => self.reference(FLOOR)?.test_run(options)?,
             Which::Track => self.reference(TRACK)?.test_run(options)?,
             Which::Match => self.reference(MATCH)?.test_run(options)?,
@@ -223,7 +241,12 @@ impl Programs {
 
     fn verifier_insns(&mut self) -> anyhow::Result<BTreeMap<String, u32>> {
         let mut counts = BTreeMap::new();
-        for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
+        for name in [
+            EGRESS_PROGRAM,
+            INGRESS_PROGRAM,
+            L3_EGRESS_PROGRAM,
+            L3_INGRESS_PROGRAM,
+        ] {
             let info = self.probe.classifier(name)?.info()?;
             let count = info.verified_instruction_count().with_context(|| {
                 format!("the kernel did not report {name}'s verified instructions")
@@ -238,6 +261,8 @@ impl Programs {
 enum Which {
     Egress,
     Ingress,
+    L3Egress,
+    L3Ingress,
     Floor,
     Track,
     Match,
@@ -303,6 +328,14 @@ pub fn run(plan: &Plan, progress: &dyn Fn(&str)) -> anyhow::Result<ProgramResult
             &stats::paired_differences(&steady.udp_watched, &steady.floor),
             "UDP watched over floor",
         )?),
+        l3_untracked_ns_over_floor: Some(figure(
+            &stats::paired_differences(&steady.l3_egress_data, &steady.floor),
+            "L3 egress over floor",
+        )?),
+        l3_ingress_untracked_ns_over_floor: Some(figure(
+            &stats::paired_differences(&steady.l3_ingress_data, &steady.floor),
+            "L3 ingress over floor",
+        )?),
         steady: steady.kinds,
         fresh,
         timer_overhead_ns: figure(&timer_overhead, "timer overhead")?,
@@ -348,12 +381,15 @@ struct SteadyResults {
     ingress_data: Vec<f64>,
     udp_unwatched: Vec<f64>,
     udp_watched: Vec<f64>,
+    l3_egress_data: Vec<f64>,
+    l3_ingress_data: Vec<f64>,
     kinds: Vec<KindCost>,
 }
 
 /// Items of the steady method before the exchanges' pairs: the floor, egress and ingress on
-/// TCP data, egress on UDP to a port not watched and to a watched one.
-const LEADING_ITEMS: usize = 5;
+/// TCP data, egress on UDP to a port not watched and to a watched one, the L3 classifiers'
+/// egress and ingress on TCP data without a link-layer header.
+const LEADING_ITEMS: usize = 7;
 
 /// One timed item of the steady method, and its samples.
 struct Item {
@@ -391,6 +427,8 @@ impl Steady {
                 packets::udp_datagram(packets::WATCHED_UDP_PORT),
                 None,
             ),
+            Item::new(Which::L3Egress, packets::bulk_tcp_data_l3(true), None),
+            Item::new(Which::L3Ingress, packets::bulk_tcp_data_l3(false), None),
         ];
         let mut labels = Vec::new();
         for (number, exchange) in Exchange::ALL.into_iter().enumerate() {
@@ -455,6 +493,8 @@ impl Steady {
             ingress_data: next(),
             udp_unwatched: next(),
             udp_watched: next(),
+            l3_egress_data: next(),
+            l3_ingress_data: next(),
             kinds,
         })
     }

@@ -21,6 +21,9 @@ use crate::{
 pub struct Report {
     pub floor_ns: Option<f64>,
     pub untracked_ns_over_floor: Option<f64>,
+    /// The same on a device without a link-layer header (the L3 classifier, egress).
+    #[serde(default)]
+    pub l3_untracked_ns_over_floor: Option<f64>,
     pub tracked_request_ratio: Option<f64>,
     pub answer_match_ratio: Option<f64>,
     pub udp_pps_ratio: Option<f64>,
@@ -103,6 +106,8 @@ impl Report {
             self.floor_ns = put("floor_ns", Some(p.floor_ns));
             self.untracked_ns_over_floor =
                 put("untracked_ns_over_floor", Some(p.untracked_ns_over_floor));
+            self.l3_untracked_ns_over_floor =
+                put("l3_untracked_ns_over_floor", p.l3_untracked_ns_over_floor);
             self.tracked_request_ratio = put(
                 "tracked_request_ratio",
                 p.worst_fresh("request").map(|k| k.ratio),

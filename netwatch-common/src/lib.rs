@@ -11,6 +11,11 @@ use core::mem::size_of;
 pub const EGRESS_PROGRAM: &str = "netwatch_egress";
 /// Name of the ingress classifier in the eBPF object.
 pub const INGRESS_PROGRAM: &str = "netwatch_ingress";
+/// The classifiers for devices without a link-layer header (tun, `WireGuard`, PPP, ipip, gre,
+/// sit), whose packets start with the IP header. Named so that the kernel's 15-byte
+/// program names (`netwatch_l3_egr`, `netwatch_l3_ing`) still tell them from the others.
+pub const L3_EGRESS_PROGRAM: &str = "netwatch_l3_egress";
+pub const L3_INGRESS_PROGRAM: &str = "netwatch_l3_ingress";
 
 /// Map of requests that left and have not been answered yet: [`RequestKey`] → [`PendingRequest`].
 pub const PENDING_MAP: &str = "PENDING";
@@ -926,10 +931,13 @@ pub enum KernelCounter {
     /// A connection with retransmissions could not be followed: the retransmissions map
     /// was full. Its stalls go unseen (never blamed).
     RetransmitsFull = 17,
+    /// An Ethernet frame with more VLAN tags than the programs walk (two: 802.1Q, or
+    /// 802.1ad and 802.1Q): not parsed.
+    VlanTagLimit = 18,
 }
 
 impl KernelCounter {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     pub const ALL: [Self; Self::COUNT] = [
         Self::PendingFull,
         Self::TargetsFull,
@@ -949,6 +957,7 @@ impl KernelCounter {
         Self::LocalDropsFull,
         Self::SocketOwnerLost,
         Self::RetransmitsFull,
+        Self::VlanTagLimit,
     ];
 
     /// Stable `snake_case` name used in JSON and metrics.
@@ -973,6 +982,7 @@ impl KernelCounter {
             Self::LocalDropsFull => "local_drops_full",
             Self::SocketOwnerLost => "socket_owner_lost",
             Self::RetransmitsFull => "retransmits_table_full",
+            Self::VlanTagLimit => "vlan_tag_limit",
         }
     }
 

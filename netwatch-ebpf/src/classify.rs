@@ -15,7 +15,10 @@ use netwatch_common::{
 use crate::{
     answers,
     maps::{count, udp_port_kind},
-    packet::{self, Hook, Ip, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, icmp, read, tcp_flags},
+    packet::{
+        Hook, Ip, LinkLayer, MAX_OUTER_HEADERS, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, icmp, read,
+        tcp_flags,
+    },
     requests,
 };
 
@@ -25,18 +28,23 @@ const DNS_FLAGS_OFFSET: usize = 2;
 const DNS_QR: u8 = 0x80;
 
 /// The deepest transport header handled: Ethernet, two VLAN tags, IPv6 with extension
-/// headers. Deeper ones are counted in `ipv6_extension_limit`.
+/// headers. Deeper ones are counted in `ipv6_extension_limit`. (Without a link-layer header
+/// the IP header is at 0, or behind a tunnel's outer headers.)
 const MAX_L4_OFFSET: u32 = 1024;
-/// The deepest IP header: Ethernet and two VLAN tags.
-const MAX_L3_OFFSET: u32 = 22;
+/// The deepest IP header: behind a tunnel's outer headers (see `packet::NoLinkHeader`);
+/// on Ethernet, 22 (two VLAN tags).
+const MAX_L3_OFFSET: u32 = MAX_OUTER_HEADERS;
 /// Masks that keep the offsets within those bounds (no-ops for offsets within them).
-const L3_MASK: u32 = 0x1f;
+const L3_MASK: u32 = 0x7f;
 const L4_MASK: u32 = 0x7ff;
 const _: () = assert!(MAX_L3_OFFSET <= L3_MASK && MAX_L4_OFFSET <= L4_MASK);
 
+/// A packet seen at `hook` on a device of link layer `L` (which says where its IP header is).
 #[inline(always)]
-pub fn packet(ctx: &TcContext, hook: Hook) {
-    let Some(ip) = packet::parse(ctx) else { return };
+pub fn packet<L: LinkLayer>(ctx: &TcContext, hook: Hook) {
+    let Some(ip) = L::parse(ctx, hook) else {
+        return;
+    };
     match ip.proto {
         proto::TCP => {
             let Some(flags) = read::<u8>(ctx, ip.l4 + TCP_FLAGS_OFFSET) else {

@@ -9,7 +9,10 @@
 //! `netwatch_retransmits`, on the `tcp:tcp_retransmit_skb` raw tracepoint, follows the TCP
 //! connections whose segments are retransmitted, for path-MTU stalls (see [`retransmits`]).
 //!
-//! Both hooks run the same code ([`classify::packet`]), told which way the packet goes.
+//! Both hooks run the same code ([`classify::packet`]), told which way the packet goes and
+//! where its IP header is: `netwatch_egress` and `netwatch_ingress` on Ethernet (and
+//! loopback) devices, `netwatch_l3_egress` and `netwatch_l3_ingress` on devices without a
+//! link-layer header.
 //! Requests (DNS and NTP queries, datagrams to `--udp-port` services, TCP SYNs, ICMP echo
 //! requests) are recorded in [`maps::PENDING`]:
 //! leaving, the ones this host sends; arriving, the ones it receives. Answers and rejections
@@ -55,20 +58,35 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier, raw_tracepoint},
     programs::{RawTracePointContext, SockAddrContext, SockContext, TcContext},
 };
-use packet::Hook;
+use packet::{Ethernet, Hook, NoLinkHeader};
 
 /// `TC_ACT_UNSPEC` / `TCX_NEXT`: observe only, never decide the packet's fate.
 const PASS_THROUGH: i32 = -1;
 
 #[classifier]
 pub fn netwatch_egress(ctx: TcContext) -> i32 {
-    classify::packet(&ctx, Hook::Egress);
+    classify::packet::<Ethernet>(&ctx, Hook::Egress);
     PASS_THROUGH
 }
 
 #[classifier]
 pub fn netwatch_ingress(ctx: TcContext) -> i32 {
-    classify::packet(&ctx, Hook::Ingress);
+    classify::packet::<Ethernet>(&ctx, Hook::Ingress);
+    PASS_THROUGH
+}
+
+/// [`netwatch_egress`] for devices without a link-layer header (tun, `WireGuard`, PPP, ipip,
+/// gre, sit), whose packets start with the IP header.
+#[classifier]
+pub fn netwatch_l3_egress(ctx: TcContext) -> i32 {
+    classify::packet::<NoLinkHeader>(&ctx, Hook::Egress);
+    PASS_THROUGH
+}
+
+/// [`netwatch_ingress`] for devices without a link-layer header.
+#[classifier]
+pub fn netwatch_l3_ingress(ctx: TcContext) -> i32 {
+    classify::packet::<NoLinkHeader>(&ctx, Hook::Ingress);
     PASS_THROUGH
 }
 

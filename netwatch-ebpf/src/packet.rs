@@ -1,9 +1,14 @@
-//! Bounds-checked header reading: Ethernet (with up to two VLAN tags), IPv4 (with options)
-//! and IPv6 (with a bounded chain of extension headers), down to the transport header.
+//! Bounds-checked header reading: Ethernet (with up to two VLAN tags) or no link-layer
+//! header at all, IPv4 (with options) and IPv6 (with a bounded chain of extension headers),
+//! down to the transport header.
 
 use core::mem::{MaybeUninit, size_of};
 
-use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::{
+    bindings::bpf_hdr_start_off::BPF_HDR_START_NET,
+    helpers::{bpf_skb_load_bytes, bpf_skb_load_bytes_relative},
+    programs::TcContext,
+};
 use netwatch_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, KernelCounter, RequestKey};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, vlan::VlanHdr};
 
@@ -14,7 +19,7 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 
-/// VLAN tags walked in the frame (`QinQ` is two); more is not parsed.
+/// VLAN tags walked in the frame (`QinQ` is two); more is counted, not parsed.
 const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked before giving up (counted).
 const MAX_EXTENSION_HEADERS: usize = 6;
@@ -207,26 +212,200 @@ pub struct Ip {
     pub first_fragment: bool,
 }
 
-/// Finds the IP and transport headers of an Ethernet frame. `None` for anything that is not
-/// IP, a non-first fragment, or headers cut short.
+impl Ip {
+    /// Whether a link-layer header precedes the IP header of a packet leaving: Ethernet's
+    /// is at least 14 bytes, and a device without one ([`NoLinkHeader`]) starts with the IP
+    /// header at egress. (Only asked at egress: arriving, see [`NoLinkHeader`].)
+    #[inline(always)]
+    pub const fn has_link_header(&self) -> bool {
+        self.l3 != 0
+    }
+}
+
+/// Where a device puts the network header, and so how its packets are parsed: one
+/// classifier pair for each ([`Ethernet`], [`NoLinkHeader`]), the same code after that.
+pub trait LinkLayer {
+    /// The IP and transport headers of a packet seen at `hook`. `None` for anything that
+    /// is not IP, a non-first fragment, or headers cut short.
+    fn parse(ctx: &TcContext, hook: Hook) -> Option<Ip>;
+}
+
+/// Ethernet and loopback devices: an Ethernet header, up to two VLAN tags, then IP.
+pub struct Ethernet;
+
+impl LinkLayer for Ethernet {
+    #[inline(always)]
+    fn parse(ctx: &TcContext, _hook: Hook) -> Option<Ip> {
+        let ether_type = u16::from_be(read::<u16>(ctx, 12)?);
+        if ether_type == ETH_P_IPV4 {
+            return ipv4::<InPlace>(ctx, EthHdr::LEN);
+        }
+        if ether_type == ETH_P_IPV6 {
+            return ipv6::<InPlace>(ctx, EthHdr::LEN);
+        }
+        vlan(ctx, ether_type)
+    }
+}
+
+/// Devices without a link-layer header (tun, `WireGuard`, PPP, ipip, gre, sit): the IP
+/// header is the first byte, and its version is the family, as the stack reads it
+/// (`ip_rcv` and `ipv6_rcv` drop any other). Not `skb->protocol`: `BPF_PROG_TEST_RUN` sets
+/// that from bytes 12 and 13, as if they were an `EtherType`.
+///
+/// Except arriving on the kernel's own tunnels (ipip, sit, gre, ip6tnl, ip6gre) of older
+/// kernels (Debian's 5.10; not its 6.1): they left the mac header where the underlay's
+/// Ethernet or outer IP header was, and tc ingress hands the packet from there, behind the
+/// outer headers. (ipip resets it from 5.14: "ipip: allow redirecting ipip and mplsip
+/// packets to eth devices", <https://github.com/torvalds/linux/commit/7ad136fd288c>.)
+/// See [`arriving_network_offset`].
+pub struct NoLinkHeader;
+
+impl LinkLayer for NoLinkHeader {
+    #[inline(always)]
+    fn parse(ctx: &TcContext, hook: Hook) -> Option<Ip> {
+        let at = match hook {
+            Hook::Egress => 0,
+            Hook::Ingress => arriving_network_offset(ctx),
+        };
+        match read::<u8>(ctx, at)? >> 4 {
+            4 => ipv4::<InPlace>(ctx, at),
+            6 => ipv6::<InPlace>(ctx, at),
+            _ => None,
+        }
+    }
+}
+
+/// The most bytes the outer headers of a tunnelled packet take before the inner IP header
+/// (see [`NoLinkHeader`]): Ethernet (14), IPv4 with options (60) or IPv6 with an extension
+/// header or two, GRE with checksum, key and sequence number (16).
+pub const MAX_OUTER_HEADERS: u32 = 112;
+/// A mask that keeps an offset within [`MAX_OUTER_HEADERS`]' power of two.
+const OUTER_HEADERS_MASK: u32 = 0x7f;
+const _: () = assert!(MAX_OUTER_HEADERS <= OUTER_HEADERS_MASK);
+
+/// Where the IP header of a packet arriving on a device without a link-layer header
+/// starts: at 0 when the packet there is a whole one carrying no other (tun, `WireGuard`,
+/// and every device on newer kernels), a check with no helper call. Otherwise maybe behind outer
+/// headers, at the kernel's network header: its IP header's length, counted back from the
+/// end, says where, and the same bytes must be there. Else 0, as the parser would have it.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Ip> {
-    let ether_type = u16::from_be(read::<u16>(ctx, 12)?);
-    if ether_type == ETH_P_IPV4 {
-        return ipv4::<InPlace>(ctx, EthHdr::LEN);
+fn arriving_network_offset(ctx: &TcContext) -> usize {
+    if starts_with_a_whole_packet(ctx) {
+        return 0;
     }
-    if ether_type == ETH_P_IPV6 {
-        return ipv6::<InPlace>(ctx, EthHdr::LEN);
+    // verifier: an opaque copy, masked, so the bound travels with the offset (see
+    // `classify::exchange`).
+    let at = core::hint::black_box(behind_outer_headers(ctx)) & OUTER_HEADERS_MASK;
+    if at > MAX_OUTER_HEADERS {
+        0
+    } else {
+        at as usize
     }
-    vlan(ctx, ether_type)
+}
+
+/// IP in IP, IPv6 in IP, and GRE: what an outer header carries (and an IPv6 one, maybe
+/// after the destination options of its encapsulation limit).
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+const IPPROTO_GRE: u8 = 47;
+
+/// Whether the packet starts with an IP header giving the packet's own length, and carries
+/// no other IP packet. Not the outer header of a tunnelled packet, then: sit and gre on
+/// 5.10 hand tc ingress the packet from there (their mac header is left at the outer IP
+/// header, ipip's and the IPv6 tunnels' at the underlay's Ethernet one).
+#[inline(always)]
+fn starts_with_a_whole_packet(ctx: &TcContext) -> bool {
+    // Eight bytes rather than the six needed: zeroing six compiles to a call to `memset`,
+    // a BPF function call per packet (see `requests::is_unicast`).
+    let Some(head) = read::<[u8; 8]>(ctx, 0) else {
+        return false;
+    };
+    if ip_length(&head) != Some(ctx.len()) {
+        return false;
+    }
+    let carried = if head[0] >> 4 == 6 {
+        head[6]
+    } else {
+        let Some(proto) = read::<u8>(ctx, 9) else {
+            return false;
+        };
+        proto
+    };
+    !matches!(
+        carried,
+        IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE | IPV6_DEST_OPTS
+    )
+}
+
+/// The offset of the kernel's network header when the packet has outer headers before it,
+/// or 0. A function of its own (a static BPF function: a pointer argument is fine) keeps
+/// its buffers off the classifier's frame, and so off the deepest call chain (512 bytes).
+#[inline(never)]
+fn behind_outer_headers(ctx: &TcContext) -> u32 {
+    let mut head = [0u8; 8];
+    // SAFETY: the helper writes at most 8 bytes into `head`, which has 8.
+    let status = unsafe {
+        bpf_skb_load_bytes_relative(
+            ctx.skb.skb.cast(),
+            0,
+            head.as_mut_ptr().cast(),
+            8,
+            BPF_HDR_START_NET,
+        )
+    };
+    if status != 0 {
+        return 0;
+    }
+    let Some(length) = ip_length(&head) else {
+        return 0;
+    };
+    let Some(at) = ctx.len().checked_sub(length) else {
+        return 0;
+    };
+    if at == 0 || at > MAX_OUTER_HEADERS {
+        return 0;
+    }
+    // verifier: the bound on an opaque copy (LLVM reads the packet at the unchecked one).
+    let at = core::hint::black_box(at) & OUTER_HEADERS_MASK;
+    if read::<[u8; 8]>(ctx, at as usize) == Some(head) {
+        at
+    } else {
+        0
+    }
+}
+
+/// The IPv6 header's own length, which its payload length leaves out.
+const IPV6_HEADER_LEN: u32 = 40;
+const _: () = assert!(Ipv6Hdr::LEN == IPV6_HEADER_LEN as usize);
+
+/// The length an IP header starting with `head` gives its packet (IPv4's total length,
+/// IPv6's payload length and its own 40 bytes); `None` when `head` is no IPv4 or IPv6
+/// header.
+#[inline(always)]
+fn ip_length<const N: usize>(head: &[u8; N]) -> Option<u32> {
+    let [first, _, v4_hi, v4_lo, v6_hi, v6_lo, ..] = head.as_slice() else {
+        return None;
+    };
+    match first >> 4 {
+        4 => Some(u32::from(u16::from_be_bytes([*v4_hi, *v4_lo]))),
+        6 => Some(IPV6_HEADER_LEN + u32::from(u16::from_be_bytes([*v6_hi, *v6_lo]))),
+        _ => None,
+    }
 }
 
 #[inline(always)]
 fn vlan(ctx: &TcContext, outer_type: u16) -> Option<Ip> {
     let mut ether_type = outer_type;
     let mut offset = EthHdr::LEN;
-    for _ in 0..MAX_VLAN_TAGS {
+    for tags in 0..=MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            return None;
+        }
+        if tags == MAX_VLAN_TAGS {
+            // A third tag: counted rather than misread. (Checked here, in the loop, rather
+            // than after it: there the check cost the untagged path's register allocation
+            // a spill; here the common path is four to six instructions shorter than before.)
+            count(KernelCounter::VlanTagLimit);
             return None;
         }
         let tag = read::<VlanHdr>(ctx, offset)?;

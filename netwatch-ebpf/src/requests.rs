@@ -56,7 +56,7 @@ pub fn tcp_syn(ctx: &TcContext, ip: &Ip, hook: Hook) {
     {
         request.syn_payload_len = payload as u16;
     }
-    track(ctx, &key, request);
+    track(ctx, ip, &key, request);
 }
 
 /// A DNS query (QR clear) to port 53 (`ports`: source, destination): asked by this host at
@@ -84,7 +84,7 @@ pub fn dns_query(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
         ip.l4 + UDP_HEADER_LEN + DNS_HEADER_LEN,
         &mut request.question,
     );
-    track(ctx, &key, request);
+    track(ctx, ip, &key, request);
 }
 
 /// An NTP client request (mode 3) to a watched NTP port (`ports`: source, destination):
@@ -115,7 +115,7 @@ pub fn ntp_request(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
         *first = transmit;
         request.question_len = 8;
     }
-    track(ctx, &key, request);
+    track(ctx, ip, &key, request);
 }
 
 /// A datagram to a `--udp-port` service on a flow with nothing outstanding: a request. With
@@ -135,7 +135,7 @@ pub fn flow_request(ctx: &TcContext, ip: &Ip, ports: [u16; 2], hook: Hook) {
     let Some(request) = new_request(ctx) else {
         return;
     };
-    track(ctx, &key, request);
+    track(ctx, ip, &key, request);
 }
 
 /// An echo request (`header`: type, code, checksum, identifier, sequence).
@@ -157,7 +157,7 @@ pub fn echo_request(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
     let Some(request) = new_request(ctx) else {
         return;
     };
-    track(ctx, &key, request);
+    track(ctx, ip, &key, request);
 }
 
 /// The pending entry for a request seen now, for the protocol handler to fill in: this
@@ -202,14 +202,17 @@ fn new_request(ctx: &TcContext) -> Option<&'static mut PendingRequest> {
 /// answered by others (every host on the segment, the group's members) from their own
 /// addresses, so no answer can ever match them: they are not requests to a target.
 #[inline(always)]
-fn is_unicast(ctx: &TcContext, remote: &[u8; 16]) -> bool {
+fn is_unicast(ctx: &TcContext, ip: &Ip, remote: &[u8; 16]) -> bool {
     // The destination MAC's group bit: limited (255.255.255.255) and directed broadcasts on
-    // the link, and every multicast, whatever the address says.
+    // the link, and every multicast, whatever the address says. (A device without a
+    // link-layer header has no MAC: its packet starts with the IP header.)
     // verifier: a word, not the MAC's first byte: LLVM turns a one-byte bound check at
     // offset 0 into `data_end > data`, from which the verifier learns no readable range.
     // Eight bytes rather than the MAC's six: zeroing six bytes compiles to a call to
     // `memset`, a BPF function frame more on the deepest call chain (see `same_question`).
-    if read::<u64>(ctx, 0).is_some_and(|head| head.to_ne_bytes()[0] & 1 != 0) {
+    if ip.has_link_header()
+        && read::<u64>(ctx, 0).is_some_and(|head| head.to_ne_bytes()[0] & 1 != 0)
+    {
         return false;
     }
     if netwatch_common::is_ipv4_mapped(remote) {
@@ -280,7 +283,7 @@ fn same_question(a: &[u8; DNS_QUESTION_CAPTURE], b: &[u8; DNS_QUESTION_CAPTURE])
 /// its own, so their locals stay off the classifier's frame, which the answer path's
 /// functions stack on (512 bytes for the whole call chain).
 #[inline(never)]
-fn track(ctx: &TcContext, key: &RequestKey, request: &mut PendingRequest) {
+fn track(ctx: &TcContext, ip: &Ip, key: &RequestKey, request: &mut PendingRequest) {
     if key.direction == DIRECTION_INGRESS {
         // Asked of this host only when sent to one of its addresses: a router sees requests
         // for others pass by, whose answers need not come back this way.
@@ -288,7 +291,7 @@ fn track(ctx: &TcContext, key: &RequestKey, request: &mut PendingRequest) {
             count(KernelCounter::NotForThisHost);
             return;
         }
-    } else if !is_unicast(ctx, &key.remote) {
+    } else if !is_unicast(ctx, ip, &key.remote) {
         count(KernelCounter::NotUnicast);
         return;
     } else {

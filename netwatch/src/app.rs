@@ -16,10 +16,10 @@ use crate::{
     cli::{Args, AttachMode},
     clock, diagnosis,
     firewall::{self, Firewall},
-    interfaces::{self, Interface, LinkState},
+    interfaces::{self, LinkState},
     output::{Mode, Output, View},
     privileges,
-    probe::{KernelTables, Owners, Probe, ProbeError},
+    probe::{Classifiers, KernelTables, Owners, Probe, ProbeError},
     report::{RunInfo, WatchedInterface, tui::Action},
     serve,
     snapshot::{Snapshot, TargetView},
@@ -122,17 +122,22 @@ fn reconcile(
             }
             Some((index, state)) if attached_at == Some(index) => state,
             Some((index, state)) => {
-                // New, or re-created under a new index: attach (again).
+                // New, or re-created under a new index: attach (again), as what it is now.
                 probe.forget(&interface.name);
-                let link = Interface {
-                    name: interface.name.clone(),
-                    index,
-                };
-                match probe.attach(&link, mode) {
-                    Ok(via) => {
+                let attached = interfaces::lookup(&interface.name)
+                    .map_err(|err| err.to_string())
+                    .and_then(|link| {
+                        let via = probe.attach(&link, mode).map_err(|err| err.to_string())?;
+                        Ok((link, via))
+                    });
+                match attached {
+                    Ok((link, via)) if link.index == index => {
                         interface.attach = via.as_str();
+                        interface.kind = link.kind.name();
                         state
                     }
+                    // Re-created again in between: the next poll attaches to the new one.
+                    Ok(_) => LinkState::Gone,
                     Err(err) => {
                         log::warn!("{err}; retrying");
                         LinkState::Gone
@@ -196,7 +201,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
     // Before anything is attached: an unusable time namespace offset stops here.
     clock::check()?;
     let interfaces = interfaces::resolve(&args.iface)?;
-    let mut probe = Probe::load(args.timeout)?;
+    let mut probe = Probe::load_with(args.timeout, Classifiers::for_interfaces(&interfaces))?;
     probe.watch_udp_ports(&args.udp_port)?;
     // Before attaching: the first requests arriving must already be recognised.
     probe.set_local_addresses(all_host_addresses())?;
@@ -221,6 +226,7 @@ pub async fn run(args: Args) -> anyhow::Result<Ending> {
         let state = interfaces::probe_link(&iface.name).map_or(LinkState::Gone, |(_, state)| state);
         watched.push(WatchedInterface {
             name: iface.name.clone(),
+            kind: iface.kind.name(),
             attach: via.as_str(),
             state,
         });

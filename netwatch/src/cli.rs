@@ -52,8 +52,9 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Tool>,
 
-    /// Interface to watch; repeat for several. Default: the interface(s) holding the
-    /// default route(s).
+    /// Interface to watch: Ethernet, loopback, or a device without a link-layer header
+    /// (the kinds tun, wireguard, ppp, ipip, sit, gre, ip6tnl, ip6gre); repeat for several.
+    /// Default: the interface(s) holding the default route(s).
     #[arg(short, long = "iface", value_name = "IFACE", value_parser = parse_iface)]
     pub iface: Vec<String>,
 

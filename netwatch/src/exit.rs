@@ -44,7 +44,7 @@ fn cannot_run_here(cause: &(dyn std::error::Error + 'static)) -> bool {
         // No default route may be a network still coming up: that one can pass.
         return matches!(
             err,
-            InterfaceError::NotFound(_) | InterfaceError::NotEthernet { .. }
+            InterfaceError::NotFound(_) | InterfaceError::Unwatchable(_)
         );
     }
     if let Some(err) = cause.downcast_ref::<PrivilegeError>() {

@@ -326,7 +326,10 @@ fn now_rfc3339() -> String {
 #[must_use]
 pub fn interface_message(interface: &WatchedInterface) -> String {
     match interface.state {
-        LinkState::Up => format!("{} is up, watched ({})", interface.name, interface.attach),
+        LinkState::Up => format!(
+            "{} is up, watched ({}, {})",
+            interface.name, interface.kind, interface.attach
+        ),
         LinkState::Down => {
             format!(
                 "{} is down; still attached, nothing to see until it is up",

@@ -23,12 +23,12 @@ use netwatch_common::{
 };
 use netwatch_common::{
     COUNTERS_MAP, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, EGRESS_PROGRAM,
-    INGRESS_PROGRAM, KernelCounter, LOCAL_ADDRESSES_CAPACITY, LOCAL_ADDRESSES_MAP,
-    LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP, LocalDropKey, NEXT_SLOT_MAP, PENDING_CAPACITY,
-    PENDING_MAP, PendingRequest, RETRANSMIT_CONFIG_GLOBAL, RETRANSMIT_PROGRAM,
-    RETRANSMIT_TRACEPOINT, RETRANSMITS_CAPACITY, RETRANSMITS_MAP, RequestKey, RetransmitConfig,
-    Retransmits, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY, TARGETS_MAP, TIMEOUT_GLOBAL,
-    TargetCounters, TargetKey,
+    INGRESS_PROGRAM, KernelCounter, L3_EGRESS_PROGRAM, L3_INGRESS_PROGRAM,
+    LOCAL_ADDRESSES_CAPACITY, LOCAL_ADDRESSES_MAP, LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP,
+    LocalDropKey, NEXT_SLOT_MAP, PENDING_CAPACITY, PENDING_MAP, PendingRequest,
+    RETRANSMIT_CONFIG_GLOBAL, RETRANSMIT_PROGRAM, RETRANSMIT_TRACEPOINT, RETRANSMITS_CAPACITY,
+    RETRANSMITS_MAP, RequestKey, RetransmitConfig, Retransmits, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP,
+    TARGETS_CAPACITY, TARGETS_MAP, TIMEOUT_GLOBAL, TargetCounters, TargetKey,
 };
 use netwatch_common::{DNS_PORT, NTP_PORT, UDP_PORT_FLOW, UDP_PORT_NTP, UDP_PORTS_MAP};
 use thiserror::Error;
@@ -37,7 +37,7 @@ use crate::{
     batch, btf,
     cli::AttachMode,
     drops::DropReasons,
-    interfaces::Interface,
+    interfaces::{Interface, LinkKind},
     sock_diag::SockDiag,
     target::{ip_from_key, ip_to_key},
 };
@@ -185,6 +185,8 @@ pub struct Probe {
     /// What [`Self::local_addresses`] holds.
     known_local: BTreeSet<[u8; 16]>,
     attachments: Vec<Attachment>,
+    /// The classifier pairs loaded.
+    classifiers: Classifiers,
     /// The `skb:kfree_skb` program's state: its maps and the kernel's reason names, or why
     /// this kernel cannot have it.
     local_drops: Result<LocalDrops, String>,
@@ -295,10 +297,11 @@ fn claim_and_remove_orphans(iface: &str) -> Option<crate::lock::InterfaceLock> {
         }
     };
     if claim.alone {
-        for (name, direction) in [
-            (EGRESS_PROGRAM, TcAttachType::Egress),
-            (INGRESS_PROGRAM, TcAttachType::Ingress),
-        ] {
+        // Both pairs: the device may have been of the other kind then (a name reused).
+        for (name, direction) in Classifiers::ETHERNET_PAIR
+            .into_iter()
+            .chain(Classifiers::L3_PAIR)
+        {
             match tc::qdisc_detach_program(iface, direction, name) {
                 Ok(()) => eprintln!(
                     "netwatch: removed a {name} filter left on {iface} by a netwatch that was killed"
@@ -308,6 +311,20 @@ fn claim_and_remove_orphans(iface: &str) -> Option<crate::lock::InterfaceLock> {
         }
     }
     Some(claim.lock)
+}
+
+/// Why neither tc hook took netwatch's programs: each attempt's own reason, once.
+fn no_tc_hook(tcx: &ProbeError, clsact: &ProbeError) -> String {
+    let reason = |err: &ProbeError| match err {
+        ProbeError::Attach { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    };
+    format!(
+        "this kernel has no tc hook netwatch can use (tcx: {}; clsact: {}); it needs tcx \
+         (Linux 6.6+) or CONFIG_NET_SCH_INGRESS and CONFIG_NET_CLS_BPF",
+        reason(tcx),
+        reason(clsact)
+    )
 }
 
 fn first_line(err: &dyn std::error::Error) -> String {
@@ -464,9 +481,83 @@ fn check_kernel_version() -> Result<(), ProbeError> {
     }
 }
 
+/// Which classifier pairs are loaded: the one for Ethernet (and loopback) devices, the one
+/// for devices without a link-layer header, or both. Each pair costs its verification at
+/// start (seconds on a slow machine), so netwatch loads only the ones its interfaces need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Classifiers {
+    pub ethernet: bool,
+    pub l3: bool,
+}
+
+impl Classifiers {
+    pub const ETHERNET: Self = Self {
+        ethernet: true,
+        l3: false,
+    };
+    pub const ALL: Self = Self {
+        ethernet: true,
+        l3: true,
+    };
+    /// The Ethernet pair: (program, hook).
+    pub const ETHERNET_PAIR: [(&'static str, TcAttachType); 2] = [
+        (EGRESS_PROGRAM, TcAttachType::Egress),
+        (INGRESS_PROGRAM, TcAttachType::Ingress),
+    ];
+    /// The pair for devices without a link-layer header.
+    pub const L3_PAIR: [(&'static str, TcAttachType); 2] = [
+        (L3_EGRESS_PROGRAM, TcAttachType::Egress),
+        (L3_INGRESS_PROGRAM, TcAttachType::Ingress),
+    ];
+
+    /// The pairs `interfaces` need.
+    #[must_use]
+    pub fn for_interfaces(interfaces: &[Interface]) -> Self {
+        Self {
+            ethernet: interfaces.iter().any(|i| i.kind.has_link_header()),
+            l3: interfaces.iter().any(|i| !i.kind.has_link_header()),
+        }
+    }
+
+    /// The pair for devices of `kind`.
+    #[must_use]
+    pub const fn pair(kind: LinkKind) -> [(&'static str, TcAttachType); 2] {
+        if kind.has_link_header() {
+            Self::ETHERNET_PAIR
+        } else {
+            Self::L3_PAIR
+        }
+    }
+
+    fn names(self) -> impl Iterator<Item = &'static str> {
+        let ethernet = self.ethernet.then_some(Self::ETHERNET_PAIR);
+        let l3 = self.l3.then_some(Self::L3_PAIR);
+        ethernet
+            .into_iter()
+            .chain(l3)
+            .flatten()
+            .map(|(name, _)| name)
+    }
+
+    fn has(self, kind: LinkKind) -> bool {
+        if kind.has_link_header() {
+            self.ethernet
+        } else {
+            self.l3
+        }
+    }
+}
+
 impl Probe {
-    /// Loads (but does not attach) the programs, with `timeout` compiled in.
+    /// Loads (but does not attach) the programs, with `timeout` compiled in: the Ethernet
+    /// classifiers (see [`Probe::load_with`]).
     pub fn load(timeout: Duration) -> Result<Self, ProbeError> {
+        Self::load_with(timeout, Classifiers::ETHERNET)
+    }
+
+    /// Loads (but does not attach) the programs, with `timeout` compiled in, and the
+    /// classifier pairs of `classifiers`.
+    pub fn load_with(timeout: Duration, classifiers: Classifiers) -> Result<Self, ProbeError> {
         check_kernel_version()?;
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         // Parsing the kernel's BTF takes tens of MiB for a moment: a child process does it
@@ -499,7 +590,7 @@ impl Probe {
             log::debug!("eBPF object load failed: {err:?}");
             ProbeError::Load(with_memlock_hint(first_line(&err)))
         })?;
-        for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
+        for name in classifiers.names() {
             let program = classifier(&mut ebpf, name)?;
             program.load().map_err(|err| {
                 log::debug!("{name} failed to load: {err:?}");
@@ -546,6 +637,7 @@ impl Probe {
             take_supported: true,
             known_local: BTreeSet::new(),
             attachments: Vec::new(),
+            classifiers,
             owners: Err("not attached yet".to_owned()),
             retransmits,
             sock_diag: None,
@@ -595,8 +687,19 @@ impl Probe {
         Ok(())
     }
 
-    /// Attaches both programs to `iface`.
+    /// Attaches to `iface` the classifier pair of its kind.
     pub fn attach(&mut self, iface: &Interface, mode: AttachMode) -> Result<Attached, ProbeError> {
+        if !self.classifiers.has(iface.kind) {
+            // Only when a device comes back as another kind: the pairs are chosen at start.
+            return Err(ProbeError::Attach {
+                iface: iface.name.clone(),
+                reason: format!(
+                    "it is now a {} device, and netwatch loaded no programs for those at start; \
+                     restart netwatch to watch it",
+                    iface.kind.name()
+                ),
+            });
+        }
         // Whatever this run's mode, an earlier clsact run may have been killed here.
         let lock = claim_and_remove_orphans(&iface.name);
         let attached = match mode {
@@ -622,10 +725,7 @@ impl Probe {
                 self.attach_clsact(iface)
                     .map_err(|clsact_err| ProbeError::Attach {
                         iface: iface.name.clone(),
-                        reason: format!(
-                            "tcx failed ({tcx_err}) and so did clsact ({clsact_err}); the kernel \
-                         needs tcx (Linux 6.6+) or CONFIG_NET_SCH_INGRESS and CONFIG_NET_CLS_BPF"
-                        ),
+                        reason: no_tc_hook(&tcx_err, &clsact_err),
                     })
             }),
         }?;
@@ -676,10 +776,7 @@ impl Probe {
         options: impl Fn() -> TcAttachOptions,
     ) -> Result<Attached, ProbeError> {
         let mut links = Vec::new();
-        for (name, direction) in [
-            (EGRESS_PROGRAM, TcAttachType::Egress),
-            (INGRESS_PROGRAM, TcAttachType::Ingress),
-        ] {
+        for (name, direction) in Classifiers::pair(iface.kind) {
             let program = classifier(&mut self.ebpf, name)?;
             match program.attach_with_options(&iface.name, direction, options()) {
                 Ok(link) => links.push((name, link)),
@@ -774,7 +871,8 @@ impl Probe {
         }
     }
 
-    /// A loaded classifier ([`EGRESS_PROGRAM`] or [`INGRESS_PROGRAM`]), for running it on
+    /// A loaded classifier ([`EGRESS_PROGRAM`], [`INGRESS_PROGRAM`], or the L3 pair when
+    /// loaded), for running it on
     /// crafted packets with `BPF_PROG_TEST_RUN` in tests and benchmarks.
     pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, ProbeError> {
         classifier(&mut self.ebpf, name)
@@ -1431,7 +1529,7 @@ fn delete_clsact_if_empty(iface: &str, ifindex: u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{MINIMUM_KERNEL, kernel_version, log_tail, verifier_reason};
+    use super::{MINIMUM_KERNEL, ProbeError, kernel_version, log_tail, no_tc_hook, verifier_reason};
 
     #[test]
     fn a_refusal_names_the_verifiers_reason_not_its_first_note() {
@@ -1468,5 +1566,27 @@ mod tests {
         assert!(kernel_version("5.4.0-150-generic") < kernel_version(MINIMUM_KERNEL));
         assert!(kernel_version("5.10.0-32-cloud-amd64") >= kernel_version(MINIMUM_KERNEL));
         assert_eq!(kernel_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_kernel_without_a_tc_hook_is_said_in_one_line_with_each_reason() {
+        let attach = |reason: &str| ProbeError::Attach {
+            iface: "eth0".to_owned(),
+            reason: reason.to_owned(),
+        };
+        let err = ProbeError::Attach {
+            iface: "eth0".to_owned(),
+            reason: no_tc_hook(
+                &attach("Invalid argument (os error 22)"),
+                &attach("could not add a clsact qdisc: No such file or directory (os error 2)"),
+            ),
+        };
+        assert_eq!(
+            err.to_string(),
+            "could not attach to eth0: this kernel has no tc hook netwatch can use (tcx: Invalid \
+             argument (os error 22); clsact: could not add a clsact qdisc: No such file or \
+             directory (os error 2)); it needs tcx (Linux 6.6+) or CONFIG_NET_SCH_INGRESS and \
+             CONFIG_NET_CLS_BPF"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use crate::packets::{self, Flow, Kind, Shape, TcpFlags};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use netwatch::{
-    probe::{KernelTables as _, Probe},
+    probe::{Classifiers, KernelTables as _, Probe},
     target::{Proto, Target, ip_from_key},
 };
 use netwatch_common::{
@@ -75,7 +75,18 @@ impl Harness {
 
     #[must_use]
     pub fn with_timeout(name: &'static str, timeout: Duration) -> Self {
-        let probe = Probe::load(timeout)
+        Self::loading(name, timeout, Classifiers::ETHERNET)
+    }
+
+    /// A harness with both classifier pairs loaded: the Ethernet one and the one for
+    /// devices without a link-layer header.
+    #[must_use]
+    pub fn with_both_pairs(name: &'static str) -> Self {
+        Self::loading(name, TIMEOUT, Classifiers::ALL)
+    }
+
+    fn loading(name: &'static str, timeout: Duration, classifiers: Classifiers) -> Self {
+        let probe = Probe::load_with(timeout, classifiers)
             .unwrap_or_else(|err| panic!("{name}: loading the eBPF programs failed: {err}"));
         Self {
             name,
@@ -230,9 +241,17 @@ pub fn key_name(key: &RequestKey) -> String {
     )
 }
 
+/// A target as the tests name it: as netwatch prints it, and `inbound` for the target of
+/// requests this host received (the same peer and port as an outbound one is another target).
 #[must_use]
 pub fn target_name(key: &TargetKey) -> String {
-    Target::from_key(key).map_or_else(|| format!("{key:?}"), |target| target.to_string())
+    let name =
+        Target::from_key(key).map_or_else(|| format!("{key:?}"), |target| target.to_string());
+    if key.direction == netwatch_common::DIRECTION_EGRESS {
+        name
+    } else {
+        format!("{name} inbound")
+    }
 }
 
 /// A pending entry as the tests compare it.

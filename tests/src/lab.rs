@@ -8,6 +8,11 @@
 //!     2001:db8:1::2/64       2001:db8:1::1     2001:db8:2::1       198.51.100.53/.54 (DNS)
 //!                                                                   2001:db8:2::10, ::53
 //! ```
+//!
+//! [`Lab::over_a_tunnel`] makes `c0` and `f0` the two ends of a VPN instead: tun devices
+//! (raw IP packets, no link-layer header) joined by the `lab-vpn` binary, which carries
+//! their packets in UDP over a veth pair of their own (`u0` 192.0.2.2 — `u1` 192.0.2.1).
+//! Everything else is the same.
 
 use std::{
     collections::BTreeMap,
@@ -33,8 +38,14 @@ pub const DNS2_V4: &str = "198.51.100.54";
 pub const DNS_V6: &str = "2001:db8:2::53";
 /// The firewall's address on the client's link: the client's gateway.
 pub const GATEWAY_V4: &str = "203.0.113.1";
+pub const GATEWAY_V6: &str = "2001:db8:1::1";
 /// The client's interface, the one netwatch watches.
 pub const CLIENT_IFACE: &str = "c0";
+/// The MTU of the tunnel's devices: room for the UDP and IP headers the VPN adds, within
+/// the veth pair's 1500.
+pub const TUNNEL_MTU: u16 = 1400;
+/// The UDP port both ends of the VPN use.
+const VPN_PORT: u16 = 51820;
 
 /// Ports the lab's TCP listener serves.
 pub const OPEN_PORTS: [u16; 4] = [80, 443, 8888, 3306];
@@ -83,7 +94,9 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn create(name: String) -> Self {
+    /// A new namespace `name` (unique per run: the caller's business), deleted on drop.
+    #[must_use]
+    pub fn create(name: String) -> Self {
         let ns = Self { name };
         run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
         ns
@@ -142,6 +155,41 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Creates a persistent tun device `name` here, its link type set to `link_type`
+    /// (`TUNSETLINK`): a device of any `ARPHRD_*` type, for the kinds this kernel cannot
+    /// make (a CAN bus, say). It goes with the namespace.
+    pub fn tun_of_link_type(&self, name: &str, link_type: u16) {
+        let netns = std::fs::File::open(Path::new("/run/netns").join(&self.name))
+            .unwrap_or_else(|err| panic!("opening the namespace {}: {err}", self.name));
+        let name = name.to_owned();
+        // A thread of its own enters the namespace: the device is made where the opener is.
+        thread::spawn(move || {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns on this thread only, with a namespace descriptor we hold.
+            let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+            let tun = crate::tun::open(&name).unwrap_or_else(|err| panic!("tun {name}: {err}"));
+            let fd = tun.as_raw_fd();
+            // SAFETY: TUNSETLINK and TUNSETPERSIST take an integer argument.
+            unsafe {
+                assert_eq!(
+                    libc::ioctl(fd, libc::TUNSETLINK, libc::c_ulong::from(link_type)),
+                    0,
+                    "TUNSETLINK"
+                );
+                assert_eq!(
+                    libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong),
+                    0,
+                    "TUNSETPERSIST"
+                );
+            }
+        })
+        .join()
+        .expect("creating the tun device");
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -150,7 +198,9 @@ impl Drop for Netns {
     }
 }
 
-fn run_ok(command: &mut Command) -> Output {
+/// Runs `command` (not in any namespace of the lab's); panics, with its stderr, unless it
+/// succeeds.
+pub fn run_ok(command: &mut Command) -> Output {
     let out = command
         .output()
         .unwrap_or_else(|err| panic!("could not run {command:?}: {err}"));
@@ -187,7 +237,22 @@ impl Lab {
     #[must_use]
     pub fn with_firewall(rules: &str) -> Self {
         let id = Self::unique_id();
-        Self::around(Netns::create(format!("nwlab-c{id}")), &id, rules)
+        Self::around(Netns::create(format!("nwlab-c{id}")), &id, rules, None)
+    }
+
+    /// The same lab with the client's link a VPN: `c0` and `f0` are tun devices joined by
+    /// `vpn` (the `lab-vpn` binary) over UDP, so the client's default routes go through a
+    /// device without a link-layer header. The VPN processes are the lab's: killed on drop,
+    /// and the tun devices with them.
+    #[must_use]
+    pub fn over_a_tunnel(vpn: &str) -> Self {
+        let id = Self::unique_id();
+        Self::around(
+            Netns::create(format!("nwlab-c{id}")),
+            &id,
+            INHERITED_FIREWALL,
+            Some(vpn),
+        )
     }
 
     /// The same lab with this host in the client's place: `c0`, its addresses and the
@@ -202,6 +267,7 @@ impl Lab {
             Netns::this_host(format!("nwlab-h{id}")),
             &id,
             INHERITED_FIREWALL,
+            None,
         )
     }
 
@@ -213,20 +279,36 @@ impl Lab {
         )
     }
 
-    fn around(client: Netns, id: &str, rules: &str) -> Self {
+    fn around(client: Netns, id: &str, rules: &str, vpn: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(format!("netwatch-lab-{id}"));
         std::fs::create_dir_all(&dir).expect("lab temp dir");
-        let lab = Self {
+        let mut lab = Self {
             children: Vec::new(),
             dir,
             client,
             firewall: Netns::create(format!("nwlab-f{id}")),
             server: Netns::create(format!("nwlab-s{id}")),
         };
-        let (c, f, s) = (&lab.client.name, &lab.firewall.name, &lab.server.name);
-        run_ok(Command::new("ip").args([
-            "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "f0", "netns", f,
-        ]));
+        match vpn {
+            Some(vpn) => lab.tunnel(vpn),
+            None => {
+                run_ok(Command::new("ip").args([
+                    "link",
+                    "add",
+                    "c0",
+                    "netns",
+                    &lab.client.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "f0",
+                    "netns",
+                    &lab.firewall.name,
+                ]));
+            }
+        }
+        let (f, s) = (&lab.firewall.name, &lab.server.name);
         run_ok(Command::new("ip").args([
             "link", "add", "f1", "netns", f, "type", "veth", "peer", "name", "s0", "netns", s,
         ]));
@@ -283,6 +365,58 @@ impl Lab {
         );
         lab.nft(rules);
         lab
+    }
+
+    /// `c0` and `f0` as the two ends of a VPN run by `vpn`: the underlay veth pair, the
+    /// VPN processes, and their tun devices (down, at [`TUNNEL_MTU`]) once they exist.
+    fn tunnel(&mut self, vpn: &str) {
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            "u0",
+            "netns",
+            &self.client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "u1",
+            "netns",
+            &self.firewall.name,
+        ]));
+        let (client, firewall) = ("192.0.2.2", "192.0.2.1");
+        for (ns, dev, address) in [
+            (&self.client, "u0", client),
+            (&self.firewall, "u1", firewall),
+        ] {
+            ns.ok("ip", &["addr", "add", &format!("{address}/24"), "dev", dev]);
+            ns.ok("ip", &["link", "set", dev, "up"]);
+        }
+        for (ns, dev, local, peer) in [
+            (&self.client, "c0", client, firewall),
+            (&self.firewall, "f0", firewall, client),
+        ] {
+            let mut command = ns.command(vpn);
+            command
+                .args([
+                    dev,
+                    &format!("{local}:{VPN_PORT}"),
+                    &format!("{peer}:{VPN_PORT}"),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            let vpn = command
+                .spawn()
+                .unwrap_or_else(|err| panic!("could not start {command:?}: {err}"));
+            self.children.push(vpn);
+            wait_until(
+                Duration::from_secs(10),
+                &format!("the VPN's {dev} in {}", ns.name),
+                || ns.run("ip", &["link", "show", "dev", dev]).status.success(),
+            );
+            ns.ok("ip", &["link", "set", dev, "mtu", &TUNNEL_MTU.to_string()]);
+        }
     }
 
     /// Applies an nftables script in the firewall namespace.

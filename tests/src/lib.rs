@@ -16,6 +16,7 @@ pub mod lab;
 pub mod packets;
 pub mod random;
 pub mod terminal;
+pub mod tun;
 
 use std::path::Path;
 

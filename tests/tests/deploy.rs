@@ -170,11 +170,13 @@ fn run_info() -> RunInfo {
         interfaces: vec![
             WatchedInterface {
                 name: "eth0".into(),
+                kind: "ethernet",
                 attach: "tcx",
                 state: LinkState::Up,
             },
             WatchedInterface {
-                name: "eth1".into(),
+                name: "wg0".into(),
+                kind: "wireguard",
                 attach: "clsact",
                 state: LinkState::Down,
             },

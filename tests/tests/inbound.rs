@@ -3,17 +3,19 @@
 //! what the server sends back. The firewall between the namespaces accepts everything, so
 //! every verdict here is this host's own doing.
 
-use std::time::Duration;
+use std::{process::Stdio, time::Duration};
 
 use netwatch_tests::{
     lab::{
-        CLIENT_V4, CLIENT_V6, Finished, Lab, NetwatchRun, SERVER_V4, SERVER_V6, netwatch_binary,
+        CLIENT_V4, CLIENT_V6, Finished, GATEWAY_V4, GATEWAY_V6, Lab, Netns, NetwatchRun, SERVER_V4,
+        SERVER_V6, netwatch_binary, wait_until,
     },
     prerequisites,
 };
 use serde_json::Value;
 
 const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
+const VPN: &str = env!("CARGO_BIN_EXE_lab-vpn");
 
 /// The server's own firewall: what a careful operator writes after the lesson, minus the
 /// service ports it forgot. Port 80 is served; 7777 is allowed but nothing listens; 9000 is
@@ -58,14 +60,47 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
     // The firewall between the namespaces lets everything through.
     lab.nft("flush ruleset\n");
     lab.start_listener(LISTENER);
-    Lab::nft_in(&lab.server, SERVER_INPUT);
+    judge_inbound(&lab, &lab.server, "s0", [SERVER_V4, SERVER_V6]);
+}
+
+/// The same requests received at the server end of a VPN: the router's tun device (raw IP
+/// packets, no link-layer header), its own input chain, the clients asking the router's
+/// tunnel addresses. The same verdicts, reasons, drops and findings.
+#[test]
+fn inbound_requests_at_the_server_end_of_a_vpn_are_judged_as_on_ethernet() {
+    const NAME: &str = "inbound_requests_at_the_server_end_of_a_vpn_are_judged_as_on_ethernet";
+    if !prerequisites(NAME, &["ip", "nft", "nc", "ping"]) {
+        return;
+    }
+    let mut lab = Lab::over_a_tunnel(VPN);
+    lab.nft("flush ruleset\n");
+    let mut listener = lab.firewall.command(LISTENER);
+    listener
+        .arg("80")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    lab.spawn(listener);
+    wait_until(Duration::from_secs(10), "the router's listener", || {
+        lab.firewall
+            .run("nc", &["-z", "-w", "1", GATEWAY_V4, "80"])
+            .status
+            .success()
+    });
+    judge_inbound(&lab, &lab.firewall, "f0", [GATEWAY_V4, GATEWAY_V6]);
+}
+
+/// `host` (with [`SERVER_INPUT`] as its own firewall and a listener on port 80 of
+/// `addresses`, IPv4 then IPv6) asked by the lab's client, netwatch watching its `iface`:
+/// each request judged by what `host` sends back.
+fn judge_inbound(lab: &Lab, host: &Netns, iface: &str, addresses: [&str; 2]) {
+    Lab::nft_in(host, SERVER_INPUT);
     let netwatch = NetwatchRun::start({
-        let mut command = lab.server.command(&netwatch_binary().to_string_lossy());
-        command.args(["--iface", "s0", "--json", "--timeout", "1s"]);
+        let mut command = host.command(&netwatch_binary().to_string_lossy());
+        command.args(["--iface", iface, "--json", "--timeout", "1s"]);
         command
     });
 
-    for server in [SERVER_V4, SERVER_V6] {
+    for server in addresses {
         for (port, wait) in [("80", "2"), ("7777", "2"), ("9000", "2"), ("5432", "3")] {
             let out = lab.client.run("nc", &["-z", "-w", wait, server, port]);
             assert!(
@@ -79,7 +114,9 @@ fn inbound_requests_are_judged_by_what_this_host_sends_back() {
         assert!(ping.status.code().is_some(), "ping {server} was killed");
     }
     // A sentinel sent after everything else: once it is judged, so is all the rest.
-    let sentinel = lab.client.run("nc", &["-z", "-w", "1", SERVER_V4, "5999"]);
+    let sentinel = lab
+        .client
+        .run("nc", &["-z", "-w", "1", addresses[0], "5999"]);
     assert!(
         sentinel.status.code().is_some(),
         "the sentinel nc was killed"

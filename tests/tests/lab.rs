@@ -7,8 +7,8 @@ use std::{process::Command, time::Duration};
 use netwatch_tests::{
     clients::Client,
     lab::{
-        CLIENT_IFACE, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, OPEN_DNS, SERVER_V4, SERVER_V6,
-        TargetId, target_id,
+        CLIENT_IFACE, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, NetwatchRun, OPEN_DNS, SERVER_V4,
+        SERVER_V6, TargetId, target_id,
     },
     prerequisites,
 };
@@ -16,6 +16,7 @@ use serde_json::Value;
 
 const LAB_TOOLS: &[&str] = &["ip", "nft", "dnsmasq", "dig", "curl", "nc", "ping"];
 const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
+const VPN: &str = env!("CARGO_BIN_EXE_lab-vpn");
 
 fn id(proto: &str, remote: &str, port: Option<u64>) -> TargetId {
     (proto.to_owned(), remote.to_owned(), port)
@@ -61,7 +62,6 @@ fn assert_target(
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn lab_verdicts_match_what_the_firewall_does() {
     if !prerequisites("lab_verdicts_match_what_the_firewall_does", LAB_TOOLS) {
         return;
@@ -70,7 +70,53 @@ fn lab_verdicts_match_what_the_firewall_does() {
     lab.start_dns();
     lab.start_listener(LISTENER);
     let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
+    the_inherited_firewall_is_judged(&lab, netwatch);
+}
 
+/// A client whose default routes go through a VPN (a tun device: raw IP packets, no
+/// link-layer header), netwatch started with no `--iface`: it picks the tunnel, says what
+/// it is, and every verdict, reason and count is the one [`lab_verdicts_match_what_the_firewall_does`]
+/// finds on Ethernet.
+#[test]
+fn a_client_behind_a_vpn_is_judged_as_on_ethernet_with_no_iface() {
+    if !prerequisites(
+        "a_client_behind_a_vpn_is_judged_as_on_ethernet_with_no_iface",
+        LAB_TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = Lab::over_a_tunnel(VPN);
+    lab.start_dns();
+    lab.start_listener(LISTENER);
+    let netwatch = lab.start_netwatch(&["--json", "--timeout", "1s"]);
+    let watching = format!(
+        "watching {CLIENT_IFACE} (tun, {}); Ctrl-C to stop",
+        netwatch_tests::auto_attach()
+    );
+    assert!(
+        netwatch.stderr_text().contains(&watching),
+        "{}",
+        netwatch.stderr_text()
+    );
+    let finished = the_inherited_firewall_is_judged(&lab, netwatch);
+    let interfaces = &finished.summary()["interfaces"];
+    assert_eq!(
+        interfaces,
+        &serde_json::json!([{
+            "name": CLIENT_IFACE,
+            "kind": "tun",
+            "attach": netwatch_tests::auto_attach(),
+            "state": "up",
+        }]),
+        "the default routes' interface only, not the VPN's own link"
+    );
+}
+
+/// The lab's clients through [`INHERITED_FIREWALL`](netwatch_tests::lab::INHERITED_FIREWALL),
+/// watched by `netwatch`, and the verdicts it must give: DNS dropped, TCP 80/443 allowed,
+/// ports rejected each a different way, ICMP echo dropped; IPv4 and IPv6.
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn the_inherited_firewall_is_judged(lab: &Lab, netwatch: NetwatchRun) -> Finished {
     // DNS by name: UDP and TCP 53, IPv4 and IPv6, to two resolvers: all dropped.
     Client::dig(DNS_V4, "chat.example").run(&lab.client);
     Client::dig(DNS_V4, "api.example")
@@ -208,6 +254,7 @@ fn lab_verdicts_match_what_the_firewall_does() {
         .find(|r| r["type"] == "summary")
         .expect("summary record");
     assert_eq!(summary["lost_requests"], 0);
+    finished
 }
 
 #[test]
@@ -301,6 +348,13 @@ fn nothing_stays_attached_after_any_exit() {
                 .stderr_text()
                 .contains("drops on this host are not counted"),
         );
+        // The tcp:tcp_retransmit_skb raw tracepoint link of the retransmission program,
+        // likewise.
+        let retransmits = usize::from(
+            !netwatch
+                .stderr_text()
+                .contains("stall after the handshake are not followed"),
+        );
         // And the six socket owner programs, each with its cgroup link, where netwatch sees
         // a cgroup2 mount (under `ip netns exec` it does not, and says so).
         let owners = 6 * usize::from(
@@ -310,13 +364,15 @@ fn nothing_stays_attached_after_any_exit() {
         );
         assert_eq!(
             during.0,
-            before.0 + if tcx { 2 } else { 0 } + drops + owners,
-            "tcx links and the drop program's link while running (signal {signal})"
+            before.0 + if tcx { 2 } else { 0 } + drops + retransmits + owners,
+            "tcx links and the drop and retransmission programs' links while running \
+             (signal {signal})"
         );
         assert_eq!(
             during.1,
-            before.1 + 2 + drops + owners,
-            "two tc programs and the drop program while running (signal {signal})"
+            before.1 + 2 + drops + retransmits + owners,
+            "two tc programs, the drop and retransmission programs while running (signal \
+             {signal})"
         );
         let finished = netwatch.stop_with(signal);
         if signal != libc::SIGKILL {
@@ -363,7 +419,7 @@ fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
         "1s",
     ]);
     assert!(
-        netwatch.stderr_text().contains("c0 (clsact)"),
+        netwatch.stderr_text().contains("c0 (ethernet, clsact)"),
         "{}",
         netwatch.stderr_text()
     );
@@ -481,6 +537,8 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
             "nw-elsewhere1",
         ],
     );
+    // A device that carries no IP (a CAN bus: link type 280).
+    lab.client.tun_of_link_type("nw-can0", 280);
     // A port already taken for --metrics.
     // -k: the probe below must not be the connection that ends the listener.
     let mut taken = lab.client.command("nc");
@@ -502,6 +560,11 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
             vec!["--iface", "nw-elsewhere0"],
             "no such interface: nw-elsewhere0",
             4,
+        ),
+        (
+            vec!["--iface", "nw-can0"],
+            "cannot watch nw-can0 (link type 280, CAN): it has no IP traffic netwatch can read",
+            1,
         ),
         (vec!["--iface", ""], "interface name is empty", 2),
         (
@@ -746,7 +809,7 @@ fn a_renamed_netwatch_keeps_its_filters_when_another_starts() {
     ];
     let mut command = lab.client.command(&renamed.to_string_lossy());
     command.args(clsact);
-    let first = netwatch_tests::lab::NetwatchRun::start(command);
+    let first = NetwatchRun::start(command);
     let second = lab.start_netwatch(&clsact);
     assert!(
         !second.stderr_text().contains("left on"),
@@ -808,7 +871,7 @@ fn runs_with_only_bpf_net_admin_and_perfmon_and_keeps_only_net_admin() {
         .args(netwatch_tests::lab::as_nobody_with("bpf,net_admin,perfmon"))
         .arg(&binary)
         .args(["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
-    let netwatch = netwatch_tests::lab::NetwatchRun::start(command);
+    let netwatch = NetwatchRun::start(command);
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", netwatch.pid())).expect("status");
     let field = |name: &str| {
@@ -925,7 +988,7 @@ fn the_live_view_in_a_real_terminal_shows_what_an_operator_needs() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("c0 ({})", netwatch_tests::auto_attach()))
+        text.contains(&format!("c0 (ethernet, {})", netwatch_tests::auto_attach()))
             && text.contains("evictions 0"),
         "status line: {text}"
     );

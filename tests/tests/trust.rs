@@ -29,6 +29,7 @@ const LAB_DNS: &str = env!("CARGO_BIN_EXE_lab-dns");
 const DNS_STREAM: &str = env!("CARGO_BIN_EXE_dns-stream");
 const LAB_BURST: &str = env!("CARGO_BIN_EXE_lab-burst");
 const FOREIGN_TCX: &str = env!("CARGO_BIN_EXE_foreign-tcx");
+const VPN: &str = env!("CARGO_BIN_EXE_lab-vpn");
 
 /// netwatch's options in every test: JSON, a 1 s timeout (the clients' own waits are longer).
 const WATCH: &[&str] = &["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"];
@@ -1272,23 +1273,60 @@ fn differential_round(lab: &Lab, round: usize, seed: u64) {
 /// which `verdict.rs`'s unit tests cover.
 #[test]
 fn trust_netwatch_agrees_with_an_independent_dissector() {
-    if !prerequisites(
+    let seeds = netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED").map_or_else(
+        || {
+            let mut seeds = DIFF_SEEDS.to_vec();
+            seeds.push(netwatch_tests::random::seed("NETWATCH_TRUST_SEED"));
+            seeds
+        },
+        |seed| vec![seed],
+    );
+    differential(
         "trust_netwatch_agrees_with_an_independent_dissector",
+        Lab::new,
+        &seeds,
+    );
+}
+
+/// Case 8, over a VPN: the client's link is a tun device (raw IP packets, no link-layer
+/// header), and the capture and netwatch are on it. Two rounds, of the fixed seeds whose
+/// plans hold answers (TCP and DNS, both families), resets (both families), silent drops
+/// and unreachables of most types (`NETWATCH_TRUST_SEED` replays any seed instead).
+#[test]
+fn trust_netwatch_agrees_with_an_independent_dissector_over_a_vpn() {
+    let seeds = netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED")
+        .map_or_else(|| DIFF_SEEDS[1..].to_vec(), |seed| vec![seed]);
+    differential(
+        "trust_netwatch_agrees_with_an_independent_dissector_over_a_vpn",
+        || Lab::over_a_tunnel(VPN),
+        &seeds,
+    );
+}
+
+/// The differential rounds of `seeds` in the lab `build` makes, its servers started.
+fn differential(name: &str, build: impl FnOnce() -> Lab, seeds: &[u64]) {
+    if !prerequisites(
+        name,
         &[
             "ip", "nft", "dig", "dnsmasq", "curl", "nc", "ping", "ss", "tcpdump", "tshark",
         ],
     ) {
         return;
     }
-    let seeds: Vec<u64> = if let Some(seed) = netwatch_tests::random::env_u64("NETWATCH_TRUST_SEED")
-    {
-        vec![seed]
-    } else {
-        let mut seeds = DIFF_SEEDS.to_vec();
-        seeds.push(netwatch_tests::random::seed("NETWATCH_TRUST_SEED"));
-        seeds
-    };
-    let mut lab = Lab::new();
+    let mut lab = build();
+    differential_servers(&mut lab);
+    for (round, &seed) in seeds.iter().enumerate() {
+        eprintln!(
+            "{name}: differential round {round}: seed {seed:#x} (NETWATCH_TRUST_SEED={seed:#x} \
+             replays it)"
+        );
+        differential_round(&lab, round, seed);
+    }
+}
+
+/// The servers of the differential rounds: dnsmasq, a slow resolver, the TCP listener;
+/// TCP Fast Open on both ends.
+fn differential_servers(lab: &mut Lab) {
     Lab::sysctl(&lab.client, &["net.ipv4.tcp_fastopen=3"]);
     Lab::sysctl(&lab.server, &["net.ipv4.tcp_fastopen=3"]);
     for address in [SLOW_V4, SLOW_V6] {
@@ -1306,10 +1344,4 @@ fn trust_netwatch_agrees_with_an_independent_dissector() {
     lab.start_dns();
     lab.start_lab_dns(LAB_DNS, DIFF_SLOW_MS, &[SLOW_V4, SLOW_V6]);
     lab.start_listener(LISTENER);
-    for (round, &seed) in seeds.iter().enumerate() {
-        eprintln!(
-            "differential round {round}: seed {seed:#x} (NETWATCH_TRUST_SEED={seed:#x} replays it)"
-        );
-        differential_round(&lab, round, seed);
-    }
 }

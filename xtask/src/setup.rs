@@ -94,6 +94,11 @@ pub const LAB_PACKAGES: &[Package] = &[
         provides: "/usr/bin/tshark",
         why: "the independent dissector of the differential test",
     },
+    Package {
+        name: "wireguard-tools",
+        provides: "/usr/bin/wg",
+        why: "the keys and peers of the kernel matrix's WireGuard tunnel",
+    },
 ];
 
 /// What the benchmarks drive besides the lab's tools.

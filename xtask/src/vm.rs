@@ -80,6 +80,8 @@ const BOOT_MODULES: &[&str] = &["virtio_pci", "virtiofs", "overlay"];
 /// e.g. nftables expressions, the kernel loads on demand through the same modprobe).
 const TEST_MODULES: &[&str] = &[
     "veth",
+    // The lab's VPN (`lab-vpn`): /dev/net/tun appears with the module.
+    "tun",
     "nf_tables",
     "nft_reject_inet",
     "nft_ct",
@@ -106,6 +108,10 @@ pub struct Suite {
     /// Test threads in the guest (on the host the suites run one test at a time, as under
     /// `cargo xtask test`).
     pub guest_threads: u32,
+    /// Only in the guests: tests of what this machine's kernel lacks (modules), `#[ignore]`d
+    /// and run with `--ignored` here; `cargo xtask test` and the matrix's host line leave
+    /// them out.
+    pub guests_only: bool,
 }
 
 /// What runs on every kernel: the programs on crafted packets, the fuzz test with fewer
@@ -113,8 +119,9 @@ pub struct Suite {
 /// host's own drops (the drop program reads the `sk_buff` at offsets and reasons each kernel's
 /// BTF gives; before 5.17 there are none, and netwatch must say so), its storm shortened, and
 /// this host's ruleset followed (the `nf_tables` announcements and trace events each kernel
-/// sends; the live view's timeline is left to the host, where tmux drives it), and what
-/// stalls after the handshake.
+/// sends; the live view's timeline is left to the host, where tmux drives it), what
+/// stalls after the handshake, and the kernel's own tunnels (ipip, gre, sit, ip6tnl,
+/// ip6gre, `WireGuard`: modules this machine's kernel lacks; about 30 s a kernel).
 ///
 /// The program tests each load their own programs and maps and share nothing, so the guest
 /// runs them on both its CPUs (under TCG they are the matrix's longest part: about 580 s on
@@ -125,30 +132,35 @@ pub const SUITES: &[Suite] = &[
         args: &[],
         env: &[],
         guest_threads: 2,
+        guests_only: false,
     },
     Suite {
         test: "fuzz",
         args: &[],
         env: &[("NETWATCH_FUZZ_PACKETS", "20000")],
         guest_threads: 1,
+        guests_only: false,
     },
     Suite {
         test: "lab",
         args: &[],
         env: &[],
         guest_threads: 1,
+        guests_only: false,
     },
     Suite {
         test: "local_drops",
         args: &[],
         env: &[("NETWATCH_DROP_STORM", "20000")],
         guest_threads: 1,
+        guests_only: false,
     },
     Suite {
         test: "ruleset",
         args: &["--skip", "the_live_view"],
         env: &[],
         guest_threads: 1,
+        guests_only: false,
     },
     // What a kernel changes after the handshake: the retransmission program (its tracepoint
     // and the socket's layout), the drop program's path-MTU signals and fragments (drop
@@ -167,8 +179,24 @@ pub const SUITES: &[Suite] = &[
         ],
         env: &[],
         guest_threads: 1,
+        guests_only: false,
+    },
+    // The kernel's own tunnels and a bond.
+    Suite {
+        test: "tunnels",
+        args: &["--ignored"],
+        env: &[],
+        guest_threads: 1,
+        guests_only: true,
     },
 ];
+
+/// Whether the integration test `test` is a [`Suite::guests_only`] one: not run on the host.
+pub fn guests_only(test: &str) -> bool {
+    SUITES
+        .iter()
+        .any(|suite| suite.test == test && suite.guests_only)
+}
 
 /// [`SUITES`], or only those named in `NETWATCH_VM_SUITES` (comma-separated), for working
 /// on one suite; a name that is no suite is an error (a typo would otherwise run nothing).
@@ -359,7 +387,7 @@ pub fn run_host(executables: &Executables, root: &Path) -> anyhow::Result<Outcom
     ));
     let suites = suites()?;
     let mut counts = Counts::default();
-    for suite in &suites {
+    for suite in suites.iter().filter(|suite| !suite.guests_only) {
         let executable = executables.get(suite.test)?;
         let listed = listed_tests(executable, suite.args)?;
         let mut command = crate::as_root(executable);

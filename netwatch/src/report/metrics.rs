@@ -41,7 +41,7 @@
 //! announced since the start, summarized ones included),
 //! and the gauges `netwatch_in_flight_requests`, `netwatch_tombstones`,
 //! `netwatch_uptime_seconds`, `netwatch_timeout_seconds`, `netwatch_window_seconds`,
-//! `netwatch_watched_interfaces{interface, attach}` and `netwatch_build_info{version}`.
+//! `netwatch_watched_interfaces{interface, kind, attach}` and `netwatch_build_info{version}`.
 //!
 //! # Cardinality
 //!
@@ -332,8 +332,8 @@ struct SnapshotCollector {
     uptime_s: f64,
     timeout_s: f64,
     window_s: f64,
-    /// (name, attach mode).
-    interfaces: Vec<(String, &'static str)>,
+    /// (name, kind, attach mode).
+    interfaces: Vec<(String, &'static str, &'static str)>,
 }
 
 impl SnapshotCollector {
@@ -367,7 +367,7 @@ impl SnapshotCollector {
             interfaces: run
                 .interfaces
                 .iter()
-                .map(|interface| (interface.name.clone(), interface.attach))
+                .map(|interface| (interface.name.clone(), interface.kind, interface.attach))
                 .collect(),
         }
     }
@@ -528,12 +528,17 @@ impl SnapshotCollector {
         }
         let mut family = encoder.encode_descriptor(
             "netwatch_watched_interfaces",
-            "Interfaces netwatch watches, with how its programs are attached (always 1).",
+            "Interfaces netwatch watches, with their kind and how its programs are attached \
+             (always 1).",
             None,
             MetricType::Gauge,
         )?;
-        for (interface, attach) in &self.interfaces {
-            let labels = [("interface", interface.as_str()), ("attach", attach)];
+        for (interface, kind, attach) in &self.interfaces {
+            let labels = [
+                ("interface", interface.as_str()),
+                ("kind", kind),
+                ("attach", attach),
+            ];
             family.encode_family(&labels)?.encode_gauge(&1u64)?;
         }
         let mut family = encoder.encode_descriptor(
@@ -633,6 +638,7 @@ mod tests {
         RunInfo {
             interfaces: vec![WatchedInterface {
                 name: "eth0".into(),
+                kind: "ethernet",
                 attach: "tcx",
                 state: LinkState::Up,
             }],
@@ -970,7 +976,11 @@ mod tests {
             value(
                 &s,
                 "netwatch_watched_interfaces",
-                &[("interface", "eth0"), ("attach", "tcx")]
+                &[
+                    ("interface", "eth0"),
+                    ("kind", "ethernet"),
+                    ("attach", "tcx")
+                ]
             ),
             1.0
         );

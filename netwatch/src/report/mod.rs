@@ -97,19 +97,22 @@ pub struct RunInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WatchedInterface {
     pub name: String,
+    /// What kind of device it is (`ethernet`, `tun`, `wireguard`…: see
+    /// [`crate::interfaces::LinkKind`]).
+    pub kind: &'static str,
     /// How it is attached (`tcx`, `clsact`), or how it was before it went away.
     pub attach: &'static str,
     pub state: crate::interfaces::LinkState,
 }
 
 impl WatchedInterface {
-    /// `eth0 (tcx)`, `eth0 (tcx, down)`, `eth0 (gone)`.
+    /// `eth0 (ethernet, tcx)`, `tun0 (tun, tcx, down)`, `eth0 (gone)`.
     #[must_use]
     pub fn label(&self) -> String {
         use crate::interfaces::LinkState;
         match self.state {
-            LinkState::Up => format!("{} ({})", self.name, self.attach),
-            LinkState::Down => format!("{} ({}, down)", self.name, self.attach),
+            LinkState::Up => format!("{} ({}, {})", self.name, self.kind, self.attach),
+            LinkState::Down => format!("{} ({}, {}, down)", self.name, self.kind, self.attach),
             LinkState::Gone => format!("{} (gone)", self.name),
         }
     }

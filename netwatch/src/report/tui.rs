@@ -257,7 +257,13 @@ pub fn status_text(screen: &Screen<'_>, state: &UiState) -> String {
         .counters
         .iter()
         .filter(|(name, _)| {
-            ["malformed", "short_icmp_quote", "ipv6_extension_limit"].contains(name)
+            [
+                "malformed",
+                "short_icmp_quote",
+                "ipv6_extension_limit",
+                "vlan_tag_limit",
+            ]
+            .contains(name)
         })
         .map(|(_, v)| v)
         .sum();
@@ -659,6 +665,7 @@ mod tests {
         let run = RunInfo {
             interfaces: vec![WatchedInterface {
                 name: "eth0".into(),
+                kind: "ethernet",
                 attach: "tcx",
                 state: crate::interfaces::LinkState::Up,
             }],
@@ -721,7 +728,7 @@ mod tests {
     #[test]
     fn shows_targets_rollups_and_status() {
         let text = screen_text(&UiState::default(), &snapshot(), &[]);
-        assert!(text.contains("eth0 (tcx)"), "{text}");
+        assert!(text.contains("eth0 (ethernet, tcx)"), "{text}");
         assert!(text.contains("up 1m23s"), "{text}");
         let dns_row = text
             .lines()

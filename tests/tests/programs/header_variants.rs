@@ -266,10 +266,10 @@ fn non_first_fragments_are_counted_not_parsed() {
 }
 
 /// One 802.1Q tag and `QinQ` (802.1ad outer, 802.1Q inner) are walked; a third tag is not
-/// parsed and changes nothing.
+/// parsed, changes nothing, and is counted (`vlan_tag_limit`), never misread.
 #[test]
-fn vlan_tags_up_to_two_are_walked() {
-    const NAME: &str = "vlan_tags_up_to_two_are_walked";
+fn vlan_tags_up_to_two_are_walked_and_more_are_counted() {
+    const NAME: &str = "vlan_tags_up_to_two_are_walked_and_more_are_counted";
     if !netwatch_tests::prerequisites(NAME, &[]) {
         return;
     }
@@ -297,16 +297,12 @@ fn vlan_tags_up_to_two_are_walked() {
             }
         }
         let three = Shape::vlan(3);
+        let counted = || Change::none().count(KernelCounter::VlanTagLimit, 1);
         for (index, kind) in Kind::ALL.into_iter().enumerate() {
             let n = 100 + u16::try_from(index).expect("three kinds") * 2;
             let flow = Flow::numbered(kind, v6, n);
             let what = format!("the request {} behind three VLAN tags", flow.describe());
-            h.check(
-                EGRESS_PROGRAM,
-                &flow.request_in(&three),
-                Change::none(),
-                &what,
-            );
+            h.check(EGRESS_PROGRAM, &flow.request_in(&three), counted(), &what);
             let pending = Flow::numbered(kind, v6, n + 1);
             h.send(&[pending]);
             let what = format!(
@@ -316,7 +312,7 @@ fn vlan_tags_up_to_two_are_walked() {
             h.check(
                 INGRESS_PROGRAM,
                 &pending.answer_in(&three),
-                Change::none(),
+                counted(),
                 &what,
             );
             let (tagged, _) = refusal(&pending, &three);
@@ -324,7 +320,7 @@ fn vlan_tags_up_to_two_are_walked() {
                 "the refusal of {} behind three VLAN tags",
                 pending.describe()
             );
-            h.check(INGRESS_PROGRAM, &tagged, Change::none(), &what);
+            h.check(INGRESS_PROGRAM, &tagged, counted(), &what);
             assert_eq!(
                 h.entry(&pending).map(|e| e.flags),
                 Some(0),

@@ -36,6 +36,7 @@ mod header_variants;
 mod icmp_quotes;
 mod inbound;
 mod late;
+mod no_link_header;
 mod not_unicast;
 mod path_mtu;
 mod query_or_response;
