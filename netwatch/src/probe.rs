@@ -1529,7 +1529,9 @@ fn delete_clsact_if_empty(iface: &str, ifindex: u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{MINIMUM_KERNEL, ProbeError, kernel_version, log_tail, no_tc_hook, verifier_reason};
+    use super::{
+        MINIMUM_KERNEL, ProbeError, kernel_version, log_tail, no_tc_hook, verifier_reason,
+    };
 
     #[test]
     fn a_refusal_names_the_verifiers_reason_not_its_first_note() {
