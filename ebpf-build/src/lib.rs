@@ -24,6 +24,13 @@ const TARGET: &str = "bpfel-unknown-none";
 
 /// Builds `bins` of the eBPF crate (release) and copies each to `OUT_DIR/<bin>`.
 pub fn build(bins: &[&str]) -> anyhow::Result<()> {
+    build_variant(bins, None)
+}
+
+/// Builds `bins` of the eBPF crate with the cargo feature `feature` (or none), copying each
+/// to `OUT_DIR/<bin>` (with a feature: `OUT_DIR/<bin>-<feature>`). A variant builds in a
+/// target directory of its own, so the two builds never overwrite each other's binaries.
+pub fn build_variant(bins: &[&str], feature: Option<&str>) -> anyhow::Result<()> {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir
@@ -42,7 +49,10 @@ pub fn build(bins: &[&str]) -> anyhow::Result<()> {
     );
     let channel =
         pinned_channel(&fs::read_to_string(&toolchain_file).context("rust-toolchain.toml")?)?;
-    let target_dir = shared_target_dir(&out_dir);
+    let mut target_dir = shared_target_dir(&out_dir);
+    if let Some(feature) = feature {
+        target_dir.as_mut_os_string().push(format!("-{feature}"));
+    }
 
     let mut command = if which("rustup") {
         let mut command = Command::new("rustup");
@@ -63,6 +73,7 @@ pub fn build(bins: &[&str]) -> anyhow::Result<()> {
         ])
         .args(["-Z", "build-std=core"])
         .args(bins.iter().flat_map(|bin| ["--bin", bin]))
+        .args(feature.iter().flat_map(|feature| ["--features", feature]))
         .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTC_BOOTSTRAP", "1")
@@ -81,7 +92,8 @@ pub fn build(bins: &[&str]) -> anyhow::Result<()> {
     }
     for bin in bins {
         let built = target_dir.join(TARGET).join("release").join(bin);
-        fs::copy(&built, out_dir.join(bin))
+        let name = feature.map_or_else(|| (*bin).to_owned(), |feature| format!("{bin}-{feature}"));
+        fs::copy(&built, out_dir.join(name))
             .with_context(|| format!("copying {}", built.display()))?;
     }
     Ok(())

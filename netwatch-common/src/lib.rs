@@ -615,6 +615,11 @@ pub const PENDING_FLAG_LATE: u32 = 1;
 /// stays as a tombstone because the stack may retransmit a rejected request (Linux does
 /// after an `ICMPv6` error), and that retransmit is the same request.
 pub const PENDING_FLAG_REJECTED: u32 = 2;
+/// [`PendingRequest::flags`]: a program on some CPU took this entry's outcome (an answer in
+/// time, or a new exchange replacing it) and is deleting it. Set with a compare-and-swap
+/// (Linux 5.12+), never by the programs built for older kernels, which claim an entry by
+/// deleting it. Userspace leaves such an entry alone: it is gone within the program run.
+pub const PENDING_FLAG_SETTLING: u32 = 4;
 
 /// What the kernel remembers about a request until it is answered, rejected or expired.
 #[repr(C)]
@@ -633,7 +638,9 @@ pub struct PendingRequest {
     /// TCP: the SYN's sequence number, to check the ACK of a SYN-ACK or RST and the
     /// sequence quoted in an ICMP error. 0 otherwise.
     pub tcp_seq: u32,
-    /// [`PENDING_FLAG_LATE`], [`PENDING_FLAG_REJECTED`].
+    /// [`PENDING_FLAG_LATE`], [`PENDING_FLAG_REJECTED`], [`PENDING_FLAG_SETTLING`]. The
+    /// 8-byte word of `tcp_seq` and `flags` is what the programs compare-and-swap to settle
+    /// an entry in place ([`PendingRequest::STATE_OFFSET`]).
     pub flags: u32,
     /// Interface the request left on.
     pub ifindex: u32,
@@ -658,8 +665,18 @@ pub struct PendingRequest {
     pub cgroup_id: u64,
 }
 const _: () = assert!(size_of::<PendingRequest>() == 136);
+const _: () = assert!(
+    PendingRequest::STATE_OFFSET.is_multiple_of(8)
+        && core::mem::offset_of!(PendingRequest, flags) == PendingRequest::STATE_OFFSET + 4,
+    "tcp_seq and flags must make one aligned 8-byte word, flags its high half"
+);
 
 impl PendingRequest {
+    /// Offset of the aligned 8-byte word holding `tcp_seq` (low half) and `flags` (high
+    /// half): `tcp_seq` never changes once the entry is in the table, so a compare-and-swap
+    /// of the word changes `flags` only if nobody changed it since it was read.
+    pub const STATE_OFFSET: usize = core::mem::offset_of!(PendingRequest, tcp_seq);
+
     /// A request first sent at `now_ns`, everything else zero, to be filled in place.
     #[must_use]
     pub const fn sent_at(now_ns: u64) -> Self {

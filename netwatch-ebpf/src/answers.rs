@@ -4,19 +4,23 @@
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netwatch_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, KernelCounter, NTP_MODE_CLIENT,
-    NTP_ORIGIN_OFFSET, NTP_TRANSMIT_OFFSET, PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, Reason,
-    RequestKey, TargetKey, UDP_PORT_FLOW, UDP_PORT_NTP, latency_bucket, ntp_tag, proto,
+    NTP_ORIGIN_OFFSET, NTP_TRANSMIT_OFFSET, PENDING_FLAG_LATE, PENDING_FLAG_REJECTED,
+    PENDING_FLAG_SETTLING, PendingRequest, Reason, RequestKey, TargetKey, UDP_PORT_FLOW,
+    UDP_PORT_NTP, latency_bucket, ntp_tag, proto,
 };
 
 use crate::{
-    maps::{
-        PENDING, PENDING_SCRATCH, TARGET_SLOTS, TARGETS, add, count, timeout_ns, udp_port_kind,
-    },
+    maps::{PENDING, TARGET_SLOTS, TARGETS, add, count, timeout_ns, udp_port_kind},
     packet::{
         self, Copied, Hook, ICMP_HEADER_LEN, InPlace, Ip, Reader, UDP_HEADER_LEN, icmp, read,
         tcp_flags,
     },
 };
+
+#[cfg(feature = "no-cmpxchg")]
+use crate::maps::PENDING_SCRATCH;
+#[cfg(not(feature = "no-cmpxchg"))]
+use crate::maps::swap_flags;
 
 const ICMP_DEST_UNREACHABLE: u8 = icmp::DEST_UNREACHABLE;
 const ICMP_FRAG_NEEDED: u8 = 4;
@@ -334,16 +338,15 @@ fn path_mtu_signal(remote: &[u8; 16], proto: u8, local_port: u16, remote_port: u
         proto,
         direction: DIRECTION_EGRESS,
     };
-    let slot = match TARGET_SLOTS.get_ptr(&target) {
-        Some(slot) => slot,
-        None => {
-            target.remote_port = local_port;
-            target.direction = DIRECTION_INGRESS;
-            let Some(slot) = TARGET_SLOTS.get_ptr(&target) else {
-                return;
-            };
-            slot
-        }
+    let slot = if let Some(slot) = TARGET_SLOTS.get_ptr(&target) {
+        slot
+    } else {
+        target.remote_port = local_port;
+        target.direction = DIRECTION_INGRESS;
+        let Some(slot) = TARGET_SLOTS.get_ptr(&target) else {
+            return;
+        };
+        slot
     };
     // SAFETY: a map value pointer, valid for this program run.
     let Some(counters) = TARGETS.get_ptr_mut(unsafe { *slot }) else {
@@ -472,10 +475,11 @@ fn quoted_udp_tag(ctx: &TcContext, quoted: &Ip, service: u16) -> Option<u16> {
 /// Settles the pending request `key` with `outcome`, exactly once (in [`settle_pending`]):
 /// whether `key` was pending (settled now, or earlier: a tombstone).
 ///
-/// Whoever deletes the entry owns the outcome (a duplicate answer on another CPU loses the
-/// delete and counts nothing). After the timeout the request already is, or is about to be,
-/// counted unanswered by userspace; the answer is counted late, and the entry comes back
-/// flagged as a tombstone so retransmits are still recognised.
+/// Whoever claims the entry owns the outcome (a duplicate answer on another CPU loses the
+/// claim and counts nothing; see [`claim`]). An answer in time deletes the entry. A rejection
+/// leaves it flagged as a tombstone, so retransmits of the request are still recognised; so
+/// does an answer after the timeout (the request already is, or is about to be, counted
+/// unanswered by userspace; the answer is counted late).
 #[inline(always)]
 fn settle(key: &RequestKey, outcome: Outcome, check: Check) -> bool {
     // Scalars for the out-of-line function: its arguments must be what a BPF call passes in
@@ -504,12 +508,12 @@ const CHECK_ECHOES_TRANSMIT: u32 = 3;
 
 /// [`settle`], its arguments spelled as scalars; 1 when `key` was pending, 0 when not.
 ///
-/// Out of line, a static BPF function: one frame of its own (its tombstone copy stays off
-/// the classifier's frame, which [`quoted_rejection`] stacks on: 512 bytes for the whole
-/// call chain). Not a global one: the verifier checks it at each call site, with the
-/// caller's knowledge of `key`. A global function taking a pointer needs Linux 5.12
-/// ("Unrecognized arg#0 type PTR" on 5.10), and before 6.2 the pointer it gets
-/// (`PTR_TO_MEM`) cannot be a map key ("R2 type=mem expected=fp, …" on 6.1).
+/// Out of line, a static BPF function: one frame of its own (stays off the classifier's
+/// frame, which [`quoted_rejection`] stacks on: 512 bytes for the whole call chain). Not a
+/// global one: the verifier checks it at each call site, with the caller's knowledge of
+/// `key`. A global function taking a pointer needs Linux 5.12 ("Unrecognized arg#0 type PTR"
+/// on 5.10), and before 6.2 the pointer it gets (`PTR_TO_MEM`) cannot be a map key ("R2
+/// type=mem expected=fp, …" on 6.1).
 #[inline(never)]
 fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32) -> i32 {
     let Some(pending) = PENDING.get_ptr_mut(key) else {
@@ -523,8 +527,12 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
     // From here on the key was pending: 1, whatever the outcome.
     // SAFETY: a map value pointer, valid for this program run.
     let pending = unsafe { &mut *pending };
-    if pending.flags & PENDING_FLAG_REJECTED != 0 {
-        // Already settled by an earlier rejection; this answers a retransmit of it.
+    // Read once: another CPU may claim the entry meanwhile, and the claim compares with this.
+    // SAFETY: an aligned field of a live map value.
+    let flags = unsafe { core::ptr::read_volatile(&raw const pending.flags) };
+    if flags & (PENDING_FLAG_REJECTED | PENDING_FLAG_SETTLING) != 0 {
+        // Settled already: by an earlier rejection (this answers a retransmit of it), or by
+        // another CPU this instant.
         return 1;
     }
     let valid = match check {
@@ -560,16 +568,27 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
     let elapsed = now.wrapping_sub(pending.first_sent_ns);
     counters.last_answer_ns = now;
     let late = elapsed > timeout_ns();
-    if late && pending.flags & PENDING_FLAG_LATE != 0 {
+    if late && flags & PENDING_FLAG_LATE != 0 {
         // The request was answered late already: this answers a retransmit of it.
         count(KernelCounter::LateDuplicate);
         return 1;
     }
-    if !late && rejection == 0 {
-        // The common case: answered in time. Whoever deletes the entry owns the outcome.
-        if PENDING.remove(key).is_err() {
-            return 1;
+    // Answered in time (the common case): the entry goes. Rejected in time, or anything
+    // after the deadline: it stays, flagged, a tombstone for the request's retransmits.
+    let mark = if !late && rejection == 0 {
+        PENDING_FLAG_SETTLING
+    } else if late {
+        PENDING_FLAG_LATE
+    } else {
+        PENDING_FLAG_REJECTED
+    };
+    if !claim(key, pending, flags, mark) {
+        if late {
+            count(KernelCounter::LateDuplicate);
         }
+        return 1;
+    }
+    if mark == PENDING_FLAG_SETTLING {
         add(&mut counters.answered, 1);
         if reason == ANSWER_FRAGMENTED {
             add(&mut counters.fragmented_answers, 1);
@@ -577,26 +596,7 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
         if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
             add(bucket, 1);
         }
-        return 1;
-    }
-    // Rejected in time, or anything after the deadline: settled, but the entry stays as a
-    // tombstone (flagged) so retransmits of the request are still recognised. Copy before
-    // the delete frees the value; the delete makes the outcome exactly-once across CPUs. A
-    // retransmit in the nanoseconds between the delete and the insert would count as a new
-    // request; retransmits come seconds apart.
-    let Some(tombstone) = PENDING_SCRATCH.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's scratch entry, used by nothing else until the program ends.
-    let tombstone = unsafe { &mut *tombstone };
-    *tombstone = *pending;
-    if PENDING.remove(key).is_err() {
-        if late {
-            count(KernelCounter::LateDuplicate);
-        }
-        return 1;
-    }
-    if late {
+    } else if late {
         // Userspace counts the request unanswered (it was, by the deadline); the late
         // answer says the remote is slow, not unreachable. Its latency is kept so the
         // report can say how slow.
@@ -608,17 +608,59 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
         } else if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
             add(bucket, 1);
         }
-        tombstone.flags |= PENDING_FLAG_LATE;
     } else {
         add(&mut counters.rejected, 1);
         add(&mut counters.rejected_by_reason[(reason & 31) as usize], 1);
-        tombstone.flags |= PENDING_FLAG_REJECTED;
     }
+    1
+}
+
+/// Takes the outcome of `pending` (its flags as read: `flags`) for this CPU, marking it
+/// `mark`: whether it did. Exactly one claim of an entry succeeds, whatever races it on other
+/// CPUs (a duplicate answer, a rejection, a new exchange under the same key). An entry
+/// claimed [`PENDING_FLAG_SETTLING`] is deleted; one marked late or rejected stays in place.
+///
+/// The claim is a compare-and-swap of the flags: no delete and insert for a tombstone, no
+/// copy of the entry.
+#[cfg(not(feature = "no-cmpxchg"))]
+#[inline(always)]
+fn claim(key: &RequestKey, pending: &mut PendingRequest, flags: u32, mark: u32) -> bool {
+    if !swap_flags(pending, flags, flags | mark) {
+        return false;
+    }
+    if mark == PENDING_FLAG_SETTLING {
+        // Ours to delete. A new exchange replacing it may delete it first: either way it goes.
+        let _ = PENDING.remove(key);
+    }
+    true
+}
+
+/// [`claim`] for kernels without compare-and-swap (before 5.12): whoever deletes the entry
+/// owns it. A tombstone is copied first (into this CPU's scratch entry: 136 bytes more would
+/// not fit the 512-byte call chain) and put back flagged. A retransmit in the nanoseconds
+/// between the delete and the insert would count as a new request; retransmits come
+/// seconds apart.
+#[cfg(feature = "no-cmpxchg")]
+#[inline(always)]
+fn claim(key: &RequestKey, pending: &mut PendingRequest, _flags: u32, mark: u32) -> bool {
+    if mark == PENDING_FLAG_SETTLING {
+        return PENDING.remove(key).is_ok();
+    }
+    let Some(tombstone) = PENDING_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch entry, used by nothing else until the program ends.
+    let tombstone = unsafe { &mut *tombstone };
+    *tombstone = *pending;
+    if PENDING.remove(key).is_err() {
+        return false;
+    }
+    tombstone.flags |= mark;
     if PENDING
         .insert(key, tombstone, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
         .is_err()
     {
         count(KernelCounter::TombstoneLost);
     }
-    1
+    true
 }

@@ -1,5 +1,7 @@
 //! The maps both programs share, and the small operations on them.
 
+#[cfg(not(feature = "no-cmpxchg"))]
+use core::intrinsics::atomic_cxchg;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
@@ -95,10 +97,41 @@ pub fn count(counter: KernelCounter) {
 /// Adds `n` to a counter in a shared map value. Several CPUs may update the same target.
 #[inline(always)]
 pub fn add(counter: &mut u64, n: u64) {
-    // The BPF target has atomic adds but no compare-and-swap, so core's AtomicU64 offers no
-    // fetch_add there; the intrinsic lowers to BPF_ATOMIC | BPF_ADD.
+    // rustc's BPF target declares no compare-and-swap (Linux 5.10 has none), so core's
+    // AtomicU64 offers no fetch_add there; the intrinsic lowers to BPF_ATOMIC | BPF_ADD,
+    // which every kernel has (its result unused: no BPF_FETCH, which needs 5.12).
     // SAFETY: `counter` points into a live map value, aligned for u64.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+/// Sets `entry.flags` from `old` to `new` if nobody changed them since they were read as
+/// `old`; whether it did. Exactly one CPU wins a race: a compare-and-swap of the word holding
+/// `tcp_seq` (never changed once the entry is in the table) and `flags` (see
+/// [`PendingRequest::STATE_OFFSET`]). BPF's cmpxchg needs Linux 5.12; the build for older
+/// kernels (feature `no-cmpxchg`) claims entries by deleting them instead.
+#[cfg(not(feature = "no-cmpxchg"))]
+#[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the word at STATE_OFFSET is 8-aligned in an 8-aligned map value"
+)]
+pub fn swap_flags(entry: &mut PendingRequest, old: u32, new: u32) -> bool {
+    let seq = u64::from(entry.tcp_seq);
+    let (expected, replacement) = (seq | u64::from(old) << 32, seq | u64::from(new) << 32);
+    let word = (&raw mut *entry)
+        .cast::<u8>()
+        .wrapping_add(PendingRequest::STATE_OFFSET)
+        .cast::<u64>();
+    // SAFETY: `entry` is a live map value, 8-aligned (map values are), and the word at
+    // STATE_OFFSET is 8-aligned within it (asserted in netwatch-common).
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            word,
+            expected,
+            replacement,
+        )
+    }
+    .1
 }
 
 /// The slot and counters of `target`, given a fresh (zeroed) slot on first use; `None`

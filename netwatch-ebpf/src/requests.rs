@@ -7,10 +7,15 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
+#[cfg(not(feature = "no-cmpxchg"))]
+use netwatch_common::PENDING_FLAG_SETTLING;
 use netwatch_common::{
     DIRECTION_INGRESS, DNS_QUESTION_CAPTURE, KernelCounter, NTP_TRANSMIT_OFFSET,
     PENDING_FLAG_REJECTED, PendingRequest, RequestKey, TargetCounters, ntp_tag, proto,
 };
+
+#[cfg(not(feature = "no-cmpxchg"))]
+use crate::maps::swap_flags;
 
 use crate::{
     maps::{
@@ -333,21 +338,23 @@ fn untracked(counters: &mut TargetCounters) {
 
 /// Puts `request` where `existing`, an earlier exchange under the same key, was.
 ///
-/// Deleting the old entry first makes its settlement exactly-once: if an answer on another
-/// CPU deletes it first, that answer owns it; otherwise this path does. An earlier request
-/// still within its deadline was given up by the client (`abandoned`); one past it is, or
-/// is about to be, unanswered: the new entry carries its send time so userspace counts it
-/// if it had not yet. Overwriting in place instead would let a late delete by the old
-/// exchange's answer remove the new request.
+/// Taking the old entry over ([`take_over`]) makes its settlement exactly-once: if an answer
+/// on another CPU claims it first, that answer owns it; otherwise this path does. An earlier
+/// request still within its deadline was given up by the client (`abandoned`); one past it
+/// is, or is about to be, unanswered: the new entry carries its send time so userspace
+/// counts it if it had not yet. Overwriting in place instead would let a late delete by the
+/// old exchange's answer remove the new request.
 #[inline(always)]
 fn replace(
     key: &RequestKey,
-    existing: &PendingRequest,
+    existing: &mut PendingRequest,
     request: &mut PendingRequest,
     counters: &mut TargetCounters,
 ) {
-    let (old_flags, old_first_sent) = (existing.flags, existing.first_sent_ns);
-    if PENDING.remove(key).is_ok() && old_flags & PENDING_FLAG_REJECTED == 0 {
+    // SAFETY: an aligned field of a live map value; read once (see `take_over`).
+    let old_flags = unsafe { core::ptr::read_volatile(&raw const existing.flags) };
+    let old_first_sent = existing.first_sent_ns;
+    if take_over(key, existing, old_flags) && old_flags & PENDING_FLAG_REJECTED == 0 {
         if request.first_sent_ns.wrapping_sub(old_first_sent) <= timeout_ns() {
             add(&mut counters.abandoned, 1);
             count(KernelCounter::Abandoned);
@@ -361,6 +368,25 @@ fn replace(
         Err(err) if err == -EEXIST => add(&mut counters.retransmits, 1),
         Err(_) => untracked(counters),
     }
+}
+
+/// Removes `existing` (its flags as read: `flags`) to make room for a new exchange: whether
+/// this CPU took its outcome (see `answers::claim`), which it then accounts for. Removed
+/// either way: an answer that claimed it first would remove it too.
+#[cfg(not(feature = "no-cmpxchg"))]
+#[inline(always)]
+fn take_over(key: &RequestKey, existing: &mut PendingRequest, flags: u32) -> bool {
+    let ours = flags & PENDING_FLAG_SETTLING == 0
+        && swap_flags(existing, flags, flags | PENDING_FLAG_SETTLING);
+    let _ = PENDING.remove(key);
+    ours
+}
+
+/// [`take_over`] for kernels without compare-and-swap: whoever deletes the entry owns it.
+#[cfg(feature = "no-cmpxchg")]
+#[inline(always)]
+fn take_over(key: &RequestKey, _existing: &mut PendingRequest, _flags: u32) -> bool {
+    PENDING.remove(key).is_ok()
 }
 
 /// Copies up to `out.len()` bytes of the packet from `offset`; returns how many.

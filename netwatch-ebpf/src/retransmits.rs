@@ -54,10 +54,6 @@ macro_rules! config {
 
 /// `T` at `base + offset` in kernel memory; `None` when the read faults.
 #[inline(always)]
-#[expect(
-    clippy::cast_ptr_alignment,
-    reason = "kernel structure fields, aligned; read through the helper, never dereferenced"
-)]
 fn field<T>(base: *const u8, offset: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()

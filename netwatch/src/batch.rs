@@ -21,12 +21,12 @@ type Cursor = [u8; 8];
 
 /// A zeroed `union bpf_attr`: members not set stay zero, as the kernel requires of the bytes
 /// past the command's member (<https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/syscall.c>, `CHECK_ATTR`).
-fn zeroed_attr() -> bpf_attr {
+pub(crate) fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is a union of integer structs; all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
 }
 
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
     // SAFETY: attr is a whole, initialised bpf_attr; the pointers in it refer to buffers the
     // callers keep alive and sized for what the command writes.
     let result = unsafe {
@@ -42,6 +42,27 @@ fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// A command that returns a new file descriptor (`BPF_PROG_LOAD`), which is closed when the
+/// result is dropped.
+pub(crate) fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: as in `bpf`.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(result).map_err(|_| io::Error::other("descriptor out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 fn to_u32(n: usize) -> u32 {

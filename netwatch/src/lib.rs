@@ -15,6 +15,7 @@ pub mod clsact;
 pub mod diagnosis;
 pub mod dns;
 pub mod drops;
+mod features;
 pub mod firewall;
 pub mod interfaces;
 pub mod lock;

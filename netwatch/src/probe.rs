@@ -42,8 +42,40 @@ use crate::{
     target::{ip_from_key, ip_to_key},
 };
 
-/// The eBPF object built by build.rs.
+/// The eBPF programs built by build.rs, for kernels with BPF compare-and-swap (5.12+).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf"));
+/// The same programs for older kernels (the `no-cmpxchg` build): a settled entry is claimed
+/// by deleting it, a tombstone put back with an insert.
+static EBPF_OBJECT_NO_CMPXCHG: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-ebpf-no-cmpxchg"));
+
+/// Which build of the programs a [`Probe`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// Settles entries in place with compare-and-swap (Linux 5.12+).
+    CompareAndSwap,
+    /// Claims entries by deleting them (Linux 5.10 and 5.11).
+    NoCompareAndSwap,
+}
+
+impl Build {
+    /// The build this kernel can run.
+    #[must_use]
+    pub fn for_this_kernel() -> Self {
+        if crate::features::has_cmpxchg() {
+            Self::CompareAndSwap
+        } else {
+            Self::NoCompareAndSwap
+        }
+    }
+
+    fn object(self) -> &'static [u8] {
+        match self {
+            Self::CompareAndSwap => EBPF_OBJECT,
+            Self::NoCompareAndSwap => EBPF_OBJECT_NO_CMPXCHG,
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -433,7 +465,19 @@ fn check_kernel_version() -> Result<(), ProbeError> {
 impl Probe {
     /// Loads (but does not attach) the programs, with `timeout` compiled in.
     pub fn load(timeout: Duration) -> Result<Self, ProbeError> {
+        Self::load_build(timeout, Build::for_this_kernel())
+    }
+
+    /// [`Probe::load`] with the build of the programs the tests choose (both builds run on a
+    /// kernel with compare-and-swap).
+    #[cfg(feature = "test-helpers")]
+    pub fn load_for_tests(timeout: Duration, build: Build) -> Result<Self, ProbeError> {
+        Self::load_build(timeout, build)
+    }
+
+    fn load_build(timeout: Duration, build: Build) -> Result<Self, ProbeError> {
         check_kernel_version()?;
+        log::debug!("loading the {build:?} build of the eBPF programs");
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         // Parsing the kernel's BTF takes tens of MiB for a moment: a child process does it
         // (not even netwatch's peak memory counts them). Where it cannot run, a thread of
@@ -461,7 +505,7 @@ impl Probe {
             .override_global(DROP_CONFIG_GLOBAL, &drop_config, true)
             .override_global(RETRANSMIT_CONFIG_GLOBAL, &retransmit_config, true);
         with_test_capacities(&mut loader);
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|err| {
+        let mut ebpf = loader.load(build.object()).map_err(|err| {
             log::debug!("eBPF object load failed: {err:?}");
             ProbeError::Load(with_memlock_hint(first_line(&err)))
         })?;

@@ -93,7 +93,7 @@ fn as_root(program: &Path) -> Command {
     } else {
         let mut command = Command::new("sudo");
         command
-            .arg("--preserve-env=NETWATCH_BIN,NETWATCH_TEST_STRICT,RUST_LOG,PATH")
+            .arg("--preserve-env=NETWATCH_BIN,NETWATCH_TEST_STRICT,NETWATCH_TEST_BUILD,RUST_LOG,PATH")
             .arg(program);
         command
     }
@@ -131,30 +131,33 @@ fn style() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     // The eBPF crate as it is built: for the BPF target (build-std, with the cfg aya's
-    // helpers need), in a target directory of its own.
+    // helpers need), in a target directory of its own; both builds of the programs.
     let root = workspace_root();
-    cmd::run(
-        cargo()
-            .current_dir(root.join("netwatch-ebpf"))
-            .args([
-                "clippy",
-                "--package",
-                "netwatch-ebpf",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--release",
-                "--target-dir",
-            ])
-            .arg(root.join("target/clippy-ebpf"))
-            .args(["--", "--deny", "warnings"])
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
-            ),
-    )?;
+    for features in [&[][..], &["--features", "no-cmpxchg"][..]] {
+        cmd::run(
+            cargo()
+                .current_dir(root.join("netwatch-ebpf"))
+                .args([
+                    "clippy",
+                    "--package",
+                    "netwatch-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                ])
+                .args(features)
+                .arg("--target-dir")
+                .arg(root.join("target/clippy-ebpf"))
+                .args(["--", "--deny", "warnings"])
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env(
+                    "CARGO_ENCODED_RUSTFLAGS",
+                    format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+                ),
+        )?;
+    }
     Ok(())
 }
 
@@ -184,15 +187,29 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let mut host = vm::Counts::default();
-    for (_, binary) in &binaries {
+    // The program tests run twice: with the build of the programs this kernel loads, and
+    // with the one for kernels before 5.12 (no compare-and-swap), which runs here too.
+    let runs = binaries.iter().flat_map(|(name, binary)| {
+        let builds: &[&str] = if name == "programs" {
+            &["", "no-cmpxchg"]
+        } else {
+            &[""]
+        };
+        builds.iter().map(move |build| (binary, *build))
+    });
+    for (binary, build) in runs {
         let mut command = as_root(binary);
         command
             .arg("--test-threads=1")
             .env("NETWATCH_BIN", &netwatch)
             .env("NETWATCH_TEST_STRICT", "1")
+            .env("NETWATCH_TEST_BUILD", build)
             .current_dir(workspace_root());
         if let Some(filter) = filter {
             command.arg(filter);
+        }
+        if !build.is_empty() {
+            say(&format!("the program tests again, with the {build} build"));
         }
         let counts = vm::run_counted(&mut command)?;
         if counts.failed > 0 {
