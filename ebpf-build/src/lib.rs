@@ -100,7 +100,10 @@ pub fn build_variant(bins: &[&str], feature: Option<&str>) -> anyhow::Result<()>
 }
 
 /// The flags aya's programs need: the target architecture for its helpers, BTF for the
-/// loader.
+/// loader. And memory intrinsics expanded inline: bpf-linker's default
+/// (`--bpf-expand-memcpy-in-order`, for JITs that pattern-match copies) leaves every
+/// `memset` a call to a byte loop, a BPF function of its own: zeroing a request key was 40
+/// iterations, and every read of a header field zeroed its fallback buffer that way.
 fn rustflags() -> anyhow::Result<OsString> {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH")?;
     Ok(OsString::from(
@@ -108,6 +111,7 @@ fn rustflags() -> anyhow::Result<OsString> {
             format!("--cfg=bpf_target_arch=\"{arch}\""),
             "-Cdebuginfo=2".to_owned(),
             "-Clink-arg=--btf".to_owned(),
+            "-Clink-arg=--disable-expand-memcpy-in-order".to_owned(),
         ]
         .join("\x1f"),
     ))

@@ -167,11 +167,7 @@ pub fn echo_request(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
 
 /// The pending entry for a request seen now, for the protocol handler to fill in: this
 /// CPU's [`PENDING_SCRATCH`], every field reset. Field by field: building a
-/// `PendingRequest` value would put its 120 bytes on the handler's stack frame. Not through
-/// a shared reset method either (the drop program resets its own scratch entry the same
-/// way): there LLVM merges the run of zero stores into a `memset` call (tried: 28 bytes,
-/// in `tcp_syn`), a frame more on the deepest chain; here the `ifindex` load between them
-/// keeps them stores.
+/// `PendingRequest` value would put its 136 bytes on the handler's stack frame.
 #[inline(always)]
 fn new_request(ctx: &TcContext) -> Option<&'static mut PendingRequest> {
     let request = PENDING_SCRATCH.get_ptr_mut(0)?;
@@ -192,14 +188,7 @@ fn new_request(ctx: &TcContext) -> Option<&'static mut PendingRequest> {
     // Set by `track` for requests this host sends (`owners::tag`); 0 for received ones.
     request.socket_cookie = 0;
     request.cgroup_id = 0;
-    // Word by word: `[0; N]` compiles to a call to `memset`, a frame more on the chain.
-    let question = request.question.as_mut_ptr();
-    let mut offset = 0;
-    while offset + 4 <= DNS_QUESTION_CAPTURE {
-        // SAFETY: offset + 4 <= the array's length; unaligned writes of plain bytes.
-        unsafe { core::ptr::write_unaligned(question.add(offset).cast::<u32>(), 0) };
-        offset += 4;
-    }
+    request.question = [0; DNS_QUESTION_CAPTURE];
     Some(request)
 }
 
@@ -212,8 +201,6 @@ fn is_unicast(ctx: &TcContext, remote: &[u8; 16]) -> bool {
     // the link, and every multicast, whatever the address says.
     // verifier: a word, not the MAC's first byte: LLVM turns a one-byte bound check at
     // offset 0 into `data_end > data`, from which the verifier learns no readable range.
-    // Eight bytes rather than the MAC's six: zeroing six bytes compiles to a call to
-    // `memset`, a BPF function frame more on the deepest call chain (see `same_question`).
     if read::<u64>(ctx, 0).is_some_and(|head| head.to_ne_bytes()[0] & 1 != 0) {
         return false;
     }
