@@ -511,12 +511,13 @@ pub const DNS_PORT: u16 = 53;
 /// Bytes of a DNS query's question section (name and type) kept with the pending request.
 pub const DNS_QUESTION_CAPTURE: usize = 76;
 
-/// Array indexed by UDP port (`u8` values): how datagrams to or from the port are matched,
-/// [`UDP_PORT_NTP`] or [`UDP_PORT_FLOW`]; 0 (the default) is not watched. An array rather
-/// than a hash: the lookup on every UDP datagram that is not DNS is an index, no hashing.
-pub const UDP_PORTS_MAP: &str = "UDP_PORTS";
-/// Entries of [`UDP_PORTS_MAP`]: one per port (64 KiB).
-pub const UDP_PORTS_CAPACITY: u32 = 65_536;
+/// The programs' global array of UDP ports (`[u8; UDP_PORTS]`, a section of its own, hence
+/// a map of one value): how datagrams to or from each port are matched, [`UDP_PORT_NTP`] or
+/// [`UDP_PORT_FLOW`]; 0 (the default) is not watched. Indexed by the port directly: on the
+/// path of every UDP datagram that is not DNS, a load from memory, no helper and no hashing.
+pub const UDP_PORTS_MAP: &str = ".bss.udp_ports";
+/// Ports in [`UDP_PORTS_MAP`]: every one (64 KiB).
+pub const UDP_PORTS: usize = 65_536;
 /// [`UDP_PORTS_MAP`]: NTP, a request per flow and transmit timestamp.
 pub const UDP_PORT_NTP: u8 = 1;
 /// [`UDP_PORTS_MAP`]: a request/response service matched flow by flow (`--udp-port`).

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use netwatch_common::{
     KernelCounter, LOCAL_ADDRESSES_CAPACITY, PENDING_CAPACITY, PendingRequest, RequestKey,
-    TARGETS_CAPACITY, TargetCounters, TargetKey, UDP_PORTS_CAPACITY,
+    TARGETS_CAPACITY, TargetCounters, TargetKey, UDP_PORTS,
 };
 
 /// Requests in flight. Preallocated: inserting is the one map write on the request path
@@ -47,15 +47,22 @@ pub static LOCAL_ADDRESSES: HashMap<[u8; 16], u8> =
     HashMap::with_max_entries(LOCAL_ADDRESSES_CAPACITY, 0);
 
 /// UDP port → how it is watched (`UDP_PORT_NTP`, `UDP_PORT_FLOW`, 0: not), kept by
-/// userspace. An array: the verifier inlines its lookup into a bounds check and an index,
-/// the cheapest test the path of every UDP datagram that is not DNS can take.
-#[map]
-pub static UDP_PORTS: Array<u8> = Array::with_max_entries(UDP_PORTS_CAPACITY, 0);
+/// userspace (`UDP_PORTS_MAP`). A global array in a section of its own: reading it is a load
+/// at the map value's address plus the port, no helper call and no lookup, the cheapest test
+/// the path of every UDP datagram that is not DNS can take.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.udp_ports")]
+static mut UDP_PORT_KINDS: [u8; UDP_PORTS] = [0; UDP_PORTS];
 
 /// How `port` is watched: `UDP_PORT_NTP`, `UDP_PORT_FLOW`, or 0.
 #[inline(always)]
 pub fn udp_port_kind(port: u16) -> u8 {
-    UDP_PORTS.get(u32::from(port)).copied().unwrap_or(0)
+    // verifier: a mask on an opaque copy, so the index is provably below 65,536 whatever the
+    // port was computed from (a byte swap leaves a register unbounded on Linux 5.10).
+    let index = core::hint::black_box(usize::from(port)) & (UDP_PORTS - 1);
+    // SAFETY: index < UDP_PORTS; volatile because userspace writes the array after load
+    // (LLVM must not take the zeros it was compiled with).
+    unsafe { core::ptr::read_volatile((&raw const UDP_PORT_KINDS).cast::<u8>().add(index)) }
 }
 
 /// A pending entry being built, per CPU: a request a handler fills in, or the tombstone an

@@ -30,7 +30,7 @@ use netwatch_common::{
     Retransmits, SLOT_OWNERS_MAP, TARGET_SLOTS_MAP, TARGETS_CAPACITY, TARGETS_MAP, TIMEOUT_GLOBAL,
     TargetCounters, TargetKey,
 };
-use netwatch_common::{DNS_PORT, NTP_PORT, UDP_PORT_FLOW, UDP_PORT_NTP, UDP_PORTS_MAP};
+use netwatch_common::{DNS_PORT, NTP_PORT, UDP_PORT_FLOW, UDP_PORT_NTP, UDP_PORTS, UDP_PORTS_MAP};
 use thiserror::Error;
 
 use crate::{
@@ -537,7 +537,7 @@ impl Probe {
         let local_drops = reasons.and_then(|reasons| load_drops(&mut ebpf, reasons));
         let retransmits = layout.retransmits.and_then(|_| load_retransmits(&mut ebpf));
         // NTP is watched by default, like DNS (which needs no entry: the programs know 53).
-        set_udp_port(&mut ebpf, NTP_PORT, UDP_PORT_NTP)?;
+        set_udp_ports(&mut ebpf, &[(NTP_PORT, UDP_PORT_NTP)])?;
         Ok(Self {
             local_drops,
             ebpf,
@@ -597,12 +597,12 @@ impl Probe {
     /// Watches `ports` (`--udp-port`) as request/response services matched flow by flow.
     /// DNS and NTP keep their own matching: 53 and 123 are left as they are.
     pub fn watch_udp_ports(&mut self, ports: &[u16]) -> Result<(), ProbeError> {
-        for &port in ports {
-            if port != DNS_PORT && port != NTP_PORT {
-                set_udp_port(&mut self.ebpf, port, UDP_PORT_FLOW)?;
-            }
-        }
-        Ok(())
+        let flows: Vec<(u16, u8)> = ports
+            .iter()
+            .filter(|&&port| port != DNS_PORT && port != NTP_PORT)
+            .map(|&port| (port, UDP_PORT_FLOW))
+            .collect();
+        set_udp_ports(&mut self.ebpf, &flows)
     }
 
     /// Attaches both programs to `iface`.
@@ -1343,7 +1343,6 @@ fn load_drops(ebpf: &mut Ebpf, reasons: DropReasons) -> Result<LocalDrops, Strin
     })
 }
 
-/// Marks UDP `port` as watched the `kind` way in the programs' port array.
 /// Loads the retransmission program and takes its map; `Err` says why it cannot run here.
 fn load_retransmits(ebpf: &mut Ebpf) -> Result<Retransmitting, String> {
     let program: &mut RawTracePoint = ebpf
@@ -1368,7 +1367,8 @@ fn load_retransmits(ebpf: &mut Ebpf) -> Result<Retransmitting, String> {
     })
 }
 
-fn set_udp_port(ebpf: &mut Ebpf, port: u16, kind: u8) -> Result<(), ProbeError> {
+/// Marks each UDP port of `ports` as watched the way given, in the programs' port array.
+fn set_udp_ports(ebpf: &mut Ebpf, ports: &[(u16, u8)]) -> Result<(), ProbeError> {
     let map_error = |source| ProbeError::Map {
         map: UDP_PORTS_MAP,
         source,
@@ -1376,8 +1376,13 @@ fn set_udp_port(ebpf: &mut Ebpf, port: u16, kind: u8) -> Result<(), ProbeError> 
     let map = ebpf
         .map_mut(UDP_PORTS_MAP)
         .ok_or_else(|| ProbeError::Load(format!("map {UDP_PORTS_MAP} missing from the object")))?;
-    let mut ports: Array<&mut MapData, u8> = Array::try_from(map).map_err(map_error)?;
-    ports.set(u32::from(port), kind, 0).map_err(map_error)
+    let mut array: Array<&mut MapData, [u8; UDP_PORTS]> =
+        Array::try_from(map).map_err(map_error)?;
+    let mut kinds = array.get(&0, 0).map_err(map_error)?;
+    for &(port, kind) in ports {
+        kinds[usize::from(port)] = kind;
+    }
+    array.set(0, kinds, 0).map_err(map_error)
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, ProbeError> {
