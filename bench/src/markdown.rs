@@ -115,8 +115,28 @@ const ROWS: &[(&str, &str, Unit)] = &[
         Unit::Ns,
     ),
     (
+        "drop_counter_ns",
+        "minimal counter on the same drops (headers read, one hash add)",
+        Unit::Ns,
+    ),
+    (
+        "drop_watched_ratio",
+        "watched drop ÷ minimal counter",
+        Unit::Ratio,
+    ),
+    (
         "drop_unwatched_ns",
         "drop program per drop it lets go (unwatched port)",
+        Unit::Ns,
+    ),
+    (
+        "drop_floor_ns",
+        "empty program on `skb:kfree_skb`, per drop (its floor)",
+        Unit::Ns,
+    ),
+    (
+        "drop_headers_ns",
+        "the floor plus one header read, per drop it lets go",
         Unit::Ns,
     ),
     (
@@ -150,6 +170,10 @@ fn value_of(report: &Report, key: &str) -> Option<f64> {
         "storm_rss_mib" => report.storm_rss_mib,
         "drop_program_ns" => report.drop_program_ns,
         "drop_unwatched_ns" => report.drop_unwatched_ns,
+        "drop_floor_ns" => report.drop_floor_ns,
+        "drop_headers_ns" => report.drop_headers_ns,
+        "drop_counter_ns" => report.drop_counter_ns,
+        "drop_watched_ratio" => report.drop_watched_ratio,
         "drop_storm_cpu_pct" => report.drop_storm_cpu_pct,
         "detection_latency_ms_p99" => report.detection_latency_ms_p99,
         "connect_rate_ratio" => report.connect_rate_ratio,
@@ -208,7 +232,7 @@ pub fn results_table(report: &Report) -> String {
                 "DNS flood: netwatch counted every request sent",
             );
         }
-        if *key == "drop_program_ns" {
+        if *key == "drop_headers_ns" {
             exact_row(
                 &mut out,
                 report,
@@ -587,6 +611,19 @@ fn storm_details(out: &mut String, storm: &crate::storm::StormResults) {
     );
 }
 
+/// The references' costs in a storm, as a sentence's end.
+fn references(storm: &crate::drops::DropStorm) -> String {
+    if storm.references.is_empty() {
+        return String::new();
+    }
+    let costs: Vec<String> = storm
+        .references
+        .iter()
+        .map(|r| format!("`{}` {:.1} ns", r.program, r.ns_per_run))
+        .collect();
+    format!(" References on the same drops: {}.", costs.join(", "))
+}
+
 fn drop_storm(out: &mut String, drops: &DropResults) {
     out.push_str("\n## Drop storm\n\n");
     let (w, u) = (&drops.watched, &drops.unwatched);
@@ -595,8 +632,9 @@ fn drop_storm(out: &mut String, drops: &DropResults) {
         "{} copies of one DNS query in {:.2} s ({}/s), each dropped by the client's own output chain: \
          the drop program ran {} times, {:.1} ns per run (the kernel's run time ÷ run count, \
          `BPF_ENABLE_STATS`), {:.1} % of a core; netwatch's process {:.1} % of a core. The target's \
-         `local_drops`: {} (exact: {}). Then {} UDP datagrams to an unwatched port in {:.2} s, dropped \
-         alike: {} runs, {:.1} ns per run, {:.1} % of a core; netwatch's process {:.1} %.",
+         `local_drops`: {} (exact: {}).{} Then {} UDP datagrams to an unwatched port in {:.2} s, \
+         dropped alike: {} runs, {:.1} ns per run, {:.1} % of a core; netwatch's process {:.1} \
+         %.{}",
         count(w.sent),
         w.seconds,
         thousands(w.per_second()),
@@ -606,12 +644,14 @@ fn drop_storm(out: &mut String, drops: &DropResults) {
         w.netwatch_cpu_pct,
         drops.local_drops,
         drops.count_exact,
+        references(w),
         count(u.sent),
         u.seconds,
         count(u.runs),
         u.ns_per_run,
         u.program_cpu_pct,
         u.netwatch_cpu_pct,
+        references(u),
     );
 }
 
@@ -717,6 +757,15 @@ const METHODOLOGY: &str = "
   joins that namespace (`setns`) and sends one DNS query to each of 150 (quick: 100) blackholed targets
   198.51.100.100 and up, 13 ms apart, recording each send's wall-clock time; latency is the `time` of the
   target's first `blackholed` verdict record minus that.
+- **Drop storm**: netwatch `--timeout 120s` in the lab's client namespace, whose own output chain drops
+  every copy of one DNS query to 198.51.100.53 (2,000,000 copies; quick: 1,000,000), then UDP to port 9
+  for as long. `BPF_ENABLE_STATS` on for the section: each program's cost per drop is its kernel run
+  time over its run count, read before and after each storm. Beside netwatch's drop program, on the
+  same drops: `bench_drop_floor` (an empty raw tracepoint program on `skb:kfree_skb`),
+  `bench_drop_headers` (reads the 32 bytes of `sk_buff` holding `protocol`, `network_header` and
+  `head`, then 56 bytes of headers: the floor plus one header read) and `bench_drop_counter` (those
+  reads and one hash add). Goals: a drop netwatch lets go costs at most `bench_drop_headers` (in the
+  UDP storm), a watched one at most 1.5 times `bench_drop_counter` (in the DNS storm).
 - **Verifier**: `verified_instruction_count` of each loaded program (`bpf_prog_info.verified_insns`).
 ";
 
