@@ -93,8 +93,8 @@ pub const LOCAL_DROPS_MAP: &str = "LOCAL_DROPS";
 /// Capacity of [`LOCAL_DROPS_MAP`]: (target, reason) pairs. A plain preallocated hash: a
 /// pair that does not fit is counted in [`KernelCounter::LocalDropsFull`].
 pub const LOCAL_DROPS_CAPACITY: u32 = 8_192;
-/// Bytes of `struct sk_buff` the drop program reads in one go, from
-/// [`DropConfig::skb_window`]: its `protocol`, `network_header` and `head` must lie in them.
+/// Bytes of `struct sk_buff` the drop program reads first, from [`DropConfig::skb_window`]:
+/// its `protocol`, `network_header` and `head`, which locate the headers, must lie in them.
 pub const SKB_WINDOW: usize = 32;
 
 /// Where the drop program finds what it needs, taken from the running kernel's BTF at
@@ -121,9 +121,11 @@ pub struct DropConfig {
     /// fires for every namespace, and only this one's drops are this host's. 0: no check
     /// (a kernel without network namespaces).
     pub netns: u32,
-    /// Offsets of `sk_buff.dev`, `sk_buff.sk`, `net_device.nd_net.net`,
+    /// Offsets of `sk_buff.dev` and `sk_buff.sk` (adjacent: read together, 16 bytes from
+    /// `skb_dev_sk`, the first of them), `net_device.nd_net.net`,
     /// `sock.__sk_common.skc_net.net` and `net.ns.inum`: a received packet's namespace is its
     /// device's, a sent one's (no device yet before the output chain) its socket's.
+    pub skb_dev_sk: u32,
     pub skb_dev: u32,
     pub skb_sk: u32,
     pub dev_net: u32,
@@ -133,13 +135,12 @@ pub struct DropConfig {
     /// `SOCKET_RCVBUFF`, …): the application was gone or too slow, the path was fine. An
     /// answer dropped for such a reason is counted by reason but is no failure of the target.
     pub socket_reasons: [u32; 4],
-    /// Where `sk_buff.pkt_type` (a 3-bit field) is: its byte and the bit it starts at. A
-    /// packet this host sent is `PACKET_HOST` (0); its looped-back copies (a broadcast, a
-    /// multicast) are not, and are not requests.
+    /// Where `sk_buff.pkt_type` (a 3-bit field) is: its byte and the bit it starts at. A packet this host sent is `PACKET_HOST` (0); its looped-back copies (a
+    /// broadcast, a multicast) are not, and are not requests.
     pub pkt_type_byte: u32,
     pub pkt_type_shift: u32,
 }
-const _: () = assert!(size_of::<DropConfig>() == 80);
+const _: () = assert!(size_of::<DropConfig>() == 84);
 
 impl DropConfig {
     /// Whether `reason` is a drop at the socket (see [`DropConfig::socket_reasons`]).
@@ -169,6 +170,7 @@ impl DropConfig {
             consumed: 0,
             not_specified: 0,
             netns: 0,
+            skb_dev_sk: 0,
             skb_dev: 0,
             skb_sk: 0,
             dev_net: 0,

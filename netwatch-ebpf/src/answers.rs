@@ -22,13 +22,6 @@ use crate::maps::PENDING_SCRATCH;
 #[cfg(not(feature = "no-cmpxchg"))]
 use crate::maps::swap_flags;
 
-const ICMP_DEST_UNREACHABLE: u8 = icmp::DEST_UNREACHABLE;
-const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMP_ECHO_REQUEST: u8 = icmp::ECHO_REQUEST;
-const ICMPV6_DEST_UNREACHABLE: u8 = icmp::V6_DEST_UNREACHABLE;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_ECHO_REQUEST: u8 = icmp::V6_ECHO_REQUEST;
-
 /// What came back for a request.
 #[derive(Clone, Copy)]
 enum Outcome {
@@ -191,8 +184,8 @@ pub fn echo_reply(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
 #[inline(never)]
 pub fn icmp_error(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
     let (kind, code) = (header[0], header[1]);
-    if (!ip.v6 && kind == ICMP_DEST_UNREACHABLE && code == ICMP_FRAG_NEEDED)
-        || (ip.v6 && kind == ICMPV6_PACKET_TOO_BIG)
+    if (!ip.v6 && kind == icmp::DEST_UNREACHABLE && code == icmp::FRAG_NEEDED)
+        || (ip.v6 && kind == icmp::V6_PACKET_TOO_BIG)
     {
         // Path-MTU discovery at work (RFC 1191, RFC 8201): the sender retries smaller, the
         // request is not refused.
@@ -215,9 +208,9 @@ pub fn icmp_error(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
         return;
     }
     let unreachable = if ip.v6 {
-        ICMPV6_DEST_UNREACHABLE
+        icmp::V6_DEST_UNREACHABLE
     } else {
-        ICMP_DEST_UNREACHABLE
+        icmp::DEST_UNREACHABLE
     };
     if kind != unreachable {
         return;
@@ -414,9 +407,9 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8, hook: Hook) {
                 return;
             };
             let expected = if quoted.v6 {
-                ICMPV6_ECHO_REQUEST
+                icmp::V6_ECHO_REQUEST
             } else {
-                ICMP_ECHO_REQUEST
+                icmp::ECHO_REQUEST
             };
             if echo[0] != expected || (quoted.proto == proto::ICMPV6) != quoted.v6 {
                 return;

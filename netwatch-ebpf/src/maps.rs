@@ -141,6 +141,15 @@ pub fn swap_flags(entry: &mut PendingRequest, old: u32, new: u32) -> bool {
     .1
 }
 
+/// A request the pending table had no room for (E2BIG): counted, but it can never be
+/// resolved, so it must not be mistaken for an unanswered one.
+#[inline(always)]
+pub fn untracked(counters: &mut TargetCounters) {
+    add(&mut counters.requests, 1);
+    add(&mut counters.untracked, 1);
+    count(KernelCounter::PendingFull);
+}
+
 /// The slot and counters of `target`, given a fresh (zeroed) slot on first use; `None`
 /// when the table is full.
 #[inline(always)]

@@ -20,6 +20,7 @@ use crate::maps::swap_flags;
 use crate::{
     maps::{
         EEXIST, LOCAL_ADDRESSES, PENDING, PENDING_SCRATCH, add, count, target_counters, timeout_ns,
+        untracked,
     },
     packet::{
         self, DNS_HEADER_LEN, Hook, InPlace, Ip, TCP_DATA_OFFSET_OFFSET, UDP_HEADER_LEN, read,
@@ -312,15 +313,6 @@ fn track(ctx: &TcContext, key: &RequestKey, request: &mut PendingRequest) {
         Err(_) => untracked(counters),
     }
     counters.last_request_ns = now;
-}
-
-/// E2BIG: the pending table is full. The request is counted, but it can never be resolved,
-/// so it must not be mistaken for an unanswered one.
-#[inline(always)]
-fn untracked(counters: &mut TargetCounters) {
-    add(&mut counters.requests, 1);
-    add(&mut counters.untracked, 1);
-    count(KernelCounter::PendingFull);
 }
 
 /// Puts `request` where `existing`, an earlier exchange under the same key, was.

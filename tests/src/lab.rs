@@ -83,7 +83,9 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn create(name: String) -> Self {
+    /// A new namespace of that name (make it unique: runs overlap), deleted on drop.
+    #[must_use]
+    pub fn create(name: String) -> Self {
         let ns = Self { name };
         run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
         ns
