@@ -749,6 +749,10 @@ pub struct TargetCounters {
     pub last_request_ns: u64,
     /// When an answer or rejection last came back.
     pub last_answer_ns: u64,
+    /// Requests this host sent: the socket cookie of the latest one sent from a socket (see
+    /// [`PendingRequest::socket_cookie`]), so that userspace names the process behind a
+    /// target whose requests are answered before it reads the pending table. 0: none yet.
+    pub last_socket_cookie: u64,
     /// Requests of this target that this host dropped (its output chain for a request it
     /// sent, its input chain for one it received), as `skb:kfree_skb` reported them; every
     /// dropped copy counts (a retransmit too). A request this host sent and dropped before
@@ -775,7 +779,7 @@ pub struct TargetCounters {
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (16 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (17 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.

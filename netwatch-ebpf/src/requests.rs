@@ -292,6 +292,11 @@ fn track(ctx: &TcContext, key: &RequestKey, request: &mut PendingRequest) {
         return;
     };
     request.target_slot = target_slot;
+    if request.socket_cookie != 0 {
+        // On the target's line that `last_request_ns` dirties anyway: the process behind an
+        // answered request is still named after its entry is gone.
+        counters.last_socket_cookie = request.socket_cookie;
+    }
     match PENDING.insert(key, &*request, u64::from(BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
         Err(err) if err == -EEXIST => {

@@ -22,12 +22,14 @@ use std::{
 use netwatch_common::SOCKET_OWNERS_CAPACITY_ENV;
 use netwatch_tests::{
     lab::{
-        CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, Netns, NetwatchRun, SERVER_V4, TargetId,
-        netwatch_binary, target_id, wait_until,
+        CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, Netns, NetwatchRun, OPEN_DNS, SERVER_V4,
+        TargetId, netwatch_binary, target_id, wait_until,
     },
     prerequisites,
 };
 use serde_json::Value;
+
+const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
 
 static CGROUP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -416,6 +418,74 @@ fn failing_targets_name_the_process_and_cgroup_behind_them() {
         summary.contains("Sent by") && summary.contains("curl"),
         "{summary}"
     );
+    drop(cgroups);
+}
+
+/// One DNS query (argv[2], hex) over UDP to argv[1]:53; waits for the answer, then a second
+/// (alive, so its process is named from `/proc`).
+const ANSWERED_QUERY: &str = r"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 53))
+s.recv(512)
+time.sleep(1)
+";
+
+/// Answered targets name their process too (issue 20): an answer settles its request before
+/// netwatch reads the pending table, so the kernel keeps each target's latest socket beside
+/// its counters. curl to a listening port and a DNS query to an answering resolver, each in
+/// a cgroup of its own. Costs about 4 s.
+#[test]
+fn answered_targets_name_their_process_too() {
+    const NAME: &str = "answered_targets_name_their_process_too";
+    if !prerequisites(NAME, &["ip", "nft", "mount", "curl", "dnsmasq", "python3"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.nft(OPEN_DNS);
+    lab.start_dns();
+    lab.start_listener(LISTENER);
+    let cgroups = Cgroups::new(&["curl", "query"]);
+    let mut children = Children(Vec::new());
+    let run = start_netwatch(&lab.client, CLIENT_IFACE);
+    let curl_pid = children.spawn(cgroups.command(
+        "curl",
+        &lab.client,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}:8888/")],
+    ));
+    let query_pid = children.spawn(cgroups.command(
+        "query",
+        &lab.client,
+        "python3",
+        &["-c", ANSWERED_QUERY, DNS_V4, EARLY_QUERY],
+    ));
+    let expected = [
+        (tcp(SERVER_V4, 8888), curl_pid, "curl", "curl"),
+        (udp(DNS_V4, 53), query_pid, "python3", "query"),
+    ];
+    for (target, ..) in &expected {
+        run.wait_for(
+            Duration::from_secs(10),
+            &format!("an answered verdict for {target:?}"),
+            |r| r["type"] == "verdict" && target_id(r) == *target && r["verdict"] == "ok",
+        );
+    }
+    let finished = run.stop();
+    let targets = egress_targets(&finished);
+    for (target, pid, comm, cgroup) in &expected {
+        let record = targets
+            .get(target)
+            .unwrap_or_else(|| panic!("no target {target:?}: {targets:#?}"));
+        assert_eq!(record["answered"], 1, "{record}");
+        assert_eq!(record["in_flight"], 0, "{record}");
+        assert_eq!(
+            processes(record),
+            vec![(u64::from(*pid), (*comm).to_owned(), cgroups.path(cgroup))],
+            "{target:?}: an answered target names its process: {record}"
+        );
+    }
     drop(cgroups);
 }
 
