@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
+    baseline::Baseline,
     drops::DropResults,
     goals::{GoalResult, fixed, thousands},
     programs::{KindCost, ProgramResults},
@@ -156,7 +157,7 @@ const ROWS: &[(&str, &str, Unit)] = &[
     ),
 ];
 
-fn value_of(report: &Report, key: &str) -> Option<f64> {
+pub fn value_of(report: &Report, key: &str) -> Option<f64> {
     match key {
         "floor_ns" => report.floor_ns,
         "untracked_ns_over_floor" => report.untracked_ns_over_floor,
@@ -185,97 +186,152 @@ fn goal_of<'a>(report: &'a Report, key: &str) -> Option<&'a GoalResult> {
     report.goals.iter().find(|g| g.key == key)
 }
 
-/// The table of every contract figure beside its goal.
+/// The keys of the results table's figures, in its order.
+pub fn row_keys() -> Vec<&'static str> {
+    ROWS.iter().map(|(key, ..)| *key).collect()
+}
+
+/// The previous full run's cells of a row: its figure and the change since (empty cells
+/// without a baseline; `—` for a figure it did not have).
+fn previous_cells(baseline: Option<&Baseline>, key: &str, now: Option<f64>, unit: Unit) -> String {
+    let Some(baseline) = baseline else {
+        return String::new();
+    };
+    match (baseline.figures.get(key), now) {
+        (Some(before), Some(now)) => format!(
+            " {} | {} |",
+            bare(*before, unit),
+            crate::baseline::change(key, *before, now)
+        ),
+        (Some(before), None) => format!(" {} | — |", bare(*before, unit)),
+        (None, _) => " — | new |".to_owned(),
+    }
+}
+
+/// The table of every contract figure beside its goal, and beside the previous full run's
+/// when there is a `baseline`.
 #[must_use]
-pub fn results_table(report: &Report) -> String {
-    let mut out = String::from(
-        "| Figure | Measured (median) | Min | Max | Goal | |\n| --- | ---: | ---: | ---: | --- | --- |\n",
+pub fn results_table(report: &Report, baseline: Option<&Baseline>) -> String {
+    let (head, rule, blank) = if baseline.is_some() {
+        (" Previous full run | Change |", " ---: | --- |", " | |")
+    } else {
+        ("", "", "")
+    };
+    let mut out = format!(
+        "| Figure | Measured (median) | Min | Max |{head} Goal | |\n| --- | ---: | ---: | ---: |{rule} --- | --- |\n"
     );
-    for (key, what, unit) in ROWS {
-        let value = value_of(report, key);
-        let range = report.ranges.get(*key);
-        let (min, max) = range.filter(|r| r.n > 1).map_or(("", ""), |_| ("x", "x"));
-        let min = if min.is_empty() {
-            "—".to_owned()
-        } else {
-            bare(range.map_or(0.0, |r| r.min), *unit)
-        };
-        let max = if max.is_empty() {
-            "—".to_owned()
-        } else {
-            bare(range.map_or(0.0, |r| r.max), *unit)
-        };
-        let goal = goal_of(report, key);
-        let _ = writeln!(
-            out,
-            "| `{key}` — {what} | {} | {min} | {max} | {} | {} |",
-            value.map_or_else(|| "not measured".to_owned(), |v| show(v, *unit)),
-            goal.map_or("—", |g| g.goal.as_str()),
-            met_mark(goal.and_then(|g| g.met)),
-        );
-        if *key == "tcpdump_pps_ratio"
-            && let Some(goal) = goal_of(report, "udp_loss_vs_tcpdump")
-        {
+    let exact = |out: &mut String, key: &str, what: &str| {
+        if let Some(goal) = goal_of(report, key) {
             let _ = writeln!(
                 out,
-                "| netwatch's loss vs tcpdump's | {} | | | {} | {} |",
+                "| `{key}` — {what} | {} | | |{blank} {} | {} |",
                 goal.measured,
                 goal.goal,
                 met_mark(goal.met)
             );
         }
-        if *key == "dns_flood_pps_ratio" {
-            exact_row(
+    };
+    for (key, what, unit) in ROWS {
+        let value = value_of(report, key);
+        let range = report.ranges.get(*key).filter(|r| r.n > 1);
+        let (min, max) = range.map_or_else(
+            || ("—".to_owned(), "—".to_owned()),
+            |r| (bare(r.min, *unit), bare(r.max, *unit)),
+        );
+        let goal = goal_of(report, key);
+        let _ = writeln!(
+            out,
+            "| `{key}` — {what} | {} | {min} | {max} |{} {} | {} |",
+            value.map_or_else(|| "not measured".to_owned(), |v| show(v, *unit)),
+            previous_cells(baseline, key, value, *unit),
+            goal.map_or("—", |g| g.goal.as_str()),
+            met_mark(goal.and_then(|g| g.met)),
+        );
+        match *key {
+            "tcpdump_pps_ratio" => {
+                if let Some(goal) = goal_of(report, "udp_loss_vs_tcpdump") {
+                    let _ = writeln!(
+                        out,
+                        "| netwatch's loss vs tcpdump's | {} | | |{blank} {} | {} |",
+                        goal.measured,
+                        goal.goal,
+                        met_mark(goal.met)
+                    );
+                }
+            }
+            "dns_flood_pps_ratio" => exact(
                 &mut out,
-                report,
                 "dns_flood_count_exact",
                 "DNS flood: netwatch counted every request sent",
-            );
-        }
-        if *key == "drop_headers_ns" {
-            exact_row(
+            ),
+            "drop_headers_ns" => exact(
                 &mut out,
-                report,
                 "drop_storm_count_exact",
                 "drop storm: `local_drops` = copies dropped, one request",
-            );
-        }
-        if *key == "storm_requests_per_s" {
-            exact_row(
+            ),
+            "storm_requests_per_s" => exact(
                 &mut out,
-                report,
                 "storm_count_exact",
                 "storm: requests = sent, unanswered + untracked = sent",
-            );
+            ),
+            _ => {}
         }
     }
+    verifier_rows(&mut out, report, baseline);
+    if let Some(baseline) = baseline {
+        baseline_note(&mut out, report, baseline);
+    }
+    out
+}
+
+/// A row per program's verifier count, beside the previous full run's.
+fn verifier_rows(out: &mut String, report: &Report, baseline: Option<&Baseline>) {
     for goal in report
         .goals
         .iter()
         .filter(|g| g.key.starts_with("verifier_insns"))
     {
+        let now = goal
+            .key
+            .strip_prefix("verifier_insns.")
+            .and_then(|program| report.verifier_insns.as_ref()?.get(program))
+            .map(|count| f64::from(*count));
+        let previous =
+            baseline.map_or_else(String::new, |b| match (b.figures.get(&goal.key), now) {
+                (Some(before), Some(now)) => format!(
+                    " {} | {} |",
+                    thousands(*before),
+                    crate::baseline::change(&goal.key, *before, now)
+                ),
+                _ => " — | new |".to_owned(),
+            });
         let _ = writeln!(
             out,
-            "| `{}` — instructions the verifier processed | {} | | | {} | {} |",
+            "| `{}` — instructions the verifier processed | {} | | |{previous} {} | {} |",
             goal.key,
             goal.measured,
             goal.goal,
             met_mark(goal.met)
         );
     }
-    out
 }
 
-fn exact_row(out: &mut String, report: &Report, key: &str, what: &str) {
-    if let Some(goal) = goal_of(report, key) {
-        let _ = writeln!(
-            out,
-            "| `{key}` — {what} | {} | | | {} | {} |",
-            goal.measured,
-            goal.goal,
-            met_mark(goal.met)
-        );
-    }
+/// What the previous full run's column holds, under the table.
+fn baseline_note(out: &mut String, report: &Report, baseline: &Baseline) {
+    let elsewhere = if baseline.cpu_model == report.meta.cpu_model {
+        ""
+    } else {
+        " **Another CPU than this run's**: absolute figures (ns, packet rates, CPU) compare \
+         machines as much as commits; ratios to references measured in the same run compare \
+         better."
+    };
+    let _ = writeln!(
+        out,
+        "\nPrevious full run: {}. Change: relative, marked better or worse by which way the \
+         figure improves (within 2 %: the same; references' and other tools' figures are \
+         not marked).{elsewhere}",
+        baseline.describe()
+    );
 }
 
 fn range(figure: &Figure, unit: Unit) -> String {
@@ -366,7 +422,7 @@ pub fn rates_table(rates: &RateResults) -> String {
 
 /// `report.md`: the results and the per-kind tables.
 #[must_use]
-pub fn report_md(report: &Report) -> String {
+pub fn report_md(report: &Report, baseline: Option<&Baseline>) -> String {
     let mut out = String::new();
     let m = &report.meta;
     let _ = writeln!(
@@ -374,7 +430,7 @@ pub fn report_md(report: &Report) -> String {
         "netwatch benchmarks ({} run), {} at {}, {} on {} ({} cores)\n",
         m.mode, m.date, m.commit, m.kernel, m.cpu_model, m.cores
     );
-    out.push_str(&results_table(report));
+    out.push_str(&results_table(report, baseline));
     if let Some(programs) = &report.programs {
         out.push('\n');
         out.push_str(&kinds_table(programs));
@@ -391,7 +447,11 @@ pub fn report_md(report: &Report) -> String {
 
 /// BENCHMARKS.md, whole.
 #[must_use]
-pub fn benchmarks_md(report: &Report, previous: Option<&str>) -> String {
+pub fn benchmarks_md(
+    report: &Report,
+    baseline: Option<&Baseline>,
+    previous: Option<&str>,
+) -> String {
     let mut out = String::new();
     let m = &report.meta;
     out.push_str("# netwatch benchmarks\n\n");
@@ -434,8 +494,12 @@ pub fn benchmarks_md(report: &Report, previous: Option<&str>) -> String {
             None => "unknown".to_owned(),
         }
     );
-    out.push_str("\n## Results\n\nMedians over the repetitions (rounds), with their minimum and maximum.\n\n");
-    out.push_str(&results_table(report));
+    out.push_str(
+        "\n## Results\n\nMedians over the repetitions (rounds), with their minimum and maximum, \
+         beside the previous full run's figures (`bench/baseline.json`, which this run then \
+         replaced).\n\n",
+    );
+    out.push_str(&results_table(report, baseline));
     for error in &report.errors {
         let _ = writeln!(out, "\n**Section failed:** {error}");
     }
@@ -790,7 +854,7 @@ mod tests {
             },
         );
         report.goals = crate::goals::evaluate(&report);
-        let table = results_table(&report);
+        let table = results_table(&report, None);
         assert!(
             table.contains(
                 "| `floor_ns` — empty tc program, per run | 26.0 ns | 25.0 | 28.0 | — | — |"
@@ -805,7 +869,7 @@ mod tests {
             table.contains("`udp_pps_ratio` — 64-byte UDP pps, netwatch ÷ none | not measured |"),
             "{table}"
         );
-        let doc = benchmarks_md(&report, None);
+        let doc = benchmarks_md(&report, None, None);
         assert!(doc.contains("## Missed goals"), "{doc}");
         assert!(doc.contains("## Methodology"));
         assert!(
@@ -815,10 +879,54 @@ mod tests {
     }
 
     #[test]
+    fn figures_stand_beside_the_previous_full_runs_with_the_change_marked() {
+        let mut report = Report {
+            answer_match_ratio: Some(1.7),
+            untracked_ns_over_floor: Some(12.0),
+            drop_counter_ns: Some(60.0),
+            ..Report::default()
+        };
+        report.meta.cpu_model = "AMD EPYC".into();
+        report.goals = crate::goals::evaluate(&report);
+        let baseline = Baseline {
+            commit: "ae76dec".into(),
+            date: "2026-11-26".into(),
+            cpu_model: "AMD EPYC".into(),
+            kernel: "6.18".into(),
+            mode: "full".into(),
+            figures: [
+                ("answer_match_ratio".to_owned(), 3.872),
+                ("untracked_ns_over_floor".to_owned(), 11.0),
+                ("floor_ns".to_owned(), 38.0),
+            ]
+            .into(),
+        };
+        let table = results_table(&report, Some(&baseline));
+        assert!(table.contains("| Previous full run | Change |"), "{table}");
+        assert!(
+            table.contains("| 1.700 | — | — | 3.872 | −56 % ✓ better | ≤ 1.250 | ❌ missed |"),
+            "{table}"
+        );
+        assert!(table.contains("| 11.0 | +9 % ⚠ worse |"), "{table}");
+        assert!(table.contains("| 60.0 ns | — | — | — | new |"), "{table}");
+        assert!(
+            table.contains("| not measured | — | — | 38.0 | — |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("Previous full run: commit ae76dec"),
+            "{table}"
+        );
+        assert!(!table.contains("Another CPU"), "{table}");
+        let plain = results_table(&report, None);
+        assert!(!plain.contains("Previous full run"), "{plain}");
+    }
+
+    #[test]
     fn the_hand_written_analysis_is_kept_as_found() {
         let previous = "# netwatch benchmarks\n\n## Results\n\nold figures\n\n\
                         ## Analysis (written by hand)\n\n2026-11-26, at abc1234: why.\n";
-        let doc = benchmarks_md(&Report::default(), Some(previous));
+        let doc = benchmarks_md(&Report::default(), None, Some(previous));
         assert!(!doc.contains("old figures"));
         assert!(
             doc.ends_with("## Analysis (written by hand)\n\n2026-11-26, at abc1234: why.\n"),

@@ -52,7 +52,8 @@ enum Task {
         kernels: Vec<String>,
     },
     /// Run the benchmark suite as root: writes target/bench/report.json and report.md, prints
-    /// the table, and (full runs only) rewrites BENCHMARKS.md from the report.
+    /// the table beside the previous full run's figures (bench/baseline.json), and (full runs
+    /// only) rewrites BENCHMARKS.md from the report and bench/baseline.json with its figures.
     Bench {
         /// Fewer repetitions and shorter runs (within two minutes); BENCHMARKS.md is left alone.
         #[arg(long)]
@@ -362,6 +363,8 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         .arg("--out")
         .arg(root.join("target/bench"))
         .args(["--commit", &commit, "--rustc", &rustc])
+        .arg("--baseline")
+        .arg(root.join("bench/baseline.json"))
         .current_dir(&root);
     if quick {
         command.arg("--quick");
@@ -373,14 +376,20 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     if full {
         command
             .arg("--write-benchmarks-md")
-            .arg(root.join("BENCHMARKS.md"));
+            .arg(root.join("BENCHMARKS.md"))
+            .arg("--write-baseline")
+            .arg(root.join("bench/baseline.json"));
     }
     cmd::run(&mut command)?;
     if full {
-        say("BENCHMARKS.md rewritten from target/bench/report.json");
+        say(
+            "BENCHMARKS.md rewritten from target/bench/report.json, beside the previous full run; \
+             bench/baseline.json now holds this run's figures (commit both)",
+        );
     } else {
         say(
-            "target/bench/report.json and report.md written; BENCHMARKS.md is only rewritten by a full run",
+            "target/bench/report.json and report.md written, beside the previous full run's figures; \
+             BENCHMARKS.md and bench/baseline.json are only rewritten by a full run",
         );
     }
     Ok(())
