@@ -1,8 +1,12 @@
-//! The wire formats shared by netwatch's eBPF programs and its userspace.
+//! The wire formats shared by netwatch's eBPF programs and its userspace: the maps' and
+//! globals' names, and the types that cross between the two.
 //!
-//! Every type here is a map key or value: `#[repr(C)]`, explicit-width integers, padding
-//! spelled out as `_pad` fields (uninitialised padding in a hash-map key breaks lookups), and
-//! a compile-time size assert so both sides can never disagree on a layout.
+//! A type that crosses is a map key or value, or a global the loader writes
+//! ([`DropConfig`], [`RetransmitConfig`]): `#[repr(C)]`, explicit-width integers, padding
+//! spelled out as fields (uninitialised padding in a hash-map key breaks lookups), and a
+//! compile-time size assert so both sides can never disagree on a layout. A few others are
+//! only the rules both sides run ([`Retransmission`], the functions at the end), kept here
+//! so that userspace tests run the very code the kernel runs.
 #![no_std]
 
 use core::mem::size_of;
