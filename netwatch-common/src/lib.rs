@@ -57,9 +57,6 @@ pub const SOCKET_OWNERS_MAP: &str = "SOCKET_OWNERS";
 /// (usually a socket long closed) is evicted, never refused; a socket whose owner was
 /// evicted is attributed from `/proc` or not at all.
 pub const SOCKET_OWNERS_CAPACITY: u32 = 16_384;
-/// Test-only: an environment variable that sets a smaller capacity of [`SOCKET_OWNERS_MAP`],
-/// so that tests can fill it.
-pub const SOCKET_OWNERS_CAPACITY_ENV: &str = "NETWATCH_TEST_SOCKET_OWNERS_CAPACITY";
 
 /// Who last connected a socket, or sent on it without a connection (TCP, UDP), or created it
 /// (ping and raw sockets), as the cgroup socket programs saw it in process context.

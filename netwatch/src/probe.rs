@@ -19,7 +19,7 @@ use aya::{
 };
 use netwatch_common::{
     CONNECT4_PROGRAM, CONNECT6_PROGRAM, SENDMSG4_PROGRAM, SENDMSG6_PROGRAM, SOCK_CREATE_PROGRAM,
-    SOCK_RELEASE_PROGRAM, SOCKET_OWNERS_CAPACITY_ENV, SOCKET_OWNERS_MAP, SocketOwner,
+    SOCK_RELEASE_PROGRAM, SOCKET_OWNERS_MAP, SocketOwner,
 };
 use netwatch_common::{
     COUNTERS_MAP, DROP_CONFIG_GLOBAL, DROP_PROGRAM, DROP_TRACEPOINT, DropConfig, EGRESS_PROGRAM,
@@ -504,7 +504,6 @@ impl Probe {
             .override_global(TIMEOUT_GLOBAL, &timeout_ns, true)
             .override_global(DROP_CONFIG_GLOBAL, &drop_config, true)
             .override_global(RETRANSMIT_CONFIG_GLOBAL, &retransmit_config, true);
-        with_test_capacities(&mut loader);
         let mut ebpf = loader.load(build.object()).map_err(|err| {
             log::debug!("eBPF object load failed: {err:?}");
             ProbeError::Load(with_memlock_hint(first_line(&err)))
@@ -1022,7 +1021,7 @@ impl Probe {
     /// Sets the kernel's next-slot hint to `slot`: what two CPUs claiming slots at once
     /// can leave behind (a plain store from the slower one). For tests of
     /// [`Self::learn_new_slots`]; nothing else writes the hint from userspace.
-    #[doc(hidden)]
+    #[cfg(feature = "test-helpers")]
     pub fn rewind_slot_hint_for_tests(&mut self, slot: u32) -> Result<(), ProbeError> {
         self.next_slot
             .set(0, slot, 0)
@@ -1303,17 +1302,6 @@ fn parse_layout_here() -> btf::Layout {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
     }
     parsed
-}
-
-/// Test-only: a small socket owner map that a test can fill
-/// ([`SOCKET_OWNERS_CAPACITY_ENV`]).
-fn with_test_capacities(loader: &mut EbpfLoader<'_>) {
-    if let Some(capacity) = std::env::var(SOCKET_OWNERS_CAPACITY_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-    {
-        loader.map_max_entries(SOCKET_OWNERS_MAP, capacity);
-    }
 }
 
 /// Loads the drop program and takes its maps; `Err` says why it cannot run here.

@@ -19,7 +19,6 @@ use std::{
     time::Duration,
 };
 
-use netwatch_common::SOCKET_OWNERS_CAPACITY_ENV;
 use netwatch_tests::{
     lab::{
         CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, Netns, NetwatchRun, OPEN_DNS, SERVER_V4,
@@ -141,15 +140,7 @@ impl Drop for Cgroups {
 /// its own, which hides the host's cgroup2 mount: it is mounted again there, at
 /// `/sys/fs/cgroup` (the same hierarchy, so the same paths, at another mount point).
 fn start_netwatch(ns: &Netns, iface: &str) -> NetwatchRun {
-    start_netwatch_with(ns, iface, None)
-}
-
-/// [`start_netwatch`], with a socket owner map of `owners_capacity` entries when given.
-fn start_netwatch_with(ns: &Netns, iface: &str, owners_capacity: Option<u32>) -> NetwatchRun {
     let mut command = ns.command("sh");
-    if let Some(capacity) = owners_capacity {
-        command.env(SOCKET_OWNERS_CAPACITY_ENV, capacity.to_string());
-    }
     command
         .args([
             "-c",
@@ -489,14 +480,13 @@ fn answered_targets_name_their_process_too() {
     drop(cgroups);
 }
 
-/// Fills the owner map (64 entries in this test) many times over with sockets that connect,
-/// then connects over TCP
-/// and UDP (IPv4 and IPv6) and sends without a connection, thousands of times each, on
-/// loopback in the client namespace. Prints `OK FAILED`.
+/// Fills the owner map (16,384 sockets) twice over with sockets that connect, then connects
+/// over TCP and UDP (IPv4 and IPv6) and sends without a connection, thousands of times each,
+/// on loopback in the client namespace. Prints `OK FAILED`.
 const CONNECT_STORM: &str = r"
 import socket, threading
 fails, ok = 0, 0
-for _ in range(2000):
+for _ in range(2 * 16384):
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.connect(('127.0.0.1', 9))
     u.close()
@@ -545,7 +535,7 @@ fn owner_programs_never_refuse_a_connect_even_with_their_map_full() {
     }
     let lab = Lab::new();
     let cgroups = Cgroups::new(&["storm"]);
-    let run = start_netwatch_with(&lab.client, CLIENT_IFACE, Some(64));
+    let run = start_netwatch(&lab.client, CLIENT_IFACE);
     let out = cgroups
         .command("storm", &lab.client, "python3", &["-c", CONNECT_STORM])
         .stdout(Stdio::piped())
