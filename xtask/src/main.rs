@@ -324,11 +324,12 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     cmd::run(sysctl.args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
 
     say("building netwatch, the bench and the traffic generator (release)");
+    // netwatch alone first: built with the test crates, cargo would unify their features
+    // into it (test-helpers), and the binary measured would not be the one shipped.
+    cmd::run(cargo().args(["build", "--release", "--package", "netwatch"]))?;
     cmd::run(cargo().args([
         "build",
         "--release",
-        "--package",
-        "netwatch",
         "--package",
         "netwatch-bench",
         "--package",
