@@ -77,7 +77,7 @@ fn map_fd(fd: BorrowedFd<'_>) -> u32 {
 /// times a second, and buffers allocated and freed each time (hundreds of KiB for the chunks,
 /// megabytes for the entries while a burst is pending) left holes that grew the heap with
 /// each burst (the soak test saw it).
-pub struct Lookup<K, V> {
+pub(crate) struct Lookup<K, V> {
     keys: Vec<K>,
     values: Vec<V>,
 }
@@ -90,7 +90,7 @@ impl<K: Pod, V: Pod> Default for Lookup<K, V> {
 
 impl<K: Pod, V: Pod> Lookup<K, V> {
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // SAFETY: Pod types are plain bytes, valid when zeroed.
         let (keys, values) = unsafe {
             (
@@ -106,7 +106,7 @@ impl<K: Pod, V: Pod> Lookup<K, V> {
     ///
     /// # Safety
     /// `K` and `V` must be the map's key and value types (the kernel writes their bytes).
-    pub unsafe fn all(
+    pub(crate) unsafe fn all(
         &mut self,
         fd: BorrowedFd<'_>,
         limit: usize,
@@ -156,7 +156,7 @@ impl<K: Pod, V: Pod> Lookup<K, V> {
 ///
 /// # Safety
 /// `K` must be the map's key type.
-pub unsafe fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+pub(crate) unsafe fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
     let mut rest = keys;
     while !rest.is_empty() {
         let chunk = &rest[..rest.len().min(CHUNK)];
@@ -185,7 +185,7 @@ pub unsafe fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<(
 ///
 /// # Safety
 /// `K` and `V` must be the map's key and value types.
-pub unsafe fn take<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
+pub(crate) unsafe fn take<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
     let mut value = std::mem::MaybeUninit::<V>::zeroed();
     let mut attr = zeroed_attr();
     attr.__bindgen_anon_2.map_fd = map_fd(fd);

@@ -23,7 +23,7 @@ const PREFIX: &str = "SKB_DROP_REASON_";
 /// up, or a socket that was not the asker's filtered out its copy (`SOCKET_FILTER`: every raw
 /// ICMP socket gets a clone of each echo reply). The path delivered; such drops are shown in
 /// `local_drops` but neither fail a target nor name its reason.
-pub const AT_SOCKET: [&str; 7] = [
+pub(crate) const AT_SOCKET: [&str; 7] = [
     "NO_SOCKET",
     "QUEUE_PURGE",
     "SOCKET_CLOSE",
@@ -35,7 +35,7 @@ pub const AT_SOCKET: [&str; 7] = [
 
 /// Why netwatch cannot count local drops on this kernel.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum LayoutError {
+pub(crate) enum LayoutError {
     #[error("no kernel BTF ({VMLINUX_BTF}: {0}); the kernel needs CONFIG_DEBUG_INFO_BTF")]
     NoBtf(String),
     #[error("the kernel's BTF could not be parsed ({0})")]
@@ -116,15 +116,6 @@ impl DropReasons {
     pub fn is_empty(&self) -> bool {
         self.by_value.is_empty()
     }
-
-    /// The value of the reason named `name` (`NETFILTER_DROP`).
-    #[must_use]
-    pub fn value_of(&self, name: &str) -> Option<u32> {
-        self.by_value
-            .iter()
-            .find(|(_, reason)| reason.name == name)
-            .map(|(value, _)| *value)
-    }
 }
 
 /// The name netwatch shows for an `enum skb_drop_reason` enumerator: the prefix dropped
@@ -132,7 +123,7 @@ impl DropReasons {
 /// `SKB_NOT_DROPPED_YET` stay whole. `None` for the enum's bookkeeping (`..._MAX`,
 /// `..._SUBSYS_MASK`).
 #[must_use]
-pub fn reason_name(enumerator: &str) -> Option<String> {
+pub(crate) fn reason_name(enumerator: &str) -> Option<String> {
     let name = enumerator.strip_prefix(PREFIX).unwrap_or(enumerator);
     if name == "MAX" || name.starts_with("SUBSYS_") || name.is_empty() {
         return None;
@@ -143,27 +134,13 @@ pub fn reason_name(enumerator: &str) -> Option<String> {
 /// A target's reason for a drop on this host: `here:` and the name lower-cased with dashes
 /// (`NETFILTER_DROP` → `here:netfilter-drop`).
 #[must_use]
-pub fn here_reason(name: &str) -> String {
+pub(crate) fn here_reason(name: &str) -> String {
     format!("here:{}", name.to_ascii_lowercase().replace('_', "-"))
 }
 
-/// The drop program's configuration and the reason names, from BTF bytes.
-pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
-    let types = TypeInformation::new(&btf::Bytes(btf))
-        .map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
-    let (config, enumerators) = layout_parts(&types)?;
-    let reasons = DropReasons::from_enumerators(
-        enumerators
-            .iter()
-            .map(|(name, value)| (name.as_str(), *value)),
-    );
-    Ok((config, reasons))
-}
-
-/// [`layout`] without naming the reasons: the configuration and the `enum skb_drop_reason`
-/// enumerators. Owned values only, so a child process can parse and hand them back (see
+/// The drop program's configuration and the `enum skb_drop_reason` enumerators. Owned values only, so a child process can parse and hand them back (see
 /// [`btf::layout_in_child`]).
-pub fn layout_parts(
+pub(crate) fn layout_parts(
     types: &TypeInformation,
 ) -> Result<(DropConfig, Vec<(String, u32)>), LayoutError> {
     let enumerators = drop_reason_enumerators(types)?;
@@ -250,7 +227,7 @@ pub fn layout_parts(
 /// Offsets in `struct sk_buff` of the fields the drop program reads (`pkt_type`: the byte
 /// holding it).
 #[derive(Clone, Copy, Debug)]
-pub struct SkbFields {
+pub(crate) struct SkbFields {
     pub dev: u32,
     pub sk: u32,
     pub pkt_type_byte: u32,
@@ -261,7 +238,7 @@ pub struct SkbFields {
 
 /// Places the window the program reads first over `protocol` (2 bytes), `network_header` (2)
 /// and `head` (8), their offsets within it; `dev` and `sk` must be adjacent (read together).
-pub fn window_config(fields: &SkbFields) -> Result<DropConfig, LayoutError> {
+pub(crate) fn window_config(fields: &SkbFields) -> Result<DropConfig, LayoutError> {
     let spans = [
         (fields.protocol, 2),
         (fields.network_header, 2),
@@ -311,6 +288,29 @@ fn drop_reason_enumerators(types: &TypeInformation) -> Result<Vec<(String, u32)>
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    impl DropReasons {
+        /// The value of the reason named `name` (`NETFILTER_DROP`).
+        fn value_of(&self, name: &str) -> Option<u32> {
+            self.by_value
+                .iter()
+                .find(|(_, reason)| reason.name == name)
+                .map(|(value, _)| *value)
+        }
+    }
+
+    /// The drop program's configuration and the reason names, from BTF bytes.
+    fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
+        let types = TypeInformation::new(&btf::Bytes(btf))
+            .map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
+        let (config, enumerators) = layout_parts(&types)?;
+        let reasons = DropReasons::from_enumerators(
+            enumerators
+                .iter()
+                .map(|(name, value)| (name.as_str(), *value)),
+        );
+        Ok((config, reasons))
+    }
 
     #[test]
     fn enumerators_become_names_and_here_reasons() {

@@ -38,7 +38,7 @@ const R10: u8 = 10;
 /// that swaps a word on its stack. Before 5.12 the kernel refuses the instruction ("`BPF_STX`
 /// uses reserved fields").
 #[must_use]
-pub fn has_cmpxchg() -> bool {
+pub(crate) fn has_cmpxchg() -> bool {
     let program = [
         insn(BPF_MOV64_IMM, R1, 0, 0, 0),
         insn(BPF_STX_MEM_DW, R10, R1, -8, 0),

@@ -1,4 +1,5 @@
 //! netwatch: finds upstream firewall drops passively.
+#![warn(unreachable_pub)]
 //!
 //! The kernel side (`netwatch-ebpf`) tags requests and matches answers; this crate loads it
 //! ([`probe`]), finds unanswered requests ([`sweep`]), turns counters into outcomes and
@@ -7,29 +8,29 @@
 
 pub mod app;
 pub mod attribution;
-pub mod batch;
+mod batch;
 pub mod btf;
 pub mod cli;
-pub mod clock;
-pub mod clsact;
-pub mod diagnosis;
-pub mod dns;
-pub mod drops;
+mod clock;
+mod clsact;
+mod diagnosis;
+mod dns;
+mod drops;
 mod features;
-pub mod firewall;
+mod firewall;
 pub mod interfaces;
-pub mod lock;
-pub mod output;
-pub mod privileges;
+mod lock;
+mod output;
+mod privileges;
 pub mod probe;
 pub mod report;
-pub mod serve;
-pub mod services;
+mod serve;
+mod services;
 pub mod snapshot;
-pub mod sock_diag;
-pub mod stalls;
+mod sock_diag;
+mod stalls;
 pub mod sweep;
 pub mod target;
-pub mod timeline;
+mod timeline;
 pub mod tracker;
 pub mod verdict;

@@ -18,19 +18,19 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 /// The parts of `struct tcp_info` netwatch reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpState {
+pub(crate) struct TcpState {
     /// `tcpi_bytes_acked`: `tcp_sock.bytes_acked`.
     pub bytes_acked: u64,
 }
 
 /// A `sock_diag` socket in netwatch's network namespace.
-pub struct SockDiag {
+pub(crate) struct SockDiag {
     socket: Socket,
     buffer: Vec<u8>,
 }
 
 impl SockDiag {
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
@@ -43,7 +43,7 @@ impl SockDiag {
     /// The TCP socket from `local:local_port` to `remote:remote_port`; `None` when there is
     /// none (closed). An IPv4-mapped pair is asked as IPv4, which also finds an IPv6 socket
     /// talking to an IPv4 peer (they share TCP's lookup tables).
-    pub fn tcp(
+    pub(crate) fn tcp(
         &mut self,
         (local, local_port): (IpAddr, u16),
         (remote, remote_port): (IpAddr, u16),
@@ -78,7 +78,7 @@ impl SockDiag {
 
     /// Every TCP and UDP socket of this network namespace, IPv4 and IPv6: (cookie, inode).
     /// A kernel error is an error, never a shorter list.
-    pub fn inet_sockets(&mut self) -> io::Result<Vec<(u64, u64)>> {
+    pub(crate) fn inet_sockets(&mut self) -> io::Result<Vec<(u64, u64)>> {
         let mut out = Vec::new();
         for (family, any) in [
             (AF_INET, SocketId::new_v4()),
