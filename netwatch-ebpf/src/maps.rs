@@ -150,14 +150,54 @@ pub fn untracked(counters: &mut TargetCounters) {
     count(KernelCounter::PendingFull);
 }
 
+/// The last target this CPU found a slot for, and the slot plus one (0: none yet).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct LastTarget {
+    target: TargetKey,
+    slot_plus_one: u32,
+}
+
+/// [`LastTarget`], per CPU. Requests come in bursts to one target (a resolver asked again
+/// and again, a service's clients, a retrying application, a flood), and a slot, once its
+/// target points at it, is that target's for the life of the programs: a hit here is true
+/// and saves the hash lookup in [`TARGET_SLOTS`].
+#[map]
+static LAST_TARGET: PerCpuArray<LastTarget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether `a` and `b` are the same target: compared as words (a slice comparison compiles to
+/// a call to `memcmp`, a BPF function of its own).
+#[inline(always)]
+fn same_target(a: &TargetKey, b: &TargetKey) -> bool {
+    let tail = |t: &TargetKey| {
+        u32::from_ne_bytes([
+            t.remote_port.to_ne_bytes()[0],
+            t.remote_port.to_ne_bytes()[1],
+            t.proto,
+            t.direction,
+        ])
+    };
+    tail(a) == tail(b) && netwatch_common::same_address(&a.remote, &b.remote)
+}
+
 /// The slot and counters of `target`, given a fresh (zeroed) slot on first use; `None`
 /// when the table is full.
 #[inline(always)]
 pub fn target_counters(target: &TargetKey) -> Option<(u32, &'static mut TargetCounters)> {
-    let slot = match TARGET_SLOTS.get_ptr(target) {
-        // SAFETY: a map value pointer, valid for this program run.
-        Some(slot) => unsafe { *slot },
-        None => new_slot(target)?,
+    let last = LAST_TARGET.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry, used by nothing else until the program ends.
+    let last = unsafe { &mut *last };
+    let slot = if last.slot_plus_one != 0 && same_target(&last.target, target) {
+        last.slot_plus_one - 1
+    } else {
+        let slot = match TARGET_SLOTS.get_ptr(target) {
+            // SAFETY: a map value pointer, valid for this program run.
+            Some(slot) => unsafe { *slot },
+            None => new_slot(target)?,
+        };
+        last.target = *target;
+        last.slot_plus_one = slot + 1;
+        slot
     };
     // SAFETY: an array value pointer stays valid for the program run; fields are only
     // updated through `add` or single aligned stores.
