@@ -26,7 +26,8 @@ pub(crate) fn zeroed_attr() -> bpf_attr {
     unsafe { std::mem::zeroed() }
 }
 
-pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+/// The `bpf(2)` system call: what it returns (0, or a new descriptor for some commands).
+fn syscall(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a whole, initialised bpf_attr; the pointers in it refer to buffers the
     // callers keep alive and sized for what the command writes.
     let result = unsafe {
@@ -40,27 +41,20 @@ pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
     if result < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(result)
     }
+}
+
+pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+    syscall(cmd, attr).map(|_| ())
 }
 
 /// A command that returns a new file descriptor (`BPF_PROG_LOAD`), which is closed when the
 /// result is dropped.
 pub(crate) fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
-    // SAFETY: as in `bpf`.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            std::ptr::from_mut(attr),
-            size_of::<bpf_attr>(),
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(result).map_err(|_| io::Error::other("descriptor out of range"))?;
+    let fd = i32::try_from(syscall(cmd, attr)?)
+        .map_err(|_| io::Error::other("descriptor out of range"))?;
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
