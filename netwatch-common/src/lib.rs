@@ -38,7 +38,7 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// not tracked and [`KernelCounter::PendingFull`] (and the target's `untracked`) count it, so
 /// nothing is silently lost and nothing untracked can ever be called unanswered.
 pub const PENDING_CAPACITY: u32 = 65_536;
-/// Capacity of [`TARGETS_MAP`] and [`TARGET_SLOTS_MAP`]: 16,384 targets, 8 MiB of counters.
+/// Capacity of [`TARGETS_MAP`] and [`TARGET_SLOTS_MAP`]: 16,384 targets, 9 MiB of counters.
 /// A request whose target does not fit is counted in [`KernelCounter::TargetsFull`]. Slots are
 /// never reused: a target keeps its counters for the life of the programs.
 pub const TARGETS_CAPACITY: u32 = 16_384;
