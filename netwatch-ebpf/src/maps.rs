@@ -65,8 +65,8 @@ pub fn udp_port_kind(port: u16) -> u8 {
     unsafe { core::ptr::read_volatile((&raw const UDP_PORT_KINDS).cast::<u8>().add(index)) }
 }
 
-/// A pending entry being built, per CPU: a request a handler fills in, or the tombstone an
-/// answer leaves. Its 136 bytes stay off the stack frames of the deepest call chains
+/// A pending entry being built, per CPU: a request a handler fills in, or (the build for
+/// kernels before 5.12) the tombstone a rejection or late answer puts back. Its 136 bytes stay off the stack frames of the deepest call chains
 /// (classifier, exchange, request handler, `track`; or answer handler, `settle`), which
 /// must fit 512 bytes, Linux 5.10 rounding every frame up to 32. A packet is a request or an
 /// answer, never both, and a tc program runs to its end before the packet moves on, so no
