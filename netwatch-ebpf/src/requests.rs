@@ -338,7 +338,10 @@ fn replace(
     // SAFETY: an aligned field of a live map value; read once (see `take_over`).
     let old_flags = unsafe { core::ptr::read_volatile(&raw const existing.flags) };
     let old_first_sent = existing.first_sent_ns;
-    if take_over(key, existing, old_flags) && old_flags & PENDING_FLAG_REJECTED == 0 {
+    let taken = take_over(key, existing, old_flags);
+    if let TakeOver::Ours(flags) = taken
+        && flags & PENDING_FLAG_REJECTED == 0
+    {
         if request.first_sent_ns.wrapping_sub(old_first_sent) <= timeout_ns() {
             add(&mut counters.abandoned, 1);
             count(KernelCounter::Abandoned);
@@ -348,29 +351,65 @@ fn replace(
     }
     match PENDING.insert(key, &*request, u64::from(BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
+        // The old entry is still there, another CPU deleting it this instant: the request is
+        // counted, and never judged (it could not be tracked).
+        Err(err) if err == -EEXIST && matches!(taken, TakeOver::Busy) => untracked(counters),
         // The same new request inserted by another CPU in between.
         Err(err) if err == -EEXIST => add(&mut counters.retransmits, 1),
         Err(_) => untracked(counters),
     }
 }
 
-/// Removes `existing` (its flags as read: `flags`) to make room for a new exchange: whether
-/// this CPU took its outcome (see `answers::claim`), which it then accounts for. Removed
-/// either way: an answer that claimed it first would remove it too.
+/// What taking an old entry over found.
+#[derive(Clone, Copy)]
+enum TakeOver {
+    /// This CPU took the old exchange's outcome, and removed its entry: the flags it had.
+    Ours(u32),
+    /// Another CPU (its answer, another new exchange) took it and is removing it: it is not
+    /// touched (removing it could remove what that CPU puts there next).
+    #[cfg_attr(
+        feature = "no-cmpxchg",
+        expect(dead_code, reason = "claims are deletes there")
+    )]
+    Busy,
+    /// Removed already by another CPU.
+    #[cfg_attr(
+        not(feature = "no-cmpxchg"),
+        expect(dead_code, reason = "claims are compare-and-swaps there")
+    )]
+    Gone,
+}
+
+/// Takes `existing` (its flags as read: `flags`) over to make room for a new exchange: claims
+/// it (see `answers::claim`) and removes it. A tombstone's flags may change under the claim
+/// (a rejection, a late answer): the claim is tried again on what they became.
 #[cfg(not(feature = "no-cmpxchg"))]
 #[inline(always)]
-fn take_over(key: &RequestKey, existing: &mut PendingRequest, flags: u32) -> bool {
-    let ours = flags & PENDING_FLAG_SETTLING == 0
-        && swap_flags(existing, flags, flags | PENDING_FLAG_SETTLING);
-    let _ = PENDING.remove(key);
-    ours
+fn take_over(key: &RequestKey, existing: &mut PendingRequest, flags: u32) -> TakeOver {
+    let mut flags = flags;
+    for _ in 0..3 {
+        if flags & PENDING_FLAG_SETTLING != 0 {
+            return TakeOver::Busy;
+        }
+        if swap_flags(existing, flags, flags | PENDING_FLAG_SETTLING) {
+            let _ = PENDING.remove(key);
+            return TakeOver::Ours(flags);
+        }
+        // SAFETY: an aligned field of a live map value.
+        flags = unsafe { core::ptr::read_volatile(&raw const existing.flags) };
+    }
+    TakeOver::Busy
 }
 
 /// [`take_over`] for kernels without compare-and-swap: whoever deletes the entry owns it.
 #[cfg(feature = "no-cmpxchg")]
 #[inline(always)]
-fn take_over(key: &RequestKey, _existing: &mut PendingRequest, _flags: u32) -> bool {
-    PENDING.remove(key).is_ok()
+fn take_over(key: &RequestKey, _existing: &mut PendingRequest, flags: u32) -> TakeOver {
+    if PENDING.remove(key).is_ok() {
+        TakeOver::Ours(flags)
+    } else {
+        TakeOver::Gone
+    }
 }
 
 /// Copies up to `out.len()` bytes of the packet from `offset`; returns how many.
