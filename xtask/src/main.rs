@@ -198,55 +198,7 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         bail!("no integration test binaries were built");
     }
     let started = std::time::Instant::now();
-    let mut host = vm::Counts::default();
-    let filters: Vec<&str> = filter.into_iter().collect();
-    // The program tests run twice: with the build of the programs this kernel loads, and
-    // with the one for kernels before 5.12 (no compare-and-swap), which runs here too.
-    let runs = binaries.iter().flat_map(|(name, binary)| {
-        let builds: &[&str] = if name == "programs" {
-            &["", "no-cmpxchg"]
-        } else {
-            &[""]
-        };
-        builds.iter().map(move |build| (name, binary, *build))
-    });
-    for (name, binary, build) in runs {
-        if vm::guests_only(name) {
-            say(&format!(
-                "{name}: tests of what this kernel lacks, run in the kernel matrix only"
-            ));
-            continue;
-        }
-        let listed = vm::listed_tests(binary, &filters)?;
-        if listed == 0 && filter.is_some() {
-            continue; // the filter matches none of its tests
-        }
-        let mut command = as_root(binary);
-        command
-            .arg("--test-threads=1")
-            .args(&filters)
-            .env("NETWATCH_BIN", &netwatch)
-            .env("NETWATCH_TEST_STRICT", "1")
-            .env("NETWATCH_TEST_BUILD", build)
-            .current_dir(workspace_root());
-        if !build.is_empty() {
-            say(&format!("the program tests again, with the {build} build"));
-        }
-        let counts = vm::run_counted(&mut command)?.expecting(listed);
-        if counts.failing() {
-            bail!(
-                "{name} ({}){}: {}, of the {listed} tests it lists",
-                binary.display(),
-                if build.is_empty() {
-                    String::new()
-                } else {
-                    format!(" with the {build} build")
-                },
-                counts.brief()
-            );
-        }
-        host.passed += counts.passed;
-    }
+    let host = host_suites(&binaries, filter, &netwatch)?;
     if let Some(filter) = filter {
         if host.passed == 0 {
             bail!(
@@ -282,6 +234,65 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
     outcomes.extend(vm::run_matrix(&series, &executables, &workspace_root())?);
     vm::conclude(&outcomes)?;
     service.context("the service test failed")
+}
+
+/// The privileged test executables on this machine's kernel (the program tests once per
+/// build of the programs), each expected to report every test it lists.
+fn host_suites(
+    binaries: &[(String, PathBuf)],
+    filter: Option<&str>,
+    netwatch: &Path,
+) -> anyhow::Result<vm::Counts> {
+    let mut host = vm::Counts::default();
+    let filters: Vec<&str> = filter.into_iter().collect();
+    // The program tests run twice: with the build of the programs this kernel loads, and
+    // with the one for kernels before 5.12 (no compare-and-swap), which runs here too.
+    let runs = binaries.iter().flat_map(|(name, binary)| {
+        let builds: &[&str] = if name == "programs" {
+            &["", "no-cmpxchg"]
+        } else {
+            &[""]
+        };
+        builds.iter().map(move |build| (name, binary, *build))
+    });
+    for (name, binary, build) in runs {
+        if vm::guests_only(name) {
+            say(&format!(
+                "{name}: tests of what this kernel lacks, run in the kernel matrix only"
+            ));
+            continue;
+        }
+        let listed = vm::listed_tests(binary, &filters)?;
+        if listed == 0 && filter.is_some() {
+            continue; // the filter matches none of its tests
+        }
+        let mut command = as_root(binary);
+        command
+            .arg("--test-threads=1")
+            .args(&filters)
+            .env("NETWATCH_BIN", netwatch)
+            .env("NETWATCH_TEST_STRICT", "1")
+            .env("NETWATCH_TEST_BUILD", build)
+            .current_dir(workspace_root());
+        if !build.is_empty() {
+            say(&format!("the program tests again, with the {build} build"));
+        }
+        let counts = vm::run_counted(&mut command)?.expecting(listed);
+        if counts.failing() {
+            bail!(
+                "{name} ({}){}: {}, of the {listed} tests it lists",
+                binary.display(),
+                if build.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with the {build} build")
+                },
+                counts.brief()
+            );
+        }
+        host.passed += counts.passed;
+    }
+    Ok(host)
 }
 
 /// `cargo xtask service-test`: the package, then its unit under systemd in a guest.
