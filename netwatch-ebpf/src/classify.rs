@@ -16,7 +16,7 @@ use crate::{
     answers,
     maps::{count, udp_port_kind},
     packet::{
-        self, DNS_FLAGS_OFFSET, DNS_QR, Hook, Ip, LinkLayer, MAX_OUTER_HEADERS, TCP_FLAGS_OFFSET,
+        DNS_FLAGS_OFFSET, DNS_QR, Hook, Ip, LinkLayer, MAX_OUTER_HEADERS, TCP_FLAGS_OFFSET,
         UDP_HEADER_LEN, icmp, read, tcp_flags,
     },
     requests,
