@@ -8,17 +8,36 @@
 //!
 //! The kernel's timing brackets the program with two clock reads: the figure includes part
 //! of one (a few ns), so it errs on the high side.
+//!
+//! The reference programs (`netwatch-ebpf`'s bench object) run on the same drops in the same
+//! storms, timed alike: the empty program (the tracepoint's floor), the headers read (floor
+//! plus one header read: what a drop the program lets go may cost at most) and the minimal
+//! counter (the headers read and one hash add: a watched drop may cost 1.5 times it).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use aya::{EbpfLoader, programs::RawTracePoint};
+use netwatch_common::{DROP_TRACEPOINT, DropConfig};
 use netwatch_tests::lab::{DNS2_V4, Lab};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    BENCH_OBJECT,
     labkit::{self, BenchLab, Tools},
     procfs::CpuTimes,
 };
+
+/// The reference programs on `skb:kfree_skb`, cheapest first.
+pub const REFERENCES: [&str; 3] = [
+    "bench_drop_floor",
+    "bench_drop_headers",
+    "bench_drop_counter",
+];
+/// The global telling the references where the `sk_buff` fields are.
+const REFERENCE_OFFSETS: &str = "BENCH_SKB";
+/// Bytes of `sk_buff` the references read (`SKB_READ` in the bench object).
+const REFERENCE_WINDOW: u32 = 32;
 
 /// The drop program's name as the kernel keeps it (`netwatch-ebpf`'s `netwatch_drops`).
 const PROGRAM: &str = "netwatch_drops";
@@ -34,6 +53,15 @@ fn output_chain() -> String {
     )
 }
 
+/// A reference program's cost in a storm.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReferenceCost {
+    /// `bench_drop_floor`, …
+    pub program: String,
+    pub runs: u64,
+    pub ns_per_run: f64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DropStorm {
     /// Packets the sender made (each dropped by the output chain).
@@ -43,6 +71,10 @@ pub struct DropStorm {
     pub runs: u64,
     /// The kernel's run time of the drop program over `runs`.
     pub ns_per_run: f64,
+    /// The reference programs on the same drops ([`REFERENCES`]); empty in reports made
+    /// before they existed.
+    #[serde(default)]
+    pub references: Vec<ReferenceCost>,
     /// The drop program's run time over the storm's wall time, % of one core.
     pub program_cpu_pct: f64,
     /// netwatch's process (user + system), % of one core, during the storm.
@@ -53,6 +85,15 @@ impl DropStorm {
     #[must_use]
     pub fn per_second(&self) -> f64 {
         labkit::per_second(self.sent, self.seconds)
+    }
+
+    /// The cost per run of reference `program` in this storm.
+    #[must_use]
+    pub fn reference_ns(&self, program: &str) -> Option<f64> {
+        self.references
+            .iter()
+            .find(|r| r.program == program)
+            .map(|r| r.ns_per_run)
     }
 }
 
@@ -81,11 +122,87 @@ fn program_stats(pid: u32) -> anyhow::Result<(Duration, u64)> {
     bail!("netwatch (pid {pid}) holds no {PROGRAM} program: it did not load its drop program")
 }
 
-/// Runs `storm` and times the drop program and netwatch meanwhile.
+/// The reference programs, loaded and attached to `skb:kfree_skb` for as long as this lives.
+struct References {
+    object: aya::Ebpf,
+}
+
+impl References {
+    /// Loads and attaches the references, told where the `sk_buff` fields are from the
+    /// running kernel's BTF (netwatch's own reading of it).
+    fn attach() -> anyhow::Result<Self> {
+        let layout = netwatch::btf::read_and_parse();
+        let (config, _) = layout
+            .drops
+            .map_err(|why| anyhow::anyhow!("no drop program on this kernel: {why}"))?;
+        let offsets = reference_offsets(&config)?;
+        let mut object = EbpfLoader::new()
+            .override_global(REFERENCE_OFFSETS, &offsets, true)
+            .load(BENCH_OBJECT)
+            .context("loading the reference programs")?;
+        for name in REFERENCES {
+            let program: &mut RawTracePoint = object
+                .program_mut(name)
+                .with_context(|| format!("{name} missing from the reference object"))?
+                .try_into()?;
+            program.load().with_context(|| format!("loading {name}"))?;
+            program
+                .attach(DROP_TRACEPOINT)
+                .with_context(|| format!("attaching {name} to {DROP_TRACEPOINT}"))?;
+        }
+        Ok(Self { object })
+    }
+
+    /// Each reference's cumulative (run time, run count).
+    fn stats(&self) -> anyhow::Result<Vec<(Duration, u64)>> {
+        REFERENCES
+            .iter()
+            .map(|name| {
+                let program: &RawTracePoint = self
+                    .object
+                    .program(name)
+                    .with_context(|| format!("{name} missing"))?
+                    .try_into()?;
+                let info = program.info()?;
+                Ok((info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+}
+
+/// The references' window over `protocol`, `network_header` and `head` (the smallest that
+/// holds them) and their offsets within it, from netwatch's configuration (whose window
+/// holds more fields).
+fn reference_offsets(config: &DropConfig) -> anyhow::Result<[u32; 4]> {
+    let absolute =
+        [config.protocol, config.network_header, config.head].map(|at| config.skb_window + at);
+    let start = absolute.iter().copied().min().unwrap_or(0);
+    let [protocol, network_header, head] = absolute.map(|at| at - start);
+    ensure!(
+        head + 8 <= REFERENCE_WINDOW
+            && protocol + 2 <= REFERENCE_WINDOW
+            && network_header + 2 <= REFERENCE_WINDOW,
+        "the sk_buff's protocol, network_header and head span more than {REFERENCE_WINDOW} bytes"
+    );
+    Ok([start, protocol, network_header, head])
+}
+
+/// ns per run from cumulative (run time, run count) before and after.
+fn per_run(before: (Duration, u64), after: (Duration, u64)) -> (u64, f64) {
+    let runs = after.1.saturating_sub(before.1);
+    let ns = after.0.saturating_sub(before.0).as_secs_f64() * 1e9;
+    #[expect(clippy::cast_precision_loss, reason = "run counts far below 2^52")]
+    let per_run = if runs == 0 { 0.0 } else { ns / runs as f64 };
+    (runs, per_run)
+}
+
+/// Runs `storm` and times the drop program, the references and netwatch meanwhile.
 fn timed(
     pid: u32,
+    references: &References,
     storm: impl FnOnce() -> anyhow::Result<labkit::Generated>,
 ) -> anyhow::Result<DropStorm> {
+    let references_before = references.stats()?;
     let (time_before, runs_before) = program_stats(pid)?;
     let cpu_before = CpuTimes::of(pid).context("netwatch's CPU times")?;
     let started = Instant::now();
@@ -93,6 +210,19 @@ fn timed(
     let wall = started.elapsed();
     let cpu_after = CpuTimes::of(pid).context("netwatch's CPU times")?;
     let (time_after, runs_after) = program_stats(pid)?;
+    let references_after = references.stats()?;
+    let references = REFERENCES
+        .iter()
+        .zip(references_before.into_iter().zip(references_after))
+        .map(|(name, (before, after))| {
+            let (runs, ns_per_run) = per_run(before, after);
+            ReferenceCost {
+                program: (*name).to_owned(),
+                runs,
+                ns_per_run,
+            }
+        })
+        .collect();
     let runs = runs_after - runs_before;
     ensure!(
         runs >= generated.sent,
@@ -108,6 +238,7 @@ fn timed(
         seconds: generated.seconds,
         runs,
         ns_per_run,
+        references,
         program_cpu_pct: run_ns / (wall.as_secs_f64() * 1e9) * 100.0,
         netwatch_cpu_pct: user + system,
     })
@@ -124,11 +255,12 @@ pub fn run(tools: &Tools, drops: u64, progress: &dyn Fn(&str)) -> anyhow::Result
     // Held for the section: the kernel times every program run while this is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS, 5.8+)")?;
+    let references = References::attach()?;
 
     progress(&format!(
         "drops: {drops} copies of one DNS query to {DNS2_V4}:53, dropped by this host's output chain"
     ));
-    let watched = timed(pid, || {
+    let watched = timed(pid, &references, || {
         bench.generate("dns-same", &format!("{DNS2_V4}:53"), 120.0, Some(drops))
     })?;
     ensure!(
@@ -140,7 +272,7 @@ pub fn run(tools: &Tools, drops: u64, progress: &dyn Fn(&str)) -> anyhow::Result
         "drops: UDP to unwatched port {UNWATCHED_PORT} for {:.1} s, dropped alike",
         watched.seconds
     ));
-    let unwatched = timed(pid, || {
+    let unwatched = timed(pid, &references, || {
         bench.generate(
             "udp",
             &format!("{DNS2_V4}:{UNWATCHED_PORT}"),

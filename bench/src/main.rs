@@ -11,6 +11,7 @@
 //! programs). Benchmarks are not tests: a missed goal is reported, not an error; the exit
 //! status is 1 only when a section could not run.
 
+mod baseline;
 mod connects;
 mod drops;
 mod goals;
@@ -72,6 +73,13 @@ struct Args {
     /// Also write BENCHMARKS.md (the whole document) to this path.
     #[arg(long)]
     write_benchmarks_md: Option<PathBuf>,
+    /// The previous full run's figures (`bench/baseline.json`): every table shows each figure
+    /// beside it, the change marked.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Then write this run's figures there, for the next run to compare with (full runs).
+    #[arg(long)]
+    write_baseline: Option<PathBuf>,
     /// Measure nothing: render from this report.json.
     #[arg(long)]
     from_report: Option<PathBuf>,
@@ -449,6 +457,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<Report> {
+    // Read before measuring: a baseline that does not parse is said at once, not after
+    // ten minutes.
+    let baseline = match &args.baseline {
+        Some(path) => baseline::Baseline::read(path)?,
+        None => None,
+    };
     let report = if let Some(path) = &args.from_report {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -464,7 +478,10 @@ fn run(args: &Args) -> anyhow::Result<Report> {
                 .with_context(|| format!("creating {}", args.out.display()))?;
             let json = serde_json::to_string_pretty(&report)?;
             std::fs::write(args.out.join("report.json"), json + "\n")?;
-            std::fs::write(args.out.join("report.md"), markdown::report_md(&report))?;
+            std::fs::write(
+                args.out.join("report.md"),
+                markdown::report_md(&report, baseline.as_ref()),
+            )?;
             progress(&format!(
                 "wrote {}/report.json and report.md",
                 args.out.display()
@@ -472,12 +489,22 @@ fn run(args: &Args) -> anyhow::Result<Report> {
             report
         }
     };
-    println!("{}", markdown::report_md(&report));
+    println!("{}", markdown::report_md(&report, baseline.as_ref()));
     if let Some(path) = &args.write_benchmarks_md {
         let previous = std::fs::read_to_string(path).ok();
-        std::fs::write(path, markdown::benchmarks_md(&report, previous.as_deref()))
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            path,
+            markdown::benchmarks_md(&report, baseline.as_ref(), previous.as_deref()),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         progress(&format!("wrote {}", path.display()));
+    }
+    if let Some(path) = &args.write_baseline {
+        baseline::Baseline::of(&report, &markdown::row_keys()).write(path)?;
+        progress(&format!(
+            "wrote {}: the next run is compared with this one",
+            path.display()
+        ));
     }
     Ok(report)
 }

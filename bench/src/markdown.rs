@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
+    baseline::Baseline,
     drops::DropResults,
     goals::{GoalResult, fixed, thousands},
     programs::{KindCost, ProgramResults},
@@ -125,8 +126,28 @@ const ROWS: &[(&str, &str, Unit)] = &[
         Unit::Ns,
     ),
     (
+        "drop_counter_ns",
+        "minimal counter on the same drops (headers read, one hash add)",
+        Unit::Ns,
+    ),
+    (
+        "drop_watched_ratio",
+        "watched drop ÷ minimal counter",
+        Unit::Ratio,
+    ),
+    (
         "drop_unwatched_ns",
         "drop program per drop it lets go (unwatched port)",
+        Unit::Ns,
+    ),
+    (
+        "drop_floor_ns",
+        "empty program on `skb:kfree_skb`, per drop (its floor)",
+        Unit::Ns,
+    ),
+    (
+        "drop_headers_ns",
+        "the floor plus one header read, per drop it lets go",
         Unit::Ns,
     ),
     (
@@ -166,7 +187,7 @@ const ROWS: &[(&str, &str, Unit)] = &[
     ),
 ];
 
-fn value_of(report: &Report, key: &str) -> Option<f64> {
+pub fn value_of(report: &Report, key: &str) -> Option<f64> {
     match key {
         "floor_ns" => report.floor_ns,
         "untracked_ns_over_floor" => report.untracked_ns_over_floor,
@@ -181,6 +202,10 @@ fn value_of(report: &Report, key: &str) -> Option<f64> {
         "storm_rss_mib" => report.storm_rss_mib,
         "drop_program_ns" => report.drop_program_ns,
         "drop_unwatched_ns" => report.drop_unwatched_ns,
+        "drop_floor_ns" => report.drop_floor_ns,
+        "drop_headers_ns" => report.drop_headers_ns,
+        "drop_counter_ns" => report.drop_counter_ns,
+        "drop_watched_ratio" => report.drop_watched_ratio,
         "drop_storm_cpu_pct" => report.drop_storm_cpu_pct,
         "retransmit_program_ns" => report.retransmit_program_ns,
         "retransmit_floor_ns" => report.retransmit_floor_ns,
@@ -196,12 +221,39 @@ fn goal_of<'a>(report: &'a Report, key: &str) -> Option<&'a GoalResult> {
     report.goals.iter().find(|g| g.key == key)
 }
 
-/// The table of every contract figure beside its goal, and a row for every goal: met,
-/// missed or not measured.
+/// The keys of the results table's figures, in its order.
+pub fn row_keys() -> Vec<&'static str> {
+    ROWS.iter().map(|(key, ..)| *key).collect()
+}
+
+/// The previous full run's cells of a row: its figure and the change since (empty cells
+/// without a baseline; `—` for a figure it did not have).
+fn previous_cells(baseline: Option<&Baseline>, key: &str, now: Option<f64>, unit: Unit) -> String {
+    let Some(baseline) = baseline else {
+        return String::new();
+    };
+    match (baseline.figures.get(key), now) {
+        (Some(before), Some(now)) => format!(
+            " {} | {} |",
+            bare(*before, unit),
+            crate::baseline::change(key, *before, now)
+        ),
+        (Some(before), None) => format!(" {} | — |", bare(*before, unit)),
+        (None, _) => " — | new |".to_owned(),
+    }
+}
+
+/// The table of every contract figure beside its goal (and beside the previous full run's
+/// when there is a `baseline`), and a row for every goal: met, missed or not measured.
 #[must_use]
-pub fn results_table(report: &Report) -> String {
-    let mut out = String::from(
-        "| Figure | Measured (median) | Min | Max | Goal | |\n| --- | ---: | ---: | ---: | --- | --- |\n",
+pub fn results_table(report: &Report, baseline: Option<&Baseline>) -> String {
+    let (head, rule, blank) = if baseline.is_some() {
+        (" Previous full run | Change |", " ---: | --- |", " | |")
+    } else {
+        ("", "", "")
+    };
+    let mut out = format!(
+        "| Figure | Measured (median) | Min | Max |{head} Goal | |\n| --- | ---: | ---: | ---: |{rule} --- | --- |\n"
     );
     let mut shown: Vec<&str> = Vec::new();
     for (key, what, unit) in ROWS {
@@ -210,8 +262,9 @@ pub fn results_table(report: &Report) -> String {
         let goal = goal_of(report, key);
         let _ = writeln!(
             out,
-            "| `{key}` — {what} | {} | {min} | {max} | {} | {} |",
+            "| `{key}` — {what} | {} | {min} | {max} |{} {} | {} |",
             value.map_or_else(|| "not measured".to_owned(), |v| show(v, *unit)),
+            previous_cells(baseline, key, value, *unit),
             goal.map_or("—", |g| g.goal.as_str()),
             goal_mark(goal),
         );
@@ -222,7 +275,7 @@ pub fn results_table(report: &Report) -> String {
                 "dns_flood_count_exact",
                 "DNS flood: netwatch counted every request sent",
             )],
-            "drop_program_ns" => &[(
+            "drop_headers_ns" => &[(
                 "drop_storm_count_exact",
                 "drop storm: `local_drops` = copies dropped, one request",
             )],
@@ -233,31 +286,55 @@ pub fn results_table(report: &Report) -> String {
             _ => &[],
         };
         for (goal_key, what) in after {
-            goal_row(&mut out, report, goal_key, what);
+            goal_row(&mut out, report, goal_key, what, blank);
             shown.push(goal_key);
         }
     }
-    // The verifier's goals, then any goal without a figure row of its own.
-    for goal in report
-        .goals
-        .iter()
-        .filter(|g| g.key.starts_with("verifier_insns"))
-    {
-        goal_row(
-            &mut out,
-            report,
-            &goal.key,
-            "instructions the verifier processed",
-        );
-    }
+    verifier_rows(&mut out, report, baseline);
+    // Any goal without a figure row of its own.
     for goal in report
         .goals
         .iter()
         .filter(|g| !g.key.starts_with("verifier_insns") && !shown.contains(&g.key.as_str()))
     {
-        goal_row(&mut out, report, &goal.key, "goal");
+        goal_row(&mut out, report, &goal.key, "goal", blank);
+    }
+    if let Some(baseline) = baseline {
+        baseline_note(&mut out, report, baseline);
     }
     out
+}
+
+/// A row per program's verifier count, beside the previous full run's.
+fn verifier_rows(out: &mut String, report: &Report, baseline: Option<&Baseline>) {
+    for goal in report
+        .goals
+        .iter()
+        .filter(|g| g.key.starts_with("verifier_insns"))
+    {
+        let now = goal
+            .key
+            .strip_prefix("verifier_insns.")
+            .and_then(|program| report.verifier_insns.as_ref()?.get(program))
+            .map(|count| f64::from(*count));
+        let previous =
+            baseline.map_or_else(String::new, |b| match (b.figures.get(&goal.key), now) {
+                (Some(before), Some(now)) => format!(
+                    " {} | {} |",
+                    thousands(*before),
+                    crate::baseline::change(&goal.key, *before, now)
+                ),
+                _ => " — | new |".to_owned(),
+            });
+        let _ = writeln!(
+            out,
+            "| `{}` — instructions the verifier processed | {} | | |{previous} {} | {} |",
+            goal.key,
+            goal.measured,
+            goal.goal,
+            met_mark(goal.met)
+        );
+    }
 }
 
 /// The Min and Max cells: the rounds' range; "one run" for a figure measured once (no
@@ -273,17 +350,36 @@ fn spread_cells(report: &Report, key: &str, value: Option<f64>, unit: Unit) -> (
 /// What the Min and Max cells of a figure measured once say.
 const ONE_RUN: &str = "one run";
 
-/// A row for the goal `key`, as judged (every goal is, measured or not).
-fn goal_row(out: &mut String, report: &Report, key: &str, what: &str) {
+/// A row for the goal `key`, as judged (every goal is, measured or not); `blank` fills the
+/// previous run's columns when there are.
+fn goal_row(out: &mut String, report: &Report, key: &str, what: &str, blank: &str) {
     if let Some(goal) = goal_of(report, key) {
         let _ = writeln!(
             out,
-            "| `{key}` — {what} | {} | | | {} | {} |",
+            "| `{key}` — {what} | {} | | |{blank} {} | {} |",
             goal.measured,
             goal.goal,
             met_mark(goal.met)
         );
     }
+}
+
+/// What the previous full run's column holds, under the table.
+fn baseline_note(out: &mut String, report: &Report, baseline: &Baseline) {
+    let elsewhere = if baseline.cpu_model == report.meta.cpu_model {
+        ""
+    } else {
+        " **Another CPU than this run's**: absolute figures (ns, packet rates, CPU) compare \
+         machines as much as commits; ratios to references measured in the same run compare \
+         better."
+    };
+    let _ = writeln!(
+        out,
+        "\nPrevious full run: {}. Change: relative, marked better or worse by which way the \
+         figure improves (within 2 %: the same; references' and other tools' figures are \
+         not marked).{elsewhere}",
+        baseline.describe()
+    );
 }
 
 /// The judged goals whose figure was measured once: no rounds, so no spread to tell whether
@@ -384,7 +480,7 @@ pub fn rates_table(rates: &RateResults) -> String {
 
 /// `report.md`: the results and the per-kind tables.
 #[must_use]
-pub fn report_md(report: &Report) -> String {
+pub fn report_md(report: &Report, baseline: Option<&Baseline>) -> String {
     let mut out = String::new();
     let m = &report.meta;
     let _ = writeln!(
@@ -392,7 +488,7 @@ pub fn report_md(report: &Report) -> String {
         "netwatch benchmarks ({} run), {} at {}, {} on {} ({} cores)\n",
         m.mode, m.date, m.commit, m.kernel, m.cpu_model, m.cores
     );
-    out.push_str(&results_table(report));
+    out.push_str(&results_table(report, baseline));
     if let Some(programs) = &report.programs {
         out.push('\n');
         out.push_str(&kinds_table(programs));
@@ -409,7 +505,11 @@ pub fn report_md(report: &Report) -> String {
 
 /// BENCHMARKS.md, whole.
 #[must_use]
-pub fn benchmarks_md(report: &Report, previous: Option<&str>) -> String {
+pub fn benchmarks_md(
+    report: &Report,
+    baseline: Option<&Baseline>,
+    previous: Option<&str>,
+) -> String {
     let mut out = String::new();
     let m = &report.meta;
     out.push_str("# netwatch benchmarks\n\n");
@@ -452,8 +552,12 @@ pub fn benchmarks_md(report: &Report, previous: Option<&str>) -> String {
             None => "unknown".to_owned(),
         }
     );
-    out.push_str("\n## Results\n\nMedians over the repetitions (rounds), with their minimum and maximum.\n\n");
-    out.push_str(&results_table(report));
+    out.push_str(
+        "\n## Results\n\nMedians over the repetitions (rounds), with their minimum and maximum, \
+         beside the previous full run's figures (`bench/baseline.json`, which this run then \
+         replaced).\n\n",
+    );
+    out.push_str(&results_table(report, baseline));
     for error in &report.errors {
         let _ = writeln!(out, "\n**Section failed:** {error}");
     }
@@ -658,6 +762,19 @@ fn storm_details(out: &mut String, storm: &crate::storm::StormResults) {
     );
 }
 
+/// The references' costs in a storm, as a sentence's end.
+fn references(storm: &crate::drops::DropStorm) -> String {
+    if storm.references.is_empty() {
+        return String::new();
+    }
+    let costs: Vec<String> = storm
+        .references
+        .iter()
+        .map(|r| format!("`{}` {:.1} ns", r.program, r.ns_per_run))
+        .collect();
+    format!(" References on the same drops: {}.", costs.join(", "))
+}
+
 fn drop_storm(out: &mut String, drops: &DropResults) {
     out.push_str("\n## Drop storm\n\n");
     let (w, u) = (&drops.watched, &drops.unwatched);
@@ -666,8 +783,9 @@ fn drop_storm(out: &mut String, drops: &DropResults) {
         "{} copies of one DNS query in {:.2} s ({}/s), each dropped by the client's own output chain: \
          the drop program ran {} times, {:.1} ns per run (the kernel's run time ÷ run count, \
          `BPF_ENABLE_STATS`), {:.1} % of a core; netwatch's process {:.1} % of a core. The target's \
-         `local_drops`: {} (exact: {}). Then {} UDP datagrams to an unwatched port in {:.2} s, dropped \
-         alike: {} runs, {:.1} ns per run, {:.1} % of a core; netwatch's process {:.1} %.",
+         `local_drops`: {} (exact: {}).{} Then {} UDP datagrams to an unwatched port in {:.2} s, \
+         dropped alike: {} runs, {:.1} ns per run, {:.1} % of a core; netwatch's process {:.1} \
+         %.{}",
         count(w.sent),
         w.seconds,
         thousands(w.per_second()),
@@ -677,12 +795,14 @@ fn drop_storm(out: &mut String, drops: &DropResults) {
         w.netwatch_cpu_pct,
         drops.local_drops,
         drops.count_exact,
+        references(w),
         count(u.sent),
         u.seconds,
         count(u.runs),
         u.ns_per_run,
         u.program_cpu_pct,
         u.netwatch_cpu_pct,
+        references(u),
     );
 }
 
@@ -792,6 +912,15 @@ const METHODOLOGY: &str = "
   joins that namespace (`setns`) and sends one DNS query to each of 150 (quick: 100) blackholed targets
   198.51.100.100 and up, 13 ms apart, recording each send's wall-clock time; latency is the `time` of the
   target's first `blackholed` verdict record minus that.
+- **Drop storm**: netwatch `--timeout 120s` in the lab's client namespace, whose own output chain drops
+  every copy of one DNS query to 198.51.100.53 (2,000,000 copies; quick: 1,000,000), then UDP to port 9
+  for as long. `BPF_ENABLE_STATS` on for the section: each program's cost per drop is its kernel run
+  time over its run count, read before and after each storm. Beside netwatch's drop program, on the
+  same drops: `bench_drop_floor` (an empty raw tracepoint program on `skb:kfree_skb`),
+  `bench_drop_headers` (reads the 32 bytes of `sk_buff` holding `protocol`, `network_header` and
+  `head`, then 56 bytes of headers: the floor plus one header read) and `bench_drop_counter` (those
+  reads and one hash add). Goals: a drop netwatch lets go costs at most `bench_drop_headers` (in the
+  UDP storm), a watched one at most 1.5 times `bench_drop_counter` (in the DNS storm).
 - **Verifier**: `verified_instruction_count` of each loaded program (`bpf_prog_info.verified_insns`).
 - **Goals** are judged on the medians: met, missed, or not measured (a section that did not run, or
   a figure it could not give); a goal not measured is not met, and is listed with the missed ones.
@@ -824,7 +953,7 @@ mod tests {
             },
         );
         report.goals = crate::goals::evaluate(&report);
-        let table = results_table(&report);
+        let table = results_table(&report, None);
         assert!(
             table.contains(
                 "| `floor_ns` — empty tc program, per run | 26.0 ns | 25.0 | 28.0 | — | — |"
@@ -839,7 +968,7 @@ mod tests {
             table.contains("`udp_pps_ratio` — 64-byte UDP pps, netwatch ÷ none | not measured |"),
             "{table}"
         );
-        let doc = benchmarks_md(&report, None);
+        let doc = benchmarks_md(&report, None, None);
         assert!(doc.contains("## Missed goals"), "{doc}");
         assert!(doc.contains("## Methodology"));
         assert!(
@@ -873,7 +1002,7 @@ mod tests {
         ] {
             let mut report = report;
             report.goals = crate::goals::evaluate(&report);
-            let table = results_table(&report);
+            let table = results_table(&report, None);
             for goal in &report.goals {
                 let row = goal_row_of(&table, &goal.key)
                     .unwrap_or_else(|| panic!("no row for {}: {table}", goal.key));
@@ -883,11 +1012,14 @@ mod tests {
                 );
             }
         }
-        let unmeasured = results_table(&{
-            let mut report = Report::default();
-            report.goals = crate::goals::evaluate(&report);
-            report
-        });
+        let unmeasured = results_table(
+            &{
+                let mut report = Report::default();
+                report.goals = crate::goals::evaluate(&report);
+                report
+            },
+            None,
+        );
         assert!(
             goal_row_of(&unmeasured, "storm_count_exact")
                 .is_some_and(|row| row.ends_with("| ❔ not measured |")),
@@ -907,7 +1039,7 @@ mod tests {
             ..Report::default()
         };
         report.goals = crate::goals::evaluate(&report);
-        let doc = benchmarks_md(&report, None);
+        let doc = benchmarks_md(&report, None, None);
         let missed = &doc[doc.find("## Missed goals").expect("the section")..];
         let missed = &missed[..missed.find("\n## ").unwrap_or(missed.len())];
         assert!(
@@ -945,7 +1077,7 @@ mod tests {
             },
         );
         report.goals = crate::goals::evaluate(&report);
-        let table = results_table(&report);
+        let table = results_table(&report, None);
         for key in [
             "storm_requests_per_s",
             "drop_program_ns",
@@ -954,11 +1086,11 @@ mod tests {
             let row = goal_row_of(&table, key).expect("a row");
             assert!(row.contains("| one run | one run |"), "{row}");
         }
-        let doc = benchmarks_md(&report, None);
+        let doc = benchmarks_md(&report, None, None);
         assert!(
             doc.contains(
-                "**Measured once:** `storm_requests_per_s`, `drop_program_ns`, \
-                 `detection_latency_ms_p99` — one run each"
+                "**Measured once:** `storm_requests_per_s`, `detection_latency_ms_p99` — one \
+                 run each"
             ),
             "{doc}"
         );
@@ -970,10 +1102,59 @@ mod tests {
     }
 
     #[test]
+    fn figures_stand_beside_the_previous_full_runs_with_the_change_marked() {
+        let mut report = Report {
+            answer_match_ratio: Some(1.7),
+            untracked_ns_over_floor: Some(12.0),
+            drop_counter_ns: Some(60.0),
+            ..Report::default()
+        };
+        report.meta.cpu_model = "AMD EPYC".into();
+        report.goals = crate::goals::evaluate(&report);
+        let baseline = Baseline {
+            commit: "ae76dec".into(),
+            date: "2026-11-26".into(),
+            cpu_model: "AMD EPYC".into(),
+            kernel: "6.18".into(),
+            mode: "full".into(),
+            figures: [
+                ("answer_match_ratio".to_owned(), 3.872),
+                ("untracked_ns_over_floor".to_owned(), 11.0),
+                ("floor_ns".to_owned(), 38.0),
+            ]
+            .into(),
+        };
+        let table = results_table(&report, Some(&baseline));
+        assert!(table.contains("| Previous full run | Change |"), "{table}");
+        assert!(
+            table.contains(
+                "| 1.700 | one run | one run | 3.872 | −56 % ✓ better | ≤ 1.250 | ❌ missed |"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("| 11.0 | +9 % ⚠ worse |"), "{table}");
+        assert!(
+            table.contains("| 60.0 ns | one run | one run | — | new |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| not measured | — | — | 38.0 | — |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("Previous full run: commit ae76dec"),
+            "{table}"
+        );
+        assert!(!table.contains("Another CPU"), "{table}");
+        let plain = results_table(&report, None);
+        assert!(!plain.contains("Previous full run"), "{plain}");
+    }
+
+    #[test]
     fn the_hand_written_analysis_is_kept_as_found() {
         let previous = "# netwatch benchmarks\n\n## Results\n\nold figures\n\n\
                         ## Analysis (written by hand)\n\n2026-11-26, at abc1234: why.\n";
-        let doc = benchmarks_md(&Report::default(), Some(previous));
+        let doc = benchmarks_md(&Report::default(), None, Some(previous));
         assert!(!doc.contains("old figures"));
         assert!(
             doc.ends_with("## Analysis (written by hand)\n\n2026-11-26, at abc1234: why.\n"),

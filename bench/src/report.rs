@@ -37,6 +37,17 @@ pub struct Report {
     /// The drop program's kernel run time per watched drop, and per drop it lets go.
     pub drop_program_ns: Option<f64>,
     pub drop_unwatched_ns: Option<f64>,
+    /// Its references on the same drops: the empty program (watched storm), the headers read
+    /// (unwatched storm) and the minimal counter (watched storm).
+    #[serde(default)]
+    pub drop_floor_ns: Option<f64>,
+    #[serde(default)]
+    pub drop_headers_ns: Option<f64>,
+    #[serde(default)]
+    pub drop_counter_ns: Option<f64>,
+    /// `drop_program_ns` ÷ `drop_counter_ns`.
+    #[serde(default)]
+    pub drop_watched_ratio: Option<f64>,
     pub drop_storm_count_exact: Option<bool>,
     /// The drop program and netwatch's process in the drop storm, % of one core.
     pub drop_storm_cpu_pct: Option<f64>,
@@ -138,6 +149,13 @@ impl Report {
         if let Some(d) = &self.drops {
             self.drop_program_ns = Some(d.watched.ns_per_run);
             self.drop_unwatched_ns = Some(d.unwatched.ns_per_run);
+            self.drop_floor_ns = d.watched.reference_ns(crate::drops::REFERENCES[0]);
+            self.drop_headers_ns = d.unwatched.reference_ns(crate::drops::REFERENCES[1]);
+            self.drop_counter_ns = d.watched.reference_ns(crate::drops::REFERENCES[2]);
+            self.drop_watched_ratio = self
+                .drop_counter_ns
+                .filter(|counter| *counter > 0.0)
+                .map(|counter| d.watched.ns_per_run / counter);
             self.drop_storm_count_exact = Some(d.count_exact);
             self.drop_storm_cpu_pct = Some(d.watched.program_cpu_pct + d.watched.netwatch_cpu_pct);
         }

@@ -24,6 +24,13 @@ const TARGET: &str = "bpfel-unknown-none";
 
 /// Builds `bins` of the eBPF crate (release) and copies each to `OUT_DIR/<bin>`.
 pub fn build(bins: &[&str]) -> anyhow::Result<()> {
+    build_variant(bins, None)
+}
+
+/// Builds `bins` of the eBPF crate with the cargo feature `feature` (or none), copying each
+/// to `OUT_DIR/<bin>` (with a feature: `OUT_DIR/<bin>-<feature>`). A variant builds in a
+/// target directory of its own, so the two builds never overwrite each other's binaries.
+pub fn build_variant(bins: &[&str], feature: Option<&str>) -> anyhow::Result<()> {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir
@@ -42,7 +49,10 @@ pub fn build(bins: &[&str]) -> anyhow::Result<()> {
     );
     let channel =
         pinned_channel(&fs::read_to_string(&toolchain_file).context("rust-toolchain.toml")?)?;
-    let target_dir = shared_target_dir(&out_dir);
+    let mut target_dir = shared_target_dir(&out_dir);
+    if let Some(feature) = feature {
+        target_dir.as_mut_os_string().push(format!("-{feature}"));
+    }
 
     let mut command = if which("rustup") {
         let mut command = Command::new("rustup");
@@ -63,6 +73,7 @@ pub fn build(bins: &[&str]) -> anyhow::Result<()> {
         ])
         .args(["-Z", "build-std=core"])
         .args(bins.iter().flat_map(|bin| ["--bin", bin]))
+        .args(feature.iter().flat_map(|feature| ["--features", feature]))
         .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTC_BOOTSTRAP", "1")
@@ -81,14 +92,18 @@ pub fn build(bins: &[&str]) -> anyhow::Result<()> {
     }
     for bin in bins {
         let built = target_dir.join(TARGET).join("release").join(bin);
-        fs::copy(&built, out_dir.join(bin))
+        let name = feature.map_or_else(|| (*bin).to_owned(), |feature| format!("{bin}-{feature}"));
+        fs::copy(&built, out_dir.join(name))
             .with_context(|| format!("copying {}", built.display()))?;
     }
     Ok(())
 }
 
 /// The flags aya's programs need: the target architecture for its helpers, BTF for the
-/// loader.
+/// loader. And memory intrinsics expanded inline: bpf-linker's default
+/// (`--bpf-expand-memcpy-in-order`, for JITs that pattern-match copies) leaves every
+/// `memset` a call to a byte loop, a BPF function of its own: zeroing a request key was 40
+/// iterations, and every read of a header field zeroed its fallback buffer that way.
 fn rustflags() -> anyhow::Result<OsString> {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH")?;
     Ok(OsString::from(
@@ -96,6 +111,7 @@ fn rustflags() -> anyhow::Result<OsString> {
             format!("--cfg=bpf_target_arch=\"{arch}\""),
             "-Cdebuginfo=2".to_owned(),
             "-Clink-arg=--btf".to_owned(),
+            "-Clink-arg=--disable-expand-memcpy-in-order".to_owned(),
         ]
         .join("\x1f"),
     ))

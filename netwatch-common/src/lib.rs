@@ -1,8 +1,12 @@
-//! The wire formats shared by netwatch's eBPF programs and its userspace.
+//! The wire formats shared by netwatch's eBPF programs and its userspace: the maps' and
+//! globals' names, and the types that cross between the two.
 //!
-//! Every type here is a map key or value: `#[repr(C)]`, explicit-width integers, padding
-//! spelled out as `_pad` fields (uninitialised padding in a hash-map key breaks lookups), and
-//! a compile-time size assert so both sides can never disagree on a layout.
+//! A type that crosses is a map key or value, or a global the loader writes
+//! ([`DropConfig`], [`RetransmitConfig`]): `#[repr(C)]`, explicit-width integers, padding
+//! spelled out as fields (uninitialised padding in a hash-map key breaks lookups), and a
+//! compile-time size assert so both sides can never disagree on a layout. A few others are
+//! only the rules both sides run ([`Retransmission`], the functions at the end), kept here
+//! so that userspace tests run the very code the kernel runs.
 #![no_std]
 
 use core::mem::size_of;
@@ -39,7 +43,7 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// not tracked and [`KernelCounter::PendingFull`] (and the target's `untracked`) count it, so
 /// nothing is silently lost and nothing untracked can ever be called unanswered.
 pub const PENDING_CAPACITY: u32 = 65_536;
-/// Capacity of [`TARGETS_MAP`] and [`TARGET_SLOTS_MAP`]: 16,384 targets, 8 MiB of counters.
+/// Capacity of [`TARGETS_MAP`] and [`TARGET_SLOTS_MAP`]: 16,384 targets, 9 MiB of counters.
 /// A request whose target does not fit is counted in [`KernelCounter::TargetsFull`]. Slots are
 /// never reused: a target keeps its counters for the life of the programs.
 pub const TARGETS_CAPACITY: u32 = 16_384;
@@ -58,9 +62,6 @@ pub const SOCKET_OWNERS_MAP: &str = "SOCKET_OWNERS";
 /// (usually a socket long closed) is evicted, never refused; a socket whose owner was
 /// evicted is attributed from `/proc` or not at all.
 pub const SOCKET_OWNERS_CAPACITY: u32 = 16_384;
-/// Test-only: an environment variable that sets a smaller capacity of [`SOCKET_OWNERS_MAP`],
-/// so that tests can fill it.
-pub const SOCKET_OWNERS_CAPACITY_ENV: &str = "NETWATCH_TEST_SOCKET_OWNERS_CAPACITY";
 
 /// Who last connected a socket, or sent on it without a connection (TCP, UDP), or created it
 /// (ping and raw sockets), as the cgroup socket programs saw it in process context.
@@ -98,8 +99,8 @@ pub const LOCAL_DROPS_MAP: &str = "LOCAL_DROPS";
 /// Capacity of [`LOCAL_DROPS_MAP`]: (target, reason) pairs. A plain preallocated hash: a
 /// pair that does not fit is counted in [`KernelCounter::LocalDropsFull`].
 pub const LOCAL_DROPS_CAPACITY: u32 = 8_192;
-/// Bytes of `struct sk_buff` the drop program reads in one go, from
-/// [`DropConfig::skb_window`]: its `protocol`, `network_header` and `head` must lie in them.
+/// Bytes of `struct sk_buff` the drop program reads first, from [`DropConfig::skb_window`]:
+/// its `protocol`, `network_header` and `head`, which locate the headers, must lie in them.
 pub const SKB_WINDOW: usize = 32;
 
 /// Where the drop program finds what it needs, taken from the running kernel's BTF at
@@ -126,9 +127,11 @@ pub struct DropConfig {
     /// fires for every namespace, and only this one's drops are this host's. 0: no check
     /// (a kernel without network namespaces).
     pub netns: u32,
-    /// Offsets of `sk_buff.dev`, `sk_buff.sk`, `net_device.nd_net.net`,
+    /// Offsets of `sk_buff.dev` and `sk_buff.sk` (adjacent: read together, 16 bytes from
+    /// `skb_dev_sk`, the first of them), `net_device.nd_net.net`,
     /// `sock.__sk_common.skc_net.net` and `net.ns.inum`: a received packet's namespace is its
     /// device's, a sent one's (no device yet before the output chain) its socket's.
+    pub skb_dev_sk: u32,
     pub skb_dev: u32,
     pub skb_sk: u32,
     pub dev_net: u32,
@@ -138,13 +141,12 @@ pub struct DropConfig {
     /// `SOCKET_RCVBUFF`, …): the application was gone or too slow, the path was fine. An
     /// answer dropped for such a reason is counted by reason but is no failure of the target.
     pub socket_reasons: [u32; 4],
-    /// Where `sk_buff.pkt_type` (a 3-bit field) is: its byte and the bit it starts at. A
-    /// packet this host sent is `PACKET_HOST` (0); its looped-back copies (a broadcast, a
-    /// multicast) are not, and are not requests.
+    /// Where `sk_buff.pkt_type` (a 3-bit field) is: its byte and the bit it starts at. A packet this host sent is `PACKET_HOST` (0); its looped-back copies (a
+    /// broadcast, a multicast) are not, and are not requests.
     pub pkt_type_byte: u32,
     pub pkt_type_shift: u32,
 }
-const _: () = assert!(size_of::<DropConfig>() == 80);
+const _: () = assert!(size_of::<DropConfig>() == 84);
 
 impl DropConfig {
     /// Whether `reason` is a drop at the socket (see [`DropConfig::socket_reasons`]).
@@ -174,6 +176,7 @@ impl DropConfig {
             consumed: 0,
             not_specified: 0,
             netns: 0,
+            skb_dev_sk: 0,
             skb_dev: 0,
             skb_sk: 0,
             dev_net: 0,
@@ -516,12 +519,13 @@ pub const DNS_PORT: u16 = 53;
 /// Bytes of a DNS query's question section (name and type) kept with the pending request.
 pub const DNS_QUESTION_CAPTURE: usize = 76;
 
-/// Array indexed by UDP port (`u8` values): how datagrams to or from the port are matched,
-/// [`UDP_PORT_NTP`] or [`UDP_PORT_FLOW`]; 0 (the default) is not watched. An array rather
-/// than a hash: the lookup on every UDP datagram that is not DNS is an index, no hashing.
-pub const UDP_PORTS_MAP: &str = "UDP_PORTS";
-/// Entries of [`UDP_PORTS_MAP`]: one per port (64 KiB).
-pub const UDP_PORTS_CAPACITY: u32 = 65_536;
+/// The programs' global array of UDP ports (`[u8; UDP_PORTS]`, a section of its own, hence
+/// a map of one value): how datagrams to or from each port are matched, [`UDP_PORT_NTP`] or
+/// [`UDP_PORT_FLOW`]; 0 (the default) is not watched. Indexed by the port directly: on the
+/// path of every UDP datagram that is not DNS, a load from memory, no helper and no hashing.
+pub const UDP_PORTS_MAP: &str = ".bss.udp_ports";
+/// Ports in [`UDP_PORTS_MAP`]: every one (64 KiB).
+pub const UDP_PORTS: usize = 65_536;
 /// [`UDP_PORTS_MAP`]: NTP, a request per flow and transmit timestamp.
 pub const UDP_PORT_NTP: u8 = 1;
 /// [`UDP_PORTS_MAP`]: a request/response service matched flow by flow (`--udp-port`).
@@ -620,6 +624,11 @@ pub const PENDING_FLAG_LATE: u32 = 1;
 /// stays as a tombstone because the stack may retransmit a rejected request (Linux does
 /// after an `ICMPv6` error), and that retransmit is the same request.
 pub const PENDING_FLAG_REJECTED: u32 = 2;
+/// [`PendingRequest::flags`]: a program on some CPU took this entry's outcome (an answer in
+/// time, or a new exchange replacing it) and is deleting it. Set with a compare-and-swap
+/// (Linux 5.12+), never by the programs built for older kernels, which claim an entry by
+/// deleting it. Userspace leaves such an entry alone: it is gone within the program run.
+pub const PENDING_FLAG_SETTLING: u32 = 4;
 
 /// What the kernel remembers about a request until it is answered, rejected or expired.
 #[repr(C)]
@@ -638,7 +647,9 @@ pub struct PendingRequest {
     /// TCP: the SYN's sequence number, to check the ACK of a SYN-ACK or RST and the
     /// sequence quoted in an ICMP error. 0 otherwise.
     pub tcp_seq: u32,
-    /// [`PENDING_FLAG_LATE`], [`PENDING_FLAG_REJECTED`].
+    /// [`PENDING_FLAG_LATE`], [`PENDING_FLAG_REJECTED`], [`PENDING_FLAG_SETTLING`]. The
+    /// 8-byte word of `tcp_seq` and `flags` is what the programs compare-and-swap to settle
+    /// an entry in place ([`PendingRequest::STATE_OFFSET`]).
     pub flags: u32,
     /// Interface the request left on.
     pub ifindex: u32,
@@ -663,8 +674,18 @@ pub struct PendingRequest {
     pub cgroup_id: u64,
 }
 const _: () = assert!(size_of::<PendingRequest>() == 136);
+const _: () = assert!(
+    PendingRequest::STATE_OFFSET.is_multiple_of(8)
+        && core::mem::offset_of!(PendingRequest, flags) == PendingRequest::STATE_OFFSET + 4,
+    "tcp_seq and flags must make one aligned 8-byte word, flags its high half"
+);
 
 impl PendingRequest {
+    /// Offset of the aligned 8-byte word holding `tcp_seq` (low half) and `flags` (high
+    /// half): `tcp_seq` never changes once the entry is in the table, so a compare-and-swap
+    /// of the word changes `flags` only if nobody changed it since it was read.
+    pub const STATE_OFFSET: usize = core::mem::offset_of!(PendingRequest, tcp_seq);
+
     /// A request first sent at `now_ns`, everything else zero, to be filled in place.
     #[must_use]
     pub const fn sent_at(now_ns: u64) -> Self {
@@ -734,6 +755,10 @@ pub struct TargetCounters {
     pub last_request_ns: u64,
     /// When an answer or rejection last came back.
     pub last_answer_ns: u64,
+    /// Requests this host sent: the socket cookie of the latest one sent from a socket (see
+    /// [`PendingRequest::socket_cookie`]), so that userspace names the process behind a
+    /// target whose requests are answered before it reads the pending table. 0: none yet.
+    pub last_socket_cookie: u64,
     /// Requests of this target that this host dropped (its output chain for a request it
     /// sent, its input chain for one it received), as `skb:kfree_skb` reported them; every
     /// dropped copy counts (a retransmit too). A request this host sent and dropped before
@@ -760,7 +785,7 @@ pub struct TargetCounters {
     /// Answer latency histogram; see [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
 }
-const _: () = assert!(size_of::<TargetCounters>() == 8 * (16 + REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<TargetCounters>() == 8 * (17 + REASON_SLOTS + LATENCY_BUCKETS));
 
 /// The latency bucket of an answer that took `ns` nanoseconds. Bucket `b` holds latencies
 /// below `latency_bucket_upper_ns(b)`: log2 buckets from 2 µs to 8.6 s, the last open-ended.

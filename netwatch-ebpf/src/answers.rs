@@ -4,26 +4,23 @@
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netwatch_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, DNS_PORT, KernelCounter, NTP_MODE_CLIENT,
-    NTP_ORIGIN_OFFSET, NTP_TRANSMIT_OFFSET, PENDING_FLAG_LATE, PENDING_FLAG_REJECTED, Reason,
-    RequestKey, TargetKey, UDP_PORT_FLOW, UDP_PORT_NTP, latency_bucket, ntp_tag, proto,
+    NTP_ORIGIN_OFFSET, NTP_TRANSMIT_OFFSET, PENDING_FLAG_LATE, PENDING_FLAG_REJECTED,
+    PENDING_FLAG_SETTLING, PendingRequest, Reason, RequestKey, TargetKey, UDP_PORT_FLOW,
+    UDP_PORT_NTP, latency_bucket, ntp_tag, proto,
 };
 
 use crate::{
-    maps::{
-        PENDING, PENDING_SCRATCH, TARGET_SLOTS, TARGETS, add, count, timeout_ns, udp_port_kind,
-    },
+    maps::{PENDING, TARGET_SLOTS, TARGETS, add, count, timeout_ns, udp_port_kind},
     packet::{
         self, Copied, Hook, ICMP_HEADER_LEN, InPlace, Ip, Reader, UDP_HEADER_LEN, icmp, read,
         tcp_flags,
     },
 };
 
-const ICMP_DEST_UNREACHABLE: u8 = icmp::DEST_UNREACHABLE;
-const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMP_ECHO_REQUEST: u8 = icmp::ECHO_REQUEST;
-const ICMPV6_DEST_UNREACHABLE: u8 = icmp::V6_DEST_UNREACHABLE;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_ECHO_REQUEST: u8 = icmp::V6_ECHO_REQUEST;
+#[cfg(feature = "no-cmpxchg")]
+use crate::maps::PENDING_SCRATCH;
+#[cfg(not(feature = "no-cmpxchg"))]
+use crate::maps::swap_flags;
 
 /// What came back for a request.
 #[derive(Clone, Copy)]
@@ -187,8 +184,8 @@ pub fn echo_reply(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
 #[inline(never)]
 pub fn icmp_error(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
     let (kind, code) = (header[0], header[1]);
-    if (!ip.v6 && kind == ICMP_DEST_UNREACHABLE && code == ICMP_FRAG_NEEDED)
-        || (ip.v6 && kind == ICMPV6_PACKET_TOO_BIG)
+    if (!ip.v6 && kind == icmp::DEST_UNREACHABLE && code == icmp::FRAG_NEEDED)
+        || (ip.v6 && kind == icmp::V6_PACKET_TOO_BIG)
     {
         // Path-MTU discovery at work (RFC 1191, RFC 8201): the sender retries smaller, the
         // request is not refused.
@@ -211,9 +208,9 @@ pub fn icmp_error(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
         return;
     }
     let unreachable = if ip.v6 {
-        ICMPV6_DEST_UNREACHABLE
+        icmp::V6_DEST_UNREACHABLE
     } else {
-        ICMP_DEST_UNREACHABLE
+        icmp::DEST_UNREACHABLE
     };
     if kind != unreachable {
         return;
@@ -409,9 +406,9 @@ fn rejected(ctx: &TcContext, quoted: &Ip, reason: u8, hook: Hook) {
                 return;
             };
             let expected = if quoted.v6 {
-                ICMPV6_ECHO_REQUEST
+                icmp::V6_ECHO_REQUEST
             } else {
-                ICMP_ECHO_REQUEST
+                icmp::ECHO_REQUEST
             };
             if echo[0] != expected || (quoted.proto == proto::ICMPV6) != quoted.v6 {
                 return;
@@ -470,10 +467,11 @@ fn quoted_udp_tag(ctx: &TcContext, quoted: &Ip, service: u16) -> Option<u16> {
 /// Settles the pending request `key` with `outcome`, exactly once (in [`settle_pending`]):
 /// whether `key` was pending (settled now, or earlier: a tombstone).
 ///
-/// Whoever deletes the entry owns the outcome (a duplicate answer on another CPU loses the
-/// delete and counts nothing). After the timeout the request already is, or is about to be,
-/// counted unanswered by userspace; the answer is counted late, and the entry comes back
-/// flagged as a tombstone so retransmits are still recognised.
+/// Whoever claims the entry owns the outcome (a duplicate answer on another CPU loses the
+/// claim and counts nothing; see [`claim`]). An answer in time deletes the entry. A rejection
+/// leaves it flagged as a tombstone, so retransmits of the request are still recognised; so
+/// does an answer after the timeout (the request already is, or is about to be, counted
+/// unanswered by userspace; the answer is counted late).
 #[inline(always)]
 fn settle(key: &RequestKey, outcome: Outcome, check: Check) -> bool {
     // Scalars for the out-of-line function: its arguments must be what a BPF call passes in
@@ -502,12 +500,12 @@ const CHECK_ECHOES_TRANSMIT: u32 = 3;
 
 /// [`settle`], its arguments spelled as scalars; 1 when `key` was pending, 0 when not.
 ///
-/// Out of line, a static BPF function: one frame of its own (its tombstone copy stays off
-/// the classifier's frame, which [`quoted_rejection`] stacks on: 512 bytes for the whole
-/// call chain). Not a global one: the verifier checks it at each call site, with the
-/// caller's knowledge of `key`. A global function taking a pointer needs Linux 5.12
-/// ("Unrecognized arg#0 type PTR" on 5.10), and before 6.2 the pointer it gets
-/// (`PTR_TO_MEM`) cannot be a map key ("R2 type=mem expected=fp, …" on 6.1).
+/// Out of line, a static BPF function: one frame of its own (stays off the classifier's
+/// frame, which [`quoted_rejection`] stacks on: 512 bytes for the whole call chain). Not a
+/// global one: the verifier checks it at each call site, with the caller's knowledge of
+/// `key`. A global function taking a pointer needs Linux 5.12 ("Unrecognized arg#0 type PTR"
+/// on 5.10), and before 6.2 the pointer it gets (`PTR_TO_MEM`) cannot be a map key ("R2
+/// type=mem expected=fp, …" on 6.1).
 #[inline(never)]
 fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, value: u32) -> i32 {
     let Some(pending) = PENDING.get_ptr_mut(key) else {
@@ -521,8 +519,12 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
     // From here on the key was pending: 1, whatever the outcome.
     // SAFETY: a map value pointer, valid for this program run.
     let pending = unsafe { &mut *pending };
-    if pending.flags & PENDING_FLAG_REJECTED != 0 {
-        // Already settled by an earlier rejection; this answers a retransmit of it.
+    // Read once: another CPU may claim the entry meanwhile, and the claim compares with this.
+    // SAFETY: an aligned field of a live map value.
+    let flags = unsafe { core::ptr::read_volatile(&raw const pending.flags) };
+    if flags & (PENDING_FLAG_REJECTED | PENDING_FLAG_SETTLING) != 0 {
+        // Settled already: by an earlier rejection (this answers a retransmit of it), or by
+        // another CPU this instant.
         return 1;
     }
     let valid = match check {
@@ -558,16 +560,27 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
     let elapsed = now.wrapping_sub(pending.first_sent_ns);
     counters.last_answer_ns = now;
     let late = elapsed > timeout_ns();
-    if late && pending.flags & PENDING_FLAG_LATE != 0 {
+    if late && flags & PENDING_FLAG_LATE != 0 {
         // The request was answered late already: this answers a retransmit of it.
         count(KernelCounter::LateDuplicate);
         return 1;
     }
-    if !late && rejection == 0 {
-        // The common case: answered in time. Whoever deletes the entry owns the outcome.
-        if PENDING.remove(key).is_err() {
-            return 1;
+    // Answered in time (the common case): the entry goes. Rejected in time, or anything
+    // after the deadline: it stays, flagged, a tombstone for the request's retransmits.
+    let mark = if !late && rejection == 0 {
+        PENDING_FLAG_SETTLING
+    } else if late {
+        PENDING_FLAG_LATE
+    } else {
+        PENDING_FLAG_REJECTED
+    };
+    if !claim(key, pending, flags, mark) {
+        if late {
+            count(KernelCounter::LateDuplicate);
         }
+        return 1;
+    }
+    if mark == PENDING_FLAG_SETTLING {
         add(&mut counters.answered, 1);
         if reason == ANSWER_FRAGMENTED {
             add(&mut counters.fragmented_answers, 1);
@@ -575,26 +588,7 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
         if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
             add(bucket, 1);
         }
-        return 1;
-    }
-    // Rejected in time, or anything after the deadline: settled, but the entry stays as a
-    // tombstone (flagged) so retransmits of the request are still recognised. Copy before
-    // the delete frees the value; the delete makes the outcome exactly-once across CPUs. A
-    // retransmit in the nanoseconds between the delete and the insert would count as a new
-    // request; retransmits come seconds apart.
-    let Some(tombstone) = PENDING_SCRATCH.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's scratch entry, used by nothing else until the program ends.
-    let tombstone = unsafe { &mut *tombstone };
-    *tombstone = *pending;
-    if PENDING.remove(key).is_err() {
-        if late {
-            count(KernelCounter::LateDuplicate);
-        }
-        return 1;
-    }
-    if late {
+    } else if late {
         // Userspace counts the request unanswered (it was, by the deadline); the late
         // answer says the remote is slow, not unreachable. Its latency is kept so the
         // report can say how slow.
@@ -606,17 +600,59 @@ fn settle_pending(key: &RequestKey, rejection: u32, reason: u32, check: u32, val
         } else if let Some(bucket) = counters.latency.get_mut(latency_bucket(elapsed)) {
             add(bucket, 1);
         }
-        tombstone.flags |= PENDING_FLAG_LATE;
     } else {
         add(&mut counters.rejected, 1);
         add(&mut counters.rejected_by_reason[(reason & 31) as usize], 1);
-        tombstone.flags |= PENDING_FLAG_REJECTED;
     }
+    1
+}
+
+/// Takes the outcome of `pending` (its flags as read: `flags`) for this CPU, marking it
+/// `mark`: whether it did. Exactly one claim of an entry succeeds, whatever races it on other
+/// CPUs (a duplicate answer, a rejection, a new exchange under the same key). An entry
+/// claimed [`PENDING_FLAG_SETTLING`] is deleted; one marked late or rejected stays in place.
+///
+/// The claim is a compare-and-swap of the flags: no delete and insert for a tombstone, no
+/// copy of the entry.
+#[cfg(not(feature = "no-cmpxchg"))]
+#[inline(always)]
+fn claim(key: &RequestKey, pending: &mut PendingRequest, flags: u32, mark: u32) -> bool {
+    if !swap_flags(pending, flags, flags | mark) {
+        return false;
+    }
+    if mark == PENDING_FLAG_SETTLING {
+        // Ours to delete. A new exchange replacing it may delete it first: either way it goes.
+        let _ = PENDING.remove(key);
+    }
+    true
+}
+
+/// [`claim`] for kernels without compare-and-swap (before 5.12): whoever deletes the entry
+/// owns it. A tombstone is copied first (into this CPU's scratch entry: 136 bytes more would
+/// not fit the 512-byte call chain) and put back flagged. A retransmit in the nanoseconds
+/// between the delete and the insert would count as a new request; retransmits come
+/// seconds apart.
+#[cfg(feature = "no-cmpxchg")]
+#[inline(always)]
+fn claim(key: &RequestKey, pending: &mut PendingRequest, _flags: u32, mark: u32) -> bool {
+    if mark == PENDING_FLAG_SETTLING {
+        return PENDING.remove(key).is_ok();
+    }
+    let Some(tombstone) = PENDING_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch entry, used by nothing else until the program ends.
+    let tombstone = unsafe { &mut *tombstone };
+    *tombstone = *pending;
+    if PENDING.remove(key).is_err() {
+        return false;
+    }
+    tombstone.flags |= mark;
     if PENDING
         .insert(key, tombstone, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
         .is_err()
     {
         count(KernelCounter::TombstoneLost);
     }
-    1
+    true
 }

@@ -1,11 +1,17 @@
-//! Reference programs for `cargo xtask bench`: what any request tracker must pay at the
-//! least, measured beside the real programs in the same run. The classifiers are only run
-//! with `BPF_PROG_TEST_RUN` (or attached to the bench's own veth pair); the
-//! `tcp_retransmit_skb` ones are attached beside netwatch's for one bench section.
+//! Reference programs for `cargo xtask bench`: what any request tracker, any program on
+//! `skb:kfree_skb` or any follower of `tcp_retransmit_skb` must pay at the least, measured
+//! beside the real programs in the same run. Never loaded by netwatch. The classifiers are
+//! only run with `BPF_PROG_TEST_RUN` (or attached to the bench's own veth pair); the
+//! tracepoint ones are attached beside netwatch's for one bench section.
 //!
-//! Their key is the 40 bytes after the Ethernet header (an IPv4 + TCP header: addresses,
-//! ports and sequence number make it distinct per packet), copied as is: the cheapest way to
-//! get a key of the real key's width out of a packet.
+//! The tc references' key is the 40 bytes after the Ethernet header (an IPv4 + TCP header:
+//! addresses, ports and sequence number make it distinct per packet), copied as is: the
+//! cheapest way to get a key of the real key's width out of a packet.
+//!
+//! The drop references run on every `kfree_skb` of a drop storm beside netwatch's drop
+//! program: the empty program (the tracepoint's floor), the packet's headers read (the
+//! `sk_buff` fields that locate them, then the headers: what any program must read to know
+//! what a packet is), and the minimal counter (those reads and one hash add).
 #![no_std]
 #![no_main]
 #![allow(
@@ -21,11 +27,19 @@
     clippy::needless_pass_by_value,
     reason = "aya's program macros hand the context over by value"
 )]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd, as netwatch's own"
+)]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
     macros::{classifier, map, raw_tracepoint},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     programs::{RawTracePointContext, TcContext},
 };
 use netwatch_common::{
@@ -143,6 +157,108 @@ fn minimal_update(sk: *const u8, skb: *const u8) -> Option<()> {
     value.bytes_acked = bytes_acked;
     value.window_limited = snd_wnd ^ snd_una ^ len ^ inum ^ u32::from(family);
     RETRANSMIT_REFERENCE.insert(&(sk as u64), &value, 0).ok()
+}
+
+/// Where the headers are: offsets in `struct sk_buff` of the smallest window holding its
+/// `protocol`, `network_header` and `head` (the window's offset, then each field's within
+/// it), set by the bench from the running kernel's BTF (as netwatch's `DropConfig`).
+#[unsafe(no_mangle)]
+static BENCH_SKB: [u32; 4] = [0; 4];
+
+/// Bytes of `struct sk_buff` read: the three fields above span 24 to 32 bytes.
+const SKB_READ: usize = 32;
+/// Bytes of the packet read from its network header, as netwatch's drop program does.
+const PACKET_READ: usize = 56;
+
+/// Drops counted by the minimal counter: (reason, destination port) → drops.
+#[map]
+static DROP_COUNTS: HashMap<u64, u64> = HashMap::with_max_entries(1024, 0);
+
+/// The `sk_buff` window and the headers, per CPU (off the stack, as netwatch's).
+#[map]
+static DROP_READS: PerCpuArray<[u8; SKB_READ + PACKET_READ]> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn skb_offset(index: usize) -> usize {
+    // SAFETY: reading a plain static, volatile as netwatch's configuration.
+    unsafe { core::ptr::read_volatile(&raw const BENCH_SKB[index]) as usize }
+}
+
+/// The packet's headers read into this CPU's buffer, as any drop program must before it
+/// knows what a packet is: the `sk_buff` fields that locate them, then the headers. The
+/// buffer, or `None` when a read faults.
+#[inline(always)]
+fn read_headers(skb: *const u8) -> Option<*const u8> {
+    let buffer = DROP_READS.get_ptr_mut(0)?.cast::<u8>();
+    #[expect(clippy::cast_possible_truncation, reason = "a few dozen bytes")]
+    // SAFETY: the helper writes SKB_READ bytes into this CPU's buffer, which has them, and
+    // checks the kernel address.
+    let status = unsafe {
+        generated::bpf_probe_read_kernel(
+            buffer.cast(),
+            SKB_READ as u32,
+            skb.wrapping_add(skb_offset(0)).cast(),
+        )
+    };
+    let (protocol, network_header, head) = (skb_offset(1), skb_offset(2), skb_offset(3));
+    if status != 0
+        || protocol + 2 > SKB_READ
+        || network_header + 2 > SKB_READ
+        || head + 8 > SKB_READ
+    {
+        return None;
+    }
+    // SAFETY: within the buffer (checked above); unaligned reads of plain integers.
+    let (network_header, head) = unsafe {
+        (
+            core::ptr::read_unaligned(buffer.add(network_header).cast::<u16>()),
+            core::ptr::read_unaligned(buffer.add(head).cast::<u64>()),
+        )
+    };
+    #[expect(clippy::cast_possible_truncation, reason = "a few dozen bytes")]
+    // SAFETY: as above, PACKET_READ bytes after the window.
+    let status = unsafe {
+        generated::bpf_probe_read_kernel(
+            buffer.wrapping_add(SKB_READ).cast(),
+            PACKET_READ as u32,
+            (head as *const u8)
+                .wrapping_add(usize::from(network_header))
+                .cast(),
+        )
+    };
+    (status == 0).then_some(buffer.cast_const())
+}
+
+/// An empty program on `skb:kfree_skb`: the tracepoint's own cost per drop.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn bench_drop_floor(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// The headers read, nothing more: the floor plus one header read.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn bench_drop_headers(ctx: RawTracePointContext) -> i32 {
+    let _ = core::hint::black_box(read_headers(ctx.arg::<u64>(0) as *const u8));
+    0
+}
+
+/// The minimal counter: the headers read, and one hash add (drops by reason and IPv4
+/// destination port, whatever the packet is).
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn bench_drop_counter(ctx: RawTracePointContext) -> i32 {
+    let Some(headers) = read_headers(ctx.arg::<u64>(0) as *const u8) else {
+        return 0;
+    };
+    // SAFETY: the destination port of an IPv4 header without options, within the buffer.
+    let port = unsafe { core::ptr::read_unaligned(headers.add(SKB_READ + 22).cast::<u16>()) };
+    let key = (ctx.arg::<u64>(2) << 16) | u64::from(port);
+    if let Some(count) = DROP_COUNTS.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer, valid for this program run; aligned.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
+    } else {
+        let _ = DROP_COUNTS.insert(&key, &1, u64::from(BPF_NOEXIST));
+    }
+    0
 }
 
 #[cfg(not(test))]

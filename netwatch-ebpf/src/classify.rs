@@ -16,16 +16,11 @@ use crate::{
     answers,
     maps::{count, udp_port_kind},
     packet::{
-        Hook, Ip, LinkLayer, MAX_OUTER_HEADERS, TCP_FLAGS_OFFSET, UDP_HEADER_LEN, icmp, read,
-        tcp_flags,
+        DNS_FLAGS_OFFSET, DNS_QR, Hook, Ip, LinkLayer, MAX_OUTER_HEADERS, TCP_FLAGS_OFFSET,
+        UDP_HEADER_LEN, icmp, read, tcp_flags,
     },
     requests,
 };
-
-/// Offset of the DNS flags byte holding QR, from the start of the DNS message.
-const DNS_FLAGS_OFFSET: usize = 2;
-/// QR: the message is a response.
-const DNS_QR: u8 = 0x80;
 
 /// The deepest transport header handled: Ethernet, two VLAN tags, IPv6 with extension
 /// headers. Deeper ones are counted in `ipv6_extension_limit`. (Without a link-layer header

@@ -19,7 +19,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
     macros::map,
     maps::{HashMap, PerCpuArray},
     programs::RawTracePointContext,
@@ -33,22 +33,40 @@ use netwatch_common::{
 
 use crate::maps::{
     EEXIST, LOCAL_ADDRESSES, PENDING, TARGET_SLOTS, TARGETS, add, count, target_counters,
-    udp_port_kind,
+    udp_port_kind, untracked,
 };
-use crate::packet::UDP_HEADER_LEN;
+use crate::packet::{
+    DNS_FLAGS_OFFSET, DNS_QR, FRAGMENT_OFFSET_MASK, ICMP_HEADER_LEN, IPV6_FRAGMENT, UDP_HEADER_LEN,
+    icmp, tcp_flags,
+};
 
 /// (target slot, drop reason) → drops.
 #[map]
 static LOCAL_DROPS: HashMap<LocalDropKey, u64> = HashMap::with_max_entries(LOCAL_DROPS_CAPACITY, 0);
 
-/// Room for the pending entry of a request dropped before tc egress: 120 bytes more on the
+/// Room for the pending entry of a request dropped before tc egress: 136 bytes more on the
 /// 512-byte stack do not fit beside the packet's headers.
 #[map]
 static SCRATCH: PerCpuArray<PendingRequest> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where a drop's reads land, per CPU: the `sk_buff` window, the packet's headers, and its
+/// transport header when it lies past them. Off the stack (the call chain has 512 bytes), and
+/// read in place: nothing is copied.
+#[map]
+static READS: PerCpuArray<[u8; READS_LEN]> = PerCpuArray::with_max_entries(1, 0);
+const HEADERS_AT: usize = SKB_WINDOW;
+const L4_AT: usize = SKB_WINDOW + PACKET_READ;
+const READS_LEN: usize = L4_AT + L4_READ;
+
 /// Set by the loader from the running kernel's BTF; disabled until then.
 #[unsafe(no_mangle)]
 static DROP_CONFIG: DropConfig = DropConfig::disabled();
+
+/// The address of netwatch's own `struct net`, once a drop has shown it (see
+/// [`in_netwatch_namespace`]); 0 until then. Stable while netwatch runs: its process holds
+/// the namespace.
+#[unsafe(no_mangle)]
+static mut NETWATCH_NET: u64 = 0;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -60,26 +78,14 @@ const HEADER_UNSET: u16 = 0xffff;
 const PACKET_READ: usize = 56;
 const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
-const IPV6_FRAGMENT: u8 = 44;
 const IPV6_FRAGMENT_LEN: usize = 8;
-/// An ICMP error's header, before the packet it quotes.
-const ICMP_LEN: usize = 8;
 /// Bytes of a quoted packet's IP header read (IPv6's; IPv4's within it).
 const QUOTE_READ: usize = 40;
-const ICMP_DEST_UNREACHABLE: u8 = 3;
-const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 /// Transport bytes used: TCP ports, sequence, ack and flags; UDP header and DNS id and flags;
 /// ICMP type, code, checksum, identifier and sequence.
 const L4_READ: usize = 16;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
+/// `PACKET_HOST`: `pkt_type` of a packet to or from this host itself.
+const PACKET_HOST: u8 = 0;
 
 /// One field of [`DROP_CONFIG`]. Read field by field, never copied whole: an 80-byte copy
 /// on the 512-byte stack does not fit beside the packet's headers.
@@ -107,6 +113,7 @@ enum Kind {
 }
 
 /// The watched exchange a packet belongs to, seen from the packet: `src`/`dst` as on the wire.
+#[derive(Clone, Copy)]
 struct Packet {
     src: [u8; 16],
     dst: [u8; 16],
@@ -123,15 +130,26 @@ struct Packet {
     kind: Kind,
 }
 
-/// What `read_packet` found: a packet of a watched exchange, or a path-MTU signal whose
-/// quoted packet is at that kernel address, read apart (see [`path_mtu_drop`]).
-enum Found {
-    Exchange(Packet),
-    PathMtu { quote: u64 },
+/// The `sk_buff` fields that locate the packet's headers, from one read of its window.
+#[derive(Clone, Copy, Default)]
+struct Skb {
+    head: u64,
+    /// Host order.
+    protocol: u16,
+    network_header: u16,
+}
+
+/// A watched packet dropped: what it is (for a path-MTU signal, the kernel address of the
+/// packet it quotes).
+struct Dropped {
+    packet: Packet,
+    quote: u64,
 }
 
 #[inline(always)]
 pub fn on_kfree_skb(ctx: &RawTracePointContext) {
+    // The cheapest exits first: the configuration, then the reason (a register), then what
+    // one read of the sk_buff says, then the headers; the namespace last (see `count_drop`).
     if config!(enabled) == 0 {
         return;
     }
@@ -147,35 +165,154 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
         return;
     }
     let skb = ctx.arg::<u64>(0) as *const u8;
-    // Two calls side by side, each with its own frame: the packet's (a few hundred bytes)
-    // and, for a path-MTU signal, its quote's. Nested, they would not fit 512 bytes.
-    let quote = watched_drop(skb, reason);
-    if quote != 0 {
-        path_mtu_drop(quote, reason);
+    // Counting a drop (the keys of its lookups) and reading a path-MTU signal's quote are
+    // calls side by side, each with a frame of its own: nested, they would not fit 512 bytes.
+    let mut dropped = Dropped {
+        packet: Packet {
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            tag: 0,
+            ntp_request: false,
+            seq: 0,
+            proto: 0,
+            kind: Kind::Request,
+        },
+        quote: 0,
+    };
+    if !read_dropped(skb, &mut dropped) {
+        return;
     }
+    if dropped.packet.kind == Kind::PathMtu {
+        if in_netwatch_namespace(skb) {
+            path_mtu_drop(dropped.quote, reason);
+        }
+        return;
+    }
+    count_drop(skb, &dropped.packet, reason);
 }
 
-/// Counts the drop of `skb` for `reason` if it is watched traffic of this namespace. A
-/// path-MTU signal is left to the caller: its quoted packet's address is returned (0 for
-/// anything else).
-#[inline(never)]
-fn watched_drop(skb: *const u8, reason: u32) -> u64 {
-    let Some(found) = read_packet(skb) else {
-        return 0;
+/// Reads the dropped `skb` into `out`: whether it is watched traffic. Two reads: the
+/// `sk_buff` fields that locate the headers, then the headers; the packet's addresses are
+/// only taken for a packet that is watched. Inline: its frame is small (the reads land in
+/// [`READS`]), and a drop the program lets go then makes no call at all.
+#[inline(always)]
+fn read_dropped(skb: *const u8, out: &mut Dropped) -> bool {
+    let Some(reads) = READS.get_ptr_mut(0) else {
+        return false;
     };
-    let netns = config!(netns);
-    if netns != 0 && netns_of(skb) != Some(netns) {
-        // Another namespace's drop: another host, as far as netwatch is concerned.
-        return 0;
+    let reads = reads.cast::<u8>();
+    let mut fields = Skb::default();
+    if !read_skb(skb, reads, &mut fields)
+        || fields.network_header == HEADER_UNSET
+        || (fields.protocol != ETH_P_IPV4 && fields.protocol != ETH_P_IPV6)
+    {
+        return false;
     }
-    let packet = match found {
-        Found::Exchange(packet) => packet,
-        Found::PathMtu { quote } => return quote,
+    let ip = (fields.head as *const u8).wrapping_add(usize::from(fields.network_header));
+    if !read_into(reads.wrapping_add(HEADERS_AT), PACKET_READ, ip) {
+        return false;
+    }
+    // SAFETY: this CPU's buffer, just written by the helper, used by nothing else until the
+    // program ends.
+    let headers = unsafe { &*reads.wrapping_add(HEADERS_AT).cast::<[u8; PACKET_READ]>() };
+    let v6 = fields.protocol == ETH_P_IPV6;
+    let (proto, header_len) = if v6 {
+        if headers[0] >> 4 != 6 {
+            return false;
+        }
+        // Extension headers are not walked here (requests and answers rarely carry them),
+        // but for a fragment header: the first fragment of a large answer whose reassembly
+        // timed out is an answer lost.
+        if headers[6] == IPV6_FRAGMENT {
+            let offset = u16::from_be_bytes([headers[IPV6_LEN + 2], headers[IPV6_LEN + 3]]);
+            if offset & FRAGMENT_OFFSET_MASK != 0 {
+                return false;
+            }
+            (headers[IPV6_LEN], IPV6_LEN + IPV6_FRAGMENT_LEN)
+        } else {
+            (headers[6], IPV6_LEN)
+        }
+    } else {
+        let version_ihl = headers[0];
+        if version_ihl >> 4 != 4 || u16::from_be_bytes([headers[6], headers[7]]) & 0x1fff != 0 {
+            // Not IPv4, or a non-first fragment (no transport header).
+            return false;
+        }
+        (headers[9], usize::from(version_ihl & 0x0f) * 4)
     };
+    // verifier: constant offsets into the buffer, opaque to LLVM, which would otherwise add
+    // `header_len` itself (unbounded where the pointer is made).
+    let l4_at = if header_len == IPV4_LEN {
+        core::hint::black_box(HEADERS_AT + IPV4_LEN)
+    } else if header_len == IPV6_LEN {
+        core::hint::black_box(HEADERS_AT + IPV6_LEN)
+    } else {
+        // IPv4 options, an IPv6 fragment header: read the transport header where it is.
+        if !read_into(
+            reads.wrapping_add(L4_AT),
+            L4_READ,
+            ip.wrapping_add(header_len),
+        ) {
+            return false;
+        }
+        core::hint::black_box(L4_AT)
+    };
+    if l4_at + L4_READ > READS_LEN {
+        return false;
+    }
+    // SAFETY: within this CPU's buffer (checked above), written by the helper.
+    let l4 = unsafe { &*reads.wrapping_add(l4_at).cast::<[u8; L4_READ]>() };
+    let packet = &mut out.packet;
+    if !classify(proto, l4, packet) {
+        return false;
+    }
+    if packet.kind == Kind::PathMtu {
+        out.quote = ip.wrapping_add(header_len + ICMP_HEADER_LEN) as u64;
+        return true;
+    }
+    if v6 {
+        packet.src.copy_from_slice(&headers[8..24]);
+        packet.dst.copy_from_slice(&headers[24..40]);
+    } else {
+        packet.src = ipv4_mapped([headers[12], headers[13], headers[14], headers[15]]);
+        packet.dst = ipv4_mapped([headers[16], headers[17], headers[18], headers[19]]);
+    }
+    if packet.ntp_request {
+        // The request's key holds its transmit timestamp, folded (`ntp_tag`), as on tc egress.
+        let at = header_len + UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET;
+        // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
+        let Ok(transmit) =
+            (unsafe { bpf_probe_read_kernel(ip.wrapping_add(at).cast::<[u8; 8]>()) })
+        else {
+            return false;
+        };
+        packet.tag = ntp_tag(transmit);
+    }
+    true
+}
+
+/// `len` bytes of kernel memory at `from` into `to` (in this CPU's [`READS`]): whether the
+/// read succeeded.
+#[inline(always)]
+fn read_into(to: *mut u8, len: usize, from: *const u8) -> bool {
+    #[expect(clippy::cast_possible_truncation, reason = "at most a hundred bytes")]
+    // SAFETY: `to` has `len` bytes in this CPU's buffer; the helper checks `from`: a fault is
+    // an error (and zeroes `to`), not a crash.
+    let status = unsafe { generated::bpf_probe_read_kernel(to.cast(), len as u32, from.cast()) };
+    status == 0
+}
+
+/// Counts the drop of `packet`, watched, for `reason`, if it is this host's: to or from one
+/// of its addresses, for a target netwatch follows (or a request it sent, which makes one),
+/// in its network namespace (asked last: it reads the `sk_buff` again).
+#[inline(never)]
+fn count_drop(skb: *const u8, packet: &Packet, reason: u32) {
     let inbound = LOCAL_ADDRESSES.get_ptr(&packet.dst).is_some();
     if !inbound && LOCAL_ADDRESSES.get_ptr(&packet.src).is_none() {
         // Neither to nor from this host: forwarded traffic, not watched.
-        return 0;
+        return;
     }
     match (inbound, packet.kind) {
         // Received, then dropped (the input chain): tc ingress counted it and it stays
@@ -184,36 +321,156 @@ fn watched_drop(skb: *const u8, reason: u32) -> u64 {
         // scan dropped on another one must not fill the target table.
         (true, Kind::Request) => {
             let target = ingress_target(&packet.src, packet.dst_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Request);
+            existing_target_drop(&target, reason, Kind::Request, skb);
         }
         // An answer to a request this host sent: counted `answered` by tc ingress, then
         // dropped before the socket. Only for targets that exist (requests were seen).
         (true, Kind::Answer) => {
             let target = egress_target(&packet.src, packet.src_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Answer);
+            existing_target_drop(&target, reason, Kind::Answer, skb);
         }
         // Sent, then dropped before it left (the output chain): tc egress never saw it.
-        // Not a looped-back copy of a broadcast or multicast (nor one to such an address):
-        // those are no request to any one target.
+        // Not a looped-back copy of a broadcast or multicast (`pkt_type` other than
+        // PACKET_HOST), nor one to such an address: those are no request to any one target.
         (false, Kind::Request) => {
-            if is_unicast(&packet.dst) && sent_here(skb) {
-                outbound_request(&packet, reason);
+            if is_unicast(&packet.dst) && sent_here(skb) && in_netwatch_namespace(skb) {
+                outbound_request(packet, reason);
             }
         }
         // This host's answer to a request it received, dropped on the way out.
         (false, Kind::Answer) => {
             let target = ingress_target(&packet.dst, packet.src_port, packet.proto);
-            existing_target_drop(&target, reason, Kind::Answer);
+            existing_target_drop(&target, reason, Kind::Answer, skb);
         }
         (_, Kind::PathMtu) => {}
     }
-    0
+}
+
+/// The fields of `skb` that locate its headers, into `out`: one read of [`SKB_WINDOW`]
+/// bytes, into the start of this CPU's `reads`. `false` when the read faults.
+#[inline(always)]
+fn read_skb(skb: *const u8, reads: *mut u8, out: &mut Skb) -> bool {
+    if !read_into(
+        reads,
+        SKB_WINDOW,
+        skb.wrapping_add(config!(skb_window) as usize),
+    ) {
+        return false;
+    }
+    // verifier: the offsets come from .rodata, constants to the verifier: fixed-offset reads
+    // of the window. Straight into registers: copies would take stack.
+    let field = |offset: u32, len: usize| -> Option<*const u8> {
+        let start = offset as usize;
+        (start + len <= SKB_WINDOW).then(|| reads.cast_const().wrapping_add(start))
+    };
+    let (Some(head), Some(protocol), Some(network_header)) = (
+        field(config!(head), 8),
+        field(config!(protocol), 2),
+        field(config!(network_header), 2),
+    ) else {
+        return false;
+    };
+    // SAFETY: each field lies within the window this CPU's buffer starts with, which the
+    // helper wrote and nothing else uses until the program ends; unaligned reads of plain
+    // integers.
+    unsafe {
+        *out = Skb {
+            head: core::ptr::read_unaligned(head.cast::<u64>()),
+            protocol: u16::from_be(core::ptr::read_unaligned(protocol.cast::<u16>())),
+            network_header: core::ptr::read_unaligned(network_header.cast::<u16>()),
+        };
+    }
+    true
+}
+
+/// Whether `skb` was dropped in netwatch's network namespace: its device's, or (a packet
+/// being sent, before it has one) its socket's. The tracepoint fires for every namespace;
+/// another one's drop is another host's, as far as netwatch is concerned. Asked last, of a
+/// drop that would count.
+///
+/// Two reads: `dev` and `sk` (adjacent in `sk_buff`), then the `struct net` pointer, compared
+/// with netwatch's own once a drop has shown it; the first time, and for other namespaces,
+/// a third (its inode number). Pointers, not inode numbers, are remembered: netwatch's
+/// namespace lives as long as it runs, while a device may be freed and its address reused by
+/// a device elsewhere.
+#[inline(never)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "kernel structure fields, aligned; read through the helper, never dereferenced"
+)]
+fn in_netwatch_namespace(skb: *const u8) -> bool {
+    let netns = config!(netns);
+    if netns == 0 {
+        return true;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error (every read).
+    let Ok(pair) = (unsafe {
+        bpf_probe_read_kernel(
+            skb.wrapping_add(config!(skb_dev_sk) as usize)
+                .cast::<[u64; 2]>(),
+        )
+    }) else {
+        return false;
+    };
+    let (dev, sk) = if config!(skb_dev) == config!(skb_dev_sk) {
+        (pair[0], pair[1])
+    } else {
+        (pair[1], pair[0])
+    };
+    let (base, offset) = if dev != 0 {
+        (dev, config!(dev_net))
+    } else if sk != 0 {
+        (sk, config!(sk_net))
+    } else {
+        return false;
+    };
+    // SAFETY: as above.
+    let Ok(net) = (unsafe {
+        bpf_probe_read_kernel(
+            (base as *const u8)
+                .wrapping_add(offset as usize)
+                .cast::<u64>(),
+        )
+    }) else {
+        return false;
+    };
+    if net == 0 {
+        return false;
+    }
+    // SAFETY: a plain static of this program; a racing store writes the same value.
+    if net == unsafe { core::ptr::read_volatile(&raw const NETWATCH_NET) } {
+        return true;
+    }
+    // SAFETY: as above.
+    let inum = unsafe {
+        bpf_probe_read_kernel(
+            (net as *const u8)
+                .wrapping_add(config!(net_inum) as usize)
+                .cast::<u32>(),
+        )
+    };
+    if inum != Ok(netns) {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut NETWATCH_NET, net) };
+    true
+}
+
+/// Whether `skb` is a packet this host sent (`pkt_type` `PACKET_HOST`), not a looped-back
+/// copy of one (`PACKET_LOOPBACK`, `PACKET_BROADCAST`…: a directed broadcast, say).
+#[inline(always)]
+fn sent_here(skb: *const u8) -> bool {
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
+    unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(pkt_type_byte) as usize)) }
+        .is_ok_and(|byte: u8| (byte >> config!(pkt_type_shift)) & 0x7 == PACKET_HOST)
 }
 
 /// A path-MTU signal dropped here (this host's input chain keeping its TCP from learning the
 /// path's MTU), quoting at `quote` a packet this host sent: counted for the target of that
 /// packet's flow (the peer's port when this host opened it, this host's port when the peer
 /// did), when netwatch follows it. Only TCP and UDP quotes, without IPv6 extension headers.
+/// The drop's namespace was checked by the caller.
 /// Out of line, scalars in: the quote's bytes get a frame of their own.
 #[inline(never)]
 fn path_mtu_drop(quote: u64, reason: u32) {
@@ -264,202 +521,43 @@ fn path_mtu_drop(quote: u64, reason: u32) {
     } else {
         ingress_target(&dst, local_port, proto)
     };
-    existing_target_drop(&target, reason, Kind::PathMtu);
-}
-
-/// The inode number of the network namespace `skb` was dropped in: its device's, or (a
-/// packet being sent, before it has one) its socket's. Inlined into [`watched_drop`]: a frame
-/// of its own below that one would be a third on the chain, and Linux 5.10 and 6.1 round
-/// every frame up to 32 bytes (combined 544 of the 512 allowed).
-#[inline(always)]
-#[expect(
-    clippy::cast_ptr_alignment,
-    reason = "kernel structure fields, aligned; read through the helper, never dereferenced"
-)]
-fn netns_of(skb: *const u8) -> Option<u32> {
-    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error (every read here).
-    let dev =
-        unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(skb_dev) as usize).cast::<u64>()) }
-            .ok()?;
-    let net = if dev != 0 {
-        // SAFETY: as above.
-        unsafe {
-            bpf_probe_read_kernel(
-                (dev as *const u8)
-                    .wrapping_add(config!(dev_net) as usize)
-                    .cast::<u64>(),
-            )
-        }
-        .ok()?
-    } else {
-        // SAFETY: as above.
-        let sk = unsafe {
-            bpf_probe_read_kernel(skb.wrapping_add(config!(skb_sk) as usize).cast::<u64>())
-        }
-        .ok()?;
-        if sk == 0 {
-            return None;
-        }
-        // SAFETY: as above.
-        unsafe {
-            bpf_probe_read_kernel(
-                (sk as *const u8)
-                    .wrapping_add(config!(sk_net) as usize)
-                    .cast::<u64>(),
-            )
-        }
-        .ok()?
-    };
-    if net == 0 {
-        return None;
-    }
-    // SAFETY: as above.
-    unsafe {
-        bpf_probe_read_kernel(
-            (net as *const u8)
-                .wrapping_add(config!(net_inum) as usize)
-                .cast::<u32>(),
-        )
-    }
-    .ok()
-}
-
-/// The IP and transport headers of `skb`, if it is watched traffic.
-#[inline(always)]
-fn read_packet(skb: *const u8) -> Option<Found> {
-    // One read for the three sk_buff fields.
-    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
-    let window = unsafe {
-        bpf_probe_read_kernel(
-            skb.wrapping_add(config!(skb_window) as usize)
-                .cast::<[u8; SKB_WINDOW]>(),
-        )
-    }
-    .ok()?;
-    let field = |offset: u32, dst: &mut [u8]| -> Option<()> {
-        let start = offset as usize;
-        let bytes = window.get(start..start + dst.len())?;
-        dst.copy_from_slice(bytes);
-        Some(())
-    };
-    let (mut protocol, mut network_header, mut head) = ([0u8; 2], [0u8; 2], [0u8; 8]);
-    field(config!(protocol), &mut protocol)?;
-    field(config!(network_header), &mut network_header)?;
-    field(config!(head), &mut head)?;
-    let protocol = u16::from_be_bytes(protocol);
-    let network_header = u16::from_ne_bytes(network_header);
-    if network_header == HEADER_UNSET || (protocol != ETH_P_IPV4 && protocol != ETH_P_IPV6) {
-        return None;
-    }
-    let ip = (u64::from_ne_bytes(head) as *const u8).wrapping_add(usize::from(network_header));
-    // SAFETY: as above.
-    let bytes = unsafe { bpf_probe_read_kernel(ip.cast::<[u8; PACKET_READ]>()) }.ok()?;
-    let (src, dst, proto, l4, header_len) = if protocol == ETH_P_IPV4 {
-        let version_ihl = bytes[0];
-        if version_ihl >> 4 != 4 || u16::from_be_bytes([bytes[6], bytes[7]]) & 0x1fff != 0 {
-            // Not IPv4, or a non-first fragment (no transport header).
-            return None;
-        }
-        let header_len = usize::from(version_ihl & 0x0f) * 4;
-        let l4 = if header_len == IPV4_LEN {
-            read_array::<L4_READ>(&bytes, IPV4_LEN)?
-        } else {
-            // Options: read the transport header where it is.
-            // SAFETY: as above.
-            unsafe { bpf_probe_read_kernel(ip.wrapping_add(header_len).cast::<[u8; L4_READ]>()) }
-                .ok()?
-        };
-        let src = ipv4_mapped(read_array::<4>(&bytes, 12)?);
-        let dst = ipv4_mapped(read_array::<4>(&bytes, 16)?);
-        (src, dst, bytes[9], l4, header_len)
-    } else {
-        if bytes[0] >> 4 != 6 {
-            return None;
-        }
-        let (src, dst) = (read_array::<16>(&bytes, 8)?, read_array::<16>(&bytes, 24)?);
-        // Extension headers are not walked here (requests and answers rarely carry them),
-        // but for a fragment header: the first fragment of a large answer whose reassembly
-        // timed out is an answer lost.
-        if bytes[6] == IPV6_FRAGMENT {
-            let [next, _, offset_hi, offset_lo] = read_array::<4>(&bytes, IPV6_LEN)?;
-            if u16::from_be_bytes([offset_hi, offset_lo]) & 0xfff8 != 0 {
-                return None;
-            }
-            let at = IPV6_LEN + IPV6_FRAGMENT_LEN;
-            // SAFETY: as above.
-            let l4 = unsafe { bpf_probe_read_kernel(ip.wrapping_add(at).cast::<[u8; L4_READ]>()) }
-                .ok()?;
-            (src, dst, next, l4, at)
-        } else {
-            (
-                src,
-                dst,
-                bytes[6],
-                read_array::<L4_READ>(&bytes, IPV6_LEN)?,
-                IPV6_LEN,
-            )
-        }
-    };
-    let mut packet = classify(src, dst, proto, &l4)?;
-    if packet.kind == Kind::PathMtu {
-        return Some(Found::PathMtu {
-            quote: ip.wrapping_add(header_len + ICMP_LEN) as u64,
-        });
-    }
-    if packet.ntp_request {
-        // The request's key holds its transmit timestamp, folded (`ntp_tag`), as on tc egress.
-        let at = header_len + UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET;
-        // SAFETY: as above.
-        let transmit = unsafe { bpf_probe_read_kernel(ip.wrapping_add(at).cast::<[u8; 8]>()) };
-        packet.tag = ntp_tag(transmit.ok()?);
-    }
-    Some(Found::Exchange(packet))
-}
-
-#[inline(always)]
-fn read_array<const N: usize>(bytes: &[u8; PACKET_READ], offset: usize) -> Option<[u8; N]> {
-    bytes.get(offset..offset + N)?.try_into().ok()
+    existing_target_drop(&target, reason, Kind::PathMtu, core::ptr::null());
 }
 
 /// Whether the transport header is a request or an answer netwatch watches (the tc
 /// programs' rules): a SYN, an acceptable SYN-ACK, a DNS query to or response from port 53,
 /// a datagram to or from a `--udp-port` service, an echo request or reply.
+/// What it is goes into `packet` (its addresses are the caller's to fill): whether it is
+/// watched. Out-parameters rather than a value returned: LLVM copies a returned `Packet`
+/// through the stack, and the frame has room for one.
 #[inline(always)]
-fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Option<Packet> {
+fn classify(proto: u8, l4: &[u8; L4_READ], packet: &mut Packet) -> bool {
     let src_port = u16::from_be_bytes([l4[0], l4[1]]);
     let dst_port = u16::from_be_bytes([l4[2], l4[3]]);
-    let mut packet = Packet {
-        src,
-        dst,
-        src_port,
-        dst_port,
-        tag: 0,
-        ntp_request: false,
-        seq: 0,
-        proto,
-        kind: Kind::Request,
-    };
-    match proto {
+    packet.src_port = src_port;
+    packet.dst_port = dst_port;
+    packet.proto = proto;
+    packet.kind = match proto {
         proto::TCP => {
-            let flags = l4[13] & (TCP_SYN | TCP_ACK | TCP_RST);
-            packet.kind = if flags == TCP_SYN {
+            let flags = l4[13] & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST);
+            packet.seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+            if flags == tcp_flags::SYN {
                 Kind::Request
-            } else if flags == TCP_SYN | TCP_ACK {
+            } else if flags == tcp_flags::SYN | tcp_flags::ACK {
                 Kind::Answer
             } else {
-                return None;
-            };
-            packet.seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+                return false;
+            }
         }
         proto::UDP => {
             // The DNS header follows the 8-byte UDP header: id, then QR in the flags.
-            let response = l4[10] & 0x80 != 0;
+            let response = l4[UDP_HEADER_LEN + DNS_FLAGS_OFFSET] & DNS_QR != 0;
             if dst_port == DNS_PORT && !response {
-                packet.kind = Kind::Request;
                 packet.tag = u16::from_be_bytes([l4[8], l4[9]]);
+                Kind::Request
             } else if src_port == DNS_PORT && response {
-                packet.kind = Kind::Answer;
                 packet.tag = u16::from_be_bytes([l4[8], l4[9]]);
+                Kind::Answer
             } else {
                 // NTP and `--udp-port` flows, as the tc programs judge them (`classify.rs`):
                 // NTP by its mode (a client's message to the port is a request, a server's
@@ -471,50 +569,47 @@ fn classify(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8; L4_READ]) -> Opti
                 let whole = usize::from(u16::from_be_bytes([l4[4], l4[5]]))
                     >= UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET + 8;
                 if to == UDP_PORT_NTP && mode == NTP_MODE_CLIENT && whole {
-                    packet.kind = Kind::Request;
                     packet.ntp_request = true;
+                    Kind::Request
                 } else if from == UDP_PORT_NTP && mode == NTP_MODE_SERVER {
-                    packet.kind = Kind::Answer;
+                    Kind::Answer
                 } else if to == UDP_PORT_FLOW {
-                    packet.kind = Kind::Request;
+                    Kind::Request
                 } else if from == UDP_PORT_FLOW {
-                    packet.kind = Kind::Answer;
+                    Kind::Answer
                 } else {
-                    return None;
+                    return false;
                 }
             }
         }
         proto::ICMP | proto::ICMPV6 => {
             let (request, reply) = if proto == proto::ICMP {
-                (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+                (icmp::ECHO_REQUEST, icmp::ECHO_REPLY)
             } else {
-                (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
-            };
-            packet.kind = if l4[0] == request && l4[1] == 0 {
-                Kind::Request
-            } else if l4[0] == reply && l4[1] == 0 {
-                Kind::Answer
-            } else if (proto == proto::ICMP
-                && l4[0] == ICMP_DEST_UNREACHABLE
-                && l4[1] == ICMP_FRAG_NEEDED)
-                || (proto == proto::ICMPV6 && l4[0] == ICMPV6_PACKET_TOO_BIG)
-            {
-                // The rest is the quoted packet's (see `quoted`).
-                return Some(Packet {
-                    kind: Kind::PathMtu,
-                    ..packet
-                });
-            } else {
-                return None;
+                (icmp::V6_ECHO_REQUEST, icmp::V6_ECHO_REPLY)
             };
             // Identifier and sequence; ICMP targets have no port.
             packet.src_port = u16::from_be_bytes([l4[4], l4[5]]);
             packet.dst_port = 0;
             packet.tag = u16::from_be_bytes([l4[6], l4[7]]);
+            if l4[0] == request && l4[1] == 0 {
+                Kind::Request
+            } else if l4[0] == reply && l4[1] == 0 {
+                Kind::Answer
+            } else if (proto == proto::ICMP
+                && l4[0] == icmp::DEST_UNREACHABLE
+                && l4[1] == icmp::FRAG_NEEDED)
+                || (proto == proto::ICMPV6 && l4[0] == icmp::V6_PACKET_TOO_BIG)
+            {
+                // The rest is the quoted packet's (see `path_mtu_drop`).
+                Kind::PathMtu
+            } else {
+                return false;
+            }
         }
-        _ => return None,
-    }
-    Some(packet)
+        _ => return false,
+    };
+    true
 }
 
 /// Whether `dst` is one host: not IPv4 multicast, reserved or limited broadcast
@@ -526,20 +621,6 @@ fn is_unicast(dst: &[u8; 16]) -> bool {
     } else {
         dst[0] != 0xff
     }
-}
-
-/// Whether `skb` is a packet this host sent (`pkt_type` `PACKET_HOST`), not a looped-back
-/// copy of one (`PACKET_LOOPBACK`, `PACKET_BROADCAST`…: a directed broadcast, say). Inlined,
-/// like [`netns_of`].
-#[inline(always)]
-#[expect(
-    clippy::verbose_bit_mask,
-    reason = "the three bits of pkt_type, spelled as the kernel spells them"
-)]
-fn sent_here(skb: *const u8) -> bool {
-    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
-    unsafe { bpf_probe_read_kernel(skb.wrapping_add(config!(pkt_type_byte) as usize)) }
-        .is_ok_and(|byte: u8| (byte >> config!(pkt_type_shift)) & 0x7 == 0)
 }
 
 /// The target of a request this host sent to `remote`'s `port`.
@@ -588,13 +669,17 @@ fn at_socket(reason: u32) -> bool {
     bits & (1 << (reason % 32)) != 0
 }
 
-/// A request or answer dropped here, for a target netwatch already follows.
+/// A request or answer dropped here, for a target netwatch already follows. `skb`: for the
+/// namespace check (null: checked already).
 #[inline(always)]
-fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind) {
+fn existing_target_drop(target: &TargetKey, reason: u32, kind: Kind, skb: *const u8) {
     // SAFETY: a map value pointer, valid for this program run.
     let Some(slot) = TARGET_SLOTS.get_ptr(target).map(|slot| unsafe { *slot }) else {
         return;
     };
+    if !skb.is_null() && !in_netwatch_namespace(skb) {
+        return;
+    }
     let Some(counters) = TARGETS.get_ptr_mut(slot) else {
         return;
     };
@@ -632,7 +717,9 @@ fn outbound_request(packet: &Packet, reason: u32) {
     let Some((slot, counters)) = target_counters(&key.target()) else {
         return;
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    // SAFETY: bpf_ktime_get_ns has no preconditions. (Not the coarse clock, which would
+    // not read the clock source: a tracing program may run inside timekeeping, and the
+    // kernel refuses it there.)
     let now = unsafe { bpf_ktime_get_ns() };
     // A copy of a request already pending (an application retrying into the same drop, the
     // common case in a storm): a lookup, far cheaper than an insert the table refuses.
@@ -663,28 +750,15 @@ fn insert_pending(key: &RequestKey, slot: u32, seq: u32, now: u64, counters: &mu
     request.target_slot = slot;
     request.question_len = 0;
     request.syn_payload_len = 0;
-    // No socket cookie here: such a request is not attributed (never wrongly). Volatile:
-    // LLVM merges the two adjacent zero stores into a call to `memset`, a third frame on the
-    // chain (see `netns_of`).
-    // SAFETY: fields of this CPU's scratch entry, aligned.
-    unsafe {
-        core::ptr::write_volatile(&raw mut request.socket_cookie, 0);
-        core::ptr::write_volatile(&raw mut request.cgroup_id, 0);
-    }
+    // No socket cookie here: such a request is not attributed (never wrongly).
+    request.socket_cookie = 0;
+    request.cgroup_id = 0;
     match PENDING.insert(key, request, u64::from(BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
         // Another CPU made it pending in between.
         Err(err) if err == -EEXIST => {}
         Err(_) => untracked(counters),
     }
-}
-
-/// The pending table is full: counted, never mistaken for unanswered (as on tc egress).
-#[inline(always)]
-fn untracked(counters: &mut TargetCounters) {
-    add(&mut counters.requests, 1);
-    add(&mut counters.untracked, 1);
-    count(KernelCounter::PendingFull);
 }
 
 /// One more drop of `reason` for the target at `slot`.

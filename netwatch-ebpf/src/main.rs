@@ -38,11 +38,12 @@
     clippy::needless_pass_by_value,
     reason = "aya's program macros hand the context over by value"
 )]
-// Atomic adds (see maps::add); the crate is built with RUSTC_BOOTSTRAP=1 anyway for build-std.
+// Atomic adds and compare-and-swap (see maps::add, maps::swap_flags); the crate is built with
+// RUSTC_BOOTSTRAP=1 anyway for build-std.
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,
-    reason = "core::intrinsics::atomic_xadd, see maps::add"
+    reason = "core::intrinsics::atomic_xadd and atomic_cxchg, see maps::add and maps::swap_flags"
 )]
 
 mod answers;

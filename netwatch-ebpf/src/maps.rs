@@ -1,5 +1,7 @@
 //! The maps both programs share, and the small operations on them.
 
+#[cfg(not(feature = "no-cmpxchg"))]
+use core::intrinsics::atomic_cxchg;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
@@ -9,7 +11,7 @@ use aya_ebpf::{
 };
 use netwatch_common::{
     KernelCounter, LOCAL_ADDRESSES_CAPACITY, PENDING_CAPACITY, PendingRequest, RequestKey,
-    TARGETS_CAPACITY, TargetCounters, TargetKey, UDP_PORTS_CAPACITY,
+    TARGETS_CAPACITY, TargetCounters, TargetKey, UDP_PORTS,
 };
 
 /// Requests in flight. Preallocated: inserting is the one map write on the request path
@@ -45,19 +47,26 @@ pub static LOCAL_ADDRESSES: HashMap<[u8; 16], u8> =
     HashMap::with_max_entries(LOCAL_ADDRESSES_CAPACITY, 0);
 
 /// UDP port → how it is watched (`UDP_PORT_NTP`, `UDP_PORT_FLOW`, 0: not), kept by
-/// userspace. An array: the verifier inlines its lookup into a bounds check and an index,
-/// the cheapest test the path of every UDP datagram that is not DNS can take.
-#[map]
-pub static UDP_PORTS: Array<u8> = Array::with_max_entries(UDP_PORTS_CAPACITY, 0);
+/// userspace (`UDP_PORTS_MAP`). A global array in a section of its own: reading it is a load
+/// at the map value's address plus the port, no helper call and no lookup, the cheapest test
+/// the path of every UDP datagram that is not DNS can take.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.udp_ports")]
+static mut UDP_PORT_KINDS: [u8; UDP_PORTS] = [0; UDP_PORTS];
 
 /// How `port` is watched: `UDP_PORT_NTP`, `UDP_PORT_FLOW`, or 0.
 #[inline(always)]
 pub fn udp_port_kind(port: u16) -> u8 {
-    UDP_PORTS.get(u32::from(port)).copied().unwrap_or(0)
+    // verifier: a mask on an opaque copy, so the index is provably below 65,536 whatever the
+    // port was computed from (a byte swap leaves a register unbounded on Linux 5.10).
+    let index = core::hint::black_box(usize::from(port)) & (UDP_PORTS - 1);
+    // SAFETY: index < UDP_PORTS; volatile because userspace writes the array after load
+    // (LLVM must not take the zeros it was compiled with).
+    unsafe { core::ptr::read_volatile((&raw const UDP_PORT_KINDS).cast::<u8>().add(index)) }
 }
 
-/// A pending entry being built, per CPU: a request a handler fills in, or the tombstone an
-/// answer leaves. Its 136 bytes stay off the stack frames of the deepest call chains
+/// A pending entry being built, per CPU: a request a handler fills in, or (the build for
+/// kernels before 5.12) the tombstone a rejection or late answer puts back. Its 136 bytes stay off the stack frames of the deepest call chains
 /// (classifier, exchange, request handler, `track`; or answer handler, `settle`), which
 /// must fit 512 bytes, Linux 5.10 rounding every frame up to 32. A packet is a request or an
 /// answer, never both, and a tc program runs to its end before the packet moves on, so no
@@ -95,20 +104,100 @@ pub fn count(counter: KernelCounter) {
 /// Adds `n` to a counter in a shared map value. Several CPUs may update the same target.
 #[inline(always)]
 pub fn add(counter: &mut u64, n: u64) {
-    // The BPF target has atomic adds but no compare-and-swap, so core's AtomicU64 offers no
-    // fetch_add there; the intrinsic lowers to BPF_ATOMIC | BPF_ADD.
+    // rustc's BPF target declares no compare-and-swap (Linux 5.10 has none), so core's
+    // AtomicU64 offers no fetch_add there; the intrinsic lowers to BPF_ATOMIC | BPF_ADD,
+    // which every kernel has (its result unused: no BPF_FETCH, which needs 5.12).
     // SAFETY: `counter` points into a live map value, aligned for u64.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+/// Sets `entry.flags` from `old` to `new` if nobody changed them since they were read as
+/// `old`; whether it did. Exactly one CPU wins a race: a compare-and-swap of the word holding
+/// `tcp_seq` (never changed once the entry is in the table) and `flags` (see
+/// [`PendingRequest::STATE_OFFSET`]). BPF's cmpxchg needs Linux 5.12; the build for older
+/// kernels (feature `no-cmpxchg`) claims entries by deleting them instead.
+#[cfg(not(feature = "no-cmpxchg"))]
+#[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the word at STATE_OFFSET is 8-aligned in an 8-aligned map value"
+)]
+pub fn swap_flags(entry: &mut PendingRequest, old: u32, new: u32) -> bool {
+    let seq = u64::from(entry.tcp_seq);
+    let (expected, replacement) = (seq | u64::from(old) << 32, seq | u64::from(new) << 32);
+    let word = (&raw mut *entry)
+        .cast::<u8>()
+        .wrapping_add(PendingRequest::STATE_OFFSET)
+        .cast::<u64>();
+    // SAFETY: `entry` is a live map value, 8-aligned (map values are), and the word at
+    // STATE_OFFSET is 8-aligned within it (asserted in netwatch-common).
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            word,
+            expected,
+            replacement,
+        )
+    }
+    .1
+}
+
+/// A request the pending table had no room for (E2BIG): counted, but it can never be
+/// resolved, so it must not be mistaken for an unanswered one.
+#[inline(always)]
+pub fn untracked(counters: &mut TargetCounters) {
+    add(&mut counters.requests, 1);
+    add(&mut counters.untracked, 1);
+    count(KernelCounter::PendingFull);
+}
+
+/// The last target this CPU found a slot for, and the slot plus one (0: none yet).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct LastTarget {
+    target: TargetKey,
+    slot_plus_one: u32,
+}
+
+/// [`LastTarget`], per CPU. Requests come in bursts to one target (a resolver asked again
+/// and again, a service's clients, a retrying application, a flood), and a slot, once its
+/// target points at it, is that target's for the life of the programs: a hit here is true
+/// and saves the hash lookup in [`TARGET_SLOTS`].
+#[map]
+static LAST_TARGET: PerCpuArray<LastTarget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether `a` and `b` are the same target: compared as words (a slice comparison compiles to
+/// a call to `memcmp`, a BPF function of its own).
+#[inline(always)]
+fn same_target(a: &TargetKey, b: &TargetKey) -> bool {
+    let tail = |t: &TargetKey| {
+        u32::from_ne_bytes([
+            t.remote_port.to_ne_bytes()[0],
+            t.remote_port.to_ne_bytes()[1],
+            t.proto,
+            t.direction,
+        ])
+    };
+    tail(a) == tail(b) && netwatch_common::same_address(&a.remote, &b.remote)
 }
 
 /// The slot and counters of `target`, given a fresh (zeroed) slot on first use; `None`
 /// when the table is full.
 #[inline(always)]
 pub fn target_counters(target: &TargetKey) -> Option<(u32, &'static mut TargetCounters)> {
-    let slot = match TARGET_SLOTS.get_ptr(target) {
-        // SAFETY: a map value pointer, valid for this program run.
-        Some(slot) => unsafe { *slot },
-        None => new_slot(target)?,
+    let last = LAST_TARGET.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry, used by nothing else until the program ends.
+    let last = unsafe { &mut *last };
+    let slot = if last.slot_plus_one != 0 && same_target(&last.target, target) {
+        last.slot_plus_one - 1
+    } else {
+        let slot = match TARGET_SLOTS.get_ptr(target) {
+            // SAFETY: a map value pointer, valid for this program run.
+            Some(slot) => unsafe { *slot },
+            None => new_slot(target)?,
+        };
+        last.target = *target;
+        last.slot_plus_one = slot + 1;
+        slot
     };
     // SAFETY: an array value pointer stays valid for the program run; fields are only
     // updated through `add` or single aligned stores.

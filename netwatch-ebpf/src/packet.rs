@@ -26,13 +26,16 @@ const MAX_EXTENSION_HEADERS: usize = 6;
 
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
 /// IPv4's "more fragments" flag in the flags and fragment offset word; IPv6's M flag in
 /// the fragment header's offset word.
 const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
 const IPV6_MORE_FRAGMENTS: u8 = 0x01;
+/// The fragment offset in an IPv6 fragment header's offset word (the low bits are flags):
+/// not 0, a non-first fragment.
+pub const FRAGMENT_OFFSET_MASK: u16 = 0xfff8;
 
 /// How header fields are read: [`InPlace`] on the paths the programs take per packet,
 /// [`Copied`] where the offset is only known as a range (see `answers::quoted_rejection`).
@@ -471,7 +474,7 @@ pub fn ipv6<R: Reader>(ctx: &TcContext, offset: usize) -> Option<Ip> {
             }
             IPV6_FRAGMENT => {
                 let [following, _, offset_hi, offset_lo] = R::get::<[u8; 4]>(ctx, l4)?;
-                if u16::from_be_bytes([offset_hi, offset_lo]) & 0xfff8 != 0 {
+                if u16::from_be_bytes([offset_hi, offset_lo]) & FRAGMENT_OFFSET_MASK != 0 {
                     count(KernelCounter::Fragment);
                     return None;
                 }
@@ -545,12 +548,15 @@ pub fn endpoints_into<R: Reader>(
     }
 }
 
-/// ICMP and `ICMPv6` message types.
+/// ICMP and `ICMPv6` message types (and the one code netwatch tells apart).
 pub mod icmp {
     pub const ECHO_REPLY: u8 = 0;
     pub const DEST_UNREACHABLE: u8 = 3;
+    /// Code of a destination unreachable: "fragmentation needed and DF set" (RFC 1191).
+    pub const FRAG_NEEDED: u8 = 4;
     pub const ECHO_REQUEST: u8 = 8;
     pub const V6_DEST_UNREACHABLE: u8 = 1;
+    pub const V6_PACKET_TOO_BIG: u8 = 2;
     pub const V6_ECHO_REQUEST: u8 = 128;
     pub const V6_ECHO_REPLY: u8 = 129;
 }
@@ -570,5 +576,9 @@ pub const TCP_DATA_OFFSET_OFFSET: usize = 12;
 pub const DNS_HEADER_LEN: usize = 12;
 /// Length of a UDP header.
 pub const UDP_HEADER_LEN: usize = 8;
+/// Offset of the DNS flags byte holding QR, from the start of the DNS message.
+pub const DNS_FLAGS_OFFSET: usize = 2;
+/// QR: the message is a response.
+pub const DNS_QR: u8 = 0x80;
 /// Bytes of an ICMP/ICMPv6 header before the quoted packet of an error.
 pub const ICMP_HEADER_LEN: usize = 8;

@@ -7,14 +7,20 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
+#[cfg(not(feature = "no-cmpxchg"))]
+use netwatch_common::PENDING_FLAG_SETTLING;
 use netwatch_common::{
     DIRECTION_INGRESS, DNS_QUESTION_CAPTURE, KernelCounter, NTP_TRANSMIT_OFFSET,
     PENDING_FLAG_REJECTED, PendingRequest, RequestKey, TargetCounters, ntp_tag, proto,
 };
 
+#[cfg(not(feature = "no-cmpxchg"))]
+use crate::maps::swap_flags;
+
 use crate::{
     maps::{
         EEXIST, LOCAL_ADDRESSES, PENDING, PENDING_SCRATCH, add, count, target_counters, timeout_ns,
+        untracked,
     },
     packet::{
         self, DNS_HEADER_LEN, Hook, InPlace, Ip, TCP_DATA_OFFSET_OFFSET, UDP_HEADER_LEN, read,
@@ -162,11 +168,7 @@ pub fn echo_request(ctx: &TcContext, ip: &Ip, header: [u8; 8], hook: Hook) {
 
 /// The pending entry for a request seen now, for the protocol handler to fill in: this
 /// CPU's [`PENDING_SCRATCH`], every field reset. Field by field: building a
-/// `PendingRequest` value would put its 120 bytes on the handler's stack frame. Not through
-/// a shared reset method either (the drop program resets its own scratch entry the same
-/// way): there LLVM merges the run of zero stores into a `memset` call (tried: 28 bytes,
-/// in `tcp_syn`), a frame more on the deepest chain; here the `ifindex` load between them
-/// keeps them stores.
+/// `PendingRequest` value would put its 136 bytes on the handler's stack frame.
 #[inline(always)]
 fn new_request(ctx: &TcContext) -> Option<&'static mut PendingRequest> {
     let request = PENDING_SCRATCH.get_ptr_mut(0)?;
@@ -187,14 +189,7 @@ fn new_request(ctx: &TcContext) -> Option<&'static mut PendingRequest> {
     // Set by `track` for requests this host sends (`owners::tag`); 0 for received ones.
     request.socket_cookie = 0;
     request.cgroup_id = 0;
-    // Word by word: `[0; N]` compiles to a call to `memset`, a frame more on the chain.
-    let question = request.question.as_mut_ptr();
-    let mut offset = 0;
-    while offset + 4 <= DNS_QUESTION_CAPTURE {
-        // SAFETY: offset + 4 <= the array's length; unaligned writes of plain bytes.
-        unsafe { core::ptr::write_unaligned(question.add(offset).cast::<u32>(), 0) };
-        offset += 4;
-    }
+    request.question = [0; DNS_QUESTION_CAPTURE];
     Some(request)
 }
 
@@ -208,8 +203,6 @@ fn is_unicast(ctx: &TcContext, ip: &Ip, remote: &[u8; 16]) -> bool {
     // link-layer header has no MAC: its packet starts with the IP header.)
     // verifier: a word, not the MAC's first byte: LLVM turns a one-byte bound check at
     // offset 0 into `data_end > data`, from which the verifier learns no readable range.
-    // Eight bytes rather than the MAC's six: zeroing six bytes compiles to a call to
-    // `memset`, a BPF function frame more on the deepest call chain (see `same_question`).
     if ip.has_link_header()
         && read::<u64>(ctx, 0).is_some_and(|head| head.to_ne_bytes()[0] & 1 != 0)
     {
@@ -302,6 +295,11 @@ fn track(ctx: &TcContext, ip: &Ip, key: &RequestKey, request: &mut PendingReques
         return;
     };
     request.target_slot = target_slot;
+    if request.socket_cookie != 0 {
+        // On the target's line that `last_request_ns` dirties anyway: the process behind an
+        // answered request is still named after its entry is gone.
+        counters.last_socket_cookie = request.socket_cookie;
+    }
     match PENDING.insert(key, &*request, u64::from(BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
         Err(err) if err == -EEXIST => {
@@ -325,32 +323,28 @@ fn track(ctx: &TcContext, ip: &Ip, key: &RequestKey, request: &mut PendingReques
     counters.last_request_ns = now;
 }
 
-/// E2BIG: the pending table is full. The request is counted, but it can never be resolved,
-/// so it must not be mistaken for an unanswered one.
-#[inline(always)]
-fn untracked(counters: &mut TargetCounters) {
-    add(&mut counters.requests, 1);
-    add(&mut counters.untracked, 1);
-    count(KernelCounter::PendingFull);
-}
-
 /// Puts `request` where `existing`, an earlier exchange under the same key, was.
 ///
-/// Deleting the old entry first makes its settlement exactly-once: if an answer on another
-/// CPU deletes it first, that answer owns it; otherwise this path does. An earlier request
-/// still within its deadline was given up by the client (`abandoned`); one past it is, or
-/// is about to be, unanswered: the new entry carries its send time so userspace counts it
-/// if it had not yet. Overwriting in place instead would let a late delete by the old
-/// exchange's answer remove the new request.
+/// Taking the old entry over ([`take_over`]) makes its settlement exactly-once: if an answer
+/// on another CPU claims it first, that answer owns it; otherwise this path does. An earlier
+/// request still within its deadline was given up by the client (`abandoned`); one past it
+/// is, or is about to be, unanswered: the new entry carries its send time so userspace
+/// counts it if it had not yet. Overwriting in place instead would let a late delete by the
+/// old exchange's answer remove the new request.
 #[inline(always)]
 fn replace(
     key: &RequestKey,
-    existing: &PendingRequest,
+    existing: &mut PendingRequest,
     request: &mut PendingRequest,
     counters: &mut TargetCounters,
 ) {
-    let (old_flags, old_first_sent) = (existing.flags, existing.first_sent_ns);
-    if PENDING.remove(key).is_ok() && old_flags & PENDING_FLAG_REJECTED == 0 {
+    // SAFETY: an aligned field of a live map value; read once (see `take_over`).
+    let old_flags = unsafe { core::ptr::read_volatile(&raw const existing.flags) };
+    let old_first_sent = existing.first_sent_ns;
+    let taken = take_over(key, existing, old_flags);
+    if let TakeOver::Ours(flags) = taken
+        && flags & PENDING_FLAG_REJECTED == 0
+    {
         if request.first_sent_ns.wrapping_sub(old_first_sent) <= timeout_ns() {
             add(&mut counters.abandoned, 1);
             count(KernelCounter::Abandoned);
@@ -360,9 +354,64 @@ fn replace(
     }
     match PENDING.insert(key, &*request, u64::from(BPF_NOEXIST)) {
         Ok(()) => add(&mut counters.requests, 1),
+        // The old entry is still there, another CPU deleting it this instant: the request is
+        // counted, and never judged (it could not be tracked).
+        Err(err) if err == -EEXIST && matches!(taken, TakeOver::Busy) => untracked(counters),
         // The same new request inserted by another CPU in between.
         Err(err) if err == -EEXIST => add(&mut counters.retransmits, 1),
         Err(_) => untracked(counters),
+    }
+}
+
+/// What taking an old entry over found.
+#[derive(Clone, Copy)]
+enum TakeOver {
+    /// This CPU took the old exchange's outcome, and removed its entry: the flags it had.
+    Ours(u32),
+    /// Another CPU (its answer, another new exchange) took it and is removing it: it is not
+    /// touched (removing it could remove what that CPU puts there next).
+    #[cfg_attr(
+        feature = "no-cmpxchg",
+        expect(dead_code, reason = "claims are deletes there")
+    )]
+    Busy,
+    /// Removed already by another CPU.
+    #[cfg_attr(
+        not(feature = "no-cmpxchg"),
+        expect(dead_code, reason = "claims are compare-and-swaps there")
+    )]
+    Gone,
+}
+
+/// Takes `existing` (its flags as read: `flags`) over to make room for a new exchange: claims
+/// it (see `answers::claim`) and removes it. A tombstone's flags may change under the claim
+/// (a rejection, a late answer): the claim is tried again on what they became.
+#[cfg(not(feature = "no-cmpxchg"))]
+#[inline(always)]
+fn take_over(key: &RequestKey, existing: &mut PendingRequest, flags: u32) -> TakeOver {
+    let mut flags = flags;
+    for _ in 0..3 {
+        if flags & PENDING_FLAG_SETTLING != 0 {
+            return TakeOver::Busy;
+        }
+        if swap_flags(existing, flags, flags | PENDING_FLAG_SETTLING) {
+            let _ = PENDING.remove(key);
+            return TakeOver::Ours(flags);
+        }
+        // SAFETY: an aligned field of a live map value.
+        flags = unsafe { core::ptr::read_volatile(&raw const existing.flags) };
+    }
+    TakeOver::Busy
+}
+
+/// [`take_over`] for kernels without compare-and-swap: whoever deletes the entry owns it.
+#[cfg(feature = "no-cmpxchg")]
+#[inline(always)]
+fn take_over(key: &RequestKey, _existing: &mut PendingRequest, flags: u32) -> TakeOver {
+    if PENDING.remove(key).is_ok() {
+        TakeOver::Ours(flags)
+    } else {
+        TakeOver::Gone
     }
 }
 

@@ -60,17 +60,24 @@ pub fn poll_with(
     kernel: &mut dyn KernelTables,
     tracker: &mut Tracker,
     sweeper: &mut Sweeper,
-    attributing: Option<&mut Attributing<'_>>,
+    mut attributing: Option<&mut Attributing<'_>>,
     now_ns: u64,
 ) -> Result<Vec<TargetView>, ProbeError> {
-    kernel.read_targets(&mut |key, counters| tracker.observe_counters(now_ns, key, counters))?;
+    kernel.read_targets(&mut |key, counters| {
+        tracker.observe_counters(now_ns, key, counters);
+        if let Some(attributing) = attributing.as_deref_mut() {
+            attributing
+                .attribution
+                .observe_latest(key, counters.last_socket_cookie);
+        }
+    })?;
     for (key, reason, count) in kernel.read_local_drops()? {
         tracker.observe_local_drops(now_ns, &key, reason, count);
     }
     if sweeper.due() {
         let mut entries = sweeper.table_buffer();
         kernel.read_pending_into(&mut entries)?;
-        if let Some(attributing) = attributing {
+        if let Some(attributing) = attributing.as_deref_mut() {
             let found = attributing.attribution.attribute(
                 &mut Owners(kernel),
                 attributing.host,
@@ -88,6 +95,16 @@ pub fn poll_with(
         }
         tracker.observe_in_flight(&swept.in_flight_by_target);
         kernel.remove_pending_all(&swept.remove)?;
+    }
+    // Each target's latest request last: its process is the most recent.
+    if let Some(attributing) = attributing {
+        let found =
+            attributing
+                .attribution
+                .attribute_latest(&mut Owners(kernel), attributing.host, now_ns);
+        for (target, process) in found {
+            tracker.observe_process(&target, process);
+        }
     }
     let connections = kernel.read_retransmits()?;
     if !connections.is_empty() {

@@ -210,6 +210,10 @@ pub struct Attribution {
     seen_upto_ns: u64,
     /// Requests looked at within [`LATE_INSERT_NS`] of `seen_upto_ns`: (key, `last_sent_ns`).
     seen_lately: HashSet<(RequestKey, u64)>,
+    /// Each target's latest socket as the kernel noted it
+    /// (`TargetCounters::last_socket_cookie`), and the ones new since the last join.
+    latest: HashMap<TargetKey, u64>,
+    latest_changed: Vec<(TargetKey, u64)>,
 }
 
 impl Attribution {
@@ -294,6 +298,41 @@ impl Attribution {
                 None => {}
             }
         }
+        out
+    }
+
+    /// Takes in the socket of `target`'s latest request (the kernel keeps it per target): a
+    /// request answered before the pending table was read is gone from it, its target
+    /// named all the same. Cheap per poll: only a socket not seen before for the target is
+    /// joined (at [`Attribution::attribute_latest`]).
+    pub fn observe_latest(&mut self, target: &TargetKey, cookie: u64) {
+        if cookie == 0 || target.direction != DIRECTION_EGRESS {
+            return;
+        }
+        if self.latest.insert(*target, cookie) != Some(cookie) {
+            self.latest_changed.push((*target, cookie));
+        }
+    }
+
+    /// The (target, process) pairs for the sockets [`Attribution::observe_latest`] took in
+    /// since the last call. One not joined now (no owner recorded, no such socket open) is
+    /// left: the pending table's entries name what they can.
+    pub fn attribute_latest(
+        &mut self,
+        owners: &mut dyn OwnerLookup,
+        host: &mut dyn Host,
+        now_ns: u64,
+    ) -> Vec<(TargetKey, Process)> {
+        let changed = std::mem::take(&mut self.latest_changed);
+        let mut out = Vec::new();
+        for (target, cookie) in &changed {
+            if let Some(process) = self.join(owners, host, *cookie, 0, now_ns) {
+                out.push((*target, process));
+            }
+        }
+        // The buffer's capacity is kept for the next poll.
+        self.latest_changed = changed;
+        self.latest_changed.clear();
         out
     }
 
@@ -455,6 +494,46 @@ mod tests {
         assert!(
             attribution
                 .attribute(&mut owners, &mut host, &entries, 3 * S)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_targets_latest_socket_names_it_once_its_requests_are_answered_and_gone() {
+        let mut host = FakeHost::default();
+        host.cgroups.insert(77, "/lab/curl".into());
+        let mut owners = FakeOwners::default();
+        owners.0.insert(5, owner(1234, "curl", 77));
+        owners.0.insert(6, owner(4321, "wget", 77));
+        let mut attribution = Attribution::new();
+        let target = request(443, 5, 77, S).0.target();
+        attribution.observe_latest(&target, 5);
+        assert_eq!(
+            attribution.attribute_latest(&mut owners, &mut host, 2 * S),
+            vec![(target, process(1234, "curl", "/lab/curl"))]
+        );
+        // The same socket poll after poll: nothing new; another one: its process.
+        attribution.observe_latest(&target, 5);
+        assert!(
+            attribution
+                .attribute_latest(&mut owners, &mut host, 3 * S)
+                .is_empty()
+        );
+        attribution.observe_latest(&target, 6);
+        assert_eq!(
+            attribution.attribute_latest(&mut owners, &mut host, 4 * S),
+            vec![(target, process(4321, "wget", "/lab/curl"))]
+        );
+        // No socket yet, and requests this host received: nothing to name.
+        attribution.observe_latest(&request(80, 0, 0, S).0.target(), 0);
+        let inbound = TargetKey {
+            direction: DIRECTION_INGRESS,
+            ..target
+        };
+        attribution.observe_latest(&inbound, 5);
+        assert!(
+            attribution
+                .attribute_latest(&mut owners, &mut host, 5 * S)
                 .is_empty()
         );
     }

@@ -138,17 +138,6 @@ pub enum AttachMode {
     Clsact,
 }
 
-impl AttachMode {
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Tcx => "tcx",
-            Self::Clsact => "clsact",
-        }
-    }
-}
-
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 const MAX_IFACE_LEN: usize = 15;
 

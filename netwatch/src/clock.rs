@@ -17,7 +17,7 @@ const TIMENS_OFFSETS: &str = "/proc/self/timens_offsets";
 const NS_PER_S: i128 = 1_000_000_000;
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum ClockError {
+pub(crate) enum ClockError {
     #[error(
         "could not read this time namespace's clock offset from {TIMENS_OFFSETS} ({0}); \
          the kernel's timestamps could not be compared with this process's clock: run \
@@ -35,7 +35,7 @@ pub enum ClockError {
 /// lines `<clock> <seconds> <nanoseconds>`, the clock by name or by number (1 is
 /// `CLOCK_MONOTONIC`), seconds possibly negative, nanoseconds in `0..1e9`. Other clocks
 /// (`boottime`) are ignored; no `monotonic` line is an error.
-pub fn parse_monotonic_offset(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_monotonic_offset(text: &str) -> Result<i64, String> {
     let mut offset = None;
     for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l)) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -70,7 +70,9 @@ pub fn parse_monotonic_offset(text: &str) -> Result<i64, String> {
 }
 
 /// The offset from `read` (the file's text, `NotFound` when it is absent).
-pub fn monotonic_offset_from(read: impl FnOnce() -> io::Result<String>) -> Result<i64, ClockError> {
+pub(crate) fn monotonic_offset_from(
+    read: impl FnOnce() -> io::Result<String>,
+) -> Result<i64, ClockError> {
     match read() {
         Ok(text) => parse_monotonic_offset(&text).map_err(ClockError::Unparsable),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(0),
@@ -86,7 +88,7 @@ fn monotonic_offset() -> &'static Result<i64, ClockError> {
 
 /// Reads the time namespace offset (once per process): call at start so a file that cannot
 /// be used stops the run with one line, before anything is attached.
-pub fn check() -> Result<(), ClockError> {
+pub(crate) fn check() -> Result<(), ClockError> {
     monotonic_offset()
         .as_ref()
         .map(|_| ())
@@ -96,7 +98,7 @@ pub fn check() -> Result<(), ClockError> {
 /// A `CLOCK_MONOTONIC` reading of `seconds` and `nanos` in this namespace, as the kernel's
 /// clock: the namespace's `offset` taken off, clamped to `u64`.
 #[must_use]
-pub fn kernel_ns(seconds: i64, nanos: i64, offset: i64) -> u64 {
+pub(crate) fn kernel_ns(seconds: i64, nanos: i64, offset: i64) -> u64 {
     let ns = i128::from(seconds) * NS_PER_S + i128::from(nanos) - i128::from(offset);
     u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
 }

@@ -100,9 +100,7 @@ use self::{
     ports::{at_firewall, blames_firewall, port_findings},
     quality::{ipv6_finding, is_provisional, partial_loss_findings, slow_answers_finding},
 };
-pub use inbound::render_local_rules;
-pub use local::{DROPPED_BEYOND_THIS_HOST, LOCAL_FIREWALL_DROPS};
-pub use path::{DNS_FRAGMENTS_LOST, PATH_MTU_BLACKHOLE};
+pub(crate) use inbound::render_local_rules;
 
 use crate::{
     services,
@@ -111,24 +109,24 @@ use crate::{
     verdict::{LATE, Verdict},
 };
 
-pub const DNS_BLOCKED: &str = "dns-blocked";
-pub const RESOLVER_PARTIALLY_BLOCKED: &str = "resolver-partially-blocked";
-pub const DNS_TRANSPORT_BLOCKED: &str = "dns-transport-blocked";
-pub const PORT_BLACKHOLED: &str = "port-blackholed";
-pub const PORT_REJECTED: &str = "port-rejected";
-pub const ICMP_FILTERED: &str = "icmp-filtered";
-pub const IPV6_BROKEN: &str = "ipv6-broken";
-pub const SLOW_ANSWERS: &str = "slow-answers";
-pub const PARTIAL_LOSS: &str = "partial-loss";
-pub const INBOUND_BLACKHOLED: &str = "inbound-blackholed";
-pub const INBOUND_REJECTED: &str = "inbound-rejected";
+pub(crate) const DNS_BLOCKED: &str = "dns-blocked";
+pub(crate) const RESOLVER_PARTIALLY_BLOCKED: &str = "resolver-partially-blocked";
+pub(crate) const DNS_TRANSPORT_BLOCKED: &str = "dns-transport-blocked";
+pub(crate) const PORT_BLACKHOLED: &str = "port-blackholed";
+pub(crate) const PORT_REJECTED: &str = "port-rejected";
+pub(crate) const ICMP_FILTERED: &str = "icmp-filtered";
+pub(crate) const IPV6_BROKEN: &str = "ipv6-broken";
+pub(crate) const SLOW_ANSWERS: &str = "slow-answers";
+pub(crate) const PARTIAL_LOSS: &str = "partial-loss";
+pub(crate) const INBOUND_BLACKHOLED: &str = "inbound-blackholed";
+pub(crate) const INBOUND_REJECTED: &str = "inbound-rejected";
 
 /// `direction` of every request: the requests this host sends.
-pub const OUTBOUND: &str = "outbound";
+pub(crate) const OUTBOUND: &str = "outbound";
 /// `action` of every request.
-pub const ALLOW: &str = "allow";
+pub(crate) const ALLOW: &str = "allow";
 /// `chain` of a [`LocalRule`] for requests this host receives.
-pub const INPUT: &str = "input";
+pub(crate) const INPUT: &str = "input";
 
 const DNS_PORT: u16 = 53;
 /// Addresses or services listed in a summary before "and N more".
@@ -140,6 +138,10 @@ const MAX_TIMEOUT_S: u32 = 3600;
 
 /// One thing wrong with the path, in plain language.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "`finding` is the records' field name (`\"finding\": \"dns-blocked\"`)"
+)]
 pub struct Finding {
     /// Stable ID: one of the constants of this module.
     pub finding: &'static str,
@@ -253,7 +255,7 @@ impl Finding {
 /// on the watched interfaces (global ones first): the first of each family is the
 /// `source` of the requests to that family. `timeout` is the run's `--timeout`.
 #[must_use]
-pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> Vec<Finding> {
+pub(crate) fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> Vec<Finding> {
     let judged_in = |direction: Direction| {
         let mut judged: Vec<&TargetView> = snapshot
             .targets
@@ -295,7 +297,7 @@ pub fn diagnose(snapshot: &Snapshot, sources: &[IpAddr], timeout: Duration) -> V
 /// that differ only in their destinations (the same port asked for by two findings) are
 /// merged into one row. Empty when there is nothing to ask for.
 #[must_use]
-pub fn render_requests(findings: &[Finding]) -> String {
+pub(crate) fn render_requests(findings: &[Finding]) -> String {
     type RuleKey = (
         IpAddr,
         Proto,

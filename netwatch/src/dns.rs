@@ -9,7 +9,7 @@ const MAX_NAME_CHARS: usize = 255;
 
 /// A decoded DNS question.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Question {
+pub(crate) struct Question {
     /// Presentation form without the trailing dot, escaped; `.` for the root.
     pub name: String,
     /// QTYPE, when the capture reached it.
@@ -21,7 +21,7 @@ pub struct Question {
 /// Decodes the question section as captured by the kernel (labels, then QTYPE). `None` when
 /// the bytes are not a question at all (a compression pointer, an empty capture).
 #[must_use]
-pub fn parse_question(bytes: &[u8]) -> Option<Question> {
+pub(crate) fn parse_question(bytes: &[u8]) -> Option<Question> {
     let mut name = String::new();
     let mut at = 0;
     loop {
@@ -88,31 +88,6 @@ fn escape_label(label: &[u8], out: &mut String) {
     }
 }
 
-/// The mnemonic of a QTYPE (`A`, `AAAA`, …) or `TYPEn` (RFC 3597).
-#[must_use]
-pub fn qtype_name(qtype: u16) -> String {
-    let known = match qtype {
-        1 => "A",
-        2 => "NS",
-        5 => "CNAME",
-        6 => "SOA",
-        12 => "PTR",
-        15 => "MX",
-        16 => "TXT",
-        28 => "AAAA",
-        33 => "SRV",
-        35 => "NAPTR",
-        43 => "DS",
-        48 => "DNSKEY",
-        64 => "SVCB",
-        65 => "HTTPS",
-        255 => "ANY",
-        257 => "CAA",
-        _ => return format!("TYPE{qtype}"),
-    };
-    known.to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,8 +109,6 @@ mod tests {
         assert_eq!(q.name, "chat.example.com");
         assert_eq!(q.qtype, Some(28));
         assert!(!q.truncated);
-        assert_eq!(qtype_name(28), "AAAA");
-        assert_eq!(qtype_name(4242), "TYPE4242");
     }
 
     #[test]

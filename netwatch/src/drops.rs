@@ -23,7 +23,7 @@ const PREFIX: &str = "SKB_DROP_REASON_";
 /// up, or a socket that was not the asker's filtered out its copy (`SOCKET_FILTER`: every raw
 /// ICMP socket gets a clone of each echo reply). The path delivered; such drops are shown in
 /// `local_drops` but neither fail a target nor name its reason.
-pub const AT_SOCKET: [&str; 7] = [
+pub(crate) const AT_SOCKET: [&str; 7] = [
     "NO_SOCKET",
     "QUEUE_PURGE",
     "SOCKET_CLOSE",
@@ -47,7 +47,10 @@ pub enum LayoutError {
     NoDropReasons,
     #[error("struct sk_buff has no usable {0} in the kernel's BTF")]
     SkbField(&'static str),
-    #[error("the sk_buff fields netwatch reads span more than {SKB_WINDOW} bytes on this kernel")]
+    #[error(
+        "the sk_buff fields netwatch reads are laid out unlike any kernel it knows (protocol, \
+         network_header and head within {SKB_WINDOW} bytes, dev and sk adjacent)"
+    )]
     SkbLayout,
 }
 
@@ -69,6 +72,15 @@ pub struct Reason {
 }
 
 impl DropReasons {
+    /// The value of the reason named `name` (`NETFILTER_DROP`).
+    #[must_use]
+    pub fn value_of(&self, name: &str) -> Option<u32> {
+        self.by_value
+            .iter()
+            .find(|(_, reason)| reason.name == name)
+            .map(|(value, _)| *value)
+    }
+
     /// From `(enumerator, value)` pairs of `enum skb_drop_reason`.
     #[must_use]
     pub fn from_enumerators<'a>(enumerators: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
@@ -113,15 +125,6 @@ impl DropReasons {
     pub fn is_empty(&self) -> bool {
         self.by_value.is_empty()
     }
-
-    /// The value of the reason named `name` (`NETFILTER_DROP`).
-    #[must_use]
-    pub fn value_of(&self, name: &str) -> Option<u32> {
-        self.by_value
-            .iter()
-            .find(|(_, reason)| reason.name == name)
-            .map(|(value, _)| *value)
-    }
 }
 
 /// The name netwatch shows for an `enum skb_drop_reason` enumerator: the prefix dropped
@@ -129,7 +132,7 @@ impl DropReasons {
 /// `SKB_NOT_DROPPED_YET` stay whole. `None` for the enum's bookkeeping (`..._MAX`,
 /// `..._SUBSYS_MASK`).
 #[must_use]
-pub fn reason_name(enumerator: &str) -> Option<String> {
+pub(crate) fn reason_name(enumerator: &str) -> Option<String> {
     let name = enumerator.strip_prefix(PREFIX).unwrap_or(enumerator);
     if name == "MAX" || name.starts_with("SUBSYS_") || name.is_empty() {
         return None;
@@ -140,27 +143,13 @@ pub fn reason_name(enumerator: &str) -> Option<String> {
 /// A target's reason for a drop on this host: `here:` and the name lower-cased with dashes
 /// (`NETFILTER_DROP` → `here:netfilter-drop`).
 #[must_use]
-pub fn here_reason(name: &str) -> String {
+pub(crate) fn here_reason(name: &str) -> String {
     format!("here:{}", name.to_ascii_lowercase().replace('_', "-"))
 }
 
-/// The drop program's configuration and the reason names, from BTF bytes.
-pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
-    let types = TypeInformation::new(&btf::Bytes(btf))
-        .map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
-    let (config, enumerators) = layout_parts(&types)?;
-    let reasons = DropReasons::from_enumerators(
-        enumerators
-            .iter()
-            .map(|(name, value)| (name.as_str(), *value)),
-    );
-    Ok((config, reasons))
-}
-
-/// [`layout`] without naming the reasons: the configuration and the `enum skb_drop_reason`
-/// enumerators. Owned values only, so a child process can parse and hand them back (see
+/// The drop program's configuration and the `enum skb_drop_reason` enumerators. Owned values only, so a child process can parse and hand them back (see
 /// [`btf::layout_in_child`]).
-pub fn layout_parts(
+pub(crate) fn layout_parts(
     types: &TypeInformation,
 ) -> Result<(DropConfig, Vec<(String, u32)>), LayoutError> {
     let enumerators = drop_reason_enumerators(types)?;
@@ -184,12 +173,21 @@ pub fn layout_parts(
             _ => Err(LayoutError::SkbField(field)),
         }
     };
-    let (protocol, network_header, head) = (
-        offset("protocol")?,
-        offset("network_header")?,
-        offset("head")?,
-    );
-    let config = window_config(protocol, network_header, head)?;
+    let (pkt_type_byte, pkt_type_shift) = match types.offset_of(skb, "pkt_type") {
+        Ok((_, Offset::BitOffsetAndSize(bit, 3))) => (bit / 8, bit % 8),
+        _ => return Err(LayoutError::SkbField("pkt_type")),
+    };
+    if pkt_type_shift > 5 {
+        return Err(LayoutError::SkbField("pkt_type"));
+    }
+    let config = window_config(&SkbFields {
+        dev: offset("dev")?,
+        sk: offset("sk")?,
+        pkt_type_byte,
+        protocol: offset("protocol")?,
+        network_header: offset("network_header")?,
+        head: offset("head")?,
+    })?;
     let path = |ty: &str, field: &'static str| -> Result<u32, LayoutError> {
         let id = types.id_of(ty).ok_or(LayoutError::SkbField(field))?;
         match types.offset_of(id, field) {
@@ -201,9 +199,8 @@ pub fn layout_parts(
         not_dropped_yet,
         consumed,
         not_specified,
-        skb_dev: offset("dev")?,
-        skb_sk: offset("sk")?,
         net_inum: path("net", "ns.inum")?,
+        pkt_type_shift,
         ..config
     };
     // Without CONFIG_NET_NS there is one namespace and `possible_net_t` is empty: no check.
@@ -227,40 +224,52 @@ pub fn layout_parts(
             *word |= 1 << (value % 32);
         }
     }
-    let (pkt_type_byte, pkt_type_shift) = match types.offset_of(skb, "pkt_type") {
-        Ok((_, Offset::BitOffsetAndSize(bit, 3))) => (bit / 8, bit % 8),
-        _ => return Err(LayoutError::SkbField("pkt_type")),
-    };
-    if pkt_type_shift > 5 {
-        return Err(LayoutError::SkbField("pkt_type"));
-    }
-    let config = DropConfig {
-        socket_reasons,
-        pkt_type_byte,
-        pkt_type_shift,
-        ..config
-    };
-    Ok((config, enumerators))
+    Ok((
+        DropConfig {
+            socket_reasons,
+            ..config
+        },
+        enumerators,
+    ))
 }
 
-/// Places the window the program reads over `protocol` (2 bytes), `network_header` (2) and
-/// `head` (8), given their offsets in `struct sk_buff`.
-pub fn window_config(
-    protocol: u32,
-    network_header: u32,
-    head: u32,
-) -> Result<DropConfig, LayoutError> {
-    let start = protocol.min(network_header).min(head);
-    let end = (protocol + 2).max(network_header + 2).max(head + 8);
-    if end - start > u32::try_from(SKB_WINDOW).unwrap_or(u32::MAX) {
+/// Offsets in `struct sk_buff` of the fields the drop program reads (`pkt_type`: the byte
+/// holding it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SkbFields {
+    pub dev: u32,
+    pub sk: u32,
+    pub pkt_type_byte: u32,
+    pub protocol: u32,
+    pub network_header: u32,
+    pub head: u32,
+}
+
+/// Places the window the program reads first over `protocol` (2 bytes), `network_header` (2)
+/// and `head` (8), their offsets within it; `dev` and `sk` must be adjacent (read together).
+pub(crate) fn window_config(fields: &SkbFields) -> Result<DropConfig, LayoutError> {
+    let spans = [
+        (fields.protocol, 2),
+        (fields.network_header, 2),
+        (fields.head, 8),
+    ];
+    let start = spans.iter().map(|(at, _)| *at).min().unwrap_or(0);
+    let end = spans.iter().map(|(at, len)| at + len).max().unwrap_or(0);
+    if end - start > u32::try_from(SKB_WINDOW).unwrap_or(u32::MAX)
+        || fields.dev.abs_diff(fields.sk) != 8
+    {
         return Err(LayoutError::SkbLayout);
     }
     Ok(DropConfig {
         enabled: 1,
         skb_window: start,
-        protocol: protocol - start,
-        network_header: network_header - start,
-        head: head - start,
+        protocol: fields.protocol - start,
+        network_header: fields.network_header - start,
+        head: fields.head - start,
+        skb_dev_sk: fields.dev.min(fields.sk),
+        skb_dev: fields.dev,
+        skb_sk: fields.sk,
+        pkt_type_byte: fields.pkt_type_byte,
         ..DropConfig::disabled()
     })
 }
@@ -285,8 +294,23 @@ fn drop_reason_enumerators(types: &TypeInformation) -> Result<Vec<(String, u32)>
         .collect())
 }
 
+/// The drop program's configuration and the reason names, from BTF bytes (the path-MTU
+/// lab test reads the kernel's own this way, independently of a netwatch run).
+#[cfg(feature = "test-helpers")]
+pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
+    let types = TypeInformation::new(&btf::Bytes(btf))
+        .map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
+    let (config, enumerators) = layout_parts(&types)?;
+    let reasons = DropReasons::from_enumerators(
+        enumerators
+            .iter()
+            .map(|(name, value)| (name.as_str(), *value)),
+    );
+    Ok((config, reasons))
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -328,21 +352,38 @@ mod tests {
         assert_eq!(newer.get(0x1_0003).here, "here:unknown-65539");
     }
 
+    /// 6.18's layout.
+    pub(crate) const SKB_6_18: SkbFields = SkbFields {
+        dev: 16,
+        sk: 24,
+        pkt_type_byte: 128,
+        protocol: 176,
+        network_header: 180,
+        head: 192,
+    };
+
     #[test]
-    fn the_window_covers_the_three_fields_or_fails() {
-        // 6.18's layout: protocol 176, network_header 180, head 192.
-        let config = window_config(176, 180, 192).unwrap();
+    fn the_window_covers_every_field_or_fails() {
+        let config = window_config(&SKB_6_18).unwrap();
         assert_eq!(
             (
                 config.enabled,
                 config.skb_window,
                 config.protocol,
                 config.network_header,
-                config.head
+                config.head,
+                config.skb_dev_sk,
+                config.pkt_type_byte
             ),
-            (1, 176, 0, 4, 16)
+            (1, 176, 0, 4, 16, 16, 128)
         );
-        assert_eq!(window_config(0, 180, 192), Err(LayoutError::SkbLayout));
+        let spread = SkbFields {
+            protocol: 0,
+            ..SKB_6_18
+        };
+        assert_eq!(window_config(&spread), Err(LayoutError::SkbLayout));
+        let apart = SkbFields { sk: 40, ..SKB_6_18 };
+        assert_eq!(window_config(&apart), Err(LayoutError::SkbLayout));
     }
 
     #[test]
@@ -355,7 +396,8 @@ mod tests {
         assert_eq!(config.enabled, 1);
         assert_ne!(config.netns, 0, "the namespace check is on");
         assert_ne!(config.dev_net, 0);
-        assert_ne!(config.pkt_type_byte, 0);
+        assert!((config.head as usize) + 8 <= SKB_WINDOW);
+        assert_eq!(config.skb_dev_sk, config.skb_dev.min(config.skb_sk));
         assert_ne!(config.consumed, config.not_specified);
         let netfilter = reasons.value_of("NETFILTER_DROP").unwrap();
         assert_eq!(reasons.get(netfilter).here, "here:netfilter-drop");

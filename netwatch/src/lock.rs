@@ -24,17 +24,17 @@ use std::{
 };
 
 /// Where the lock files are: tmpfs, per boot.
-pub const LOCK_DIR: &str = "/run/netwatch";
+pub(crate) const LOCK_DIR: &str = "/run/netwatch";
 
 /// This netwatch watches an interface for as long as this is held.
 #[derive(Debug)]
-pub struct InterfaceLock {
+pub(crate) struct InterfaceLock {
     _file: File,
 }
 
 /// The outcome of claiming an interface.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     pub lock: InterfaceLock,
     /// No other live netwatch watches the interface: netwatch filters on it are orphans.
     pub alone: bool,
@@ -42,22 +42,22 @@ pub struct Claim {
 
 /// The lock file of `iface` in the network namespace with inode `netns`.
 #[must_use]
-pub fn lock_path(dir: &Path, iface: &str, netns: u64) -> PathBuf {
+pub(crate) fn lock_path(dir: &Path, iface: &str, netns: u64) -> PathBuf {
     dir.join(format!("{iface}.net{netns}.lock"))
 }
 
 /// The inode of this process's network namespace.
-pub fn own_netns() -> io::Result<u64> {
+pub(crate) fn own_netns() -> io::Result<u64> {
     Ok(fs::metadata("/proc/self/ns/net")?.ino())
 }
 
 /// Claims `iface` in this network namespace under [`LOCK_DIR`].
-pub fn claim(iface: &str) -> io::Result<Claim> {
+pub(crate) fn claim(iface: &str) -> io::Result<Claim> {
     claim_in(Path::new(LOCK_DIR), iface, own_netns()?)
 }
 
 /// Claims `iface` (in namespace `netns`) with lock files in `dir`.
-pub fn claim_in(dir: &Path, iface: &str, netns: u64) -> io::Result<Claim> {
+pub(crate) fn claim_in(dir: &Path, iface: &str, netns: u64) -> io::Result<Claim> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)

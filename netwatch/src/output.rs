@@ -28,10 +28,10 @@ use crate::{
 };
 
 /// How often the live view and the plain table are redrawn.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The state of things after a poll.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     /// Targets whose verdict changed in this poll.
     pub changes: &'a [TargetView],
     pub snapshot: &'a Snapshot,
@@ -41,7 +41,7 @@ pub struct View<'a> {
 
 /// Which output the command line asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Json,
     Tui,
     Plain,
@@ -50,7 +50,7 @@ pub enum Mode {
 impl Mode {
     /// `--json`, `--plain`, or the full-screen view when stdout is a terminal.
     #[must_use]
-    pub fn choose(json: bool, plain: bool) -> Self {
+    pub(crate) fn choose(json: bool, plain: bool) -> Self {
         if json {
             Self::Json
         } else if plain || !io::stdout().is_terminal() {
@@ -99,7 +99,7 @@ pub(crate) enum Output {
 }
 
 impl Output {
-    pub fn new(mode: Mode) -> io::Result<Self> {
+    pub(crate) fn new(mode: Mode) -> io::Result<Self> {
         Ok(match mode {
             Mode::Json => Self::Json {
                 writer: JsonWriter::new(io::stdout()),
@@ -122,7 +122,7 @@ impl Output {
         })
     }
 
-    pub fn on_poll(&mut self, view: &View<'_>) -> io::Result<()> {
+    pub(crate) fn on_poll(&mut self, view: &View<'_>) -> io::Result<()> {
         match self {
             Self::Json { writer, announced } => {
                 if !view.changes.is_empty() {
@@ -214,7 +214,7 @@ impl Output {
     }
 
     /// The next key action in the full-screen view; never resolves for other outputs.
-    pub async fn next_action(&mut self) -> Action {
+    pub(crate) async fn next_action(&mut self) -> Action {
         let Self::Tui { events, state, .. } = self else {
             return std::future::pending().await;
         };
@@ -230,19 +230,19 @@ impl Output {
     }
 
     /// Redraws after a key press.
-    pub fn redraw(&mut self) -> io::Result<()> {
+    pub(crate) fn redraw(&mut self) -> io::Result<()> {
         self.draw()
     }
 
     /// Whether lines on stderr are seen as they come (not under the full-screen view).
     #[must_use]
-    pub fn is_plain_or_json(&self) -> bool {
+    pub(crate) fn is_plain_or_json(&self) -> bool {
         !matches!(self, Self::Tui { .. })
     }
 
     /// Ruleset changes as they are committed: a record, or a line of the plain output (the
     /// live view shows them from the snapshot, on its timeline).
-    pub fn ruleset(&mut self, records: &[RulesetRecord]) -> io::Result<()> {
+    pub(crate) fn ruleset(&mut self, records: &[RulesetRecord]) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -259,7 +259,7 @@ impl Output {
         }
     }
 
-    pub fn interfaces_changed(&mut self, changed: &[WatchedInterface]) -> io::Result<()> {
+    pub(crate) fn interfaces_changed(&mut self, changed: &[WatchedInterface]) -> io::Result<()> {
         for interface in changed {
             match self {
                 Self::Json { writer, .. } => writer.interface(interface, &now_rfc3339())?,
@@ -273,7 +273,7 @@ impl Output {
 
     /// The exit output. The full-screen view is closed first and its final state printed as
     /// the plain report, so it stays in the terminal's scrollback.
-    pub fn finish(self, view: &View<'_>) -> io::Result<()> {
+    pub(crate) fn finish(self, view: &View<'_>) -> io::Result<()> {
         match self {
             Self::Json { mut writer, .. } => writer.finish(view.snapshot, view.findings, view.run),
             Self::Tui { guard, .. } => {
@@ -324,7 +324,7 @@ fn now_rfc3339() -> String {
 }
 
 #[must_use]
-pub fn interface_message(interface: &WatchedInterface) -> String {
+pub(crate) fn interface_message(interface: &WatchedInterface) -> String {
     match interface.state {
         LinkState::Up => format!(
             "{} is up, watched ({}, {})",

@@ -5,7 +5,7 @@ use caps::{CapSet, Capability as Cap, CapsHashSet};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum PrivilegeError {
+pub(crate) enum PrivilegeError {
     #[error(
         "missing capabilit{plural} {missing}: run netwatch as root (sudo), or grant \
          CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap, or AmbientCapabilities= in systemd)",
@@ -19,7 +19,7 @@ pub enum PrivilegeError {
 /// The capabilities missing from `effective` to load and attach tc programs. `CAP_SYS_ADMIN`
 /// stands in for `CAP_BPF` and `CAP_PERFMON`, as the kernel allows.
 #[must_use]
-pub fn missing(effective: &CapsHashSet) -> Vec<Cap> {
+pub(crate) fn missing(effective: &CapsHashSet) -> Vec<Cap> {
     let has = |cap: Cap| effective.contains(&cap);
     let mut missing = Vec::new();
     if !has(Cap::CAP_BPF) && !has(Cap::CAP_SYS_ADMIN) {
@@ -36,7 +36,7 @@ pub fn missing(effective: &CapsHashSet) -> Vec<Cap> {
 
 /// What a harmless `bpf()` call on one of netwatch's maps said.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BpfProbe {
+pub(crate) enum BpfProbe {
     /// The call worked (a missing key counts: the kernel let the call through).
     Allowed,
     /// `EPERM`: the kernel wants `CAP_BPF` (or `CAP_SYS_ADMIN`) for every `bpf()` call.
@@ -48,7 +48,7 @@ pub enum BpfProbe {
 impl BpfProbe {
     /// From the call's result: `Err` carries its errno when there is one.
     #[must_use]
-    pub fn from_result(result: Result<(), Option<i32>>) -> Self {
+    pub(crate) fn from_result(result: Result<(), Option<i32>>) -> Self {
         match result {
             Ok(()) => Self::Allowed,
             Err(Some(libc::EPERM)) => Self::Refused,
@@ -73,7 +73,7 @@ impl BpfProbe {
 /// If none does, every permitted capability is kept: something other than privileges is
 /// wrong, and the poll will say what. Errors of `probe` itself (raising a capability) are
 /// returned as they are.
-pub fn keep_after_attach<E>(
+pub(crate) fn keep_after_attach<E>(
     permitted: &CapsHashSet,
     probe: &mut dyn FnMut(Option<Cap>) -> Result<BpfProbe, E>,
 ) -> Result<CapsHashSet, E> {
@@ -111,7 +111,7 @@ pub fn keep_after_attach<E>(
 /// harmless `bpf()` call on one of netwatch's maps with the effective set as it is.
 /// Capabilities are first lowered in the effective set only (still permitted, so they can be
 /// raised again), then the permitted set follows.
-pub fn drop_after_attach(
+pub(crate) fn drop_after_attach(
     bpf_call: &mut dyn FnMut() -> BpfProbe,
 ) -> Result<(), caps::errors::CapsError> {
     let permitted = caps::read(None, CapSet::Permitted)?;
@@ -138,7 +138,7 @@ pub fn drop_after_attach(
 }
 
 /// Checks this process has what it needs.
-pub fn require() -> Result<(), PrivilegeError> {
+pub(crate) fn require() -> Result<(), PrivilegeError> {
     let effective = caps::read(None, CapSet::Effective)
         .map_err(|err| PrivilegeError::Unreadable(err.to_string()))?;
     let missing = missing(&effective);

@@ -19,15 +19,15 @@ use crate::{
 
 /// What the run loop publishes after each poll.
 #[derive(Clone, Debug)]
-pub struct Published {
+pub(crate) struct Published {
     pub snapshot: Snapshot,
     pub run: RunInfo,
 }
 
-pub type Shared = Arc<Mutex<Published>>;
+pub(crate) type Shared = Arc<Mutex<Published>>;
 
 /// Binds `addr` (before privileges are dropped) and serves it in the background.
-pub async fn start(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn start(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("could not listen on {addr} for --metrics"))?;

@@ -76,7 +76,7 @@ const ONE_WAY: &[(u16, &str)] = &[
 
 /// The name of the UDP service on `port`, if it is a well-known one.
 #[must_use]
-pub fn udp_name(port: u16) -> Option<&'static str> {
+pub(crate) fn udp_name(port: u16) -> Option<&'static str> {
     NAMES
         .iter()
         .find(|(known, _)| *known == port)
@@ -85,7 +85,7 @@ pub fn udp_name(port: u16) -> Option<&'static str> {
 
 /// Why `port` is refused by `--udp-port`, if it carries one-way traffic.
 #[must_use]
-pub fn one_way(port: u16) -> Option<&'static str> {
+pub(crate) fn one_way(port: u16) -> Option<&'static str> {
     ONE_WAY
         .iter()
         .find(|(known, _)| *known == port)
@@ -94,7 +94,7 @@ pub fn one_way(port: u16) -> Option<&'static str> {
 
 /// What it means for this host when its requests to UDP `port` fail, if that is known.
 #[must_use]
-pub fn udp_consequence(port: u16) -> Option<&'static str> {
+pub(crate) fn udp_consequence(port: u16) -> Option<&'static str> {
     (port == NTP_PORT).then_some("this host cannot sync its clock")
 }
 
@@ -102,7 +102,7 @@ pub fn udp_consequence(port: u16) -> Option<&'static str> {
 ///
 /// # Errors
 /// One line saying what is wrong and what to do.
-pub fn parse_udp_port(value: &str) -> Result<u16, String> {
+pub(crate) fn parse_udp_port(value: &str) -> Result<u16, String> {
     let trimmed = value.trim();
     let (digits, forced) = match trimmed.strip_suffix('!') {
         Some(digits) => (digits, true),

@@ -32,17 +32,17 @@ use netwatch_common::{
 /// The smallest MTU every IPv4 path must carry (RFC 791: every host accepts 576-byte
 /// datagrams) and every IPv6 path (RFC 8200 §5: 1280). A segment no larger dies of
 /// something else.
-pub const MIN_MTU_V4: u16 = 576;
-pub const MIN_MTU_V6: u16 = 1280;
+pub(crate) const MIN_MTU_V4: u16 = 576;
+pub(crate) const MIN_MTU_V6: u16 = 1280;
 
 /// A connection idle this long (no retransmission) is forgotten once judged: TCP gives up
 /// on a stalled connection after about 15 minutes (`tcp_retries2`), and a finished one
 /// retransmits nothing more.
-pub const FORGET_AFTER_NS: u64 = 20 * 60 * 1_000_000_000;
+pub(crate) const FORGET_AFTER_NS: u64 = 20 * 60 * 1_000_000_000;
 
 /// What a connection's retransmissions say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Judgement {
+pub(crate) enum Judgement {
     /// Nothing lost often enough to say anything.
     Undecided,
     /// Segments died, but not by size: loss, or a peer gone.
@@ -55,7 +55,7 @@ pub enum Judgement {
 
 /// Sizes on the wire (IP and TCP headers and payload) of one segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sizes {
+pub(crate) struct Sizes {
     /// The largest known to have been acknowledged; `None` when no segment with data was
     /// (only the handshake got through).
     pub largest_delivered: Option<u16>,
@@ -68,7 +68,7 @@ pub struct Sizes {
 /// sets `snd_una` past it without counting); `delivered` counts the handshake's segment on
 /// both sides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Opened {
+pub(crate) enum Opened {
     Here,
     ByPeer,
 }
@@ -87,7 +87,7 @@ fn acknowledged(c: &Retransmits, opened: Option<Opened>) -> (u64, u64) {
 /// retransmitted one acknowledged later, or a lower bound from its totals, whichever is
 /// larger (at least one data segment was at least their average).
 #[must_use]
-pub fn largest_delivered(c: &Retransmits, opened: Option<Opened>) -> Option<u16> {
+pub(crate) fn largest_delivered(c: &Retransmits, opened: Option<Opened>) -> Option<u16> {
     let (bytes, segments) = acknowledged(c, opened);
     let average = (segments > 0)
         .then(|| bytes / segments)
@@ -99,7 +99,7 @@ pub fn largest_delivered(c: &Retransmits, opened: Option<Opened>) -> Option<u16>
 }
 
 /// Data segments acknowledged from which a bulk transfer is told.
-pub const BULK_SEGMENTS: u64 = 8;
+pub(crate) const BULK_SEGMENTS: u64 = 8;
 
 /// Whether the connection moved bulk data at close to the size that later died: at least
 /// [`BULK_SEGMENTS`] segments averaging 90 % of it. The average alone proves no segment that
@@ -122,7 +122,7 @@ fn bulk_got_through(c: &Retransmits, opened: Option<Opened>, lost: u16) -> bool 
 
 /// The smallest MTU a path of the connection's family must carry.
 #[must_use]
-pub fn min_mtu(remote: &[u8; 16]) -> u16 {
+pub(crate) fn min_mtu(remote: &[u8; 16]) -> u16 {
     if netwatch_common::is_ipv4_mapped(remote) {
         MIN_MTU_V4
     } else {
@@ -134,7 +134,7 @@ pub fn min_mtu(remote: &[u8; 16]) -> u16 {
 /// (`net.ipv4.tcp_mtu_probing`) needs to lower its segment size: it acts once the
 /// retransmissions have lasted as long as `tcp_retries1` (3) would take, which is about when
 /// [`STALL_RETRANSMITS`] have happened; the next one goes out smaller.
-pub const PROBING_GRACE: u16 = 2;
+pub(crate) const PROBING_GRACE: u16 = 2;
 
 /// Judges one connection; `progressed` when the socket says bytes were acknowledged since
 /// the program last saw a retransmission (its head got through without a retransmission
@@ -143,7 +143,7 @@ pub const PROBING_GRACE: u16 = 2;
 /// the segment size and did not get through either: before that it is [`Judgement::Undecided`],
 /// and a recovery reports the stall with it.
 #[must_use]
-pub fn judge(
+pub(crate) fn judge(
     c: &Retransmits,
     opened: Option<Opened>,
     progressed: bool,
@@ -186,7 +186,7 @@ pub fn judge(
 
 /// Whether the connection still stalls, so that its socket is worth asking about.
 #[must_use]
-pub fn worth_asking(c: &Retransmits) -> bool {
+pub(crate) fn worth_asking(c: &Retransmits) -> bool {
     c.head_stalled != 0 && c.head_count >= STALL_RETRANSMITS
 }
 
@@ -195,7 +195,7 @@ pub fn worth_asking(c: &Retransmits) -> bool {
 /// requests it sent. `None` when netwatch follows neither: a connection opened before it
 /// started, or over an interface it does not watch.
 #[must_use]
-pub fn target_of(c: &Retransmits, exists: impl Fn(&TargetKey) -> bool) -> Option<TargetKey> {
+pub(crate) fn target_of(c: &Retransmits, exists: impl Fn(&TargetKey) -> bool) -> Option<TargetKey> {
     let inbound = TargetKey {
         remote: c.remote,
         remote_port: c.local_port,
@@ -213,7 +213,7 @@ pub fn target_of(c: &Retransmits, exists: impl Fn(&TargetKey) -> bool) -> Option
 
 /// A change in a connection's judgement that its target must count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// A connection of the target stalled (counted once per connection).
     Stalled(Sizes),
     /// A stalled connection of the target recovered.
@@ -251,7 +251,7 @@ pub struct StallStats {
 
 /// The connections followed, and what has been counted of each.
 #[derive(Debug, Default)]
-pub struct Stalls {
+pub(crate) struct Stalls {
     followed: HashMap<u64, Followed>,
     stats: StallStats,
 }
@@ -259,20 +259,20 @@ pub struct Stalls {
 /// What one poll of the connections gives: changes to count per target, and the sockets to
 /// stop following.
 #[derive(Debug, Default, PartialEq)]
-pub struct Polled {
+pub(crate) struct Polled {
     pub changes: Vec<(TargetKey, Change)>,
     pub forget: Vec<u64>,
 }
 
 impl Stalls {
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// What became of the connections followed so far.
     #[must_use]
-    pub fn stats(&self) -> StallStats {
+    pub(crate) fn stats(&self) -> StallStats {
         self.stats
     }
 
@@ -280,7 +280,7 @@ impl Stalls {
     /// follows; `progressed` whether a still stalled connection's socket reports bytes
     /// acknowledged since the entry's last retransmission; `probing` whether TCP's black-hole
     /// detection is on (see [`judge`]).
-    pub fn poll(
+    pub(crate) fn poll(
         &mut self,
         now_ns: u64,
         entries: &[(u64, Retransmits)],

@@ -54,6 +54,11 @@ pub enum Fate {
 }
 
 /// The fate of `entry` at `now_ns`, given whether it was already counted unanswered.
+///
+/// An entry flagged [`netwatch_common::PENDING_FLAG_SETTLING`] is being deleted by the
+/// kernel this instant: judged as it stands (an answer in time is in flight, an expired
+/// request a new exchange is replacing went unanswered, which the replacing entry's
+/// `replaced_first_sent_ns` does not count twice).
 #[must_use]
 pub fn fate(
     policy: &SweepPolicy,
@@ -234,8 +239,8 @@ impl Sweeper {
     }
 
     /// Entries counted and still in the table.
-    #[must_use]
-    pub fn tombstones(&self) -> usize {
+    #[cfg(test)]
+    fn tombstones(&self) -> usize {
         self.counted.len()
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
 };
 
 use netwatch_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, TargetKey, proto};
@@ -135,8 +135,8 @@ impl Target {
     }
 
     /// The rollup this target belongs to: `TCP/443`, `ICMP`, `TCP/22 in`.
-    #[must_use]
-    pub fn service(&self) -> Service {
+    #[cfg(test)]
+    fn service(&self) -> Service {
         Service {
             direction: self.direction,
             proto: self.proto,
@@ -201,20 +201,14 @@ pub fn ip_to_key(addr: IpAddr) -> [u8; 16] {
 }
 
 /// Convenience for tests and fakes.
-#[must_use]
-pub fn target_key(proto: Proto, remote: IpAddr, port: u16) -> TargetKey {
+#[cfg(test)]
+pub(crate) fn target_key(proto: Proto, remote: IpAddr, port: u16) -> TargetKey {
     TargetKey {
         remote: ip_to_key(remote),
         remote_port: if proto.has_ports() { port } else { 0 },
         proto: proto.iana(),
         direction: DIRECTION_EGRESS,
     }
-}
-
-/// `Ipv4Addr::UNSPECIFIED` as a key, for tests.
-#[must_use]
-pub const fn unspecified_v4() -> IpAddr {
-    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
 }
 
 #[cfg(test)]
@@ -241,7 +235,7 @@ mod tests {
 
     #[test]
     fn unknown_protocols_are_skipped() {
-        let mut key = target_key(Proto::Tcp, unspecified_v4(), 1);
+        let mut key = target_key(Proto::Tcp, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 1);
         key.proto = 132;
         assert!(Target::from_key(&key).is_none());
     }

@@ -4,9 +4,9 @@
 //! [`SLOTS`] intervals in a ring.
 
 /// Intervals shown.
-pub const SLOTS: usize = 30;
+pub(crate) const SLOTS: usize = 30;
 /// One interval.
-pub const SLOT_NS: u64 = 2_000_000_000;
+pub(crate) const SLOT_NS: u64 = 2_000_000_000;
 
 const ANSWERED: u8 = 1;
 const FAILED: u8 = 2;
@@ -34,13 +34,13 @@ impl Outcome {
 
 /// The interval `at_ns` falls in.
 #[must_use]
-pub const fn slot_of(at_ns: u64) -> u64 {
+pub(crate) const fn slot_of(at_ns: u64) -> u64 {
     at_ns / SLOT_NS
 }
 
 /// Outcomes of the last [`SLOTS`] intervals up to the newest one recorded.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Timeline {
+pub(crate) struct Timeline {
     /// The newest interval recorded.
     newest: u64,
     /// By interval modulo [`SLOTS`]: `ANSWERED` | `FAILED`.
@@ -50,7 +50,7 @@ pub struct Timeline {
 impl Timeline {
     /// Records outcomes that happened at `at_ns` (a failure may be placed when its request
     /// left, before later answers; one older than the ring is forgotten).
-    pub fn record(&mut self, at_ns: u64, answered: u64, failed: u64) {
+    pub(crate) fn record(&mut self, at_ns: u64, answered: u64, failed: u64) {
         let bits = (u8::from(answered > 0) * ANSWERED) | (u8::from(failed > 0) * FAILED);
         if bits == 0 {
             return;
@@ -71,7 +71,7 @@ impl Timeline {
 
     /// The [`SLOTS`] intervals ending with the one `now_ns` falls in, oldest first.
     #[must_use]
-    pub fn recent(&self, now_ns: u64) -> [Outcome; SLOTS] {
+    pub(crate) fn recent(&self, now_ns: u64) -> [Outcome; SLOTS] {
         let last = slot_of(now_ns);
         let first = last.saturating_sub(SLOTS as u64 - 1);
         std::array::from_fn(|i| {
@@ -89,7 +89,7 @@ fn index(slot: u64) -> usize {
 /// Where `at_ns` falls among the [`SLOTS`] intervals ending at `now_ns` (0 the oldest);
 /// `None` when outside.
 #[must_use]
-pub fn position(at_ns: u64, now_ns: u64) -> Option<usize> {
+pub(crate) fn position(at_ns: u64, now_ns: u64) -> Option<usize> {
     let (slot, last) = (slot_of(at_ns), slot_of(now_ns));
     let back = last.checked_sub(slot)?;
     (back < SLOTS as u64).then(|| SLOTS - 1 - usize::try_from(back).unwrap_or(0))

@@ -642,6 +642,7 @@ pub fn zero_counters() -> TargetCounters {
         abandoned: 0,
         last_request_ns: 0,
         last_answer_ns: 0,
+        last_socket_cookie: 0,
         requests_dropped_here: 0,
         answers_dropped_here: 0,
         path_mtu_signals: 0,

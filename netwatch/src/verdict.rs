@@ -212,8 +212,8 @@ impl History {
     }
 
     /// Whether any outcome was ever resolved (and so is in the window).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 

@@ -11,7 +11,7 @@ use std::{
 use crate::packets::{self, Flow, Kind, Shape, TcpFlags};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use netwatch::{
-    probe::{Classifiers, KernelTables as _, Probe},
+    probe::{Build, Classifiers, KernelTables as _, Probe},
     target::{Proto, Target, ip_from_key},
 };
 use netwatch_common::{
@@ -61,6 +61,25 @@ pub fn sum(all: &[(TargetKey, TargetCounters)], field: impl Fn(&TargetCounters) 
     all.iter().map(|(_, c)| field(c)).sum()
 }
 
+/// `NETWATCH_TEST_BUILD`: which build of the programs the harness loads: `no-cmpxchg` (the
+/// one for kernels before 5.12, which runs on any kernel), or by default the one this kernel
+/// gets. `cargo xtask test` runs the program tests with each.
+pub const BUILD_ENV: &str = "NETWATCH_TEST_BUILD";
+
+/// The build of the programs [`BUILD_ENV`] asks for.
+///
+/// # Panics
+/// When it names no build.
+#[must_use]
+pub fn build() -> Build {
+    match std::env::var(BUILD_ENV).as_deref() {
+        Err(_) | Ok("") => Build::for_this_kernel(),
+        Ok("no-cmpxchg") => Build::NoCompareAndSwap,
+        Ok("cmpxchg") => Build::CompareAndSwap,
+        Ok(other) => panic!("{BUILD_ENV}={other}: expected cmpxchg or no-cmpxchg"),
+    }
+}
+
 pub struct Harness {
     pub name: &'static str,
     pub probe: Probe,
@@ -86,7 +105,7 @@ impl Harness {
     }
 
     fn loading(name: &'static str, timeout: Duration, classifiers: Classifiers) -> Self {
-        let probe = Probe::load_with(timeout, classifiers)
+        let probe = Probe::load_for_tests(timeout, build(), classifiers)
             .unwrap_or_else(|err| panic!("{name}: loading the eBPF programs failed: {err}"));
         Self {
             name,

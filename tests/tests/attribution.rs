@@ -19,15 +19,17 @@ use std::{
     time::Duration,
 };
 
-use netwatch_common::{SOCKET_OWNERS_CAPACITY_ENV, SocketOwner};
+use netwatch_common::{SOCKET_OWNERS_CAPACITY, SocketOwner};
 use netwatch_tests::{
     lab::{
-        CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, Netns, NetwatchRun, SERVER_V4, TargetId,
-        netwatch_binary, target_id, wait_until,
+        CLIENT_IFACE, DNS_V4, DNS2_V4, Finished, Lab, Netns, NetwatchRun, OPEN_DNS, SERVER_V4,
+        TargetId, netwatch_binary, target_id, wait_until,
     },
     prerequisites,
 };
 use serde_json::Value;
+
+const LISTENER: &str = env!("CARGO_BIN_EXE_lab-listener");
 
 static CGROUP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -139,15 +141,7 @@ impl Drop for Cgroups {
 /// its own, which hides the host's cgroup2 mount: it is mounted again there, at
 /// `/sys/fs/cgroup` (the same hierarchy, so the same paths, at another mount point).
 fn start_netwatch(ns: &Netns, iface: &str) -> NetwatchRun {
-    start_netwatch_with(ns, iface, None)
-}
-
-/// [`start_netwatch`], with a socket owner map of `owners_capacity` entries when given.
-fn start_netwatch_with(ns: &Netns, iface: &str, owners_capacity: Option<u32>) -> NetwatchRun {
     let mut command = ns.command("sh");
-    if let Some(capacity) = owners_capacity {
-        command.env(SOCKET_OWNERS_CAPACITY_ENV, capacity.to_string());
-    }
     command
         .args([
             "-c",
@@ -419,14 +413,81 @@ fn failing_targets_name_the_process_and_cgroup_behind_them() {
     drop(cgroups);
 }
 
-/// Fills the owner map (64 entries in this test) many times over with sockets that connect,
-/// then connects over TCP
-/// and UDP (IPv4 and IPv6) and sends without a connection, thousands of times each, on
-/// loopback in the client namespace. Prints `OK FAILED`.
+/// One DNS query (argv[2], hex) over UDP to argv[1]:53; waits for the answer, then a second
+/// (alive, so its process is named from `/proc`).
+const ANSWERED_QUERY: &str = r"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 53))
+s.recv(512)
+time.sleep(1)
+";
+
+/// Answered targets name their process too (issue 20): an answer settles its request before
+/// netwatch reads the pending table, so the kernel keeps each target's latest socket beside
+/// its counters. curl to a listening port and a DNS query to an answering resolver, each in
+/// a cgroup of its own. Costs about 4 s.
+#[test]
+fn answered_targets_name_their_process_too() {
+    const NAME: &str = "answered_targets_name_their_process_too";
+    if !prerequisites(NAME, &["ip", "nft", "mount", "curl", "dnsmasq", "python3"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.nft(OPEN_DNS);
+    lab.start_dns();
+    lab.start_listener(LISTENER);
+    let cgroups = Cgroups::new(&["curl", "query"]);
+    let mut children = Children(Vec::new());
+    let run = start_netwatch(&lab.client, CLIENT_IFACE);
+    let curl_pid = children.spawn(cgroups.command(
+        "curl",
+        &lab.client,
+        "curl",
+        &["-s", "-m", "3", &format!("http://{SERVER_V4}:8888/")],
+    ));
+    let query_pid = children.spawn(cgroups.command(
+        "query",
+        &lab.client,
+        "python3",
+        &["-c", ANSWERED_QUERY, DNS_V4, EARLY_QUERY],
+    ));
+    let expected = [
+        (tcp(SERVER_V4, 8888), curl_pid, "curl", "curl"),
+        (udp(DNS_V4, 53), query_pid, "python3", "query"),
+    ];
+    for (target, ..) in &expected {
+        run.wait_for(
+            Duration::from_secs(10),
+            &format!("an answered verdict for {target:?}"),
+            |r| r["type"] == "verdict" && target_id(r) == *target && r["verdict"] == "ok",
+        );
+    }
+    let finished = run.stop();
+    let targets = egress_targets(&finished);
+    for (target, pid, comm, cgroup) in &expected {
+        let record = targets
+            .get(target)
+            .unwrap_or_else(|| panic!("no target {target:?}: {targets:#?}"));
+        assert_eq!(record["answered"], 1, "{record}");
+        assert_eq!(record["in_flight"], 0, "{record}");
+        assert_eq!(
+            processes(record),
+            vec![(u64::from(*pid), (*comm).to_owned(), cgroups.path(cgroup))],
+            "{target:?}: an answered target names its process: {record}"
+        );
+    }
+    drop(cgroups);
+}
+
+/// Fills the owner map (16,384 sockets) twice over with sockets that connect, then connects
+/// over TCP and UDP (IPv4 and IPv6) and sends without a connection, thousands of times each,
+/// on loopback in the client namespace. Prints `OK FAILED`.
 const CONNECT_STORM: &str = r"
 import socket, threading
 fails, ok = 0, 0
-for _ in range(2000):
+for _ in range(2 * 16384):
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.connect(('127.0.0.1', 9))
     u.close()
@@ -513,7 +574,7 @@ fn owner_programs_never_refuse_a_connect_even_with_their_map_full() {
     }
     let lab = Lab::new();
     let cgroups = Cgroups::new(&["storm"]);
-    let run = start_netwatch_with(&lab.client, CLIENT_IFACE, Some(64));
+    let run = start_netwatch(&lab.client, CLIENT_IFACE);
     // A first socket, whose owner the map holds until the storm evicts it. Both on one CPU:
     // the LRU keeps new entries in per-CPU lists, and a storm on the other CPU could fill
     // the map without ever reaching this one.
@@ -532,7 +593,10 @@ fn owner_programs_never_refuse_a_connect_even_with_their_map_full() {
         .parse()
         .unwrap_or_else(|err| panic!("the first socket's cookie: {err}: {first:?}"));
     let (capacity, before) = owner_map_cookies(run.pid());
-    assert_eq!(capacity, 64, "the test's small owner map");
+    assert_eq!(
+        capacity, SOCKET_OWNERS_CAPACITY,
+        "the owner map netwatch ships"
+    );
     assert!(
         before.contains(&first),
         "the first socket's owner ({first}) was not recorded: {before:?}"

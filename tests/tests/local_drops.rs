@@ -13,7 +13,7 @@ use std::{process::Stdio, time::Duration};
 use netwatch_tests::{
     clients::Client,
     kernel_has_drop_reasons,
-    lab::{CLIENT_IFACE, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, OPEN_DNS, TargetId},
+    lab::{CLIENT_IFACE, DNS_V4, DNS_V6, DNS2_V4, Finished, Lab, Netns, OPEN_DNS, TargetId},
     prerequisites,
 };
 use serde_json::Value;
@@ -188,6 +188,62 @@ fn dns_dropped_by_this_hosts_output_and_input_chains_is_blackholed_here() {
         back["local_drops"],
         serde_json::json!({"NETFILTER_DROP": 3}),
         "{back}"
+    );
+}
+
+/// Another namespace with the client's own address (a container with the same IP, say)
+/// drops DNS to the second resolver in its output chain, as the client does: the tracepoint
+/// fires for both, and only the client's drops are this host's. Costs about 4 s.
+#[test]
+fn a_twin_namespaces_drops_are_not_this_hosts() {
+    if !prerequisites(
+        "a_twin_namespaces_drops_are_not_this_hosts",
+        &["ip", "nft", "dig"],
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    host_firewall(&lab);
+    let twin = Netns::create(format!("nwlab-twin{}", std::process::id()));
+    twin.ok(
+        "ip",
+        &["link", "add", "t0", "type", "veth", "peer", "name", "t1"],
+    );
+    twin.ok("ip", &["addr", "add", "203.0.113.2/24", "dev", "t0"]);
+    for dev in ["lo", "t0", "t1"] {
+        twin.ok("ip", &["link", "set", dev, "up"]);
+    }
+    twin.ok("ip", &["route", "add", "default", "via", "203.0.113.1"]);
+    Lab::nft_in(&twin, HOST_FIREWALL);
+    let netwatch = lab.start_netwatch(&["--iface", CLIENT_IFACE, "--json", "--timeout", "1s"]);
+    for i in 0..5 {
+        Client::dig(DNS2_V4, &format!("twin{i}.example")).run(&twin);
+    }
+    for i in 0..2 {
+        Client::dig(DNS2_V4, &format!("own{i}.example")).run(&lab.client);
+    }
+    if !kernel_has_drop_reasons() {
+        let finished = netwatch.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        no_local_drops_and_no_blame(&finished, &[dns(DNS2_V4)]);
+        return;
+    }
+    netwatch.wait_for(
+        Duration::from_secs(10),
+        &format!("{DNS2_V4} blackholed here"),
+        |r| r["type"] == "verdict" && r["remote"] == DNS2_V4 && r["verdict"] == "blackholed",
+    );
+    let finished = netwatch.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let own = target(&finished, &dns(DNS2_V4));
+    assert_eq!(
+        own["requests"], 2,
+        "the twin's 5 are not this host's: {own}"
+    );
+    assert_eq!(
+        own["local_drops"],
+        serde_json::json!({"NETFILTER_DROP": 2}),
+        "{own}"
     );
 }
 

@@ -63,7 +63,8 @@ enum Task {
     /// unit starts, attaches, judges real clients, stops and restarts as it should.
     ServiceTest,
     /// Run the benchmark suite as root: writes target/bench/report.json and report.md, prints
-    /// the table, and (full runs only) rewrites BENCHMARKS.md from the report.
+    /// the table beside the previous full run's figures (bench/baseline.json), and (full runs
+    /// only) rewrites BENCHMARKS.md from the report and bench/baseline.json with its figures.
     Bench {
         /// Fewer repetitions and shorter runs (within two minutes); BENCHMARKS.md is left alone.
         #[arg(long)]
@@ -104,7 +105,7 @@ fn as_root(program: &Path) -> Command {
     } else {
         let mut command = Command::new("sudo");
         command
-            .arg("--preserve-env=NETWATCH_BIN,NETWATCH_TEST_STRICT,RUST_LOG,PATH")
+            .arg("--preserve-env=NETWATCH_BIN,NETWATCH_TEST_STRICT,NETWATCH_TEST_BUILD,RUST_LOG,PATH")
             .arg(program);
         command
     }
@@ -142,30 +143,33 @@ fn style() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     // The eBPF crate as it is built: for the BPF target (build-std, with the cfg aya's
-    // helpers need), in a target directory of its own.
+    // helpers need), in a target directory of its own; both builds of the programs.
     let root = workspace_root();
-    cmd::run(
-        cargo()
-            .current_dir(root.join("netwatch-ebpf"))
-            .args([
-                "clippy",
-                "--package",
-                "netwatch-ebpf",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--release",
-                "--target-dir",
-            ])
-            .arg(root.join("target/clippy-ebpf"))
-            .args(["--", "--deny", "warnings"])
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
-            ),
-    )?;
+    for features in [&[][..], &["--features", "no-cmpxchg"][..]] {
+        cmd::run(
+            cargo()
+                .current_dir(root.join("netwatch-ebpf"))
+                .args([
+                    "clippy",
+                    "--package",
+                    "netwatch-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                ])
+                .args(features)
+                .arg("--target-dir")
+                .arg(root.join("target/clippy-ebpf"))
+                .args(["--", "--deny", "warnings"])
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env(
+                    "CARGO_ENCODED_RUSTFLAGS",
+                    format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+                ),
+        )?;
+    }
     Ok(())
 }
 
@@ -194,36 +198,7 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
         bail!("no integration test binaries were built");
     }
     let started = std::time::Instant::now();
-    let mut host = vm::Counts::default();
-    let filters: Vec<&str> = filter.into_iter().collect();
-    for (name, binary) in &binaries {
-        if vm::guests_only(name) {
-            say(&format!(
-                "{name}: tests of what this kernel lacks, run in the kernel matrix only"
-            ));
-            continue;
-        }
-        let listed = vm::listed_tests(binary, &filters)?;
-        if listed == 0 && filter.is_some() {
-            continue; // the filter matches none of its tests
-        }
-        let mut command = as_root(binary);
-        command
-            .arg("--test-threads=1")
-            .args(&filters)
-            .env("NETWATCH_BIN", &netwatch)
-            .env("NETWATCH_TEST_STRICT", "1")
-            .current_dir(workspace_root());
-        let counts = vm::run_counted(&mut command)?.expecting(listed);
-        if counts.failing() {
-            bail!(
-                "{name} ({}): {}, of the {listed} tests it lists",
-                binary.display(),
-                counts.brief()
-            );
-        }
-        host.passed += counts.passed;
-    }
+    let host = host_suites(&binaries, filter, &netwatch)?;
     if let Some(filter) = filter {
         if host.passed == 0 {
             bail!(
@@ -259,6 +234,65 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
     outcomes.extend(vm::run_matrix(&series, &executables, &workspace_root())?);
     vm::conclude(&outcomes)?;
     service.context("the service test failed")
+}
+
+/// The privileged test executables on this machine's kernel (the program tests once per
+/// build of the programs), each expected to report every test it lists.
+fn host_suites(
+    binaries: &[(String, PathBuf)],
+    filter: Option<&str>,
+    netwatch: &Path,
+) -> anyhow::Result<vm::Counts> {
+    let mut host = vm::Counts::default();
+    let filters: Vec<&str> = filter.into_iter().collect();
+    // The program tests run twice: with the build of the programs this kernel loads, and
+    // with the one for kernels before 5.12 (no compare-and-swap), which runs here too.
+    let runs = binaries.iter().flat_map(|(name, binary)| {
+        let builds: &[&str] = if name == "programs" {
+            &["", "no-cmpxchg"]
+        } else {
+            &[""]
+        };
+        builds.iter().map(move |build| (name, binary, *build))
+    });
+    for (name, binary, build) in runs {
+        if vm::guests_only(name) {
+            say(&format!(
+                "{name}: tests of what this kernel lacks, run in the kernel matrix only"
+            ));
+            continue;
+        }
+        let listed = vm::listed_tests(binary, &filters)?;
+        if listed == 0 && filter.is_some() {
+            continue; // the filter matches none of its tests
+        }
+        let mut command = as_root(binary);
+        command
+            .arg("--test-threads=1")
+            .args(&filters)
+            .env("NETWATCH_BIN", netwatch)
+            .env("NETWATCH_TEST_STRICT", "1")
+            .env("NETWATCH_TEST_BUILD", build)
+            .current_dir(workspace_root());
+        if !build.is_empty() {
+            say(&format!("the program tests again, with the {build} build"));
+        }
+        let counts = vm::run_counted(&mut command)?.expecting(listed);
+        if counts.failing() {
+            bail!(
+                "{name} ({}){}: {}, of the {listed} tests it lists",
+                binary.display(),
+                if build.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with the {build} build")
+                },
+                counts.brief()
+            );
+        }
+        host.passed += counts.passed;
+    }
+    Ok(host)
 }
 
 /// `cargo xtask service-test`: the package, then its unit under systemd in a guest.
@@ -349,11 +383,12 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     cmd::run(sysctl.args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
 
     say("building netwatch, the bench and the traffic generator (release)");
+    // netwatch alone first: built with the test crates, cargo would unify their features
+    // into it (test-helpers), and the binary measured would not be the one shipped.
+    cmd::run(cargo().args(["build", "--release", "--package", "netwatch"]))?;
     cmd::run(cargo().args([
         "build",
         "--release",
-        "--package",
-        "netwatch",
         "--package",
         "netwatch-bench",
         "--package",
@@ -388,6 +423,8 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         .arg("--out")
         .arg(root.join("target/bench"))
         .args(["--commit", &commit, "--rustc", &rustc])
+        .arg("--baseline")
+        .arg(root.join("bench/baseline.json"))
         .current_dir(&root);
     if quick {
         command.arg("--quick");
@@ -399,14 +436,20 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     if full {
         command
             .arg("--write-benchmarks-md")
-            .arg(root.join("BENCHMARKS.md"));
+            .arg(root.join("BENCHMARKS.md"))
+            .arg("--write-baseline")
+            .arg(root.join("bench/baseline.json"));
     }
     cmd::run(&mut command)?;
     if full {
-        say("BENCHMARKS.md rewritten from target/bench/report.json");
+        say(
+            "BENCHMARKS.md rewritten from target/bench/report.json, beside the previous full run; \
+             bench/baseline.json now holds this run's figures (commit both)",
+        );
     } else {
         say(
-            "target/bench/report.json and report.md written; BENCHMARKS.md is only rewritten by a full run",
+            "target/bench/report.json and report.md written, beside the previous full run's figures; \
+             BENCHMARKS.md and bench/baseline.json are only rewritten by a full run",
         );
     }
     Ok(())

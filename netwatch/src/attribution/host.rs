@@ -1,10 +1,10 @@
-//! The host side of attribution: the cgroup2 tree, `sock_diag` and `/proc`.
+//! The host side of attribution: the cgroup2 tree, `sock_diag` (typed, in
+//! [`crate::sock_diag`]) and `/proc`.
 
 use std::{
     collections::HashMap,
     fs,
-    mem::size_of,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -183,130 +183,9 @@ fn socket_owners_from_proc() -> HashMap<u64, SocketProcess> {
     out
 }
 
-// Netlink `sock_diag` (linux/inet_diag.h, linux/sock_diag.h).
-const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_HDR_LEN: usize = 16;
-/// `NLMSG_ERROR`, `NLMSG_DONE` (linux/netlink.h).
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-/// `AF_INET`, `AF_INET6`, `IPPROTO_TCP`, `IPPROTO_UDP` as the request's bytes.
-const FAMILIES: [u8; 2] = [2, 10];
-const PROTOCOLS: [u8; 2] = [6, 17];
-/// `struct inet_diag_req_v2`.
-const REQ_LEN: usize = 56;
-/// `struct inet_diag_msg`: the cookie at 44..52, the inode at 68..72.
-const MSG_LEN: usize = 72;
-
 /// Every TCP and UDP socket of this network namespace: (cookie, inode).
 fn inet_sockets() -> std::io::Result<Vec<(u64, u64)>> {
-    let mut out = Vec::new();
-    for family in FAMILIES {
-        for protocol in PROTOCOLS {
-            out.extend(dump(family, protocol)?);
-        }
-    }
-    Ok(out)
-}
-
-fn dump(family: u8, protocol: u8) -> std::io::Result<Vec<(u64, u64)>> {
-    // SAFETY: plain socket(2); the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just returned by socket(2), owned by nobody else.
-    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut request = [0u8; NLMSG_HDR_LEN + REQ_LEN];
-    #[expect(clippy::cast_possible_truncation, reason = "72 bytes")]
-    let length = request.len() as u32;
-    request[0..4].copy_from_slice(&length.to_ne_bytes());
-    request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    #[expect(clippy::cast_possible_truncation, reason = "netlink flags fit in u16")]
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    request[6..8].copy_from_slice(&flags.to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    request[16] = family;
-    request[17] = protocol;
-    // idiag_states: every state.
-    request[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
-    // SAFETY: sends the request buffer; the kernel address is zeroed (pid 0, no groups).
-    let sent = unsafe {
-        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-        kernel.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).unwrap_or_default();
-        libc::sendto(
-            socket.as_raw_fd(),
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-            (&raw const kernel).cast(),
-            libc::socklen_t::try_from(size_of::<libc::sockaddr_nl>()).unwrap_or_default(),
-        )
-    };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: receives into a buffer of the length given.
-        let got = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
-        let Ok(got) = usize::try_from(got) else {
-            return Err(std::io::Error::last_os_error());
-        };
-        if got == 0 || parse_messages(&buffer[..got], &mut out) {
-            return Ok(out);
-        }
-    }
-}
-
-/// Adds the (cookie, inode) of each `inet_diag_msg` in `bytes`; true at the end of the dump
-/// (`NLMSG_DONE` or an error).
-#[must_use]
-pub fn parse_messages(bytes: &[u8], out: &mut Vec<(u64, u64)>) -> bool {
-    let mut offset = 0;
-    while offset + NLMSG_HDR_LEN <= bytes.len() {
-        let word = |at: usize| {
-            bytes
-                .get(at..at + 4)
-                .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        let len = word(offset) as usize;
-        let kind = bytes
-            .get(offset + 4..offset + 6)
-            .map_or(0, |b| u16::from_ne_bytes([b[0], b[1]]));
-        if len < NLMSG_HDR_LEN || offset + len > bytes.len() {
-            return true;
-        }
-        match kind {
-            NLMSG_DONE | NLMSG_ERROR => return true,
-            SOCK_DIAG_BY_FAMILY if len >= NLMSG_HDR_LEN + MSG_LEN => {
-                let msg = offset + NLMSG_HDR_LEN;
-                let cookie = u64::from(word(msg + 44)) | (u64::from(word(msg + 48)) << 32);
-                let inode = u64::from(word(msg + 68));
-                if inode != 0 {
-                    out.push((cookie, inode));
-                }
-            }
-            _ => {}
-        }
-        // NLMSG_ALIGN
-        offset += (len + 3) & !3;
-    }
-    false
+    crate::sock_diag::SockDiag::new()?.inet_sockets()
 }
 
 #[cfg(test)]
@@ -350,34 +229,5 @@ mod tests {
         assert_eq!(socket_inode("socket:[4242]"), Some(4242));
         assert_eq!(socket_inode("pipe:[4242]"), None);
         assert_eq!(socket_inode("/dev/null"), None);
-    }
-
-    fn message(kind: u16, cookie: u64, inode: u32) -> Vec<u8> {
-        let len = NLMSG_HDR_LEN + MSG_LEN;
-        let mut m = vec![0u8; len];
-        m[0..4].copy_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
-        m[4..6].copy_from_slice(&kind.to_ne_bytes());
-        let msg = NLMSG_HDR_LEN;
-        m[msg + 44..msg + 48]
-            .copy_from_slice(&u32::try_from(cookie & 0xffff_ffff).unwrap().to_ne_bytes());
-        m[msg + 48..msg + 52].copy_from_slice(&u32::try_from(cookie >> 32).unwrap().to_ne_bytes());
-        m[msg + 68..msg + 72].copy_from_slice(&inode.to_ne_bytes());
-        m
-    }
-
-    #[test]
-    fn inet_diag_messages_give_cookies_and_inodes() {
-        let mut bytes = message(SOCK_DIAG_BY_FAMILY, 0x1_0000_0002, 77);
-        bytes.extend(message(SOCK_DIAG_BY_FAMILY, 9, 0));
-        let mut out = Vec::new();
-        assert!(!parse_messages(&bytes, &mut out), "no NLMSG_DONE yet");
-        assert_eq!(out, vec![(0x1_0000_0002, 77)]);
-        let done = message(NLMSG_DONE, 0, 0);
-        assert!(parse_messages(&done, &mut out));
-        // A truncated message ends the parse without reading past it.
-        let mut short = message(SOCK_DIAG_BY_FAMILY, 1, 1);
-        short.truncate(30);
-        assert!(parse_messages(&short, &mut out));
-        assert_eq!(out.len(), 1);
     }
 }

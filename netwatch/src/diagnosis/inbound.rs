@@ -157,7 +157,7 @@ pub(super) fn accept_rules(peers: &[IpAddr], proto: Proto, port: Option<u16>) ->
 /// The local rules of `findings` as text: the nft rules, then the iptables ones, each under
 /// a comment line, duplicates left out. Empty when there are none.
 #[must_use]
-pub fn render_local_rules(findings: &[Finding]) -> String {
+pub(crate) fn render_local_rules(findings: &[Finding]) -> String {
     let rules: Vec<&LocalRule> = findings.iter().flat_map(|f| &f.local_rules).collect();
     if rules.is_empty() {
         return String::new();

@@ -16,8 +16,8 @@ use crate::{
     verdict::Verdict,
 };
 
-pub const LOCAL_FIREWALL_DROPS: &str = "local-firewall-drops";
-pub const DROPPED_BEYOND_THIS_HOST: &str = "dropped-beyond-this-host";
+pub(crate) const LOCAL_FIREWALL_DROPS: &str = "local-firewall-drops";
+pub(crate) const DROPPED_BEYOND_THIS_HOST: &str = "dropped-beyond-this-host";
 
 /// The reason a netfilter rule dropped the packet.
 const NETFILTER: &str = "here:netfilter-drop";
@@ -26,7 +26,7 @@ const NETFILTER: &str = "here:netfilter-drop";
 /// it fails. (Inbound targets have their own findings, which already speak of this host's
 /// chains.)
 #[must_use]
-pub fn dropped_here(t: &TargetView) -> bool {
+pub(super) fn dropped_here(t: &TargetView) -> bool {
     t.direction == Direction::Egress
         && t.verdict != Verdict::Ok
         && t.reason.is_some_and(|r| {
@@ -38,7 +38,7 @@ pub fn dropped_here(t: &TargetView) -> bool {
 /// One `local-firewall-drops` finding per target failing because of this host, then one
 /// `dropped-beyond-this-host` for blackholed targets with nothing dropped here (only when
 /// `watched`: the kernel reports local drops). `traced`: `--trace-rules` names rules.
-pub fn local_drop_findings(
+pub(super) fn local_drop_findings(
     judged: &[&TargetView],
     (watched, traced): (bool, bool),
     findings: &mut Vec<Finding>,

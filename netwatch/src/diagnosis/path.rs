@@ -17,14 +17,14 @@ use super::{
 };
 use crate::verdict::PATH_MTU;
 
-pub const PATH_MTU_BLACKHOLE: &str = "path-mtu-blackhole";
-pub const DNS_FRAGMENTS_LOST: &str = "dns-fragments-lost";
+pub(crate) const PATH_MTU_BLACKHOLE: &str = "path-mtu-blackhole";
+pub(crate) const DNS_FRAGMENTS_LOST: &str = "dns-fragments-lost";
 
 /// `action` and `direction` of the request for ICMP to reach this host.
 const INBOUND: &str = "inbound";
 /// The ICMP messages path-MTU discovery needs, as `icmp_type` of a request.
-pub const FRAGMENTATION_NEEDED: &str = "fragmentation-needed";
-pub const PACKET_TOO_BIG: &str = "packet-too-big";
+pub(super) const FRAGMENTATION_NEEDED: &str = "fragmentation-needed";
+pub(super) const PACKET_TOO_BIG: &str = "packet-too-big";
 /// The kernel's drop reasons for a datagram whose fragments never all arrived.
 const REASSEMBLY_FAILED: [&str; 2] = ["FRAG_REASM_TIMEOUT", "FRAG_TOO_FAR"];
 /// The EDNS buffer size that keeps DNS answers out of fragments on any path (the DNS flag
@@ -33,13 +33,13 @@ const EDNS_BUFFER: u16 = 1232;
 
 /// Whether `t` stalls for the path's MTU.
 #[must_use]
-pub fn stalls_for_mtu(t: &TargetView) -> bool {
+pub(super) fn stalls_for_mtu(t: &TargetView) -> bool {
     t.verdict == Verdict::Degraded && t.reason == Some(PATH_MTU)
 }
 
 /// Whether `t` is a DNS target whose answers were lost to fragments dropped on the way.
 #[must_use]
-pub fn loses_fragments(t: &TargetView) -> bool {
+pub(super) fn loses_fragments(t: &TargetView) -> bool {
     is_dns(t)
         && t.fragmented_answers > 0
         && t.verdict != Verdict::Ok
@@ -51,7 +51,7 @@ pub fn loses_fragments(t: &TargetView) -> bool {
 /// Whether the kernel's reason `here` (`here:frag-reasm-timeout`) is a reassembly that
 /// failed: the fragments were lost before this host, which only gave up waiting.
 #[must_use]
-pub fn is_reassembly_failure(here: &str) -> bool {
+pub(super) fn is_reassembly_failure(here: &str) -> bool {
     matches!(here, "here:frag-reasm-timeout" | "here:frag-too-far")
 }
 

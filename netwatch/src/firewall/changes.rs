@@ -16,23 +16,23 @@ use super::{
 };
 
 /// A failure that began this long after a ruleset change, or less, is tied to it.
-pub const AFTER_CHANGE_WITHIN_NS: u64 = 5_000_000_000;
+pub(crate) const AFTER_CHANGE_WITHIN_NS: u64 = 5_000_000_000;
 /// netwatch timestamps a change when it reads the announcement, which may wait for the poll
 /// in progress: a failure up to this long before that is still after the change.
-pub const READ_SLACK_NS: u64 = 500_000_000;
+pub(crate) const READ_SLACK_NS: u64 = 500_000_000;
 /// Records written one per generation in any second; beyond, generations are summarized.
-pub const RECORDS_PER_SECOND: usize = 4;
+pub(crate) const RECORDS_PER_SECOND: usize = 4;
 /// Changes listed in one record; the rest are counted.
-pub const LISTED_PER_RECORD: usize = 16;
+pub(crate) const LISTED_PER_RECORD: usize = 16;
 /// Rule texts remembered (so that a rule deleted later can still be named).
-pub const MAX_RULE_TEXTS: usize = 20_000;
+pub(crate) const MAX_RULE_TEXTS: usize = 20_000;
 
 /// The text of a rule netwatch could not read.
-pub const UNKNOWN_TEXT: &str = "(text unknown)";
+pub(crate) const UNKNOWN_TEXT: &str = "(text unknown)";
 
 /// One committed generation, as the kernel announced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Commit {
+pub(crate) struct Commit {
     pub generation: u32,
     pub process: Option<String>,
     /// When netwatch read it (monotonic).
@@ -44,14 +44,14 @@ pub struct Commit {
 
 impl Commit {
     #[must_use]
-    pub fn change_count(&self) -> u64 {
+    pub(crate) fn change_count(&self) -> u64 {
         (self.rules.len() + self.chains.len()) as u64
     }
 }
 
 /// Gathers messages into [`Commit`]s: everything announced until a generation message.
 #[derive(Debug, Default)]
-pub struct Assembler {
+pub(crate) struct Assembler {
     rules: Vec<(Op, RuleRef)>,
     chains: Vec<(Op, ChainRef, Option<i32>)>,
 }
@@ -63,7 +63,7 @@ const MAX_PENDING: usize = 4096;
 impl Assembler {
     /// Takes in one message read at `at_ns`; returns the commit a generation message closes,
     /// unless it changed only netwatch's own trace table (or sets and elements).
-    pub fn push(&mut self, message: Message, at_ns: u64) -> Option<Commit> {
+    pub(crate) fn push(&mut self, message: Message, at_ns: u64) -> Option<Commit> {
         match message {
             Message::Rule { op, rule } if !is_own(&rule.chain) => {
                 if self.rules.len() < MAX_PENDING {
@@ -97,7 +97,7 @@ impl Assembler {
 
 /// Whether a chain is netwatch's own (the trace table): its changes are not the operator's.
 #[must_use]
-pub fn is_own(chain: &ChainRef) -> bool {
+pub(crate) fn is_own(chain: &ChainRef) -> bool {
     chain.family == Family::Inet && chain.table == TRACE_TABLE
 }
 
@@ -105,14 +105,14 @@ pub fn is_own(chain: &ChainRef) -> bool {
 /// most [`RECORDS_PER_SECOND`] records a second while commits come one by one; past that, one
 /// record per flush for all that came since the last.
 #[derive(Debug, Default)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     pending: Vec<Commit>,
     /// When the records of the last second went out.
     written_ns: VecDeque<u64>,
 }
 
 impl Pacer {
-    pub fn offer(&mut self, commit: Commit) {
+    pub(crate) fn offer(&mut self, commit: Commit) {
         // Bounded: a flush comes every poll; this only guards against a stalled one.
         if self.pending.len() >= MAX_PENDING {
             let merged = self.pending.remove(0);
@@ -124,7 +124,7 @@ impl Pacer {
     }
 
     /// The commits due now, grouped one group per record.
-    pub fn flush(&mut self, now_ns: u64) -> Vec<Vec<Commit>> {
+    pub(crate) fn flush(&mut self, now_ns: u64) -> Vec<Vec<Commit>> {
         while self
             .written_ns
             .front()
@@ -285,7 +285,7 @@ impl RulesetRecord {
 
 /// Rule texts by rule, kept from listings so that deleted rules can still be named.
 #[derive(Debug, Default)]
-pub struct RuleTexts {
+pub(crate) struct RuleTexts {
     texts: BTreeMap<RuleRef, String>,
     /// Base chains' `type … policy …;` lines.
     policies: BTreeMap<ChainRef, String>,
@@ -294,7 +294,7 @@ pub struct RuleTexts {
 impl RuleTexts {
     /// Takes in a listing's rules and policies (over what was known; nothing is forgotten
     /// here: a rule deleted meanwhile is still to be named by its delete).
-    pub fn absorb(&mut self, listing: &super::listing::Listing) {
+    pub(crate) fn absorb(&mut self, listing: &super::listing::Listing) {
         for (rule, text) in &listing.rules {
             if self.texts.len() < MAX_RULE_TEXTS || self.texts.contains_key(rule) {
                 self.texts.insert(rule.clone(), text.clone());
@@ -308,18 +308,18 @@ impl RuleTexts {
     }
 
     #[must_use]
-    pub fn get(&self, rule: &RuleRef) -> Option<&str> {
+    pub(crate) fn get(&self, rule: &RuleRef) -> Option<&str> {
         self.texts.get(rule).map(String::as_str)
     }
 
     #[must_use]
-    pub fn policy_line(&self, chain: &ChainRef) -> Option<&str> {
+    pub(crate) fn policy_line(&self, chain: &ChainRef) -> Option<&str> {
         self.policies.get(chain).map(String::as_str)
     }
 
     /// The records for `groups` (from [`Pacer::flush`]); texts of added rules must have been
     /// absorbed first. Deleted rules' texts are forgotten.
-    pub fn records(&mut self, groups: Vec<Vec<Commit>>) -> Vec<RulesetRecord> {
+    pub(crate) fn records(&mut self, groups: Vec<Vec<Commit>>) -> Vec<RulesetRecord> {
         groups
             .into_iter()
             .filter_map(|group| self.record(group))
@@ -390,7 +390,7 @@ impl RuleTexts {
 /// the time netwatch took to read the change). `changes` are (read at, generation), oldest
 /// first.
 #[must_use]
-pub fn change_behind(started_ns: u64, changes: &VecDeque<(u64, u32)>) -> Option<u32> {
+pub(crate) fn change_behind(started_ns: u64, changes: &VecDeque<(u64, u32)>) -> Option<u32> {
     changes
         .iter()
         .rev()

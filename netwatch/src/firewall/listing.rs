@@ -7,7 +7,7 @@ use super::netlink::{ChainRef, Family, RuleRef};
 
 /// What one listing holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Listing {
+pub(crate) struct Listing {
     /// Every rule, in listing order, with its text (without the `# handle N` nft appends).
     pub rules: Vec<(RuleRef, String)>,
     /// Base chains: their `type … hook …; policy …;` line as printed, and the policy (`drop`,
@@ -19,7 +19,7 @@ pub struct Listing {
 
 /// Reads `nft -a list ruleset` (or `list table`, `list chain`) output.
 #[must_use]
-pub fn parse(text: &str) -> Listing {
+pub(crate) fn parse(text: &str) -> Listing {
     let mut listing = Listing::default();
     // The blocks open around the current line: table, chain, or anything else (a set).
     let mut table: Option<(Family, String)> = None;

@@ -15,10 +15,10 @@
 //! [`netlink`], [`listing`], [`changes`] and [`trace`] are pure; [`Firewall`] is the shell
 //! around them: the sockets, the nft runs, the table's life.
 
-pub mod changes;
-pub mod listing;
-pub mod netlink;
-pub mod trace;
+pub(crate) mod changes;
+pub(crate) mod listing;
+pub(crate) mod netlink;
+pub(crate) mod trace;
 
 use std::{
     collections::BTreeSet,
@@ -40,7 +40,7 @@ use self::{
 use crate::{lock, target::Target};
 
 /// netwatch's own table (family inet), for `--trace-rules`.
-pub const TRACE_TABLE: &str = "netwatch_trace";
+pub(crate) const TRACE_TABLE: &str = "netwatch_trace";
 /// The lock a tracing netwatch holds in its network namespace (longer than any interface
 /// name, so it never names one).
 const TRACE_LOCK: &str = "netwatch_trace_table";
@@ -150,7 +150,7 @@ fn legacy_tables() -> Vec<String> {
 }
 
 /// The shell: sockets, nft, the trace table.
-pub struct Firewall {
+pub(crate) struct Firewall {
     monitor: Option<AsyncFd<Socket>>,
     tracing: Option<AsyncFd<Socket>>,
     nft: Option<PathBuf>,
@@ -182,7 +182,7 @@ impl Firewall {
     /// table. Never fails: what does not work is said once ([`Firewall::take_notes`]) and
     /// the rest goes on.
     #[must_use]
-    pub fn start(trace_rules: bool) -> Self {
+    pub(crate) fn start(trace_rules: bool) -> Self {
         let nft_binary = find_nft();
         let mut firewall = Self {
             monitor: None,
@@ -312,7 +312,7 @@ impl Firewall {
 
     /// Says once that legacy iptables rules exist and their changes are not followed; checked
     /// at start and when the run loop asks (they may appear later).
-    pub fn check_legacy(&mut self) {
+    pub(crate) fn check_legacy(&mut self) {
         if self.legacy_said {
             return;
         }
@@ -328,7 +328,7 @@ impl Firewall {
     }
 
     /// Lines to say once on stderr, since the last call.
-    pub fn take_notes(&mut self) -> Vec<String> {
+    pub(crate) fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)
     }
 
@@ -345,7 +345,7 @@ impl Firewall {
 
     /// Resolves when an announcement or a trace event is waiting; never without sockets.
     /// Clears the readiness: [`Firewall::drain`] must follow.
-    pub async fn readable(&self) {
+    pub(crate) async fn readable(&self) {
         tokio::select! {
             () = ready(self.monitor.as_ref()) => {}
             () = ready(self.tracing.as_ref()) => {}
@@ -353,7 +353,7 @@ impl Firewall {
     }
 
     /// Reads everything waiting, at `now_ns`.
-    pub fn drain(&mut self, now_ns: u64) {
+    pub(crate) fn drain(&mut self, now_ns: u64) {
         let mut buffer = std::mem::take(&mut self.buffer);
         for which in [Which::Monitor, Which::Tracing] {
             loop {
@@ -405,7 +405,7 @@ impl Firewall {
     }
 
     /// The `ruleset` records due at `now_ns`, with the texts of added rules asked of nft.
-    pub fn flush(&mut self, now_ns: u64) -> Vec<RulesetRecord> {
+    pub(crate) fn flush(&mut self, now_ns: u64) -> Vec<RulesetRecord> {
         let groups = self.pacer.flush(now_ns);
         // Chains with rules added, and chains added or given a new policy.
         let chains: BTreeSet<ChainRef> = groups
@@ -443,7 +443,7 @@ impl Firewall {
     }
 
     /// The drops traced since the last call, each with its rule's text.
-    pub fn take_drops(&mut self) -> Vec<(Target, RuleDrops)> {
+    pub(crate) fn take_drops(&mut self) -> Vec<(Target, RuleDrops)> {
         let hits = std::mem::take(&mut self.hits);
         let mut drops = Vec::with_capacity(hits.len());
         for hit in hits {
@@ -485,7 +485,7 @@ impl Firewall {
     }
 
     /// Traces exactly `wanted` (see [`trace::wanted`]) from now on.
-    pub fn trace(&mut self, wanted: BTreeSet<Target>) {
+    pub(crate) fn trace(&mut self, wanted: BTreeSet<Target>) {
         if !self.table_added || self.refused.as_ref() == Some(&wanted) {
             return;
         }
@@ -506,7 +506,7 @@ impl Firewall {
 
     /// Whether `--trace-rules` works in this run.
     #[must_use]
-    pub fn tracing(&self) -> bool {
+    pub(crate) fn tracing(&self) -> bool {
         self.table_added
     }
 }

@@ -16,8 +16,8 @@ use thiserror::Error;
 /// `NFNL_SUBSYS_NFTABLES`: the high byte of an `nf_tables` message's type.
 const SUBSYS_NFTABLES: u16 = 10;
 /// Group numbers (`enum nfnetlink_groups`), for `NETLINK_ADD_MEMBERSHIP`.
-pub const GROUP_NFTABLES: u32 = 7;
-pub const GROUP_NFTRACE: u32 = 9;
+pub(crate) const GROUP_NFTABLES: u32 = 7;
+pub(crate) const GROUP_NFTRACE: u32 = 9;
 
 // `enum nf_tables_msg_types`.
 const MSG_NEWTABLE: u8 = 0;
@@ -55,8 +55,9 @@ const TRACE_POLICY: u16 = 16;
 const VERDICT_CODE: u16 = 1;
 
 /// `NF_DROP`, `NF_ACCEPT`: verdict codes (and chain policies).
-pub const NF_DROP: i32 = 0;
-pub const NF_ACCEPT: i32 = 1;
+pub(crate) const NF_DROP: i32 = 0;
+#[cfg(test)]
+pub(crate) const NF_ACCEPT: i32 = 1;
 
 /// A table's family (`nfgenmsg.nfgen_family`), named as nft names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -129,7 +130,7 @@ pub enum Op {
 
 /// Where a chain is: family, table, name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChainRef {
+pub(crate) struct ChainRef {
     pub family: Family,
     pub table: String,
     pub chain: String,
@@ -143,14 +144,14 @@ impl fmt::Display for ChainRef {
 
 /// One rule: its chain and its handle (unique within its table).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RuleRef {
+pub(crate) struct RuleRef {
     pub chain: ChainRef,
     pub handle: u64,
 }
 
 /// One `nf_tables` message, as far as netwatch cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
+pub(crate) enum Message {
     Table {
         op: Op,
         family: Family,
@@ -181,7 +182,7 @@ pub enum Message {
 
 /// What a trace event reports (`enum nft_trace_types`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TraceKind {
+pub(crate) enum TraceKind {
     /// The chain's policy decided (`verdict` holds the policy).
     Policy,
     /// The end of a regular chain: back to the caller.
@@ -194,7 +195,7 @@ pub enum TraceKind {
 /// One event of a traced packet (`NFT_MSG_TRACE`). A packet's events share its `id`; the
 /// first event of each chain it traverses carries its headers.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TraceEvent {
+pub(crate) struct TraceEvent {
     pub id: u32,
     pub chain: ChainRef,
     pub kind: TraceKind,
@@ -212,13 +213,13 @@ impl TraceEvent {
     /// Whether this event dropped the packet: a rule's drop (a reject rule's too: reject sends
     /// its answer, then drops) or a drop policy.
     #[must_use]
-    pub fn drops(&self) -> bool {
+    pub(crate) fn drops(&self) -> bool {
         matches!(self.kind, TraceKind::Rule | TraceKind::Policy) && self.verdict == Some(NF_DROP)
     }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     #[error("malformed netlink message: {0}")]
     Netlink(String),
     #[error("nf_tables message without {0}")]
@@ -230,7 +231,7 @@ pub enum ParseError {
 /// Every message in one datagram, in order; a malformed one gives its error in its place
 /// (and ends the datagram when its length cannot be trusted).
 #[must_use]
-pub fn parse_datagram(bytes: &[u8]) -> Vec<Result<Message, ParseError>> {
+pub(crate) fn parse_datagram(bytes: &[u8]) -> Vec<Result<Message, ParseError>> {
     let mut messages = Vec::new();
     let mut offset = 0;
     while offset < bytes.len() {

@@ -21,15 +21,15 @@ use super::{
 use crate::target::{Direction, Proto, Target};
 
 /// Targets traced at once, at most (the size of each set).
-pub const MAX_TRACED: usize = 64;
+pub(crate) const MAX_TRACED: usize = 64;
 /// netwatch's chains run before every standard priority (raw is -300, conntrack -200).
-pub const PRIORITY: i32 = -1000;
+pub(crate) const PRIORITY: i32 = -1000;
 /// Packets whose headers are remembered until their drop event comes.
 const HEADERS_KEPT: usize = 512;
 
 /// The table netwatch adds: sets of what to trace, and two verdict-free chains.
 #[must_use]
-pub fn table_script() -> String {
+pub(crate) fn table_script() -> String {
     let mut script = format!("table inet {TRACE_TABLE} {{\n");
     for (name, kind) in SETS {
         let _ = writeln!(script, "  set {name} {{ type {kind}; size {MAX_TRACED}; }}");
@@ -102,7 +102,7 @@ fn element(target: &Target) -> (&'static str, String) {
 
 /// The nft script that turns the traced set `from` into `to`; `None` when they are equal.
 #[must_use]
-pub fn update_script(from: &BTreeSet<Target>, to: &BTreeSet<Target>) -> Option<String> {
+pub(crate) fn update_script(from: &BTreeSet<Target>, to: &BTreeSet<Target>) -> Option<String> {
     let mut script = String::new();
     for (verb, targets) in [
         ("delete", from.difference(to)),
@@ -122,7 +122,7 @@ pub fn update_script(from: &BTreeSet<Target>, to: &BTreeSet<Target>) -> Option<S
 /// The targets to trace: those failing with drops on this host (or dropped here while still
 /// pending), most recent first, at most [`MAX_TRACED`].
 #[must_use]
-pub fn wanted(candidates: impl Iterator<Item = (Target, bool)>) -> BTreeSet<Target> {
+pub(crate) fn wanted(candidates: impl Iterator<Item = (Target, bool)>) -> BTreeSet<Target> {
     candidates
         .filter(|(_, dropped_here)| *dropped_here)
         .map(|(target, _)| target)
@@ -132,7 +132,7 @@ pub fn wanted(candidates: impl Iterator<Item = (Target, bool)>) -> BTreeSet<Targ
 
 /// A packet's addresses, protocol and ports (0 for ICMP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flow {
+pub(crate) struct Flow {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
@@ -143,7 +143,7 @@ pub struct Flow {
 /// Reads the network header (and the transport header, for ports) a trace event carries.
 /// IPv6 extension headers are not followed: such a packet's protocol is its first one.
 #[must_use]
-pub fn flow_of(network: &[u8], transport: Option<&[u8]>) -> Option<Flow> {
+pub(crate) fn flow_of(network: &[u8], transport: Option<&[u8]>) -> Option<Flow> {
     let (src, dst, proto) = match network.first()? >> 4 {
         4 if network.len() >= 20 => (
             IpAddr::V4(Ipv4Addr::new(
@@ -193,7 +193,7 @@ pub fn flow_of(network: &[u8], transport: Option<&[u8]>) -> Option<Flow> {
 /// The traced target a packet belongs to: a request to an egress target or its answer, a
 /// request of an ingress target or this host's answer to it.
 #[must_use]
-pub fn attribute(flow: &Flow, traced: &BTreeSet<Target>) -> Option<Target> {
+pub(crate) fn attribute(flow: &Flow, traced: &BTreeSet<Target>) -> Option<Target> {
     let proto = Proto::from_iana(flow.proto)?;
     let port = |port: u16| proto.has_ports().then_some(port);
     [
@@ -214,7 +214,7 @@ pub fn attribute(flow: &Flow, traced: &BTreeSet<Target>) -> Option<Target> {
 
 /// A traced packet dropped: by a rule (`handle`) or by the chain's policy (`None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hit {
+pub(crate) struct Hit {
     pub target: Target,
     pub chain: ChainRef,
     pub handle: Option<u64>,
@@ -223,7 +223,7 @@ pub struct Hit {
 /// `drop`, `reject` (a reject rule drops after sending its answer: its text says which) or
 /// `policy`.
 #[must_use]
-pub fn verdict_word(handle: Option<u64>, text: &str) -> &'static str {
+pub(crate) fn verdict_word(handle: Option<u64>, text: &str) -> &'static str {
     // A comment may say anything: only the statements count.
     let statements = text.split(" comment \"").next().unwrap_or_default();
     if handle.is_none() {
@@ -237,7 +237,7 @@ pub fn verdict_word(handle: Option<u64>, text: &str) -> &'static str {
 
 /// Follows trace events to the drops of traced targets.
 #[derive(Debug, Default)]
-pub struct Tracer {
+pub(crate) struct Tracer {
     /// What netwatch's sets hold now.
     pub traced: BTreeSet<Target>,
     /// Headers by trace id: a chain's first event carries them, its drop may come later.
@@ -246,7 +246,7 @@ pub struct Tracer {
 
 impl Tracer {
     /// Takes in one event; returns the drop it reports, if it reports one of a traced target.
-    pub fn event(&mut self, event: &TraceEvent) -> Option<Hit> {
+    pub(crate) fn event(&mut self, event: &TraceEvent) -> Option<Hit> {
         if let Some(network) = &event.network_header
             && let Some(flow) = flow_of(network, event.transport_header.as_deref())
         {

@@ -7,10 +7,7 @@
 //! log2 latency buckets.
 //!
 //! [`render`] writes the Prometheus text format 0.0.4 (serve it as [`CONTENT_TYPE`]): that
-//! is what every Prometheus scrapes and what `promtool check metrics` lints. The same
-//! collector in the `OpenMetrics` text format, which ends with `# EOF` and names counter
-//! families without their `_total` suffix, is [`render_openmetrics`] (serve it as
-//! [`OPENMETRICS_CONTENT_TYPE`]); `promtool check metrics` does not accept that format.
+//! is what every Prometheus scrapes and what `promtool check metrics` lints.
 //!
 //! # Metrics
 //!
@@ -61,7 +58,7 @@ use netwatch_common::{
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet, prometheus_text, text},
+    encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet, prometheus_text},
     metrics::MetricType,
     registry::{Registry, Unit},
 };
@@ -75,10 +72,6 @@ use crate::{
 
 /// `Content-Type` of [`render`]'s output: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
-
-/// `Content-Type` of [`render_openmetrics`]'s output.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The `remote` label of the target that folds the remotes beyond the bound.
 pub const OTHER_REMOTE: &str = "other";
@@ -106,16 +99,6 @@ pub fn render(snapshot: &Snapshot, run: &RunInfo, limits: &Cardinality) -> Strin
     let registry = registry(snapshot, run, *limits);
     let mut out = String::new();
     prometheus_text::encode(&mut out, &registry).expect("writing to a String does not fail");
-    out
-}
-
-/// The snapshot in the `OpenMetrics` text format ([`OPENMETRICS_CONTENT_TYPE`]), ending with
-/// `# EOF`.
-#[must_use]
-pub fn render_openmetrics(snapshot: &Snapshot, run: &RunInfo, limits: &Cardinality) -> String {
-    let registry = registry(snapshot, run, *limits);
-    let mut out = String::new();
-    text::encode(&mut out, &registry).expect("writing to a String does not fail");
     out
 }
 
@@ -1186,19 +1169,6 @@ mod tests {
             )
             .is_empty(),
             "no answers, no histogram"
-        );
-    }
-
-    #[test]
-    fn openmetrics_ends_with_eof() {
-        let text = render_openmetrics(&snapshot(), &run(), &Cardinality::default());
-        assert!(text.ends_with("# EOF\n"));
-        assert!(text.contains("# TYPE netwatch_requests counter\n"));
-        assert!(text.contains("# UNIT netwatch_answer_latency_seconds seconds\n"));
-        let s = samples(text.strip_suffix("# EOF\n").unwrap());
-        assert_eq!(
-            value(&s, "netwatch_requests_total", &[("port", "53")]),
-            14.0
         );
     }
 

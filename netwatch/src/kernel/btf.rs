@@ -283,8 +283,8 @@ mod tests {
         let drops = DropConfig {
             netns: 4_026_531_840,
             socket_reasons: [0b1000, 0, 0, 1],
-            pkt_type_byte: 128,
-            ..drops::window_config(176, 180, 192).unwrap()
+            pkt_type_shift: 1,
+            ..drops::window_config(&drops::tests::SKB_6_18).unwrap()
         };
         let retransmits = RetransmitConfig {
             enabled: 1,

@@ -21,12 +21,13 @@ type Cursor = [u8; 8];
 
 /// A zeroed `union bpf_attr`: members not set stay zero, as the kernel requires of the bytes
 /// past the command's member (<https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/syscall.c>, `CHECK_ATTR`).
-fn zeroed_attr() -> bpf_attr {
+pub(crate) fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is a union of integer structs; all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
 }
 
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+/// The `bpf(2)` system call: what it returns (0, or a new descriptor for some commands).
+fn syscall(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a whole, initialised bpf_attr; the pointers in it refer to buffers the
     // callers keep alive and sized for what the command writes.
     let result = unsafe {
@@ -40,8 +41,22 @@ fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
     if result < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(result)
     }
+}
+
+pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+    syscall(cmd, attr).map(|_| ())
+}
+
+/// A command that returns a new file descriptor (`BPF_PROG_LOAD`), which is closed when the
+/// result is dropped.
+pub(crate) fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let fd = i32::try_from(syscall(cmd, attr)?)
+        .map_err(|_| io::Error::other("descriptor out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 fn to_u32(n: usize) -> u32 {
@@ -56,7 +71,7 @@ fn map_fd(fd: BorrowedFd<'_>) -> u32 {
 /// times a second, and buffers allocated and freed each time (hundreds of KiB for the chunks,
 /// megabytes for the entries while a burst is pending) left holes that grew the heap with
 /// each burst (the soak test saw it).
-pub struct Lookup<K, V> {
+pub(crate) struct Lookup<K, V> {
     keys: Vec<K>,
     values: Vec<V>,
 }
@@ -69,7 +84,7 @@ impl<K: Pod, V: Pod> Default for Lookup<K, V> {
 
 impl<K: Pod, V: Pod> Lookup<K, V> {
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // SAFETY: Pod types are plain bytes, valid when zeroed.
         let (keys, values) = unsafe {
             (
@@ -85,7 +100,7 @@ impl<K: Pod, V: Pod> Lookup<K, V> {
     ///
     /// # Safety
     /// `K` and `V` must be the map's key and value types (the kernel writes their bytes).
-    pub unsafe fn all(
+    pub(crate) unsafe fn all(
         &mut self,
         fd: BorrowedFd<'_>,
         limit: usize,
@@ -135,7 +150,7 @@ impl<K: Pod, V: Pod> Lookup<K, V> {
 ///
 /// # Safety
 /// `K` must be the map's key type.
-pub unsafe fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+pub(crate) unsafe fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
     let mut rest = keys;
     while !rest.is_empty() {
         let chunk = &rest[..rest.len().min(CHUNK)];
@@ -164,7 +179,7 @@ pub unsafe fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<(
 ///
 /// # Safety
 /// `K` and `V` must be the map's key and value types.
-pub unsafe fn take<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
+pub(crate) unsafe fn take<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
     let mut value = std::mem::MaybeUninit::<V>::zeroed();
     let mut attr = zeroed_attr();
     attr.__bindgen_anon_2.map_fd = map_fd(fd);

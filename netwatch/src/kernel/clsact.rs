@@ -21,7 +21,7 @@ const CLSACT_HANDLE: TcHandle = TcHandle {
 
 /// Whether any filter (netwatch's or anyone's) is attached to `ifindex`'s clsact qdisc, on
 /// ingress or egress.
-pub fn has_filters(ifindex: u32) -> io::Result<bool> {
+pub(crate) fn has_filters(ifindex: u32) -> io::Result<bool> {
     for hook in [TcHandle::MIN_INGRESS, TcHandle::MIN_EGRESS] {
         let mut message = tc_message(ifindex)?;
         message.header.parent = TcHandle {
@@ -43,7 +43,7 @@ pub fn has_filters(ifindex: u32) -> io::Result<bool> {
 }
 
 /// Deletes `ifindex`'s clsact qdisc (with any filters still on it).
-pub fn delete(ifindex: u32) -> io::Result<()> {
+pub(crate) fn delete(ifindex: u32) -> io::Result<()> {
     let mut message = tc_message(ifindex)?;
     message.header.parent = TcHandle::CLSACT;
     message.header.handle = CLSACT_HANDLE;
