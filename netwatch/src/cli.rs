@@ -37,7 +37,7 @@ DUR is a number with a unit: 500ms, 2s, 1m, 1h30m.
 Exit status: 0 when it stopped normally (whatever it found), 1 on errors that may pass, 2 on
 bad usage, 3 when --fail-on matched a target's final verdict, 4 when this host cannot run
 netwatch as asked (kernel too old or without BPF tc support, a missing capability, no such
-interface): restarting will not help.";
+interface or one that cannot be watched): restarting will not help.";
 
 #[derive(Debug, Clone, Parser)]
 #[command(

@@ -564,7 +564,7 @@ fn bad_input_gives_one_line_and_a_nonzero_exit() {
         (
             vec!["--iface", "nw-can0"],
             "cannot watch nw-can0 (link type 280, CAN): it has no IP traffic netwatch can read",
-            1,
+            4,
         ),
         (vec!["--iface", ""], "interface name is empty", 2),
         (
