@@ -268,6 +268,12 @@ for dir in @HIDDEN@; do
     mount -t tmpfs -o size=1m,mode=0755 hidden "$dir" || fail "cannot hide $dir"
 done
 rm -f /usr/lib/*/libLLVM* /usr/lib/libLLVM*
+# The host's temporary directories out of sight too, under empty tmpfs: systemd-tmpfiles
+# empties /tmp at boot, and walking the host's (build trees, a CI clone) over virtiofs makes
+# virtiofsd hold a descriptor per inode until it refuses every open (EMFILE: seen in CI,
+# dpkg could not even start).
+mount -t tmpfs -o mode=1777 guest-tmp /tmp || fail "cannot mount /tmp"
+mount -t tmpfs -o mode=1777 guest-var-tmp /var/tmp || fail "cannot mount /var/tmp"
 # No man-db index rebuild on dpkg -i: it reads all ~24,000 man pages over virtiofs (35 s under
 # emulation), and virtiofsd, which holds a descriptor for every inode the guest caches and
 # may not raise its limit here (no CAP_SYS_RESOURCE), then refuses every later open (EMFILE).
