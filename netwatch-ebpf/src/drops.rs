@@ -358,10 +358,13 @@ fn read_skb(skb: *const u8, reads: *mut u8, out: &mut Skb) -> bool {
         return false;
     }
     // verifier: the offsets come from .rodata, constants to the verifier: fixed-offset reads
-    // of the window. Straight into registers: copies would take stack.
+    // of the window. Straight into registers: copies would take stack. Aligned (the loader
+    // starts the window on an 8-byte boundary, and the buffer is a map value): one load per
+    // field, not one per byte.
     let field = |offset: u32, len: usize| -> Option<*const u8> {
         let start = offset as usize;
-        (start + len <= SKB_WINDOW).then(|| reads.cast_const().wrapping_add(start))
+        (start + len <= SKB_WINDOW && start.is_multiple_of(len))
+            .then(|| reads.cast_const().wrapping_add(start))
     };
     let (Some(head), Some(protocol), Some(network_header)) = (
         field(config!(head), 8),
@@ -370,14 +373,18 @@ fn read_skb(skb: *const u8, reads: *mut u8, out: &mut Skb) -> bool {
     ) else {
         return false;
     };
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "each offset is a multiple of its field's size (checked above)"
+    )]
     // SAFETY: each field lies within the window this CPU's buffer starts with, which the
-    // helper wrote and nothing else uses until the program ends; unaligned reads of plain
-    // integers.
+    // helper wrote and nothing else uses until the program ends; aligned (checked above:
+    // the buffer, a map value, is) reads of plain integers.
     unsafe {
         *out = Skb {
-            head: core::ptr::read_unaligned(head.cast::<u64>()),
-            protocol: u16::from_be(core::ptr::read_unaligned(protocol.cast::<u16>())),
-            network_header: core::ptr::read_unaligned(network_header.cast::<u16>()),
+            head: core::ptr::read(head.cast::<u64>()),
+            protocol: u16::from_be(core::ptr::read(protocol.cast::<u16>())),
+            network_header: core::ptr::read(network_header.cast::<u16>()),
         };
     }
     true

@@ -49,7 +49,7 @@ pub enum LayoutError {
     SkbField(&'static str),
     #[error(
         "the sk_buff fields netwatch reads are laid out unlike any kernel it knows (protocol, \
-         network_header and head within {SKB_WINDOW} bytes, dev and sk adjacent)"
+         network_header and head aligned within {SKB_WINDOW} bytes, dev and sk adjacent)"
     )]
     SkbLayout,
 }
@@ -247,15 +247,18 @@ pub(crate) struct SkbFields {
 
 /// Places the window the program reads first over `protocol` (2 bytes), `network_header` (2)
 /// and `head` (8), their offsets within it; `dev` and `sk` must be adjacent (read together).
+/// The window starts on an 8-byte boundary, so each field lies aligned in the program's
+/// buffer as in the `sk_buff`, and the program reads it with one load.
 pub(crate) fn window_config(fields: &SkbFields) -> Result<DropConfig, LayoutError> {
     let spans = [
         (fields.protocol, 2),
         (fields.network_header, 2),
         (fields.head, 8),
     ];
-    let start = spans.iter().map(|(at, _)| *at).min().unwrap_or(0);
+    let start = spans.iter().map(|(at, _)| *at).min().unwrap_or(0) & !7;
     let end = spans.iter().map(|(at, len)| at + len).max().unwrap_or(0);
     if end - start > u32::try_from(SKB_WINDOW).unwrap_or(u32::MAX)
+        || spans.iter().any(|(at, len)| !at.is_multiple_of(*len))
         || fields.dev.abs_diff(fields.sk) != 8
     {
         return Err(LayoutError::SkbLayout);
@@ -384,6 +387,27 @@ pub(crate) mod tests {
         assert_eq!(window_config(&spread), Err(LayoutError::SkbLayout));
         let apart = SkbFields { sk: 40, ..SKB_6_18 };
         assert_eq!(window_config(&apart), Err(LayoutError::SkbLayout));
+        let misaligned = SkbFields {
+            head: 196,
+            ..SKB_6_18
+        };
+        assert_eq!(window_config(&misaligned), Err(LayoutError::SkbLayout));
+        // A window starting off a boundary starts at the one before it.
+        let shifted = SkbFields {
+            protocol: 180,
+            network_header: 184,
+            ..SKB_6_18
+        };
+        let config = window_config(&shifted).unwrap();
+        assert_eq!(
+            (
+                config.skb_window,
+                config.protocol,
+                config.network_header,
+                config.head
+            ),
+            (176, 4, 8, 16)
+        );
     }
 
     #[test]

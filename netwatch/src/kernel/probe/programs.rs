@@ -31,23 +31,17 @@ impl Probe {
         if drops.attached {
             return Ok(());
         }
-        let program: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(DROP_PROGRAM)
-            .ok_or_else(|| format!("program {DROP_PROGRAM} missing from the object"))?
-            .try_into()
-            .map_err(|err: aya::programs::ProgramError| first_line(&err))?;
-        match program.attach(DROP_TRACEPOINT) {
-            Ok(_link) => {
+        match attach_tracepoint(&mut self.ebpf, DROP_PROGRAM, DROP_TRACEPOINT) {
+            Ok(()) => {
                 drops.attached = true;
                 Ok(())
             }
-            Err(err) => {
+            Err(AttachFailure::Object(why)) => Err(why),
+            Err(AttachFailure::Refused(err)) => {
                 let why = format!(
-                    "could not attach to the {DROP_TRACEPOINT} tracepoint ({}); it needs \
+                    "could not attach to the {DROP_TRACEPOINT} tracepoint ({err}); it needs \
                      CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) and a kernel with drop \
-                     reasons (5.17+)",
-                    first_line(&err)
+                     reasons (5.17+)"
                 );
                 self.local_drops = Err(why.clone());
                 Err(why)
@@ -62,22 +56,16 @@ impl Probe {
         if retransmits.attached {
             return Ok(());
         }
-        let program: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(RETRANSMIT_PROGRAM)
-            .ok_or_else(|| format!("program {RETRANSMIT_PROGRAM} missing from the object"))?
-            .try_into()
-            .map_err(|err: aya::programs::ProgramError| first_line(&err))?;
-        match program.attach(RETRANSMIT_TRACEPOINT) {
-            Ok(_link) => {
+        match attach_tracepoint(&mut self.ebpf, RETRANSMIT_PROGRAM, RETRANSMIT_TRACEPOINT) {
+            Ok(()) => {
                 retransmits.attached = true;
                 Ok(())
             }
-            Err(err) => {
+            Err(AttachFailure::Object(why)) => Err(why),
+            Err(AttachFailure::Refused(err)) => {
                 let why = format!(
-                    "could not attach to the {RETRANSMIT_TRACEPOINT} tracepoint ({}); it needs \
-                     CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
-                    first_line(&err)
+                    "could not attach to the {RETRANSMIT_TRACEPOINT} tracepoint ({err}); it \
+                     needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"
                 );
                 self.retransmits = Err(why.clone());
                 Err(why)
@@ -208,4 +196,27 @@ pub(super) fn load_retransmits(ebpf: &mut Ebpf) -> Result<Retransmitting, String
         connections: HashMap::try_from(map).map_err(|err| err.to_string())?,
         attached: false,
     })
+}
+
+/// Why a raw tracepoint program did not attach.
+enum AttachFailure {
+    /// The object is not the one netwatch was built with (the program missing, or of another
+    /// kind): nothing the kernel said.
+    Object(String),
+    /// The kernel refused the attachment: the first line of its error.
+    Refused(String),
+}
+
+/// Attaches the raw tracepoint program `name` (loaded with the object) to `tracepoint`. The
+/// link stays with the program, detached when netwatch exits.
+fn attach_tracepoint(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), AttachFailure> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| AttachFailure::Object(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| AttachFailure::Object(first_line(&err)))?;
+    program
+        .attach(tracepoint)
+        .map(|_link| ())
+        .map_err(|err| AttachFailure::Refused(first_line(&err)))
 }
