@@ -46,6 +46,7 @@ pub const TRIM: f64 = 0.1;
 const FLOOR: &str = "bench_floor";
 const TRACK: &str = "bench_track";
 const MATCH: &str = "bench_match";
+const MATCH_TIMED: &str = "bench_match_timed";
 const REFERENCE_MAP: &str = "REFERENCE";
 /// `TC_ACT_UNSPEC`, what every program here returns.
 const PASS_THROUGH: i32 = -1;
@@ -76,6 +77,12 @@ pub struct KindCost {
     pub raw_ratio: Option<Figure>,
     /// Fresh only: (real − floor) / (reference − floor), the programs' own work alone.
     pub over_floor_ratio: Option<Figure>,
+    /// Fresh answers only: `bench_match_timed` (the minimal matcher plus the clock read a
+    /// latency needs) on the same requests, and real / it, overhead off both as in `ratio`.
+    #[serde(default)]
+    pub timed_reference_ns: Option<Figure>,
+    #[serde(default)]
+    pub timed_ratio: Option<Figure>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -145,7 +152,7 @@ impl Programs {
             .watch_udp_ports(&[packets::WATCHED_UDP_PORT])
             .context("watching the benchmark's UDP port")?;
         let mut reference = Ebpf::load(BENCH_OBJECT).context("loading the reference programs")?;
-        for name in [FLOOR, TRACK, MATCH] {
+        for name in [FLOOR, TRACK, MATCH, MATCH_TIMED] {
             let program: &mut SchedClassifier = reference
                 .program_mut(name)
                 .with_context(|| format!("{name} missing from the reference object"))?
@@ -184,6 +191,7 @@ impl Programs {
             Which::Floor => self.reference(FLOOR)?.test_run(options)?,
             Which::Track => self.reference(TRACK)?.test_run(options)?,
             Which::Match => self.reference(MATCH)?.test_run(options)?,
+            Which::MatchTimed => self.reference(MATCH_TIMED)?.test_run(options)?,
         };
         ensure!(
             result.return_value.cast_signed() == PASS_THROUGH,
@@ -266,6 +274,7 @@ enum Which {
     Floor,
     Track,
     Match,
+    MatchTimed,
 }
 
 /// Runs both methods and reads the verifier's counts.
@@ -483,6 +492,8 @@ impl Steady {
                 ratio: figure(&stats::paired_ratios(real, reference), "ratio")?,
                 raw_ratio: None,
                 over_floor_ratio: None,
+                timed_reference_ns: None,
+                timed_ratio: None,
             });
         }
         let mut items = self.items.into_iter();
@@ -507,6 +518,7 @@ struct Rounds {
     answer: Vec<f64>,
     track: Vec<f64>,
     matched: Vec<f64>,
+    matched_timed: Vec<f64>,
     floor: Vec<f64>,
     /// The floor run once minus the floor in a loop, this round.
     overhead: Vec<f64>,
@@ -540,6 +552,7 @@ impl Fresh {
             into.answer.push(trimmed(&measured.answer));
             into.track.push(trimmed(&measured.track));
             into.matched.push(trimmed(&measured.matched));
+            into.matched_timed.push(trimmed(&measured.matched_timed));
             into.floor.push(floor_once);
             into.overhead.push(floor_once - looped_floor);
             self.overheads.push(floor_once - looped_floor);
@@ -556,6 +569,7 @@ impl Fresh {
                     "request",
                     &r.request,
                     &r.track,
+                    None,
                     r,
                 )?);
             }
@@ -564,6 +578,7 @@ impl Fresh {
                 "answer",
                 &r.answer,
                 &r.matched,
+                Some(&r.matched_timed),
                 r,
             )?);
         }
@@ -576,9 +591,20 @@ fn fresh_cost(
     role: &str,
     real: &[f64],
     reference: &[f64],
+    timed_reference: Option<&[f64]>,
     r: &Rounds,
 ) -> anyhow::Result<KindCost> {
     let less = |values: &[f64], by: &[f64]| stats::paired_differences(values, by);
+    let (timed_reference_ns, timed_ratio) = match timed_reference {
+        Some(timed) => (
+            Some(figure(timed, "timed reference")?),
+            Some(figure(
+                &stats::paired_ratios(&less(real, &r.overhead), &less(timed, &r.overhead)),
+                "ratio to the timed reference",
+            )?),
+        ),
+        None => (None, None),
+    };
     Ok(KindCost {
         kind,
         role: role.to_owned(),
@@ -593,6 +619,8 @@ fn fresh_cost(
             &stats::paired_ratios(&less(real, &r.floor), &less(reference, &r.floor)),
             "ratio over floor",
         )?),
+        timed_reference_ns,
+        timed_ratio,
     })
 }
 
@@ -603,6 +631,7 @@ struct Measured {
     answer: Vec<f64>,
     track: Vec<f64>,
     matched: Vec<f64>,
+    matched_timed: Vec<f64>,
     floor: Vec<f64>,
 }
 
@@ -633,6 +662,10 @@ fn fresh_round(
             m.answer.push(programs.time(Which::Ingress, answer, 1)?);
         }
         m.floor.push(programs.time(Which::Floor, request, 1)?);
+        // The timed matcher on the same request, tracked again (that run is not a figure).
+        programs.time(Which::Track, request, 1)?;
+        m.matched_timed
+            .push(programs.time(Which::MatchTimed, request, 1)?);
     }
     // Every request was new and every answer matched it: otherwise this timed other paths.
     let settled = programs.settled()? - settled_before;

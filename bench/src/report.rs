@@ -26,6 +26,10 @@ pub struct Report {
     pub l3_untracked_ns_over_floor: Option<f64>,
     pub tracked_request_ratio: Option<f64>,
     pub answer_match_ratio: Option<f64>,
+    /// Matching answer ÷ the minimal matcher that also reads the clock (worst kind): what
+    /// of `answer_match_ratio` is left beside the latency's clock read.
+    #[serde(default)]
+    pub answer_timed_match_ratio: Option<f64>,
     pub udp_pps_ratio: Option<f64>,
     pub tcpdump_pps_ratio: Option<f64>,
     pub dns_flood_pps_ratio: Option<f64>,
@@ -126,6 +130,14 @@ impl Report {
             self.answer_match_ratio = put(
                 "answer_match_ratio",
                 p.worst_fresh("answer").map(|k| k.ratio),
+            );
+            self.answer_timed_match_ratio = put(
+                "answer_timed_match_ratio",
+                p.fresh
+                    .iter()
+                    .filter(|k| k.role == "answer")
+                    .filter_map(|k| k.timed_ratio)
+                    .max_by(|a, b| a.median.total_cmp(&b.median)),
             );
             self.verifier_insns = Some(p.verifier_insns.clone());
             self.verifier_insns_max = p.verifier_insns.values().copied().max();
@@ -233,5 +245,67 @@ mod tests {
         let back: Report = serde_json::from_value(json).unwrap();
         assert_eq!(back.udp_pps_ratio, report.udp_pps_ratio);
         assert!(!back.goals.is_empty());
+    }
+
+    #[test]
+    fn the_timed_matcher_ratio_is_the_worst_answer_over_it_and_old_reports_still_read() {
+        use crate::programs::{KindCost, ProgramResults};
+        let one = |v: f64| Figure {
+            median: v,
+            min: v,
+            max: v,
+            n: 1,
+        };
+        let kind = |name: &str, role: &str, ratio: f64, timed: Option<f64>| KindCost {
+            kind: name.to_owned(),
+            role: role.to_owned(),
+            real_ns: one(100.0),
+            reference_ns: one(60.0),
+            ratio: one(ratio),
+            raw_ratio: None,
+            over_floor_ratio: None,
+            timed_reference_ns: timed.map(|_| one(80.0)),
+            timed_ratio: timed.map(one),
+        };
+        let programs = ProgramResults {
+            repeat: 1,
+            reps: 1,
+            keys: 1,
+            rounds: 1,
+            floor_ns: one(15.0),
+            egress_data_ns: one(19.0),
+            ingress_data_ns: one(19.0),
+            untracked_ns_over_floor: one(4.0),
+            ingress_untracked_ns_over_floor: one(4.0),
+            udp_unwatched_ns_over_floor: None,
+            udp_watched_ns_over_floor: None,
+            l3_untracked_ns_over_floor: None,
+            l3_ingress_untracked_ns_over_floor: None,
+            steady: vec![],
+            // The worst by the contract's ratio is not the worst over the timed matcher.
+            fresh: vec![
+                kind("syn", "request", 1.9, None),
+                kind("syn_ack", "answer", 1.8, Some(1.2)),
+                kind("dns_response", "answer", 1.7, Some(1.3)),
+            ],
+            timer_overhead_ns: one(28.0),
+            verifier_insns: BTreeMap::new(),
+        };
+        let mut report = Report {
+            programs: Some(programs),
+            ..Report::default()
+        };
+        report.finish();
+        assert_eq!(report.tracked_request_ratio, Some(1.9));
+        assert_eq!(report.answer_match_ratio, Some(1.8));
+        assert_eq!(report.answer_timed_match_ratio, Some(1.3));
+
+        // A kind from a report made before the timed matcher existed.
+        let mut old = serde_json::to_value(kind("syn_ack", "answer", 1.8, None)).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("timed_reference_ns");
+        fields.remove("timed_ratio");
+        let back: KindCost = serde_json::from_value(old).unwrap();
+        assert!(back.timed_ratio.is_none() && back.timed_reference_ns.is_none());
     }
 }

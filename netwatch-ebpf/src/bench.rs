@@ -94,6 +94,24 @@ pub fn bench_match(ctx: TcContext) -> i32 {
     PASS_THROUGH
 }
 
+/// `bench_match` that also times the answer, as a matcher that reports latency must: one
+/// clock read and the request's age beside the lookup and the delete. Not the contract's
+/// reference: the bound it shows is what the clock alone costs an answer on this machine.
+#[classifier]
+pub fn bench_match_timed(ctx: TcContext) -> i32 {
+    if let Some(key) = key(&ctx)
+        && let Some(pending) = REFERENCE.get_ptr(&key)
+    {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a map value pointer, valid for this program run.
+        let age = now.wrapping_sub(unsafe { (*pending).first_sent_ns });
+        let _ = core::hint::black_box(age);
+        let _ = REFERENCE.remove(&key);
+    }
+    PASS_THROUGH
+}
+
 /// As netwatch's `RETRANSMIT_CONFIG`, set by the bench from the same BTF.
 #[unsafe(no_mangle)]
 static RETRANSMIT_CONFIG: RetransmitConfig = RetransmitConfig::disabled();
