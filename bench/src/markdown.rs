@@ -752,7 +752,8 @@ fn storm_details(out: &mut String, storm: &crate::storm::StormResults) {
     let _ = writeln!(
         out,
         "{} distinct DNS queries in {:.2} s ({}/s) to a blackholed lab target. netwatch counted {} requests: \
-         {} unanswered, {} untracked (table full; the summary's `lost_requests`: {}), {} still in flight at the end. \
+         {} unanswered, {} untracked (table full; the summary's `lost_requests`: {}), {} still in flight at the end, \
+         {} retransmits (a request sent again while pending: none in a storm of distinct queries). \
          CPU during the storm: {:.1} % user + {:.1} % system of one core ({:.1} % in the {:.0} s after it, \
          judging what was left). Memory: peak RSS sampled every 100 ms {:.1} MiB, VmHWM {:.1} MiB.",
         count(storm.sent),
@@ -763,6 +764,7 @@ fn storm_details(out: &mut String, storm: &crate::storm::StormResults) {
         count(storm.untracked),
         count(storm.lost_requests),
         storm.in_flight,
+        count(storm.retransmits),
         storm.cpu_user_pct,
         storm.cpu_system_pct,
         storm.settle_cpu_pct,

@@ -32,6 +32,11 @@ pub struct StormResults {
     pub unanswered: u64,
     pub untracked: u64,
     pub in_flight: u64,
+    /// Copies of a request still pending, as netwatch counted them: none in a storm of
+    /// distinct queries, so any here are requests the generator repeated (a source port
+    /// reused while its queries were pending), which the counts then miss by as many.
+    #[serde(default)]
+    pub retransmits: u64,
     /// The summary's `lost_requests`.
     pub lost_requests: u64,
     pub count_exact: bool,
@@ -135,6 +140,7 @@ pub fn run(tools: &Tools, seconds: f64, progress: &dyn Fn(&str)) -> anyhow::Resu
         unanswered,
         untracked,
         in_flight: field("in_flight").unwrap_or(0),
+        retransmits: field("retransmits")?,
         lost_requests: lost,
         count_exact: exact(generated.sent, requests, unanswered, untracked, lost),
         cpu_user_pct,

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! traffic-gen dns  ADDR:PORT SECONDS [MAX]   distinct DNS queries (new id, new source port
-//!                                            every 65,536) as fast as possible
+//!                                            every 65,536, none reused in the last 64) as
+//!                                            fast as possible
 //! traffic-gen udp  ADDR:PORT SECONDS         64-byte frames (18 bytes of UDP payload)
 //! traffic-gen dns-same ADDR:PORT SECONDS [MAX] one DNS query (same port, same id) again
 //!                                            and again: one request, sent MAX times
@@ -28,6 +29,10 @@ fn dns_query(id: u16) -> [u8; 27] {
         0, 1, 0, 1, // A, IN
     ]
 }
+
+/// Source ports of `dns` mode held after their 65,536 ids are used: 64 × 65,536 requests
+/// (seconds at the fastest rate, far past any timeout a run uses) before a port may return.
+const KEEP_PORTS: usize = 64;
 
 fn bind_for(target: SocketAddr) -> UdpSocket {
     let local: SocketAddr = if target.is_ipv4() {
@@ -55,6 +60,7 @@ fn main() {
     let start = Instant::now();
     let mut sent = 0u64;
     let mut socket = bind_for(target);
+    let mut retired: Vec<UdpSocket> = Vec::with_capacity(KEEP_PORTS);
     let frame = [0u8; 18];
     'outer: while sent < max {
         // Check the clock every 256 packets: cheap, and the bound still holds to a millisecond.
@@ -68,7 +74,14 @@ fn main() {
                     let id = sent as u16;
                     if id == 0 && sent > 0 {
                         // Every id used on this source port: a new port keeps requests distinct.
-                        socket = bind_for(target);
+                        // The old socket stays open a while, so the kernel cannot hand its port
+                        // out again while its requests may still be pending: the same port, id
+                        // and question again is a retry to a tracker, not a new request.
+                        let old = std::mem::replace(&mut socket, bind_for(target));
+                        if retired.len() == KEEP_PORTS {
+                            retired.remove(0);
+                        }
+                        retired.push(old);
                     }
                     socket.send(&dns_query(id))
                 }
