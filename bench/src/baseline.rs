@@ -38,7 +38,7 @@ pub enum Better {
 pub fn better(key: &str) -> Better {
     match key {
         "floor_ns" | "tcpdump_pps_ratio" | "drop_floor_ns" | "drop_headers_ns"
-        | "drop_counter_ns" => Better::Neither,
+        | "drop_counter_ns" | "retransmit_floor_ns" | "retransmit_minimal_ns" => Better::Neither,
         "udp_pps_ratio" | "dns_flood_pps_ratio" | "storm_requests_per_s" | "connect_rate_ratio" => {
             Better::Higher
         }
@@ -144,6 +144,9 @@ mod tests {
         assert_eq!(change("udp_pps_ratio", 0.92, 0.97), "+5 % ✓ better");
         assert_eq!(change("dns_flood_pps_ratio", 0.80, 0.70), "−13 % ⚠ worse");
         assert_eq!(change("floor_ns", 38.0, 15.0), "−61 %");
+        // The retransmission program's references are the machine's, not netwatch's.
+        assert_eq!(change("retransmit_floor_ns", 80.2, 67.2), "−16 %");
+        assert_eq!(change("retransmit_minimal_ns", 449.9, 541.0), "+20 %");
         assert_eq!(change("storm_rss_mib", 60.3, 60.5), "+0 % (same)");
         assert_eq!(change("storm_rss_mib", 0.0, 60.5), "—");
     }

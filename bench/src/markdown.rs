@@ -889,8 +889,8 @@ const METHODOLOGY: &str = "
   before dividing, so fresh and steady ratios stand on the same basis. The raw ratio (overhead left in)
   and the ratio over the floor (floor taken off both sides) are shown beside it. After the round's pairs,
   `bench_track → bench_match_timed` on each request again gives the timed reference: a pass of its own,
-  so that it leaves the contract's pairs as they were (interleaved, it raised the minimal tracker's fresh
-  cost by a seventh), its programs warmer than in the pairs, which errs against netwatch. Each round checks that
+  so that it leaves the contract's pairs as they were before it existed, its programs warmer than in the
+  pairs, which errs against netwatch. Each round checks that
   every answer settled its request and that the reference matcher emptied its map.
 - **Kinds**: requests are TCP SYN, DNS query and ICMP echo request, IPv4 and IPv6; answers are SYN-ACK,
   DNS response, echo reply, ICMP port unreachable quoting the DNS query and host prohibited (ICMPv6:
