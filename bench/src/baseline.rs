@@ -37,8 +37,13 @@ pub enum Better {
 #[must_use]
 pub fn better(key: &str) -> Better {
     match key {
-        "floor_ns" | "tcpdump_pps_ratio" | "drop_floor_ns" | "drop_headers_ns"
-        | "drop_counter_ns" | "retransmit_floor_ns" | "retransmit_minimal_ns" => Better::Neither,
+        "floor_ns"
+        | "tcpdump_pps_ratio"
+        | "drop_floor_ns"
+        | "drop_headers_ns"
+        | "drop_counter_ns"
+        | "retransmit_floor_ns"
+        | "retransmit_minimal_ns" => Better::Neither,
         "udp_pps_ratio" | "dns_flood_pps_ratio" | "storm_requests_per_s" | "connect_rate_ratio" => {
             Better::Higher
         }
