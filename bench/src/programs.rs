@@ -126,15 +126,29 @@ impl ProgramResults {
     /// The worst (highest median ratio) kind of `role` by the fresh method.
     #[must_use]
     pub fn worst_fresh(&self, role: &str) -> Option<&KindCost> {
-        worst(&self.fresh, role)
+        worst(&self.fresh, role, |c| Some(c.ratio))
+    }
+
+    /// The worst fresh answer over the timed matcher (`KindCost::timed_ratio`), which may
+    /// be another kind than the worst over the contract's matcher.
+    #[must_use]
+    pub fn worst_fresh_timed_answer(&self) -> Option<Figure> {
+        worst(&self.fresh, "answer", |c| c.timed_ratio).and_then(|c| c.timed_ratio)
     }
 }
 
-fn worst<'a>(costs: &'a [KindCost], role: &str) -> Option<&'a KindCost> {
+/// The kind of `role` whose `ratio` has the highest median (kinds without one left out).
+fn worst<'a>(
+    costs: &'a [KindCost],
+    role: &str,
+    ratio: impl Fn(&KindCost) -> Option<Figure>,
+) -> Option<&'a KindCost> {
     costs
         .iter()
         .filter(|c| c.role == role)
-        .max_by(|a, b| a.ratio.median.total_cmp(&b.ratio.median))
+        .filter_map(|c| ratio(c).map(|r| (c, r)))
+        .max_by(|(_, a), (_, b)| a.median.total_cmp(&b.median))
+        .map(|(c, _)| c)
 }
 
 /// The loaded programs: a fresh netwatch probe and the reference object.

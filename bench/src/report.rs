@@ -131,14 +131,8 @@ impl Report {
                 "answer_match_ratio",
                 p.worst_fresh("answer").map(|k| k.ratio),
             );
-            self.answer_timed_match_ratio = put(
-                "answer_timed_match_ratio",
-                p.fresh
-                    .iter()
-                    .filter(|k| k.role == "answer")
-                    .filter_map(|k| k.timed_ratio)
-                    .max_by(|a, b| a.median.total_cmp(&b.median)),
-            );
+            self.answer_timed_match_ratio =
+                put("answer_timed_match_ratio", p.worst_fresh_timed_answer());
             self.verifier_insns = Some(p.verifier_insns.clone());
             self.verifier_insns_max = p.verifier_insns.values().copied().max();
         }

@@ -16,6 +16,7 @@
 //! Stops after SECONDS or MAX packets and prints one JSON line: `{"sent":N,"seconds":S}`.
 
 use std::{
+    collections::VecDeque,
     net::{SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
@@ -60,7 +61,7 @@ fn main() {
     let start = Instant::now();
     let mut sent = 0u64;
     let mut socket = bind_for(target);
-    let mut retired: Vec<UdpSocket> = Vec::with_capacity(KEEP_PORTS);
+    let mut retired: VecDeque<UdpSocket> = VecDeque::with_capacity(KEEP_PORTS);
     let frame = [0u8; 18];
     'outer: while sent < max {
         // Check the clock every 256 packets: cheap, and the bound still holds to a millisecond.
@@ -79,9 +80,9 @@ fn main() {
                         // and question again is a retry to a tracker, not a new request.
                         let old = std::mem::replace(&mut socket, bind_for(target));
                         if retired.len() == KEEP_PORTS {
-                            retired.remove(0);
+                            retired.pop_front();
                         }
-                        retired.push(old);
+                        retired.push_back(old);
                     }
                     socket.send(&dns_query(id))
                 }
