@@ -209,6 +209,14 @@ pub const RETRANSMITS_CAPACITY: u32 = 8_192;
 /// segment four times in a row once in 625 losses (and then the segment gets through, which
 /// clears it).
 pub const STALL_RETRANSMITS: u16 = 4;
+/// Retransmissions of one segment in a row at one size after which the stack sending it
+/// smaller makes that size a stall too, short of [`STALL_RETRANSMITS`]. Nothing but a size
+/// that died lowers it under a head: TCP's black-hole detection (`tcp_mtu_probing`), which
+/// acts on time (about 3 s of retransmissions, `tcp_retries1`), so on a path whose
+/// retransmission timer starts above ~215 ms it acts at the fourth retransmission, after
+/// three at full size; or a late "packet too big". A "packet too big" answering the first
+/// transmission lowers it before any retransmission at that size: no stall.
+pub const LOWERED_AFTER: u16 = 2;
 
 /// Where the retransmission program finds what it reads, taken from the running kernel's
 /// BTF at start-up (offsets in bytes; `sock_common` fields are read from the start of
@@ -304,13 +312,13 @@ pub struct Retransmits {
     pub last_ns: u64,
     /// Every retransmission seen (head or not).
     pub retransmits: u32,
-    /// Heads that reached [`STALL_RETRANSMITS`] retransmissions at one size.
+    /// Heads that reached [`STALL_RETRANSMITS`] retransmissions at one size, or
+    /// [`LOWERED_AFTER`] before the stack sent them smaller.
     pub stalls: u16,
     /// Of those, the ones then acknowledged (at that size, or smaller after the stack
     /// lowered its segment size).
     pub recoveries: u16,
-    /// The smallest size retransmitted [`STALL_RETRANSMITS`] times in a row without getting
-    /// through; 0: none.
+    /// The smallest size that stalled so without getting through; 0: none.
     pub smallest_lost: u16,
     /// The largest size of a retransmitted head later acknowledged; 0: none.
     pub largest_delivered: u16,
@@ -318,8 +326,7 @@ pub struct Retransmits {
     pub mss: u32,
     /// IP and TCP header bytes of this connection's segments.
     pub header_len: u16,
-    /// 1 when the head, at any size, reached [`STALL_RETRANSMITS`]: its acknowledgement is
-    /// then a recovery.
+    /// 1 when the head, at any size, stalled: its acknowledgement is then a recovery.
     pub head_stalled: u16,
     /// `tcp_sock.delivered` (data segments acknowledged, the handshake's one included) and
     /// `tcp_sock.bytes_acked` at the last retransmission.
@@ -408,7 +415,8 @@ impl Retransmits {
     /// Only the head tells a stall: a retransmission past it (fast retransmit, a tail loss
     /// probe) is counted and nothing more. The head retransmitted again at the same size adds
     /// to its count; at another size (the stack lowered, or raised, its segment size) starts
-    /// a new count. A new head means the old one was acknowledged: its size got through, and
+    /// a new count, and lowered after [`LOWERED_AFTER`] makes the old size a stall. A new
+    /// head means the old one was acknowledged: its size got through, and
     /// if it had stalled, the connection recovered.
     #[expect(
         clippy::inline_always,
@@ -430,21 +438,21 @@ impl Retransmits {
         }
         if self.head_count != 0 && self.head_seq == r.seq {
             if r.size != self.head_size {
+                // Sent smaller after dying at its size (see [`LOWERED_AFTER`]): that size
+                // stalled, unless it already counted.
+                if r.size < self.head_size
+                    && self.head_count >= LOWERED_AFTER
+                    && self.head_count < STALL_RETRANSMITS
+                {
+                    self.stalled(r);
+                }
                 self.head_size = r.size;
                 self.head_count = 1;
                 return;
             }
             self.head_count = self.head_count.saturating_add(1);
             if self.head_count == STALL_RETRANSMITS {
-                if self.stalls == 0 {
-                    self.stall_delivered = r.delivered;
-                    self.stall_bytes_acked = r.bytes_acked;
-                }
-                self.stalls = self.stalls.saturating_add(1);
-                self.head_stalled = 1;
-                if self.smallest_lost == 0 || self.head_size < self.smallest_lost {
-                    self.smallest_lost = self.head_size;
-                }
+                self.stalled(r);
             }
             return;
         }
@@ -463,6 +471,24 @@ impl Retransmits {
         self.head_size = r.size;
         self.head_count = 1;
         self.head_stalled = 0;
+    }
+
+    /// The head stalled at its size, as `r` shows.
+    #[expect(
+        clippy::inline_always,
+        reason = "shared with the eBPF programs, where it must be inlined"
+    )]
+    #[inline(always)]
+    fn stalled(&mut self, r: &Retransmission) {
+        if self.stalls == 0 {
+            self.stall_delivered = r.delivered;
+            self.stall_bytes_acked = r.bytes_acked;
+        }
+        self.stalls = self.stalls.saturating_add(1);
+        self.head_stalled = 1;
+        if self.smallest_lost == 0 || self.head_size < self.smallest_lost {
+            self.smallest_lost = self.head_size;
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //! kernel's entries and what the socket says now go in, judgements come out.
 //!
 //! A connection is a **path-MTU stall** when its head segment was retransmitted
-//! [`STALL_RETRANSMITS`] times in a row at one size without getting through (`smallest_lost`),
-//! that size is above the smallest MTU every path carries (576 bytes for IPv4, 1280 for
+//! [`STALL_RETRANSMITS`] times in a row at one size without getting through, or
+//! [`LOWERED_AFTER`] times before the stack sent it smaller (`smallest_lost`), that size is above the smallest MTU every path carries (576 bytes for IPv4, 1280 for
 //! IPv6), and nothing that large ever got through on it (`largest_delivered`, see
 //! [`largest_delivered`]). Everything else is not one:
 //! - loss of every size (congestion, a lossy link, a peer that vanished): segments as large
@@ -25,6 +25,8 @@
 
 use std::collections::HashMap;
 
+#[cfg(doc)]
+use netwatch_common::LOWERED_AFTER;
 use netwatch_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, Retransmits, STALL_RETRANSMITS, TargetKey, proto,
 };
@@ -132,8 +134,9 @@ pub(crate) fn min_mtu(remote: &[u8; 16]) -> u16 {
 
 /// How many more retransmissions at the stalled size TCP's own black-hole detection
 /// (`net.ipv4.tcp_mtu_probing`) needs to lower its segment size: it acts once the
-/// retransmissions have lasted as long as `tcp_retries1` (3) would take, which is about when
-/// [`STALL_RETRANSMITS`] have happened; the next one goes out smaller.
+/// retransmissions have lasted as long as `tcp_retries1` (3) would take, which on a local
+/// network is about when [`STALL_RETRANSMITS`] have happened; the next one goes out smaller.
+/// (Over a longer path it acts sooner, by count: the lowered size shows the stall then.)
 pub(crate) const PROBING_GRACE: u16 = 2;
 
 /// Judges one connection; `progressed` when the socket says bytes were acknowledged since
@@ -184,10 +187,12 @@ pub(crate) fn judge(
     }
 }
 
-/// Whether the connection still stalls, so that its socket is worth asking about.
+/// Whether the connection still stalls, so that its socket is worth asking about: its head,
+/// at any size, is stuck (TCP may have got it through at a lowered size and had nothing more
+/// to retransmit since).
 #[must_use]
 pub(crate) fn worth_asking(c: &Retransmits) -> bool {
-    c.head_stalled != 0 && c.head_count >= STALL_RETRANSMITS
+    c.head_stalled != 0
 }
 
 /// The target a connection counts towards: the one of requests this host received (`remote`
@@ -603,6 +608,57 @@ mod tests {
             judge(&smaller, Some(Opened::Here), false, true),
             Judgement::Stalled(_)
         ));
+    }
+
+    #[test]
+    fn tcp_lowering_its_size_after_three_full_size_tries_is_a_stall_then_a_recovery() {
+        // A long path: TCP's black-hole detection acts after ~3 s, at the fourth try.
+        let mut c = connection();
+        for _ in 0..3 {
+            c.record(&event(1006, FULL, 1006, 6, 2));
+        }
+        assert_eq!((c.stalls, c.head_stalled), (0, 0), "not yet");
+        c.record(&event(1006, 1076, 1006, 6, 2));
+        assert_eq!((c.stalls, c.head_stalled, c.smallest_lost), (1, 1, FULL));
+        assert!(worth_asking(&c), "the smaller try may get through silently");
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, true),
+            Judgement::Undecided,
+            "the smaller try is on its way"
+        );
+        assert!(matches!(
+            judge(&c, Some(Opened::Here), true, true),
+            Judgement::Recovered(_)
+        ));
+        c.record(&event(2030, 1076, 2030, 1030, 3));
+        assert_eq!(
+            judge(&c, Some(Opened::Here), false, true),
+            Judgement::Recovered(Sizes {
+                largest_delivered: Some(1076),
+                smallest_lost: FULL
+            })
+        );
+        assert_eq!(c.stalls, 1);
+    }
+
+    #[test]
+    fn a_size_lowered_after_one_try_or_after_a_counted_stall_adds_no_stall() {
+        // A "packet too big" arriving after the first retransmission.
+        let mut c = connection();
+        c.record(&event(1006, FULL, 1006, 6, 2));
+        c.record(&event(1006, 1428, 1006, 6, 2));
+        assert_eq!((c.stalls, c.head_stalled, c.smallest_lost), (0, 0, 0));
+        // Four at full size counted the stall already; lowering then is not a second one.
+        let mut counted = stalled_upload();
+        counted.record(&event(1006, 1076, 1006, 6, 2));
+        assert_eq!((counted.stalls, counted.smallest_lost), (1, FULL));
+        // Raised again (TCP probing upwards): no stall either.
+        let mut raised = connection();
+        for _ in 0..3 {
+            raised.record(&event(1006, 1076, 1006, 6, 2));
+        }
+        raised.record(&event(1006, FULL, 1006, 6, 2));
+        assert_eq!((raised.stalls, raised.head_stalled), (0, 0));
     }
 
     #[test]

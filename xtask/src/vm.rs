@@ -163,8 +163,9 @@ pub const SUITES: &[Suite] = &[
         guests_only: false,
     },
     // What a kernel changes after the handshake: the retransmission program (its tracepoint
-    // and the socket's layout), the drop program's path-MTU signals and fragments (drop
-    // reasons from 5.17). The controls and the server's side run the same programs: the host.
+    // and the socket's layout), TCP's own black-hole detection (when it lowers the segment
+    // size), the drop program's path-MTU signals and fragments (drop reasons from 5.17). The
+    // controls and the server's side run the same programs: the host.
     Suite {
         test: "path_mtu",
         args: &[
@@ -174,8 +175,6 @@ pub const SUITES: &[Suite] = &[
             "loss_a_closed_window",
             "--skip",
             "signals_let_through",
-            "--skip",
-            "tcp_mtu_probing",
         ],
         env: &[],
         guest_threads: 1,
