@@ -210,8 +210,8 @@ pub const RETRANSMITS_CAPACITY: u32 = 8_192;
 /// clears it).
 pub const STALL_RETRANSMITS: u16 = 4;
 /// Retransmissions of one segment in a row at one size after which the stack sending it
-/// smaller makes that size a stall too, short of [`STALL_RETRANSMITS`]. Nothing but a size
-/// that died lowers it under a head: TCP's black-hole detection (`tcp_mtu_probing`), which
+/// smaller, its segment size (`mss_cache`) lowered, makes that size a stall too, short of
+/// [`STALL_RETRANSMITS`]. Nothing but a size that died lowers it under a head: TCP's black-hole detection (`tcp_mtu_probing`), which
 /// acts on time (about 3 s of retransmissions, `tcp_retries1`), so on a path whose
 /// retransmission timer starts above ~215 ms it acts at the fourth retransmission, after
 /// three at full size; or a late "packet too big". A "packet too big" answering the first
@@ -426,6 +426,10 @@ impl Retransmits {
     pub fn record(&mut self, r: &Retransmission) {
         self.retransmits = self.retransmits.wrapping_add(1);
         self.last_ns = r.now_ns;
+        // The stack lowered its segment size (`mss_cache`): black-hole detection or a
+        // "packet too big". Not the SACK blocks this host sends, which shrink one
+        // retransmission (`tcp_current_mss`) and leave the size the stack sends at alone.
+        let lowered = r.mss < self.mss;
         self.mss = r.mss;
         self.delivered = r.delivered;
         self.bytes_acked = r.bytes_acked;
@@ -440,7 +444,8 @@ impl Retransmits {
             if r.size != self.head_size {
                 // Sent smaller after dying at its size (see [`LOWERED_AFTER`]): that size
                 // stalled, unless it already counted.
-                if r.size < self.head_size
+                if lowered
+                    && r.size < self.head_size
                     && self.head_count >= LOWERED_AFTER
                     && self.head_count < STALL_RETRANSMITS
                 {

@@ -404,6 +404,14 @@ mod tests {
         }
     }
 
+    /// [`event`] after the stack lowered its segment size to `size`.
+    fn lowered(seq: u32, size: u16, snd_una: u32, acked: u64, delivered: u32) -> Retransmission {
+        Retransmission {
+            mss: u32::from(size - HEADERS),
+            ..event(seq, size, snd_una, acked, delivered)
+        }
+    }
+
     /// "hello" got through, then every full-size segment dies at the head.
     fn stalled_upload() -> Retransmits {
         let mut c = connection();
@@ -556,9 +564,9 @@ mod tests {
         // tcp_mtu_probing=1: four full-size attempts, then 1076 bytes, acknowledged: the next
         // head is further on.
         let mut c = stalled_upload();
-        c.record(&event(1006, 1076, 1006, 6, 2));
+        c.record(&lowered(1006, 1076, 1006, 6, 2));
         assert_eq!((c.head_size, c.head_count, c.head_stalled), (1076, 1, 1));
-        c.record(&event(2030, 1076, 2030, 1030, 3));
+        c.record(&lowered(2030, 1076, 2030, 1030, 3));
         assert_eq!(
             (c.recoveries, c.largest_delivered, c.head_stalled),
             (1, 1076, 0)
@@ -582,13 +590,13 @@ mod tests {
         );
         // TCP lowered its size and got through: the stall and the recovery, no blame left.
         let mut recovered = c;
-        recovered.record(&event(1006, 1076, 1006, 6, 2));
+        recovered.record(&lowered(1006, 1076, 1006, 6, 2));
         assert_eq!(
             judge(&recovered, Some(Opened::Here), false, true),
             Judgement::Undecided,
             "the smaller try is on its way"
         );
-        recovered.record(&event(2030, 1076, 2030, 1030, 3));
+        recovered.record(&lowered(2030, 1076, 2030, 1030, 3));
         assert!(matches!(
             judge(&recovered, Some(Opened::Here), false, true),
             Judgement::Recovered(_)
@@ -602,7 +610,7 @@ mod tests {
         // Smaller did not get through either: a stall.
         let mut smaller = stalled_upload();
         for _ in 0..4 {
-            smaller.record(&event(1006, 1076, 1006, 6, 2));
+            smaller.record(&lowered(1006, 1076, 1006, 6, 2));
         }
         assert!(matches!(
             judge(&smaller, Some(Opened::Here), false, true),
@@ -618,7 +626,7 @@ mod tests {
             c.record(&event(1006, FULL, 1006, 6, 2));
         }
         assert_eq!((c.stalls, c.head_stalled), (0, 0), "not yet");
-        c.record(&event(1006, 1076, 1006, 6, 2));
+        c.record(&lowered(1006, 1076, 1006, 6, 2));
         assert_eq!((c.stalls, c.head_stalled, c.smallest_lost), (1, 1, FULL));
         assert!(worth_asking(&c), "the smaller try may get through silently");
         assert_eq!(
@@ -630,7 +638,7 @@ mod tests {
             judge(&c, Some(Opened::Here), true, true),
             Judgement::Recovered(_)
         ));
-        c.record(&event(2030, 1076, 2030, 1030, 3));
+        c.record(&lowered(2030, 1076, 2030, 1030, 3));
         assert_eq!(
             judge(&c, Some(Opened::Here), false, true),
             Judgement::Recovered(Sizes {
@@ -646,11 +654,11 @@ mod tests {
         // A "packet too big" arriving after the first retransmission.
         let mut c = connection();
         c.record(&event(1006, FULL, 1006, 6, 2));
-        c.record(&event(1006, 1428, 1006, 6, 2));
+        c.record(&lowered(1006, 1428, 1006, 6, 2));
         assert_eq!((c.stalls, c.head_stalled, c.smallest_lost), (0, 0, 0));
         // Four at full size counted the stall already; lowering then is not a second one.
         let mut counted = stalled_upload();
-        counted.record(&event(1006, 1076, 1006, 6, 2));
+        counted.record(&lowered(1006, 1076, 1006, 6, 2));
         assert_eq!((counted.stalls, counted.smallest_lost), (1, FULL));
         // Raised again (TCP probing upwards): no stall either.
         let mut raised = connection();
@@ -659,6 +667,14 @@ mod tests {
         }
         raised.record(&event(1006, FULL, 1006, 6, 2));
         assert_eq!((raised.stalls, raised.head_stalled), (0, 0));
+        // Shrunk by the SACK blocks this host sends (12 bytes of options for one), its
+        // segment size unchanged: loss both ways, not a size that died.
+        let mut sacking = connection();
+        for _ in 0..3 {
+            sacking.record(&event(1006, FULL, 1006, 6, 2));
+        }
+        sacking.record(&event(1006, FULL - 12, 1006, 6, 2));
+        assert_eq!((sacking.stalls, sacking.head_stalled), (0, 0));
     }
 
     #[test]
@@ -749,8 +765,8 @@ mod tests {
     #[test]
     fn a_stall_and_its_recovery_between_two_polls_both_count() {
         let mut c = stalled_upload();
-        c.record(&event(1006, 1076, 1006, 6, 2));
-        c.record(&event(2030, 1076, 2030, 1030, 3));
+        c.record(&lowered(1006, 1076, 1006, 6, 2));
+        c.record(&lowered(2030, 1076, 2030, 1030, 3));
         let polled = Stalls::new().poll(3 * S, &[(1, c)], |_| true, |_| false, false);
         assert!(matches!(
             polled.changes[..],
