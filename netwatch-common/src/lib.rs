@@ -211,11 +211,12 @@ pub const RETRANSMITS_CAPACITY: u32 = 8_192;
 pub const STALL_RETRANSMITS: u16 = 4;
 /// Retransmissions of one segment in a row at one size after which the stack sending it
 /// smaller, its segment size (`mss_cache`) lowered, makes that size a stall too, short of
-/// [`STALL_RETRANSMITS`]. Nothing but a size that died lowers it under a head: TCP's black-hole detection (`tcp_mtu_probing`), which
-/// acts on time (about 3 s of retransmissions, `tcp_retries1`), so on a path whose
-/// retransmission timer starts above ~215 ms it acts at the fourth retransmission, after
-/// three at full size; or a late "packet too big". A "packet too big" answering the first
-/// transmission lowers it before any retransmission at that size: no stall.
+/// [`STALL_RETRANSMITS`]. Nothing but a size that died lowers it under a head: TCP's
+/// black-hole detection (`tcp_mtu_probing`), which acts on time (about 3 s of
+/// retransmissions, `tcp_retries1`), so on a path whose retransmission timer starts above
+/// ~215 ms it acts at the fourth retransmission, after three at full size; or a late
+/// "packet too big". A "packet too big" answering the first transmission lowers it before
+/// any retransmission at that size: no stall.
 pub const LOWERED_AFTER: u16 = 2;
 
 /// Where the retransmission program finds what it reads, taken from the running kernel's
@@ -414,10 +415,10 @@ impl Retransmits {
     ///
     /// Only the head tells a stall: a retransmission past it (fast retransmit, a tail loss
     /// probe) is counted and nothing more. The head retransmitted again at the same size adds
-    /// to its count; at another size (the stack lowered, or raised, its segment size) starts
-    /// a new count, and lowered after [`LOWERED_AFTER`] makes the old size a stall. A new
-    /// head means the old one was acknowledged: its size got through, and
-    /// if it had stalled, the connection recovered.
+    /// to its count; at another size (the stack lowered, or raised, its segment size) starts a
+    /// new count, and lowered after [`LOWERED_AFTER`] makes the old size a stall. A new head
+    /// means the old one was acknowledged: its size got through, and if it had stalled, the
+    /// connection recovered.
     #[expect(
         clippy::inline_always,
         reason = "shared with the eBPF programs, where it must be inlined"

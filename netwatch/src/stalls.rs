@@ -9,8 +9,9 @@
 //!
 //! A connection is a **path-MTU stall** when its head segment was retransmitted
 //! [`STALL_RETRANSMITS`] times in a row at one size without getting through, or
-//! [`LOWERED_AFTER`] times before the stack sent it smaller (`smallest_lost`), that size is above the smallest MTU every path carries (576 bytes for IPv4, 1280 for
-//! IPv6), and nothing that large ever got through on it (`largest_delivered`, see
+//! [`LOWERED_AFTER`] times before the stack sent it smaller (`smallest_lost`), that size is
+//! above the smallest MTU every path carries (576 bytes for IPv4, 1280 for IPv6), and
+//! nothing that large ever got through on it (`largest_delivered`, see
 //! [`largest_delivered`]). Everything else is not one:
 //! - loss of every size (congestion, a lossy link, a peer that vanished): segments as large
 //!   as those lost were acknowledged before, or small ones die too;
