@@ -646,6 +646,21 @@ pub fn netwatch_binary() -> PathBuf {
     path
 }
 
+/// netwatch's resident memory; a sample that cannot be read fails the test (netwatch gone, or
+/// `/proc` not what it was), never a zero that would pass a memory bound.
+#[must_use]
+pub fn rss_kib(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("netwatch's RSS: reading {path}: {err}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .filter(|&kib: &u64| kib > 0)
+        .unwrap_or_else(|| panic!("netwatch's RSS: no VmRSS in {path}: {status}"))
+}
+
 /// A running netwatch, its stdout parsed as NDJSON records as they come.
 pub struct NetwatchRun {
     child: Child,
@@ -932,44 +947,44 @@ pub fn bpf_objects_back_to(before: (usize, usize)) -> bool {
 }
 
 /// netwatch's tcx links and programs loaded in the kernel, all namespaces: (links, programs).
+/// A `bpftool` that fails or says what is not a list fails the test: a count of 0 read off
+/// nothing would pass every "nothing left attached" check.
 #[must_use]
 pub fn netwatch_bpf_objects() -> (usize, usize) {
-    let count = |what: &str| {
-        let out = Command::new("bpftool")
-            .args([what, "show", "--json"])
-            .output()
-            .expect("bpftool");
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let programs: Vec<u64> = Command::new("bpftool")
-            .args(["prog", "show", "--json"])
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter(|p| {
-                p["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("netwatch_"))
-            })
-            .filter_map(|p| p["id"].as_u64())
-            .collect();
-        list.as_array().map_or(0, |items| {
-            items
-                .iter()
-                .filter(|item| match what {
-                    "link" => item["prog_id"]
-                        .as_u64()
-                        .is_some_and(|id| programs.contains(&id)),
-                    _ => item["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with("netwatch_")),
-                })
-                .count()
-        })
+    let programs = bpftool_list("prog");
+    let ours = |p: &&Value| {
+        p["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("netwatch_"))
     };
-    (count("link"), count("prog"))
+    let ids: Vec<u64> = programs
+        .iter()
+        .filter(ours)
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let links = bpftool_list("link")
+        .iter()
+        .filter(|link| link["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .count();
+    (links, programs.iter().filter(ours).count())
+}
+
+/// `bpftool WHAT show --json`: the kernel's objects of that kind.
+fn bpftool_list(what: &str) -> Vec<Value> {
+    let out = Command::new("bpftool")
+        .args([what, "show", "--json"])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {what} show: {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout) {
+        Ok(Value::Array(items)) => items,
+        other => panic!("bpftool {what} show --json: not a list: {other:?}"),
+    }
 }
 
 /// Gives a netwatch about to run without root what the systemd unit gives it

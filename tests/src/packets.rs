@@ -225,6 +225,18 @@ impl Shape {
         }
     }
 
+    /// Whether a packet of this shape (IPv6 or not) is a fragment, a first one included.
+    #[must_use]
+    pub fn fragments(&self, v6: bool) -> bool {
+        if v6 {
+            self.ipv6_extensions
+                .iter()
+                .any(|ext| matches!(ext, Ext::Fragment { .. }))
+        } else {
+            self.ipv4_fragment.is_some()
+        }
+    }
+
     #[must_use]
     pub fn ipv4_fragment(offset: u16, more: bool) -> Self {
         Self {

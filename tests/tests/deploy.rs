@@ -397,6 +397,8 @@ fn dashboard_queries_are_valid_promql() {
     let dashboard: Value = serde_json::from_str(&text).unwrap();
     let mut queries = Vec::new();
     panel_queries(dashboard["panels"].as_array().unwrap(), &mut queries);
+    // "SUCCESS: 0 rules found" would pass on a dashboard whose queries were not found.
+    assert!(queries.len() >= 8, "the dashboard's queries: {queries:?}");
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (index, (_, expr)) in queries.iter().enumerate() {
         let expr = expr

@@ -13,7 +13,7 @@ use netwatch::{
 use netwatch_common::{EGRESS_PROGRAM, KernelCounter, PENDING_CAPACITY, TARGETS_CAPACITY};
 use netwatch_tests::{
     harness::{PASS_THROUGH, run_on},
-    lab::{CLIENT_IFACE, DNS_V4, Lab},
+    lab::{CLIENT_IFACE, DNS_V4, Lab, rss_kib},
     packets::Flow,
     prerequisites,
 };
@@ -188,17 +188,6 @@ fn more_targets_than_the_target_table_holds_are_counted_and_never_misjudged() {
          target_table_full, {unanswered} unanswered, {misjudged} misjudged",
         capacity + extra
     );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[test]

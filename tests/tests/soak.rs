@@ -11,7 +11,7 @@ use std::{
 use netwatch::sweep::TOMBSTONE_IDLE_NS;
 use netwatch_common::PENDING_CAPACITY;
 use netwatch_tests::{
-    lab::{CLIENT_IFACE, DNS_V4, DNS2_V4, Lab, SERVER_V4, SERVER_V6, TargetId},
+    lab::{CLIENT_IFACE, DNS_V4, DNS2_V4, Lab, SERVER_V4, SERVER_V6, TargetId, rss_kib},
     prerequisites,
 };
 
@@ -44,20 +44,6 @@ struct Sent {
     /// sent again, seen in CI: the answer came 3 s after the first): netwatch rightly calls
     /// such a request unanswered, and its answer late.
     answered_slowly: u64,
-}
-
-/// netwatch's resident memory; a sample that cannot be read fails the test (netwatch gone, or
-/// `/proc` not what it was), never a zero that would pass the flatness check.
-fn rss_kib(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path)
-        .unwrap_or_else(|err| panic!("netwatch's RSS: reading {path}: {err}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .filter(|&kib: &u64| kib > 0)
-        .unwrap_or_else(|| panic!("netwatch's RSS: no VmRSS in {path}: {status}"))
 }
 
 /// In-flight requests plus tombstones, from netwatch's own metrics.

@@ -735,16 +735,24 @@ fn trust_many_new_targets_from_both_cpus_are_counted_exactly() {
     assert_eq!(finished.kernel_counter("target_table_full"), 0);
 }
 
-/// Runs `dns-stream` in the client namespace from `port` and returns its lines.
+/// Runs `dns-stream` in the client namespace from `port` and returns its lines, one per query.
 fn dns_stream(lab: &Lab, server: &str, port: u16, wait_ms: u64, queries: &[&str]) -> Vec<String> {
     let queries: Vec<String> = queries.iter().map(|&q| q.to_owned()).collect();
     let stream = Client::dns_stream(DNS_STREAM, server, port, wait_ms, &queries);
     let out = stream.run(&lab.client);
     assert!(out.status.success(), "`{}` failed", stream.line());
-    String::from_utf8_lossy(&out.stdout)
+    let outcomes: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
-        .collect()
+        .collect();
+    // One line per query: what the caller checks of each must not pass on none.
+    assert_eq!(
+        outcomes.len(),
+        queries.len(),
+        "`{}`: {outcomes:?}",
+        stream.line()
+    );
+    outcomes
 }
 
 /// Case 6: A forwarder with a fixed source port reuses its DNS ids. While DNS is dropped it asks

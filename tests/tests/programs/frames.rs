@@ -58,8 +58,8 @@ fn packets_are_well_formed() {
                         shape.l4(v6),
                         "{what}: transport offset"
                     );
-                    if let Some(transport) = sliced.transport {
-                        let ok = matches!(
+                    let right_transport = sliced.transport.map(|transport| {
+                        matches!(
                             (kind, transport),
                             (Kind::Tcp, TransportSlice::Tcp(_))
                                 | (Kind::Dns, TransportSlice::Udp(_))
@@ -67,9 +67,12 @@ fn packets_are_well_formed() {
                                     Kind::Echo,
                                     TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_)
                                 )
-                        );
-                        assert!(ok, "{what}: the wrong transport");
-                    }
+                        )
+                    });
+                    // etherparse reads no transport header out of a fragment, a first one
+                    // included: none is right there only.
+                    let fragment = shape.fragments(v6);
+                    assert!(right_transport.unwrap_or(fragment), "{what}: transport");
                 }
             }
         }

@@ -369,6 +369,13 @@ fn ip_headers_with_a_wrong_version_or_length_are_ignored() {
                 let flow = Flow::numbered(kind, v6, n);
                 let pending = Flow::numbered(kind, v6, n + 1);
                 h.send(&[pending]);
+                // An answer or a refusal that changes nothing proves something only where
+                // there was a request to match.
+                assert!(
+                    h.entry(&pending).is_some(),
+                    "{} was not recorded",
+                    pending.describe()
+                );
                 let (refusal, _) = refusal(&pending, &plain);
                 let cases = [
                     (
