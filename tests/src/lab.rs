@@ -951,22 +951,20 @@ pub fn bpf_objects_back_to(before: (usize, usize)) -> bool {
 /// nothing would pass every "nothing left attached" check.
 #[must_use]
 pub fn netwatch_bpf_objects() -> (usize, usize) {
-    let programs = bpftool_list("prog");
-    let ours = |p: &&Value| {
-        p["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("netwatch_"))
-    };
-    let ids: Vec<u64> = programs
+    let ids: Vec<u64> = bpftool_list("prog")
         .iter()
-        .filter(ours)
-        .filter_map(|p| p["id"].as_u64())
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("netwatch_"))
+        })
+        .map(|p| p["id"].as_u64().expect("a program's id"))
         .collect();
     let links = bpftool_list("link")
         .iter()
         .filter(|link| link["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .count();
-    (links, programs.iter().filter(ours).count())
+    (links, ids.len())
 }
 
 /// `bpftool WHAT show --json`: the kernel's objects of that kind.
