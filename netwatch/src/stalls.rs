@@ -156,7 +156,12 @@ pub(crate) fn judge(
     if c.stalls == 0 || c.smallest_lost == 0 {
         return Judgement::Undecided;
     }
-    let largest_delivered = largest_delivered(c, opened);
+    let mut largest_delivered = largest_delivered(c, opened);
+    if progressed && c.head_stalled != 0 {
+        // The head was acknowledged after its last retransmission, at the size it last went
+        // out at: the connection's totals, read at that retransmission, do not show it yet.
+        largest_delivered = largest_delivered.max(Some(c.head_size));
+    }
     let lost = c.smallest_lost;
     if lost <= min_mtu(&c.remote)
         || largest_delivered.is_some_and(|d| d >= lost)
@@ -679,13 +684,33 @@ mod tests {
     }
 
     #[test]
-    fn the_socket_showing_progress_is_a_recovery_too() {
+    fn the_socket_showing_progress_after_a_smaller_try_is_a_recovery_at_that_size() {
+        // TCP lowered its size and the head got through, with nothing retransmitted since
+        // to show it: the socket's totals do, and the size it got through at is the head's.
+        let mut c = stalled_upload();
+        c.record(&lowered(1006, 1076, 1006, 6, 2));
+        assert!(worth_asking(&c));
+        assert_eq!(
+            judge(&c, Some(Opened::Here), true, false),
+            Judgement::Recovered(Sizes {
+                largest_delivered: Some(1076),
+                smallest_lost: FULL
+            })
+        );
+        // Never retransmitted at full size since "hello": the totals read then say only that.
+        assert_eq!(largest_delivered(&c, Some(Opened::Here)), Some(5 + HEADERS));
+    }
+
+    #[test]
+    fn the_socket_showing_progress_at_the_size_that_stalled_was_loss() {
+        // Four full-size tries lost, then the head got through at full size (a link down for
+        // a while): that size passes, so the stall was loss.
         let c = stalled_upload();
         assert!(worth_asking(&c));
-        assert!(matches!(
+        assert_eq!(
             judge(&c, Some(Opened::Here), true, false),
-            Judgement::Recovered(_)
-        ));
+            Judgement::NotPathMtu
+        );
     }
 
     #[test]
@@ -729,6 +754,9 @@ mod tests {
         assert!(matches!(first.changes[0], (t, Change::Stalled(_)) if t == target));
         let again = stalls.poll(4 * S, &[(0xabc, c)], |_| true, |_| false, false);
         assert!(again.changes.is_empty(), "{again:?}");
+        // TCP got the head through smaller, with nothing retransmitted since to show it.
+        let mut c = c;
+        c.record(&lowered(1006, 1076, 1006, 6, 2));
         let recovered = stalls.poll(5 * S, &[(0xabc, c)], |_| true, |_| true, false);
         assert!(matches!(recovered.changes[..], [(_, Change::Recovered(_))]));
         let after = stalls.poll(6 * S, &[(0xabc, c)], |_| true, |_| false, false);
