@@ -165,6 +165,16 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
         return;
     }
     let skb = ctx.arg::<u64>(0) as *const u8;
+    let Some(headers) = read_headers(skb) else {
+        return;
+    };
+    // SAFETY: within this CPU's buffer, written by the helper (see `read_headers`).
+    let l4 = unsafe { &*headers.l4 };
+    if headers.proto == proto::UDP && !udp_watched(l4) {
+        // Most UDP a host drops is no DNS, NTP or `--udp-port` service (discovery
+        // broadcasts, scans, a sink's flood): let go before anything else is done.
+        return;
+    }
     // Counting a drop (the keys of its lookups) and reading a path-MTU signal's quote are
     // calls side by side, each with a frame of its own: nested, they would not fit 512 bytes.
     let mut dropped = Dropped {
@@ -181,7 +191,7 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
         },
         quote: 0,
     };
-    if !read_dropped(skb, &mut dropped) {
+    if !describe(&headers, l4, &mut dropped) {
         return;
     }
     if dropped.packet.kind == Kind::PathMtu {
@@ -193,34 +203,55 @@ pub fn on_kfree_skb(ctx: &RawTracePointContext) {
     count_drop(skb, &dropped.packet, reason);
 }
 
-/// Reads the dropped `skb` into `out`: whether it is watched traffic. Two reads: the
-/// `sk_buff` fields that locate the headers, then the headers; the packet's addresses are
-/// only taken for a packet that is watched. Inline: its frame is small (the reads land in
-/// [`READS`]), and a drop the program lets go then makes no call at all.
+/// Where a dropped packet's headers are, once read into this CPU's [`READS`].
+#[derive(Clone, Copy)]
+struct Headers {
+    /// The network header, in kernel memory.
+    ip: *const u8,
+    /// Its first [`PACKET_READ`] bytes, in [`READS`].
+    bytes: *const [u8; PACKET_READ],
+    /// The transport header's first [`L4_READ`] bytes, in [`READS`]; 4-byte aligned.
+    l4: *const [u8; L4_READ],
+    /// Bytes of IP headers before the transport header.
+    header_len: usize,
+    proto: u8,
+    v6: bool,
+}
+
+// The transport header lands 4-byte aligned in the buffer (a map value, 8-byte aligned), so
+// its ports are one load (`ports`).
+const _: () = assert!(
+    (HEADERS_AT + IPV4_LEN).is_multiple_of(4)
+        && (HEADERS_AT + IPV6_LEN).is_multiple_of(4)
+        && L4_AT.is_multiple_of(4)
+);
+
+/// Reads the dropped `skb`'s headers: `None` when it is no IPv4 or IPv6 packet with a
+/// transport header (or a read faults). Two reads: the `sk_buff` fields that locate the
+/// headers, then the headers. Inline: its frame is small (the reads land in [`READS`]), and
+/// a drop the program lets go then makes no call at all.
 #[inline(always)]
-fn read_dropped(skb: *const u8, out: &mut Dropped) -> bool {
-    let Some(reads) = READS.get_ptr_mut(0) else {
-        return false;
-    };
-    let reads = reads.cast::<u8>();
+fn read_headers(skb: *const u8) -> Option<Headers> {
+    let reads = READS.get_ptr_mut(0)?.cast::<u8>();
     let mut fields = Skb::default();
     if !read_skb(skb, reads, &mut fields)
         || fields.network_header == HEADER_UNSET
         || (fields.protocol != ETH_P_IPV4 && fields.protocol != ETH_P_IPV6)
     {
-        return false;
+        return None;
     }
     let ip = (fields.head as *const u8).wrapping_add(usize::from(fields.network_header));
     if !read_into(reads.wrapping_add(HEADERS_AT), PACKET_READ, ip) {
-        return false;
+        return None;
     }
+    let bytes = reads.wrapping_add(HEADERS_AT).cast::<[u8; PACKET_READ]>();
     // SAFETY: this CPU's buffer, just written by the helper, used by nothing else until the
     // program ends.
-    let headers = unsafe { &*reads.wrapping_add(HEADERS_AT).cast::<[u8; PACKET_READ]>() };
+    let headers = unsafe { &*bytes };
     let v6 = fields.protocol == ETH_P_IPV6;
     let (proto, header_len) = if v6 {
         if headers[0] >> 4 != 6 {
-            return false;
+            return None;
         }
         // Extension headers are not walked here (requests and answers rarely carry them),
         // but for a fragment header: the first fragment of a large answer whose reassembly
@@ -228,7 +259,7 @@ fn read_dropped(skb: *const u8, out: &mut Dropped) -> bool {
         if headers[6] == IPV6_FRAGMENT {
             let offset = u16::from_be_bytes([headers[IPV6_LEN + 2], headers[IPV6_LEN + 3]]);
             if offset & FRAGMENT_OFFSET_MASK != 0 {
-                return false;
+                return None;
             }
             (headers[IPV6_LEN], IPV6_LEN + IPV6_FRAGMENT_LEN)
         } else {
@@ -238,7 +269,7 @@ fn read_dropped(skb: *const u8, out: &mut Dropped) -> bool {
         let version_ihl = headers[0];
         if version_ihl >> 4 != 4 || u16::from_be_bytes([headers[6], headers[7]]) & 0x1fff != 0 {
             // Not IPv4, or a non-first fragment (no transport header).
-            return false;
+            return None;
         }
         (headers[9], usize::from(version_ihl & 0x0f) * 4)
     };
@@ -255,33 +286,48 @@ fn read_dropped(skb: *const u8, out: &mut Dropped) -> bool {
             L4_READ,
             ip.wrapping_add(header_len),
         ) {
-            return false;
+            return None;
         }
         core::hint::black_box(L4_AT)
     };
     if l4_at + L4_READ > READS_LEN {
-        return false;
+        return None;
     }
-    // SAFETY: within this CPU's buffer (checked above), written by the helper.
-    let l4 = unsafe { &*reads.wrapping_add(l4_at).cast::<[u8; L4_READ]>() };
+    Some(Headers {
+        ip,
+        bytes,
+        l4: reads.wrapping_add(l4_at).cast::<[u8; L4_READ]>(),
+        header_len,
+        proto,
+        v6,
+    })
+}
+
+/// What the dropped packet whose headers are read is, into `out`: whether it is watched
+/// traffic. The packet's addresses are only taken for a packet that is watched.
+#[inline(always)]
+fn describe(headers: &Headers, l4: &[u8; L4_READ], out: &mut Dropped) -> bool {
     let packet = &mut out.packet;
-    if !classify(proto, l4, packet) {
+    if !classify(headers.proto, l4, packet) {
         return false;
     }
+    let ip = headers.ip;
     if packet.kind == Kind::PathMtu {
-        out.quote = ip.wrapping_add(header_len + ICMP_HEADER_LEN) as u64;
+        out.quote = ip.wrapping_add(headers.header_len + ICMP_HEADER_LEN) as u64;
         return true;
     }
-    if v6 {
-        packet.src.copy_from_slice(&headers[8..24]);
-        packet.dst.copy_from_slice(&headers[24..40]);
+    // SAFETY: as in `read_headers`.
+    let bytes = unsafe { &*headers.bytes };
+    if headers.v6 {
+        packet.src.copy_from_slice(&bytes[8..24]);
+        packet.dst.copy_from_slice(&bytes[24..40]);
     } else {
-        packet.src = ipv4_mapped([headers[12], headers[13], headers[14], headers[15]]);
-        packet.dst = ipv4_mapped([headers[16], headers[17], headers[18], headers[19]]);
+        packet.src = ipv4_mapped([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        packet.dst = ipv4_mapped([bytes[16], bytes[17], bytes[18], bytes[19]]);
     }
     if packet.ntp_request {
         // The request's key holds its transmit timestamp, folded (`ntp_tag`), as on tc egress.
-        let at = header_len + UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET;
+        let at = headers.header_len + UDP_HEADER_LEN + NTP_TRANSMIT_OFFSET;
         // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
         let Ok(transmit) =
             (unsafe { bpf_probe_read_kernel(ip.wrapping_add(at).cast::<[u8; 8]>()) })
@@ -291,6 +337,29 @@ fn read_dropped(skb: *const u8, out: &mut Dropped) -> bool {
         packet.tag = ntp_tag(transmit);
     }
     true
+}
+
+/// The transport header's source and destination ports (host order), in one load.
+#[inline(always)]
+fn ports(l4: &[u8; L4_READ]) -> (u16, u16) {
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "the transport header lies 4-byte aligned in the buffer (asserted at `Headers`)"
+    )]
+    // SAFETY: four bytes within `l4`, aligned (see above).
+    let both = u32::from_be(unsafe { core::ptr::read(l4.as_ptr().cast::<u32>()) });
+    #[expect(clippy::cast_possible_truncation, reason = "the two halves")]
+    ((both >> 16) as u16, both as u16)
+}
+
+/// Whether a UDP datagram is to or from a port netwatch watches: DNS, or an NTP or
+/// `--udp-port` service (`classify` then says which way).
+#[inline(always)]
+fn udp_watched(l4: &[u8; L4_READ]) -> bool {
+    let (src_port, dst_port) = ports(l4);
+    src_port == DNS_PORT
+        || dst_port == DNS_PORT
+        || udp_port_kind(src_port) | udp_port_kind(dst_port) != 0
 }
 
 /// `len` bytes of kernel memory at `from` into `to` (in this CPU's [`READS`]): whether the
@@ -539,8 +608,7 @@ fn path_mtu_drop(quote: u64, reason: u32) {
 /// through the stack, and the frame has room for one.
 #[inline(always)]
 fn classify(proto: u8, l4: &[u8; L4_READ], packet: &mut Packet) -> bool {
-    let src_port = u16::from_be_bytes([l4[0], l4[1]]);
-    let dst_port = u16::from_be_bytes([l4[2], l4[3]]);
+    let (src_port, dst_port) = ports(l4);
     packet.src_port = src_port;
     packet.dst_port = dst_port;
     packet.proto = proto;
