@@ -122,15 +122,16 @@ fn program_stats(pid: u32) -> anyhow::Result<(Duration, u64)> {
     bail!("netwatch (pid {pid}) holds no {PROGRAM} program: it did not load its drop program")
 }
 
-/// The reference programs, loaded and attached to `skb:kfree_skb` for as long as this lives.
-struct References {
+/// Reference programs, loaded and attached to `skb:kfree_skb` for as long as this lives.
+pub struct References {
     object: aya::Ebpf,
+    names: &'static [&'static str],
 }
 
 impl References {
-    /// Loads and attaches the references, told where the `sk_buff` fields are from the
-    /// running kernel's BTF (netwatch's own reading of it).
-    fn attach() -> anyhow::Result<Self> {
+    /// Loads and attaches the references `names` (of [`REFERENCES`]), told where the
+    /// `sk_buff` fields are from the running kernel's BTF (netwatch's own reading of it).
+    pub fn attach(names: &'static [&'static str]) -> anyhow::Result<Self> {
         let layout = netwatch::btf::read_and_parse();
         let (config, _) = layout
             .drops
@@ -140,7 +141,7 @@ impl References {
             .override_global(REFERENCE_OFFSETS, &offsets, true)
             .load(BENCH_OBJECT)
             .context("loading the reference programs")?;
-        for name in REFERENCES {
+        for name in names {
             let program: &mut RawTracePoint = object
                 .program_mut(name)
                 .with_context(|| format!("{name} missing from the reference object"))?
@@ -150,12 +151,12 @@ impl References {
                 .attach(DROP_TRACEPOINT)
                 .with_context(|| format!("attaching {name} to {DROP_TRACEPOINT}"))?;
         }
-        Ok(Self { object })
+        Ok(Self { object, names })
     }
 
     /// Each reference's cumulative (run time, run count).
     fn stats(&self) -> anyhow::Result<Vec<(Duration, u64)>> {
-        REFERENCES
+        self.names
             .iter()
             .map(|name| {
                 let program: &RawTracePoint = self
@@ -211,7 +212,8 @@ fn timed(
     let cpu_after = CpuTimes::of(pid).context("netwatch's CPU times")?;
     let (time_after, runs_after) = program_stats(pid)?;
     let references_after = references.stats()?;
-    let references = REFERENCES
+    let references = references
+        .names
         .iter()
         .zip(references_before.into_iter().zip(references_after))
         .map(|(name, (before, after))| {
@@ -255,7 +257,7 @@ pub fn run(tools: &Tools, drops: u64, progress: &dyn Fn(&str)) -> anyhow::Result
     // Held for the section: the kernel times every program run while this is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS, 5.8+)")?;
-    let references = References::attach()?;
+    let references = References::attach(&REFERENCES)?;
 
     progress(&format!(
         "drops: {drops} copies of one DNS query to {DNS2_V4}:53, dropped by this host's output chain"

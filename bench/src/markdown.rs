@@ -462,6 +462,9 @@ fn rates_rows(out: &mut String, name: &str, run: &RateRun) {
                 Condition::NetwatchStopped => "netwatch, process stopped (kernel side only)",
                 Condition::NetwatchUnpinned => "netwatch, not pinned",
                 Condition::EmptyProgram => "empty tc program (tcx, egress + ingress)",
+                Condition::EmptyProgramsAndDropFloor => {
+                    "empty tc program pair and empty `skb:kfree_skb` program (`bench_drop_floor`)"
+                }
                 Condition::MinimalTracker => "minimal tracker (`bench_track`) instead",
             },
             run.pps(condition)
@@ -905,7 +908,9 @@ const METHODOLOGY: &str = "
   first (`taskset`), so a monitor never competes with the sender for its CPU. Conditions: nothing attached;
   `netwatch --iface nwb0 --json --timeout 1s` started in the sending namespace; `tcpdump -i nwb0 -w
   /dev/null` with the equivalent filter (DNS, TCP SYN, ICMP, ICMPv6); and, to show the floor, the empty
-  reference program attached with tcx on both directions. This machine's speed drifts by several
+  reference program attached with tcx on both directions, then the same with the empty program on
+  `skb:kfree_skb` too (full runs): the sink drops every datagram, so netwatch's drop program runs on
+  each, and that pair of conditions shows what its attach point alone costs the rate. This machine's speed drifts by several
   percent within seconds (other virtual machines share the host), so every condition runs between two
   runs with nothing attached, and its ratio for the round is its rate over the mean of those two
   baselines (a linear drift cancels); the order of the conditions rotates from round to round; the

@@ -14,6 +14,7 @@ use netwatch_tests::lab::NetwatchRun;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    drops::References,
     labkit::{self, Generated, SINK_V4, TcpdumpStats, Tools, UNTRACKED_PORT, VethPair},
     stats::{self, Figure},
 };
@@ -46,6 +47,11 @@ pub enum Condition {
     /// program at all.
     #[serde(rename = "empty_program")]
     EmptyProgram,
+    /// The same, and the empty reference program on `skb:kfree_skb` (`bench_drop_floor`):
+    /// every attach point netwatch has on this run's path, with nothing in them. The sink
+    /// drops every datagram, so netwatch's drop program runs on each.
+    #[serde(rename = "empty_programs_and_drop_floor")]
+    EmptyProgramsAndDropFloor,
     /// The minimal tracker attached instead of netwatch (one clock read, one map update of
     /// `PENDING`'s type, size and key width): what tracking each request costs at the least.
     #[serde(rename = "minimal_tracker")]
@@ -174,7 +180,10 @@ pub fn run(tools: &Tools, plan: &Plan, progress: &dyn Fn(&str)) -> anyhow::Resul
     let mut udp_conditions = vec![Condition::None, Condition::Netwatch, Condition::Tcpdump];
     let mut dns_conditions = vec![Condition::None, Condition::Netwatch];
     if plan.diagnostics {
-        udp_conditions.push(Condition::EmptyProgram);
+        udp_conditions.extend([
+            Condition::EmptyProgram,
+            Condition::EmptyProgramsAndDropFloor,
+        ]);
         dns_conditions.extend([Condition::NetwatchStopped, Condition::MinimalTracker]);
         if tools.monitor_cpu.is_some() {
             dns_conditions.push(Condition::NetwatchUnpinned);
@@ -337,15 +346,23 @@ fn measure(
         None
     };
     let reference = match condition {
-        Condition::EmptyProgram => Some(bench.attach_reference("bench_floor")?),
+        Condition::EmptyProgram | Condition::EmptyProgramsAndDropFloor => {
+            Some(bench.attach_reference("bench_floor")?)
+        }
         Condition::MinimalTracker => Some(bench.attach_reference("bench_track")?),
         _ => None,
+    };
+    let drop_floor = if condition == Condition::EmptyProgramsAndDropFloor {
+        Some(References::attach(&["bench_drop_floor"])?)
+    } else {
+        None
     };
     let generated = bench.generate(mode, target, seconds, max)?;
     if let Some(pid) = stopped {
         signal(pid, libc::SIGCONT);
     }
     drop(reference);
+    drop(drop_floor);
     if let Some(tcpdump) = tcpdump {
         tcpdump_stats.push(tcpdump.stop());
     }
