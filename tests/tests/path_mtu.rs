@@ -439,12 +439,36 @@ fn path_mtu_signals_dropped_by_this_hosts_input_chain_name_the_local_rule() {
 
 #[test]
 fn loss_a_closed_window_a_vanished_peer_and_small_uploads_blame_no_path_mtu() {
-    const NAME: &str = "loss_a_closed_window_a_vanished_peer_and_small_uploads_blame_no_path_mtu";
-    if !prerequisites(NAME, &["ip", "nft", "python3"]) {
+    loss_blames_no_path_mtu(
+        "loss_a_closed_window_a_vanished_peer_and_small_uploads_blame_no_path_mtu",
+        false,
+    );
+}
+
+/// The same with TCP's black-hole detection on: TCP then lowers its segment size for the
+/// vanished peers too (after ~3 s of retransmissions), which must read as what died before
+/// at every size, not as a size that never got through.
+#[test]
+fn loss_a_closed_window_a_vanished_peer_and_small_uploads_with_tcp_probing_on_blame_nothing() {
+    loss_blames_no_path_mtu(
+        "loss_a_closed_window_a_vanished_peer_and_small_uploads_with_tcp_probing_on_blame_nothing",
+        true,
+    );
+}
+
+/// Random loss, a small upload, a receiver that stops reading and two peers that vanish, over
+/// a path that carries full-size segments: no path-MTU stall, nothing blamed. `probing`: with
+/// `net.ipv4.tcp_mtu_probing=1` on the client.
+fn loss_blames_no_path_mtu(name: &str, probing: bool) {
+    if !prerequisites(name, &["ip", "nft", "python3"]) {
         return;
     }
     // A path that carries full-size segments: only loss, windows and peers are in play.
     let mut lab = Lab::new();
+    if probing {
+        lab.client
+            .ok("sysctl", &["-qw", "net.ipv4.tcp_mtu_probing=1"]);
+    }
     lab.nft("flush ruleset\n");
     warm_up(&lab);
     lab.nft(
@@ -503,6 +527,18 @@ fn loss_a_closed_window_a_vanished_peer_and_small_uploads_blame_no_path_mtu() {
         "the vanished peers' retransmissions",
         || retransmits_of(&lab.client, 5005) >= 6 && retransmits_of(&lab.client, 5006) >= 6,
     );
+    if probing {
+        // What this case is about: TCP lowered its segment size for the vanished peers.
+        wait_until(
+            Duration::from_secs(40),
+            "TCP's black-hole detection lowering the vanished peers' segment size",
+            || {
+                [5005, 5006]
+                    .iter()
+                    .all(|port| mss_of(&lab.client, *port) < FULL_MSS)
+            },
+        );
+    }
     drop(vanishing);
     drop(full_window);
     let finished = stop(netwatch);
@@ -518,6 +554,20 @@ fn loss_a_closed_window_a_vanished_peer_and_small_uploads_blame_no_path_mtu() {
          {connections}"
     );
     assert_eq!(count(connections, "path_mtu_stalls"), 0, "{connections}");
+}
+
+/// The segment size of an IPv4 connection with timestamps on a 1500-byte path.
+const FULL_MSS: u64 = 1448;
+
+/// The segment size `ss` reports for the connection to `port` (`mss:N`); `u64::MAX` when
+/// there is none.
+fn mss_of(ns: &Netns, port: u16) -> u64 {
+    let out = ns.run("ss", &["-tin", &format!("( dport = :{port} )")]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("mss:"))
+        .and_then(|mss| mss.parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 /// The retransmissions `ss` reports for the connection to `port` (`retrans:N/TOTAL`: TOTAL).
