@@ -201,17 +201,6 @@ pub(crate) fn worth_asking(c: &Retransmits) -> bool {
     c.head_stalled != 0
 }
 
-/// Whether a connection's socket, as `sock_diag` shows it now (`bytes_acked`, and `snd_mss`:
-/// its segment size), had bytes acknowledged since the program's entry was read: its head
-/// then got through at the size the entry last saw it sent at. Not when the socket sends
-/// smaller than at that retransmission: TCP lowered its size and retransmitted since, after
-/// the entry was read, and the head may have got through at that smaller size. The next poll's
-/// entry shows that retransmission.
-#[must_use]
-pub(crate) fn acked_since(c: &Retransmits, bytes_acked: u64, snd_mss: u32) -> bool {
-    bytes_acked > c.bytes_acked && snd_mss >= c.mss
-}
-
 /// The target a connection counts towards: the one of requests this host received (`remote`
 /// asked for this host's `local_port`) when netwatch saw that handshake, else the one of
 /// requests it sent. `None` when netwatch follows neither: a connection opened before it
@@ -710,19 +699,6 @@ mod tests {
         );
         // Never retransmitted at full size since "hello": the totals read then say only that.
         assert_eq!(largest_delivered(&c, Some(Opened::Here)), Some(5 + HEADERS));
-    }
-
-    #[test]
-    fn progress_counts_only_at_the_size_the_entry_last_saw() {
-        let c = stalled_upload();
-        let mss = c.mss;
-        assert!(acked_since(&c, c.bytes_acked + 1448, mss));
-        assert!(!acked_since(&c, c.bytes_acked, mss), "nothing acknowledged");
-        // Raised since (TCP probing upwards after its head got through): still progress.
-        assert!(acked_since(&c, c.bytes_acked + 1448, mss + 100));
-        // Lowered since: a smaller retransmission the entry does not show yet may be what got
-        // through; the next poll tells.
-        assert!(!acked_since(&c, c.bytes_acked + 1024, 1024));
     }
 
     #[test]

@@ -439,9 +439,7 @@ impl KernelTables for Probe {
         let local = (ip_from_key(connection.local), connection.local_port);
         let remote = (ip_from_key(connection.remote), connection.remote_port);
         match diag.tcp(local, remote) {
-            Ok(Some(state)) => {
-                crate::stalls::acked_since(connection, state.bytes_acked, state.snd_mss)
-            }
+            Ok(Some(state)) => state.bytes_acked > connection.bytes_acked,
             Ok(None) => false,
             Err(err) => {
                 log::debug!("sock_diag: {err}");
