@@ -19,9 +19,17 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 /// The parts of `struct tcp_info` netwatch reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TcpState {
-    /// `tcpi_bytes_acked`: `tcp_sock.bytes_acked`.
+    /// `tcpi_bytes_acked`: `tcp_sock.bytes_acked`; [`ALL_ACKNOWLEDGED`] for a connection
+    /// that closed cleanly.
     pub bytes_acked: u64,
 }
+
+/// The `bytes_acked` of a connection in `TIME_WAIT`, which has no `tcp_info`: this host's FIN
+/// was acknowledged, so everything it sent before was too.
+pub(crate) const ALL_ACKNOWLEDGED: u64 = u64::MAX;
+
+/// `TCP_TIME_WAIT` (`include/net/tcp_states.h`).
+const TCP_TIME_WAIT: u8 = 6;
 
 /// A `sock_diag` socket in netwatch's network namespace.
 pub(crate) struct SockDiag {
@@ -181,6 +189,12 @@ fn parse_reply(bytes: &[u8]) -> io::Result<Option<TcpState>> {
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
     match message.payload {
         NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+            if response.header.state == TCP_TIME_WAIT {
+                // Closed cleanly (a connection that recovered and ended between two polls).
+                return Ok(Some(TcpState {
+                    bytes_acked: ALL_ACKNOWLEDGED,
+                }));
+            }
             Ok(response.nlas.iter().find_map(|nla| match nla {
                 Nla::TcpInfo(info) => Some(TcpState {
                     bytes_acked: info.bytes_acked,
@@ -273,5 +287,43 @@ mod tests {
             .tcp((local.ip(), 1), (server.ip(), server.port()))
             .unwrap();
         assert_eq!(gone, None);
+    }
+
+    #[test]
+    fn a_connection_that_closed_cleanly_acknowledged_everything() {
+        let mut diag = SockDiag::new().expect("a sock_diag socket (any Linux has them)");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(server).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        let local = client.local_addr().unwrap();
+        io::Write::write_all(&mut client, b"hello").unwrap();
+        // The client closes first, the server reads to the end and closes: the client's
+        // side waits in TIME_WAIT.
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut accepted, &mut read).unwrap();
+        assert_eq!(read, b"hello");
+        drop(accepted);
+        io::Read::read_to_end(&mut client, &mut Vec::new()).unwrap();
+        drop(client);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let found = diag
+                .tcp((local.ip(), local.port()), (server.ip(), server.port()))
+                .unwrap();
+            if found.is_some_and(|f| f.bytes_acked == ALL_ACKNOWLEDGED)
+                || std::time::Instant::now() > deadline
+            {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(
+            found,
+            Some(TcpState {
+                bytes_acked: ALL_ACKNOWLEDGED
+            })
+        );
     }
 }
