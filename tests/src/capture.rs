@@ -40,12 +40,23 @@ pub struct CaptureEnd {
 impl Capture {
     /// Starts capturing every packet on `iface` in `ns` into `path`, and waits until
     /// tcpdump listens. `--immediate-mode`: packets reach the file as they come, not when a
-    /// kernel buffer block fills (or tcpdump would lose the last ones on SIGINT).
+    /// kernel buffer block fills (or tcpdump would lose the last ones on SIGINT). `-B`: a
+    /// 32 MiB ring rather than the default 2 MiB, so a burst while tcpdump waits for a CPU (a
+    /// loaded CI machine) is not dropped: a capture that lost packets is no reference.
     #[must_use]
     pub fn start(ns: &Netns, iface: &str, path: &Path) -> Self {
         let mut child = ns
             .command("tcpdump")
-            .args(["-i", iface, "-n", "--immediate-mode", "-U", "-w"])
+            .args([
+                "-i",
+                iface,
+                "-n",
+                "--immediate-mode",
+                "-U",
+                "-B",
+                "32768",
+                "-w",
+            ])
             .arg(path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
