@@ -11,7 +11,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, TCP_TIME_WAIT},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
@@ -27,9 +27,6 @@ pub(crate) struct TcpState {
 /// The `bytes_acked` of a connection in `TIME_WAIT`, which has no `tcp_info`: this host's FIN
 /// was acknowledged, so everything it sent before was too.
 pub(crate) const ALL_ACKNOWLEDGED: u64 = u64::MAX;
-
-/// `TCP_TIME_WAIT` (`include/net/tcp_states.h`).
-const TCP_TIME_WAIT: u8 = 6;
 
 /// A `sock_diag` socket in netwatch's network namespace.
 pub(crate) struct SockDiag {
