@@ -68,6 +68,12 @@ static DROP_CONFIG: DropConfig = DropConfig::disabled();
 #[unsafe(no_mangle)]
 static mut NETWATCH_NET: u64 = 0;
 
+/// The address of the `struct net` of the last drop in another namespace (a container, a
+/// lab's or the bench's sink, whose drops a flood repeats): 0 until one. Always another
+/// namespace's, even once freed and reused (see [`in_netwatch_namespace`]).
+#[unsafe(no_mangle)]
+static mut OTHER_NET: u64 = 0;
+
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 /// `skb->network_header` when unset (`(typeof(skb->network_header))~0U`).
@@ -465,8 +471,8 @@ fn read_skb(skb: *const u8, reads: *mut u8, out: &mut Skb) -> bool {
 /// drop that would count.
 ///
 /// Two reads: `dev` and `sk` (adjacent in `sk_buff`), then the `struct net` pointer, compared
-/// with netwatch's own once a drop has shown it; the first time, and for other namespaces,
-/// a third (its inode number). Pointers, not inode numbers, are remembered: netwatch's
+/// with netwatch's own once a drop has shown it (any other is then another namespace's), and
+/// with the last other namespace's; otherwise a third (its inode number). Pointers, not inode numbers, are remembered: netwatch's
 /// namespace lives as long as it runs, while a device may be freed and its address reused by
 /// a device elsewhere.
 #[inline(never)]
@@ -513,9 +519,21 @@ fn in_netwatch_namespace(skb: *const u8) -> bool {
     if net == 0 {
         return false;
     }
-    // SAFETY: a plain static of this program; a racing store writes the same value.
-    if net == unsafe { core::ptr::read_volatile(&raw const NETWATCH_NET) } {
+    // netwatch's namespace outlives the programs (its process holds it), so while they run no
+    // other namespace can have its address, and it can have no address another namespace
+    // had: a `net` seen once, either way, is known for good, without reading its number.
+    // SAFETY: plain statics of this program; a racing store writes a value as true.
+    let (own, other) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const NETWATCH_NET),
+            core::ptr::read_volatile(&raw const OTHER_NET),
+        )
+    };
+    if net == own {
         return true;
+    }
+    if own != 0 || net == other {
+        return false;
     }
     // SAFETY: as above.
     let inum = unsafe {
@@ -526,6 +544,10 @@ fn in_netwatch_namespace(skb: *const u8) -> bool {
         )
     };
     if inum != Ok(netns) {
+        if inum.is_ok() {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(&raw mut OTHER_NET, net) };
+        }
         return false;
     }
     // SAFETY: as above.
