@@ -408,7 +408,10 @@ fn count_drop(skb: *const u8, packet: &Packet, reason: u32) {
         // Not a looped-back copy of a broadcast or multicast (`pkt_type` other than
         // PACKET_HOST), nor one to such an address: those are no request to any one target.
         (false, Kind::Request) => {
-            if is_unicast(&packet.dst) && sent_here(skb) && in_netwatch_namespace(skb) {
+            // The namespace before `pkt_type`: a drop in another namespace of a packet with
+            // this host's address (this host's request, dropped by a container or a sink
+            // downstream, as every packet of a flood into it) then costs one read less.
+            if is_unicast(&packet.dst) && in_netwatch_namespace(skb) && sent_here(skb) {
                 outbound_request(packet, reason);
             }
         }
