@@ -466,6 +466,9 @@ fn rates_rows(out: &mut String, name: &str, run: &RateRun) {
                     "empty tc program pair and empty `skb:kfree_skb` program (`bench_drop_floor`)"
                 }
                 Condition::MinimalTracker => "minimal tracker (`bench_track`) instead",
+                Condition::MinimalTrackerAndDropFloor => {
+                    "minimal tracker and empty `skb:kfree_skb` program (`bench_drop_floor`)"
+                }
             },
             run.pps(condition)
                 .map_or_else(|| "—".to_owned(), |f| range(&f, Unit::Pps)),
@@ -921,7 +924,9 @@ const METHODOLOGY: &str = "
   several seconds outruns the 65,536-entry pending table, so most of it runs the table-full path; the
   run stopping at 60,000 requests, where every request is tracked, is shown beside it. Beside netwatch
   (full runs only):
-  the minimal tracker attached instead (what any per-request insert costs), netwatch with its process
+  the minimal tracker attached instead (what any per-request insert costs), the minimal tracker with the
+  empty program on `skb:kfree_skb` beside it (the sink drops every query, so netwatch's drop program
+  runs on each: that attach point's cost, which the tracker alone does not pay), netwatch with its process
   stopped for the round (the kernel side alone, no sweeps), and netwatch left unpinned (sharing CPUs as
   the scheduler sees fit).
 - **Storm**: `traffic-gen dns` in the lab's client namespace, through the lab firewall (which drops DNS)

@@ -56,6 +56,11 @@ pub enum Condition {
     /// `PENDING`'s type, size and key width): what tracking each request costs at the least.
     #[serde(rename = "minimal_tracker")]
     MinimalTracker,
+    /// The same, and the empty reference program on `skb:kfree_skb`: the DNS flood's sink
+    /// drops every query, so netwatch's drop program runs on each, and this is the least any
+    /// tracker that also watches drops there pays.
+    #[serde(rename = "minimal_tracker_and_drop_floor")]
+    MinimalTrackerAndDropFloor,
 }
 
 /// One condition's rates over the rounds.
@@ -184,7 +189,11 @@ pub fn run(tools: &Tools, plan: &Plan, progress: &dyn Fn(&str)) -> anyhow::Resul
             Condition::EmptyProgram,
             Condition::EmptyProgramsAndDropFloor,
         ]);
-        dns_conditions.extend([Condition::NetwatchStopped, Condition::MinimalTracker]);
+        dns_conditions.extend([
+            Condition::NetwatchStopped,
+            Condition::MinimalTracker,
+            Condition::MinimalTrackerAndDropFloor,
+        ]);
         if tools.monitor_cpu.is_some() {
             dns_conditions.push(Condition::NetwatchUnpinned);
         }
@@ -349,10 +358,15 @@ fn measure(
         Condition::EmptyProgram | Condition::EmptyProgramsAndDropFloor => {
             Some(bench.attach_reference("bench_floor")?)
         }
-        Condition::MinimalTracker => Some(bench.attach_reference("bench_track")?),
+        Condition::MinimalTracker | Condition::MinimalTrackerAndDropFloor => {
+            Some(bench.attach_reference("bench_track")?)
+        }
         _ => None,
     };
-    let drop_floor = if condition == Condition::EmptyProgramsAndDropFloor {
+    let drop_floor = if matches!(
+        condition,
+        Condition::EmptyProgramsAndDropFloor | Condition::MinimalTrackerAndDropFloor
+    ) {
         Some(References::attach(&["bench_drop_floor"])?)
     } else {
         None
