@@ -572,17 +572,11 @@ mod tests {
             counted: vec![],
         };
         let mut report = Report {
-            rates: Some(RateResults {
-                seconds_per_round: 1.0,
-                rounds: 4,
-                generator_cpu: None,
-                monitor_cpu: None,
-                udp: run(vec![]),
-                tcpdump_stats: vec![],
-                dns_flood: run(conditions),
-                dns_tracked: run(vec![]),
-                dns_tracked_max: 60_000,
-            }),
+            rates: Some(RateResults::of_runs(
+                run(vec![]),
+                run(conditions),
+                run(vec![]),
+            )),
             ..Report::default()
         };
         report.finish();

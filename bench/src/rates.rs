@@ -172,6 +172,24 @@ impl From<TcpdumpStats> for TcpdumpStatsRecord {
     }
 }
 
+#[cfg(test)]
+impl RateResults {
+    /// Results of the three runs, four rounds of a second each, nothing pinned.
+    pub fn of_runs(udp: RateRun, dns_flood: RateRun, dns_tracked: RateRun) -> Self {
+        Self {
+            seconds_per_round: 1.0,
+            rounds: 4,
+            generator_cpu: None,
+            monitor_cpu: None,
+            udp,
+            tcpdump_stats: vec![],
+            dns_flood,
+            dns_tracked,
+            dns_tracked_max: TRACKED_MAX,
+        }
+    }
+}
+
 /// Requests per within-capacity round: below the 65,536-entry table with room to spare.
 pub const TRACKED_MAX: u64 = 60_000;
 

@@ -215,17 +215,11 @@ mod tests {
             ratios: vec![0.8; 4],
         });
         let mut report = Report {
-            rates: Some(RateResults {
-                seconds_per_round: 1.0,
-                rounds: 4,
-                generator_cpu: None,
-                monitor_cpu: None,
+            rates: Some(RateResults::of_runs(
                 udp,
-                tcpdump_stats: vec![],
-                dns_flood: run(100.0, 90.0, Condition::Netwatch),
-                dns_tracked: run(100.0, 95.0, Condition::Netwatch),
-                dns_tracked_max: 60_000,
-            }),
+                run(100.0, 90.0, Condition::Netwatch),
+                run(100.0, 95.0, Condition::Netwatch),
+            )),
             ..Report::default()
         };
         report.finish();
