@@ -475,9 +475,9 @@ fn read_skb(skb: *const u8, reads: *mut u8, out: &mut Skb) -> bool {
 ///
 /// Two reads: `dev` and `sk` (adjacent in `sk_buff`), then the `struct net` pointer, compared
 /// with netwatch's own once a drop has shown it (any other is then another namespace's), and
-/// with the last other namespace's; otherwise a third (its inode number). Pointers, not inode numbers, are remembered: netwatch's
-/// namespace lives as long as it runs, while a device may be freed and its address reused by
-/// a device elsewhere.
+/// with the last other namespace's; otherwise a third (its inode number). Pointers, not inode
+/// numbers, are remembered: netwatch's namespace lives as long as it runs, while a device may
+/// be freed and its address reused by a device elsewhere.
 #[inline(never)]
 #[expect(
     clippy::cast_ptr_alignment,
@@ -525,7 +525,7 @@ fn in_netwatch_namespace(skb: *const u8) -> bool {
     // netwatch's namespace outlives the programs (its process holds it), so while they run no
     // other namespace can have its address, and it can have no address another namespace
     // had: a `net` seen once, either way, is known for good, without reading its number.
-    // SAFETY: plain statics of this program; a racing store writes a value as true.
+    // SAFETY: plain statics of this program; a racing store writes a value just as true.
     let (own, other) = unsafe {
         (
             core::ptr::read_volatile(&raw const NETWATCH_NET),
