@@ -4,8 +4,8 @@
 //! each request's socket ([`tag`]); userspace joins the two.
 //!
 //! Every program here sits on every `socket()`, `connect()` and unconnected `sendmsg()` of
-//! the host: each one always returns [`ALLOW`], whatever happens to the map (an LRU: full,
-//! it evicts the least recently used owner; an update that still fails is counted).
+//! the host: each one always returns [`ALLOW`]. The map is an array written in place (see
+//! [`SOCKET_OWNERS_CAPACITY`]): a write cannot fail, and takes no lock.
 
 use aya_ebpf::{
     helpers::{
@@ -13,21 +13,21 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_skb_cgroup_id},
     },
     macros::map,
-    maps::LruHashMap,
+    maps::Array,
     programs::{SockContext, TcContext},
 };
-use netwatch_common::{KernelCounter, PendingRequest, SOCKET_OWNERS_CAPACITY, SocketOwner};
+use netwatch_common::{
+    KernelCounter, PendingRequest, SOCKET_OWNERS_CAPACITY, SocketOwner, socket_owner_slot,
+};
 
 use crate::maps::count;
 
 /// What a cgroup socket program returns to let the operation go on.
 pub const ALLOW: i32 = 1;
 
-/// Socket cookie → owner. An insert is the programs' one map write: about 1.4 µs on this
-/// machine kind (`bpf_stats`), whether the map is full or not; lookups about 0.2 µs.
+/// Socket owners, each in the slot of its socket's cookie ([`socket_owner_slot`]).
 #[map]
-static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> =
-    LruHashMap::with_max_entries(SOCKET_OWNERS_CAPACITY, 0);
+static SOCKET_OWNERS: Array<SocketOwner> = Array::with_max_entries(SOCKET_OWNERS_CAPACITY, 0);
 
 /// `IPPROTO_TCP`, `IPPROTO_UDP`.
 const TCP: u32 = 6;
@@ -55,44 +55,55 @@ pub fn record(ctx: &impl aya_ebpf::EbpfContext) {
     if cookie == 0 {
         return;
     }
+    let Some(slot) = SOCKET_OWNERS.get_ptr_mut(socket_owner_slot(cookie)) else {
+        return;
+    };
+    // SAFETY: an array value pointer, valid for this program run. Another CPU may write the
+    // same slot at the same time only for another socket whose cookie shares it (65,536
+    // sockets apart); userspace reads a slot twice and takes it only when both reads agree.
+    let slot = unsafe { &mut *slot };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if let Some(known) = SOCKET_OWNERS.get_ptr(&cookie) {
-        // SAFETY: a map value pointer, valid for this program run.
-        if unsafe { (*known).tgid } == tgid {
-            // The same process again (a resolver's every sendto): a lookup, no update.
+    if slot.cookie == cookie {
+        if slot.tgid == tgid {
+            // The same process again (a resolver's every sendto): nothing to write.
             return;
         }
+    } else if slot.cookie != 0 && slot.released_ns == 0 {
+        // An open socket's owner, 65,536 sockets older, gives way.
+        count(KernelCounter::SocketOwnerLost);
     }
+    // Field by field, in place: a whole value would be built on the stack and copied.
+    // SAFETY: no preconditions.
+    slot.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    slot.released_ns = 0;
+    slot.tgid = tgid;
     #[expect(
         clippy::cast_possible_truncation,
         reason = "the low half of pid_tgid is the thread id"
     )]
-    let owner = SocketOwner {
-        // SAFETY: no preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        released_ns: 0,
-        tgid,
-        tid: pid_tgid as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    if SOCKET_OWNERS.insert(&cookie, &owner, 0).is_err() {
-        count(KernelCounter::SocketOwnerLost);
+    {
+        slot.tid = pid_tgid as u32;
     }
+    slot.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    slot.cookie = cookie;
 }
 
 /// A socket is released: its owner is stamped with the time rather than forgotten, so a
 /// request it sent just before closing (a client giving up, `dig` exiting, a refused `curl`)
-/// is still named when userspace next reads the pending table; the LRU evicts it later.
-/// (Forgetting owners here to keep the map from filling was measured: a delete cost more at
-/// release than it saved at insert.)
+/// is still named when userspace next reads the pending table; a newer socket overwrites it.
 #[inline(always)]
 pub fn released(ctx: &impl aya_ebpf::EbpfContext) {
     // SAFETY: as in `record`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(known) = SOCKET_OWNERS.get_ptr_mut(&cookie) {
-        // SAFETY: a map value pointer, valid for this program run; one aligned store.
-        unsafe { (*known).released_ns = bpf_ktime_get_ns() };
+    if let Some(slot) = SOCKET_OWNERS.get_ptr_mut(socket_owner_slot(cookie)) {
+        // SAFETY: an array value pointer, valid for this program run; aligned loads and one
+        // aligned store.
+        unsafe {
+            if (*slot).cookie == cookie {
+                (*slot).released_ns = bpf_ktime_get_ns();
+            }
+        }
     }
 }
 

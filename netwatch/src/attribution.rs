@@ -432,8 +432,11 @@ mod tests {
     struct FakeOwners(HashMap<u64, SocketOwner>);
 
     impl OwnerLookup for FakeOwners {
+        /// The owner stored under `cookie`, stamped with it as the kernel's slot is.
         fn socket_owner(&mut self, cookie: u64) -> Option<SocketOwner> {
-            self.0.get(&cookie).copied()
+            self.0
+                .get(&cookie)
+                .map(|owner| SocketOwner { cookie, ..*owner })
         }
     }
 
@@ -441,6 +444,7 @@ mod tests {
         let mut name = [0u8; 16];
         name[..comm.len()].copy_from_slice(comm.as_bytes());
         SocketOwner {
+            cookie: 0,
             cgroup_id,
             released_ns: 0,
             tgid,

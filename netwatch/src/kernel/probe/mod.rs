@@ -109,7 +109,7 @@ pub struct Probe {
     local_drops: Result<LocalDrops, String>,
     /// The socket owner map, once the cgroup socket programs are attached, or why they are
     /// not.
-    owners: Result<HashMap<MapData, u64, SocketOwner>, String>,
+    owners: Result<Array<MapData, SocketOwner>, String>,
     /// The `tcp:tcp_retransmit_skb` program's map, or why this kernel cannot have it.
     retransmits: Result<Retransmitting, String>,
     /// Asks stalled connections' sockets whether their head got through; opened on first

@@ -4,7 +4,7 @@
 
 use aya::{
     Ebpf,
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, RawTracePoint},
 };
 use netwatch_common::{
@@ -142,7 +142,7 @@ impl Probe {
             .ebpf
             .take_map(SOCKET_OWNERS_MAP)
             .ok_or_else(|| format!("map {SOCKET_OWNERS_MAP} missing from the object"))?;
-        self.owners = Ok(HashMap::try_from(map).map_err(|err| err.to_string())?);
+        self.owners = Ok(Array::try_from(map).map_err(|err| err.to_string())?);
         Ok(())
     }
 }

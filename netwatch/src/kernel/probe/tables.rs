@@ -8,7 +8,6 @@ use aya::{
     Ebpf,
     maps::{Array, MapData, MapError},
 };
-use netwatch_common::SocketOwner;
 use netwatch_common::{
     COUNTERS_MAP, KernelCounter, LOCAL_ADDRESSES_CAPACITY, LOCAL_ADDRESSES_MAP,
     LOCAL_DROPS_CAPACITY, LOCAL_DROPS_MAP, NEXT_SLOT_MAP, PENDING_CAPACITY, PENDING_MAP,
@@ -16,6 +15,7 @@ use netwatch_common::{
     SLOT_OWNERS_MAP, TARGETS_CAPACITY, TargetCounters, TargetKey,
 };
 use netwatch_common::{DNS_PORT, NTP_PORT, UDP_PORT_FLOW, UDP_PORTS, UDP_PORTS_MAP};
+use netwatch_common::{SocketOwner, socket_owner_slot};
 
 use crate::{
     batch,
@@ -408,7 +408,12 @@ impl KernelTables for Probe {
     }
 
     fn socket_owner(&mut self, cookie: u64) -> Option<SocketOwner> {
-        self.owners.as_ref().ok()?.get(&cookie, 0).ok()
+        let owners = self.owners.as_ref().ok()?;
+        let slot = socket_owner_slot(cookie);
+        // Read twice: the programs write a slot in place, without a lock, so a read that
+        // races a newer socket's write could mix two owners. Two reads that agree cannot.
+        let owner = owners.get(&slot, 0).ok()?;
+        (owner.cookie == cookie && owners.get(&slot, 0).ok()? == owner).then_some(owner)
     }
 
     fn read_retransmits(&mut self) -> Result<Vec<(u64, Retransmits)>, ProbeError> {
