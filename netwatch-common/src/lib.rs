@@ -1027,8 +1027,8 @@ pub enum KernelCounter {
     /// local drops map: the drop is not counted by reason.
     LocalDropsFull = 15,
     /// An open socket's owner overwritten in the socket owners map by a newer socket's (their
-    /// cookies share a slot): the host had 65,536 newer sockets. The socket is attributed
-    /// from `/proc` or not at all.
+    /// cookies share a slot): the host had [`SOCKET_OWNERS_CAPACITY`] newer sockets. The
+    /// socket is attributed from `/proc` or not at all.
     SocketOwnerLost = 16,
     /// A connection with retransmissions could not be followed: the retransmissions map
     /// was full. Its stalls go unseen (never blamed).

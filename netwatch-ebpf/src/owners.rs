@@ -59,8 +59,8 @@ pub fn record(ctx: &impl aya_ebpf::EbpfContext) {
         return;
     };
     // SAFETY: an array value pointer, valid for this program run. Another CPU may write the
-    // same slot at the same time only for another socket whose cookie shares it (65,536
-    // sockets apart); userspace reads a slot twice and takes it only when both reads agree.
+    // same slot at the same time only for another socket whose cookie shares it (a whole
+    // `SOCKET_OWNERS_CAPACITY` of sockets apart); userspace reads a slot twice and takes it only when both reads agree.
     let slot = unsafe { &mut *slot };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -70,7 +70,7 @@ pub fn record(ctx: &impl aya_ebpf::EbpfContext) {
             return;
         }
     } else if slot.cookie != 0 && slot.released_ns == 0 {
-        // An open socket's owner, 65,536 sockets older, gives way.
+        // An open socket's owner, a whole map of sockets older, gives way.
         count(KernelCounter::SocketOwnerLost);
     }
     // Field by field, in place: a whole value would be built on the stack and copied.

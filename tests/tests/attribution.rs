@@ -482,9 +482,9 @@ fn answered_targets_name_their_process_too() {
 }
 
 /// Goes round the owner map twice with sockets that connect (as many as its first argument
-/// says: twice its slots) while one connected socket stays open, then connects over TCP and UDP (IPv4 and IPv6) and sends without a
-/// connection, thousands of times each, on loopback in the client namespace. Prints
-/// `OK FAILED`.
+/// says: twice its slots) while one connected socket stays open, then connects over TCP and
+/// UDP (IPv4 and IPv6) and sends without a connection, thousands of times each, on loopback in
+/// the client namespace. Prints `OK FAILED`.
 const CONNECT_STORM: &str = r"
 import socket, sys, threading
 fails, ok = 0, 0
