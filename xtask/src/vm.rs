@@ -119,12 +119,13 @@ pub struct Suite {
 
 /// What runs on every kernel: the programs on crafted packets, the fuzz test with fewer
 /// packets (`BPF_PROG_TEST_RUN` is 13–19× slower under TCG), the namespace lab's verdicts
-/// and attachment, this host's own drops (the drop program reads the `sk_buff` at offsets and reasons each kernel's
-/// BTF gives; before 5.17 there are none, and netwatch must say so), its storm shortened, and
-/// this host's ruleset followed (the `nf_tables` announcements and trace events each kernel
-/// sends), what
-/// stalls after the handshake, and the kernel's own tunnels (ipip, gre, sit, ip6tnl,
-/// ip6gre, `WireGuard`: modules this machine's kernel lacks; about 30 s a kernel).
+/// and attachment, this host's own drops (the drop program reads the `sk_buff` at offsets
+/// and reasons each kernel's BTF gives; before 5.17 there are none, and netwatch must say
+/// so), its storm shortened, and this host's ruleset followed (the `nf_tables`
+/// announcements and trace events each kernel sends), what stalls after the handshake, and
+/// the kernel's own tunnels (ipip, gre, sit, ip6tnl, ip6gre, `WireGuard`: modules this
+/// machine's kernel lacks; about 30 s a kernel). A suite's [`Suite::only`] keeps what a
+/// kernel can change.
 ///
 /// The program tests each load their own programs and maps and share nothing, so the guest
 /// runs them on both its CPUs (under TCG they are the matrix's longest part: about 580 s on
