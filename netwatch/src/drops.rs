@@ -299,7 +299,7 @@ fn drop_reason_enumerators(types: &TypeInformation) -> Result<Vec<(String, u32)>
 
 /// The drop program's configuration and the reason names, from BTF bytes (the path-MTU
 /// lab test reads the kernel's own this way, independently of a netwatch run).
-#[cfg(feature = "test-helpers")]
+#[cfg(any(test, feature = "test-helpers"))]
 pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
     let types = TypeInformation::new(&btf::Bytes(btf))
         .map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
