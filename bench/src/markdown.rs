@@ -790,7 +790,10 @@ fn references(storm: &crate::drops::DropStorm) -> String {
         .iter()
         .map(|r| format!("`{}` {:.1} ns", r.program, r.ns_per_run))
         .collect();
-    format!(" References on the same drops: {}.", costs.join(", "))
+    format!(
+        " References, each alone on the same storm: {}.",
+        costs.join(", ")
+    )
 }
 
 fn drop_storm(out: &mut String, drops: &DropResults) {
@@ -943,8 +946,10 @@ const METHODOLOGY: &str = "
 - **Drop storm**: netwatch `--timeout 120s` in the lab's client namespace, whose own output chain drops
   every copy of one DNS query to 198.51.100.53 (2,000,000 copies; quick: 1,000,000), then UDP to port 9
   for as long. `BPF_ENABLE_STATS` on for the section: each program's cost per drop is its kernel run
-  time over its run count, read before and after each storm. Beside netwatch's drop program, on the
-  same drops: `bench_drop_floor` (an empty raw tracepoint program on `skb:kfree_skb`),
+  time over its run count, read before and after each storm. Then netwatch is stopped and each
+  reference runs the same two storms alone on the tracepoint (the first program on a drop reads its
+  `sk_buff` and headers cold, those after it warm: side by side, the order of attachment would
+  decide who pays): `bench_drop_floor` (an empty raw tracepoint program on `skb:kfree_skb`),
   `bench_drop_headers` (reads the 32 bytes of `sk_buff` holding `protocol`, `network_header` and
   `head`, then 56 bytes of headers: the floor plus one header read) and `bench_drop_counter` (those
   reads and one hash add). Goals: a drop netwatch lets go costs at most `bench_drop_headers` (in the

@@ -14,7 +14,7 @@ use netwatch_tests::lab::NetwatchRun;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    drops::References,
+    drops::{REFERENCES, Reference},
     labkit::{self, Generated, SINK_V4, TcpdumpStats, Tools, UNTRACKED_PORT, VethPair},
     stats::{self, Figure},
 };
@@ -385,7 +385,7 @@ fn measure(
         condition,
         Condition::EmptyProgramsAndDropFloor | Condition::MinimalTrackerAndDropFloor
     ) {
-        Some(References::attach(&["bench_drop_floor"])?)
+        Some(Reference::attach(REFERENCES[0])?)
     } else {
         None
     };
