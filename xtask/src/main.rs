@@ -347,14 +347,8 @@ fn host_suite(
     netwatch: &Path,
 ) -> anyhow::Result<vm::Counts> {
     let listed = vm::listed_tests(binary, filters)?;
-    let mut command = as_root(binary);
-    command
-        .arg("--test-threads=1")
-        .args(filters)
-        .env("NETWATCH_BIN", netwatch)
-        .env("NETWATCH_TEST_STRICT", "1")
-        .env("NETWATCH_TEST_BUILD", build)
-        .current_dir(workspace_root());
+    let mut command = vm::host_test_command(binary, netwatch, &workspace_root());
+    command.args(filters).env("NETWATCH_TEST_BUILD", build);
     let counts = vm::run_counted(&mut command)
         .with_context(|| format!("the {name} tests"))?
         .expecting(listed);

@@ -457,14 +457,10 @@ pub fn run_host(executables: &Executables, root: &Path) -> anyhow::Result<Outcom
     for suite in suites.iter().filter(|suite| !suite.guests_only) {
         let executable = executables.get(suite.test)?;
         let listed = listed_tests(executable, &suite.harness_args())?;
-        let mut command = crate::as_root(executable);
+        let mut command = host_test_command(executable, &executables.netwatch, root);
         command
-            .arg("--test-threads=1")
             .args(suite.harness_args())
-            .envs(suite.env.iter().copied())
-            .env("NETWATCH_BIN", &executables.netwatch)
-            .env("NETWATCH_TEST_STRICT", "1")
-            .current_dir(root);
+            .envs(suite.env.iter().copied());
         counts.add(checked(
             &version,
             suite.test,
@@ -478,6 +474,19 @@ pub fn run_host(executables: &Executables, root: &Path) -> anyhow::Result<Outcom
         elapsed: started.elapsed(),
         narrowed: narrowed(&suites),
     })
+}
+
+/// A test executable run on this machine as every host suite is: as root, one test at a
+/// time (the tests share the host's network namespaces and tracepoints), strict (a test that
+/// cannot run fails), against `netwatch`, from the workspace `root`.
+pub fn host_test_command(executable: &Path, netwatch: &Path, root: &Path) -> Command {
+    let mut command = crate::as_root(executable);
+    command
+        .arg("--test-threads=1")
+        .env("NETWATCH_BIN", netwatch)
+        .env("NETWATCH_TEST_STRICT", "1")
+        .current_dir(root);
+    command
 }
 
 /// A suite's counts against the tests it lists; says so when some never reported.
