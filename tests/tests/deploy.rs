@@ -335,6 +335,7 @@ fn dashboard_queries_use_only_exposed_metrics() {
         dashboard["panels"].as_array().expect("panels"),
         &mut queries,
     );
+    let panel_queries_found = queries.len();
     for variable in dashboard["templating"]["list"]
         .as_array()
         .into_iter()
@@ -375,14 +376,48 @@ fn dashboard_queries_use_only_exposed_metrics() {
     ] {
         assert!(used.contains(wanted), "no panel shows {wanted}");
     }
-    // Every datasource reference goes through the dashboard's variable.
-    for (index, panel) in dashboard["panels"].as_array().unwrap().iter().enumerate() {
-        if let Some(uid) = panel["datasource"]["uid"].as_str() {
-            assert_eq!(
-                uid, "${datasource}",
-                "panel {index} hard-codes its datasource"
-            );
+    // Every datasource reference goes through the dashboard's variable: panels, their queries
+    // and panels nested in rows alike; only the annotation built into Grafana names its own.
+    let mut references = Vec::new();
+    datasource_references(&dashboard, "", &mut references);
+    let mut checked = 0;
+    for (path, reference) in &references {
+        let named = reference["uid"].as_str().or(reference.as_str());
+        if path.starts_with(".annotations") && named == Some("-- Grafana --") {
+            continue;
         }
+        assert_eq!(
+            named,
+            Some("${datasource}"),
+            "{path} hard-codes its datasource: {reference}"
+        );
+        checked += 1;
+    }
+    // Each query names it too: a dashboard whose references were not found fails here.
+    assert!(
+        checked >= panel_queries_found,
+        "{checked} datasource references for {panel_queries_found} panel queries"
+    );
+}
+
+/// Every `datasource` field in `value`, anywhere, with its path (`.panels[3].targets[0]`).
+fn datasource_references<'a>(value: &'a Value, path: &str, out: &mut Vec<(String, &'a Value)>) {
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields {
+                let path = format!("{path}.{key}");
+                if key == "datasource" {
+                    out.push((path.clone(), field));
+                }
+                datasource_references(field, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                datasource_references(item, &format!("{path}[{index}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
