@@ -143,14 +143,7 @@ impl Reference {
             .override_global(REFERENCE_OFFSETS, &offsets, true)
             .load(BENCH_OBJECT)
             .context("loading the reference programs")?;
-        let program: &mut RawTracePoint = object
-            .program_mut(name)
-            .with_context(|| format!("{name} missing from the reference object"))?
-            .try_into()?;
-        program.load().with_context(|| format!("loading {name}"))?;
-        program
-            .attach(DROP_TRACEPOINT)
-            .with_context(|| format!("attaching {name} to {DROP_TRACEPOINT}"))?;
+        labkit::attach_reference(&mut object, name, DROP_TRACEPOINT)?;
         Ok(Self { object, name })
     }
 

@@ -607,6 +607,20 @@ pub fn program_ids_of(pid: u32) -> anyhow::Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// Loads reference `name` of the bench object `ebpf` and attaches it to raw tracepoint
+/// `tracepoint`, for as long as `ebpf` lives.
+pub fn attach_reference(ebpf: &mut aya::Ebpf, name: &str, tracepoint: &str) -> anyhow::Result<()> {
+    let program: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("{name} missing from the bench object"))?
+        .try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach(tracepoint)
+        .with_context(|| format!("attaching {name} to {tracepoint}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

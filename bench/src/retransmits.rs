@@ -106,14 +106,7 @@ impl References {
             .load(crate::BENCH_OBJECT)
             .context("loading the reference programs")?;
         for name in [FLOOR, MINIMAL] {
-            let program: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .with_context(|| format!("{name} missing from the bench object"))?
-                .try_into()?;
-            program.load().with_context(|| format!("loading {name}"))?;
-            program
-                .attach(RETRANSMIT_TRACEPOINT)
-                .with_context(|| format!("attaching {name}"))?;
+            labkit::attach_reference(&mut ebpf, name, RETRANSMIT_TRACEPOINT)?;
         }
         Ok(Self { ebpf })
     }
