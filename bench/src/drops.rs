@@ -31,11 +31,13 @@ use crate::{
 };
 
 /// The reference programs on `skb:kfree_skb`, cheapest first.
-pub const REFERENCES: [&str; 3] = [
-    "bench_drop_floor",
-    "bench_drop_headers",
-    "bench_drop_counter",
-];
+pub const REFERENCES: [&str; 3] = [DROP_FLOOR, DROP_HEADERS, DROP_COUNTER];
+/// The empty program: the tracepoint's own cost per drop.
+pub const DROP_FLOOR: &str = "bench_drop_floor";
+/// The floor plus one header read.
+pub const DROP_HEADERS: &str = "bench_drop_headers";
+/// The headers read and one hash add.
+pub const DROP_COUNTER: &str = "bench_drop_counter";
 /// The global telling the references where the `sk_buff` fields are.
 const REFERENCE_OFFSETS: &str = "BENCH_SKB";
 /// Bytes of `sk_buff` the references read (`SKB_READ` in the bench object).

@@ -14,7 +14,7 @@ use netwatch_tests::lab::NetwatchRun;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    drops::{REFERENCES, Reference},
+    drops::{DROP_FLOOR, Reference},
     labkit::{self, Generated, SINK_V4, TcpdumpStats, Tools, UNTRACKED_PORT, VethPair},
     stats::{self, Figure},
 };
@@ -385,7 +385,7 @@ fn measure(
         condition,
         Condition::EmptyProgramsAndDropFloor | Condition::MinimalTrackerAndDropFloor
     ) {
-        Some(Reference::attach(REFERENCES[0])?)
+        Some(Reference::attach(DROP_FLOOR)?)
     } else {
         None
     };

@@ -155,9 +155,9 @@ impl Report {
         if let Some(d) = &self.drops {
             self.drop_program_ns = Some(d.watched.ns_per_run);
             self.drop_unwatched_ns = Some(d.unwatched.ns_per_run);
-            self.drop_floor_ns = d.watched.reference_ns(crate::drops::REFERENCES[0]);
-            self.drop_headers_ns = d.unwatched.reference_ns(crate::drops::REFERENCES[1]);
-            self.drop_counter_ns = d.watched.reference_ns(crate::drops::REFERENCES[2]);
+            self.drop_floor_ns = d.watched.reference_ns(crate::drops::DROP_FLOOR);
+            self.drop_headers_ns = d.unwatched.reference_ns(crate::drops::DROP_HEADERS);
+            self.drop_counter_ns = d.watched.reference_ns(crate::drops::DROP_COUNTER);
             self.drop_watched_ratio = self
                 .drop_counter_ns
                 .filter(|counter| *counter > 0.0)
