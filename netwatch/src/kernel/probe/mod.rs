@@ -151,7 +151,8 @@ impl Probe {
         build: Build,
         classifiers: Classifiers,
     ) -> Result<Self, ProbeError> {
-        Self::load_build(timeout, build, classifiers)
+        check_kernel_version()?;
+        Self::load_laid_out(timeout, build, classifiers, layout_for_tests())
     }
 
     fn load_build(
@@ -160,12 +161,22 @@ impl Probe {
         classifiers: Classifiers,
     ) -> Result<Self, ProbeError> {
         check_kernel_version()?;
-        log::debug!("loading the {build:?} build of the eBPF programs");
-        let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         // Parsing the kernel's BTF takes tens of MiB for a moment: a child process does it
         // (not even netwatch's peak memory counts them). Where it cannot run, a thread of
         // this process, with large blocks mapped apart and the heap trimmed after.
         let layout = btf::layout_in_child().unwrap_or_else(parse_layout_here);
+        Self::load_laid_out(timeout, build, classifiers, layout)
+    }
+
+    /// Loads the programs with what the kernel's BTF gave (`layout`).
+    fn load_laid_out(
+        timeout: Duration,
+        build: Build,
+        classifiers: Classifiers,
+        layout: btf::Layout,
+    ) -> Result<Self, ProbeError> {
+        log::debug!("loading the {build:?} build of the eBPF programs");
+        let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let drop_config = layout
             .drops
             .as_ref()
@@ -345,6 +356,26 @@ fn parse_layout_here() -> btf::Layout {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
     }
     parsed
+}
+
+/// The layout for [`Probe::load_for_tests`]: parsed once per process and network namespace
+/// (the namespace is part of it). A test process loads the programs once per test, and
+/// under emulation (the kernel matrix) each parse took seconds: most of the program
+/// tests' time.
+#[cfg(feature = "test-helpers")]
+fn layout_for_tests() -> btf::Layout {
+    static PARSED: std::sync::Mutex<Vec<(u32, btf::Layout)>> = std::sync::Mutex::new(Vec::new());
+    let netns = btf::own_netns();
+    // Held while parsing: tests loading at once wait for one parse rather than each run it.
+    let mut parsed = PARSED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, layout)) = parsed.iter().find(|(ns, _)| *ns == netns) {
+        return layout.clone();
+    }
+    let layout = parse_layout_here();
+    parsed.push((netns, layout.clone()));
+    layout
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, ProbeError> {
