@@ -128,8 +128,9 @@ pub struct Suite {
 /// kernel can change.
 ///
 /// The program tests each load their own programs and maps and share nothing, so the guest
-/// runs them on both its CPUs (under TCG they are the matrix's longest part: about 580 s on
-/// one). The lab's tests must run one at a time (they count netwatch processes and programs).
+/// runs them on both its CPUs (under TCG about 165 s on 6.12, with the kernel's BTF parsed
+/// once per process, not once per test: `Probe::load_for_tests`). The lab's tests must run
+/// one at a time (they count netwatch processes and programs).
 pub const SUITES: &[Suite] = &[
     Suite {
         test: "programs",
