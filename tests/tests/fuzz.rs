@@ -14,6 +14,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -24,7 +25,7 @@ use netwatch_common::{
 };
 use netwatch_tests::{
     harness::{PASS_THROUGH, all_targets, run_on, sum},
-    packets::{ETHERNET_LEN, IPV6_LEN},
+    packets::{ETHERNET_LEN, Flow, IPV6_LEN},
     prerequisites,
     random::{Rng, env_u64, seed},
 };
@@ -62,15 +63,12 @@ const LOCAL_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0
 /// 3 or 10).
 const CONTROL_REMOTE: [u8; 4] = [198, 51, 100, 99];
 
-/// The positive control's echo request: from [`LOCAL_V4`] to [`CONTROL_REMOTE`], identifier
-/// 0xc0de, sequence 1.
-fn control_echo_request() -> Vec<u8> {
-    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
-    frame.extend([0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, proto::ICMP, 0, 0]);
-    frame.extend(LOCAL_V4);
-    frame.extend(CONTROL_REMOTE);
-    frame.extend([8, 0, 0, 0, 0xc0, 0xde, 0, 1]);
-    frame
+/// The positive control's exchange: an echo request from [`LOCAL_V4`] to [`CONTROL_REMOTE`],
+/// identifier 0xc0de, sequence 1.
+fn control_echo() -> Flow {
+    Flow::echo(false, 0xc0de, 1)
+        .with_local(IpAddr::from(LOCAL_V4))
+        .with_remote(IpAddr::from(CONTROL_REMOTE))
 }
 
 /// A random frame: one time in eight pure noise, otherwise valid headers of a tracked kind
@@ -634,20 +632,15 @@ fn a_million_random_packets_fool_nothing() {
     // 4. Positive control: a real answer to a pending request is counted. The request is the
     // control's own, to a remote random frames never use: random traffic may leave no echo
     // request open (one seed did, in the guests' 20,000 packets).
-    assert!(run(&mut probe, EGRESS_PROGRAM, &control_echo_request()));
+    let control = control_echo();
+    assert!(run(&mut probe, EGRESS_PROGRAM, &control.request()));
     let (key, request) = probe
         .read_pending()
         .expect("pending")
         .into_iter()
         .find(|(k, _)| k.proto == proto::ICMP && k.remote == ipv4_mapped(CONTROL_REMOTE))
         .expect("the control's echo request is pending");
-    let mut reply = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
-    reply.extend([0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 1, 0, 0]);
-    reply.extend(&key.remote[12..]);
-    reply.extend(&key.local[12..]);
-    reply.extend([0, 0, 0, 0]);
-    reply.extend(key.local_port.to_be_bytes());
-    reply.extend(key.tag.to_be_bytes());
+    let reply = control.answer();
     assert!(run(&mut probe, INGRESS_PROGRAM, &reply));
     let after = sum(&all_targets(&mut probe), |c| c.answered);
     assert_eq!(

@@ -128,7 +128,7 @@ pub struct Suite {
 /// kernel can change.
 ///
 /// The program tests each load their own programs and maps and share nothing, so the guest
-/// runs them on both its CPUs (under TCG about 165 s on 6.12, with the kernel's BTF parsed
+/// runs them on both its CPUs (under TCG 165–240 s a kernel, with the kernel's BTF parsed
 /// once per process, not once per test: `Probe::load_for_tests`). The lab's tests must run
 /// one at a time (they count netwatch processes and programs).
 pub const SUITES: &[Suite] = &[
