@@ -231,21 +231,19 @@ fn test(filter: Option<&str>, no_vm: bool) -> anyhow::Result<()> {
                 (counts, started.elapsed())
             })
         });
+    // A failure here is reported after the matrix has run too.
+    let service = service_test();
+    if let Err(err) = &service {
+        say(&format!("service test: {err:#}"));
+    }
     let series: Vec<String> = vm::MATRIX.iter().map(|&s| s.to_owned()).collect();
     let executables = vm::Executables {
         netwatch,
         tests: binaries,
     };
-    // The service test is a guest too: it takes one of the matrix's places first. A failure
-    // there is reported after the matrix has run too. The soak is waited for even when the
-    // matrix could not run, so that nothing of its lab outlives this command.
-    let (matrix, service) = vm::run_matrix_beside(&series, &executables, &workspace_root(), || {
-        let service = service_test();
-        if let Err(err) = &service {
-            say(&format!("service test: {err:#}"));
-        }
-        service
-    });
+    // The soak is waited for even when the matrix could not run, so that nothing of its lab
+    // outlives this command.
+    let matrix = vm::run_matrix(&series, &executables, &workspace_root());
     let mut elapsed = host_elapsed;
     if let Some(soak) = soak {
         let (counts, soak_elapsed) = soak

@@ -46,10 +46,6 @@ pub const SERVICE_PACKAGES: &[setup::Package] = &[
 /// two minutes under TCG (README, "The systemd service").
 const TIMEOUT: Duration = Duration::from_mins(12);
 
-/// The guest's console on the terminal, each line after this label (it runs beside the
-/// kernel matrix's guests).
-const ECHO: Option<&str> = Some("service");
-
 /// Units of the host that must not run in the guest: timesyncd would send NTP queries
 /// through the lab's default route, and netwatch would judge them.
 const MASKED: &[&str] = &["systemd-timesyncd.service"];
@@ -123,7 +119,7 @@ pub fn run(root: &Path, deb: &Path) -> anyhow::Result<()> {
         run_dir.join("guest.sh").display(),
         results.display()
     );
-    let booted = kernel.boot(accel, &run_dir, &results, &append, &console, TIMEOUT, ECHO)?;
+    let booted = kernel.boot(accel, &run_dir, &results, &append, &console, TIMEOUT, true)?;
     let elapsed = started.elapsed().as_secs();
     let rc = fs::read_to_string(results.join("check.rc"))
         .ok()

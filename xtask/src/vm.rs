@@ -22,7 +22,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -523,23 +523,27 @@ pub fn run_matrix(
     executables: &Executables,
     root: &Path,
 ) -> anyhow::Result<Vec<Outcome>> {
-    run_matrix_beside(series, executables, root, || ()).0
-}
-
-/// [`run_matrix`], with `beside` (another guest's work: the service test) taking the first
-/// of the [`GUESTS_AT_ONCE`] places before any kernel does, so that the last kernel does not
-/// run alone. `beside` runs even when the matrix cannot (not root, packages missing).
-pub fn run_matrix_beside<T: Send>(
-    series: &[String],
-    executables: &Executables,
-    root: &Path,
-    beside: impl FnOnce() -> T + Send,
-) -> (anyhow::Result<Vec<Outcome>>, T) {
-    let (fetched, narrowed) = match fetch_matrix(series, executables, root) {
-        Ok(fetched) => fetched,
-        Err(err) => return (Err(err), beside()),
-    };
+    if !is_root() {
+        bail!(
+            "the kernel matrix needs root (virtiofsd shares the host's files with the guest); \
+             run as root, or skip it with `cargo xtask test --no-vm`"
+        );
+    }
+    setup::ensure_packages(VM_PACKAGES)?;
+    check_only(&suites()?, executables)?;
+    let narrowed = narrowed(&suites()?);
     let vm_dir = root.join("target/vm");
+    let apt = PrivateApt::new(&vm_dir.join("apt"))?;
+    // Fetched one after the other: they share the private apt's lists and cache. A kernel's
+    // time is its fetch and its run, not its wait for a free guest.
+    let fetched: Vec<(Duration, anyhow::Result<Kernel>)> = series
+        .iter()
+        .map(|name| {
+            let started = Instant::now();
+            let kernel = Kernel::fetch(&apt, name, &vm_dir);
+            (started.elapsed(), kernel)
+        })
+        .collect();
     let accel = fetched
         .iter()
         .find_map(|(_, kernel)| kernel.as_ref().ok())
@@ -553,7 +557,7 @@ pub fn run_matrix_beside<T: Send>(
         elapsed,
         narrowed: narrowed.clone(),
     };
-    let run = |name: &String, (fetching, kernel): &Fetched| {
+    let run = |name: &String, (fetching, kernel): &(Duration, anyhow::Result<Kernel>)| {
         let started = Instant::now();
         let elapsed = || *fetching + started.elapsed();
         let outcome = match kernel {
@@ -587,74 +591,28 @@ pub fn run_matrix_beside<T: Send>(
     };
     let next = AtomicUsize::new(0);
     let outcomes = Mutex::new(Vec::new());
-    let work = || {
-        loop {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            let Some(job) = fetched.get(index) else {
-                break;
-            };
-            let outcome = run(&series[index], job);
-            outcomes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((index, outcome));
+    std::thread::scope(|scope| {
+        for _ in 0..GUESTS_AT_ONCE {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = fetched.get(index) else {
+                        break;
+                    };
+                    let outcome = run(&series[index], job);
+                    outcomes
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((index, outcome));
+                }
+            });
         }
-    };
-    let beside = std::thread::scope(|scope| {
-        let first = scope.spawn(|| {
-            let result = beside();
-            work();
-            result
-        });
-        for _ in 1..GUESTS_AT_ONCE {
-            scope.spawn(work);
-        }
-        first
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     });
     let mut outcomes = outcomes
         .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     outcomes.sort_by_key(|(index, _)| *index);
-    (
-        Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect()),
-        beside,
-    )
-}
-
-/// A kernel of the matrix, or why it could not be fetched, with the time its fetch took (a
-/// kernel's time is its fetch and its run, not its wait for a free guest).
-type Fetched = (Duration, anyhow::Result<Kernel>);
-
-/// What the matrix needs before any guest boots, and its kernels: fetched one after the
-/// other (they share the private apt's lists and cache). Also what the kernels' lines say
-/// when `NETWATCH_VM_SUITES` narrowed the suites.
-fn fetch_matrix(
-    series: &[String],
-    executables: &Executables,
-    root: &Path,
-) -> anyhow::Result<(Vec<Fetched>, Option<String>)> {
-    if !is_root() {
-        bail!(
-            "the kernel matrix needs root (virtiofsd shares the host's files with the guest); \
-             run as root, or skip it with `cargo xtask test --no-vm`"
-        );
-    }
-    setup::ensure_packages(VM_PACKAGES)?;
-    let suites = suites()?;
-    check_only(&suites, executables)?;
-    let vm_dir = root.join("target/vm");
-    let apt = PrivateApt::new(&vm_dir.join("apt"))?;
-    let fetched = series
-        .iter()
-        .map(|name| {
-            let started = Instant::now();
-            let kernel = Kernel::fetch(&apt, name, &vm_dir);
-            (started.elapsed(), kernel)
-        })
-        .collect();
-    Ok((fetched, narrowed(&suites)))
+    Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
 }
 
 /// Prints the matrix's summary again (after all the logs) and fails when any kernel failed.
@@ -896,7 +854,6 @@ impl Kernel {
     /// guest script (named on the kernel command line).
     fn build_initramfs(&self) -> anyhow::Result<()> {
         let stage = self.dir.join("initramfs");
-        let written = self.dir.join("initramfs.cpio.gz.new");
         let _ = fs::remove_dir_all(&stage);
         for sub in [
             "bin", "modules", "proc", "sys", "dev", "host", "rw", "newroot",
@@ -953,13 +910,10 @@ impl Kernel {
             Command::new("sh")
                 .arg("-c")
                 .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
-                .arg(&written)
+                .arg(&self.initramfs)
                 .current_dir(&stage),
         )?;
         fs::remove_dir_all(&stage)?;
-        // Renamed into place whole: the service test fetches its kernel again while the
-        // matrix's guests run, and a guest booting then reads the old file or the new one.
-        fs::rename(&written, &self.initramfs)?;
         Ok(())
     }
 
@@ -1023,7 +977,7 @@ impl Kernel {
             &append,
             &console,
             KERNEL_TIMEOUT,
-            Some(&self.version),
+            true,
         )?;
 
         let mut counts = Counts::default();
@@ -1075,8 +1029,7 @@ impl Kernel {
     }
 
     /// Boots with `append` on the command line; `finished` when the guest wrote
-    /// `results/done` before powering off. With `echo`, its console is copied to stderr,
-    /// each line after that label.
+    /// `results/done` before powering off.
     #[expect(
         clippy::too_many_arguments,
         reason = "one call site per use, all paths"
@@ -1089,7 +1042,7 @@ impl Kernel {
         append: &str,
         console: &Path,
         timeout: Duration,
-        echo: Option<&str>,
+        echo: bool,
     ) -> anyhow::Result<Booted> {
         let root_socket = run_dir.join("root.sock");
         let results_socket = run_dir.join("results.sock");
@@ -1148,10 +1101,10 @@ impl Kernel {
         let qemu_index = daemons.children.len() - 1;
 
         let stop = Arc::new(AtomicBool::new(false));
-        let follower = echo.map(|label| {
+        let follower = echo.then(|| {
             let stop = Arc::clone(&stop);
             let console = console.to_owned();
-            let label = label.to_owned();
+            let label = self.version.clone();
             std::thread::spawn(move || follow(&console, &label, &stop))
         });
         let started = Instant::now();
@@ -1350,7 +1303,7 @@ impl Accel {
                     "console=ttyS0 quiet panic=-1 netwatch.probe",
                     &run_dir.join("console.log"),
                     Duration::from_secs(30),
-                    None,
+                    false,
                 )
             });
         let works = probed.is_ok()
