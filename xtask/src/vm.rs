@@ -128,9 +128,10 @@ pub struct Suite {
 /// kernel can change.
 ///
 /// The program tests each load their own programs and maps and share nothing, so the guest
-/// runs them on both its CPUs (under TCG 165–240 s a kernel, with the kernel's BTF parsed
-/// once per process, not once per test: `Probe::load_for_tests`). The lab's tests must run
-/// one at a time (they count netwatch processes and programs).
+/// runs them on both its CPUs (under TCG 165–240 s a kernel alone, about 350 s beside
+/// another guest: they keep the CPUs busy; with the kernel's BTF parsed once per process,
+/// not once per test: `Probe::load_for_tests`). The lab's tests must run one at a time (they
+/// count netwatch processes and programs).
 pub const SUITES: &[Suite] = &[
     Suite {
         test: "programs",
