@@ -22,8 +22,8 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -128,10 +128,9 @@ pub struct Suite {
 /// kernel can change.
 ///
 /// The program tests each load their own programs and maps and share nothing, so the guest
-/// runs them on both its CPUs (under TCG 165–240 s a kernel alone, about 350 s beside
-/// another guest: they keep the CPUs busy; with the kernel's BTF parsed once per process,
-/// not once per test: `Probe::load_for_tests`). The lab's tests must run one at a time (they
-/// count netwatch processes and programs).
+/// runs them on both its CPUs (under TCG 165–240 s a kernel, with the kernel's BTF parsed
+/// once per process, not once per test: `Probe::load_for_tests`). The lab's tests must run
+/// one at a time (they count netwatch processes and programs).
 pub const SUITES: &[Suite] = &[
     Suite {
         test: "programs",
@@ -509,16 +508,8 @@ pub fn host_kernel() -> String {
         .map_or_else(|_| "unknown".to_owned(), |r| r.trim().to_owned())
 }
 
-/// How many guests run at once. Under TCG one guest kept this machine's two cores only about
-/// half busy: most of the suites' time is spent waiting (for timeouts, for answers that
-/// never come), not emulating. Two at once fill the cores; the tests wait on conditions
-/// with bounds, never on fixed sleeps, so a slower guest changes their time, not their
-/// outcome.
-const GUESTS_AT_ONCE: usize = 2;
-
-/// Boots each of `series`, [`GUESTS_AT_ONCE`] at a time, and runs the suites inside.
-/// Returns one outcome per kernel, in `series`' order; a kernel that could not be fetched
-/// or booted is an outcome with one failure.
+/// Boots each of `series` in turn and runs the suites inside. Returns one outcome per
+/// kernel; a kernel that could not be fetched or booted is an outcome with one failure.
 pub fn run_matrix(
     series: &[String],
     executables: &Executables,
@@ -535,50 +526,39 @@ pub fn run_matrix(
     let narrowed = narrowed(&suites()?);
     let vm_dir = root.join("target/vm");
     let apt = PrivateApt::new(&vm_dir.join("apt"))?;
-    // Fetched one after the other: they share the private apt's lists and cache. A kernel's
-    // time is its fetch and its run, not its wait for a free guest.
-    let fetched: Vec<(Duration, anyhow::Result<Kernel>)> = series
-        .iter()
-        .map(|name| {
-            let started = Instant::now();
-            let kernel = Kernel::fetch(&apt, name, &vm_dir);
-            (started.elapsed(), kernel)
-        })
-        .collect();
-    let accel = fetched
-        .iter()
-        .find_map(|(_, kernel)| kernel.as_ref().ok())
-        .map(|kernel| Accel::choose(kernel, &vm_dir));
-    let failed = |version: String, elapsed: Duration| Outcome {
-        version,
-        counts: Counts {
-            failed: 1,
-            ..Counts::default()
-        },
-        elapsed,
-        narrowed: narrowed.clone(),
-    };
-    let run = |name: &String, (fetching, kernel): &(Duration, anyhow::Result<Kernel>)| {
+    let mut accel: Option<Accel> = None;
+    let mut outcomes = Vec::new();
+    for name in series {
         let started = Instant::now();
-        let elapsed = || *fetching + started.elapsed();
-        let outcome = match kernel {
+        let outcome = match Kernel::fetch(&apt, name, &vm_dir) {
             Err(err) => {
                 say(&format!("kernel {name}: could not be fetched: {err:#}"));
-                failed(name.clone(), elapsed())
+                Outcome {
+                    version: name.clone(),
+                    counts: Counts {
+                        failed: 1,
+                        ..Counts::default()
+                    },
+                    elapsed: started.elapsed(),
+                    narrowed: narrowed.clone(),
+                }
             }
             Ok(kernel) => {
-                let accel = accel.unwrap_or_else(|| Accel::choose(kernel, &vm_dir));
-                match kernel.run_suites(accel, executables, root, &vm_dir) {
-                    Ok(counts) => Outcome {
-                        version: kernel.version.clone(),
-                        counts,
-                        elapsed: elapsed(),
-                        narrowed: narrowed.clone(),
-                    },
-                    Err(err) => {
+                let accel = *accel.get_or_insert_with(|| Accel::choose(&kernel, &vm_dir));
+                let counts = kernel
+                    .run_suites(accel, executables, root, &vm_dir)
+                    .unwrap_or_else(|err| {
                         say(&format!("kernel {}: {err:#}", kernel.version));
-                        failed(kernel.version.clone(), elapsed())
-                    }
+                        Counts {
+                            failed: 1,
+                            ..Counts::default()
+                        }
+                    });
+                Outcome {
+                    version: kernel.version,
+                    counts,
+                    elapsed: started.elapsed(),
+                    narrowed: narrowed.clone(),
                 }
             }
         };
@@ -588,32 +568,9 @@ pub fn run_matrix(
             outcome.elapsed.as_secs()
         ));
         println!("{}", result_line(&outcome));
-        outcome
-    };
-    let next = AtomicUsize::new(0);
-    let outcomes = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..GUESTS_AT_ONCE {
-            scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = fetched.get(index) else {
-                        break;
-                    };
-                    let outcome = run(&series[index], job);
-                    outcomes
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push((index, outcome));
-                }
-            });
-        }
-    });
-    let mut outcomes = outcomes
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    outcomes.sort_by_key(|(index, _)| *index);
-    Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
 }
 
 /// Prints the matrix's summary again (after all the logs) and fails when any kernel failed.
@@ -1105,8 +1062,7 @@ impl Kernel {
         let follower = echo.then(|| {
             let stop = Arc::clone(&stop);
             let console = console.to_owned();
-            let label = self.version.clone();
-            std::thread::spawn(move || follow(&console, &label, &stop))
+            std::thread::spawn(move || follow(&console, &stop))
         });
         let started = Instant::now();
         let why = loop {
@@ -1201,9 +1157,8 @@ fn wait_for(path: &Path, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies what the guest writes to its console to stderr, each line after `label` (the
-/// kernel's version: two guests run at once), until `stop`.
-fn follow(console: &Path, label: &str, stop: &AtomicBool) {
+/// Copies what the guest writes to its console to stderr, indented, until `stop`.
+fn follow(console: &Path, stop: &AtomicBool) {
     let mut offset = 0;
     let mut pending = String::new();
     loop {
@@ -1216,14 +1171,14 @@ fn follow(console: &Path, label: &str, stop: &AtomicBool) {
                 offset += n as u64;
                 pending.push_str(&String::from_utf8_lossy(&bytes).replace('\r', ""));
                 while let Some(end) = pending.find('\n') {
-                    eprintln!("  {label} | {}", &pending[..end]);
+                    eprintln!("  | {}", &pending[..end]);
                     pending.drain(..=end);
                 }
             }
         }
         if done {
             if !pending.is_empty() {
-                eprintln!("  {label} | {pending}");
+                eprintln!("  | {pending}");
             }
             return;
         }
