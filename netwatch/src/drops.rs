@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 
-use btfparse::{Integer32Value, Offset, TypeInformation, TypeVariant};
 use netwatch_common::{DropConfig, SKB_WINDOW};
 use thiserror::Error;
 
+use crate::btf::types::{Offset, Types};
 use crate::btf::{self, VMLINUX_BTF};
 
 /// Prefix of the `enum skb_drop_reason` enumerators, left out of the names netwatch shows.
@@ -150,9 +150,11 @@ pub(crate) fn here_reason(name: &str) -> String {
 /// The drop program's configuration and the `enum skb_drop_reason` enumerators. Owned values only, so a child process can parse and hand them back (see
 /// [`btf::layout_in_child`]).
 pub(crate) fn layout_parts(
-    types: &TypeInformation,
+    types: &Types<'_>,
 ) -> Result<(DropConfig, Vec<(String, u32)>), LayoutError> {
-    let enumerators = drop_reason_enumerators(types)?;
+    let enumerators = types
+        .enumerators("skb_drop_reason")
+        .ok_or(LayoutError::NoDropReasons)?;
     let value = |name: &str| {
         enumerators
             .iter()
@@ -165,16 +167,16 @@ pub(crate) fn layout_parts(
     let not_dropped_yet = value("SKB_NOT_DROPPED_YET").unwrap_or(not_specified);
     let consumed = value("SKB_CONSUMED").unwrap_or(not_specified);
     let skb = types
-        .id_of("sk_buff")
+        .composite("sk_buff")
         .ok_or(LayoutError::SkbField("struct"))?;
     let offset = |field: &'static str| -> Result<u32, LayoutError> {
         match types.offset_of(skb, field) {
-            Ok((_, Offset::ByteOffset(offset))) => Ok(offset),
+            Some(Offset::Bytes(offset)) => Ok(offset),
             _ => Err(LayoutError::SkbField(field)),
         }
     };
     let (pkt_type_byte, pkt_type_shift) = match types.offset_of(skb, "pkt_type") {
-        Ok((_, Offset::BitOffsetAndSize(bit, 3))) => (bit / 8, bit % 8),
+        Some(Offset::Bits { bit, size: 3 }) => (bit / 8, bit % 8),
         _ => return Err(LayoutError::SkbField("pkt_type")),
     };
     if pkt_type_shift > 5 {
@@ -188,12 +190,8 @@ pub(crate) fn layout_parts(
         network_header: offset("network_header")?,
         head: offset("head")?,
     })?;
-    let path = |ty: &str, field: &'static str| -> Result<u32, LayoutError> {
-        let id = types.id_of(ty).ok_or(LayoutError::SkbField(field))?;
-        match types.offset_of(id, field) {
-            Ok((_, Offset::ByteOffset(offset))) => Ok(offset),
-            _ => Err(LayoutError::SkbField(field)),
-        }
+    let path = |ty: &'static str, field: &'static str| -> Result<u32, LayoutError> {
+        btf::offset(types, ty, field).map_err(|_| LayoutError::SkbField(field))
     };
     let config = DropConfig {
         not_dropped_yet,
@@ -277,32 +275,11 @@ pub(crate) fn window_config(fields: &SkbFields) -> Result<DropConfig, LayoutErro
     })
 }
 
-fn drop_reason_enumerators(types: &TypeInformation) -> Result<Vec<(String, u32)>, LayoutError> {
-    let id = types
-        .id_of("skb_drop_reason")
-        .ok_or(LayoutError::NoDropReasons)?;
-    let Some(TypeVariant::Enum(reasons)) = types.from_id(id) else {
-        return Err(LayoutError::NoDropReasons);
-    };
-    Ok(reasons
-        .named_value_list()
-        .iter()
-        .map(|value| {
-            let number = match value.value {
-                Integer32Value::Unsigned(n) => n,
-                Integer32Value::Signed(n) => n.cast_unsigned(),
-            };
-            (value.name.clone(), number)
-        })
-        .collect())
-}
-
 /// The drop program's configuration and the reason names, from BTF bytes (the path-MTU
 /// lab test reads the kernel's own this way, independently of a netwatch run).
 #[cfg(any(test, feature = "test-helpers"))]
 pub fn layout(btf: &[u8]) -> Result<(DropConfig, DropReasons), LayoutError> {
-    let types = TypeInformation::new(&btf::Bytes(btf))
-        .map_err(|err| LayoutError::BadBtf(format!("{err:?}")))?;
+    let types = Types::parse(btf).map_err(LayoutError::BadBtf)?;
     let (config, enumerators) = layout_parts(&types)?;
     let reasons = DropReasons::from_enumerators(
         enumerators

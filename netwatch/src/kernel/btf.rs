@@ -2,16 +2,19 @@
 //! fields they read (`sk_buff`, `sock`, `tcp_sock`), and the names of its drop reasons.
 //!
 //! Nothing about the kernel is compiled in: offsets change between kernels and configs, and
-//! rustc emits no CO-RE relocations. Parsing takes tens of MiB for a moment, so a short-lived
-//! child process does it ([`layout_in_child`]) and hands the result back as text.
+//! rustc emits no CO-RE relocations. The kernel's BTF is several MiB, so a short-lived child
+//! process reads it ([`layout_in_child`]) and hands the result back as text; [`types`] reads
+//! only what is asked of it.
+
+pub(crate) mod types;
 
 use std::fmt::Write as _;
 
-use btfparse::{Offset, Readable, TypeInformation};
 use netwatch_common::{DropConfig, RetransmitConfig};
 use thiserror::Error;
 
 use crate::drops;
+use types::{Offset, Types};
 
 /// Where the running kernel describes its types.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -45,13 +48,9 @@ pub struct MissingField(pub &'static str, pub &'static str);
 /// Parses `btf` (the contents of [`VMLINUX_BTF`]).
 #[must_use]
 pub fn parse(btf: &[u8]) -> Layout {
-    let types = match TypeInformation::new(&Bytes(btf)) {
+    let types = match Types::parse(btf) {
         Ok(types) => types,
-        Err(err) => {
-            return Layout::unavailable(
-                &drops::LayoutError::BadBtf(format!("{err:?}")).to_string(),
-            );
-        }
+        Err(err) => return Layout::unavailable(&drops::LayoutError::BadBtf(err).to_string()),
     };
     Layout {
         drops: drops::layout_parts(&types).map_err(|err| err.to_string()),
@@ -69,22 +68,22 @@ pub fn read_and_parse() -> Layout {
 }
 
 /// The offset of `path` in `ty`, in bytes.
-pub fn offset(
-    types: &TypeInformation,
+pub(crate) fn offset(
+    types: &Types<'_>,
     ty: &'static str,
     path: &'static str,
 ) -> Result<u32, MissingField> {
-    let id = types.id_of(ty).ok_or(MissingField(ty, path))?;
+    let id = types.composite(ty).ok_or(MissingField(ty, path))?;
     match types.offset_of(id, path) {
-        Ok((_, Offset::ByteOffset(offset))) => Ok(offset),
+        Some(Offset::Bytes(offset)) => Ok(offset),
         _ => Err(MissingField(ty, path)),
     }
 }
 
 /// The retransmission program's configuration: `sock_common`, `tcp_sock` and `sk_buff`
 /// offsets, and `netns`, the namespace whose connections are this host's (0: no check).
-pub fn retransmit_config(
-    types: &TypeInformation,
+pub(crate) fn retransmit_config(
+    types: &Types<'_>,
     netns: u32,
 ) -> Result<RetransmitConfig, MissingField> {
     let sock = |path| offset(types, "sock", path);
@@ -138,8 +137,8 @@ pub fn own_netns() -> u32 {
 pub const LAYOUT_CHILD_ENV: &str = "NETWATCH_INTERNAL_BTF_LAYOUT";
 
 /// The layout, parsed by a short-lived child process (this same executable, with
-/// [`LAYOUT_CHILD_ENV`] set): the parser's tens of MiB then never count against netwatch's
-/// own memory, not even as a peak. `None` when the child could not run (the caller parses
+/// [`LAYOUT_CHILD_ENV`] set): the BTF's several MiB (about 6 on 6.18) then never count
+/// against netwatch's own memory, not even as a peak. `None` when the child could not run (the caller parses
 /// in-process instead).
 #[must_use]
 pub fn layout_in_child() -> Option<Layout> {
@@ -256,22 +255,6 @@ fn from_hex<T: aya::Pod>(hex: &str) -> Option<T> {
     // SAFETY: the buffer holds exactly size_of::<T>() bytes, and any bytes are a valid Pod
     // value (integers only); read_unaligned copes with the Vec's alignment.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
-/// BTF bytes held in memory, for the parser.
-pub struct Bytes<'a>(pub &'a [u8]);
-
-impl Readable for Bytes<'_> {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let short = || btfparse::Error::new(btfparse::ErrorKind::IOError, "read past the end");
-        let start = usize::try_from(offset).map_err(|_| short())?;
-        let bytes = self
-            .0
-            .get(start..start.checked_add(buffer.len()).ok_or_else(short)?)
-            .ok_or_else(short)?;
-        buffer.copy_from_slice(bytes);
-        Ok(())
-    }
 }
 
 #[cfg(test)]

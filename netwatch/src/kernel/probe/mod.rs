@@ -161,7 +161,7 @@ impl Probe {
         classifiers: Classifiers,
     ) -> Result<Self, ProbeError> {
         check_kernel_version()?;
-        // Parsing the kernel's BTF takes tens of MiB for a moment: a child process does it
+        // Reading the kernel's BTF takes several MiB for a moment: a child process does it
         // (not even netwatch's peak memory counts them). Where it cannot run, a thread of
         // this process, with large blocks mapped apart and the heap trimmed after.
         let layout = btf::layout_in_child().unwrap_or_else(parse_layout_here);
@@ -359,9 +359,8 @@ fn parse_layout_here() -> btf::Layout {
 }
 
 /// The layout for [`Probe::load_for_tests`]: parsed once per process and network namespace
-/// (the namespace is part of it). A test process loads the programs once per test, and each
-/// parse took about half a second here and seconds under emulation (the kernel matrix):
-/// over half of the program tests' time here, over a third in the guests.
+/// (the namespace is part of it). A test process loads the programs once per test; the
+/// kernel's BTF is read once.
 #[cfg(feature = "test-helpers")]
 fn layout_for_tests() -> btf::Layout {
     static PARSED: std::sync::Mutex<Vec<(u32, btf::Layout)>> = std::sync::Mutex::new(Vec::new());
