@@ -7,6 +7,8 @@
 //! pass, no strings decoded) and reads records in place: milliseconds. The format:
 //! <https://docs.kernel.org/bpf/btf.html>.
 
+use aya_obj::btf::BtfKind;
+
 /// A member's place in its struct.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Offset {
@@ -15,18 +17,6 @@ pub(crate) enum Offset {
     /// A bitfield: its first bit and its width in bits.
     Bits { bit: u32, size: u32 },
 }
-
-/// The kinds this reader looks into (`BTF_KIND_*`).
-const INT: u32 = 1;
-const STRUCT: u32 = 4;
-const UNION: u32 = 5;
-const ENUM: u32 = 6;
-const TYPEDEF: u32 = 8;
-const VOLATILE: u32 = 9;
-const CONST: u32 = 10;
-const RESTRICT: u32 = 11;
-const TYPE_TAG: u32 = 18;
-const ENUM64: u32 = 19;
 
 const MAGIC: u16 = 0xeb9f;
 /// A record's common part: `name_off`, `info`, `size`/`type`.
@@ -50,7 +40,7 @@ pub(crate) struct Types<'a> {
 #[derive(Clone, Copy)]
 struct Record<'a> {
     name: u32,
-    kind: u32,
+    kind: BtfKind,
     vlen: usize,
     kind_flag: bool,
     /// `size` or `type`, by kind.
@@ -84,17 +74,31 @@ impl<'a> Types<'a> {
         while at < types.len() {
             let info = u32_at(types, at + 4).ok_or_else(short)?;
             let vlen = (info & 0xffff) as usize;
-            let kind = kind_of(info);
-            if matches!(kind, STRUCT | UNION | ENUM | ENUM64) && u32_at(types, at) != Some(0) {
+            let kind = kind_of(info)
+                .ok_or_else(|| format!("unknown type kind {}", (info >> 24) & 0x1f))?;
+            if matches!(
+                kind,
+                BtfKind::Struct | BtfKind::Union | BtfKind::Enum | BtfKind::Enum64
+            ) && u32_at(types, at) != Some(0)
+            {
                 by_name.push(u32::try_from(starts.len() + 1).map_err(|_| short())?);
             }
+            // What follows the common part, by kind.
             let extra = match kind {
-                INT | 14 | 17 => 4,
-                2 | 7..=12 | 16 | 18 => 0,
-                3 => 12,
-                STRUCT | UNION | 15 | ENUM64 => 12 * vlen,
-                ENUM | 13 => 8 * vlen,
-                kind => return Err(format!("unknown type kind {kind}")),
+                BtfKind::Int | BtfKind::Var | BtfKind::DeclTag => 4,
+                BtfKind::Array => 12,
+                BtfKind::Struct | BtfKind::Union | BtfKind::DataSec | BtfKind::Enum64 => 12 * vlen,
+                BtfKind::Enum | BtfKind::FuncProto => 8 * vlen,
+                BtfKind::Ptr
+                | BtfKind::Fwd
+                | BtfKind::Typedef
+                | BtfKind::Volatile
+                | BtfKind::Const
+                | BtfKind::Restrict
+                | BtfKind::Func
+                | BtfKind::Float
+                | BtfKind::TypeTag
+                | BtfKind::Unknown => 0,
             };
             starts.push(u32::try_from(at).map_err(|_| short())?);
             at += RECORD + extra;
@@ -113,15 +117,17 @@ impl<'a> Types<'a> {
     /// The id of the struct or union named `name` (one with members, not a declaration).
     pub(crate) fn composite(&self, name: &str) -> Option<u32> {
         self.named(name, |record| {
-            matches!(record.kind, STRUCT | UNION) && record.vlen > 0
+            matches!(record.kind, BtfKind::Struct | BtfKind::Union) && record.vlen > 0
         })
     }
 
     /// The enumerators of the enum named `name`, as 32-bit values.
     pub(crate) fn enumerators(&self, name: &str) -> Option<Vec<(String, u32)>> {
-        let id = self.named(name, |record| matches!(record.kind, ENUM | ENUM64))?;
+        let id = self.named(name, |record| {
+            matches!(record.kind, BtfKind::Enum | BtfKind::Enum64)
+        })?;
         let record = self.record(id)?;
-        let width = if record.kind == ENUM { 8 } else { 12 };
+        let width = if record.kind == BtfKind::Enum { 8 } else { 12 };
         (0..record.vlen)
             .map(|n| {
                 let at = n * width;
@@ -155,7 +161,7 @@ impl<'a> Types<'a> {
     /// The member `name` of the struct or union `id`: its bit offset there and what it is.
     fn member(&self, id: u32, name: &str, depth: u32) -> Option<(u32, Member)> {
         let record = self.record(id)?;
-        if !matches!(record.kind, STRUCT | UNION) || depth > DEPTH {
+        if !matches!(record.kind, BtfKind::Struct | BtfKind::Union) || depth > DEPTH {
             return None;
         }
         (0..record.vlen).find_map(|n| {
@@ -185,7 +191,9 @@ impl<'a> Types<'a> {
             });
         }
         // Without the kind flag a bitfield is told by its int type: fewer bits than bytes.
-        let int = self.record(self.resolve(ty)?).filter(|int| int.kind == INT);
+        let int = self
+            .record(self.resolve(ty)?)
+            .filter(|int| int.kind == BtfKind::Int);
         let encoding = int.and_then(|int| u32_at(int.rest, 0)).unwrap_or(0);
         let (int_bits, int_offset) = (encoding & 0xff, (encoding >> 16) & 0xff);
         let bitfield = match int {
@@ -204,7 +212,11 @@ impl<'a> Types<'a> {
     fn resolve(&self, mut id: u32) -> Option<u32> {
         for _ in 0..DEPTH {
             match self.record(id)?.kind {
-                TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG => {
+                BtfKind::Typedef
+                | BtfKind::Volatile
+                | BtfKind::Const
+                | BtfKind::Restrict
+                | BtfKind::TypeTag => {
                     id = self.record(id)?.size_or_type;
                 }
                 _ => return Some(id),
@@ -232,7 +244,7 @@ impl<'a> Types<'a> {
         let info = u32_at(self.records, start + 4)?;
         Some(Record {
             name: u32_at(self.records, start)?,
-            kind: kind_of(info),
+            kind: kind_of(info)?,
             vlen: (info & 0xffff) as usize,
             kind_flag: info >> 31 == 1,
             size_or_type: u32_at(self.records, start + 8)?,
@@ -258,8 +270,12 @@ struct Member {
     bitfield: u32,
 }
 
-fn kind_of(info: u32) -> u32 {
-    (info >> 24) & 0x1f
+/// The kind in a record's `info` (bits 24–28); `None` for one this reader does not know,
+/// whose record's length it cannot tell.
+fn kind_of(info: u32) -> Option<BtfKind> {
+    BtfKind::try_from((info >> 24) & 0x1f)
+        .ok()
+        .filter(|kind| *kind != BtfKind::Unknown)
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
@@ -293,8 +309,8 @@ mod tests {
         btf
     }
 
-    fn info(kind: u32, vlen: u32, kind_flag: bool) -> u32 {
-        (u32::from(kind_flag) << 31) | (kind << 24) | vlen
+    fn info(kind: BtfKind, vlen: u32, kind_flag: bool) -> u32 {
+        (u32::from(kind_flag) << 31) | ((kind as u32) << 24) | vlen
     }
 
     /// Strings: 1 "int", 5 "outer", 11 "a", 13 "b", 15 "flags", 21 "u8", 24 "reason",
@@ -305,18 +321,18 @@ mod tests {
         blob(
             &[
                 // 1: int, 32 bits.
-                &[1, info(INT, 0, false), 4, 32],
+                &[1, info(BtfKind::Int, 0, false), 4, 32],
                 // 2: typedef t → 1.
-                &[43, info(TYPEDEF, 0, false), 1],
+                &[43, info(BtfKind::Typedef, 0, false), 1],
                 // 3: anonymous union { t b; } (the member through the typedef).
-                &[0, info(UNION, 1, false), 4, 13, 2, 0],
+                &[0, info(BtfKind::Union, 1, false), 4, 13, 2, 0],
                 // 4: u8, 8 bits.
-                &[21, info(INT, 0, false), 1, 8],
+                &[21, info(BtfKind::Int, 0, false), 1, 8],
                 // 5: struct outer { int a; union { t b; } (at byte 8); u8 flags:3 (at bit
                 // 100, 0x64) }.
                 &[
                     5,
-                    info(STRUCT, 3, true),
+                    info(BtfKind::Struct, 3, true),
                     16,
                     11,
                     1,
@@ -329,11 +345,11 @@ mod tests {
                     (3 << 24) | 0x64,
                 ],
                 // 6: const struct outer.
-                &[0, info(CONST, 0, false), 5],
+                &[0, info(BtfKind::Const, 0, false), 5],
                 // 7: enum reason { R_ONE = 1, R_TWO = -2 }.
                 &[
                     24,
-                    info(ENUM, 2, false),
+                    info(BtfKind::Enum, 2, false),
                     4,
                     31,
                     1,
@@ -385,7 +401,7 @@ mod tests {
         for cut in [4, 24, btf.len() - STRINGS.len() - 4, btf.len() - 1] {
             assert!(Types::parse(&btf[..cut]).is_err(), "cut at {cut}");
         }
-        let unknown = blob(&[&[0, info(31, 0, false), 0]], b"\0");
+        let unknown = blob(&[&[0, 31 << 24, 0]], b"\0");
         assert_eq!(
             Types::parse(&unknown).err(),
             Some("unknown type kind 31".to_owned())
@@ -394,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_type_that_refers_to_itself_ends() {
-        let btf = blob(&[&[1, info(TYPEDEF, 0, false), 1]], b"\0loop\0");
+        let btf = blob(&[&[1, info(BtfKind::Typedef, 0, false), 1]], b"\0loop\0");
         let types = Types::parse(&btf).unwrap();
         assert_eq!(types.offset_of(1, "x"), None);
     }
