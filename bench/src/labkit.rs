@@ -439,12 +439,18 @@ impl Sender<'_> {
     /// netwatch on the sending interface with `--json` and `args`, on the monitor CPU.
     #[must_use]
     pub fn start_netwatch_with(&self, args: &[&str]) -> NetwatchRun {
+        NetwatchRun::start(self.netwatch_command(args))
+    }
+
+    /// The command [`Self::start_netwatch_with`] runs.
+    #[must_use]
+    pub fn netwatch_command(&self, args: &[&str]) -> Command {
         let mut command = self.pinned(
             &self.tools.netwatch.to_string_lossy(),
             self.tools.monitor_cpu,
         );
         command.args(["--iface", self.iface, "--json"]).args(args);
-        NetwatchRun::start(command)
+        command
     }
 
     /// `tcpdump -w /dev/null` with [`TCPDUMP_FILTER`] on the sending interface, listening.

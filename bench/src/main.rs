@@ -7,8 +7,8 @@
 //! floods), `storm` (a request storm through the lab: counts, CPU, memory), `drops` (the
 //! local drop program's cost per drop in a drop storm), `retransmits` (the retransmission
 //! program's cost per retransmission beside its references), `latency` (detection latency of
-//! blackholed targets) and `connects` (`connect()` rate with and without the socket owner
-//! programs). Benchmarks are not tests: a missed goal is reported, not an error; the exit
+//! blackholed targets), `connects` (`connect()` rate with and without the socket owner
+//! programs) and `startup` (netwatch's time from the command to watching). Benchmarks are not tests: a missed goal is reported, not an error; the exit
 //! status is 1 only when a section could not run.
 
 mod baseline;
@@ -24,6 +24,7 @@ mod programs;
 mod rates;
 mod report;
 mod retransmits;
+mod startup;
 mod stats;
 mod storm;
 
@@ -103,6 +104,7 @@ enum Section {
     Retransmits,
     Latency,
     Connects,
+    Startup,
 }
 
 /// Every section's parameters.
@@ -118,6 +120,8 @@ struct Plan {
     latency_targets: usize,
     /// Rounds and seconds per condition of the `connect()` rate.
     connects: (usize, f64),
+    /// netwatch's starts, each to "watching".
+    startup_rounds: usize,
 }
 
 impl Plan {
@@ -141,6 +145,7 @@ impl Plan {
                 retransmit_seconds: 1.0,
                 latency_targets: 10,
                 connects: (1, 0.3),
+                startup_rounds: 1,
             }
         } else if quick {
             Self {
@@ -161,6 +166,7 @@ impl Plan {
                 retransmit_seconds: 5.0,
                 latency_targets: 100,
                 connects: (3, 1.0),
+                startup_rounds: 5,
             }
         } else {
             Self {
@@ -181,6 +187,7 @@ impl Plan {
                 retransmit_seconds: 10.0,
                 latency_targets: 150,
                 connects: (7, 2.0),
+                startup_rounds: 9,
             }
         }
     }
@@ -246,6 +253,14 @@ impl Plan {
                 format!(
                     "{} rounds of {} s, netwatch without, then with its socket owner programs",
                     self.connects.0, self.connects.1
+                ),
+            ),
+            (
+                "startup".to_owned(),
+                format!(
+                    "netwatch started {} times on the lab's client interface, each to its \
+                     \"watching\" line",
+                    self.startup_rounds
                 ),
             ),
         ])
@@ -430,6 +445,11 @@ fn measure(args: &Args) -> anyhow::Result<Report> {
     if wanted(Section::Connects) {
         report.connects = section("connects", &mut errors, || {
             connects::run(&tools, plan.connects.0, plan.connects.1, &progress)
+        });
+    }
+    if wanted(Section::Startup) {
+        report.startup = section("startup", &mut errors, || {
+            startup::run(&tools, plan.startup_rounds, &progress)
         });
     }
     report.errors = errors;

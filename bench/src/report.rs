@@ -13,6 +13,7 @@ use crate::{
     programs::ProgramResults,
     rates::{Condition, RateResults},
     retransmits::RetransmitResults,
+    startup::StartupResults,
     stats::Figure,
     storm::StormResults,
 };
@@ -66,6 +67,9 @@ pub struct Report {
     /// TCP `connect()` rate on loopback with netwatch's socket owner programs on the
     /// cgroup2 root ÷ netwatch without them.
     pub connect_rate_ratio: Option<f64>,
+    /// Milliseconds from netwatch's command to its "watching" line (median of the starts).
+    #[serde(default)]
+    pub startup_ms: Option<f64>,
     /// Per program: instructions the verifier processed.
     pub verifier_insns: Option<BTreeMap<String, u32>>,
     /// The largest of `verifier_insns`, as one number.
@@ -80,6 +84,8 @@ pub struct Report {
     pub retransmits: Option<RetransmitResults>,
     pub latency: Option<LatencyResults>,
     pub connects: Option<ConnectResults>,
+    #[serde(default)]
+    pub startup: Option<StartupResults>,
     pub meta: Meta,
     /// Sections that failed, one line each.
     pub errors: Vec<String>,
@@ -176,6 +182,9 @@ impl Report {
         }
         if let Some(c) = &self.connects {
             self.connect_rate_ratio = put("connect_rate_ratio", c.ratio());
+        }
+        if let Some(s) = &self.startup {
+            self.startup_ms = put("startup_ms", s.figure());
         }
         self.ranges = ranges;
         self.goals = goals::evaluate(self);

@@ -71,7 +71,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only these sections (comma-separated: programs, rates, storm, drops, retransmits,
-        /// latency, connects); BENCHMARKS.md is left alone.
+        /// latency, connects, startup); BENCHMARKS.md is left alone.
         #[arg(long)]
         only: Option<String>,
     },
