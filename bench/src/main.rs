@@ -258,7 +258,7 @@ impl Plan {
             (
                 "startup".to_owned(),
                 format!(
-                    "netwatch started {} times on the lab's client interface, each to its \
+                    "{} starts of netwatch on the lab's client interface, each to its \
                      \"watching\" line",
                     self.startup_rounds
                 ),

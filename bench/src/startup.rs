@@ -47,7 +47,7 @@ pub fn run(
     let lab = BenchLab::new()?;
     let sender = lab.sender(tools);
     progress(&format!(
-        "startup: netwatch started {rounds} times, each to its \"watching\" line"
+        "startup: {rounds} starts of netwatch, each to its \"watching\" line"
     ));
     let mut ms = Vec::with_capacity(rounds);
     for _ in 0..rounds {
