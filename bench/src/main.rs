@@ -8,8 +8,9 @@
 //! local drop program's cost per drop in a drop storm), `retransmits` (the retransmission
 //! program's cost per retransmission beside its references), `latency` (detection latency of
 //! blackholed targets), `connects` (`connect()` rate with and without the socket owner
-//! programs) and `startup` (netwatch's time from the command to watching). Benchmarks are not tests: a missed goal is reported, not an error; the exit
-//! status is 1 only when a section could not run.
+//! programs) and `startup` (netwatch's time from the command to watching). Benchmarks are
+//! not tests: a missed goal is reported, not an error; the exit status is 1 only when a
+//! section could not run.
 
 mod baseline;
 mod connects;

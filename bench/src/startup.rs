@@ -60,8 +60,10 @@ pub fn run(
         let mut child = command.spawn().context("starting netwatch")?;
         let watching = watching_within(&mut child, BOUND);
         let elapsed = started.elapsed();
-        stop(&mut child)?;
+        // Stopped either way; a start that failed is the error to tell, not its exit status.
+        let stopped = stop(&mut child);
         watching?;
+        stopped?;
         ms.push(elapsed.as_secs_f64() * 1e3);
     }
     Ok(StartupResults { ms })

@@ -169,12 +169,10 @@ pub(crate) fn layout_parts(
     let skb = types
         .composite("sk_buff")
         .ok_or(LayoutError::SkbField("struct"))?;
-    let offset = |field: &'static str| -> Result<u32, LayoutError> {
-        match types.offset_of(skb, field) {
-            Some(Offset::Bytes(offset)) => Ok(offset),
-            _ => Err(LayoutError::SkbField(field)),
-        }
+    let path = |ty: &'static str, field: &'static str| -> Result<u32, LayoutError> {
+        btf::offset(types, ty, field).map_err(|_| LayoutError::SkbField(field))
     };
+    let offset = |field: &'static str| path("sk_buff", field);
     let (pkt_type_byte, pkt_type_shift) = match types.offset_of(skb, "pkt_type") {
         Some(Offset::Bits { bit, size: 3 }) => (bit / 8, bit % 8),
         _ => return Err(LayoutError::SkbField("pkt_type")),
@@ -190,9 +188,6 @@ pub(crate) fn layout_parts(
         network_header: offset("network_header")?,
         head: offset("head")?,
     })?;
-    let path = |ty: &'static str, field: &'static str| -> Result<u32, LayoutError> {
-        btf::offset(types, ty, field).map_err(|_| LayoutError::SkbField(field))
-    };
     let config = DropConfig {
         not_dropped_yet,
         consumed,
